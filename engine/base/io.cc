@@ -1,0 +1,126 @@
+// Buffered fd sinks and sources; see io.h.
+#include "engine/base/io.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace stasis {
+
+Status ReadFully(ByteSource* source, void* data, size_t n, const char* what) {
+  char* p = static_cast<char*>(data);
+  size_t done = 0;
+  while (done < n) {
+    Result<size_t> r = source->Read(p + done, n - done);
+    if (!r) return r.error();
+    if (*r == 0) {
+      return Status::Corrupt(std::string("truncated: end of data inside ") + what + " at byte " +
+                             std::to_string(source->Offset()));
+    }
+    done += *r;
+  }
+  return Status::Ok();
+}
+
+FdSink::FdSink(UniqueFd fd, std::string name, size_t buffer_size)
+    : fd_(std::move(fd)), name_(std::move(name)), capacity_(buffer_size) {
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 4096, capacity_) != 0) mem = nullptr;
+  buffer_.reset(static_cast<char*>(mem));
+  if (!buffer_) capacity_ = 0;
+}
+
+FdSink::~FdSink() {
+  // The buffer_ deleter is delete[], which posix_memalign memory must not
+  // use: release it by hand.
+  free(buffer_.release());
+}
+
+Status FdSink::WriteRaw(const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd_.get(), p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + name_);
+    }
+    if (w == 0) return Status::Error(EIO, "write " + name_ + ": wrote nothing");
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status FdSink::Write(const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  if (used_ + n > capacity_) {
+    STASIS_RETURN_IF_ERROR(Flush());
+    if (n >= capacity_) {
+      STASIS_RETURN_IF_ERROR(WriteRaw(p, n));
+      offset_ += n;
+      return Status::Ok();
+    }
+  }
+  std::memcpy(buffer_.get() + used_, p, n);
+  used_ += n;
+  offset_ += n;
+  return Status::Ok();
+}
+
+Status FdSink::Flush() {
+  if (used_ == 0) return Status::Ok();
+  Status s = WriteRaw(buffer_.get(), used_);
+  used_ = 0;
+  return s;
+}
+
+Status FdSink::Sync() {
+  STASIS_RETURN_IF_ERROR(Flush());
+  if (::fsync(fd_.get()) != 0) return Status::FromErrno(errno, "fsync " + name_);
+  return Status::Ok();
+}
+
+FdSource::FdSource(UniqueFd fd, std::string name, size_t buffer_size)
+    : fd_(std::move(fd)), name_(std::move(name)), buffer_(new char[buffer_size]),
+      capacity_(buffer_size) {}
+
+Result<size_t> FdSource::Read(void* data, size_t n) {
+  if (n == 0) return size_t{0};
+  char* out = static_cast<char*>(data);
+  if (begin_ == end_) {
+    // Large reads bypass the buffer.
+    if (n >= capacity_) {
+      for (;;) {
+        ssize_t r = ::read(fd_.get(), out, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return Status::FromErrno(errno, "read " + name_);
+        offset_ += static_cast<uint64_t>(r);
+        return static_cast<size_t>(r);
+      }
+    }
+    for (;;) {
+      ssize_t r = ::read(fd_.get(), buffer_.get(), capacity_);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Status::FromErrno(errno, "read " + name_);
+      begin_ = 0;
+      end_ = static_cast<size_t>(r);
+      break;
+    }
+    if (end_ == 0) return size_t{0};
+  }
+  size_t take = std::min(n, end_ - begin_);
+  std::memcpy(out, buffer_.get() + begin_, take);
+  begin_ += take;
+  offset_ += take;
+  return take;
+}
+
+Result<size_t> MemorySource::Read(void* data, size_t n) {
+  size_t take = std::min(n, size_ - pos_);
+  if (take > 0) std::memcpy(data, data_ + pos_, take);
+  pos_ += take;
+  return take;
+}
+
+}  // namespace stasis

@@ -1,0 +1,114 @@
+// Byte streams: the only way stasis moves context bytes to or from storage.
+//
+// ByteSink and ByteSource are the OS interface that tests control (in the
+// style of LevelDB's Env): a test wraps a real sink to make the Nth write
+// fail or report ENOSPC and checks that nothing already durable is lost.
+// Implementations are not thread-safe; one writer or reader owns each.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/base/fd.h"
+#include "engine/base/status.h"
+
+namespace stasis {
+
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  // Writes all n bytes or fails.
+  virtual Status Write(const void* data, size_t n) = 0;
+  // Makes everything written so far durable (fsync).
+  virtual Status Sync() = 0;
+  // Bytes accepted so far.
+  virtual uint64_t Offset() const = 0;
+};
+
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Reads up to n bytes; returns 0 only at the end of the stream.
+  virtual Result<size_t> Read(void* data, size_t n) = 0;
+  // Bytes consumed so far.
+  virtual uint64_t Offset() const = 0;
+};
+
+// Reads exactly n bytes; a short stream is an error naming `what`.
+Status ReadFully(ByteSource* source, void* data, size_t n, const char* what);
+
+// A sink writing to an owned fd, buffering into large aligned writes.
+class FdSink : public ByteSink {
+ public:
+  // `name` is used in error messages only.
+  FdSink(UniqueFd fd, std::string name, size_t buffer_size = 4 << 20);
+  ~FdSink() override;
+  Status Write(const void* data, size_t n) override;
+  Status Sync() override;  // flushes the buffer, then fsync
+  uint64_t Offset() const override { return offset_; }
+  Status Flush();
+  int fd() const { return fd_.get(); }
+  UniqueFd ReleaseFd() { return std::move(fd_); }
+
+ private:
+  Status WriteRaw(const void* data, size_t n);
+  UniqueFd fd_;
+  std::string name_;
+  std::unique_ptr<char[]> buffer_;
+  size_t capacity_;
+  size_t used_ = 0;
+  uint64_t offset_ = 0;
+};
+
+// A source reading from an owned fd with a read-ahead buffer.
+class FdSource : public ByteSource {
+ public:
+  FdSource(UniqueFd fd, std::string name, size_t buffer_size = 4 << 20);
+  Result<size_t> Read(void* data, size_t n) override;
+  uint64_t Offset() const override { return offset_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  UniqueFd fd_;
+  std::string name_;
+  std::unique_ptr<char[]> buffer_;
+  size_t capacity_;
+  size_t begin_ = 0, end_ = 0;
+  uint64_t offset_ = 0;
+};
+
+// A sink into memory (tests, the protocol).
+class StringSink : public ByteSink {
+ public:
+  Status Write(const void* data, size_t n) override {
+    bytes_.append(static_cast<const char*>(data), n);
+    return Status::Ok();
+  }
+  Status Sync() override { return Status::Ok(); }
+  uint64_t Offset() const override { return bytes_.size(); }
+  const std::string& bytes() const { return bytes_; }
+  std::string& bytes() { return bytes_; }
+
+ private:
+  std::string bytes_;
+};
+
+// A source over a borrowed byte range (tests, fuzzers, the protocol).
+class MemorySource : public ByteSource {
+ public:
+  MemorySource(const void* data, size_t size)
+      : data_(static_cast<const char*>(data)), size_(size) {}
+  Result<size_t> Read(void* data, size_t n) override;
+  uint64_t Offset() const override { return pos_; }
+
+ private:
+  const char* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+}  // namespace stasis

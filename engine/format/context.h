@@ -1,0 +1,231 @@
+// The in-memory model of a context file: what stasis knows about a
+// checkpointed process tree. engine/format turns these structs into bytes
+// (writer.h) and back (reader.h); engine/core fills them at capture and
+// consumes them at restore. The byte layout is specified in docs/format.md;
+// nothing outside engine/format knows it.
+//
+// All structs are plain values. Integers are host-order here; the encoding
+// is little-endian. Fields added later get new tags in the encoding, so old
+// readers skip them and new readers see defaults in old files.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace stasis::format {
+
+inline constexpr uint64_t kPageSize = 4096;
+
+// --- whole image -----------------------------------------------------------
+
+struct ImageInfo {
+  std::string stasis_version;   // "0.1.0"
+  std::string hostname;         // node that wrote the context
+  std::string kernel_release;   // uname -r of the checkpointing kernel
+  uint64_t created_unix_ns = 0;
+  uint32_t checkpoint_uid = 0;  // who took the checkpoint
+  uint32_t root_pid = 0;        // pid of the root of the tree (its own ns)
+  uint32_t scope = 0;           // ScopeKind
+  uint64_t cpu_xfeatures = 0;   // XCR0 of the checkpointing CPU
+  std::vector<std::string> argv;  // command line of the checkpointing tool
+};
+
+enum ScopeKind : uint32_t { kScopeTree = 0, kScopePid = 1, kScopePgid = 2, kScopeSid = 3 };
+
+// --- process tree ----------------------------------------------------------
+
+enum ProcessFlags : uint32_t {
+  kProcStopped = 1u << 0,   // was in group stop (SIGSTOP) at checkpoint
+  kProcZombie = 1u << 1,    // exited, not yet reaped by its parent
+  kProcIsRoot = 1u << 2,    // root of the checkpointed tree
+};
+
+struct ProcessEntry {
+  uint32_t pid = 0;
+  uint32_t ppid = 0;   // 0 when the parent is outside the checkpoint
+  uint32_t pgid = 0;
+  uint32_t sid = 0;
+  uint32_t flags = 0;  // ProcessFlags
+  int32_t exit_code = 0;  // for zombies: wait status
+  std::vector<uint32_t> tids;  // tids[0] == pid
+};
+
+struct ProcessTree {
+  std::vector<ProcessEntry> processes;  // parents before children
+};
+
+// --- one process -----------------------------------------------------------
+
+struct Rlimit {
+  uint64_t cur = 0;
+  uint64_t max = 0;
+};
+
+struct SigAction {
+  uint64_t handler = 0;   // SIG_DFL (0), SIG_IGN (1) or an address
+  uint64_t flags = 0;     // SA_* as the kernel keeps them
+  uint64_t restorer = 0;
+  uint64_t mask = 0;
+};
+
+// The mm fields that prctl(PR_SET_MM_MAP) restores.
+struct MmFields {
+  uint64_t start_code = 0, end_code = 0, start_data = 0, end_data = 0;
+  uint64_t start_brk = 0, brk = 0, start_stack = 0;
+  uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
+};
+
+struct FileId {             // identity of a file to detect changes
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  uint32_t mode = 0;
+};
+
+struct Credentials {
+  uint32_t ruid = 0, euid = 0, suid = 0, fsuid = 0;
+  uint32_t rgid = 0, egid = 0, sgid = 0, fsgid = 0;
+  std::vector<uint32_t> groups;
+};
+
+struct ItimerValue {
+  uint64_t interval_us = 0;
+  uint64_t value_us = 0;
+};
+
+struct ProcessInfo {
+  uint32_t pid = 0;
+  std::string comm;               // /proc/PID/comm
+  std::string exe_path;           // /proc/PID/exe target
+  FileId exe_id;
+  std::string cwd;
+  std::string root;               // chroot, "/" usually
+  uint32_t umask = 022;
+  uint32_t personality = 0;
+  std::vector<Rlimit> rlimits;    // RLIM_NLIMITS entries
+  std::string cmdline;            // raw /proc/PID/cmdline bytes (NUL separated)
+  std::string environ;            // raw /proc/PID/environ bytes
+  std::string auxv;               // raw /proc/PID/auxv bytes
+  MmFields mm;
+  Credentials creds;
+  std::vector<SigAction> sigactions;  // index 0 is signal 1 ... 63 entries
+  std::vector<uint8_t> pending_shared;  // siginfo_t records, 128 bytes each
+  uint64_t blocked_unused = 0;    // reserved
+  ItimerValue itimer_real, itimer_virtual, itimer_prof;
+  uint32_t pdeathsig = 0;
+  uint32_t dumpable = 1;
+  uint64_t timerslack_ns = 0;
+  uint32_t no_new_privs = 0;
+  uint32_t exit_signal = 17;      // SIGCHLD usually
+};
+
+// --- memory ----------------------------------------------------------------
+
+enum MappingKind : uint32_t {
+  kMapAnon = 0,        // private anonymous (incl. [heap], [stack], guards)
+  kMapFile = 1,        // backed by a file that exists by path
+  kMapSharedAnon = 2,  // MAP_SHARED|MAP_ANONYMOUS, memfd, /dev/shm: see shmem_id
+  kMapVdso = 3,
+  kMapVvar = 4,
+  kMapVvarVclock = 5,
+  kMapVsyscall = 6,
+  kMapSysvShm = 7,
+  kMapFileByValue = 8, // file content saved in the context (unlinked, --save-*)
+};
+
+enum MappingFlags : uint32_t {
+  kMapPrivate = 1u << 0,
+  kMapShared = 1u << 1,
+  kMapGrowsDown = 1u << 2,  // [stack] and MAP_GROWSDOWN
+  kMapHeap = 1u << 3,       // [heap]
+  kMapStack = 1u << 4,      // [stack]
+  kMapLocked = 1u << 5,
+  kMapDontFork = 1u << 6,
+  kMapHugetlb = 1u << 7,
+};
+
+struct Mapping {
+  uint64_t start = 0;
+  uint64_t end = 0;
+  uint32_t prot = 0;      // PROT_READ|PROT_WRITE|PROT_EXEC
+  uint32_t flags = 0;     // MappingFlags
+  uint32_t kind = kMapAnon;
+  uint64_t pgoff = 0;     // offset in the file, bytes
+  std::string path;       // backing file ("" for anonymous)
+  FileId file_id;
+  uint64_t shmem_id = 0;  // kMapSharedAnon/kMapSysvShm: SharedMemory id
+};
+
+// A run of saved pages: [start, start + npages * kPageSize).
+struct PageRun {
+  uint64_t start = 0;
+  uint64_t npages = 0;
+};
+
+// A segment of memory shared between processes, stored once per context.
+struct SharedMemory {
+  uint64_t id = 0;        // referenced by Mapping::shmem_id
+  uint64_t size = 0;
+  uint32_t kind = 0;      // 0 anon shared, 1 memfd, 2 posix shm, 3 SysV
+  std::string name;       // memfd name, /dev/shm path, or SysV key text
+  int64_t sysv_key = 0;
+  uint32_t sysv_mode = 0;
+};
+
+// --- threads ---------------------------------------------------------------
+
+struct ThreadInfo {
+  uint32_t tid = 0;
+  std::string comm;                // thread name
+  std::vector<uint8_t> gpregs;     // struct user_regs_struct (x86-64)
+  std::vector<uint8_t> xsave;      // NT_X86_XSTATE buffer
+  uint64_t sigmask = 0;
+  std::vector<uint8_t> pending;    // siginfo_t records, 128 bytes each
+  uint64_t altstack_sp = 0;
+  uint64_t altstack_size = 0;
+  uint32_t altstack_flags = 0;     // SS_DISABLE etc.
+  uint64_t clear_tid_address = 0;  // set_tid_address
+  uint64_t robust_list = 0;
+  uint64_t robust_list_len = 0;
+  uint64_t rseq_address = 0;       // 0 when not registered
+  uint32_t rseq_length = 0;
+  uint32_t rseq_signature = 0;
+  uint32_t state = 0;              // reserved
+};
+
+// --- files -----------------------------------------------------------------
+
+enum FileKind : uint32_t {
+  kFileRegular = 0,
+  kFileDirectory = 1,
+  kFileCharDevice = 2,   // /dev/null, /dev/zero, /dev/urandom, ...
+  kFileTty = 3,          // a terminal: reattached to /dev/tty or stdio
+  kFilePipe = 4,
+  kFileFifo = 5,
+  kFileUnixSocket = 6,
+  kFileOther = 7,        // anything else: refused at checkpoint
+};
+
+enum FdFlags : uint32_t {
+  kFdCloexec = 1u << 0,
+  kFdOutside = 1u << 1,  // pipe/socket whose peer is outside the checkpoint
+  kFdUnlinked = 1u << 2, // file was deleted: data saved by value
+};
+
+struct FileDesc {
+  int32_t fd = 0;
+  uint32_t fd_flags = 0;      // FdFlags
+  uint32_t kind = kFileOther; // FileKind
+  uint32_t open_flags = 0;    // O_* from fdinfo
+  uint64_t pos = 0;
+  std::string path;
+  FileId file_id;
+  uint64_t object_id = 0;     // same open file description => same id
+  uint64_t peer_id = 0;       // pipes/sockets: the shared object (pipe inode)
+  uint32_t pipe_size = 0;
+  std::string data;           // buffered pipe data or unlinked file content
+};
+
+}  // namespace stasis::format

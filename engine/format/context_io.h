@@ -1,0 +1,155 @@
+// Streaming writer and reader of context files (format v1, docs/format.md).
+//
+// A context file is a header followed by checksummed sections, written in
+// one pass and readable in one pass (no seeks), so a restore can start
+// before the whole file has arrived:
+//
+//   header | Image | Tree | { SharedMemory, Pages(shmem) }*
+//          | per process, parents first: Process, Mappings, Files, Thread*,
+//            Pages(process)* | End
+//
+// The writer never produces a file a reader would refuse; the reader trusts
+// no length, count, offset or path from the file: a truncated, corrupted or
+// hostile file yields a Status (EBADMSG) naming the section and byte offset,
+// never a crash, a hang or an allocation the file did not pay for.
+//
+// Neither class owns its sink/source; both are single-threaded.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/base/io.h"
+#include "engine/base/status.h"
+#include "engine/format/context.h"
+
+namespace stasis::format {
+
+inline constexpr uint32_t kFormatVersion = 1;
+
+enum class SectionType : uint32_t {
+  kImage = 1,
+  kTree = 2,
+  kProcess = 3,
+  kMappings = 4,
+  kThread = 5,
+  kFiles = 6,
+  kSharedMemory = 7,
+  kPages = 8,
+  kEnd = 9,
+};
+const char* SectionName(SectionType type);
+
+// Whose memory a Pages section holds.
+struct PageOwner {
+  enum Kind : uint32_t { kProcess = 0, kSharedMemory = 1 };
+  uint32_t kind = kProcess;
+  uint64_t id = 0;  // pid or SharedMemory::id
+};
+
+class ContextWriter {
+ public:
+  explicit ContextWriter(ByteSink* sink);
+  ~ContextWriter();
+
+  Status Begin(const ImageInfo& image);
+  Status WriteTree(const ProcessTree& tree);
+  Status WriteSharedMemory(const SharedMemory& shm);
+  Status WriteProcess(const ProcessInfo& process);
+  Status WriteMappings(uint32_t pid, const std::vector<Mapping>& mappings);
+  Status WriteFiles(uint32_t pid, const std::vector<FileDesc>& files);
+  Status WriteThread(uint32_t pid, const ThreadInfo& thread);
+
+  // Page data: BeginPages with the runs (sorted, non-overlapping, page
+  // aligned), then exactly sum(npages) * kPageSize bytes through
+  // AppendPageData in any chunking, then EndPages. Page data starts at a
+  // kPageSize-aligned offset of the file.
+  Status BeginPages(const PageOwner& owner, const std::vector<PageRun>& runs);
+  Status AppendPageData(const void* data, size_t n);
+  Status EndPages();
+
+  // Writes the End section. Does not sync: the caller owns durability.
+  Status Finish();
+
+  uint64_t bytes_written() const;
+  uint64_t page_bytes_written() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// A Pages section header, as the reader hands it out.
+struct PagesHeader {
+  PageOwner owner;
+  std::vector<PageRun> runs;
+  uint64_t data_bytes = 0;  // sum(npages) * kPageSize
+};
+
+class ContextReader {
+ public:
+  explicit ContextReader(ByteSource* source);
+  ~ContextReader();
+
+  // Reads and checks the file header and the Image section.
+  Result<ImageInfo> Begin();
+
+  // Reads the next section header and, for metadata sections, its payload
+  // (checksum verified). After kPages, the page data must be consumed with
+  // ReadPageData/SkipPageData before calling Next again. Returns kEnd once,
+  // after which the stream must be at its end (trailing bytes are an error).
+  Result<SectionType> Next();
+
+  // The decoded payload of the section Next last returned.
+  const ProcessTree& tree() const;
+  const SharedMemory& shared_memory() const;
+  const ProcessInfo& process() const;
+  uint32_t section_pid() const;  // pid a Mappings/Files/Thread section is for
+  const std::vector<Mapping>& mappings() const;
+  const std::vector<FileDesc>& files() const;
+  const ThreadInfo& thread() const;
+  const PagesHeader& pages() const;
+
+  // Reads the next n bytes of the current Pages section's data. The
+  // section's checksum is verified when its last byte is read; a mismatch
+  // is returned from that call. Reading past the data is an error.
+  Status ReadPageData(void* data, size_t n);
+  Status SkipPageData();
+  uint64_t page_data_remaining() const;
+
+  uint64_t offset() const;  // bytes consumed from the source
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Everything a context holds, loaded at once (stasis show/verify, tests).
+struct ProcessImage {
+  ProcessInfo info;
+  std::vector<Mapping> mappings;
+  std::vector<FileDesc> files;
+  std::vector<ThreadInfo> threads;
+  std::vector<PageRun> page_runs;   // all runs of all Pages sections
+  std::string page_data;            // only filled when load_pages is true
+  uint64_t page_bytes = 0;
+};
+
+struct Context {
+  ImageInfo image;
+  ProcessTree tree;
+  std::vector<SharedMemory> shared;
+  std::vector<std::vector<PageRun>> shared_runs;  // parallel to shared
+  std::vector<ProcessImage> processes;             // in file order
+  uint64_t file_bytes = 0;
+};
+
+// Reads a whole context, verifying every checksum and every cross-reference
+// (each Process has a Tree entry, Mappings/Threads follow their Process,
+// shmem ids exist). With load_pages false the page data is checked and
+// discarded.
+Result<Context> ReadContext(ByteSource* source, bool load_pages);
+
+}  // namespace stasis::format
