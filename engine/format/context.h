@@ -1,11 +1,11 @@
 // The in-memory model of a context file: what stasis knows about a
 // checkpointed process tree. engine/format turns these structs into bytes
-// (writer.h) and back (reader.h); engine/core fills them at capture and
-// consumes them at restore. The byte layout is specified in docs/format.md;
+// and back (context_io.h); engine/core fills them at capture and consumes
+// them at restore. The byte layout is specified in docs/format.md;
 // nothing outside engine/format knows it.
 //
-// All structs are plain values. Integers are host-order here; the encoding
-// is little-endian. Fields added later get new tags in the encoding, so old
+// All structs are plain values, comparable with ==. Integers are host-order
+// here; the encoding is little-endian. Fields added later get new tags in the encoding, so old
 // readers skip them and new readers see defaults in old files.
 #pragma once
 
@@ -29,6 +29,7 @@ struct ImageInfo {
   uint32_t scope = 0;           // ScopeKind
   uint64_t cpu_xfeatures = 0;   // XCR0 of the checkpointing CPU
   std::vector<std::string> argv;  // command line of the checkpointing tool
+  bool operator==(const ImageInfo&) const = default;
 };
 
 enum ScopeKind : uint32_t { kScopeTree = 0, kScopePid = 1, kScopePgid = 2, kScopeSid = 3 };
@@ -49,10 +50,12 @@ struct ProcessEntry {
   uint32_t flags = 0;  // ProcessFlags
   int32_t exit_code = 0;  // for zombies: wait status
   std::vector<uint32_t> tids;  // tids[0] == pid
+  bool operator==(const ProcessEntry&) const = default;
 };
 
 struct ProcessTree {
   std::vector<ProcessEntry> processes;  // parents before children
+  bool operator==(const ProcessTree&) const = default;
 };
 
 // --- one process -----------------------------------------------------------
@@ -60,6 +63,7 @@ struct ProcessTree {
 struct Rlimit {
   uint64_t cur = 0;
   uint64_t max = 0;
+  bool operator==(const Rlimit&) const = default;
 };
 
 struct SigAction {
@@ -67,6 +71,7 @@ struct SigAction {
   uint64_t flags = 0;     // SA_* as the kernel keeps them
   uint64_t restorer = 0;
   uint64_t mask = 0;
+  bool operator==(const SigAction&) const = default;
 };
 
 // The mm fields that prctl(PR_SET_MM_MAP) restores.
@@ -74,6 +79,7 @@ struct MmFields {
   uint64_t start_code = 0, end_code = 0, start_data = 0, end_data = 0;
   uint64_t start_brk = 0, brk = 0, start_stack = 0;
   uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
+  bool operator==(const MmFields&) const = default;
 };
 
 struct FileId {             // identity of a file to detect changes
@@ -82,17 +88,20 @@ struct FileId {             // identity of a file to detect changes
   uint64_t size = 0;
   int64_t mtime_ns = 0;
   uint32_t mode = 0;
+  bool operator==(const FileId&) const = default;
 };
 
 struct Credentials {
   uint32_t ruid = 0, euid = 0, suid = 0, fsuid = 0;
   uint32_t rgid = 0, egid = 0, sgid = 0, fsgid = 0;
   std::vector<uint32_t> groups;
+  bool operator==(const Credentials&) const = default;
 };
 
 struct ItimerValue {
   uint64_t interval_us = 0;
   uint64_t value_us = 0;
+  bool operator==(const ItimerValue&) const = default;
 };
 
 struct ProcessInfo {
@@ -119,6 +128,7 @@ struct ProcessInfo {
   uint64_t timerslack_ns = 0;
   uint32_t no_new_privs = 0;
   uint32_t exit_signal = 17;      // SIGCHLD usually
+  bool operator==(const ProcessInfo&) const = default;
 };
 
 // --- memory ----------------------------------------------------------------
@@ -156,12 +166,14 @@ struct Mapping {
   std::string path;       // backing file ("" for anonymous)
   FileId file_id;
   uint64_t shmem_id = 0;  // kMapSharedAnon/kMapSysvShm: SharedMemory id
+  bool operator==(const Mapping&) const = default;
 };
 
 // A run of saved pages: [start, start + npages * kPageSize).
 struct PageRun {
   uint64_t start = 0;
   uint64_t npages = 0;
+  bool operator==(const PageRun&) const = default;
 };
 
 // A segment of memory shared between processes, stored once per context.
@@ -172,6 +184,7 @@ struct SharedMemory {
   std::string name;       // memfd name, /dev/shm path, or SysV key text
   int64_t sysv_key = 0;
   uint32_t sysv_mode = 0;
+  bool operator==(const SharedMemory&) const = default;
 };
 
 // --- threads ---------------------------------------------------------------
@@ -193,6 +206,7 @@ struct ThreadInfo {
   uint32_t rseq_length = 0;
   uint32_t rseq_signature = 0;
   uint32_t state = 0;              // reserved
+  bool operator==(const ThreadInfo&) const = default;
 };
 
 // --- files -----------------------------------------------------------------
@@ -206,6 +220,8 @@ enum FileKind : uint32_t {
   kFileFifo = 5,
   kFileUnixSocket = 6,
   kFileOther = 7,        // anything else: refused at checkpoint
+  kFileEpoll = 8,        // data: packed {u32 tfd, u32 events, u64 data} records
+  kFileEventfd = 9,      // pos: the counter
 };
 
 enum FdFlags : uint32_t {
@@ -226,6 +242,7 @@ struct FileDesc {
   uint64_t peer_id = 0;       // pipes/sockets: the shared object (pipe inode)
   uint32_t pipe_size = 0;
   std::string data;           // buffered pipe data or unlinked file content
+  bool operator==(const FileDesc&) const = default;
 };
 
 }  // namespace stasis::format

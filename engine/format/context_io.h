@@ -13,7 +13,12 @@
 // hostile file yields a Status (EBADMSG) naming the section and byte offset,
 // never a crash, a hang or an allocation the file did not pay for.
 //
-// Neither class owns its sink/source; both are single-threaded.
+// Neither class owns its sink/source; both are single-threaded. A writer's
+// first error (EINVAL for a section it refuses, or the sink's error) is
+// final: every later call returns it and the output must be discarded. A
+// reader's first corrupt-data or I/O error is final likewise; a reader call
+// made in the wrong state (EINVAL, e.g. Next with page data unread) changes
+// nothing.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +52,7 @@ struct PageOwner {
   enum Kind : uint32_t { kProcess = 0, kSharedMemory = 1 };
   uint32_t kind = kProcess;
   uint64_t id = 0;  // pid or SharedMemory::id
+  bool operator==(const PageOwner&) const = default;
 };
 
 class ContextWriter {
@@ -86,6 +92,7 @@ struct PagesHeader {
   PageOwner owner;
   std::vector<PageRun> runs;
   uint64_t data_bytes = 0;  // sum(npages) * kPageSize
+  bool operator==(const PagesHeader&) const = default;
 };
 
 class ContextReader {
@@ -135,6 +142,7 @@ struct ProcessImage {
   std::vector<PageRun> page_runs;   // all runs of all Pages sections
   std::string page_data;            // only filled when load_pages is true
   uint64_t page_bytes = 0;
+  bool operator==(const ProcessImage&) const = default;
 };
 
 struct Context {
@@ -142,8 +150,10 @@ struct Context {
   ProcessTree tree;
   std::vector<SharedMemory> shared;
   std::vector<std::vector<PageRun>> shared_runs;  // parallel to shared
+  std::vector<std::string> shared_page_data;       // parallel to shared; load_pages only
   std::vector<ProcessImage> processes;             // in file order
   uint64_t file_bytes = 0;
+  bool operator==(const Context&) const = default;
 };
 
 // Reads a whole context, verifying every checksum and every cross-reference
@@ -151,5 +161,13 @@ struct Context {
 // shmem ids exist). With load_pages false the page data is checked and
 // discarded.
 Result<Context> ReadContext(ByteSource* source, bool load_pages);
+
+// Reads a context from `source` and writes it to `sink` section by section,
+// verifying everything ReadContext verifies and holding at most one
+// section's metadata and a 1 MiB page buffer in memory (staging a context
+// from local disk to the parallel file system). The copy has the same
+// sections; unknown fields of a newer writer are dropped. On error the sink
+// holds a partial copy. Does not sync.
+Status CopyContext(ByteSource* source, ByteSink* sink);
 
 }  // namespace stasis::format

@@ -1,0 +1,88 @@
+// cr_restart: restore a process tree from a context file (BLCR's
+// cr_restart). cr_restart stays the parent of the restored tree's root and
+// exits with its exit status (128+N if it was killed by signal N); signals
+// sent to cr_restart are passed on to the restored root.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "engine/cli/cli_common.h"
+#include "engine/core/context_file.h"
+#include "engine/core/engine.h"
+
+namespace {
+
+const char* kUsage =
+    "cr_restart [--no-restore-pid] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
+    "[-v] [-f] FILE";
+
+volatile sig_atomic_t g_root = 0;
+
+void Forward(int sig) {
+  if (g_root > 0) ::kill(g_root, sig);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using stasis::cli::Die;
+  stasis::core::RestoreOptions opt;
+  std::string file;
+  bool verbose = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) stasis::cli::Usage("cr_restart", kUsage);
+      return argv[++i];
+    };
+    if (a == "-f" || a == "--file") file = next();
+    else if (a == "--no-restore-pid") opt.restore_pids = false;
+    else if (a == "--restore-pid") opt.restore_pids = true;
+    else if (a == "--stop") opt.after = stasis::core::AfterRestore::kStop;
+    else if (a == "--kill") opt.after = stasis::core::AfterRestore::kKill;
+    else if (a == "--term") opt.after = stasis::core::AfterRestore::kTerm;
+    else if (a == "--cont" || a == "--run") opt.after = stasis::core::AfterRestore::kRun;
+    else if (a == "--relocate" || a.rfind("--relocate=", 0) == 0) {
+      std::string spec = a == "--relocate" ? next() : a.substr(11);
+      size_t eq = spec.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+        Die("cr_restart", "--relocate needs OLD=NEW, got '" + spec + "'", 2);
+      opt.relocate.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
+    } else if (a == "-v" || a == "--verbose") verbose = true;
+    else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s\n", kUsage);
+      return 0;
+    } else if (a[0] == '-') stasis::cli::Usage("cr_restart", kUsage);
+    else if (file.empty()) file = a;
+    else stasis::cli::Usage("cr_restart", kUsage);
+  }
+  if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
+  auto source = stasis::core::OpenContextForRead(file);
+  if (!source) Die("cr_restart", source.error().message());
+  auto result = stasis::core::Restore(source->get(), opt);
+  if (!result) Die("cr_restart", file + ": " + result.error().message());
+  g_root = result->root_pid;
+  if (verbose)
+    std::fprintf(stderr, "cr_restart: restored %u processes, %u threads, %.1f MiB in %.3f s\n",
+                 result->processes, result->threads, result->page_bytes / 1048576.0,
+                 result->seconds);
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = Forward;
+  sa.sa_flags = SA_RESTART;
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM})
+    ::sigaction(sig, &sa, nullptr);
+  int status = 0;
+  for (;;) {
+    pid_t r = ::waitpid(result->root_pid, &status, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) Die("cr_restart", std::string("wait for restored process: ") + std::strerror(errno));
+    break;
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}

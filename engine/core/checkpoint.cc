@@ -1,0 +1,791 @@
+// Capture of a process tree into a context stream.
+//
+//   discover scope ──► seize+interrupt every thread (rescan until stable)
+//        │
+//        ▼
+//   per process: /proc facts, injected queries (sigactions, brk, itimers,
+//   altstacks, tid addresses), fds, memory map, pagemap-selected pages
+//        │
+//        ▼
+//   write Image, Tree, then per process sections ──► finalize (caller
+//   fsyncs and renames) ──► resume / stop / term / kill the tree
+//
+// Every failure before finalize resumes the tree exactly as it was: the
+// registers and signal masks we touched are put back and the scratch page
+// we mapped for injected calls is unmapped.
+#include <elf.h>
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "engine/base/fd.h"
+#include "engine/core/engine.h"
+#include "engine/core/procfs.h"
+#include "engine/core/ptrace.h"
+#include "engine/format/context_io.h"
+
+namespace stasis::core {
+namespace {
+
+using format::FileDesc;
+using format::Mapping;
+using format::PageRun;
+
+constexpr size_t kScratchSize = 4 * 4096;
+constexpr uint64_t kPageSize = 4096;
+constexpr size_t kBatchBytes = 64u << 20;  // page data per Pages section
+constexpr size_t kReadChunk = 8u << 20;
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
+
+struct ProcState {
+  pid_t pid = 0;
+  ProcStat stat;
+  std::string status_text;
+  std::vector<std::unique_ptr<Tracee>> threads;  // threads[0] is the leader
+  ProcessMemory mem;
+  uint64_t syscall_insn = 0;
+  uint64_t scratch = 0;
+  bool was_stopped = false;
+  format::ProcessInfo info;
+  std::vector<Mapping> mappings;
+  std::vector<MapsEntry> maps;
+  std::vector<FileDesc> files;
+  std::vector<format::ThreadInfo> thread_infos;
+};
+
+class Capturer {
+ public:
+  explicit Capturer(const CheckpointOptions& options) : options_(options) {}
+  ~Capturer() { ResumeAll(); }
+
+  Status Freeze();
+  Status CaptureAll();
+  Status Write(format::ContextWriter* writer, CheckpointStats* stats);
+  Status Release(AfterCheckpoint after);
+  void ResumeAll();
+  const std::vector<std::unique_ptr<ProcState>>& procs() const { return procs_; }
+  uint64_t zero_pages_skipped() const { return zero_skipped_; }
+
+ private:
+  Result<std::vector<pid_t>> DiscoverScope();
+  Status SeizeProcess(ProcState* p, bool* added);
+  Status CaptureProcess(ProcState* p);
+  Status CaptureThreads(ProcState* p);
+  Status CaptureMappings(ProcState* p);
+  Status CaptureFiles(ProcState* p);
+  Status WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes);
+  Status ClassifyPipes();
+  Result<long> Inject(ProcState* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
+                      uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
+  Status ReadScratch(ProcState* p, void* out, size_t n) {
+    return p->mem.Read(p->scratch, out, n);
+  }
+
+  const CheckpointOptions& options_;
+  std::vector<std::unique_ptr<ProcState>> procs_;
+  std::map<pid_t, ProcState*> by_pid_;
+  uint64_t next_object_id_ = 1;
+  uint64_t zero_skipped_ = 0;
+  bool released_ = false;
+};
+
+Result<long> Capturer::Inject(ProcState* p, Tracee* t, long nr, uint64_t a1, uint64_t a2,
+                              uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6) {
+  return t->Syscall(p->syscall_insn, nr, a1, a2, a3, a4, a5, a6);
+}
+
+Result<std::vector<pid_t>> Capturer::DiscoverScope() {
+  pid_t target = options_.target;
+  if (target <= 0) return Status::Error(EINVAL, "invalid pid " + std::to_string(target));
+  if (options_.scope == format::kScopeTree || options_.scope == format::kScopePid) {
+    auto root_stat = ReadStat(target);
+    if (!root_stat) return Status::Error(ESRCH, "no such process: " + std::to_string(target));
+  }
+  std::vector<pid_t> out;
+  switch (options_.scope) {
+    case format::kScopePid:
+      out.push_back(target);
+      break;
+    case format::kScopeTree: {
+      std::vector<pid_t> queue{target};
+      for (size_t i = 0; i < queue.size(); ++i) {
+        auto kids = ListChildren(queue[i]);
+        if (!kids) continue;
+        for (pid_t k : *kids) queue.push_back(k);
+      }
+      out = queue;
+      break;
+    }
+    case format::kScopePgid:
+    case format::kScopeSid: {
+      STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> all, ListAllProcesses());
+      for (pid_t pid : all) {
+        auto st = ReadStat(pid);
+        if (!st || pid == ::getpid()) continue;
+        pid_t key = options_.scope == format::kScopePgid ? st->pgrp : st->session;
+        if (key == target) out.push_back(pid);
+      }
+      if (out.empty())
+        return Status::Error(ESRCH, std::string("no process in ") +
+                                        (options_.scope == format::kScopePgid ? "process group "
+                                                                              : "session ") +
+                                        std::to_string(target));
+      // Parents first, so the tree section lists them before children.
+      std::sort(out.begin(), out.end());
+      break;
+    }
+  }
+  return out;
+}
+
+Status Capturer::SeizeProcess(ProcState* p, bool* added) {
+  // Seize every thread we have not seized yet; a thread that appears while
+  // we work is found by the caller's rescan.
+  STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> tids, ListTasks(p->pid));
+  for (pid_t tid : tids) {
+    bool known = false;
+    for (auto& t : p->threads) known |= t->tid() == tid;
+    if (known) continue;
+    auto t = std::make_unique<Tracee>(p->pid, tid);
+    Status s = t->SeizeAndInterrupt();
+    if (!s.ok()) {
+      if (errno == EPERM || s.code() == EPERM)
+        return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) +
+                                        ": permission denied (not your process?)");
+      return s;
+    }
+    STASIS_RETURN_IF_ERROR(t->WaitForStop());
+    if (tid == p->pid)
+      p->threads.insert(p->threads.begin(), std::move(t));
+    else
+      p->threads.push_back(std::move(t));
+    *added = true;
+  }
+  return Status::Ok();
+}
+
+Status Capturer::Freeze() {
+  if (options_.target > 0) {
+    auto uid = ProcessUid(options_.target);
+    if (uid && ::geteuid() != 0 && *uid != ::geteuid())
+      return Status::Error(EPERM, "cannot checkpoint pid " + std::to_string(options_.target) +
+                                      ": it belongs to uid " + std::to_string(*uid) +
+                                      ", not to you");
+  }
+  for (int round = 0; round < 100; ++round) {
+    STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> scope, DiscoverScope());
+    bool added = false;
+    for (pid_t pid : scope) {
+      ProcState* p = by_pid_.count(pid) ? by_pid_[pid] : nullptr;
+      if (!p) {
+        if (pid == ::getpid())
+          return Status::Error(EINVAL, "cannot checkpoint the checkpointing process itself");
+        auto st = ReadStat(pid);
+        if (!st) continue;  // exited meanwhile
+        if (st->state == 'Z') return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(pid) +
+                                                                ": zombie processes are not supported yet");
+        auto proc = std::make_unique<ProcState>();
+        proc->pid = pid;
+        proc->was_stopped = st->state == 'T';
+        p = proc.get();
+        by_pid_[pid] = p;
+        procs_.push_back(std::move(proc));
+        added = true;
+      }
+      STASIS_RETURN_IF_ERROR(SeizeProcess(p, &added));
+    }
+    if (!added) return Status::Ok();
+  }
+  return Status::Error(EAGAIN, "the process tree kept changing while it was being stopped");
+}
+
+Status Capturer::CaptureAll() {
+  for (auto& p : procs_) {
+    Status s = CaptureProcess(p.get());
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+Status Capturer::CaptureProcess(ProcState* p) {
+  const std::string proc = "/proc/" + std::to_string(p->pid);
+  STASIS_ASSIGN_OR_RETURN(p->stat, ReadStat(p->pid));
+  STASIS_ASSIGN_OR_RETURN(p->status_text, ReadFileToString(proc + "/status"));
+  STASIS_ASSIGN_OR_RETURN(p->maps, ReadMaps(p->pid));
+  STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
+  STASIS_ASSIGN_OR_RETURN(p->syscall_insn, FindVdsoSyscall(p->pid, p->mem));
+
+  format::ProcessInfo& info = p->info;
+  info.pid = static_cast<uint32_t>(p->pid);
+  auto comm = ReadFileToString(proc + "/comm");
+  if (comm) info.comm = comm->substr(0, comm->find('\n'));
+  auto exe = ReadLink(proc + "/exe");
+  if (exe) {
+    info.exe_path = *exe;
+    struct stat st;
+    if (::stat((proc + "/exe").c_str(), &st) == 0) {
+      info.exe_id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                     static_cast<uint64_t>(st.st_size),
+                     st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, st.st_mode};
+    }
+  }
+  STASIS_ASSIGN_OR_RETURN(info.cwd, ReadLink(proc + "/cwd"));
+  STASIS_ASSIGN_OR_RETURN(info.root, ReadLink(proc + "/root"));
+  STASIS_ASSIGN_OR_RETURN(info.cmdline, ReadFileToString(proc + "/cmdline"));
+  STASIS_ASSIGN_OR_RETURN(info.environ, ReadFileToString(proc + "/environ"));
+  STASIS_ASSIGN_OR_RETURN(info.auxv, ReadFileToString(proc + "/auxv"));
+  auto pers = ReadFileToString(proc + "/personality");
+  if (pers) info.personality = static_cast<uint32_t>(strtoul(pers->c_str(), nullptr, 16));
+  auto umask = StatusField(p->status_text, "Umask");
+  if (umask) info.umask = static_cast<uint32_t>(strtoul(umask->c_str(), nullptr, 8));
+  auto nnp = StatusField(p->status_text, "NoNewPrivs");
+  if (nnp) info.no_new_privs = static_cast<uint32_t>(atoi(nnp->c_str()));
+  {
+    unsigned r[4] = {0, 0, 0, 0}, g[4] = {0, 0, 0, 0};
+    auto u = StatusField(p->status_text, "Uid");
+    auto gg = StatusField(p->status_text, "Gid");
+    if (u) sscanf(u->c_str(), "%u %u %u %u", &r[0], &r[1], &r[2], &r[3]);
+    if (gg) sscanf(gg->c_str(), "%u %u %u %u", &g[0], &g[1], &g[2], &g[3]);
+    info.creds = {r[0], r[1], r[2], r[3], g[0], g[1], g[2], g[3], {}};
+    auto groups = StatusField(p->status_text, "Groups");
+    if (groups) {
+      char* s = groups->data();
+      char* end = nullptr;
+      for (;;) {
+        unsigned long v = strtoul(s, &end, 10);
+        if (end == s) break;
+        info.creds.groups.push_back(static_cast<uint32_t>(v));
+        s = end;
+      }
+    }
+  }
+  for (int res = 0; res < RLIM_NLIMITS; ++res) {
+    struct rlimit64 lim;
+    if (::prlimit64(p->pid, static_cast<__rlimit_resource>(res), nullptr, &lim) != 0)
+      return Status::FromErrno(errno, "read rlimits of " + Pid(p->pid));
+    info.rlimits.push_back({lim.rlim_cur, lim.rlim_max});
+  }
+  info.exit_signal = static_cast<uint32_t>(p->stat.exit_signal);
+  info.mm.start_code = p->stat.start_code;
+  info.mm.end_code = p->stat.end_code;
+  info.mm.start_data = p->stat.start_data;
+  info.mm.end_data = p->stat.end_data;
+  info.mm.start_brk = p->stat.start_brk;
+  info.mm.start_stack = p->stat.start_stack;
+  info.mm.arg_start = p->stat.arg_start;
+  info.mm.arg_end = p->stat.arg_end;
+  info.mm.env_start = p->stat.env_start;
+  info.mm.env_end = p->stat.env_end;
+
+  // Injected queries run in the leader, with a scratch page for results.
+  Tracee* leader = p->threads[0].get();
+  STASIS_ASSIGN_OR_RETURN(long scratch, Inject(p, leader, SYS_mmap, 0, kScratchSize,
+                                               PROT_READ | PROT_WRITE,
+                                               MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0));
+  if (scratch < 0 && scratch > -4096)
+    return Status::FromErrno(static_cast<int>(-scratch), "map a scratch page in " + Pid(p->pid));
+  p->scratch = static_cast<uint64_t>(scratch);
+
+  STASIS_ASSIGN_OR_RETURN(long brk, Inject(p, leader, SYS_brk, 0));
+  info.mm.brk = static_cast<uint64_t>(brk);
+
+  for (int sig = 1; sig <= 64; ++sig) {
+    format::SigAction act;
+    if (sig != SIGKILL && sig != SIGSTOP) {
+      STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_rt_sigaction, static_cast<uint64_t>(sig), 0,
+                                             p->scratch, 8));
+      if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read handler of signal " +
+                                                                      std::to_string(sig) + " of " +
+                                                                      Pid(p->pid));
+      uint64_t k[4];
+      STASIS_RETURN_IF_ERROR(ReadScratch(p, k, sizeof k));
+      act = {k[0], k[1], k[2], k[3]};
+    }
+    info.sigactions.push_back(act);
+  }
+  for (int which = 0; which < 3; ++which) {
+    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_getitimer, static_cast<uint64_t>(which),
+                                           p->scratch));
+    if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read itimer of " + Pid(p->pid));
+    int64_t v[4];
+    STASIS_RETURN_IF_ERROR(ReadScratch(p, v, sizeof v));
+    format::ItimerValue iv{static_cast<uint64_t>(v[0] * 1000000 + v[1]),
+                           static_cast<uint64_t>(v[2] * 1000000 + v[3])};
+    (which == 0 ? info.itimer_real : which == 1 ? info.itimer_virtual : info.itimer_prof) = iv;
+  }
+  {
+    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_prctl, PR_GET_PDEATHSIG, p->scratch));
+    if (r == 0) {
+      int32_t v = 0;
+      STASIS_RETURN_IF_ERROR(ReadScratch(p, &v, sizeof v));
+      info.pdeathsig = static_cast<uint32_t>(v);
+    }
+    STASIS_ASSIGN_OR_RETURN(long d, Inject(p, leader, SYS_prctl, PR_GET_DUMPABLE));
+    info.dumpable = d >= 0 ? static_cast<uint32_t>(d) : 1;
+    STASIS_ASSIGN_OR_RETURN(long ts, Inject(p, leader, SYS_prctl, PR_GET_TIMERSLACK));
+    info.timerslack_ns = ts >= 0 ? static_cast<uint64_t>(ts) : 50000;
+  }
+  STASIS_RETURN_IF_ERROR(leader->PeekSiginfo(true, &info.pending_shared));
+  STASIS_RETURN_IF_ERROR(CaptureThreads(p));
+  STASIS_RETURN_IF_ERROR(CaptureMappings(p));
+  STASIS_RETURN_IF_ERROR(CaptureFiles(p));
+  return Status::Ok();
+}
+
+Status Capturer::CaptureThreads(ProcState* p) {
+  for (auto& t : p->threads) {
+    format::ThreadInfo ti;
+    ti.tid = static_cast<uint32_t>(t->tid());
+    STASIS_RETURN_IF_ERROR(t->PrepareForInjection());
+    const Regs& regs = t->saved_regs();
+    ti.gpregs.assign(reinterpret_cast<const uint8_t*>(&regs),
+                     reinterpret_cast<const uint8_t*>(&regs) + sizeof regs);
+    STASIS_RETURN_IF_ERROR(t->GetXstate(&ti.xsave));
+    ti.sigmask = t->saved_sigmask();
+    STASIS_RETURN_IF_ERROR(t->PeekSiginfo(false, &ti.pending));
+    auto comm = ReadFileToString("/proc/" + std::to_string(p->pid) + "/task/" +
+                                 std::to_string(t->tid()) + "/comm");
+    if (comm) ti.comm = comm->substr(0, comm->find('\n'));
+
+    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_sigaltstack, 0, p->scratch));
+    if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read altstack of thread " +
+                                                                    std::to_string(t->tid()));
+    struct {
+      uint64_t sp;
+      int32_t flags;
+      int32_t pad;
+      uint64_t size;
+    } ss;
+    STASIS_RETURN_IF_ERROR(ReadScratch(p, &ss, sizeof ss));
+    ti.altstack_sp = ss.sp;
+    ti.altstack_flags = static_cast<uint32_t>(ss.flags);
+    ti.altstack_size = ss.size;
+
+    STASIS_ASSIGN_OR_RETURN(r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
+                                      p->scratch));
+    if (r == 0) STASIS_RETURN_IF_ERROR(ReadScratch(p, &ti.clear_tid_address, 8));
+
+    uint64_t head = 0;
+    size_t len = 0;
+    if (::syscall(SYS_get_robust_list, t->tid(), &head, &len) == 0) {
+      ti.robust_list = head;
+      ti.robust_list_len = len;
+    }
+    struct {
+      uint64_t ptr;
+      uint32_t size;
+      uint32_t sig;
+      uint32_t flags;
+      uint32_t pad;
+    } rseq{};
+    if (::ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */),
+                 t->tid(), reinterpret_cast<void*>(sizeof rseq), &rseq) > 0) {
+      ti.rseq_address = rseq.ptr;
+      ti.rseq_length = rseq.size;
+      ti.rseq_signature = rseq.sig;
+    }
+    p->thread_infos.push_back(std::move(ti));
+  }
+  return Status::Ok();
+}
+
+bool IsDeleted(const std::string& path) {
+  static const std::string kDeleted = " (deleted)";
+  return path.size() >= kDeleted.size() &&
+         path.compare(path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0;
+}
+
+Status Capturer::CaptureMappings(ProcState* p) {
+  for (const MapsEntry& e : p->maps) {
+    Mapping m;
+    m.start = e.start;
+    m.end = e.end;
+    m.prot = (e.read ? PROT_READ : 0) | (e.write ? PROT_WRITE : 0) | (e.exec ? PROT_EXEC : 0);
+    m.flags = e.shared ? format::kMapShared : format::kMapPrivate;
+    m.pgoff = e.offset;
+    const std::string where = Pid(p->pid) + " mapping " + ToHex(e.start) + "-" + ToHex(e.end);
+    if (e.path == "[vdso]") {
+      m.kind = format::kMapVdso;
+    } else if (e.path == "[vvar]") {
+      m.kind = format::kMapVvar;
+    } else if (e.path == "[vvar_vclock]") {
+      m.kind = format::kMapVvarVclock;
+    } else if (e.path == "[vsyscall]") {
+      m.kind = format::kMapVsyscall;
+    } else if (e.path == "[heap]") {
+      m.kind = format::kMapAnon;
+      m.flags |= format::kMapHeap;
+    } else if (e.path == "[stack]") {
+      m.kind = format::kMapAnon;
+      m.flags |= format::kMapStack | format::kMapGrowsDown;
+    } else if (e.path.empty() || e.path.rfind("[anon", 0) == 0) {
+      if (e.shared)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
+                                          ": shared anonymous memory is not supported yet");
+      m.kind = format::kMapAnon;
+    } else if (e.path[0] == '[') {
+      return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": unknown special mapping " +
+                                        e.path);
+    } else {
+      if (IsDeleted(e.path) || e.inode == 0)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": mapped file " + e.path +
+                                          " was deleted (saving by value is not supported yet)");
+      if (e.shared && e.path.rfind("/dev/shm/", 0) == 0)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
+                                          ": POSIX shared memory is not supported yet");
+      if (e.shared && e.path.rfind("/SYSV", 0) == 0)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
+                                          ": SysV shared memory is not supported yet");
+      m.kind = format::kMapFile;
+      m.path = e.path;
+      struct stat st;
+      if (::stat(e.path.c_str(), &st) != 0)
+        return Status::FromErrno(errno, "cannot checkpoint " + where + ": stat " + e.path);
+      if (static_cast<uint64_t>(st.st_ino) != e.inode)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + e.path +
+                                          " was replaced by another file since it was mapped");
+      m.file_id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                   static_cast<uint64_t>(st.st_size),
+                   st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, st.st_mode};
+    }
+    if (e.start <= p->stat.start_stack && p->stat.start_stack < e.end && m.kind == format::kMapAnon)
+      m.flags |= format::kMapStack | format::kMapGrowsDown;
+    p->mappings.push_back(std::move(m));
+  }
+  return Status::Ok();
+}
+
+Status Capturer::CaptureFiles(ProcState* p) {
+  STASIS_ASSIGN_OR_RETURN(std::vector<int> fds, ListFds(p->pid));
+  const std::string proc = "/proc/" + std::to_string(p->pid);
+  for (int fd : fds) {
+    FileDesc f;
+    f.fd = fd;
+    const std::string link_path = proc + "/fd/" + std::to_string(fd);
+    const std::string where = Pid(p->pid) + " fd " + std::to_string(fd);
+    STASIS_ASSIGN_OR_RETURN(std::string link, ReadLink(link_path));
+    STASIS_ASSIGN_OR_RETURN(FdInfo fi, ReadFdInfo(p->pid, fd));
+    f.open_flags = fi.flags & ~static_cast<uint32_t>(O_CLOEXEC);
+    if (fi.flags & O_CLOEXEC) f.fd_flags |= format::kFdCloexec;
+    f.pos = fi.pos;
+    f.path = link;
+    struct stat st;
+    if (::stat(link_path.c_str(), &st) != 0)
+      return Status::FromErrno(errno, "cannot checkpoint " + where + ": stat " + link);
+    f.file_id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                 static_cast<uint64_t>(st.st_size),
+                 st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, st.st_mode};
+    if (S_ISREG(st.st_mode)) {
+      if (IsDeleted(link) || st.st_nlink == 0)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": file " + link +
+                                          " was deleted (saving by value is not supported yet)");
+      f.kind = format::kFileRegular;
+    } else if (S_ISDIR(st.st_mode)) {
+      f.kind = format::kFileDirectory;
+    } else if (S_ISCHR(st.st_mode)) {
+      unsigned maj = major(st.st_rdev);
+      bool tty = maj == 136 || maj == 4 || maj == 5 || link.rfind("/dev/pts/", 0) == 0;
+      f.kind = tty ? format::kFileTty : format::kFileCharDevice;
+    } else if (S_ISFIFO(st.st_mode)) {
+      if (link.rfind("pipe:[", 0) == 0) {
+        f.kind = format::kFilePipe;
+        f.peer_id = static_cast<uint64_t>(st.st_ino);
+      } else {
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": named FIFO " + link +
+                                          " is not supported yet");
+      }
+    } else if (S_ISSOCK(st.st_mode)) {
+      return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": socket " + link +
+                                        " is not supported yet");
+    } else if (link == "anon_inode:[eventpoll]") {
+      f.kind = format::kFileEpoll;
+      STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
+      size_t pos = 0;
+      while ((pos = text.find("tfd:", pos)) != std::string::npos) {
+        unsigned tfd = 0, events = 0;
+        unsigned long long data = 0;
+        if (sscanf(text.c_str() + pos, "tfd: %u events: %x data: %llx", &tfd, &events, &data) == 3) {
+          uint32_t rec[4] = {tfd, events, static_cast<uint32_t>(data), static_cast<uint32_t>(data >> 32)};
+          f.data.append(reinterpret_cast<const char*>(rec), sizeof rec);
+        }
+        pos += 4;
+      }
+    } else if (link == "anon_inode:[eventfd]") {
+      f.kind = format::kFileEventfd;
+      STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
+      auto count = StatusField(text, "eventfd-count");
+      if (count) f.pos = strtoull(count->c_str(), nullptr, 16);
+    } else {
+      return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + link +
+                                        " is not supported yet");
+    }
+    // Same open file description as an fd seen before => same object.
+    for (auto& other : procs_) {
+      for (const FileDesc& g : other->files) {
+        if (g.file_id.dev != f.file_id.dev || g.file_id.ino != f.file_id.ino) continue;
+        if (::syscall(SYS_kcmp, p->pid, other->pid, KCMP_FILE, fd, g.fd) == 0) {
+          f.object_id = g.object_id;
+          break;
+        }
+      }
+      if (f.object_id) break;
+    }
+    for (const FileDesc& g : p->files) {
+      if (f.object_id) break;
+      if (g.file_id.dev != f.file_id.dev || g.file_id.ino != f.file_id.ino) continue;
+      if (::syscall(SYS_kcmp, p->pid, p->pid, KCMP_FILE, fd, g.fd) == 0) f.object_id = g.object_id;
+    }
+    if (!f.object_id) f.object_id = next_object_id_++;
+    p->files.push_back(std::move(f));
+  }
+  return Status::Ok();
+}
+
+bool IsZeroPage(const char* page) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(page);
+  uint64_t acc = 0;
+  for (size_t i = 0; i < kPageSize / 8; i += 8) {
+    acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+    if (acc) return false;
+  }
+  return acc == 0;
+}
+
+Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes) {
+  UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(),
+                          O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(p->pid));
+  std::unique_ptr<char[]> batch(new char[kBatchBytes]);
+  std::vector<PageRun> runs;
+  size_t used = 0;
+  auto flush = [&]() -> Status {
+    if (runs.empty()) return Status::Ok();
+    STASIS_RETURN_IF_ERROR(writer->BeginPages({format::PageOwner::kProcess, static_cast<uint64_t>(p->pid)}, runs));
+    STASIS_RETURN_IF_ERROR(writer->AppendPageData(batch.get(), used));
+    STASIS_RETURN_IF_ERROR(writer->EndPages());
+    *page_bytes += used;
+    runs.clear();
+    used = 0;
+    return Status::Ok();
+  };
+  auto add_page = [&](uint64_t addr, const char* data) -> Status {
+    if (used + kPageSize > kBatchBytes) STASIS_RETURN_IF_ERROR(flush());
+    if (!runs.empty() && runs.back().start + runs.back().npages * kPageSize == addr)
+      runs.back().npages++;
+    else
+      runs.push_back({addr, 1});
+    std::memcpy(batch.get() + used, data, kPageSize);
+    used += kPageSize;
+    return Status::Ok();
+  };
+  std::vector<uint64_t> pm;
+  std::unique_ptr<char[]> chunk(new char[kReadChunk]);
+  for (const Mapping& m : p->mappings) {
+    if (m.kind != format::kMapAnon && m.kind != format::kMapFile) continue;
+    if (m.flags & format::kMapShared) continue;  // by reference
+    if (m.start == p->scratch) continue;
+    bool anon = m.kind == format::kMapAnon;
+    uint64_t npages = (m.end - m.start) / kPageSize;
+    pm.resize(npages);
+    ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
+    if (n != static_cast<ssize_t>(npages * 8))
+      return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
+    auto wanted = [&](uint64_t e) {
+      bool present = e & (1ull << 63);
+      bool swapped = e & (1ull << 62);
+      bool file_or_shared = e & (1ull << 61);
+      if (swapped) return true;
+      if (!present) return false;
+      return anon || !file_or_shared;
+    };
+    uint64_t i = 0;
+    while (i < npages) {
+      if (!wanted(pm[i])) {
+        ++i;
+        continue;
+      }
+      uint64_t j = i;
+      while (j < npages && wanted(pm[j]) && (j - i) * kPageSize < kReadChunk) ++j;
+      uint64_t addr = m.start + i * kPageSize;
+      size_t len = (j - i) * kPageSize;
+      STASIS_RETURN_IF_ERROR(p->mem.Read(addr, chunk.get(), len));
+      for (uint64_t k = 0; k < j - i; ++k) {
+        const char* page = chunk.get() + k * kPageSize;
+        if (anon && IsZeroPage(page)) {
+          ++zero_skipped_;
+          continue;
+        }
+        STASIS_RETURN_IF_ERROR(add_page(addr + k * kPageSize, page));
+      }
+      i = j;
+    }
+  }
+  return flush();
+}
+
+Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
+  format::ImageInfo image;
+  image.stasis_version = "0.1.0";
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  image.hostname = host;
+  struct utsname u;
+  if (::uname(&u) == 0) image.kernel_release = u.release;
+  image.created_unix_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  image.checkpoint_uid = ::getuid();
+  image.root_pid = static_cast<uint32_t>(options_.target);
+  image.scope = options_.scope;
+  image.argv = options_.tool_argv;
+  STASIS_RETURN_IF_ERROR(writer->Begin(image));
+
+  format::ProcessTree tree;
+  for (auto& p : procs_) {
+    format::ProcessEntry e;
+    e.pid = static_cast<uint32_t>(p->pid);
+    e.ppid = by_pid_.count(p->stat.ppid) ? static_cast<uint32_t>(p->stat.ppid) : 0;
+    e.pgid = static_cast<uint32_t>(p->stat.pgrp);
+    e.sid = static_cast<uint32_t>(p->stat.session);
+    if (p->was_stopped) e.flags |= format::kProcStopped;
+    if (p->pid == options_.target) e.flags |= format::kProcIsRoot;
+    for (auto& t : p->threads) e.tids.push_back(static_cast<uint32_t>(t->tid()));
+    tree.processes.push_back(std::move(e));
+  }
+  STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
+  STASIS_RETURN_IF_ERROR(ClassifyPipes());
+  for (auto& p : procs_) {
+    const uint32_t pid = static_cast<uint32_t>(p->pid);
+    STASIS_RETURN_IF_ERROR(writer->WriteProcess(p->info));
+    std::vector<Mapping> maps;
+    for (const Mapping& m : p->mappings)
+      if (m.start != p->scratch) maps.push_back(m);
+    STASIS_RETURN_IF_ERROR(writer->WriteMappings(pid, maps));
+    STASIS_RETURN_IF_ERROR(writer->WriteFiles(pid, p->files));
+    for (const auto& t : p->thread_infos) STASIS_RETURN_IF_ERROR(writer->WriteThread(pid, t));
+    STASIS_RETURN_IF_ERROR(WritePages(p.get(), writer, &stats->page_bytes));
+    stats->threads += static_cast<uint32_t>(p->thread_infos.size());
+    stats->pids.push_back(p->pid);
+  }
+  stats->processes = static_cast<uint32_t>(procs_.size());
+  return writer->Finish();
+}
+
+// Marks pipes with an end outside the checkpoint, and saves the buffered
+// data of pipes with both ends inside (read without consuming, via tee).
+Status Capturer::ClassifyPipes() {
+  std::map<uint64_t, int> modes;  // peer id -> bit 1 read end, bit 2 write end
+  for (auto& p : procs_)
+    for (FileDesc& f : p->files)
+      if (f.kind == format::kFilePipe)
+        modes[f.peer_id] |= (f.open_flags & O_ACCMODE) == O_RDONLY ? 1 : 2;
+  std::set<uint64_t> saved;
+  for (auto& p : procs_) {
+    for (FileDesc& f : p->files) {
+      if (f.kind != format::kFilePipe) continue;
+      if (modes[f.peer_id] != 3) {
+        f.fd_flags |= format::kFdOutside;
+        continue;
+      }
+      if ((f.open_flags & O_ACCMODE) != O_RDONLY || saved.count(f.peer_id)) continue;
+      saved.insert(f.peer_id);
+      UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p->pid, 0)));
+      if (!pidfd) return Status::FromErrno(errno, "pidfd_open " + Pid(p->pid));
+      UniqueFd mine(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), f.fd, 0)));
+      if (!mine) return Status::FromErrno(errno, "take pipe fd " + std::to_string(f.fd) + " of " +
+                                                     Pid(p->pid));
+      int sz = ::fcntl(mine.get(), F_GETPIPE_SZ);
+      if (sz > 0) f.pipe_size = static_cast<uint32_t>(sz);
+      int tmp[2];
+      if (::pipe2(tmp, O_CLOEXEC | O_NONBLOCK) != 0) return Status::FromErrno(errno, "pipe");
+      UniqueFd r(tmp[0]), w(tmp[1]);
+      if (sz > 0) ::fcntl(w.get(), F_SETPIPE_SZ, sz);
+      ssize_t n = ::tee(mine.get(), w.get(), 1 << 30, SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        f.data.resize(static_cast<size_t>(n));
+        if (::read(r.get(), f.data.data(), f.data.size()) != n)
+          return Status::FromErrno(errno, "copy pipe data of " + Pid(p->pid));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+void Capturer::ResumeAll() {
+  if (released_) return;
+  released_ = true;
+  for (auto& p : procs_) {
+    if (p->scratch && !p->threads.empty()) {
+      (void)Inject(p.get(), p->threads[0].get(), SYS_munmap, p->scratch, kScratchSize);
+      p->scratch = 0;
+    }
+    for (auto& t : p->threads) (void)t->RestoreAndDetach(0);
+  }
+}
+
+Status Capturer::Release(AfterCheckpoint after) {
+  released_ = true;
+  Status first;
+  for (auto& p : procs_) {
+    if (p->scratch && !p->threads.empty()) {
+      auto r = Inject(p.get(), p->threads[0].get(), SYS_munmap, p->scratch, kScratchSize);
+      if (!r && first.ok()) first = r.error();
+      p->scratch = 0;
+    }
+    int sig = 0;
+    if (after == AfterCheckpoint::kKill) ::kill(p->pid, SIGKILL);
+    if (after == AfterCheckpoint::kTerm) sig = SIGTERM;
+    if (after == AfterCheckpoint::kStop || p->was_stopped) sig = SIGSTOP;
+    for (auto& t : p->threads) {
+      Status s = t->RestoreAndDetach(t->tid() == p->pid ? sig : 0);
+      if (!s.ok() && first.ok() && after != AfterCheckpoint::kKill) first = s;
+    }
+  }
+  return first;
+}
+
+}  // namespace
+
+Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* sink,
+                                   FinalizeFn finalize, void* finalize_arg) {
+  auto t0 = std::chrono::steady_clock::now();
+  CheckpointStats stats;
+  Capturer cap(options);
+  STASIS_RETURN_IF_ERROR(cap.Freeze());
+  stats.freeze_seconds = SecondsSince(t0);
+  STASIS_RETURN_IF_ERROR(cap.CaptureAll());
+  format::ContextWriter writer(sink);
+  STASIS_RETURN_IF_ERROR(cap.Write(&writer, &stats));
+  stats.bytes = sink->Offset();
+  stats.zero_pages_skipped = cap.zero_pages_skipped();
+  if (finalize) STASIS_RETURN_IF_ERROR(finalize(finalize_arg));
+  Status s = cap.Release(options.after);
+  stats.pause_seconds = SecondsSince(t0);
+  stats.total_seconds = stats.pause_seconds;
+  if (!s.ok()) return s;
+  return stats;
+}
+
+}  // namespace stasis::core

@@ -1,0 +1,46 @@
+// Context files on disk: created so that a failed or interrupted checkpoint
+// never leaves a half-written file under the target name and never harms a
+// previous file of that name; opened for restore without following
+// symlinks and only when the caller owns them (or is root).
+//
+// ContextFileWriter is single-use: Open, write through sink(), then Commit
+// (fsync, rename, fsync folder) or let the destructor abort (unlink the
+// temporary file).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/base/io.h"
+#include "engine/base/status.h"
+
+namespace stasis::core {
+
+enum class WriteMode {
+  kAtomic,   // temp file + rename (default)
+  kClobber,  // write the target in place; removed again on failure
+  kBackup,   // like kAtomic, but an existing target is kept as NAME.~N~
+};
+
+class ContextFileWriter {
+ public:
+  static Result<std::unique_ptr<ContextFileWriter>> Open(const std::string& path, WriteMode mode);
+  ~ContextFileWriter();
+  ByteSink* sink() { return sink_.get(); }
+  // Makes the file durable under its final name.
+  Status Commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  ContextFileWriter() = default;
+  std::string path_, temp_, dir_, base_;
+  WriteMode mode_ = WriteMode::kAtomic;
+  std::unique_ptr<FdSink> sink_;
+  bool committed_ = false;
+};
+
+// Opens a context for reading: no symlinks, a regular file, owned by the
+// caller unless the caller is root.
+Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path);
+
+}  // namespace stasis::core

@@ -1,0 +1,81 @@
+// The engine's public entry points: checkpoint a process tree into a
+// context stream, restore a tree from one. This is the whole surface the
+// CLI, stasisd and libcr use; nothing here knows Slurm or PMIx.
+//
+// Both calls run in the calling process (the "embedded engine"). They are
+// synchronous and not reentrant: one checkpoint or restore per process at a
+// time (ptrace ties tracees to the tracing thread).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/base/io.h"
+#include "engine/base/status.h"
+#include "engine/format/context.h"
+
+namespace stasis::core {
+
+// What happens to the checkpointed processes once the context is written
+// (BLCR's cr_checkpoint --cont/--stop/--term/--kill). On failure the
+// processes always continue.
+enum class AfterCheckpoint { kContinue, kStop, kTerm, kKill };
+
+struct CheckpointOptions {
+  pid_t target = 0;
+  format::ScopeKind scope = format::kScopeTree;
+  AfterCheckpoint after = AfterCheckpoint::kContinue;
+  std::vector<std::string> tool_argv;  // recorded in the image
+  bool save_exe = false;               // reserved: --save-exe
+};
+
+struct CheckpointStats {
+  uint32_t processes = 0;
+  uint32_t threads = 0;
+  uint64_t bytes = 0;        // context bytes written
+  uint64_t page_bytes = 0;   // memory bytes saved
+  uint64_t zero_pages_skipped = 0;
+  double freeze_seconds = 0;  // from the first seize to all stopped
+  double pause_seconds = 0;   // from the first seize to resumed (or killed)
+  double total_seconds = 0;
+  std::vector<pid_t> pids;
+};
+
+// Freezes the target scope, captures it into `sink` and, once the stream is
+// complete and `finalize` (if given: fsync + rename by the caller) has
+// succeeded, applies `after`. On any error the processes are resumed
+// untouched and the error names the process and what failed.
+using FinalizeFn = Status (*)(void* arg);
+Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* sink,
+                                   FinalizeFn finalize = nullptr, void* finalize_arg = nullptr);
+
+enum class AfterRestore { kRun, kStop, kTerm, kKill };
+
+struct RestoreOptions {
+  bool restore_pids = true;      // false: --no-restore-pid
+  AfterRestore after = AfterRestore::kRun;
+  // --relocate OLD=NEW: path prefixes rewritten for files, exe, cwd.
+  std::vector<std::pair<std::string, std::string>> relocate;
+  // Where fds that led outside the checkpoint are reattached.
+  int stdin_fd = 0, stdout_fd = 1, stderr_fd = 2;
+};
+
+struct RestoreResult {
+  pid_t root_pid = 0;            // the restored root, our child
+  uint32_t processes = 0;
+  uint32_t threads = 0;
+  uint64_t page_bytes = 0;
+  double seconds = 0;
+  bool in_new_pid_namespace = false;
+};
+
+// Reads a context from `source` and rebuilds its tree as children of the
+// caller. Nothing runs until the whole context has been read and every
+// checksum verified; on any error everything built so far is killed.
+Result<RestoreResult> Restore(ByteSource* source, const RestoreOptions& options);
+
+}  // namespace stasis::core

@@ -1,0 +1,78 @@
+// Readers of /proc for one process or thread: the facts the engine needs at
+// capture time (tree, maps, status, fds) and at restore time (what a
+// half-built process currently maps). Pure parsing lives in the Parse*
+// functions so unit tests can feed them text; the Read* functions add the
+// file access. No state; thread-compatible.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/base/status.h"
+
+namespace stasis::core {
+
+Result<std::string> ReadFileToString(const std::string& path, size_t limit = 64 << 20);
+Result<std::string> ReadLink(const std::string& path);
+
+// One line of /proc/PID/maps.
+struct MapsEntry {
+  uint64_t start = 0, end = 0;
+  bool read = false, write = false, exec = false, shared = false;
+  uint64_t offset = 0;
+  uint32_t dev_major = 0, dev_minor = 0;
+  uint64_t inode = 0;
+  std::string path;  // may be "[heap]", "[stack]", "[vdso]", "/x (deleted)", ""
+};
+Result<std::vector<MapsEntry>> ParseMaps(const std::string& text);
+Result<std::vector<MapsEntry>> ReadMaps(pid_t pid);
+
+// The fields of /proc/PID/stat the engine uses.
+struct ProcStat {
+  pid_t pid = 0;
+  std::string comm;
+  char state = '?';
+  pid_t ppid = 0, pgrp = 0, session = 0;
+  uint64_t flags = 0;
+  uint64_t start_code = 0, end_code = 0, start_stack = 0;
+  uint64_t start_data = 0, end_data = 0, start_brk = 0;
+  uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
+  int exit_signal = 0;
+  int exit_code = 0;
+  int num_threads = 0;
+};
+Result<ProcStat> ParseStat(const std::string& text);
+Result<ProcStat> ReadStat(pid_t pid);
+Result<ProcStat> ReadThreadStat(pid_t pid, pid_t tid);
+
+// "Key:\tvalue" lines of /proc/PID/status.
+Result<std::string> StatusField(const std::string& status_text, const std::string& key);
+
+Result<std::vector<pid_t>> ListTasks(pid_t pid);
+// Every process visible in /proc, sorted.
+Result<std::vector<pid_t>> ListAllProcesses();
+// Children of every thread of pid (from /proc/PID/task/TID/children).
+Result<std::vector<pid_t>> ListChildren(pid_t pid);
+// Open fd numbers of pid, sorted.
+Result<std::vector<int>> ListFds(pid_t pid);
+
+// /proc/PID/fdinfo/FD: pos and flags (octal in the file).
+struct FdInfo {
+  uint64_t pos = 0;
+  uint32_t flags = 0;
+  uint64_t mnt_id = 0;
+};
+Result<FdInfo> ReadFdInfo(pid_t pid, int fd);
+
+// The real uid of a process (from status), or an error if it is gone.
+Result<uid_t> ProcessUid(pid_t pid);
+
+}  // namespace stasis::core
+
+namespace stasis::core {
+// Lower-case hex without prefix.
+std::string ToHex(uint64_t v);
+}  // namespace stasis::core

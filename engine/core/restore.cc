@@ -1,0 +1,943 @@
+// Restore of a process tree from a context stream.
+//
+// The restorer (cr_restart, or stasisd on behalf of a user) builds every
+// process from the inside by driving it through ptrace with injected
+// system calls; the restored program executes none of its own instructions
+// until the whole context has been read and verified:
+//
+//   restorer                         restored process P (stopped, traced)
+//   ────────                         ──────────────────────────────────
+//   mmap scratch page (syscall insn)
+//   clone3(set_tid=root pid) ──────► child: PTRACE_TRACEME, SIGSTOP
+//   for each child C of P:    ─────► P: clone3(set_tid=C) (auto-attached)
+//   Mappings section         ─────► P: munmap old, mremap vDSO, mmap each VMA
+//   Files section            ─────► P: pidfd_getfd(restorer fd), dup3
+//   Thread sections          ─────► P: clone3(CLONE_THREAD, set_tid=tid)
+//   Pages sections           ─────► /proc/P/mem writes
+//   End (all checksums ok)   ─────► P: sigactions, cwd, limits, mm map,
+//                                      altstacks, rseq, creds, signals;
+//                                      munmap scratch; set registers
+//   detach everything: P continues where it was checkpointed
+//
+// Any error kills every process built so far (they never ran).
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+
+#include "engine/base/fd.h"
+#include "engine/core/engine.h"
+#include "engine/core/procfs.h"
+#include "engine/core/ptrace.h"
+#include "engine/format/context_io.h"
+
+namespace stasis::core {
+namespace {
+
+using format::FileDesc;
+using format::Mapping;
+
+constexpr uint64_t kPageSize = 4096;
+constexpr size_t kScratchSize = 16 * 4096;
+// Layout of the scratch area, shared by the restorer and the processes.
+constexpr uint64_t kOffSyscall = 0;         // "syscall" instruction
+constexpr uint64_t kOffArgs = 0x1000;       // structs passed to calls
+constexpr uint64_t kOffAuxv = 0x2000;       // auxv for PR_SET_MM_MAP
+constexpr uint64_t kOffPath = 0x4000;       // NUL-terminated paths
+constexpr size_t kMaxPath = 0x8000;
+constexpr uint64_t kUserTop = 0x7ffffffff000ull;
+
+std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
+
+Status SysErr(long r, const std::string& what) {
+  if (r >= 0 || r < -4095) return Status::Ok();
+  return Status::FromErrno(static_cast<int>(-r), what);
+}
+
+struct Interval {
+  uint64_t lo, hi;
+};
+
+// Lowest gap of `size` bytes at or above `base` not touching any interval.
+uint64_t FindFree(std::vector<Interval> busy, uint64_t size, uint64_t base) {
+  std::sort(busy.begin(), busy.end(), [](auto& a, auto& b) { return a.lo < b.lo; });
+  uint64_t cand = base;
+  for (const Interval& iv : busy) {
+    if (iv.hi <= cand) continue;
+    if (iv.lo >= cand + size + kPageSize) break;
+    cand = (iv.hi + kPageSize + 0xffff) & ~0xffffull;
+  }
+  return cand + size < kUserTop ? cand : 0;
+}
+
+struct RProc {
+  format::ProcessEntry entry;
+  format::ProcessInfo info;
+  bool have_info = false;
+  std::vector<Mapping> mappings;
+  std::vector<FileDesc> files;
+  std::vector<format::ThreadInfo> threads;
+  std::vector<std::unique_ptr<Tracee>> tracees;  // [0] leader
+  ProcessMemory mem;
+  pid_t pid = 0;  // real pid
+  uint64_t scratch = 0;
+  bool mm_built = false;
+  bool files_done = false;
+};
+
+class Restorer {
+ public:
+  Restorer(ByteSource* source, const RestoreOptions& options)
+      : source_(source), options_(options), reader_(source) {}
+  ~Restorer();
+  Result<RestoreResult> Run();
+
+ private:
+  Status SetUpScratch();
+  Status CreateTree(const format::ProcessTree& tree);
+  Status CreateProcess(RProc* p, RProc* parent);
+  Status UnregisterInheritedRseq(RProc* p);
+  Status BuildAddressSpace(RProc* p);
+  Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
+  Status RestoreFiles(RProc* p);
+  Result<int> RestorerFdFor(const FileDesc& f);
+  Status CreateThreads(RProc* p);
+  Status WritePages(RProc* p);
+  Status FinishProcess(RProc* p);
+  Status FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti);
+  Status Release();
+  void KillAll();
+
+  Result<long> Call(RProc* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
+                    uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0,
+                    pid_t* new_task = nullptr) {
+    return t->Syscall(p->scratch + kOffSyscall, nr, a1, a2, a3, a4, a5, a6, new_task);
+  }
+  Result<long> Call(RProc* p, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+                    uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0) {
+    return Call(p, p->tracees[0].get(), nr, a1, a2, a3, a4, a5, a6);
+  }
+  Result<uint64_t> PutPath(RProc* p, const std::string& path);
+  std::string Relocate(const std::string& path) const;
+
+  ByteSource* source_;
+  const RestoreOptions& options_;
+  format::ContextReader reader_;
+  std::vector<std::unique_ptr<RProc>> procs_;  // tree order
+  std::map<uint32_t, RProc*> by_pid_;          // by saved pid
+  uint64_t scratch_ = 0;                       // in the restorer
+  std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
+  std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
+  RestoreResult result_;
+  bool released_ = false;
+};
+
+Restorer::~Restorer() {
+  if (!released_) KillAll();
+  if (scratch_) ::munmap(reinterpret_cast<void*>(scratch_), kScratchSize);
+}
+
+void Restorer::KillAll() {
+  for (auto& p : procs_)
+    if (p->pid > 0) ::kill(p->pid, SIGKILL);
+  for (auto& p : procs_) {
+    if (p->pid <= 0) continue;
+    for (auto& t : p->tracees)
+      if (t->tid() != p->pid) (void)WaitThread(t->tid());
+    int st;
+    while (::waitpid(p->pid, &st, __WALL) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+std::string Restorer::Relocate(const std::string& path) const {
+  for (const auto& [from, to] : options_.relocate) {
+    if (path.compare(0, from.size(), from) == 0 &&
+        (path.size() == from.size() || path[from.size()] == '/' || from.back() == '/'))
+      return to + path.substr(from.size());
+  }
+  return path;
+}
+
+Result<uint64_t> Restorer::PutPath(RProc* p, const std::string& path) {
+  if (path.size() + 1 > kMaxPath) return Status::Error(ENAMETOOLONG, "path too long: " + path);
+  STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffPath, path.c_str(), path.size() + 1));
+  return p->scratch + kOffPath;
+}
+
+Status Restorer::SetUpScratch() {
+  void* m = ::mmap(nullptr, kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return Status::FromErrno(errno, "map restorer scratch area");
+  scratch_ = reinterpret_cast<uint64_t>(m);
+  static const uint8_t kSyscall[] = {0x0f, 0x05, 0xcc, 0xcc};
+  std::memcpy(m, kSyscall, sizeof kSyscall);
+  return Status::Ok();
+}
+
+Status Restorer::CreateTree(const format::ProcessTree& tree) {
+  // Pids in use make exact restore impossible.
+  if (options_.restore_pids) {
+    for (const auto& e : tree.processes) {
+      for (uint32_t tid : e.tids) {
+        if (::kill(static_cast<pid_t>(tid), 0) == 0 || errno == EPERM)
+          return Status::Error(EEXIST, "pid " + std::to_string(tid) +
+                                           " is in use; restore with --no-restore-pid or end "
+                                           "the process that holds it");
+      }
+    }
+  }
+  for (const auto& e : tree.processes) {
+    auto p = std::make_unique<RProc>();
+    p->entry = e;
+    by_pid_[e.pid] = p.get();
+    procs_.push_back(std::move(p));
+  }
+  for (auto& p : procs_) {
+    RProc* parent = nullptr;
+    if (p->entry.ppid != 0) {
+      auto it = by_pid_.find(p->entry.ppid);
+      if (it == by_pid_.end() || it->second->pid == 0)
+        return Status::Corrupt("process " + std::to_string(p->entry.pid) +
+                               " is listed before its parent " + std::to_string(p->entry.ppid));
+      parent = it->second;
+    }
+    STASIS_RETURN_IF_ERROR(CreateProcess(p.get(), parent));
+  }
+  // Process groups: leaders first, then members.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (auto& p : procs_) {
+      bool leader = p->entry.pgid == p->entry.pid;
+      if ((pass == 0) != leader) continue;
+      if (p->entry.sid == p->entry.pid) continue;  // setsid made it a leader
+      auto it = by_pid_.find(p->entry.pgid);
+      if (!leader && it == by_pid_.end()) continue;  // group outside: keep ours
+      pid_t pgid = leader ? 0 : it->second->pid;
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p.get(), SYS_setpgid, 0, static_cast<uint64_t>(pgid)));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "set process group of " + Pid(p->pid)));
+    }
+  }
+  return Status::Ok();
+}
+
+Status Restorer::UnregisterInheritedRseq(RProc* p) {
+  struct {
+    uint64_t ptr;
+    uint32_t size, sig, flags, pad;
+  } rseq{};
+  Tracee* t = p->tracees[0].get();
+  if (::ptrace(static_cast<__ptrace_request>(0x420f), t->tid(),
+               reinterpret_cast<void*>(sizeof rseq), &rseq) > 0 &&
+      rseq.ptr != 0) {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rseq, rseq.ptr, rseq.size, 1 /* UNREGISTER */,
+                                         rseq.sig));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "unregister inherited rseq in " + Pid(p->pid)));
+  }
+  return Status::Ok();
+}
+
+Status Restorer::CreateProcess(RProc* p, RProc* parent) {
+  pid_t want = static_cast<pid_t>(p->entry.pid);
+  if (!parent) {
+    struct clone_args args;
+    std::memset(&args, 0, sizeof args);
+    args.exit_signal = SIGCHLD;
+    if (options_.restore_pids) {
+      args.set_tid = reinterpret_cast<uint64_t>(&want);
+      args.set_tid_size = 1;
+    }
+    long r = ::syscall(SYS_clone3, &args, sizeof args);
+    if (r < 0) {
+      int err = errno;
+      if (err == EPERM)
+        return Status::Error(EPERM, "cannot restore pid " + std::to_string(want) +
+                                        ": choosing pids needs root (CAP_CHECKPOINT_RESTORE); "
+                                        "use --no-restore-pid");
+      return Status::FromErrno(err, "create process for pid " + std::to_string(want));
+    }
+    if (r == 0) {
+      // The child: become traceable and wait to be rebuilt.
+      ::syscall(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0);
+      ::syscall(SYS_kill, ::syscall(SYS_getpid), SIGSTOP);
+      ::syscall(SYS_exit_group, 127);
+    }
+    p->pid = static_cast<pid_t>(r);
+    auto t = std::make_unique<Tracee>(p->pid, p->pid);
+    STASIS_RETURN_IF_ERROR(t->AdoptTracedChild());
+    p->tracees.push_back(std::move(t));
+    p->scratch = scratch_;
+    STASIS_RETURN_IF_ERROR(UnregisterInheritedRseq(p));
+  } else {
+    struct clone_args args;
+    std::memset(&args, 0, sizeof args);
+    args.exit_signal = p->entry.pid ? SIGCHLD : 0;
+    uint64_t tid_addr = parent->scratch + kOffArgs + 0x100;
+    if (options_.restore_pids) {
+      args.set_tid = tid_addr;
+      args.set_tid_size = 1;
+    }
+    STASIS_RETURN_IF_ERROR(parent->mem.Write(parent->scratch + kOffArgs, &args, sizeof args));
+    STASIS_RETURN_IF_ERROR(parent->mem.Write(tid_addr, &want, sizeof want));
+    pid_t child = 0;
+    STASIS_ASSIGN_OR_RETURN(long r, Call(parent, parent->tracees[0].get(), SYS_clone3,
+                                         parent->scratch + kOffArgs, sizeof args, 0, 0, 0, 0,
+                                         &child));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "create process for pid " + std::to_string(want) + " in " +
+                                         Pid(parent->pid)));
+    p->pid = static_cast<pid_t>(r);
+    auto t = std::make_unique<Tracee>(p->pid, p->pid);
+    t->MarkAttached();
+    STASIS_RETURN_IF_ERROR(t->WaitForStop());
+    p->tracees.push_back(std::move(t));
+    p->scratch = parent->scratch;
+  }
+  STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
+  if (p->entry.sid == p->entry.pid) {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_setsid));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "create session for " + Pid(p->pid)));
+  }
+  return Status::Ok();
+}
+
+Status Restorer::MoveVdso(RProc* p, const std::vector<MapsEntry>& current) {
+  // Saved and current [vvar], [vvar_vclock], [vdso] blocks.
+  auto kind_of = [](const std::string& path) -> int {
+    if (path == "[vvar]") return format::kMapVvar;
+    if (path == "[vvar_vclock]") return format::kMapVvarVclock;
+    if (path == "[vdso]") return format::kMapVdso;
+    return -1;
+  };
+  std::map<int, Interval> cur, want;
+  for (const MapsEntry& e : current) {
+    int k = kind_of(e.path);
+    if (k >= 0) cur[k] = {e.start, e.end};
+  }
+  for (const Mapping& m : p->mappings) {
+    if (m.kind == format::kMapVdso || m.kind == format::kMapVvar ||
+        m.kind == format::kMapVvarVclock)
+      want[static_cast<int>(m.kind)] = {m.start, m.end};
+  }
+  if (want.empty()) {
+    for (auto& [k, iv] : cur) {
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, iv.lo, iv.hi - iv.lo));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "unmap vDSO of " + Pid(p->pid)));
+    }
+    return Status::Ok();
+  }
+  for (auto& [k, iv] : want) {
+    if (!cur.count(k) || cur[k].hi - cur[k].lo != iv.hi - iv.lo)
+      return Status::Error(ENOTSUP, "cannot restore " + Pid(p->entry.pid) +
+                                        ": this kernel's vDSO layout differs from the "
+                                        "checkpointing kernel's");
+  }
+  // Move to a temporary place free in both layouts, then to the target.
+  std::vector<Interval> busy;
+  for (const MapsEntry& e : current) busy.push_back({e.start, e.end});
+  for (const Mapping& m : p->mappings) busy.push_back({m.start, m.end});
+  uint64_t total = 0;
+  for (auto& [k, iv] : cur) total += iv.hi - iv.lo;
+  uint64_t tmp = FindFree(busy, total, 0x200000000ull);
+  if (!tmp) return Status::Error(ENOMEM, "no room to move the vDSO of " + Pid(p->pid));
+  std::map<int, uint64_t> at;
+  for (auto& [k, iv] : cur) {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mremap, iv.lo, iv.hi - iv.lo, iv.hi - iv.lo,
+                                         MREMAP_MAYMOVE | MREMAP_FIXED, tmp));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "move vDSO of " + Pid(p->pid)));
+    at[k] = tmp;
+    tmp += iv.hi - iv.lo;
+  }
+  for (auto& [k, iv] : cur) {
+    if (!want.count(k)) {
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, at[k], iv.hi - iv.lo));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "unmap vDSO part of " + Pid(p->pid)));
+      continue;
+    }
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mremap, at[k], iv.hi - iv.lo, iv.hi - iv.lo,
+                                         MREMAP_MAYMOVE | MREMAP_FIXED, want[k].lo));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "move vDSO of " + Pid(p->pid) + " to 0x" +
+                                         ToHex(want[k].lo)));
+  }
+  return Status::Ok();
+}
+
+Status Restorer::BuildAddressSpace(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  for (const Mapping& m : p->mappings) {
+    if (m.start >= m.end || (m.start | m.end) % kPageSize != 0 ||
+        (m.end > kUserTop && m.kind != format::kMapVsyscall))
+      return Status::Corrupt("mapping " + ToHex(m.start) + "-" + ToHex(m.end) + " of " + who +
+                             " is not a valid user range");
+  }
+  STASIS_ASSIGN_OR_RETURN(std::vector<MapsEntry> current, ReadMaps(p->pid));
+  // 1. Keep the scratch area out of the way of the saved layout.
+  std::vector<Interval> target;
+  for (const Mapping& m : p->mappings)
+    if (m.kind != format::kMapVsyscall) target.push_back({m.start, m.end});
+  bool clash = false;
+  for (const Interval& iv : target)
+    clash |= iv.lo < p->scratch + kScratchSize && p->scratch < iv.hi;
+  if (clash) {
+    std::vector<Interval> busy = target;
+    for (const MapsEntry& e : current) busy.push_back({e.start, e.end});
+    uint64_t to = FindFree(busy, kScratchSize, 0x100000000ull);
+    if (!to) return Status::Error(ENOMEM, "no room for the restorer in " + who);
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mremap, p->scratch, kScratchSize, kScratchSize,
+                                         MREMAP_MAYMOVE | MREMAP_FIXED, to));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "move restorer scratch in " + who));
+    p->scratch = to;
+    STASIS_ASSIGN_OR_RETURN(current, ReadMaps(p->pid));
+  }
+  // 2. Drop everything inherited except scratch and the vDSO family.
+  for (const MapsEntry& e : current) {
+    if (e.start == p->scratch || e.path == "[vdso]" || e.path == "[vvar]" ||
+        e.path == "[vvar_vclock]" || e.path == "[vsyscall]")
+      continue;
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, e.start, e.end - e.start));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "unmap inherited memory of " + who));
+  }
+  STASIS_RETURN_IF_ERROR(MoveVdso(p, current));
+  // 3. Map every saved VMA.
+  for (const Mapping& m : p->mappings) {
+    uint64_t len = m.end - m.start;
+    int flags = MAP_FIXED | ((m.flags & format::kMapShared) ? MAP_SHARED : MAP_PRIVATE);
+    if (m.flags & format::kMapGrowsDown) flags |= MAP_GROWSDOWN;
+    switch (m.kind) {
+      case format::kMapVdso:
+      case format::kMapVvar:
+      case format::kMapVvarVclock:
+      case format::kMapVsyscall:
+        continue;
+      case format::kMapAnon: {
+        STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
+                                             static_cast<uint64_t>(flags | MAP_ANONYMOUS),
+                                             static_cast<uint64_t>(-1), 0));
+        STASIS_RETURN_IF_ERROR(SysErr(r, "map memory " + ToHex(m.start) + "-" + ToHex(m.end) +
+                                             " of " + who));
+        break;
+      }
+      case format::kMapFile: {
+        std::string path = Relocate(m.path);
+        struct stat st;
+        if (::stat(path.c_str(), &st) != 0)
+          return Status::FromErrno(errno, "cannot restore " + who + ": mapped file " + path);
+        if (static_cast<uint64_t>(st.st_size) != m.file_id.size ||
+            st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != m.file_id.mtime_ns)
+          return Status::Error(ESTALE, "cannot restore " + who + ": mapped file " + path +
+                                           " changed since the checkpoint (size or mtime)");
+        STASIS_ASSIGN_OR_RETURN(uint64_t path_addr, PutPath(p, path));
+        bool rw = (m.flags & format::kMapShared) && (m.prot & PROT_WRITE);
+        STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD),
+                                              path_addr, rw ? O_RDWR : O_RDONLY));
+        STASIS_RETURN_IF_ERROR(SysErr(fd, "open " + path + " in " + who));
+        STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
+                                             static_cast<uint64_t>(flags),
+                                             static_cast<uint64_t>(fd), m.pgoff));
+        STASIS_ASSIGN_OR_RETURN(long c, Call(p, SYS_close, static_cast<uint64_t>(fd)));
+        (void)c;
+        STASIS_RETURN_IF_ERROR(SysErr(r, "map " + path + " at " + ToHex(m.start) + " in " + who));
+        break;
+      }
+      default:
+        return Status::Error(ENOTSUP, "cannot restore " + who + ": mapping kind " +
+                                          std::to_string(m.kind) + " is not supported yet");
+    }
+  }
+  p->mm_built = true;
+  return Status::Ok();
+}
+
+Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
+  auto it = objects_.find(f.object_id);
+  if (it != objects_.end()) return it->second.get();
+  const int acc = static_cast<int>(f.open_flags & O_ACCMODE);
+  auto stdio_for = [&]() {
+    if (f.fd == 0 || acc == O_RDONLY) return options_.stdin_fd;
+    if (f.fd == 2) return options_.stderr_fd;
+    return options_.stdout_fd;
+  };
+  UniqueFd fd;
+  switch (f.kind) {
+    case format::kFileRegular:
+    case format::kFileDirectory:
+    case format::kFileCharDevice: {
+      std::string path = Relocate(f.path);
+      int flags = static_cast<int>(f.open_flags) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY);
+      fd.reset(::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY));
+      if (!fd) return Status::FromErrno(errno, "cannot restore fd " + std::to_string(f.fd) +
+                                                   ": open " + path);
+      struct stat st;
+      if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+      if (f.kind == format::kFileRegular &&
+          (static_cast<uint64_t>(st.st_ino) != f.file_id.ino ||
+           static_cast<uint64_t>(st.st_dev) != f.file_id.dev) &&
+          options_.relocate.empty())
+        return Status::Error(ESTALE, "cannot restore fd " + std::to_string(f.fd) + ": " + path +
+                                         " was replaced by another file since the checkpoint");
+      if (f.kind != format::kFileCharDevice && f.pos != 0 &&
+          ::lseek(fd.get(), static_cast<off_t>(f.pos), SEEK_SET) < 0)
+        return Status::FromErrno(errno, "seek " + path);
+      break;
+    }
+    case format::kFileTty: {
+      int flags = static_cast<int>(f.open_flags) & (O_ACCMODE | O_NONBLOCK | O_APPEND);
+      fd.reset(::open("/dev/tty", flags | O_CLOEXEC | O_NOCTTY));
+      if (!fd) fd.reset(::fcntl(stdio_for(), F_DUPFD_CLOEXEC, 0));
+      if (!fd) return Status::FromErrno(errno, "reattach terminal fd " + std::to_string(f.fd));
+      break;
+    }
+    case format::kFilePipe: {
+      if (f.fd_flags & format::kFdOutside) {
+        fd.reset(::fcntl(stdio_for(), F_DUPFD_CLOEXEC, 0));
+        if (!fd) return Status::FromErrno(errno, "reattach pipe fd " + std::to_string(f.fd));
+        break;
+      }
+      auto pit = pipes_.find(f.peer_id);
+      if (pit == pipes_.end()) {
+        int ends[2];
+        if (::pipe2(ends, O_CLOEXEC) != 0) return Status::FromErrno(errno, "create pipe");
+        pit = pipes_.emplace(f.peer_id, std::make_pair(UniqueFd(ends[0]), UniqueFd(ends[1])))
+                  .first;
+        if (f.pipe_size) ::fcntl(ends[1], F_SETPIPE_SZ, static_cast<int>(f.pipe_size));
+      }
+      if (!f.data.empty()) {
+        ssize_t w = ::write(pit->second.second.get(), f.data.data(), f.data.size());
+        if (w != static_cast<ssize_t>(f.data.size()))
+          return Status::FromErrno(errno, "refill pipe of fd " + std::to_string(f.fd));
+      }
+      int end = acc == O_RDONLY ? pit->second.first.get() : pit->second.second.get();
+      // A separate open file description per end, shared by every fd of it.
+      fd.reset(::fcntl(end, F_DUPFD_CLOEXEC, 0));
+      if (!fd) return Status::FromErrno(errno, "dup pipe end");
+      break;
+    }
+    default:
+      return Status::Error(ENOTSUP, "cannot restore fd " + std::to_string(f.fd) + " of kind " +
+                                        std::to_string(f.kind));
+  }
+  if (f.kind == format::kFilePipe || f.kind == format::kFileTty) {
+    int fl = ::fcntl(fd.get(), F_GETFL);
+    int want_nb = static_cast<int>(f.open_flags) & O_NONBLOCK;
+    if (fl >= 0 && (fl & O_NONBLOCK) != want_nb && f.kind == format::kFilePipe &&
+        !(f.fd_flags & format::kFdOutside))
+      ::fcntl(fd.get(), F_SETFL, (fl & ~O_NONBLOCK) | want_nb);
+  }
+  int raw = fd.get();
+  objects_[f.object_id] = std::move(fd);
+  return raw;
+}
+
+Status Restorer::RestoreFiles(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  int max_fd = 2;
+  for (const FileDesc& f : p->files) {
+    if (f.fd < 0 || f.fd > (1 << 20)) return Status::Corrupt("fd number out of range in " + who);
+    max_fd = std::max(max_fd, f.fd);
+  }
+  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_close_range, 0, ~0u, 0));
+  STASIS_RETURN_IF_ERROR(SysErr(r, "close inherited fds of " + who));
+  // The process fetches each fd from us with pidfd_getfd.
+  STASIS_ASSIGN_OR_RETURN(long pfd, Call(p, SYS_pidfd_open, static_cast<uint64_t>(::getpid()), 0));
+  STASIS_RETURN_IF_ERROR(SysErr(pfd, "pidfd_open in " + who));
+  STASIS_ASSIGN_OR_RETURN(long hi, Call(p, SYS_fcntl, static_cast<uint64_t>(pfd), F_DUPFD_CLOEXEC,
+                                        static_cast<uint64_t>(max_fd + 1)));
+  STASIS_RETURN_IF_ERROR(SysErr(hi, "move pidfd in " + who));
+  STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close, static_cast<uint64_t>(pfd)));
+  pfd = hi;
+  std::vector<const FileDesc*> epolls;
+  for (const FileDesc& f : p->files) {
+    long got = 0;
+    if (f.kind == format::kFileEpoll) {
+      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_epoll_create1, O_CLOEXEC));
+      STASIS_RETURN_IF_ERROR(SysErr(got, "create epoll for fd " + std::to_string(f.fd) + " of " + who));
+      epolls.push_back(&f);
+    } else if (f.kind == format::kFileEventfd) {
+      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_eventfd2, f.pos,
+                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
+      STASIS_RETURN_IF_ERROR(SysErr(got, "create eventfd for fd " + std::to_string(f.fd) + " of " + who));
+    } else {
+      STASIS_ASSIGN_OR_RETURN(int mine, RestorerFdFor(f));
+      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(pfd),
+                                        static_cast<uint64_t>(mine), 0));
+      STASIS_RETURN_IF_ERROR(SysErr(got, "hand fd " + std::to_string(f.fd) + " to " + who));
+    }
+    bool cloexec = f.fd_flags & format::kFdCloexec;
+    if (got != f.fd) {
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_dup3, static_cast<uint64_t>(got),
+                                      static_cast<uint64_t>(f.fd), cloexec ? O_CLOEXEC : 0));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "place fd " + std::to_string(f.fd) + " in " + who));
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close, static_cast<uint64_t>(got)));
+    } else {
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_fcntl, static_cast<uint64_t>(f.fd), F_SETFD,
+                                      cloexec ? FD_CLOEXEC : 0));
+    }
+  }
+  STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close, static_cast<uint64_t>(pfd)));
+  for (const FileDesc* e : epolls) {
+    for (size_t off = 0; off + 16 <= e->data.size(); off += 16) {
+      uint32_t rec[4];
+      std::memcpy(rec, e->data.data() + off, 16);
+      struct {
+        uint32_t events;
+        uint64_t data;
+      } __attribute__((packed)) ev = {rec[1], rec[2] | (static_cast<uint64_t>(rec[3]) << 32)};
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &ev, sizeof ev));
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_epoll_ctl, static_cast<uint64_t>(e->fd),
+                                      1 /* EPOLL_CTL_ADD */, rec[0], p->scratch + kOffArgs));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "re-register fd " + std::to_string(rec[0]) +
+                                           " in epoll fd " + std::to_string(e->fd) + " of " + who));
+    }
+  }
+  p->files_done = true;
+  return Status::Ok();
+}
+
+Status Restorer::CreateThreads(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  if (p->threads.empty() || p->threads[0].tid != p->entry.pid)
+    return Status::Corrupt("first thread of " + who + " is not its leader");
+  for (size_t i = 1; i < p->threads.size(); ++i) {
+    pid_t want = static_cast<pid_t>(p->threads[i].tid);
+    struct clone_args args;
+    std::memset(&args, 0, sizeof args);
+    args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    uint64_t tid_addr = p->scratch + kOffArgs + 0x100;
+    if (options_.restore_pids) {
+      args.set_tid = tid_addr;
+      args.set_tid_size = 1;
+    }
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &args, sizeof args));
+    STASIS_RETURN_IF_ERROR(p->mem.Write(tid_addr, &want, sizeof want));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_clone3, p->scratch + kOffArgs, sizeof args));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "create thread " + std::to_string(want) + " of " + who));
+    auto t = std::make_unique<Tracee>(p->pid, static_cast<pid_t>(r));
+    t->MarkAttached();
+    STASIS_RETURN_IF_ERROR(t->WaitForStop());
+    p->tracees.push_back(std::move(t));
+  }
+  return Status::Ok();
+}
+
+Status Restorer::WritePages(RProc* p) {
+  const format::PagesHeader& h = reader_.pages();
+  if (!p || !p->mm_built)
+    return Status::Corrupt("page data for a process whose memory map was not read");
+  std::vector<char> buf;
+  for (const format::PageRun& run : h.runs) {
+    // The run may span adjacent mappings; every byte must be in one.
+    uint64_t end = run.start + run.npages * kPageSize;
+    uint64_t cursor = run.start;
+    while (cursor < end) {
+      const Mapping* hit = nullptr;
+      for (const Mapping& m : p->mappings)
+        if (m.start <= cursor && cursor < m.end &&
+            (m.kind == format::kMapAnon || m.kind == format::kMapFile))
+          hit = &m;
+      if (!hit) break;
+      cursor = std::min(end, hit->end);
+    }
+    if (cursor < end)
+      return Status::Corrupt("page data at " + ToHex(run.start) + " of " + Pid(p->entry.pid) +
+                             " lies outside its saved mappings");
+    uint64_t addr = run.start;
+    uint64_t left = run.npages * kPageSize;
+    while (left > 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(left, 8u << 20));
+      buf.resize(n);
+      STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf.data(), n));
+      STASIS_RETURN_IF_ERROR(p->mem.Write(addr, buf.data(), n));
+      result_.page_bytes += n;
+      addr += n;
+      left -= n;
+    }
+  }
+  return Status::Ok();
+}
+
+Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti) {
+  const std::string who = "thread " + std::to_string(ti.tid) + " of " + Pid(p->entry.pid);
+  if (ti.gpregs.size() != sizeof(Regs)) return Status::Corrupt("bad register block for " + who);
+  if (!ti.comm.empty()) {
+    STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, ti.comm.substr(0, 15)));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_prctl, PR_SET_NAME, a));
+    (void)r;
+  }
+  struct {
+    uint64_t sp;
+    int32_t flags;
+    int32_t pad;
+    uint64_t size;
+  } ss = {ti.altstack_sp, static_cast<int32_t>(ti.altstack_flags), 0, ti.altstack_size};
+  if (!(ti.altstack_flags & SS_DISABLE)) {
+    ss.flags &= ~SS_ONSTACK;
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &ss, sizeof ss));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_sigaltstack, p->scratch + kOffArgs, 0));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "restore alternate signal stack of " + who));
+  }
+  if (ti.robust_list) {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_set_robust_list, ti.robust_list,
+                                         ti.robust_list_len));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "restore robust futex list of " + who));
+  }
+  STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_set_tid_address, ti.clear_tid_address));
+  if (ti.rseq_address) {
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, t, SYS_rseq, ti.rseq_address, ti.rseq_length, 0,
+                                    ti.rseq_signature));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "register rseq of " + who));
+  }
+  // Per-thread pending signals, queued by the thread to itself.
+  for (size_t off = 0; off + 128 <= ti.pending.size(); off += 128) {
+    int32_t signo;
+    std::memcpy(&signo, ti.pending.data() + off, 4);
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, ti.pending.data() + off, 128));
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, t, SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(p->pid),
+                                    static_cast<uint64_t>(t->tid()), static_cast<uint64_t>(signo),
+                                    p->scratch + kOffArgs));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
+  }
+  return Status::Ok();
+}
+
+Status Restorer::FinishProcess(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
+  if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
+    return Status::Corrupt("context holds incomplete state for " + who);
+  // Signal handlers.
+  for (size_t i = 0; i < info.sigactions.size() && i < 64; ++i) {
+    int sig = static_cast<int>(i) + 1;
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    const format::SigAction& a = info.sigactions[i];
+    uint64_t k[4] = {a.handler, a.flags, a.restorer, a.mask};
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, k, sizeof k));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigaction, static_cast<uint64_t>(sig),
+                                         p->scratch + kOffArgs, 0, 8));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "restore handler of signal " + std::to_string(sig) +
+                                         " of " + who));
+  }
+  // Working directory, umask, personality.
+  {
+    std::string cwd = Relocate(info.cwd);
+    STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, cwd));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_chdir, a));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "cannot restore " + who + ": working directory " + cwd));
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_umask, info.umask));
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_personality, info.personality));
+  }
+  // mm fields, auxv and /proc/PID/exe.
+  {
+    std::string exe = Relocate(info.exe_path);
+    long exe_fd = -1;
+    if (!exe.empty()) {
+      STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, exe));
+      STASIS_ASSIGN_OR_RETURN(exe_fd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), a,
+                                           O_RDONLY | O_CLOEXEC));
+      STASIS_RETURN_IF_ERROR(SysErr(exe_fd, "cannot restore " + who + ": executable " + exe));
+    }
+    struct {
+      uint64_t start_code, end_code, start_data, end_data, start_brk, brk, start_stack;
+      uint64_t arg_start, arg_end, env_start, env_end;
+      uint64_t auxv;
+      uint32_t auxv_size;
+      uint32_t exe_fd;
+    } map = {info.mm.start_code, info.mm.end_code,  info.mm.start_data, info.mm.end_data,
+             info.mm.start_brk,  info.mm.brk,       info.mm.start_stack, info.mm.arg_start,
+             info.mm.arg_end,    info.mm.env_start, info.mm.env_end,    0,
+             0,                  static_cast<uint32_t>(exe_fd)};
+    if (!info.auxv.empty() && info.auxv.size() <= 0x1000) {
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffAuxv, info.auxv.data(), info.auxv.size()));
+      map.auxv = p->scratch + kOffAuxv;
+      map.auxv_size = static_cast<uint32_t>(info.auxv.size());
+    }
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &map, sizeof map));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_MM, 14 /* PR_SET_MM_MAP */,
+                                         p->scratch + kOffArgs, sizeof map, 0));
+    if (exe_fd >= 0) (void)Call(p, SYS_close, static_cast<uint64_t>(exe_fd));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "restore memory layout fields of " + who));
+  }
+  // Limits and prctl state.
+  for (size_t res = 0; res < info.rlimits.size() && res < RLIM_NLIMITS; ++res) {
+    struct rlimit64 lim = {info.rlimits[res].cur, info.rlimits[res].max};
+    if (::prlimit64(p->pid, static_cast<__rlimit_resource>(res), &lim, nullptr) != 0 &&
+        errno != EPERM)
+      return Status::FromErrno(errno, "restore limit " + std::to_string(res) + " of " + who);
+  }
+  {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_PDEATHSIG, info.pdeathsig));
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_DUMPABLE, info.dumpable));
+    if (info.timerslack_ns) {
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_TIMERSLACK, info.timerslack_ns));
+    }
+    (void)r;
+  }
+  // Interval timers.
+  const format::ItimerValue* timers[3] = {&info.itimer_real, &info.itimer_virtual,
+                                          &info.itimer_prof};
+  for (int which = 0; which < 3; ++which) {
+    const format::ItimerValue& v = *timers[which];
+    if (!v.value_us && !v.interval_us) continue;
+    int64_t it[4] = {static_cast<int64_t>(v.interval_us / 1000000),
+                     static_cast<int64_t>(v.interval_us % 1000000),
+                     static_cast<int64_t>(v.value_us / 1000000),
+                     static_cast<int64_t>(v.value_us % 1000000)};
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, it, sizeof it));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_setitimer, static_cast<uint64_t>(which),
+                                         p->scratch + kOffArgs, 0));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "restore interval timer of " + who));
+  }
+  // Per-thread state.
+  for (size_t i = 0; i < p->threads.size(); ++i)
+    STASIS_RETURN_IF_ERROR(FinishThread(p, p->tracees[i].get(), p->threads[i]));
+  // Process-wide pending signals.
+  for (size_t off = 0; off + 128 <= info.pending_shared.size(); off += 128) {
+    int32_t signo;
+    std::memcpy(&signo, info.pending_shared.data() + off, 4);
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, info.pending_shared.data() + off, 128));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigqueueinfo, static_cast<uint64_t>(p->pid),
+                                         static_cast<uint64_t>(signo), p->scratch + kOffArgs));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
+  }
+  // Credentials last: they may take away our right to do the rest.
+  if (::geteuid() == 0) {
+    const format::Credentials& c = info.creds;
+    for (auto& t : p->tracees) {
+      if (c.groups.size() > 65536) return Status::Corrupt("too many groups for " + who);
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, c.groups.data(),
+                                          c.groups.size() * sizeof(uint32_t)));
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, t.get(), SYS_setgroups, c.groups.size(),
+                                           p->scratch + kOffArgs));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "restore groups of " + who));
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, t.get(), SYS_setresgid, c.rgid, c.egid, c.sgid));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "restore gids of " + who));
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, t.get(), SYS_setresuid, c.ruid, c.euid, c.suid));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "restore uids of " + who));
+    }
+  }
+  if (info.no_new_privs) {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    (void)r;
+  }
+  // The last injected call: the scratch area goes away. Then registers.
+  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, p->scratch, kScratchSize));
+  STASIS_RETURN_IF_ERROR(SysErr(r, "unmap restorer scratch of " + who));
+  for (size_t i = 0; i < p->threads.size(); ++i) {
+    const format::ThreadInfo& ti = p->threads[i];
+    Tracee* t = p->tracees[i].get();
+    Regs regs;
+    std::memcpy(&regs, ti.gpregs.data(), sizeof regs);
+    STASIS_RETURN_IF_ERROR(t->SetRegs(FixupRestart(regs, true)));
+    if (!ti.xsave.empty()) STASIS_RETURN_IF_ERROR(t->SetXstate(ti.xsave));
+    STASIS_RETURN_IF_ERROR(t->SetSigmask(ti.sigmask));
+  }
+  return Status::Ok();
+}
+
+Status Restorer::Release() {
+  released_ = true;
+  Status first;
+  for (auto& p : procs_) {
+    int sig = 0;
+    if (p->entry.flags & format::kProcStopped || options_.after == AfterRestore::kStop)
+      sig = SIGSTOP;
+    for (auto& t : p->tracees) {
+      Status s = t->Detach(t->tid() == p->pid ? sig : 0);
+      if (!s.ok() && first.ok()) first = s;
+    }
+  }
+  for (auto& p : procs_) {
+    if (options_.after == AfterRestore::kKill) ::kill(p->pid, SIGKILL);
+    if (options_.after == AfterRestore::kTerm) ::kill(p->pid, SIGTERM);
+  }
+  return first;
+}
+
+Result<RestoreResult> Restorer::Run() {
+  auto t0 = std::chrono::steady_clock::now();
+  STASIS_ASSIGN_OR_RETURN(format::ImageInfo image, reader_.Begin());
+  (void)image;
+  STASIS_ASSIGN_OR_RETURN(format::SectionType first, reader_.Next());
+  if (first != format::SectionType::kTree)
+    return Status::Corrupt("context has no process tree after its header");
+  STASIS_RETURN_IF_ERROR(SetUpScratch());
+  STASIS_RETURN_IF_ERROR(CreateTree(reader_.tree()));
+  RProc* cur = nullptr;
+  for (;;) {
+    STASIS_ASSIGN_OR_RETURN(format::SectionType type, reader_.Next());
+    if (type == format::SectionType::kEnd) break;
+    auto find = [&](uint32_t pid) -> RProc* {
+      auto it = by_pid_.find(pid);
+      return it == by_pid_.end() ? nullptr : it->second;
+    };
+    switch (type) {
+      case format::SectionType::kProcess:
+        cur = find(reader_.process().pid);
+        if (!cur) return Status::Corrupt("process section for unknown pid");
+        cur->info = reader_.process();
+        cur->have_info = true;
+        break;
+      case format::SectionType::kMappings:
+        if (!cur || cur->entry.pid != reader_.section_pid())
+          return Status::Corrupt("mappings out of order");
+        cur->mappings = reader_.mappings();
+        STASIS_RETURN_IF_ERROR(BuildAddressSpace(cur));
+        break;
+      case format::SectionType::kFiles:
+        if (!cur || cur->entry.pid != reader_.section_pid() || !cur->mm_built)
+          return Status::Corrupt("files out of order");
+        cur->files = reader_.files();
+        STASIS_RETURN_IF_ERROR(RestoreFiles(cur));
+        break;
+      case format::SectionType::kThread:
+        if (!cur || cur->entry.pid != reader_.section_pid())
+          return Status::Corrupt("thread out of order");
+        cur->threads.push_back(reader_.thread());
+        if (cur->threads.size() == cur->entry.tids.size())
+          STASIS_RETURN_IF_ERROR(CreateThreads(cur));
+        break;
+      case format::SectionType::kPages:
+        if (reader_.pages().owner.kind != format::PageOwner::kProcess)
+          return Status::Error(ENOTSUP, "shared memory segments are not supported yet");
+        STASIS_RETURN_IF_ERROR(WritePages(find(static_cast<uint32_t>(reader_.pages().owner.id))));
+        break;
+      case format::SectionType::kSharedMemory:
+        return Status::Error(ENOTSUP, "shared memory segments are not supported yet");
+      default:
+        return Status::Corrupt("unexpected section " +
+                               std::string(format::SectionName(type)));
+    }
+  }
+  // The whole file is verified: finish and let the tree run.
+  for (auto& p : procs_) STASIS_RETURN_IF_ERROR(FinishProcess(p.get()));
+  STASIS_RETURN_IF_ERROR(Release());
+  for (auto& p : procs_) {
+    if (p->entry.ppid == 0 && !result_.root_pid) result_.root_pid = p->pid;
+    if (p->entry.flags & format::kProcIsRoot) result_.root_pid = p->pid;
+    result_.threads += static_cast<uint32_t>(p->threads.size());
+  }
+  result_.processes = static_cast<uint32_t>(procs_.size());
+  result_.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return result_;
+}
+
+}  // namespace
+
+Result<RestoreResult> Restore(ByteSource* source, const RestoreOptions& options) {
+  Restorer restorer(source, options);
+  return restorer.Run();
+}
+
+}  // namespace stasis::core

@@ -1,0 +1,327 @@
+// The ordering and cross-reference rules of a context file; see validator.h
+// and docs/format.md, "Order and cross-references".
+#include "engine/format/validator.h"
+
+#include <algorithm>
+#include <string>
+
+#include "engine/format/format_constants.h"
+
+namespace stasis::format::internal {
+namespace {
+
+std::string Hex(uint64_t v) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string s;
+  do {
+    s.insert(s.begin(), kDigits[v & 0xf]);
+    v >>= 4;
+  } while (v != 0);
+  return "0x" + s;
+}
+
+std::string Str(uint64_t v) { return std::to_string(v); }
+
+Status CheckSiginfo(const char* what, size_t size) {
+  if (size % kSiginfoSize == 0) return Status::Ok();
+  return Status::Corrupt(std::string(what) + " is " + Str(size) + " bytes, not a whole number of " +
+                         Str(kSiginfoSize) + "-byte siginfo records");
+}
+
+// Runs sorted, non-overlapping (also with `*end` from earlier sections of
+// the same owner), page aligned, non-empty and below `limit`. Advances *end
+// and sums the pages.
+Status CheckRuns(const std::vector<PageRun>& runs, uint64_t limit, uint64_t* end, uint64_t* pages) {
+  uint64_t last = *end, total = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const PageRun& r = runs[i];
+    std::string where =
+        "run[" + Str(i) + "] (start " + Hex(r.start) + ", " + Str(r.npages) + " pages): ";
+    if (r.start % kPageSize != 0) return Status::Corrupt(where + "start is not page aligned");
+    if (r.npages == 0) return Status::Corrupt(where + "has no pages");
+    if (r.start >= limit || r.npages > (limit - r.start) / kPageSize) {
+      return Status::Corrupt(where + "ends beyond " + Hex(limit));
+    }
+    if (r.start < last) {
+      return Status::Corrupt(where + "starts below the end " + Hex(last) + " of the run before it");
+    }
+    last = r.start + r.npages * kPageSize;
+    total += r.npages;  // runs are disjoint below limit <= 2^47: no overflow
+  }
+  *end = last;
+  *pages = total;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ContextValidator::Unexpected(SectionType found) const {
+  std::string want;
+  switch (stage_) {
+    case Stage::kImage:
+      want = "Image";
+      break;
+    case Stage::kTree:
+      want = "Tree";
+      break;
+    case Stage::kShared:
+      want = "SharedMemory or Process of pid " + Str(tree_.processes[0].pid);
+      break;
+    case Stage::kMappings:
+      want = "Mappings of pid " + Str(Current().pid);
+      break;
+    case Stage::kFiles:
+      want = "Files of pid " + Str(Current().pid);
+      break;
+    case Stage::kThreads:
+      if (!ProcessComplete()) {
+        want = "Thread " + Str(Current().tids[threads_seen_]) + " of pid " + Str(Current().pid);
+      } else if (processes_seen_ < tree_.processes.size()) {
+        want = "Pages of pid " + Str(Current().pid) + " or Process of pid " +
+               Str(tree_.processes[processes_seen_].pid);
+      } else {
+        want = "Pages of pid " + Str(Current().pid) + " or End";
+      }
+      break;
+    case Stage::kDone:
+      return Status::Corrupt(std::string(SectionName(found)) + " section after End");
+  }
+  return Status::Corrupt("out of order: expected " + want + ", found " + SectionName(found));
+}
+
+Status ContextValidator::CheckCurrentPid(uint64_t pid) const {
+  if (pid == Current().pid) return Status::Ok();
+  if (pid > UINT32_MAX || pid_index_.count(static_cast<uint32_t>(pid)) == 0) {
+    return Status::Corrupt("pid " + Str(pid) + " is not in the Tree");
+  }
+  return Status::Corrupt("is for pid " + Str(pid) + " but follows the Process of pid " +
+                         Str(Current().pid));
+}
+
+bool ContextValidator::ProcessComplete() const {
+  return stage_ == Stage::kThreads && threads_seen_ == Current().tids.size();
+}
+
+Status ContextValidator::Image(const ImageInfo& image) {
+  if (stage_ != Stage::kImage) return Unexpected(SectionType::kImage);
+  if (image.scope > kScopeSid) return Status::Corrupt("unknown scope " + Str(image.scope));
+  stage_ = Stage::kTree;
+  counts_.section_count++;
+  return Status::Ok();
+}
+
+Status ContextValidator::Tree(const ProcessTree& tree) {
+  if (stage_ != Stage::kTree) return Unexpected(SectionType::kTree);
+  if (tree.processes.empty()) return Status::Corrupt("the Tree has no process");
+  std::unordered_map<uint32_t, size_t> index;
+  std::unordered_set<uint32_t> tids;
+  for (size_t i = 0; i < tree.processes.size(); ++i) {
+    const ProcessEntry& e = tree.processes[i];
+    std::string where = "process[" + Str(i) + "] (pid " + Str(e.pid) + "): ";
+    if (e.pid == 0) return Status::Corrupt(where + "pid 0");
+    if (!index.emplace(e.pid, i).second) return Status::Corrupt(where + "pid listed twice");
+    if (e.tids.empty() || e.tids[0] != e.pid) {
+      return Status::Corrupt(where + "the first tid must be the pid");
+    }
+    for (uint32_t tid : e.tids) {
+      if (tid == 0 || !tids.insert(tid).second) {
+        return Status::Corrupt(where + "tid " + Str(tid) + " is 0 or listed twice");
+      }
+    }
+    if (e.ppid == e.pid) return Status::Corrupt(where + "is its own parent");
+  }
+  for (size_t i = 0; i < tree.processes.size(); ++i) {
+    const ProcessEntry& e = tree.processes[i];
+    auto parent = index.find(e.ppid);
+    if (parent != index.end() && parent->second > i) {
+      return Status::Corrupt("process[" + Str(i) + "] (pid " + Str(e.pid) +
+                             "): listed before its parent pid " + Str(e.ppid));
+    }
+  }
+  tree_ = tree;
+  pid_index_ = std::move(index);
+  stage_ = Stage::kShared;
+  counts_.section_count++;
+  return Status::Ok();
+}
+
+Status ContextValidator::Shared(const SharedMemory& shm) {
+  if (stage_ != Stage::kShared) return Unexpected(SectionType::kSharedMemory);
+  if (shm.id == 0) return Status::Corrupt("shared memory id 0");
+  if (shm_ids_.count(shm.id) != 0) {
+    return Status::Corrupt("shared memory id " + Str(shm.id) + " appears twice");
+  }
+  if (shm.kind > 3) return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
+  if (shm.size > kUserSpaceEnd) {
+    return Status::Corrupt("shared memory size " + Str(shm.size) + " is larger than user space");
+  }
+  shm_ids_.insert(shm.id);
+  have_shm_ = true;
+  shm_id_ = shm.id;
+  shm_limit_ = (shm.size + kPageSize - 1) / kPageSize * kPageSize;
+  pages_end_ = 0;
+  counts_.section_count++;
+  counts_.shared_count++;
+  return Status::Ok();
+}
+
+Status ContextValidator::Process(const ProcessInfo& process) {
+  if (stage_ != Stage::kShared && !ProcessComplete()) return Unexpected(SectionType::kProcess);
+  auto it = pid_index_.find(process.pid);
+  if (it == pid_index_.end())
+    return Status::Corrupt("pid " + Str(process.pid) + " is not in the Tree");
+  if (processes_seen_ >= tree_.processes.size() || it->second != processes_seen_) {
+    if (it->second < processes_seen_) {
+      return Status::Corrupt("pid " + Str(process.pid) + " appears a second time");
+    }
+    return Status::Corrupt("pid " + Str(process.pid) + " is out of Tree order: expected pid " +
+                           Str(tree_.processes[processes_seen_].pid));
+  }
+  STASIS_RETURN_IF_ERROR(CheckSiginfo("pending_shared", process.pending_shared.size()));
+  processes_seen_++;
+  threads_seen_ = 0;
+  have_shm_ = false;
+  ranges_.clear();
+  stage_ = Stage::kMappings;
+  counts_.section_count++;
+  counts_.process_count++;
+  return Status::Ok();
+}
+
+Status ContextValidator::Mappings(uint32_t pid, const std::vector<Mapping>& mappings) {
+  if (stage_ != Stage::kMappings) return Unexpected(SectionType::kMappings);
+  STASIS_RETURN_IF_ERROR(CheckCurrentPid(pid));
+  uint64_t prev_end = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  ranges.reserve(mappings.size());
+  for (size_t i = 0; i < mappings.size(); ++i) {
+    const Mapping& m = mappings[i];
+    std::string where = "mapping[" + Str(i) + "] (" + Hex(m.start) + "-" + Hex(m.end) + "): ";
+    if (m.start >= m.end) return Status::Corrupt(where + "empty or reversed");
+    if (m.start % kPageSize != 0 || m.end % kPageSize != 0) {
+      return Status::Corrupt(where + "not page aligned");
+    }
+    if (m.kind > kMapFileByValue) return Status::Corrupt(where + "unknown kind " + Str(m.kind));
+    if (m.end > kUserSpaceEnd && m.kind != kMapVsyscall) {
+      return Status::Corrupt(where + "beyond user space");
+    }
+    if (m.start < prev_end) return Status::Corrupt(where + "overlaps or precedes the one before");
+    if (m.pgoff % kPageSize != 0) {
+      return Status::Corrupt(where + "file offset " + Str(m.pgoff) + " is not page aligned");
+    }
+    if ((m.kind == kMapSharedAnon || m.kind == kMapSysvShm) && shm_ids_.count(m.shmem_id) == 0) {
+      return Status::Corrupt(where + "shared memory id " + Str(m.shmem_id) +
+                             " has no SharedMemory section");
+    }
+    prev_end = m.end;
+    ranges.emplace_back(m.start, m.end);
+  }
+  ranges_ = std::move(ranges);
+  stage_ = Stage::kFiles;
+  counts_.section_count++;
+  return Status::Ok();
+}
+
+Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files) {
+  if (stage_ != Stage::kFiles) return Unexpected(SectionType::kFiles);
+  STASIS_RETURN_IF_ERROR(CheckCurrentPid(pid));
+  std::vector<int32_t> fds;
+  fds.reserve(files.size());
+  for (size_t i = 0; i < files.size(); ++i) {
+    const FileDesc& f = files[i];
+    std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
+    if (f.fd < 0) return Status::Corrupt(where + "negative fd");
+    if (f.kind > kFileOther) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
+    fds.push_back(f.fd);
+  }
+  std::sort(fds.begin(), fds.end());
+  auto dup = std::adjacent_find(fds.begin(), fds.end());
+  if (dup != fds.end()) return Status::Corrupt("fd " + std::to_string(*dup) + " listed twice");
+  stage_ = Stage::kThreads;
+  counts_.section_count++;
+  return Status::Ok();
+}
+
+Status ContextValidator::Thread(uint32_t pid, const ThreadInfo& thread) {
+  if (stage_ != Stage::kThreads || ProcessComplete()) {
+    if (stage_ == Stage::kThreads && pid == Current().pid) {
+      return Status::Corrupt("pid " + Str(pid) + " has more Thread sections than its " +
+                             Str(Current().tids.size()) + " tids in the Tree");
+    }
+    return Unexpected(SectionType::kThread);
+  }
+  STASIS_RETURN_IF_ERROR(CheckCurrentPid(pid));
+  uint32_t want = Current().tids[threads_seen_];
+  if (thread.tid != want) {
+    return Status::Corrupt("tid " + Str(thread.tid) + " of pid " + Str(pid) +
+                           " does not match the Tree: expected tid " + Str(want));
+  }
+  STASIS_RETURN_IF_ERROR(CheckSiginfo("pending", thread.pending.size()));
+  threads_seen_++;
+  counts_.section_count++;
+  counts_.thread_count++;
+  if (threads_seen_ == Current().tids.size()) pages_end_ = 0;
+  return Status::Ok();
+}
+
+Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs) const {
+  for (size_t i = 0; i < runs.size(); ++i) {
+    uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
+    // First mapping ending above start; it must begin at or below start and
+    // be followed by adjacent mappings up to end.
+    auto it = std::upper_bound(
+        ranges_.begin(), ranges_.end(), start,
+        [](uint64_t a, const std::pair<uint64_t, uint64_t>& r) { return a < r.second; });
+    bool covered = it != ranges_.end() && it->first <= start;
+    while (covered && it->second < end) {
+      auto next = it + 1;
+      covered = next != ranges_.end() && next->first == it->second;
+      it = next;
+    }
+    if (!covered) {
+      return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
+                             ") is not inside the mappings of pid " + Str(Current().pid));
+    }
+  }
+  return Status::Ok();
+}
+
+Status ContextValidator::Pages(const PageOwner& owner, const std::vector<PageRun>& runs,
+                               uint64_t* data_bytes) {
+  uint64_t end = pages_end_, pages = 0;
+  if (owner.kind == PageOwner::kSharedMemory) {
+    if (stage_ != Stage::kShared || !have_shm_) return Unexpected(SectionType::kPages);
+    if (owner.id != shm_id_) {
+      return Status::Corrupt("pages of shared memory " + Str(owner.id) +
+                             " follow the SharedMemory section of id " + Str(shm_id_));
+    }
+    STASIS_RETURN_IF_ERROR(CheckRuns(runs, shm_limit_, &end, &pages));
+  } else if (owner.kind == PageOwner::kProcess) {
+    if (!ProcessComplete()) return Unexpected(SectionType::kPages);
+    STASIS_RETURN_IF_ERROR(CheckCurrentPid(owner.id));
+    STASIS_RETURN_IF_ERROR(CheckRuns(runs, kUserSpaceEnd, &end, &pages));
+    STASIS_RETURN_IF_ERROR(CheckRunsInMappings(runs));
+  } else {
+    return Status::Corrupt("unknown page owner kind " + Str(owner.kind));
+  }
+  pages_end_ = end;
+  *data_bytes = pages * kPageSize;
+  counts_.section_count++;
+  counts_.page_bytes += *data_bytes;
+  return Status::Ok();
+}
+
+Status ContextValidator::End(EndCounts* counts) {
+  if (stage_ == Stage::kDone || (stage_ != Stage::kShared && !ProcessComplete())) {
+    return Unexpected(SectionType::kEnd);
+  }
+  if (processes_seen_ < tree_.processes.size()) {
+    return Status::Corrupt("End before the Process of pid " +
+                           Str(tree_.processes[processes_seen_].pid));
+  }
+  stage_ = Stage::kDone;
+  *counts = counts_;
+  return Status::Ok();
+}
+
+}  // namespace stasis::format::internal

@@ -1,0 +1,57 @@
+// The seed corpus of engine/format/fuzz is generated here: each seed is a
+// small valid context written by ContextWriter, and this test checks that
+// the committed files are still exactly what the writer produces (a golden
+// test of the v1 bytes). After an intentional format change, regenerate
+// with STASIS_UPDATE_FUZZ_CORPUS=1 set in the environment of
+// `stasis_unit_tests --gtest_filter='FuzzCorpus.*'`.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/format/context_io.h"
+#include "test/unit/test_util.h"
+
+namespace stasis::format {
+namespace {
+
+std::vector<std::pair<std::string, std::string>> Seeds() {
+  Context rich = testing::MakeFullContext();
+  rich.shared_runs[0].clear();
+  for (ProcessImage& p : rich.processes) p.page_runs.clear();
+  return {
+      {"tiny.ctx", testing::Encode(testing::MakeTinyContext())},
+      {"small_with_pages.ctx", testing::Encode(testing::MakeSmallContext())},
+      {"every_field_no_pages.ctx", testing::Encode(rich)},
+  };
+}
+
+TEST(FuzzCorpus, SeedsAreWhatTheWriterProduces) {
+  const bool update = std::getenv("STASIS_UPDATE_FUZZ_CORPUS") != nullptr;
+  for (const auto& [name, bytes] : Seeds()) {
+    std::string path = std::string(STASIS_FUZZ_CORPUS_DIR) + "/" + name;
+    if (update) {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      ASSERT_TRUE(out.good()) << "write " << path;
+      continue;
+    }
+    std::ifstream in(path, std::ios::binary);
+    ASSERT_TRUE(in.good()) << path << " is missing; regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
+    std::stringstream content;
+    content << in.rdbuf();
+    EXPECT_TRUE(content.str() == bytes)
+        << path << " differs from what ContextWriter writes now: the v1 bytes changed. If that "
+        << "is intended, update docs/format.md and regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
+    MemorySource source(bytes.data(), bytes.size());
+    Result<Context> ctx = ReadContext(&source, true);
+    EXPECT_TRUE(ctx) << name << ": " << ctx.error().ToString();
+  }
+}
+
+}  // namespace
+}  // namespace stasis::format
