@@ -1,7 +1,8 @@
 // The seed corpus of engine/format/fuzz is generated here: each seed is a
 // small valid context written by ContextWriter, and this test checks that
 // the committed files are still exactly what the writer produces (a golden
-// test of the v1 bytes). After an intentional format change, regenerate
+// test of the v1 bytes). The files end in .seed, not .ctx, because the
+// repository ignores *.ctx (checkpoint output). After an intentional format change, regenerate
 // with STASIS_UPDATE_FUZZ_CORPUS=1 set in the environment of
 // `stasis_unit_tests --gtest_filter='FuzzCorpus.*'`.
 #include <gtest/gtest.h>
@@ -24,9 +25,9 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
   rich.shared_runs[0].clear();
   for (ProcessImage& p : rich.processes) p.page_runs.clear();
   return {
-      {"tiny.ctx", testing::Encode(testing::MakeTinyContext())},
-      {"small_with_pages.ctx", testing::Encode(testing::MakeSmallContext())},
-      {"every_field_no_pages.ctx", testing::Encode(rich)},
+      {"tiny.seed", testing::Encode(testing::MakeTinyContext())},
+      {"small_with_pages.seed", testing::Encode(testing::MakeSmallContext())},
+      {"every_field_no_pages.seed", testing::Encode(rich)},
   };
 }
 
