@@ -58,6 +58,8 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 
 std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
 
+Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid);
+
 struct ProcState {
   pid_t pid = 0;
   ProcStat stat;
@@ -70,6 +72,7 @@ struct ProcState {
   format::ProcessInfo info;
   std::vector<Mapping> mappings;
   std::vector<MapsEntry> maps;
+  std::vector<uint32_t> vmflags;
   std::vector<FileDesc> files;
   std::vector<format::ThreadInfo> thread_infos;
 };
@@ -233,6 +236,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
   STASIS_ASSIGN_OR_RETURN(p->stat, ReadStat(p->pid));
   STASIS_ASSIGN_OR_RETURN(p->status_text, ReadFileToString(proc + "/status"));
   STASIS_ASSIGN_OR_RETURN(p->maps, ReadMaps(p->pid));
+  STASIS_ASSIGN_OR_RETURN(p->vmflags, ReadVmFlags(p->pid));
   STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
   STASIS_ASSIGN_OR_RETURN(p->syscall_insn, FindVdsoSyscall(p->pid, p->mem));
 
@@ -416,13 +420,49 @@ bool IsDeleted(const std::string& path) {
          path.compare(path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0;
 }
 
+// VmFlags of every VMA, in maps order, as MappingFlags bits.
+Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid) {
+  STASIS_ASSIGN_OR_RETURN(std::string text,
+                          ReadFileToString("/proc/" + std::to_string(pid) + "/smaps", 1u << 30));
+  std::vector<uint32_t> out;
+  size_t pos = 0;
+  while ((pos = text.find("VmFlags:", pos)) != std::string::npos) {
+    size_t eol = text.find('\n', pos);
+    std::string line = text.substr(pos + 8, eol - pos - 8);
+    uint32_t f = 0;
+    for (size_t i = 0; i + 1 < line.size(); ++i) {
+      if (line[i] == ' ') continue;
+      std::string code = line.substr(i, 2);
+      i += 2;
+      if (code == "gd") f |= format::kMapGrowsDown;
+      else if (code == "lo") f |= format::kMapLocked;
+      else if (code == "dc") f |= format::kMapDontFork;
+      else if (code == "nh") f |= format::kMapNoHugepage;
+      else if (code == "hg") f |= format::kMapHugepage;
+      else if (code == "dd") f |= format::kMapDontDump;
+      else if (code == "wf") f |= format::kMapWipeOnFork;
+      else if (code == "nr") f |= format::kMapNoReserve;
+      else if (code == "mg") f |= format::kMapMergeable;
+      else if (code == "ht") f |= format::kMapHugetlb;
+    }
+    out.push_back(f);
+    pos = eol;
+  }
+  return out;
+}
+
 Status Capturer::CaptureMappings(ProcState* p) {
+  const std::vector<uint32_t>& vmflags = p->vmflags;
+  if (vmflags.size() != p->maps.size())
+    return Status::Error(EAGAIN, "memory map of " + Pid(p->pid) + " changed while being read");
+  size_t index = 0;
   for (const MapsEntry& e : p->maps) {
+    uint32_t extra = vmflags[index++];
     Mapping m;
     m.start = e.start;
     m.end = e.end;
     m.prot = (e.read ? PROT_READ : 0) | (e.write ? PROT_WRITE : 0) | (e.exec ? PROT_EXEC : 0);
-    m.flags = e.shared ? format::kMapShared : format::kMapPrivate;
+    m.flags = (e.shared ? format::kMapShared : format::kMapPrivate) | extra;
     m.pgoff = e.offset;
     const std::string where = Pid(p->pid) + " mapping " + ToHex(e.start) + "-" + ToHex(e.end);
     if (e.path == "[vdso]") {
@@ -438,7 +478,7 @@ Status Capturer::CaptureMappings(ProcState* p) {
       m.flags |= format::kMapHeap;
     } else if (e.path == "[stack]") {
       m.kind = format::kMapAnon;
-      m.flags |= format::kMapStack | format::kMapGrowsDown;
+      m.flags |= format::kMapStack;
     } else if (e.path.empty() || e.path.rfind("[anon", 0) == 0) {
       if (e.shared)
         return Status::Error(ENOTSUP, "cannot checkpoint " + where +
@@ -470,7 +510,10 @@ Status Capturer::CaptureMappings(ProcState* p) {
                    st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, st.st_mode};
     }
     if (e.start <= p->stat.start_stack && p->stat.start_stack < e.end && m.kind == format::kMapAnon)
-      m.flags |= format::kMapStack | format::kMapGrowsDown;
+      m.flags |= format::kMapStack;
+    if (m.flags & format::kMapHugetlb)
+      return Status::Error(ENOTSUP, "cannot checkpoint " + where +
+                                        ": hugetlbfs memory is not supported yet");
     p->mappings.push_back(std::move(m));
   }
   return Status::Ok();
@@ -700,7 +743,9 @@ Status Capturer::ClassifyPipes() {
   for (auto& p : procs_)
     for (FileDesc& f : p->files)
       if (f.kind == format::kFilePipe)
-        modes[f.peer_id] |= (f.open_flags & O_ACCMODE) == O_RDONLY ? 1 : 2;
+        modes[f.peer_id] |= (f.open_flags & O_ACCMODE) == O_RDONLY   ? 1
+                            : (f.open_flags & O_ACCMODE) == O_WRONLY ? 2
+                                                                     : 3;
   std::set<uint64_t> saved;
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
@@ -709,7 +754,7 @@ Status Capturer::ClassifyPipes() {
         f.fd_flags |= format::kFdOutside;
         continue;
       }
-      if ((f.open_flags & O_ACCMODE) != O_RDONLY || saved.count(f.peer_id)) continue;
+      if ((f.open_flags & O_ACCMODE) == O_WRONLY || saved.count(f.peer_id)) continue;
       saved.insert(f.peer_id);
       UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p->pid, 0)));
       if (!pidfd) return Status::FromErrno(errno, "pidfd_open " + Pid(p->pid));

@@ -415,6 +415,7 @@ Status Restorer::BuildAddressSpace(RProc* p) {
     uint64_t len = m.end - m.start;
     int flags = MAP_FIXED | ((m.flags & format::kMapShared) ? MAP_SHARED : MAP_PRIVATE);
     if (m.flags & format::kMapGrowsDown) flags |= MAP_GROWSDOWN;
+    if (m.flags & format::kMapNoReserve) flags |= MAP_NORESERVE;
     switch (m.kind) {
       case format::kMapVdso:
       case format::kMapVvar:
@@ -454,6 +455,21 @@ Status Restorer::BuildAddressSpace(RProc* p) {
       default:
         return Status::Error(ENOTSUP, "cannot restore " + who + ": mapping kind " +
                                           std::to_string(m.kind) + " is not supported yet");
+    }
+    static const struct {
+      uint32_t flag;
+      int advice;
+    } kAdvice[] = {{format::kMapNoHugepage, MADV_NOHUGEPAGE}, {format::kMapHugepage, MADV_HUGEPAGE},
+                   {format::kMapDontDump, MADV_DONTDUMP},     {format::kMapWipeOnFork, MADV_WIPEONFORK},
+                   {format::kMapDontFork, MADV_DONTFORK},     {format::kMapMergeable, MADV_MERGEABLE}};
+    for (const auto& a : kAdvice) {
+      if (!(m.flags & a.flag)) continue;
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_madvise, m.start, len, static_cast<uint64_t>(a.advice)));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "restore memory advice of " + ToHex(m.start) + " in " + who));
+    }
+    if (m.flags & format::kMapLocked) {
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mlock, m.start, len));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "lock memory " + ToHex(m.start) + " in " + who));
     }
   }
   p->mm_built = true;
@@ -519,8 +535,13 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
           return Status::FromErrno(errno, "refill pipe of fd " + std::to_string(f.fd));
       }
       int end = acc == O_RDONLY ? pit->second.first.get() : pit->second.second.get();
-      // A separate open file description per end, shared by every fd of it.
-      fd.reset(::fcntl(end, F_DUPFD_CLOEXEC, 0));
+      if (acc == O_RDWR) {
+        // A pipe opened read-write through /proc (bash's `exec {fd}<> <(:)`).
+        std::string self = "/proc/self/fd/" + std::to_string(pit->second.first.get());
+        fd.reset(::open(self.c_str(), O_RDWR | O_CLOEXEC));
+      } else {
+        fd.reset(::fcntl(end, F_DUPFD_CLOEXEC, 0));
+      }
       if (!fd) return Status::FromErrno(errno, "dup pipe end");
       break;
     }

@@ -154,6 +154,14 @@ enum MappingFlags : uint32_t {
   kMapLocked = 1u << 5,
   kMapDontFork = 1u << 6,
   kMapHugetlb = 1u << 7,
+  // VMA flags that /proc/PID/maps does not show (smaps "VmFlags"), kept so
+  // that restored VMAs split and behave as the originals did.
+  kMapNoHugepage = 1u << 8,   // nh: MADV_NOHUGEPAGE (MAP_STACK implies it)
+  kMapHugepage = 1u << 9,     // hg: MADV_HUGEPAGE
+  kMapDontDump = 1u << 10,    // dd: MADV_DONTDUMP
+  kMapWipeOnFork = 1u << 11,  // wf: MADV_WIPEONFORK
+  kMapNoReserve = 1u << 12,   // nr: MAP_NORESERVE
+  kMapMergeable = 1u << 13,   // mg: MADV_MERGEABLE
 };
 
 struct Mapping {
