@@ -66,9 +66,10 @@ int main(int argc, char** argv) {
   if (!result) Die("cr_restart", file + ": " + result.error().message());
   g_root = result->root_pid;
   if (verbose)
-    std::fprintf(stderr, "cr_restart: restored %u processes, %u threads, %.1f MiB in %.3f s\n",
+    std::fprintf(stderr, "cr_restart: restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",
                  result->processes, result->threads, result->page_bytes / 1048576.0,
-                 result->seconds);
+                 result->seconds,
+                 result->in_new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);
   sa.sa_handler = Forward;
@@ -77,7 +78,7 @@ int main(int argc, char** argv) {
     ::sigaction(sig, &sa, nullptr);
   int status = 0;
   for (;;) {
-    pid_t r = ::waitpid(result->root_pid, &status, 0);
+    pid_t r = ::waitpid(result->wait_pid, &status, 0);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) Die("cr_restart", std::string("wait for restored process: ") + std::strerror(errno));
     break;

@@ -65,7 +65,9 @@ struct RestoreOptions {
 };
 
 struct RestoreResult {
-  pid_t root_pid = 0;            // the restored root, our child
+  pid_t root_pid = 0;            // the restored root (pid in our namespace)
+  pid_t wait_pid = 0;            // our child to wait for: the root, or the
+                                 // init of the fresh pid namespace
   uint32_t processes = 0;
   uint32_t threads = 0;
   uint64_t page_bytes = 0;

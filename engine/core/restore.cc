@@ -110,6 +110,7 @@ class Restorer {
   Status SetUpScratch();
   Status CreateTree(const format::ProcessTree& tree);
   Status CreateProcess(RProc* p, RProc* parent);
+  Status CreateNamespaceInit(pid_t root_in_ns);
   Status UnregisterInheritedRseq(RProc* p);
   Status BuildAddressSpace(RProc* p);
   Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
@@ -140,10 +141,14 @@ class Restorer {
   std::vector<std::unique_ptr<RProc>> procs_;  // tree order
   std::map<uint32_t, RProc*> by_pid_;          // by saved pid
   uint64_t scratch_ = 0;                       // in the restorer
+  UniqueFd self_pidfd_;                        // inherited by every process
   std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
   std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
   RestoreResult result_;
   bool released_ = false;
+  // Set when pids are taken here: the tree is restored with its own pids in
+  // a fresh pid namespace whose init (a fork of the restorer) reaps it.
+  std::unique_ptr<RProc> init_;
 };
 
 Restorer::~Restorer() {
@@ -152,15 +157,18 @@ Restorer::~Restorer() {
 }
 
 void Restorer::KillAll() {
+  // Everything built so far dies (it never ran). Reap what reports to us,
+  // bounded: tracees whose parent is another restored process are reaped
+  // by the kernel when that parent dies too.
   for (auto& p : procs_)
     if (p->pid > 0) ::kill(p->pid, SIGKILL);
-  for (auto& p : procs_) {
-    if (p->pid <= 0) continue;
-    for (auto& t : p->tracees)
-      if (t->tid() != p->pid) (void)WaitThread(t->tid());
+  if (init_) ::kill(init_->pid, SIGKILL);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (std::chrono::steady_clock::now() < deadline) {
     int st;
-    while (::waitpid(p->pid, &st, __WALL) < 0 && errno == EINTR) {
-    }
+    pid_t r = ::waitpid(-1, &st, __WALL | WNOHANG);
+    if (r < 0 && errno == ECHILD) break;
+    if (r <= 0) ::usleep(1000);
   }
 }
 
@@ -192,13 +200,26 @@ Status Restorer::SetUpScratch() {
 Status Restorer::CreateTree(const format::ProcessTree& tree) {
   // Pids in use make exact restore impossible.
   if (options_.restore_pids) {
+    std::string taken;
     for (const auto& e : tree.processes) {
       for (uint32_t tid : e.tids) {
-        if (::kill(static_cast<pid_t>(tid), 0) == 0 || errno == EPERM)
-          return Status::Error(EEXIST, "pid " + std::to_string(tid) +
-                                           " is in use; restore with --no-restore-pid or end "
-                                           "the process that holds it");
+        if (tid == 1 || ::kill(static_cast<pid_t>(tid), 0) == 0 || errno == EPERM)
+          taken = std::to_string(tid);
       }
+    }
+    if (!taken.empty()) {
+      if (::geteuid() != 0)
+        return Status::Error(EEXIST, "pid " + taken +
+                                         " is in use; restore with --no-restore-pid or end "
+                                         "the process that holds it");
+      uint32_t root_pid = 0;
+      for (const auto& e : tree.processes)
+        if (e.ppid == 0 && !root_pid) root_pid = e.pid;
+      for (const auto& e : tree.processes)
+        if (e.ppid == 0 && e.pid != root_pid)
+          return Status::Error(ENOTSUP, "pid " + taken + " is in use and the context has "
+                                        "several top-level processes; use --no-restore-pid");
+      STASIS_RETURN_IF_ERROR(CreateNamespaceInit(static_cast<pid_t>(root_pid)));
     }
   }
   for (const auto& e : tree.processes) {
@@ -226,7 +247,9 @@ Status Restorer::CreateTree(const format::ProcessTree& tree) {
       if (p->entry.sid == p->entry.pid) continue;  // setsid made it a leader
       auto it = by_pid_.find(p->entry.pgid);
       if (!leader && it == by_pid_.end()) continue;  // group outside: keep ours
-      pid_t pgid = leader ? 0 : it->second->pid;
+      // Inside the tree's own pid space the saved numbers are the real ones.
+      pid_t pgid = leader ? 0 : options_.restore_pids ? static_cast<pid_t>(p->entry.pgid)
+                                                      : it->second->pid;
       STASIS_ASSIGN_OR_RETURN(long r, Call(p.get(), SYS_setpgid, 0, static_cast<uint64_t>(pgid)));
       STASIS_RETURN_IF_ERROR(SysErr(r, "set process group of " + Pid(p->pid)));
     }
@@ -250,8 +273,43 @@ Status Restorer::UnregisterInheritedRseq(RProc* p) {
   return Status::Ok();
 }
 
+Status Restorer::CreateNamespaceInit(pid_t root_in_ns) {
+  struct clone_args args;
+  std::memset(&args, 0, sizeof args);
+  args.flags = CLONE_NEWPID;
+  args.exit_signal = SIGCHLD;
+  long r = ::syscall(SYS_clone3, &args, sizeof args);
+  if (r < 0) return Status::FromErrno(errno, "create a pid namespace for the restored tree");
+  if (r == 0) {
+    // pid 1 of the new namespace: parent of the restored root, reaper of
+    // its orphans; exits with the root's status.
+    ::syscall(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0);
+    ::syscall(SYS_kill, ::syscall(SYS_getpid), SIGSTOP);
+    for (;;) {
+      int st = 0;
+      pid_t w = ::waitpid(-1, &st, __WALL);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) ::_exit(0);
+      if (w == root_in_ns) {
+        if (WIFEXITED(st)) ::_exit(WEXITSTATUS(st));
+        ::_exit(128 + WTERMSIG(st));
+      }
+    }
+  }
+  init_ = std::make_unique<RProc>();
+  init_->pid = static_cast<pid_t>(r);
+  auto t = std::make_unique<Tracee>(init_->pid, init_->pid);
+  STASIS_RETURN_IF_ERROR(t->AdoptTracedChild());
+  init_->tracees.push_back(std::move(t));
+  init_->scratch = scratch_;
+  STASIS_ASSIGN_OR_RETURN(init_->mem, ProcessMemory::Open(init_->pid, true));
+  result_.in_new_pid_namespace = true;
+  return Status::Ok();
+}
+
 Status Restorer::CreateProcess(RProc* p, RProc* parent) {
   pid_t want = static_cast<pid_t>(p->entry.pid);
+  if (!parent && init_) parent = init_.get();
   if (!parent) {
     struct clone_args args;
     std::memset(&args, 0, sizeof args);
@@ -298,12 +356,14 @@ Status Restorer::CreateProcess(RProc* p, RProc* parent) {
                                          &child));
     STASIS_RETURN_IF_ERROR(SysErr(r, "create process for pid " + std::to_string(want) + " in " +
                                          Pid(parent->pid)));
-    p->pid = static_cast<pid_t>(r);
+    if (child <= 0) return Status::Error(ECHILD, "no fork event for pid " + std::to_string(want));
+    p->pid = child;  // in our namespace (r is the number the parent sees)
     auto t = std::make_unique<Tracee>(p->pid, p->pid);
     t->MarkAttached();
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
     p->tracees.push_back(std::move(t));
     p->scratch = parent->scratch;
+    STASIS_RETURN_IF_ERROR(UnregisterInheritedRseq(p));
   }
   STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
   if (p->entry.sid == p->entry.pid) {
@@ -568,16 +628,15 @@ Status Restorer::RestoreFiles(RProc* p) {
     if (f.fd < 0 || f.fd > (1 << 20)) return Status::Corrupt("fd number out of range in " + who);
     max_fd = std::max(max_fd, f.fd);
   }
-  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_close_range, 0, ~0u, 0));
+  // The process fetches each fd from us with pidfd_getfd, through the pidfd
+  // of the restorer that it inherited (it may not see our pid: new pid ns).
+  STASIS_ASSIGN_OR_RETURN(long pfd, Call(p, SYS_fcntl, static_cast<uint64_t>(self_pidfd_.get()),
+                                         F_DUPFD_CLOEXEC, static_cast<uint64_t>(max_fd + 1)));
+  STASIS_RETURN_IF_ERROR(SysErr(pfd, "move restorer pidfd in " + who));
+  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_close_range, 0, static_cast<uint64_t>(pfd - 1), 0));
   STASIS_RETURN_IF_ERROR(SysErr(r, "close inherited fds of " + who));
-  // The process fetches each fd from us with pidfd_getfd.
-  STASIS_ASSIGN_OR_RETURN(long pfd, Call(p, SYS_pidfd_open, static_cast<uint64_t>(::getpid()), 0));
-  STASIS_RETURN_IF_ERROR(SysErr(pfd, "pidfd_open in " + who));
-  STASIS_ASSIGN_OR_RETURN(long hi, Call(p, SYS_fcntl, static_cast<uint64_t>(pfd), F_DUPFD_CLOEXEC,
-                                        static_cast<uint64_t>(max_fd + 1)));
-  STASIS_RETURN_IF_ERROR(SysErr(hi, "move pidfd in " + who));
-  STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close, static_cast<uint64_t>(pfd)));
-  pfd = hi;
+  STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close_range, static_cast<uint64_t>(pfd + 1), ~0u, 0));
+  STASIS_RETURN_IF_ERROR(SysErr(r, "close inherited fds of " + who));
   std::vector<const FileDesc*> epolls;
   for (const FileDesc& f : p->files) {
     long got = 0;
@@ -642,9 +701,12 @@ Status Restorer::CreateThreads(RProc* p) {
     }
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &args, sizeof args));
     STASIS_RETURN_IF_ERROR(p->mem.Write(tid_addr, &want, sizeof want));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_clone3, p->scratch + kOffArgs, sizeof args));
+    pid_t tid = 0;
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, p->tracees[0].get(), SYS_clone3,
+                                         p->scratch + kOffArgs, sizeof args, 0, 0, 0, 0, &tid));
     STASIS_RETURN_IF_ERROR(SysErr(r, "create thread " + std::to_string(want) + " of " + who));
-    auto t = std::make_unique<Tracee>(p->pid, static_cast<pid_t>(r));
+    if (tid <= 0) return Status::Error(ECHILD, "no clone event for thread " + std::to_string(want));
+    auto t = std::make_unique<Tracee>(p->pid, tid);
     t->MarkAttached();
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
     p->tracees.push_back(std::move(t));
@@ -878,6 +940,10 @@ Status Restorer::Release() {
       if (!s.ok() && first.ok()) first = s;
     }
   }
+  if (init_) {
+    Status s = init_->tracees[0]->RestoreAndDetach(0);
+    if (!s.ok() && first.ok()) first = s;
+  }
   for (auto& p : procs_) {
     if (options_.after == AfterRestore::kKill) ::kill(p->pid, SIGKILL);
     if (options_.after == AfterRestore::kTerm) ::kill(p->pid, SIGTERM);
@@ -893,6 +959,8 @@ Result<RestoreResult> Restorer::Run() {
   if (first != format::SectionType::kTree)
     return Status::Corrupt("context has no process tree after its header");
   STASIS_RETURN_IF_ERROR(SetUpScratch());
+  self_pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+  if (!self_pidfd_) return Status::FromErrno(errno, "pidfd_open of the restorer");
   STASIS_RETURN_IF_ERROR(CreateTree(reader_.tree()));
   RProc* cur = nullptr;
   for (;;) {
@@ -948,6 +1016,7 @@ Result<RestoreResult> Restorer::Run() {
     if (p->entry.flags & format::kProcIsRoot) result_.root_pid = p->pid;
     result_.threads += static_cast<uint32_t>(p->threads.size());
   }
+  result_.wait_pid = init_ ? init_->pid : result_.root_pid;
   result_.processes = static_cast<uint32_t>(procs_.size());
   result_.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
