@@ -191,9 +191,31 @@ Status Tracee::PeekSiginfo(bool shared, std::vector<uint8_t>* records) const {
   return Status::Ok();
 }
 
+// System calls that fail with EINTR (not ERESTART*) when their thread is
+// merely stopped, as signal(7) documents: epoll_wait and friends. When our
+// own interrupt caused that, the call is re-executed instead, so neither a
+// resumed nor a restored program sees an EINTR that no signal caused.
+bool FailsWithEintrOnStop(long nr) {
+  switch (nr) {
+    case 232:  // epoll_wait
+    case 281:  // epoll_pwait
+    case 441:  // epoll_pwait2
+    case 128:  // rt_sigtimedwait
+    case 220:  // semtimedop
+    case 65:   // semop
+    case 208:  // io_getevents
+    case 333:  // io_pgetevents
+      return true;
+  }
+  return false;
+}
+
 Status Tracee::PrepareForInjection() {
   if (prepared_) return Status::Ok();
   STASIS_RETURN_IF_ERROR(GetRegs(&saved_regs_));
+  if (first_stop_.kind == StopInfo::kGroupStop && static_cast<long>(saved_regs_.rax) == -EINTR &&
+      FailsWithEintrOnStop(static_cast<long>(saved_regs_.orig_rax)))
+    saved_regs_.rax = static_cast<unsigned long long>(-kErestartNoHand);
   STASIS_RETURN_IF_ERROR(GetSigmask(&saved_sigmask_));
   STASIS_RETURN_IF_ERROR(SetSigmask(~0ull));
   prepared_ = true;

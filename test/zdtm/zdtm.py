@@ -122,8 +122,22 @@ def spawn(argv, cwd, env, stdout, stderr, stdin="/dev/null"):
             raise Fail("%s: not found in PATH" % argv[0])
         argv = [found] + list(argv[1:])
     r, w = os.pipe2(os.O_CLOEXEC)
-    fds = [os.open(stdin, os.O_RDONLY),
-           os.open(stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+    if stdout.startswith("|"):
+        # stdout through a pipe to a logger outside the checkpointed tree: a
+        # restore reattaches it to cr_restart's own stdout (BLCR semantics).
+        pr, pw = os.pipe2(os.O_CLOEXEC)
+        log_fd = os.open(stdout[1:], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        logger = os.fork()
+        if logger == 0:
+            os.dup2(pr, 0)
+            os.dup2(log_fd, 1)
+            os.execvp("cat", ["cat"])
+        os.close(pr)
+        os.close(log_fd)
+        stdout_fd = pw
+    else:
+        stdout_fd = os.open(stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fds = [os.open(stdin, os.O_RDONLY), stdout_fd,
            os.open(stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)]
     pid = os.fork()
     if pid == 0:
@@ -565,10 +579,10 @@ class Harness:
         env.update(extra or {})
         return env
 
-    def start(self, prog, argv_prefix, extra_env=None, out="test.log"):
+    def start(self, prog, argv_prefix, extra_env=None, out="test.log", pipe_out=False):
         argv = argv_prefix + self.resolve(prog.argv)
-        pid = spawn(argv, self.dir, self.env(prog, extra_env), self.path(out),
-                    self.path("test.err"))
+        pid = spawn(argv, self.dir, self.env(prog, extra_env),
+                    ("|" if pipe_out else "") + self.path(out), self.path("test.err"))
         deadline = time.monotonic() + prog.ready_timeout
         while not os.path.exists(self.path("ready")):
             code = REAPER.done(pid)
@@ -944,7 +958,7 @@ def test_pid_taken(h):
     h.need_root("restoring into a new pid namespace")
     prog = PROGRAMS["counter"]
     h.make_dir("pid_taken")
-    pid = h.start(prog, [h.tool("cr_run")])
+    pid = h.start(prog, [h.tool("cr_run")], pipe_out=True)
     time.sleep(0.3)
     low = counts_in(h.path("test.log"))[-1]
     h.checkpoint(h.path("ctx"), pid, prog.cr_timeout, extra=())
