@@ -59,6 +59,8 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
 
 Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid);
+bool IsZeroPage(const char* page);
+bool IsDeleted(const std::string& path);
 
 struct ProcState {
   pid_t pid = 0;
@@ -99,6 +101,15 @@ class Capturer {
   Status CaptureFiles(ProcState* p);
   Status WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes);
   Status ClassifyPipes();
+  Status NoteSharedMemory(ProcState* p, const MapsEntry& e);
+  Status WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes);
+  struct Shm {
+    format::SharedMemory info;
+    pid_t pid = 0;           // a process that maps it
+    MapsEntry entry;         // one of its mappings
+    UniqueFd fd;             // the object itself, when map_files allows
+  };
+  std::map<uint64_t, Shm> shms_;
   Result<long> Inject(ProcState* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
                       uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
   Status ReadScratch(ProcState* p, void* out, size_t n) {
@@ -479,6 +490,12 @@ Status Capturer::CaptureMappings(ProcState* p) {
     } else if (e.path == "[stack]") {
       m.kind = format::kMapAnon;
       m.flags |= format::kMapStack;
+    } else if (e.shared && (e.path == "/dev/zero (deleted)" || e.path.rfind("/memfd:", 0) == 0 ||
+                            e.path == "/dev/zero")) {
+      // Shared anonymous memory or a memfd: saved once per context.
+      m.kind = format::kMapSharedAnon;
+      m.shmem_id = e.inode;
+      STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e));
     } else if (e.path.empty() || e.path.rfind("[anon", 0) == 0) {
       if (e.shared)
         return Status::Error(ENOTSUP, "cannot checkpoint " + where +
@@ -719,6 +736,7 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   }
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
+  STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
   for (auto& p : procs_) {
     const uint32_t pid = static_cast<uint32_t>(p->pid);
     STASIS_RETURN_IF_ERROR(writer->WriteProcess(p->info));
@@ -734,6 +752,110 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   }
   stats->processes = static_cast<uint32_t>(procs_.size());
   return writer->Finish();
+}
+
+Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e) {
+  Shm& shm = shms_[e.inode];
+  uint64_t end = e.offset + (e.end - e.start);
+  if (shm.pid == 0) {
+    shm.info.id = e.inode;
+    shm.pid = p->pid;
+    shm.entry = e;
+    if (e.path.rfind("/memfd:", 0) == 0) {
+      shm.info.kind = 1;
+      std::string name = e.path.substr(7);
+      if (IsDeleted(name)) name.resize(name.size() - 10);
+      shm.info.name = name;
+    }
+    // The object itself (root, or CAP_CHECKPOINT_RESTORE): its full size and
+    // every page, also those only other processes touched.
+    std::string mf = "/proc/" + std::to_string(p->pid) + "/map_files/" + ToHex(e.start) + "-" +
+                     ToHex(e.end);
+    shm.fd.reset(::open(mf.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st;
+    if (shm.fd && ::fstat(shm.fd.get(), &st) == 0) shm.info.size = static_cast<uint64_t>(st.st_size);
+  }
+  if (!shm.fd) {
+    if (shm.pid != p->pid)
+      return Status::Error(EPERM, "cannot checkpoint memory shared between " + Pid(shm.pid) +
+                                      " and " + Pid(p->pid) + " without root");
+  }
+  shm.info.size = std::max(shm.info.size, (end + kPageSize - 1) / kPageSize * kPageSize);
+  return Status::Ok();
+}
+
+Status Capturer::WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes) {
+  std::unique_ptr<char[]> chunk(new char[kReadChunk]);
+  for (auto& [id, shm] : shms_) {
+    STASIS_RETURN_IF_ERROR(writer->WriteSharedMemory(shm.info));
+    const format::PageOwner owner{format::PageOwner::kSharedMemory, id};
+    std::vector<PageRun> runs;
+    std::string data;
+    auto flush = [&]() -> Status {
+      if (runs.empty()) return Status::Ok();
+      STASIS_RETURN_IF_ERROR(writer->BeginPages(owner, runs));
+      STASIS_RETURN_IF_ERROR(writer->AppendPageData(data.data(), data.size()));
+      STASIS_RETURN_IF_ERROR(writer->EndPages());
+      *page_bytes += data.size();
+      runs.clear();
+      data.clear();
+      return Status::Ok();
+    };
+    // Reads [off, off+len) of the object, keeping the non-zero pages.
+    auto take = [&](uint64_t off, uint64_t len, auto read) -> Status {
+      while (len > 0) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(len, kReadChunk));
+        STASIS_RETURN_IF_ERROR(read(off, chunk.get(), n));
+        for (size_t k = 0; k < n; k += kPageSize) {
+          const char* page = chunk.get() + k;
+          if (IsZeroPage(page)) {
+            ++zero_skipped_;
+            continue;
+          }
+          uint64_t at = off + k;
+          if (!runs.empty() && runs.back().start + runs.back().npages * kPageSize == at)
+            runs.back().npages++;
+          else
+            runs.push_back({at, 1});
+          data.append(page, kPageSize);
+          if (data.size() >= kBatchBytes) STASIS_RETURN_IF_ERROR(flush());
+        }
+        off += n;
+        len -= n;
+      }
+      return Status::Ok();
+    };
+    if (shm.fd) {
+      auto read = [&](uint64_t off, char* buf, size_t n) -> Status {
+        ssize_t r = ::pread(shm.fd.get(), buf, n, static_cast<off_t>(off));
+        if (r < 0) return Status::FromErrno(errno, "read shared memory of " + Pid(shm.pid));
+        if (static_cast<size_t>(r) < n) std::memset(buf + r, 0, n - static_cast<size_t>(r));
+        return Status::Ok();
+      };
+      off_t pos = 0;
+      const off_t size = static_cast<off_t>(shm.info.size);
+      while (pos < size) {
+        off_t data_at = ::lseek(shm.fd.get(), pos, SEEK_DATA);
+        if (data_at < 0) break;  // ENXIO: no more data
+        off_t hole = ::lseek(shm.fd.get(), data_at, SEEK_HOLE);
+        if (hole < 0 || hole > size) hole = size;
+        uint64_t lo = static_cast<uint64_t>(data_at) & ~(kPageSize - 1);
+        uint64_t hi = (static_cast<uint64_t>(hole) + kPageSize - 1) & ~(kPageSize - 1);
+        STASIS_RETURN_IF_ERROR(take(lo, hi - lo, read));
+        pos = static_cast<off_t>(hi);
+      }
+    } else {
+      // Only one process maps it: read its window through /proc/PID/mem.
+      ProcState* p = by_pid_[shm.pid];
+      const MapsEntry& e = shm.entry;
+      auto read = [&](uint64_t off, char* buf, size_t n) -> Status {
+        return p->mem.Read(e.start + (off - e.offset), buf, n);
+      };
+      STASIS_RETURN_IF_ERROR(take(e.offset, e.end - e.start, read));
+    }
+    STASIS_RETURN_IF_ERROR(flush());
+  }
+  return Status::Ok();
 }
 
 // Marks pipes with an end outside the checkpoint, and saves the buffered

@@ -117,6 +117,8 @@ class Restorer {
   Status RestoreFiles(RProc* p);
   Result<int> RestorerFdFor(const FileDesc& f);
   Status CreateThreads(RProc* p);
+  Status CreateSharedMemory(const format::SharedMemory& shm);
+  Status WriteSharedPages();
   Status WritePages(RProc* p);
   Status FinishProcess(RProc* p);
   Status FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti);
@@ -143,6 +145,8 @@ class Restorer {
   uint64_t scratch_ = 0;                       // in the restorer
   UniqueFd self_pidfd_;                        // inherited by every process
   std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
+  std::map<uint64_t, UniqueFd> shm_;           // shared memory id -> object
+  std::map<uint64_t, uint64_t> shm_size_;
   std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
   RestoreResult result_;
   bool released_ = false;
@@ -512,6 +516,21 @@ Status Restorer::BuildAddressSpace(RProc* p) {
         STASIS_RETURN_IF_ERROR(SysErr(r, "map " + path + " at " + ToHex(m.start) + " in " + who));
         break;
       }
+      case format::kMapSharedAnon: {
+        auto it = shm_.find(m.shmem_id);
+        if (it == shm_.end())
+          return Status::Corrupt("mapping of unknown shared memory in " + who);
+        STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_pidfd_getfd,
+                                              static_cast<uint64_t>(self_pidfd_.get()),
+                                              static_cast<uint64_t>(it->second.get()), 0));
+        STASIS_RETURN_IF_ERROR(SysErr(fd, "hand shared memory to " + who));
+        STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
+                                             static_cast<uint64_t>(flags),
+                                             static_cast<uint64_t>(fd), m.pgoff));
+        (void)Call(p, SYS_close, static_cast<uint64_t>(fd));
+        STASIS_RETURN_IF_ERROR(SysErr(r, "map shared memory at " + ToHex(m.start) + " in " + who));
+        break;
+      }
       default:
         return Status::Error(ENOTSUP, "cannot restore " + who + ": mapping kind " +
                                           std::to_string(m.kind) + " is not supported yet");
@@ -682,6 +701,58 @@ Status Restorer::RestoreFiles(RProc* p) {
     }
   }
   p->files_done = true;
+  return Status::Ok();
+}
+
+// One object per saved segment, created by the restorer and mapped by every
+// process that shared it. Anonymous shared memory is recreated as a real
+// MAP_SHARED|MAP_ANONYMOUS object (same "/dev/zero" identity in maps) when
+// /proc/self/map_files can be opened (root); otherwise as a memfd.
+Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
+  if (shm.size == 0 || shm.size % kPageSize != 0 || shm.size > (1ull << 46))
+    return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
+  UniqueFd fd;
+  if (shm.kind == 0) {
+    void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return Status::FromErrno(errno, "create shared memory");
+    uint64_t a = reinterpret_cast<uint64_t>(m);
+    std::string mf = "/proc/self/map_files/" + ToHex(a) + "-" + ToHex(a + shm.size);
+    fd.reset(::open(mf.c_str(), O_RDWR | O_CLOEXEC));
+    ::munmap(m, shm.size);
+  }
+  if (!fd) {
+    std::string name = shm.kind == 1 ? shm.name : "stasis-shared";
+    fd.reset(static_cast<int>(::syscall(SYS_memfd_create, name.c_str(), MFD_CLOEXEC)));
+    if (!fd) return Status::FromErrno(errno, "create memfd " + name);
+    if (::ftruncate(fd.get(), static_cast<off_t>(shm.size)) != 0)
+      return Status::FromErrno(errno, "size memfd " + name);
+  }
+  shm_size_[shm.id] = shm.size;
+  shm_[shm.id] = std::move(fd);
+  return Status::Ok();
+}
+
+Status Restorer::WriteSharedPages() {
+  const format::PagesHeader& h = reader_.pages();
+  auto it = shm_.find(h.owner.id);
+  if (it == shm_.end()) return Status::Corrupt("pages for an unknown shared memory segment");
+  std::vector<char> buf;
+  for (const format::PageRun& run : h.runs) {
+    uint64_t off = run.start, left = run.npages * kPageSize;
+    if (off + left > shm_size_[h.owner.id] || off + left < off)
+      return Status::Corrupt("shared memory pages beyond the segment's size");
+    while (left > 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(left, 8u << 20));
+      buf.resize(n);
+      STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf.data(), n));
+      if (::pwrite(it->second.get(), buf.data(), n, static_cast<off_t>(off)) !=
+          static_cast<ssize_t>(n))
+        return Status::FromErrno(errno, "write shared memory");
+      result_.page_bytes += n;
+      off += n;
+      left -= n;
+    }
+  }
   return Status::Ok();
 }
 
@@ -997,12 +1068,14 @@ Result<RestoreResult> Restorer::Run() {
           STASIS_RETURN_IF_ERROR(CreateThreads(cur));
         break;
       case format::SectionType::kPages:
-        if (reader_.pages().owner.kind != format::PageOwner::kProcess)
-          return Status::Error(ENOTSUP, "shared memory segments are not supported yet");
-        STASIS_RETURN_IF_ERROR(WritePages(find(static_cast<uint32_t>(reader_.pages().owner.id))));
+        if (reader_.pages().owner.kind == format::PageOwner::kSharedMemory)
+          STASIS_RETURN_IF_ERROR(WriteSharedPages());
+        else
+          STASIS_RETURN_IF_ERROR(WritePages(find(static_cast<uint32_t>(reader_.pages().owner.id))));
         break;
       case format::SectionType::kSharedMemory:
-        return Status::Error(ENOTSUP, "shared memory segments are not supported yet");
+        STASIS_RETURN_IF_ERROR(CreateSharedMemory(reader_.shared_memory()));
+        break;
       default:
         return Status::Corrupt("unexpected section " +
                                std::string(format::SectionName(type)));
