@@ -895,7 +895,9 @@ Status Restorer::FinishProcess(RProc* p) {
   {
     std::string exe = Relocate(info.exe_path);
     long exe_fd = -1;
-    if (!exe.empty()) {
+    // Replacing /proc/PID/exe needs CAP_CHECKPOINT_RESTORE: unprivileged,
+    // the restored process keeps showing the restorer there (documented).
+    if (!exe.empty() && ::geteuid() == 0) {
       STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, exe));
       STASIS_ASSIGN_OR_RETURN(exe_fd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), a,
                                            O_RDONLY | O_CLOEXEC));

@@ -899,6 +899,89 @@ def test_neg_other_user(h):
     expect(problems)
 
 
+
+def test_unprivileged(h):
+    """An ordinary user checkpoints and restarts its own counter, twice, with
+    --no-restore-pid (choosing pids needs privilege); the count goes on with
+    no number lost or repeated. Another user cannot restart the owner's
+    context file."""
+    h.need_cli()
+    h.need_root("creating users and running processes as them")
+    if not shutil.which("setpriv"):
+        raise Skip("setpriv is not installed (util-linux)")
+    owner = ensure_user("stasis-zdtm-owner")
+    other = ensure_user("stasis-zdtm-other")
+    prog = PROGRAMS["counter"]
+    h.make_dir("unprivileged")
+    os.chmod(h.dir, 0o755)
+    os.chown(h.dir, owner.pw_uid, owner.pw_gid)
+    for tool in ("cr_run", "cr_checkpoint", "cr_restart"):
+        res = run_cmd(as_user(owner, ["test", "-x", h.tool(tool)]), "/", 10)
+        if res.returncode != 0:
+            raise Skip("user %s cannot execute %s" % (owner.pw_name, h.tool(tool)))
+    env = h.env(prog)
+    env.update({"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    argv = as_user(owner, [h.tool("cr_run")] + h.resolve(prog.argv))
+    for name in ("test.log", "test.err"):
+        open(h.path(name), "a").close()
+        os.chown(h.path(name), owner.pw_uid, owner.pw_gid)
+    launcher = spawn(argv, h.dir, env, h.path("test.log"), h.path("test.err"))
+    deadline = time.monotonic() + prog.ready_timeout
+    while not os.path.exists(h.path("ready")):
+        if REAPER.done(launcher) is not None or time.monotonic() > deadline:
+            raise Fail("the counter did not start as %s: %s" % (owner.pw_name,
+                                                             tail(h.path("test.err"))))
+        time.sleep(0.01)
+    pid = int(read_text(h.path("ready")).split()[1])
+    restarts = []
+    for rnd in (1, 2):
+        time.sleep(0.3)
+        ctx = h.path("ctx%d" % rnd)
+        res = run_cmd(as_user(owner, [h.tool("cr_checkpoint"), "--kill", "-f", ctx, str(pid)]),
+                      h.dir, 60, env=env)
+        if res.returncode != 0:
+            raise Fail("round %d: cr_checkpoint as %s exited %d: %s" % (
+                rnd, owner.pw_name, res.returncode, res.stderr.decode(errors="replace").strip()))
+        st = os.stat(ctx)
+        if st.st_uid != owner.pw_uid or st.st_mode & 0o077:
+            raise Fail("round %d: the context is owned by uid %d with mode %o, want uid %d, "
+                       "0600" % (rnd, st.st_uid, st.st_mode & 0o777, owner.pw_uid))
+        if rnd == 1:
+            # Another user may not restore the owner's context.
+            res = run_cmd(as_user(other, [h.tool("cr_restart"), ctx]), "/", 30,
+                          env={"PATH": "/usr/bin:/bin"})
+            problems = one_line_failure("cr_restart by %s of %s's context" % (
+                other.pw_name, owner.pw_name), res, ["ctx1"])
+            expect(problems)
+        before = counts_in(h.path("test.log"))
+        rpid = spawn(as_user(owner, [h.tool("cr_restart"), "--no-restore-pid", ctx]), h.dir,
+                     env, h.path("test.log"), h.path("test.err"))
+        restarts.append(rpid)
+        deadline = time.monotonic() + 30
+        while len(counts_in(h.path("test.log"))) < len(before) + 2:
+            if REAPER.done(rpid) is not None or time.monotonic() > deadline:
+                raise Fail("round %d: the restarted counter does not count: %s; stderr: %s" % (
+                    rnd, tail(h.path("test.log")), tail(h.path("test.err"), 3)))
+            time.sleep(0.02)
+        # The restored counter runs under a new pid: the child of cr_restart.
+        kids = read_text("/proc/%d/task/%d/children" % (rpid, rpid)).split()
+        if len(kids) != 1:
+            raise Fail("round %d: cr_restart has children %s, want one" % (rnd, kids))
+        pid = int(kids[0])
+        uid = int(read_text("/proc/%d/status" % pid).split("Uid:")[1].split()[0])
+        if uid != owner.pw_uid:
+            raise Fail("round %d: the restored counter runs as uid %d, want %d" % (
+                rnd, uid, owner.pw_uid))
+    h.request_check()
+    code = REAPER.wait(restarts[-1], 60)
+    problems = []
+    if code != 0 or "PASS counter" not in read_text(h.path("test.log")):
+        problems.append("the second cr_restart exited %s: %s" % (code, tail(h.path("test.log"))))
+    problem = check_counts(counts_in(h.path("test.log")))
+    if problem:
+        problems.append("counts: " + problem)
+    expect(problems)
+
 def test_neg_disk_full(h):
     h.need_cli()
     h.need_root("mounting a 1 MiB tmpfs")
@@ -1013,6 +1096,7 @@ SPECIAL = {
     "neg_corrupt_file": test_neg_corrupt_file,
     "neg_no_such_pid": test_neg_no_such_pid,
     "neg_other_user": test_neg_other_user,
+    "unprivileged": test_unprivileged,
     "neg_disk_full": test_neg_disk_full,
 }
 
