@@ -15,7 +15,7 @@ build_pkgs=(
 # Integration tests (test/zdtm, test/integration): interpreters the tests
 # checkpoint, /proc tools, useradd/setpriv/runuser/mount, debuggers.
 test_pkgs=(
-  bash python3 perl procps util-linux passwd iproute2 strace gdb
+  bash bc python3 perl procps util-linux passwd iproute2 strace gdb
   shellcheck bats sudo
 )
 # Cluster tier: a real Slurm + munge + PMIx + Open MPI on this machine.
