@@ -101,7 +101,8 @@ class Capturer {
   Status CaptureFiles(ProcState* p);
   Status WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes);
   Status ClassifyPipes();
-  Status NoteSharedMemory(ProcState* p, const MapsEntry& e);
+  Status NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kind,
+                          const std::string& name, const std::string& open_path);
   Status WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes);
   struct Shm {
     format::SharedMemory info;
@@ -495,7 +496,15 @@ Status Capturer::CaptureMappings(ProcState* p) {
       // Shared anonymous memory or a memfd: saved once per context.
       m.kind = format::kMapSharedAnon;
       m.shmem_id = e.inode;
-      STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e));
+      bool memfd = e.path.rfind("/memfd:", 0) == 0;
+      std::string name;
+      if (memfd) {
+        name = e.path.substr(7);
+        if (IsDeleted(name)) name.resize(name.size() - 10);
+      }
+      STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, memfd ? 1 : 0, name,
+                                              "/proc/" + std::to_string(p->pid) + "/map_files/" +
+                                                  ToHex(e.start) + "-" + ToHex(e.end)));
     } else if (e.path.empty() || e.path.rfind("[anon", 0) == 0) {
       if (e.shared)
         return Status::Error(ENOTSUP, "cannot checkpoint " + where +
@@ -505,15 +514,20 @@ Status Capturer::CaptureMappings(ProcState* p) {
       return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": unknown special mapping " +
                                         e.path);
     } else {
-      if (IsDeleted(e.path) || e.inode == 0)
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": mapped file " + e.path +
-                                          " was deleted (saving by value is not supported yet)");
-      if (e.shared && e.path.rfind("/dev/shm/", 0) == 0)
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
-                                          ": POSIX shared memory is not supported yet");
-      if (e.shared && e.path.rfind("/SYSV", 0) == 0)
+      if (e.path.rfind("/SYSV", 0) == 0)
         return Status::Error(ENOTSUP, "cannot checkpoint " + where +
                                           ": SysV shared memory is not supported yet");
+      if (IsDeleted(e.path) || e.inode == 0) {
+        // A deleted file: its content is saved once, by value.
+        m.kind = format::kMapFileByValue;
+        m.path = e.path.substr(0, e.path.size() - 10);
+        m.shmem_id = e.inode;
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, 4, m.path,
+                                                "/proc/" + std::to_string(p->pid) + "/map_files/" +
+                                                    ToHex(e.start) + "-" + ToHex(e.end)));
+        p->mappings.push_back(std::move(m));
+        continue;
+      }
       m.kind = format::kMapFile;
       m.path = e.path;
       struct stat st;
@@ -557,10 +571,16 @@ Status Capturer::CaptureFiles(ProcState* p) {
                  static_cast<uint64_t>(st.st_size),
                  st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, st.st_mode};
     if (S_ISREG(st.st_mode)) {
-      if (IsDeleted(link) || st.st_nlink == 0)
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": file " + link +
-                                          " was deleted (saving by value is not supported yet)");
       f.kind = format::kFileRegular;
+      if (IsDeleted(link) || st.st_nlink == 0) {
+        // Saved by value once, shared by every fd and mapping of it.
+        f.fd_flags |= format::kFdUnlinked;
+        f.peer_id = static_cast<uint64_t>(st.st_ino);
+        if (IsDeleted(link)) f.path = link.substr(0, link.size() - 10);
+        MapsEntry pseudo;
+        pseudo.inode = static_cast<uint64_t>(st.st_ino);
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, pseudo, 4, f.path, link_path));
+      }
     } else if (S_ISDIR(st.st_mode)) {
       f.kind = format::kFileDirectory;
     } else if (S_ISCHR(st.st_mode)) {
@@ -754,33 +774,38 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   return writer->Finish();
 }
 
-Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e) {
+// Notes an object saved once per context: shared anonymous memory, a memfd
+// or an unlinked file. `e` is a mapping of it (or, for an fd, only its
+// inode); `open_path` reaches the object itself (map_files or fd link).
+Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kind,
+                                  const std::string& name, const std::string& open_path) {
   Shm& shm = shms_[e.inode];
-  uint64_t end = e.offset + (e.end - e.start);
   if (shm.pid == 0) {
     shm.info.id = e.inode;
+    shm.info.kind = kind;
+    shm.info.name = name;
     shm.pid = p->pid;
     shm.entry = e;
-    if (e.path.rfind("/memfd:", 0) == 0) {
-      shm.info.kind = 1;
-      std::string name = e.path.substr(7);
-      if (IsDeleted(name)) name.resize(name.size() - 10);
-      shm.info.name = name;
-    }
-    // The object itself (root, or CAP_CHECKPOINT_RESTORE): its full size and
-    // every page, also those only other processes touched.
-    std::string mf = "/proc/" + std::to_string(p->pid) + "/map_files/" + ToHex(e.start) + "-" +
-                     ToHex(e.end);
-    shm.fd.reset(::open(mf.c_str(), O_RDONLY | O_CLOEXEC));
-    struct stat st;
-    if (shm.fd && ::fstat(shm.fd.get(), &st) == 0) shm.info.size = static_cast<uint64_t>(st.st_size);
   }
   if (!shm.fd) {
-    if (shm.pid != p->pid)
-      return Status::Error(EPERM, "cannot checkpoint memory shared between " + Pid(shm.pid) +
-                                      " and " + Pid(p->pid) + " without root");
+    // The object itself (map_files needs root or CAP_CHECKPOINT_RESTORE): its
+    // full size and every page, also those only other processes touched.
+    shm.fd.reset(::open(open_path.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st;
+    if (shm.fd && ::fstat(shm.fd.get(), &st) == 0) {
+      shm.info.size = std::max(shm.info.size, static_cast<uint64_t>(st.st_size));
+      shm.info.sysv_mode = st.st_mode & 07777;
+      shm.pid = p->pid;
+      shm.entry = e;
+    }
   }
-  shm.info.size = std::max(shm.info.size, (end + kPageSize - 1) / kPageSize * kPageSize);
+  if (!shm.fd && (shm.pid != p->pid || e.end == 0))
+    return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) + ": cannot read " +
+                                    (name.empty() ? std::string("shared memory") : name) +
+                                    " (needs root when several processes share it)");
+  if (kind <= 1 && e.end > e.start)
+    shm.info.size = std::max(shm.info.size, (e.offset + (e.end - e.start) + kPageSize - 1) /
+                                                kPageSize * kPageSize);
   return Status::Ok();
 }
 

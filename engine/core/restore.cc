@@ -516,7 +516,8 @@ Status Restorer::BuildAddressSpace(RProc* p) {
         STASIS_RETURN_IF_ERROR(SysErr(r, "map " + path + " at " + ToHex(m.start) + " in " + who));
         break;
       }
-      case format::kMapSharedAnon: {
+      case format::kMapSharedAnon:
+      case format::kMapFileByValue: {
         auto it = shm_.find(m.shmem_id);
         if (it == shm_.end())
           return Status::Corrupt("mapping of unknown shared memory in " + who);
@@ -565,6 +566,21 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
     return options_.stdout_fd;
   };
   UniqueFd fd;
+  if (f.fd_flags & format::kFdUnlinked) {
+    auto it = shm_.find(f.peer_id);
+    if (it == shm_.end())
+      return Status::Corrupt("fd " + std::to_string(f.fd) + " refers to an unknown unlinked file");
+    // A new open file description of the recreated file, with the old flags.
+    std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
+    int flags = static_cast<int>(f.open_flags) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY);
+    fd.reset(::open(self.c_str(), flags | O_CLOEXEC));
+    if (!fd) return Status::FromErrno(errno, "reopen unlinked " + f.path);
+    if (f.pos && ::lseek(fd.get(), static_cast<off_t>(f.pos), SEEK_SET) < 0)
+      return Status::FromErrno(errno, "seek unlinked " + f.path);
+    int raw = fd.get();
+    objects_[f.object_id] = std::move(fd);
+    return raw;
+  }
   switch (f.kind) {
     case format::kFileRegular:
     case format::kFileDirectory:
@@ -709,10 +725,27 @@ Status Restorer::RestoreFiles(RProc* p) {
 // MAP_SHARED|MAP_ANONYMOUS object (same "/dev/zero" identity in maps) when
 // /proc/self/map_files can be opened (root); otherwise as a memfd.
 Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
-  if (shm.size == 0 || shm.size % kPageSize != 0 || shm.size > (1ull << 46))
+  if (shm.size > (1ull << 46) || (shm.kind != 4 && (shm.size == 0 || shm.size % kPageSize != 0)))
     return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
   UniqueFd fd;
-  if (shm.kind == 0) {
+  if (shm.kind == 4) {
+    // An unlinked file: recreated under its old name (so /proc shows the same
+    // "NAME (deleted)") and unlinked again; a temporary name if it is taken.
+    std::string path = Relocate(shm.name);
+    mode_t mode = shm.sysv_mode ? shm.sysv_mode & 0777 : 0600;
+    fd.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+    if (fd) {
+      ::unlink(path.c_str());
+    } else {
+      size_t slash = path.rfind('/');
+      std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+      fd.reset(::open(dir.c_str(), O_RDWR | O_TMPFILE | O_CLOEXEC, mode));
+      if (!fd) fd.reset(::open("/tmp", O_RDWR | O_TMPFILE | O_CLOEXEC, mode));
+      if (!fd) return Status::FromErrno(errno, "recreate unlinked file " + path);
+    }
+    if (::ftruncate(fd.get(), static_cast<off_t>(shm.size)) != 0)
+      return Status::FromErrno(errno, "size recreated file " + path);
+  } else if (shm.kind == 0) {
     void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return Status::FromErrno(errno, "create shared memory");
     uint64_t a = reinterpret_cast<uint64_t>(m);
@@ -739,14 +772,17 @@ Status Restorer::WriteSharedPages() {
   std::vector<char> buf;
   for (const format::PageRun& run : h.runs) {
     uint64_t off = run.start, left = run.npages * kPageSize;
-    if (off + left > shm_size_[h.owner.id] || off + left < off)
+    const uint64_t size = shm_size_[h.owner.id];
+    if (off + left > (size + kPageSize - 1) / kPageSize * kPageSize || off + left < off)
       return Status::Corrupt("shared memory pages beyond the segment's size");
     while (left > 0) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(left, 8u << 20));
       buf.resize(n);
       STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf.data(), n));
-      if (::pwrite(it->second.get(), buf.data(), n, static_cast<off_t>(off)) !=
-          static_cast<ssize_t>(n))
+      // The last page of a file may reach past its end: write only up to it.
+      size_t w = static_cast<size_t>(std::min<uint64_t>(n, size > off ? size - off : 0));
+      if (w && ::pwrite(it->second.get(), buf.data(), w, static_cast<off_t>(off)) !=
+                   static_cast<ssize_t>(w))
         return Status::FromErrno(errno, "write shared memory");
       result_.page_bytes += n;
       off += n;

@@ -151,7 +151,7 @@ Status ContextValidator::Shared(const SharedMemory& shm) {
   if (shm_ids_.count(shm.id) != 0) {
     return Status::Corrupt("shared memory id " + Str(shm.id) + " appears twice");
   }
-  if (shm.kind > 3) return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
+  if (shm.kind > 4) return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
   if (shm.size > kUserSpaceEnd) {
     return Status::Corrupt("shared memory size " + Str(shm.size) + " is larger than user space");
   }
@@ -209,7 +209,8 @@ Status ContextValidator::Mappings(uint32_t pid, const std::vector<Mapping>& mapp
     if (m.pgoff % kPageSize != 0) {
       return Status::Corrupt(where + "file offset " + Str(m.pgoff) + " is not page aligned");
     }
-    if ((m.kind == kMapSharedAnon || m.kind == kMapSysvShm) && shm_ids_.count(m.shmem_id) == 0) {
+    if ((m.kind == kMapSharedAnon || m.kind == kMapSysvShm || m.kind == kMapFileByValue) &&
+        shm_ids_.count(m.shmem_id) == 0) {
       return Status::Corrupt(where + "shared memory id " + Str(m.shmem_id) +
                              " has no SharedMemory section");
     }
