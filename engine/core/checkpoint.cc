@@ -101,6 +101,7 @@ class Capturer {
   Status CaptureFiles(ProcState* p);
   Status WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes);
   Status ClassifyPipes();
+  Status PeekPipe(int fd, FileDesc* f);
   Status NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kind,
                           const std::string& name, const std::string& open_path);
   Status WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes);
@@ -592,8 +593,12 @@ Status Capturer::CaptureFiles(ProcState* p) {
         f.kind = format::kFilePipe;
         f.peer_id = static_cast<uint64_t>(st.st_ino);
       } else {
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": named FIFO " + link +
-                                          " is not supported yet");
+        f.kind = format::kFileFifo;
+        f.peer_id = static_cast<uint64_t>(st.st_ino);
+        if (IsDeleted(link)) {
+          f.fd_flags |= format::kFdUnlinked;
+          f.path = link.substr(0, link.size() - 10);
+        }
       }
     } else if (S_ISSOCK(st.st_mode)) {
       return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": socket " + link +
@@ -896,6 +901,15 @@ Status Capturer::ClassifyPipes() {
   std::set<uint64_t> saved;
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
+      if (f.kind == format::kFileFifo && !saved.count(f.peer_id)) {
+        // A named FIFO: its buffered data, read through a reader of our own.
+        saved.insert(f.peer_id);
+        std::string link = "/proc/" + std::to_string(p->pid) + "/fd/" + std::to_string(f.fd);
+        UniqueFd mine(::open(link.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+        if (!mine) return Status::FromErrno(errno, "open FIFO " + f.path + " of " + Pid(p->pid));
+        STASIS_RETURN_IF_ERROR(PeekPipe(mine.get(), &f));
+        continue;
+      }
       if (f.kind != format::kFilePipe) continue;
       if (modes[f.peer_id] != 3) {
         f.fd_flags |= format::kFdOutside;
@@ -908,19 +922,26 @@ Status Capturer::ClassifyPipes() {
       UniqueFd mine(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), f.fd, 0)));
       if (!mine) return Status::FromErrno(errno, "take pipe fd " + std::to_string(f.fd) + " of " +
                                                      Pid(p->pid));
-      int sz = ::fcntl(mine.get(), F_GETPIPE_SZ);
-      if (sz > 0) f.pipe_size = static_cast<uint32_t>(sz);
-      int tmp[2];
-      if (::pipe2(tmp, O_CLOEXEC | O_NONBLOCK) != 0) return Status::FromErrno(errno, "pipe");
-      UniqueFd r(tmp[0]), w(tmp[1]);
-      if (sz > 0) ::fcntl(w.get(), F_SETPIPE_SZ, sz);
-      ssize_t n = ::tee(mine.get(), w.get(), 1 << 30, SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        f.data.resize(static_cast<size_t>(n));
-        if (::read(r.get(), f.data.data(), f.data.size()) != n)
-          return Status::FromErrno(errno, "copy pipe data of " + Pid(p->pid));
-      }
+      STASIS_RETURN_IF_ERROR(PeekPipe(mine.get(), &f));
     }
+  }
+  return Status::Ok();
+}
+
+// Copies what is buffered in the pipe behind `fd` into f->data without
+// consuming it (tee), and records the pipe's size.
+Status Capturer::PeekPipe(int fd, FileDesc* f) {
+  int sz = ::fcntl(fd, F_GETPIPE_SZ);
+  if (sz > 0) f->pipe_size = static_cast<uint32_t>(sz);
+  int tmp[2];
+  if (::pipe2(tmp, O_CLOEXEC | O_NONBLOCK) != 0) return Status::FromErrno(errno, "pipe");
+  UniqueFd r(tmp[0]), w(tmp[1]);
+  if (sz > 0) ::fcntl(w.get(), F_SETPIPE_SZ, sz);
+  ssize_t n = ::tee(fd, w.get(), 1 << 30, SPLICE_F_NONBLOCK);
+  if (n > 0) {
+    f->data.resize(static_cast<size_t>(n));
+    if (::read(r.get(), f->data.data(), f->data.size()) != n)
+      return Status::FromErrno(errno, "copy buffered pipe data");
   }
   return Status::Ok();
 }

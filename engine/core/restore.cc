@@ -146,6 +146,7 @@ class Restorer {
   UniqueFd self_pidfd_;                        // inherited by every process
   std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
   std::map<uint64_t, UniqueFd> shm_;           // shared memory id -> object
+  std::map<uint64_t, UniqueFd> fifos_;         // FIFO inode -> read-write holder
   std::map<uint64_t, uint64_t> shm_size_;
   std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
   RestoreResult result_;
@@ -566,7 +567,7 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
     return options_.stdout_fd;
   };
   UniqueFd fd;
-  if (f.fd_flags & format::kFdUnlinked) {
+  if ((f.fd_flags & format::kFdUnlinked) && f.kind == format::kFileRegular) {
     auto it = shm_.find(f.peer_id);
     if (it == shm_.end())
       return Status::Corrupt("fd " + std::to_string(f.fd) + " refers to an unknown unlinked file");
@@ -638,6 +639,36 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
         fd.reset(::fcntl(end, F_DUPFD_CLOEXEC, 0));
       }
       if (!fd) return Status::FromErrno(errno, "dup pipe end");
+      break;
+    }
+    case format::kFileFifo: {
+      auto fit = fifos_.find(f.peer_id);
+      if (fit == fifos_.end()) {
+        // One holder per FIFO (read-write never blocks), with its data.
+        std::string path = Relocate(f.path);
+        if (f.fd_flags & format::kFdUnlinked) {
+          if (::mkfifo(path.c_str(), 0600) != 0)
+            return Status::FromErrno(errno, "recreate unlinked FIFO " + path);
+        }
+        UniqueFd holder(::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+        if (f.fd_flags & format::kFdUnlinked) ::unlink(path.c_str());
+        if (!holder) return Status::FromErrno(errno, "cannot restore fd " + std::to_string(f.fd) +
+                                                         ": open FIFO " + path);
+        struct stat st;
+        if (::fstat(holder.get(), &st) != 0 || !S_ISFIFO(st.st_mode))
+          return Status::Error(ESTALE, "cannot restore fd " + std::to_string(f.fd) + ": " + path +
+                                           " is no longer a FIFO");
+        if (f.pipe_size) ::fcntl(holder.get(), F_SETPIPE_SZ, static_cast<int>(f.pipe_size));
+        fit = fifos_.emplace(f.peer_id, std::move(holder)).first;
+      }
+      if (!f.data.empty() && ::write(fit->second.get(), f.data.data(), f.data.size()) !=
+                                 static_cast<ssize_t>(f.data.size()))
+        return Status::FromErrno(errno, "refill FIFO " + f.path);
+      std::string self = "/proc/self/fd/" + std::to_string(fit->second.get());
+      int flags = static_cast<int>(f.open_flags) & (O_ACCMODE | O_NONBLOCK | O_APPEND);
+      fd.reset(::open(self.c_str(), flags | O_NONBLOCK | O_CLOEXEC));
+      if (!fd) return Status::FromErrno(errno, "reopen FIFO " + f.path);
+      if (!(flags & O_NONBLOCK)) ::fcntl(fd.get(), F_SETFL, flags & O_APPEND);
       break;
     }
     default:
