@@ -51,6 +51,7 @@ constexpr size_t kScratchSize = 4 * 4096;
 constexpr uint64_t kPageSize = 4096;
 constexpr size_t kBatchBytes = 64u << 20;  // page data per Pages section
 constexpr size_t kReadChunk = 8u << 20;
+constexpr uint64_t kSysvIdBase = 1ull << 48;  // shared-memory ids of SysV segments
 
 double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -102,6 +103,7 @@ class Capturer {
   Status WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes);
   Status ClassifyPipes();
   Status PeekPipe(int fd, FileDesc* f);
+  Status NoteSysvSegment(uint64_t shmid, const std::string& where);
   Status NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kind,
                           const std::string& name, const std::string& open_path);
   Status WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes);
@@ -515,9 +517,20 @@ Status Capturer::CaptureMappings(ProcState* p) {
       return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": unknown special mapping " +
                                         e.path);
     } else {
-      if (e.path.rfind("/SYSV", 0) == 0)
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
-                                          ": SysV shared memory is not supported yet");
+      if (e.path.rfind("/SYSV", 0) == 0) {
+        // SysV shared memory: the inode is the shmid.
+        // Ids are shmids offset past inode numbers (shmid 0 is valid).
+        m.kind = format::kMapSysvShm;
+        MapsEntry seg = e;
+        seg.inode = kSysvIdBase + e.inode;
+        m.shmem_id = seg.inode;
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, seg, 3, "",
+                                                "/proc/" + std::to_string(p->pid) + "/map_files/" +
+                                                    ToHex(e.start) + "-" + ToHex(e.end)));
+        STASIS_RETURN_IF_ERROR(NoteSysvSegment(e.inode, where));
+        p->mappings.push_back(std::move(m));
+        continue;
+      }
       if (IsDeleted(e.path) || e.inode == 0) {
         // A deleted file: its content is saved once, by value.
         m.kind = format::kMapFileByValue;
@@ -812,6 +825,29 @@ Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kin
     shm.info.size = std::max(shm.info.size, (e.offset + (e.end - e.start) + kPageSize - 1) /
                                                 kPageSize * kPageSize);
   return Status::Ok();
+}
+
+// Key, mode (with SHM_DEST when it is marked for removal) and size of a
+// SysV segment, from /proc/sysvipc/shm.
+Status Capturer::NoteSysvSegment(uint64_t shmid, const std::string& where) {
+  STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString("/proc/sysvipc/shm"));
+  size_t pos = text.find('\n');
+  while (pos != std::string::npos && pos + 1 < text.size()) {
+    long long key = 0;
+    unsigned long long id = 0, size = 0;
+    unsigned mode = 0;
+    if (sscanf(text.c_str() + pos + 1, "%lld %llu %o %llu", &key, &id, &mode, &size) == 4 &&
+        id == shmid) {
+      Shm& shm = shms_[kSysvIdBase + shmid];
+      shm.info.sysv_key = key;
+      shm.info.sysv_mode = mode;
+      shm.info.size = size;  // exact: shmget gets the same size back
+      return Status::Ok();
+    }
+    pos = text.find('\n', pos + 1);
+  }
+  return Status::Error(ENOENT, "cannot checkpoint " + where + ": SysV segment " +
+                                   std::to_string(shmid) + " not found");
 }
 
 Status Capturer::WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes) {

@@ -28,6 +28,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -147,6 +148,8 @@ class Restorer {
   std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
   std::map<uint64_t, UniqueFd> shm_;           // shared memory id -> object
   std::map<uint64_t, UniqueFd> fifos_;         // FIFO inode -> read-write holder
+  std::map<uint64_t, int> sysv_ids_;           // saved shmid -> new shmid
+  std::vector<int> sysv_remove_;               // marked for removal at the end
   std::map<uint64_t, uint64_t> shm_size_;
   std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
   RestoreResult result_;
@@ -517,6 +520,23 @@ Status Restorer::BuildAddressSpace(RProc* p) {
         STASIS_RETURN_IF_ERROR(SysErr(r, "map " + path + " at " + ToHex(m.start) + " in " + who));
         break;
       }
+      case format::kMapSysvShm: {
+        auto it = sysv_ids_.find(m.shmem_id);
+        if (it == sysv_ids_.end()) return Status::Corrupt("mapping of unknown SysV segment in " + who);
+        uint64_t shmflg = (m.prot & PROT_WRITE) ? 0 : SHM_RDONLY;
+        if (m.prot & PROT_EXEC) shmflg |= SHM_EXEC;
+        STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_shmat, static_cast<uint64_t>(it->second), m.start,
+                                             shmflg));
+        STASIS_RETURN_IF_ERROR(SysErr(r, "attach SysV segment at " + ToHex(m.start) + " in " + who));
+        if (static_cast<uint64_t>(r) != m.start || m.pgoff != 0)
+          return Status::Error(ENOTSUP, "cannot restore " + who + ": partial SysV attachment");
+        // The segment may be larger than this (split) mapping: trim the rest.
+        uint64_t seg = (shm_size_[m.shmem_id] + kPageSize - 1) & ~(kPageSize - 1);
+        if (seg > len) (void)Call(p, SYS_munmap, m.end, seg - len);
+        STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_mprotect, m.start, len, m.prot));
+        STASIS_RETURN_IF_ERROR(SysErr(r, "protect SysV segment in " + who));
+        break;
+      }
       case format::kMapSharedAnon:
       case format::kMapFileByValue: {
         auto it = shm_.find(m.shmem_id);
@@ -756,7 +776,8 @@ Status Restorer::RestoreFiles(RProc* p) {
 // MAP_SHARED|MAP_ANONYMOUS object (same "/dev/zero" identity in maps) when
 // /proc/self/map_files can be opened (root); otherwise as a memfd.
 Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
-  if (shm.size > (1ull << 46) || (shm.kind != 4 && (shm.size == 0 || shm.size % kPageSize != 0)))
+  if (shm.size > (1ull << 46) ||
+      (shm.kind < 3 && (shm.size == 0 || shm.size % kPageSize != 0)))
     return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
   UniqueFd fd;
   if (shm.kind == 4) {
@@ -776,6 +797,33 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
     }
     if (::ftruncate(fd.get(), static_cast<off_t>(shm.size)) != 0)
       return Status::FromErrno(errno, "size recreated file " + path);
+  } else if (shm.kind == 3) {
+    // A new SysV segment with the old key when it is free (else private);
+    // processes attach it with shmat at their old addresses.
+    int mode = static_cast<int>(shm.sysv_mode & 0777);
+    int id = -1;
+    // The old shmid when the kernel lets us choose it (root; racy only
+    // against other creators of SysV segments in the same instant).
+    const int old_id = static_cast<int>(shm.id & 0xffffffffu);
+    if (::geteuid() == 0) {
+      UniqueFd next(::open("/proc/sys/kernel/shm_next_id", O_WRONLY | O_CLOEXEC));
+      std::string v = std::to_string(old_id);
+      if (next) (void)!::write(next.get(), v.data(), v.size());
+    }
+    if (shm.sysv_key != 0)
+      id = ::shmget(static_cast<key_t>(shm.sysv_key), shm.size, IPC_CREAT | IPC_EXCL | mode);
+    if (id < 0) id = ::shmget(IPC_PRIVATE, shm.size, IPC_CREAT | mode);
+    if (id < 0) return Status::FromErrno(errno, "create SysV shared memory");
+    sysv_ids_[shm.id] = id;
+    if (shm.sysv_mode & 01000 /* SHM_DEST */) sysv_remove_.push_back(id);
+    void* m = ::shmat(id, nullptr, 0);
+    if (m == reinterpret_cast<void*>(-1)) return Status::FromErrno(errno, "attach SysV segment");
+    uint64_t a = reinterpret_cast<uint64_t>(m);
+    uint64_t rounded = (shm.size + kPageSize - 1) / kPageSize * kPageSize;
+    std::string mf = "/proc/self/map_files/" + ToHex(a) + "-" + ToHex(a + rounded);
+    fd.reset(::open(mf.c_str(), O_RDWR | O_CLOEXEC));
+    ::shmdt(m);
+    if (!fd) return Status::FromErrno(errno, "open SysV segment (needs root)");
   } else if (shm.kind == 0) {
     void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return Status::FromErrno(errno, "create shared memory");
@@ -1084,6 +1132,7 @@ Status Restorer::Release() {
     Status s = init_->tracees[0]->RestoreAndDetach(0);
     if (!s.ok() && first.ok()) first = s;
   }
+  for (int id : sysv_remove_) ::shmctl(id, IPC_RMID, nullptr);
   for (auto& p : procs_) {
     if (options_.after == AfterRestore::kKill) ::kill(p->pid, SIGKILL);
     if (options_.after == AfterRestore::kTerm) ::kill(p->pid, SIGTERM);
