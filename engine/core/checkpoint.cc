@@ -72,6 +72,7 @@ struct ProcState {
   uint64_t syscall_insn = 0;
   uint64_t scratch = 0;
   bool was_stopped = false;
+  bool zombie = false;
   format::ProcessInfo info;
   std::vector<Mapping> mappings;
   std::vector<MapsEntry> maps;
@@ -221,16 +222,29 @@ Status Capturer::Freeze() {
           return Status::Error(EINVAL, "cannot checkpoint the checkpointing process itself");
         auto st = ReadStat(pid);
         if (!st) continue;  // exited meanwhile
-        if (st->state == 'Z') return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(pid) +
-                                                                ": zombie processes are not supported yet");
+        if (st->state == 'Z' && pid == options_.target)
+          return Status::Error(ESRCH, "cannot checkpoint " + Pid(pid) + ": it has exited");
         auto proc = std::make_unique<ProcState>();
         proc->pid = pid;
+        if (st->state == 'Z') {
+          // A zombie: only its exit status and place in the tree remain.
+          proc->zombie = true;
+          proc->stat = *st;
+          proc->info.pid = static_cast<uint32_t>(pid);
+          proc->info.comm = st->comm;
+          p = proc.get();
+          by_pid_[pid] = p;
+          procs_.push_back(std::move(proc));
+          added = true;
+          continue;
+        }
         proc->was_stopped = st->state == 'T';
         p = proc.get();
         by_pid_[pid] = p;
         procs_.push_back(std::move(proc));
         added = true;
       }
+      if (p->zombie) continue;
       STASIS_RETURN_IF_ERROR(SeizeProcess(p, &added));
     }
     if (!added) return Status::Ok();
@@ -240,6 +254,7 @@ Status Capturer::Freeze() {
 
 Status Capturer::CaptureAll() {
   for (auto& p : procs_) {
+    if (p->zombie) continue;
     Status s = CaptureProcess(p.get());
     if (!s.ok()) return s;
   }
@@ -770,6 +785,14 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
     if (p->was_stopped) e.flags |= format::kProcStopped;
     if (p->pid == options_.target) e.flags |= format::kProcIsRoot;
     for (auto& t : p->threads) e.tids.push_back(static_cast<uint32_t>(t->tid()));
+    if (p->zombie) {
+      e.flags |= format::kProcZombie;
+      e.exit_code = p->stat.exit_code;
+      e.tids = {e.pid};
+      format::ThreadInfo ti;
+      ti.tid = e.pid;
+      p->thread_infos = {ti};
+    }
     tree.processes.push_back(std::move(e));
   }
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
@@ -784,7 +807,7 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
     STASIS_RETURN_IF_ERROR(writer->WriteMappings(pid, maps));
     STASIS_RETURN_IF_ERROR(writer->WriteFiles(pid, p->files));
     for (const auto& t : p->thread_infos) STASIS_RETURN_IF_ERROR(writer->WriteThread(pid, t));
-    STASIS_RETURN_IF_ERROR(WritePages(p.get(), writer, &stats->page_bytes));
+    if (!p->zombie) STASIS_RETURN_IF_ERROR(WritePages(p.get(), writer, &stats->page_bytes));
     stats->threads += static_cast<uint32_t>(p->thread_infos.size());
     stats->pids.push_back(p->pid);
   }

@@ -64,6 +64,7 @@ class Tracee {
   // For a tracee that is our child and called PTRACE_TRACEME + SIGSTOP.
   Status AdoptTracedChild();
   void MarkAttached() { attached_ = true; }
+  void MarkDetached() { attached_ = false; }
 
   // Saves the current registers and signal mask and blocks all signals:
   // required before Syscall. Idempotent.

@@ -122,6 +122,7 @@ class Restorer {
   Status WriteSharedPages();
   Status WritePages(RProc* p);
   Status FinishProcess(RProc* p);
+  Status MakeZombie(RProc* p);
   Status FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti);
   Status Release();
   void KillAll();
@@ -968,20 +969,57 @@ Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti)
     STASIS_RETURN_IF_ERROR(SysErr(r, "register rseq of " + who));
   }
   // Per-thread pending signals, queued by the thread to itself.
+  STASIS_ASSIGN_OR_RETURN(long self_tgid, Call(p, t, SYS_getpid));
+  STASIS_ASSIGN_OR_RETURN(long self_tid, Call(p, t, SYS_gettid));
   for (size_t off = 0; off + 128 <= ti.pending.size(); off += 128) {
     int32_t signo;
     std::memcpy(&signo, ti.pending.data() + off, 4);
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, ti.pending.data() + off, 128));
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, t, SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(p->pid),
-                                    static_cast<uint64_t>(t->tid()), static_cast<uint64_t>(signo),
+    // Ids as the process sees them (it may live in a fresh pid namespace).
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, t, SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(self_tgid),
+                                    static_cast<uint64_t>(self_tid), static_cast<uint64_t>(signo),
                                     p->scratch + kOffArgs));
     STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
   }
   return Status::Ok();
 }
 
+// A zombie is rebuilt as a process that exits again with the saved status
+// (its parent then finds it as it was). A spurious SIGCHLD to the parent is
+// the one visible difference.
+Status Restorer::MakeZombie(RProc* p) {
+  const int status = p->entry.exit_code;
+  Tracee* t = p->tracees[0].get();
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    uint64_t dfl[4] = {0, 0, 0, 0};
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, dfl, sizeof dfl));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigaction, static_cast<uint64_t>(sig),
+                                         p->scratch + kOffArgs, 0, 8));
+    // Unblocked before it is queued, so the kernel notices it on the way out.
+    STASIS_RETURN_IF_ERROR(t->SetSigmask(0));
+    STASIS_ASSIGN_OR_RETURN(long self, Call(p, SYS_getpid));  // its own view (pid ns)
+    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_kill, static_cast<uint64_t>(self), static_cast<uint64_t>(sig)));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "signal zombie " + Pid(p->entry.pid)));
+    int deliver = 0;
+    for (int i = 0; i < 100; ++i) {
+      if (::ptrace(PTRACE_CONT, t->tid(), nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) != 0)
+        return Status::FromErrno(errno, "let zombie " + Pid(p->entry.pid) + " die");
+      STASIS_ASSIGN_OR_RETURN(StopInfo s, WaitThread(t->tid()));
+      if (s.kind == StopInfo::kKilled || s.kind == StopInfo::kExited) break;
+      deliver = s.kind == StopInfo::kSignal ? s.signal : 0;
+    }
+  } else {
+    auto r = Call(p, SYS_exit_group, static_cast<uint64_t>(WEXITSTATUS(status)));
+    (void)r;  // the call does not return: the thread is gone
+  }
+  t->MarkDetached();
+  return Status::Ok();
+}
+
 Status Restorer::FinishProcess(RProc* p) {
   const std::string who = Pid(p->entry.pid);
+  if (p->entry.flags & format::kProcZombie) return Status::Ok();
   const format::ProcessInfo& info = p->info;
   if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
     return Status::Corrupt("context holds incomplete state for " + who);
@@ -1077,7 +1115,8 @@ Status Restorer::FinishProcess(RProc* p) {
     int32_t signo;
     std::memcpy(&signo, info.pending_shared.data() + off, 4);
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, info.pending_shared.data() + off, 128));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigqueueinfo, static_cast<uint64_t>(p->pid),
+    STASIS_ASSIGN_OR_RETURN(long self, Call(p, SYS_getpid));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigqueueinfo, static_cast<uint64_t>(self),
                                          static_cast<uint64_t>(signo), p->scratch + kOffArgs));
     STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
   }
@@ -1117,6 +1156,8 @@ Status Restorer::FinishProcess(RProc* p) {
 }
 
 Status Restorer::Release() {
+  for (auto& p : procs_)
+    if (p->entry.flags & format::kProcZombie) STASIS_RETURN_IF_ERROR(MakeZombie(p.get()));
   released_ = true;
   Status first;
   for (auto& p : procs_) {
@@ -1170,13 +1211,19 @@ Result<RestoreResult> Restorer::Run() {
         if (!cur || cur->entry.pid != reader_.section_pid())
           return Status::Corrupt("mappings out of order");
         cur->mappings = reader_.mappings();
-        STASIS_RETURN_IF_ERROR(BuildAddressSpace(cur));
+        if (cur->entry.flags & format::kProcZombie)
+          cur->mm_built = true;  // it only has to exit again
+        else
+          STASIS_RETURN_IF_ERROR(BuildAddressSpace(cur));
         break;
       case format::SectionType::kFiles:
         if (!cur || cur->entry.pid != reader_.section_pid() || !cur->mm_built)
           return Status::Corrupt("files out of order");
         cur->files = reader_.files();
-        STASIS_RETURN_IF_ERROR(RestoreFiles(cur));
+        if (cur->entry.flags & format::kProcZombie)
+          cur->files_done = true;
+        else
+          STASIS_RETURN_IF_ERROR(RestoreFiles(cur));
         break;
       case format::SectionType::kThread:
         if (!cur || cur->entry.pid != reader_.section_pid())

@@ -299,6 +299,16 @@ def parse_maps(pid):
     return maps
 
 
+def unless_zombie(zombie, fn, *args):
+    """fn(*args); None for a zombie, which has no cwd, exe, root or environ."""
+    try:
+        return fn(*args)
+    except Gone:
+        if zombie:
+            return None
+        raise
+
+
 def snapshot(root):
     """What /proc shows for the tree under root. fd targets name pipes and
     sockets by order of first appearance, so the sharing pattern compares
@@ -309,6 +319,7 @@ def snapshot(root):
         status = read_status(pid)
         stat = read_text("/proc/%d/stat" % pid)
         fields = stat[stat.rindex(")") + 2:].split()
+        zombie = status.get("State", "?")[:1] == "Z"
         proc = {
             "status": {k: status.get(k) for k in STATUS_FIELDS},
             "state": status.get("State", "?")[:1],
@@ -316,11 +327,11 @@ def snapshot(root):
             "stat": {"pgrp": fields[2], "session": fields[3], "tty_nr": fields[4],
                      "nice": fields[16]},
             "maps": parse_maps(pid),
-            "cwd": readlink("/proc/%d/cwd" % pid),
-            "exe": readlink("/proc/%d/exe" % pid),
-            "root": readlink("/proc/%d/root" % pid),
+            "cwd": unless_zombie(zombie, readlink, "/proc/%d/cwd" % pid),
+            "exe": unless_zombie(zombie, readlink, "/proc/%d/exe" % pid),
+            "root": unless_zombie(zombie, readlink, "/proc/%d/root" % pid),
             "cmdline": read_text("/proc/%d/cmdline" % pid, binary=True),
-            "environ": read_text("/proc/%d/environ" % pid, binary=True),
+            "environ": unless_zombie(zombie, read_text, "/proc/%d/environ" % pid, True),
             "limits": read_text("/proc/%d/limits" % pid),
             "threads": {},
             "fds": {},
@@ -361,8 +372,11 @@ def fmt_map(m):
     return "%x-%x %s %08x %s" % m
 
 
-def compare(before, after, root, root_ppid=None):
-    """Differences between two snapshots, one line each, most useful first."""
+def compare(before, after, root, root_ppid=None, states=False):
+    """Differences between two snapshots, one line each, most useful first.
+    states: the tree holds stopped processes or zombies on purpose (Prog
+    states=True): every process must be in the same stopped/zombie state as
+    before instead of running."""
     diffs = []
     if sorted(before) != sorted(after):
         diffs.append("tree pids: before %s, after %s" % (sorted(before), sorted(after)))
@@ -381,7 +395,10 @@ def compare(before, after, root, root_ppid=None):
         if pid == root and root_ppid is not None and a["status"]["PPid"] != str(root_ppid):
             diffs.append("%s: PPid %s, want %d (cr_restart)" % (who, a["status"]["PPid"],
                                                                  root_ppid))
-        if root_ppid is not None and a["state"] in "TtZX":
+        if states:
+            if b["state"] != a["state"] and (b["state"] in "TtZX" or a["state"] in "TtZX"):
+                diffs.append("%s: state %s -> %s" % (who, b["state"], a["state"]))
+        elif root_ppid is not None and a["state"] in "TtZX":
             diffs.append("%s: state %s after restore" % (who, a["state"]))
         if root_ppid is not None and a["tracer"] != "0":
             diffs.append("%s: traced by %s after restore" % (who, a["tracer"]))
@@ -484,8 +501,16 @@ def tail(path, n=8):
 
 class Prog:
     def __init__(self, argv, counts=False, ready_timeout=30, cr_timeout=120, env=None,
-                 verdict=None):
+                 verdict=None, states=False, prereq=None):
         self.argv = argv
+        # The tree holds stopped processes or zombies on purpose: /proc must
+        # show the same state letters after a restore (see compare()).
+        self.states = states
+        # prereq(h): called in the test's folder before the program starts;
+        # raises Skip if the machine lacks something, and appends to h.undo
+        # what must be undone after the test, pass or fail (sysctls, SysV
+        # segments and /dev/shm files the program leaves if it is killed).
+        self.prereq = prereq
         self.verdict = verdict  # the name in the program's PASS line, if not the test's
         self.counts = counts
         self.ready_timeout = ready_timeout
@@ -520,6 +545,7 @@ class Harness:
         self.keep = args.keep
         self.dir = None
         self.mounts = []  # tmpfs mounts to undo after the test
+        self.undo = []  # callables a prereq registers, run after the test (run_undo)
 
     # -- prerequisites --
     def tool(self, name):
@@ -586,6 +612,10 @@ class Harness:
         deadline = time.monotonic() + prog.ready_timeout
         while not os.path.exists(self.path("ready")):
             code = REAPER.done(pid)
+            skipped = re.search(r"^SKIPPED [^:]*: (.*)$", read_text(self.path(out)), re.M) \
+                if code == SKIP_CODE and os.path.exists(self.path(out)) else None
+            if skipped:
+                raise Skip(skipped.group(1))
             if code is not None:
                 raise Fail("%s exited with %d before READY: %s; stderr: %s" % (
                     " ".join(argv), code, tail(self.path(out)), tail(self.path("test.err"))))
@@ -628,7 +658,7 @@ class Harness:
         argv = [self.tool("cr_restart")] + list(extra) + [ctx]
         return spawn(argv, self.dir, dict(os.environ), self.path(out), self.path("test.err"))
 
-    def wait_restored(self, before, root, restart_pid, timeout, what):
+    def wait_restored(self, before, root, restart_pid, timeout, what, states=False):
         t0 = time.monotonic()
         deadline = t0 + timeout
         diffs = ["pid %d does not exist" % root]
@@ -638,7 +668,8 @@ class Harness:
                 raise Fail("%s: cr_restart exited %s before the tree was back: %s" % (
                     what, describe_exit(code), tail(self.path("test.err"), 3)))
             try:
-                diffs = compare(before, snapshot(root), root, root_ppid=restart_pid)
+                diffs = compare(before, snapshot(root), root, root_ppid=restart_pid,
+                                states=states)
             except Gone as e:
                 diffs = ["process vanished while reading /proc: %s" % e]
             if not diffs:
@@ -666,6 +697,8 @@ class Harness:
         self.need_root("restoring processes at their original pids")
         self.make_dir(name)
         log("zdtm: %s in %s" % (name, self.dir))
+        if prog.prereq:
+            prog.prereq(self)
         pid = self.start(prog, [self.tool("cr_run")])
         time.sleep(0.1)
         before = snapshot(pid)
@@ -684,7 +717,8 @@ class Harness:
                                "killed exited %s, want %d (128+SIGKILL)" %
                                (cycle, code, 128 + signal.SIGKILL))
             owner = self.restart(ctx)
-            self.wait_restored(before, pid, owner, prog.cr_timeout, "restore %d" % cycle)
+            self.wait_restored(before, pid, owner, prog.cr_timeout, "restore %d" % cycle,
+                               states=prog.states)
             if prog.counts:
                 self.wait_counting(last)
             else:
@@ -1112,6 +1146,17 @@ SELFTEST = [
 ]
 
 
+def run_undo(h):
+    """Runs what prereqs registered in h.undo, once the processes are gone; a
+    failure is logged, not raised (it must not hide the test's verdict)."""
+    for undo in reversed(h.undo):
+        try:
+            undo()
+        except OSError as e:
+            log("  cleanup: %s" % e)
+    h.undo.clear()
+
+
 def selftest_one(h, name, extra_env, corrupt):
     prog = PROGRAMS[name]
     label = "%s%s %s" % (name, "".join(" %s=%s" % kv for kv in extra_env.items()),
@@ -1120,12 +1165,14 @@ def selftest_one(h, name, extra_env, corrupt):
     env = dict(extra_env)
     if corrupt:
         env["ZDTM_SELFTEST_CORRUPT"] = "1"
+    if prog.prereq:
+        prog.prereq(h)
     pid = h.start(prog, [], env)
     problems = []
     time.sleep(0.1)
     first = snapshot(pid)
     time.sleep(0.5)
-    diffs = compare(first, snapshot(pid), pid)
+    diffs = compare(first, snapshot(pid), pid, states=prog.states)
     if diffs:  # the program's /proc must hold still, or run's comparison would be noise
         problems.append("/proc changed between two looks 0.5 s apart: %s" % "; ".join(diffs[:5]))
     h.request_check()
@@ -1197,6 +1244,7 @@ def selftest(h, names):
                 ok = False
             finally:
                 cleanup_processes()
+                run_undo(h)
     return ok
 
 
@@ -1266,6 +1314,7 @@ def main():
             result, code = "FAIL %s: interrupted (%s)" % (name, e), 1
         finally:
             cleanup_processes()
+            run_undo(h)
             for mnt in reversed(h.mounts):
                 if run_cmd(["umount", mnt], "/", 30).returncode != 0:
                     run_cmd(["umount", "-l", mnt], "/", 30)
