@@ -250,7 +250,11 @@ struct FileDesc {
   uint64_t object_id = 0;     // same open file description => same id
   uint64_t peer_id = 0;       // pipes/sockets: the shared object (pipe inode)
   uint32_t pipe_size = 0;
-  std::string data;           // buffered pipe data or unlinked file content
+  std::string data;           // buffered pipe/FIFO data; for sockets the
+                              // receive queue ({u32 length, bytes} records)
+  uint32_t sock_type = 0;     // SOCK_STREAM/SOCK_DGRAM/SOCK_SEQPACKET
+  uint32_t sock_state = 0;    // as sock_diag reports it (1 connected, 10 listening)
+  uint64_t sock_inode = 0;    // the socket's own inode (peer_id is its peer's)
   bool operator==(const FileDesc&) const = default;
 };
 

@@ -248,6 +248,9 @@ enum FileDesc : uint32_t {
   kFilePeerId = 9,
   kFilePipeSize = 10,
   kFileData = 11,
+  kFileSockType = 12,
+  kFileSockState = 13,
+  kFileSockInode = 14,
 };
 
 enum Pages : uint32_t {

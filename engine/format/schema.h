@@ -155,6 +155,9 @@ void Fields(V& v, S& m) {
   v.U64(tag::kFilePeerId, "peer_id", m.peer_id);
   v.U32(tag::kFilePipeSize, "pipe_size", m.pipe_size);
   v.Bytes(tag::kFileData, "data", m.data);
+  v.U32(tag::kFileSockType, "sock_type", m.sock_type);
+  v.U32(tag::kFileSockState, "sock_state", m.sock_state);
+  v.U64(tag::kFileSockInode, "sock_inode", m.sock_inode);
 }
 
 // --- whole section payloads --------------------------------------------------

@@ -181,6 +181,7 @@ Context MakeFullContext() {
     data.pgoff = 0x2000;
     data.path = "/opt/app/lib/libdata.so (deleted)";
     data.file_id = MakeFileId(e.pid + 4);
+    data.shmem_id = 7;  // the file's content is the SharedMemory of id 7
     Mapping heap;
     heap.start = 0x600000;
     heap.end = 0x610000;
@@ -232,6 +233,9 @@ Context MakeFullContext() {
     pipe.peer_id = 4242;
     pipe.pipe_size = 65536;
     pipe.data = "buffered bytes in the pipe";
+    pipe.sock_type = 1;
+    pipe.sock_state = 1;
+    pipe.sock_inode = 4243;
     pi.files = {tty, pipe};
 
     for (uint32_t tid : e.tids) pi.threads.push_back(MakeThread(tid));
