@@ -21,6 +21,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
@@ -32,12 +33,14 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "engine/base/fd.h"
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
+#include "engine/core/unix_diag.h"
 #include "engine/format/context_io.h"
 
 namespace stasis::core {
@@ -115,6 +118,9 @@ class Capturer {
     UniqueFd fd;             // the object itself, when map_files allows
   };
   std::map<uint64_t, Shm> shms_;
+  std::optional<std::map<uint64_t, UnixSocketInfo>> unix_;
+  Status ClassifySockets();
+  Status PeekSocket(pid_t pid, FileDesc* f);
   Result<long> Inject(ProcState* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
                       uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
   Status ReadScratch(ProcState* p, void* out, size_t n) {
@@ -629,8 +635,27 @@ Status Capturer::CaptureFiles(ProcState* p) {
         }
       }
     } else if (S_ISSOCK(st.st_mode)) {
-      return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": socket " + link +
-                                        " is not supported yet");
+      if (!unix_) {
+        STASIS_ASSIGN_OR_RETURN(auto table, ReadUnixSockets());
+        unix_ = std::move(table);
+      }
+      auto it = unix_->find(static_cast<uint64_t>(st.st_ino));
+      if (it == unix_->end())
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + link +
+                                          " is not a UNIX socket (network sockets are not "
+                                          "supported yet)");
+      const UnixSocketInfo& u = it->second;
+      f.kind = format::kFileUnixSocket;
+      f.sock_type = u.type;
+      f.sock_state = u.state;
+      f.sock_inode = u.inode;
+      f.peer_id = u.peer;
+      f.path = u.name;
+      if (u.state == 10 && u.rqueue > 0)
+        return Status::Error(EBUSY, "cannot checkpoint " + where + ": listening socket " +
+                                        (u.name.empty() ? link : u.name) + " has " +
+                                        std::to_string(u.rqueue) +
+                                        " connection(s) waiting to be accepted; retry");
     } else if (link == "anon_inode:[eventpoll]") {
       f.kind = format::kFileEpoll;
       STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
@@ -797,6 +822,7 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   }
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
+  STASIS_RETURN_IF_ERROR(ClassifySockets());
   STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
   for (auto& p : procs_) {
     const uint32_t pid = static_cast<uint32_t>(p->pid);
@@ -985,6 +1011,69 @@ Status Capturer::ClassifyPipes() {
     }
   }
   return Status::Ok();
+}
+
+// Refuses sockets connected to processes outside the checkpoint, and saves
+// the receive queue of every socket once (peeked, not consumed).
+Status Capturer::ClassifySockets() {
+  std::set<uint64_t> inside, saved;
+  for (auto& p : procs_)
+    for (FileDesc& f : p->files)
+      if (f.kind == format::kFileUnixSocket) inside.insert(f.sock_inode);
+  for (auto& p : procs_) {
+    for (FileDesc& f : p->files) {
+      if (f.kind != format::kFileUnixSocket) continue;
+      if (f.peer_id && !inside.count(f.peer_id)) {
+        std::string peer_name = unix_ && unix_->count(f.peer_id) ? (*unix_)[f.peer_id].name : "";
+        return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + " fd " +
+                                          std::to_string(f.fd) + ": UNIX socket " +
+                                          (f.path.empty() ? "" : f.path + " ") +
+                                          "is connected to a process outside the checkpoint" +
+                                          (peer_name.empty() ? "" : " (at " + peer_name + ")"));
+      }
+      if (saved.insert(f.sock_inode).second) STASIS_RETURN_IF_ERROR(PeekSocket(p->pid, &f));
+    }
+  }
+  return Status::Ok();
+}
+
+// The receive queue of a socket as {u32 length, bytes} records: the whole
+// byte stream for SOCK_STREAM, one record per datagram otherwise.
+Status Capturer::PeekSocket(pid_t pid, FileDesc* f) {
+  const uint32_t queued = (*unix_)[f->sock_inode].rqueue;
+  if (queued == 0 || f->sock_state == 10) return Status::Ok();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) return Status::FromErrno(errno, "pidfd_open " + Pid(pid));
+  UniqueFd sock(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), f->fd, 0)));
+  if (!sock) return Status::FromErrno(errno, "take socket fd " + std::to_string(f->fd) + " of " + Pid(pid));
+  auto append = [&](const char* data, size_t n) {
+    uint32_t len = static_cast<uint32_t>(n);
+    f->data.append(reinterpret_cast<const char*>(&len), 4);
+    f->data.append(data, n);
+  };
+  std::vector<char> buf(1 << 20);
+  if (f->sock_type == SOCK_STREAM) {
+    buf.resize(std::max<size_t>(buf.size(), queued));
+    ssize_t n = ::recv(sock.get(), buf.data(), buf.size(), MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) append(buf.data(), static_cast<size_t>(n));
+    return Status::Ok();
+  }
+  // Datagrams: peek one after the other with a peek offset, then switch the
+  // offset off again (the socket is shared with the checkpointed process).
+  int zero = 0, off = -1;
+  if (::setsockopt(sock.get(), SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) != 0)
+    return Status::FromErrno(errno, "peek the queue of socket fd " + std::to_string(f->fd));
+  Status st;
+  for (uint32_t i = 0; i < queued; ++i) {
+    ssize_t n = ::recv(sock.get(), buf.data(), buf.size(), MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno != EAGAIN) st = Status::FromErrno(errno, "peek datagram of socket fd " + std::to_string(f->fd));
+      break;
+    }
+    append(buf.data(), static_cast<size_t>(n));
+  }
+  ::setsockopt(sock.get(), SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
+  return st;
 }
 
 // Copies what is buffered in the pipe behind `fd` into f->data without

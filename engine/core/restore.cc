@@ -29,6 +29,8 @@
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -117,6 +119,7 @@ class Restorer {
   Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
   Status RestoreFiles(RProc* p);
   Result<int> RestorerFdFor(const FileDesc& f);
+  Result<UniqueFd> MakeSocket(const FileDesc& f);
   Status CreateThreads(RProc* p);
   Status CreateSharedMemory(const format::SharedMemory& shm);
   Status WriteSharedPages();
@@ -149,6 +152,7 @@ class Restorer {
   std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
   std::map<uint64_t, UniqueFd> shm_;           // shared memory id -> object
   std::map<uint64_t, UniqueFd> fifos_;         // FIFO inode -> read-write holder
+  std::map<uint64_t, UniqueFd> sockets_;       // socket inode -> its restored end
   std::map<uint64_t, int> sysv_ids_;           // saved shmid -> new shmid
   std::vector<int> sysv_remove_;               // marked for removal at the end
   std::map<uint64_t, uint64_t> shm_size_;
@@ -662,6 +666,10 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
       if (!fd) return Status::FromErrno(errno, "dup pipe end");
       break;
     }
+    case format::kFileUnixSocket: {
+      STASIS_ASSIGN_OR_RETURN(fd, MakeSocket(f));
+      break;
+    }
     case format::kFileFifo: {
       auto fit = fifos_.find(f.peer_id);
       if (fit == fifos_.end()) {
@@ -706,6 +714,79 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
   int raw = fd.get();
   objects_[f.object_id] = std::move(fd);
   return raw;
+}
+
+// Sends saved receive-queue records into `to` through `from` (its peer, or
+// a temporary socket for a bound datagram socket).
+Status Refill(int from, const std::string& records, const sockaddr_un* dest, socklen_t dest_len) {
+  size_t off = 0;
+  while (off + 4 <= records.size()) {
+    uint32_t len;
+    std::memcpy(&len, records.data() + off, 4);
+    off += 4;
+    if (len > records.size() - off) return Status::Corrupt("socket queue record overruns its data");
+    ssize_t n = dest ? ::sendto(from, records.data() + off, len, MSG_DONTWAIT,
+                                reinterpret_cast<const sockaddr*>(dest), dest_len)
+                     : ::send(from, records.data() + off, len, MSG_DONTWAIT);
+    if (n != static_cast<ssize_t>(len)) return Status::FromErrno(errno, "refill socket queue");
+    off += len;
+  }
+  return Status::Ok();
+}
+
+socklen_t UnixAddress(const std::string& name, sockaddr_un* addr) {
+  std::memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  size_t n = std::min(name.size(), sizeof addr->sun_path - 1);
+  std::memcpy(addr->sun_path, name.data(), n);
+  if (!name.empty() && name[0] == '@') addr->sun_path[0] = '\0';
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n + (name[0] == '@' ? 0 : 1));
+}
+
+Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
+  const std::string what = "socket fd " + std::to_string(f.fd);
+  int type = static_cast<int>(f.sock_type);
+  if (type != SOCK_STREAM && type != SOCK_DGRAM && type != SOCK_SEQPACKET)
+    return Status::Corrupt(what + " has an unknown type");
+  UniqueFd mine;
+  if (f.peer_id) {
+    // A connected pair inside the checkpoint: one socketpair for both ends.
+    auto it = sockets_.find(f.sock_inode);
+    if (it == sockets_.end()) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) != 0)
+        return Status::FromErrno(errno, "create socket pair for " + what);
+      sockets_[f.sock_inode] = UniqueFd(sv[0]);
+      sockets_[f.peer_id] = UniqueFd(sv[1]);
+      it = sockets_.find(f.sock_inode);
+    }
+    if (!f.data.empty())
+      STASIS_RETURN_IF_ERROR(Refill(sockets_[f.peer_id].get(), f.data, nullptr, 0));
+    mine.reset(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
+  } else {
+    mine.reset(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    if (!mine) return Status::FromErrno(errno, "create " + what);
+    sockaddr_un addr;
+    socklen_t len = 0;
+    if (!f.path.empty()) {
+      std::string name = f.path[0] == '@' ? f.path : Relocate(f.path);
+      len = UnixAddress(name, &addr);
+      struct stat st;
+      if (name[0] != '@' && ::lstat(name.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+        ::unlink(name.c_str());  // the old socket's name, left behind
+      if (::bind(mine.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0)
+        return Status::FromErrno(errno, "cannot restore " + what + ": bind " + name);
+    }
+    if (f.sock_state == 10 && ::listen(mine.get(), 128) != 0)
+      return Status::FromErrno(errno, "cannot restore " + what + ": listen");
+    if (!f.data.empty() && len) {
+      UniqueFd tmp(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+      STASIS_RETURN_IF_ERROR(Refill(tmp.get(), f.data, &addr, len));
+    }
+  }
+  if (!mine) return Status::FromErrno(errno, "dup " + what);
+  if (f.open_flags & O_NONBLOCK) ::fcntl(mine.get(), F_SETFL, O_NONBLOCK);
+  return mine;
 }
 
 Status Restorer::RestoreFiles(RProc* p) {
