@@ -16,7 +16,8 @@ namespace {
 
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
-    "[--clobber|--backup|--atomic] [--time SEC] [-v] ID";
+    "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
+    "[--time SEC] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -71,7 +72,12 @@ int main(int argc, char** argv) {
     else if (a == "--time" || a == "-t") {
       if (!stasis::cli::ParsePositive(next(), &time_limit))
         Die("cr_checkpoint", "--time needs a positive number of seconds", 2);
-    } else if (a == "-v" || a == "--verbose") verbose = true;
+    } else if (a == "--save-exe") opt.save_exe = true;
+    else if (a == "--save-private") opt.save_private = true;
+    else if (a == "--save-shared") opt.save_shared = true;
+    else if (a == "--save-all") opt.save_exe = opt.save_private = opt.save_shared = true;
+    else if (a == "--save-none") opt.save_exe = opt.save_private = opt.save_shared = false;
+    else if (a == "-v" || a == "--verbose") verbose = true;
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;

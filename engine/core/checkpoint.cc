@@ -552,10 +552,14 @@ Status Capturer::CaptureMappings(ProcState* p) {
         p->mappings.push_back(std::move(m));
         continue;
       }
-      if (IsDeleted(e.path) || e.inode == 0) {
+      const bool is_exe = e.path == p->info.exe_path;
+      const bool by_choice = (is_exe && options_.save_exe) ||
+                             (!e.shared && options_.save_private) ||
+                             (e.shared && options_.save_shared);
+      if (IsDeleted(e.path) || e.inode == 0 || by_choice) {
         // A deleted file: its content is saved once, by value.
         m.kind = format::kMapFileByValue;
-        m.path = e.path.substr(0, e.path.size() - 10);
+        m.path = IsDeleted(e.path) ? e.path.substr(0, e.path.size() - 10) : e.path;
         m.shmem_id = e.inode;
         STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, 4, m.path,
                                                 "/proc/" + std::to_string(p->pid) + "/map_files/" +
@@ -740,7 +744,9 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
   std::vector<uint64_t> pm;
   std::unique_ptr<char[]> chunk(new char[kReadChunk]);
   for (const Mapping& m : p->mappings) {
-    if (m.kind != format::kMapAnon && m.kind != format::kMapFile) continue;
+    if (m.kind != format::kMapAnon && m.kind != format::kMapFile &&
+        m.kind != format::kMapFileByValue)
+      continue;
     if (m.flags & format::kMapShared) continue;  // by reference
     if (m.start == p->scratch) continue;
     bool anon = m.kind == format::kMapAnon;

@@ -30,7 +30,12 @@ struct CheckpointOptions {
   format::ScopeKind scope = format::kScopeTree;
   AfterCheckpoint after = AfterCheckpoint::kContinue;
   std::vector<std::string> tool_argv;  // recorded in the image
-  bool save_exe = false;               // reserved: --save-exe
+  // BLCR's --save-exe/--save-private/--save-shared/--save-all: files
+  // mapped by value (content in the context) instead of by reference, so a
+  // restart works after they are deleted. Unlinked files are always saved.
+  bool save_exe = false;
+  bool save_private = false;
+  bool save_shared = false;
 };
 
 struct CheckpointStats {

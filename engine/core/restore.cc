@@ -100,6 +100,7 @@ struct RProc {
   uint64_t scratch = 0;
   bool mm_built = false;
   bool files_done = false;
+  long pidfd = -1;  // the restorer's pidfd inside the process, while building
 };
 
 class Restorer {
@@ -547,9 +548,20 @@ Status Restorer::BuildAddressSpace(RProc* p) {
         auto it = shm_.find(m.shmem_id);
         if (it == shm_.end())
           return Status::Corrupt("mapping of unknown shared memory in " + who);
+        // A VMA keeps its open file: map a read-only one unless the mapping
+        // writes through (else the copy of an executable counts as written).
+        UniqueFd ro;
+        int give = it->second.get();
+        if (m.kind == format::kMapFileByValue &&
+            !((m.flags & format::kMapShared) && (m.prot & PROT_WRITE))) {
+          std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
+          ro.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+          if (!ro) return Status::FromErrno(errno, "reopen saved copy of " + m.path);
+          give = ro.get();
+        }
         STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_pidfd_getfd,
                                               static_cast<uint64_t>(self_pidfd_.get()),
-                                              static_cast<uint64_t>(it->second.get()), 0));
+                                              static_cast<uint64_t>(give), 0));
         STASIS_RETURN_IF_ERROR(SysErr(fd, "hand shared memory to " + who));
         STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
                                              static_cast<uint64_t>(flags),
@@ -833,7 +845,7 @@ Status Restorer::RestoreFiles(RProc* p) {
                                       cloexec ? FD_CLOEXEC : 0));
     }
   }
-  STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close, static_cast<uint64_t>(pfd)));
+  p->pidfd = pfd;  // closed by FinishProcess, the last user
   for (const FileDesc* e : epolls) {
     for (size_t off = 0; off + 16 <= e->data.size(); off += 16) {
       uint32_t rec[4];
@@ -995,7 +1007,8 @@ Status Restorer::WritePages(RProc* p) {
       const Mapping* hit = nullptr;
       for (const Mapping& m : p->mappings)
         if (m.start <= cursor && cursor < m.end &&
-            (m.kind == format::kMapAnon || m.kind == format::kMapFile))
+            (m.kind == format::kMapAnon || m.kind == format::kMapFile ||
+             m.kind == format::kMapFileByValue))
           hit = &m;
       if (!hit) break;
       cursor = std::min(end, hit->end);
@@ -1132,9 +1145,23 @@ Status Restorer::FinishProcess(RProc* p) {
     // Replacing /proc/PID/exe needs CAP_CHECKPOINT_RESTORE: unprivileged,
     // the restored process keeps showing the restorer there (documented).
     if (!exe.empty() && ::geteuid() == 0) {
-      STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, exe));
-      STASIS_ASSIGN_OR_RETURN(exe_fd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), a,
-                                           O_RDONLY | O_CLOEXEC));
+      auto saved = shm_.find(info.exe_id.ino);
+      struct stat st;
+      if (saved != shm_.end() && ::stat(exe.c_str(), &st) != 0) {
+        // Saved by value (--save-exe) and gone from its path: the copy,
+        // through a read-only open file (an exe may not be open for write).
+        // Our read-write open of the copy must go too (deny_write_access).
+        std::string self = "/proc/self/fd/" + std::to_string(saved->second.get());
+        UniqueFd ro(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!ro) return Status::FromErrno(errno, "reopen saved executable " + exe);
+        saved->second = std::move(ro);
+        STASIS_ASSIGN_OR_RETURN(exe_fd, Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(p->pidfd),
+                                             static_cast<uint64_t>(saved->second.get()), 0));
+      } else {
+        STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, exe));
+        STASIS_ASSIGN_OR_RETURN(exe_fd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), a,
+                                             O_RDONLY | O_CLOEXEC));
+      }
       STASIS_RETURN_IF_ERROR(SysErr(exe_fd, "cannot restore " + who + ": executable " + exe));
     }
     struct {
@@ -1220,6 +1247,11 @@ Status Restorer::FinishProcess(RProc* p) {
   if (info.no_new_privs) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     (void)r;
+  }
+  if (p->pidfd >= 0) {
+    STASIS_ASSIGN_OR_RETURN(long c, Call(p, SYS_close, static_cast<uint64_t>(p->pidfd)));
+    (void)c;
+    p->pidfd = -1;
   }
   // The last injected call: the scratch area goes away. Then registers.
   STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, p->scratch, kScratchSize));
