@@ -17,7 +17,7 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--time SEC] [-v] ID";
+    "[--close-sockets] [--time SEC] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 

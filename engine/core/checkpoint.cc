@@ -299,6 +299,15 @@ Status Capturer::CaptureProcess(ProcState* p) {
   if (pers) info.personality = static_cast<uint32_t>(strtoul(pers->c_str(), nullptr, 16));
   auto umask = StatusField(p->status_text, "Umask");
   if (umask) info.umask = static_cast<uint32_t>(strtoul(umask->c_str(), nullptr, 8));
+  auto seccomp = StatusField(p->status_text, "Seccomp");
+  if (seccomp && *seccomp != "0")
+    return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) +
+                                      ": it runs under seccomp (mode " + *seccomp +
+                                      "), which cannot be restored");
+  auto timers = ReadFileToString(proc + "/timers");
+  if (timers && !timers->empty())
+    return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) +
+                                      ": POSIX timers (timer_create) are not supported yet");
   auto nnp = StatusField(p->status_text, "NoNewPrivs");
   if (nnp) info.no_new_privs = static_cast<uint32_t>(atoi(nnp->c_str()));
   {
@@ -1029,13 +1038,20 @@ Status Capturer::ClassifySockets() {
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
       if (f.kind != format::kFileUnixSocket) continue;
+      if (f.peer_id && !inside.count(f.peer_id) && options_.close_outside_sockets) {
+        f.fd_flags |= format::kFdOutside;
+        f.peer_id = 0;
+        f.sock_state = 7;  // comes back as a socket whose peer has closed
+        continue;
+      }
       if (f.peer_id && !inside.count(f.peer_id)) {
         std::string peer_name = unix_ && unix_->count(f.peer_id) ? (*unix_)[f.peer_id].name : "";
         return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + " fd " +
                                           std::to_string(f.fd) + ": UNIX socket " +
                                           (f.path.empty() ? "" : f.path + " ") +
                                           "is connected to a process outside the checkpoint" +
-                                          (peer_name.empty() ? "" : " (at " + peer_name + ")"));
+                                          (peer_name.empty() ? "" : " (at " + peer_name + ")") +
+                                          "; --close-sockets saves it as closed");
       }
       if (saved.insert(f.sock_inode).second) STASIS_RETURN_IF_ERROR(PeekSocket(p->pid, &f));
     }

@@ -36,6 +36,9 @@ struct CheckpointOptions {
   bool save_exe = false;
   bool save_private = false;
   bool save_shared = false;
+  // UNIX sockets connected to processes outside the checkpoint are refused;
+  // with this they are saved as closed (the restored end reads EOF).
+  bool close_outside_sockets = false;
 };
 
 struct CheckpointStats {

@@ -509,8 +509,10 @@ Status Restorer::BuildAddressSpace(RProc* p) {
         struct stat st;
         if (::stat(path.c_str(), &st) != 0)
           return Status::FromErrno(errno, "cannot restore " + who + ": mapped file " + path);
+        // A relocated file is a copy: its size must match, its mtime may not.
+        const bool relocated = path != m.path;
         if (static_cast<uint64_t>(st.st_size) != m.file_id.size ||
-            st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != m.file_id.mtime_ns)
+            (!relocated && st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != m.file_id.mtime_ns))
           return Status::Error(ESTALE, "cannot restore " + who + ": mapped file " + path +
                                            " changed since the checkpoint (size or mtime)");
         STASIS_ASSIGN_OR_RETURN(uint64_t path_addr, PutPath(p, path));
@@ -761,7 +763,14 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
   if (type != SOCK_STREAM && type != SOCK_DGRAM && type != SOCK_SEQPACKET)
     return Status::Corrupt(what + " has an unknown type");
   UniqueFd mine;
-  if (f.peer_id) {
+  if (f.fd_flags & format::kFdOutside) {
+    // Led outside the checkpoint (--close-sockets): a socket whose peer is gone.
+    int sv[2];
+    if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) != 0)
+      return Status::FromErrno(errno, "create closed socket for " + what);
+    mine.reset(sv[0]);
+    UniqueFd gone(sv[1]);
+  } else if (f.peer_id) {
     // A connected pair inside the checkpoint: one socketpair for both ends.
     auto it = sockets_.find(f.sock_inode);
     if (it == sockets_.end()) {
