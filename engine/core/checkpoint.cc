@@ -76,6 +76,8 @@ struct ProcState {
   uint64_t scratch = 0;
   bool was_stopped = false;
   bool zombie = false;
+  // Signals caught in delivery by our stop, to re-queue on resume.
+  std::vector<std::pair<Tracee*, std::vector<uint8_t>>> in_flight;
   format::ProcessInfo info;
   std::vector<Mapping> mappings;
   std::vector<MapsEntry> maps;
@@ -94,6 +96,7 @@ class Capturer {
   Status Write(format::ContextWriter* writer, CheckpointStats* stats);
   Status Release(AfterCheckpoint after);
   void ResumeAll();
+  void Requeue(ProcState* p);
   const std::vector<std::unique_ptr<ProcState>>& procs() const { return procs_; }
   uint64_t zero_pages_skipped() const { return zero_skipped_; }
 
@@ -195,9 +198,15 @@ Status Capturer::SeizeProcess(ProcState* p, bool* added) {
     auto t = std::make_unique<Tracee>(p->pid, tid);
     Status s = t->SeizeAndInterrupt();
     if (!s.ok()) {
-      if (errno == EPERM || s.code() == EPERM)
+      if (s.code() == EPERM) {
+        auto status = ReadFileToString("/proc/" + std::to_string(p->pid) + "/status");
+        auto tracer = status ? StatusField(*status, "TracerPid") : Result<std::string>(Status::Error(ENOENT, ""));
+        if (tracer && *tracer != "0")
+          return Status::Error(EBUSY, "cannot checkpoint " + Pid(p->pid) + ": it is traced by pid " +
+                                          *tracer + " (a debugger?)");
         return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) +
                                         ": permission denied (not your process?)");
+      }
       return s;
     }
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
@@ -413,6 +422,15 @@ Status Capturer::CaptureThreads(ProcState* p) {
     STASIS_RETURN_IF_ERROR(t->GetXstate(&ti.xsave));
     ti.sigmask = t->saved_sigmask();
     STASIS_RETURN_IF_ERROR(t->PeekSiginfo(false, &ti.pending));
+    if (t->first_stop().kind == StopInfo::kSignal) {
+      // A signal was being delivered when we stopped the thread: it is off
+      // its queue already. It goes into the context as pending, and back
+      // onto the queue if the tree continues.
+      std::vector<uint8_t> info;
+      STASIS_RETURN_IF_ERROR(t->GetSiginfo(&info));
+      ti.pending.insert(ti.pending.end(), info.begin(), info.end());
+      p->in_flight.push_back({t.get(), info});
+    }
     auto comm = ReadFileToString("/proc/" + std::to_string(p->pid) + "/task/" +
                                  std::to_string(t->tid()) + "/comm");
     if (comm) ti.comm = comm->substr(0, comm->find('\n'));
@@ -1116,10 +1134,23 @@ Status Capturer::PeekPipe(int fd, FileDesc* f) {
   return Status::Ok();
 }
 
+void Capturer::Requeue(ProcState* p) {
+  for (auto& [t, info] : p->in_flight) {
+    if (!p->scratch) break;
+    int32_t signo;
+    std::memcpy(&signo, info.data(), 4);
+    if (!p->mem.Write(p->scratch, info.data(), info.size()).ok()) continue;
+    (void)Inject(p, t, SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(p->pid),
+                 static_cast<uint64_t>(t->tid()), static_cast<uint64_t>(signo), p->scratch);
+  }
+  p->in_flight.clear();
+}
+
 void Capturer::ResumeAll() {
   if (released_) return;
   released_ = true;
   for (auto& p : procs_) {
+    Requeue(p.get());
     if (p->scratch && !p->threads.empty()) {
       (void)Inject(p.get(), p->threads[0].get(), SYS_munmap, p->scratch, kScratchSize);
       p->scratch = 0;
@@ -1132,6 +1163,7 @@ Status Capturer::Release(AfterCheckpoint after) {
   released_ = true;
   Status first;
   for (auto& p : procs_) {
+    if (after != AfterCheckpoint::kKill) Requeue(p.get());
     if (p->scratch && !p->threads.empty()) {
       auto r = Inject(p.get(), p->threads[0].get(), SYS_munmap, p->scratch, kScratchSize);
       if (!r && first.ok()) first = r.error();

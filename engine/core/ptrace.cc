@@ -171,6 +171,13 @@ Status Tracee::SetSigmask(uint64_t mask) const {
   return Status::Ok();
 }
 
+Status Tracee::GetSiginfo(std::vector<uint8_t>* record) const {
+  record->assign(128, 0);
+  if (::ptrace(PTRACE_GETSIGINFO, tid_, nullptr, record->data()) != 0)
+    return Status::FromErrno(errno, "get siginfo of " + TidName(tid_));
+  return Status::Ok();
+}
+
 Status Tracee::PeekSiginfo(bool shared, std::vector<uint8_t>* records) const {
   records->clear();
   struct {

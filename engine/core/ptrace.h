@@ -82,6 +82,8 @@ class Tracee {
   Status SetXstate(const std::vector<uint8_t>& xsave) const;
   Status GetSigmask(uint64_t* mask) const;
   Status SetSigmask(uint64_t mask) const;
+  // The siginfo of the signal a signal-delivery stop is about.
+  Status GetSiginfo(std::vector<uint8_t>* record) const;
   // Pending signals without dequeuing them (shared: process-wide queue).
   Status PeekSiginfo(bool shared, std::vector<uint8_t>* records) const;
 
