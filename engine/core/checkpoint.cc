@@ -156,11 +156,16 @@ Result<std::vector<pid_t>> Capturer::DiscoverScope() {
       out.push_back(target);
       break;
     case format::kScopeTree: {
+      if (target == ::getpid())
+        return Status::Error(EINVAL, "cannot checkpoint the checkpointing process itself");
+      // The checkpointer omits itself (and what it started) when it is
+      // inside the tree, as BLCR's cr_checkpoint did.
       std::vector<pid_t> queue{target};
       for (size_t i = 0; i < queue.size(); ++i) {
         auto kids = ListChildren(queue[i]);
         if (!kids) continue;
-        for (pid_t k : *kids) queue.push_back(k);
+        for (pid_t k : *kids)
+          if (k != ::getpid()) queue.push_back(k);
       }
       out = queue;
       break;
@@ -233,8 +238,6 @@ Status Capturer::Freeze() {
     for (pid_t pid : scope) {
       ProcState* p = by_pid_.count(pid) ? by_pid_[pid] : nullptr;
       if (!p) {
-        if (pid == ::getpid())
-          return Status::Error(EINVAL, "cannot checkpoint the checkpointing process itself");
         auto st = ReadStat(pid);
         if (!st) continue;  // exited meanwhile
         if (st->state == 'Z' && pid == options_.target)
