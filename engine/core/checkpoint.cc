@@ -545,6 +545,18 @@ Status Capturer::CaptureMappings(ProcState* p) {
     } else if (e.path == "[stack]") {
       m.kind = format::kMapAnon;
       m.flags |= format::kMapStack;
+    } else if (e.path == "/anon_hugepage (deleted)" || e.path == "/anon_hugepage") {
+      // MAP_HUGETLB anonymous memory: private pages go with the process,
+      // a shared segment is saved once like other shared memory.
+      if (!e.shared) {
+        m.kind = format::kMapAnon;
+      } else {
+        m.kind = format::kMapSharedAnon;
+        m.shmem_id = e.inode;
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, 5, "",
+                                                "/proc/" + std::to_string(p->pid) + "/map_files/" +
+                                                    ToHex(e.start) + "-" + ToHex(e.end)));
+      }
     } else if (e.shared && (e.path == "/dev/zero (deleted)" || e.path.rfind("/memfd:", 0) == 0 ||
                             e.path == "/dev/zero")) {
       // Shared anonymous memory or a memfd: saved once per context.
@@ -611,9 +623,9 @@ Status Capturer::CaptureMappings(ProcState* p) {
     }
     if (e.start <= p->stat.start_stack && p->stat.start_stack < e.end && m.kind == format::kMapAnon)
       m.flags |= format::kMapStack;
-    if (m.flags & format::kMapHugetlb)
+    if ((m.flags & format::kMapHugetlb) && m.kind == format::kMapFile && (m.flags & format::kMapShared) == 0)
       return Status::Error(ENOTSUP, "cannot checkpoint " + where +
-                                        ": hugetlbfs memory is not supported yet");
+                                        ": private mappings of hugetlbfs files are not supported yet");
     p->mappings.push_back(std::move(m));
   }
   return Status::Ok();
@@ -906,7 +918,7 @@ Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kin
     return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) + ": cannot read " +
                                     (name.empty() ? std::string("shared memory") : name) +
                                     " (needs root when several processes share it)");
-  if (kind <= 1 && e.end > e.start)
+  if ((kind <= 1 || kind == 5) && e.end > e.start)
     shm.info.size = std::max(shm.info.size, (e.offset + (e.end - e.start) + kPageSize - 1) /
                                                 kPageSize * kPageSize);
   return Status::Ok();
@@ -987,6 +999,11 @@ Status Capturer::WriteSharedMemory(format::ContextWriter* writer, uint64_t* page
       const off_t size = static_cast<off_t>(shm.info.size);
       while (pos < size) {
         off_t data_at = ::lseek(shm.fd.get(), pos, SEEK_DATA);
+        if (data_at < 0 && errno != ENXIO) {
+          // No SEEK_DATA here (hugetlbfs): read it all, zero pages skipped.
+          STASIS_RETURN_IF_ERROR(take(static_cast<uint64_t>(pos), static_cast<uint64_t>(size - pos), read));
+          break;
+        }
         if (data_at < 0) break;  // ENXIO: no more data
         off_t hole = ::lseek(shm.fd.get(), data_at, SEEK_HOLE);
         if (hole < 0 || hole > size) hole = size;

@@ -157,6 +157,7 @@ class Restorer {
   std::map<uint64_t, int> sysv_ids_;           // saved shmid -> new shmid
   std::vector<int> sysv_remove_;               // marked for removal at the end
   std::map<uint64_t, uint64_t> shm_size_;
+  std::map<uint64_t, std::pair<void*, uint64_t>> shm_maps_;  // written through memory
   std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
   RestoreResult result_;
   bool released_ = false;
@@ -167,6 +168,7 @@ class Restorer {
 
 Restorer::~Restorer() {
   if (!released_) KillAll();
+  for (auto& [id, m] : shm_maps_) ::munmap(m.first, m.second);
   if (scratch_) ::munmap(reinterpret_cast<void*>(scratch_), kScratchSize);
 }
 
@@ -490,6 +492,7 @@ Status Restorer::BuildAddressSpace(RProc* p) {
     int flags = MAP_FIXED | ((m.flags & format::kMapShared) ? MAP_SHARED : MAP_PRIVATE);
     if (m.flags & format::kMapGrowsDown) flags |= MAP_GROWSDOWN;
     if (m.flags & format::kMapNoReserve) flags |= MAP_NORESERVE;
+    if ((m.flags & format::kMapHugetlb) && m.kind == format::kMapAnon) flags |= MAP_HUGETLB;
     switch (m.kind) {
       case format::kMapVdso:
       case format::kMapVvar:
@@ -880,7 +883,7 @@ Status Restorer::RestoreFiles(RProc* p) {
 // /proc/self/map_files can be opened (root); otherwise as a memfd.
 Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
   if (shm.size > (1ull << 46) ||
-      (shm.kind < 3 && (shm.size == 0 || shm.size % kPageSize != 0)))
+      ((shm.kind < 3 || shm.kind == 5) && (shm.size == 0 || shm.size % kPageSize != 0)))
     return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
   UniqueFd fd;
   if (shm.kind == 4) {
@@ -927,6 +930,22 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
     fd.reset(::open(mf.c_str(), O_RDWR | O_CLOEXEC));
     ::shmdt(m);
     if (!fd) return Status::FromErrno(errno, "open SysV segment (needs root)");
+  } else if (shm.kind == 5) {
+    // Huge pages: hugetlbfs has no write(), so the pages go in through a
+    // mapping the restorer keeps until the end.
+    void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+    if (m == MAP_FAILED)
+      return Status::FromErrno(errno, "create shared huge-page memory of " +
+                                          std::to_string(shm.size >> 20) + " MiB (free huge pages?)");
+    uint64_t a = reinterpret_cast<uint64_t>(m);
+    std::string mf = "/proc/self/map_files/" + ToHex(a) + "-" + ToHex(a + shm.size);
+    fd.reset(::open(mf.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd) {
+      ::munmap(m, shm.size);
+      return Status::FromErrno(errno, "open shared huge-page memory (needs root)");
+    }
+    shm_maps_[shm.id] = {m, shm.size};
   } else if (shm.kind == 0) {
     void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return Status::FromErrno(errno, "create shared memory");
@@ -963,7 +982,10 @@ Status Restorer::WriteSharedPages() {
       STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf.data(), n));
       // The last page of a file may reach past its end: write only up to it.
       size_t w = static_cast<size_t>(std::min<uint64_t>(n, size > off ? size - off : 0));
-      if (w && ::pwrite(it->second.get(), buf.data(), w, static_cast<off_t>(off)) !=
+      auto mapped = shm_maps_.find(h.owner.id);
+      if (mapped != shm_maps_.end()) {
+        std::memcpy(static_cast<char*>(mapped->second.first) + off, buf.data(), w);
+      } else if (w && ::pwrite(it->second.get(), buf.data(), w, static_cast<off_t>(off)) !=
                    static_cast<ssize_t>(w))
         return Status::FromErrno(errno, "write shared memory");
       result_.page_bytes += n;

@@ -189,7 +189,8 @@ struct SharedMemory {
   uint64_t id = 0;        // referenced by Mapping::shmem_id
   uint64_t size = 0;
   uint32_t kind = 0;      // 0 anon shared, 1 memfd, 2 posix shm, 3 SysV,
-                          // 4 unlinked file (content by value; name = old path)
+                          // 4 unlinked file (content by value; name = old path),
+                          // 5 MAP_SHARED|MAP_HUGETLB anonymous memory
   std::string name;       // memfd name, /dev/shm path, or SysV key text
   int64_t sysv_key = 0;
   uint32_t sysv_mode = 0;

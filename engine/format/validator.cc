@@ -151,7 +151,7 @@ Status ContextValidator::Shared(const SharedMemory& shm) {
   if (shm_ids_.count(shm.id) != 0) {
     return Status::Corrupt("shared memory id " + Str(shm.id) + " appears twice");
   }
-  if (shm.kind > 4) return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
+  if (shm.kind > 5) return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
   if (shm.size > kUserSpaceEnd) {
     return Status::Corrupt("shared memory size " + Str(shm.size) + " is larger than user space");
   }
