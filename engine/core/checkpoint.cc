@@ -452,6 +452,8 @@ Status Capturer::CaptureThreads(ProcState* p) {
     ti.altstack_flags = static_cast<uint32_t>(ss.flags);
     ti.altstack_size = ss.size;
 
+    STASIS_ASSIGN_OR_RETURN(long slack, Inject(p, t.get(), SYS_prctl, PR_GET_TIMERSLACK));
+    if (slack > 0) ti.timerslack_ns = static_cast<uint64_t>(slack);
     STASIS_ASSIGN_OR_RETURN(r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
                                       p->scratch));
     if (r == 0) STASIS_RETURN_IF_ERROR(ReadScratch(p, &ti.clear_tid_address, 8));
@@ -666,6 +668,10 @@ Status Capturer::CaptureFiles(ProcState* p) {
       f.kind = format::kFileDirectory;
     } else if (S_ISCHR(st.st_mode)) {
       unsigned maj = major(st.st_rdev);
+      if (link == "/dev/ptmx" || link.rfind("/dev/pts/ptmx", 0) == 0)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
+                                          ": pseudo-terminals created inside the job (pty "
+                                          "masters) are not supported yet");
       bool tty = maj == 136 || maj == 4 || maj == 5 || link.rfind("/dev/pts/", 0) == 0;
       f.kind = tty ? format::kFileTty : format::kFileCharDevice;
     } else if (S_ISFIFO(st.st_mode)) {
@@ -1036,6 +1042,28 @@ Status Capturer::ClassifyPipes() {
         modes[f.peer_id] |= (f.open_flags & O_ACCMODE) == O_RDONLY   ? 1
                             : (f.open_flags & O_ACCMODE) == O_WRONLY ? 2
                                                                      : 3;
+  // Pipes with one end in the tree: is the other end held outside, or by
+  // nobody (closed everywhere)? Only then is /proc scanned.
+  std::set<uint64_t> held_outside;
+  bool one_sided = false;
+  for (auto& [id, m] : modes) one_sided |= m != 3;
+  if (one_sided) {
+    auto all = ListAllProcesses();
+    for (pid_t pid : all ? *all : std::vector<pid_t>{}) {
+      if (by_pid_.count(pid) || pid == ::getpid()) continue;
+      auto fds = ListFds(pid);
+      if (!fds) continue;
+      for (int fd : *fds) {
+        auto link = ReadLink("/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd));
+        if (!link || link->rfind("pipe:[", 0) != 0) continue;
+        uint64_t ino = strtoull(link->c_str() + 6, nullptr, 10);
+        if (!modes.count(ino)) continue;
+        auto fi = ReadFdInfo(pid, fd);
+        int mode = !fi ? 3 : (fi->flags & O_ACCMODE) == O_RDONLY ? 1 : (fi->flags & O_ACCMODE) == O_WRONLY ? 2 : 3;
+        if ((mode | modes[ino]) != modes[ino]) held_outside.insert(ino);  // the missing end
+      }
+    }
+  }
   std::set<uint64_t> saved;
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
@@ -1049,10 +1077,11 @@ Status Capturer::ClassifyPipes() {
         continue;
       }
       if (f.kind != format::kFilePipe) continue;
-      if (modes[f.peer_id] != 3) {
+      if (modes[f.peer_id] != 3 && held_outside.count(f.peer_id)) {
         f.fd_flags |= format::kFdOutside;
         continue;
       }
+      if (modes[f.peer_id] != 3) f.fd_flags |= format::kFdPeerClosed;
       if ((f.open_flags & O_ACCMODE) == O_WRONLY || saved.count(f.peer_id)) continue;
       saved.insert(f.peer_id);
       UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p->pid, 0)));

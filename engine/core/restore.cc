@@ -667,12 +667,18 @@ Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
                   .first;
         if (f.pipe_size) ::fcntl(ends[1], F_SETPIPE_SZ, static_cast<int>(f.pipe_size));
       }
+      const bool reader = acc == O_RDONLY || acc == O_RDWR;
       if (!f.data.empty()) {
         ssize_t w = ::write(pit->second.second.get(), f.data.data(), f.data.size());
         if (w != static_cast<ssize_t>(f.data.size()))
           return Status::FromErrno(errno, "refill pipe of fd " + std::to_string(f.fd));
       }
       int end = acc == O_RDONLY ? pit->second.first.get() : pit->second.second.get();
+      if (f.fd_flags & format::kFdPeerClosed) {
+        // The other end was closed everywhere: it is closed again, after the
+        // buffered data went in (a reader sees the data, then EOF).
+        if (reader) pit->second.second.reset(); else pit->second.first.reset();
+      }
       if (acc == O_RDWR) {
         // A pipe opened read-write through /proc (bash's `exec {fd}<> <(:)`).
         std::string self = "/proc/self/fd/" + std::to_string(pit->second.first.get());
@@ -1082,6 +1088,10 @@ Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti)
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_sigaltstack, p->scratch + kOffArgs, 0));
     STASIS_RETURN_IF_ERROR(SysErr(r, "restore alternate signal stack of " + who));
   }
+  if (ti.timerslack_ns) {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_prctl, PR_SET_TIMERSLACK, ti.timerslack_ns));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "restore timer slack of " + who));
+  }
   if (ti.robust_list) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_set_robust_list, ti.robust_list,
                                          ti.robust_list_len));
@@ -1115,6 +1125,11 @@ Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti)
 Status Restorer::MakeZombie(RProc* p) {
   const int status = p->entry.exit_code;
   Tracee* t = p->tracees[0].get();
+  if (!p->info.comm.empty()) {  // ps shows the zombie under its own name
+    STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, p->info.comm.substr(0, 15)));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NAME, a));
+    (void)r;
+  }
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
     uint64_t dfl[4] = {0, 0, 0, 0};

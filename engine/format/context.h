@@ -216,6 +216,7 @@ struct ThreadInfo {
   uint32_t rseq_length = 0;
   uint32_t rseq_signature = 0;
   uint32_t state = 0;              // reserved
+  uint64_t timerslack_ns = 0;      // per-thread timer slack (0: not saved)
   bool operator==(const ThreadInfo&) const = default;
 };
 
@@ -238,6 +239,7 @@ enum FdFlags : uint32_t {
   kFdCloexec = 1u << 0,
   kFdOutside = 1u << 1,  // pipe/socket whose peer is outside the checkpoint
   kFdUnlinked = 1u << 2, // file was deleted: data saved by value
+  kFdPeerClosed = 1u << 3, // pipe whose other end no process holds
 };
 
 struct FileDesc {

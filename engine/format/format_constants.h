@@ -229,6 +229,7 @@ enum ThreadInfo : uint32_t {
   kThreadRseqLength = 14,
   kThreadRseqSignature = 15,
   kThreadState = 16,
+  kThreadTimerslackNs = 17,
 };
 
 enum Files : uint32_t {

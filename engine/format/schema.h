@@ -139,6 +139,7 @@ void Fields(V& v, S& m) {
   v.U32(tag::kThreadRseqLength, "rseq_length", m.rseq_length);
   v.U32(tag::kThreadRseqSignature, "rseq_signature", m.rseq_signature);
   v.U32(tag::kThreadState, "state", m.state);
+  v.U64(tag::kThreadTimerslackNs, "timerslack_ns", m.timerslack_ns);
 }
 
 template <class V, class S>

@@ -69,6 +69,7 @@ ThreadInfo MakeThread(uint32_t tid) {
   t.rseq_address = 0x7f00beef0fe0ull + tid;
   t.rseq_length = 32;
   t.rseq_signature = 0x53053053;
+  t.timerslack_ns = 50001;
   t.state = 1;
   return t;
 }
