@@ -402,6 +402,12 @@ Status Capturer::CaptureProcess(ProcState* p) {
       STASIS_RETURN_IF_ERROR(ReadScratch(p, &v, sizeof v));
       info.pdeathsig = static_cast<uint32_t>(v);
     }
+    STASIS_ASSIGN_OR_RETURN(r, Inject(p, leader, SYS_prctl, PR_GET_CHILD_SUBREAPER, p->scratch));
+    if (r == 0) {
+      int32_t v = 0;
+      STASIS_RETURN_IF_ERROR(ReadScratch(p, &v, sizeof v));
+      info.child_subreaper = static_cast<uint32_t>(v);
+    }
     STASIS_ASSIGN_OR_RETURN(long d, Inject(p, leader, SYS_prctl, PR_GET_DUMPABLE));
     info.dumpable = d >= 0 ? static_cast<uint32_t>(d) : 1;
     STASIS_ASSIGN_OR_RETURN(long ts, Inject(p, leader, SYS_prctl, PR_GET_TIMERSLACK));

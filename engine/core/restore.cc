@@ -922,7 +922,16 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
       std::string v = std::to_string(old_id);
       if (next) (void)!::write(next.get(), v.data(), v.size());
     }
-    if (shm.sysv_key != 0)
+    if (shm.sysv_key != 0) {
+      // The very segment may have outlived its processes (SysV segments do):
+      // same key, same id, size and nobody attached: refill and reuse it.
+      int left = ::shmget(static_cast<key_t>(shm.sysv_key), 0, 0);
+      struct shmid_ds ds;
+      if (left == old_id && ::shmctl(left, IPC_STAT, &ds) == 0 && ds.shm_nattch == 0 &&
+          ds.shm_segsz == shm.size)
+        id = left;
+    }
+    if (id < 0 && shm.sysv_key != 0)
       id = ::shmget(static_cast<key_t>(shm.sysv_key), shm.size, IPC_CREAT | IPC_EXCL | mode);
     if (id < 0) id = ::shmget(IPC_PRIVATE, shm.size, IPC_CREAT | mode);
     if (id < 0) return Status::FromErrno(errno, "create SysV shared memory");
@@ -1241,6 +1250,10 @@ Status Restorer::FinishProcess(RProc* p) {
   {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_PDEATHSIG, info.pdeathsig));
     STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_DUMPABLE, info.dumpable));
+    if (info.child_subreaper) {
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_CHILD_SUBREAPER, 1));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "make " + who + " a child subreaper again"));
+    }
     if (info.timerslack_ns) {
       STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_TIMERSLACK, info.timerslack_ns));
     }

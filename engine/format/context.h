@@ -128,6 +128,7 @@ struct ProcessInfo {
   uint64_t timerslack_ns = 0;
   uint32_t no_new_privs = 0;
   uint32_t exit_signal = 17;      // SIGCHLD usually
+  uint32_t child_subreaper = 0;   // PR_SET_CHILD_SUBREAPER
   bool operator==(const ProcessInfo&) const = default;
 };
 

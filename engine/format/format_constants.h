@@ -134,6 +134,7 @@ enum Process : uint32_t {
   kProcessTimerslackNs = 23,
   kProcessNoNewPrivs = 24,
   kProcessExitSignal = 25,
+  kProcessChildSubreaper = 26,
 };
 
 enum Rlimit : uint32_t { kRlimitCur = 1, kRlimitMax = 2 };

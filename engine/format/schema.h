@@ -211,6 +211,7 @@ void Fields(V& v, S& m) {
   v.U64(tag::kProcessTimerslackNs, "timerslack_ns", m.timerslack_ns);
   v.U32(tag::kProcessNoNewPrivs, "no_new_privs", m.no_new_privs);
   v.U32(tag::kProcessExitSignal, "exit_signal", m.exit_signal);
+  v.U32(tag::kProcessChildSubreaper, "child_subreaper", m.child_subreaper);
 }
 
 template <class V, class S>

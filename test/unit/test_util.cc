@@ -113,6 +113,7 @@ ProcessInfo MakeProcess(uint32_t pid) {
   p.timerslack_ns = 50001;
   p.no_new_privs = 1;
   p.exit_signal = 10;
+  p.child_subreaper = 1;
   return p;
 }
 

@@ -229,6 +229,10 @@ STATUS_FIELDS = ("Name", "Umask", "Tgid", "Pid", "PPid", "Uid", "Gid", "Groups",
                  "CapAmb", "NoNewPrivs", "Seccomp", "Cpus_allowed_list",
                  "Mems_allowed_list")
 THREAD_FIELDS = ("Name", "SigPnd", "SigBlk")
+# A zombie's signal state is left over from its death (a process killed by
+# SIGTERM still shows it pending) and nothing can use it: not compared when a
+# process is a zombie before and after.
+ZOMBIE_UNCOMPARED = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
 
 
 def read_text(path, binary=False):
@@ -383,8 +387,11 @@ def compare(before, after, root, root_ppid=None, states=False):
     for pid in sorted(set(before) & set(after)):
         b, a = before[pid], after[pid]
         who = "pid %d (%s)" % (pid, b["status"]["Name"])
+        zombies = b["state"] == "Z" and a["state"] == "Z"
         for key in STATUS_FIELDS:
             if key == "PPid" and pid == root:
+                continue
+            if zombies and key in ZOMBIE_UNCOMPARED:
                 continue
             if b["status"][key] != a["status"][key]:
                 diffs.append("%s: status %s: %s -> %s" % (who, key, b["status"][key],
@@ -422,6 +429,8 @@ def compare(before, after, root, root_ppid=None, states=False):
                                                       sorted(a["threads"])))
         for tid in sorted(set(b["threads"]) & set(a["threads"])):
             for key in THREAD_FIELDS:
+                if zombies and key in ZOMBIE_UNCOMPARED:
+                    continue
                 if b["threads"][tid][key] != a["threads"][tid][key]:
                     diffs.append("%s: thread %d %s: %s -> %s" % (
                         who, tid, key, b["threads"][tid][key], a["threads"][tid][key]))
@@ -518,6 +527,91 @@ class Prog:
         self.env = env or {}
 
 
+
+# Prerequisites of programs (Prog prereq=): called in the test's folder.
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+IPC_RMID = 0
+
+
+def sysv_segments():
+    """{shmid: (key, size, nattch)} from /proc/sysvipc/shm."""
+    out = {}
+    for line in read_text("/proc/sysvipc/shm").splitlines()[1:]:
+        f = line.split()
+        out[int(f[1])] = (int(f[0]), int(f[3]), int(f[6]))
+    return out
+
+
+def prereq_sysv_shm(h):
+    """The program makes a segment with key ftok(folder, 'Z') of 1 MiB + 100
+    bytes and a private one of 64 KiB; if it dies before removing them, they
+    must not outlive the test: the key's segment goes, and so do segments of
+    those sizes that appeared during the test and are attached nowhere (a
+    failed restore can leave such copies)."""
+    if not os.path.exists("/proc/sysvipc/shm"):
+        raise Skip("no SysV IPC in this kernel (/proc/sysvipc/shm)")
+    st = os.stat(h.dir)
+    key = (st.st_ino & 0xffff) | ((st.st_dev & 0xff) << 16) | (ord("Z") << 24)
+    before = set(sysv_segments())
+
+    def remove():
+        for shmid, (k, size, nattch) in sorted(sysv_segments().items()):
+            if k == key or (shmid not in before and nattch == 0 and
+                            size in ((1 << 20) + 100, 65536)):
+                if LIBC.shmctl(shmid, IPC_RMID, None) == 0:
+                    log("  removed SysV segment %d (key %#x, %d bytes) left by the test" %
+                        (shmid, k, size))
+    h.undo.append(remove)
+
+
+def prereq_posix_shm(h):
+    """The program makes /dev/shm/zdtm-pshm-<folder inode>[-gone]."""
+    if not os.path.isdir("/dev/shm"):
+        raise Skip("no /dev/shm")
+    ino = os.stat(h.dir).st_ino
+    names = ["/dev/shm/zdtm-pshm-%d" % ino, "/dev/shm/zdtm-pshm-%d-gone" % ino]
+
+    def remove():
+        for name in names:
+            if os.path.exists(name):
+                os.unlink(name)
+                log("  removed %s left by the test" % name)
+    h.undo.append(remove)
+
+
+def prereq_hugetlb(h):
+    """At least 4 free 2 MiB huge pages (2 for the program, 2 for the copy a
+    restore builds while the killed tree's pages are being freed): raises
+    /proc/sys/vm/nr_hugepages if needed (root), and puts it back afterwards."""
+    meminfo = read_text("/proc/meminfo")
+    m = re.search(r"^HugePages_Free:\s+(\d+)", meminfo, re.M)
+    size = re.search(r"^Hugepagesize:\s+(\d+) kB", meminfo, re.M)
+    if not m or not size:
+        raise Skip("no hugetlbfs support in this kernel (/proc/meminfo)")
+    if int(size.group(1)) != 2048:
+        raise Skip("the default huge page size is %s kB, the test wants 2048" % size.group(1))
+    free, want = int(m.group(1)), 4
+    if free >= want:
+        return
+    path = "/proc/sys/vm/nr_hugepages"
+    old = int(read_text(path))
+    try:
+        with open(path, "w") as f:
+            f.write("%d\n" % (old + want - free))
+    except OSError as e:
+        raise Skip("%d free huge pages, and raising %s failed: %s" % (free, path, e)) from e
+
+    def restore():
+        with open(path, "w") as f:
+            f.write("%d\n" % old)
+    h.undo.append(restore)
+    free = int(re.search(r"^HugePages_Free:\s+(\d+)", read_text("/proc/meminfo"), re.M).group(1))
+    if free < want:
+        raise Skip("only %d free huge pages after raising %s to %d (memory too fragmented?)" %
+                   (free, path, old + want - free))
+
+
 PROGRAMS = {
     "counter": Prog(["@zdtm_counter"], counts=True),
     "threads4": Prog(["@zdtm_threads", "4"]),
@@ -533,6 +627,31 @@ PROGRAMS = {
     "counter_sh": Prog(["%bash", "$counter.sh"], counts=True),
     "counter_py": Prog(["%python3", "$counter.py"], counts=True),
     "counter_pl": Prog(["%perl", "$counter.pl"], counts=True),
+    # Issue 3, process state coverage (see each program's .c file).
+    "files": Prog(["@zdtm_files"]),
+    "unlinked": Prog(["@zdtm_unlinked"]),
+    "pipes": Prog(["@zdtm_pipes"]),
+    "fifo": Prog(["@zdtm_fifo"]),
+    "socketpair": Prog(["@zdtm_unix_sock", "socketpair"]),
+    "unix_listen": Prog(["@zdtm_unix_sock", "unix_listen"]),
+    "unix_backlog": Prog(["@zdtm_unix_sock", "unix_backlog"]),
+    "shm_fork": Prog(["@zdtm_shm_fork"]),
+    "file_mmap": Prog(["@zdtm_file_mmap"]),
+    "sysv_shm": Prog(["@zdtm_sysv_shm"], prereq=prereq_sysv_shm),
+    "posix_shm": Prog(["@zdtm_posix_shm"], prereq=prereq_posix_shm),
+    "hugetlb": Prog(["@zdtm_hugetlb"], prereq=prereq_hugetlb),
+    "signals": Prog(["@zdtm_signals"]),
+    "itimers": Prog(["@zdtm_itimers"]),
+    "posix_timer": Prog(["@zdtm_posix_timer"]),
+    "prctl": Prog(["@zdtm_prctl"]),
+    "rseq": Prog(["@zdtm_rseq"]),
+    "robust_futex": Prog(["@zdtm_robust_futex"]),
+    "stopped": Prog(["@zdtm_stopped"], states=True),
+    "zombie": Prog(["@zdtm_zombie"], states=True),
+    "pty": Prog(["@zdtm_pty"]),
+    "openmp": Prog(["@zdtm_openmp"]),
+    "mixed": Prog(["@zdtm_mixed"]),
+    "pipes_half_closed": Prog(["@zdtm_pipes_half_closed"]),
 }
 
 
@@ -1143,6 +1262,13 @@ SELFTEST = [
     ("mem64m_private", {}),
     ("fpu_avx", {}), ("fpu_avx", {"ZDTM_FPU_ISA": "avx"}), ("fpu_avx", {"ZDTM_FPU_ISA": "sse"}),
     ("tree3", {}), ("counter_sh", {}), ("counter_py", {}), ("counter_pl", {}),
+    # Issue 3, process state coverage.
+    ("files", {}), ("unlinked", {}), ("pipes", {}), ("fifo", {}), ("socketpair", {}),
+    ("unix_listen", {}), ("unix_backlog", {}), ("shm_fork", {}), ("file_mmap", {}),
+    ("sysv_shm", {}), ("posix_shm", {}), ("hugetlb", {}), ("signals", {}), ("itimers", {}),
+    ("posix_timer", {}), ("prctl", {}),
+    ("rseq", {}), ("robust_futex", {}), ("stopped", {}), ("zombie", {}), ("pty", {}),
+    ("openmp", {}), ("mixed", {}), ("pipes_half_closed", {}),
 ]
 
 

@@ -114,7 +114,12 @@ void zdtm_kid_collect(int fd, const char *who, int timeout_ms) {
   if (strncmp(line, "PASS ", 5) == 0) return;
   if (strncmp(line, "FAIL ", 5) == 0) {
     const char *msg = strstr(line, ": ");
-    zdtm_fail_note("%s: %s", who, msg ? msg + 2 : line);
+    msg = msg ? msg + 2 : line;
+    size_t n = strlen(who);
+    if (strncmp(msg, who, n) == 0 && strncmp(msg + n, ": ", 2) == 0)
+      zdtm_fail_note("%s", msg); /* the child named itself already */
+    else
+      zdtm_fail_note("%s: %s", who, msg);
     return;
   }
   zdtm_fail_note("%s: no verdict within %d ms (got '%s')", who, timeout_ms, line);
