@@ -115,6 +115,8 @@ class Restorer {
   Status CreateTree(const format::ProcessTree& tree);
   Status CreateProcess(RProc* p, RProc* parent);
   Status CreateNamespaceInit(pid_t root_in_ns);
+  Result<pid_t> InjectClone3(RProc* in, uint64_t flags, int exit_signal, pid_t want,
+                             const std::string& what);
   Status UnregisterInheritedRseq(RProc* p);
   Status BuildAddressSpace(RProc* p);
   Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
@@ -289,6 +291,29 @@ Status Restorer::UnregisterInheritedRseq(RProc* p) {
   return Status::Ok();
 }
 
+// Runs clone3 inside `in` (its leader), with the saved number when pids
+// are restored; returns the new task's pid as we (the tracer) see it.
+Result<pid_t> Restorer::InjectClone3(RProc* in, uint64_t flags, int exit_signal, pid_t want,
+                                     const std::string& what) {
+  struct clone_args args;
+  std::memset(&args, 0, sizeof args);
+  args.flags = flags;
+  args.exit_signal = static_cast<uint64_t>(exit_signal);
+  const uint64_t tid_addr = in->scratch + kOffArgs + 0x100;
+  if (options_.restore_pids) {
+    args.set_tid = tid_addr;
+    args.set_tid_size = 1;
+  }
+  STASIS_RETURN_IF_ERROR(in->mem.Write(in->scratch + kOffArgs, &args, sizeof args));
+  STASIS_RETURN_IF_ERROR(in->mem.Write(tid_addr, &want, sizeof want));
+  pid_t created = 0;
+  STASIS_ASSIGN_OR_RETURN(long r, Call(in, in->tracees[0].get(), SYS_clone3,
+                                       in->scratch + kOffArgs, sizeof args, 0, 0, 0, 0, &created));
+  STASIS_RETURN_IF_ERROR(SysErr(r, "create " + what + " in " + Pid(in->pid)));
+  if (created <= 0) return Status::Error(ECHILD, "no fork/clone event for " + what);
+  return created;
+}
+
 Status Restorer::CreateNamespaceInit(pid_t root_in_ns) {
   struct clone_args args;
   std::memset(&args, 0, sizeof args);
@@ -356,24 +381,9 @@ Status Restorer::CreateProcess(RProc* p, RProc* parent) {
     p->scratch = scratch_;
     STASIS_RETURN_IF_ERROR(UnregisterInheritedRseq(p));
   } else {
-    struct clone_args args;
-    std::memset(&args, 0, sizeof args);
-    args.exit_signal = p->entry.pid ? SIGCHLD : 0;
-    uint64_t tid_addr = parent->scratch + kOffArgs + 0x100;
-    if (options_.restore_pids) {
-      args.set_tid = tid_addr;
-      args.set_tid_size = 1;
-    }
-    STASIS_RETURN_IF_ERROR(parent->mem.Write(parent->scratch + kOffArgs, &args, sizeof args));
-    STASIS_RETURN_IF_ERROR(parent->mem.Write(tid_addr, &want, sizeof want));
-    pid_t child = 0;
-    STASIS_ASSIGN_OR_RETURN(long r, Call(parent, parent->tracees[0].get(), SYS_clone3,
-                                         parent->scratch + kOffArgs, sizeof args, 0, 0, 0, 0,
-                                         &child));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "create process for pid " + std::to_string(want) + " in " +
-                                         Pid(parent->pid)));
-    if (child <= 0) return Status::Error(ECHILD, "no fork event for pid " + std::to_string(want));
-    p->pid = child;  // in our namespace (r is the number the parent sees)
+    STASIS_ASSIGN_OR_RETURN(pid_t child, InjectClone3(parent, 0, SIGCHLD, want,
+                                                      "process for pid " + std::to_string(want)));
+    p->pid = child;
     auto t = std::make_unique<Tracee>(p->pid, p->pid);
     t->MarkAttached();
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
@@ -1017,21 +1027,11 @@ Status Restorer::CreateThreads(RProc* p) {
     return Status::Corrupt("first thread of " + who + " is not its leader");
   for (size_t i = 1; i < p->threads.size(); ++i) {
     pid_t want = static_cast<pid_t>(p->threads[i].tid);
-    struct clone_args args;
-    std::memset(&args, 0, sizeof args);
-    args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-    uint64_t tid_addr = p->scratch + kOffArgs + 0x100;
-    if (options_.restore_pids) {
-      args.set_tid = tid_addr;
-      args.set_tid_size = 1;
-    }
-    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &args, sizeof args));
-    STASIS_RETURN_IF_ERROR(p->mem.Write(tid_addr, &want, sizeof want));
-    pid_t tid = 0;
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, p->tracees[0].get(), SYS_clone3,
-                                         p->scratch + kOffArgs, sizeof args, 0, 0, 0, 0, &tid));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "create thread " + std::to_string(want) + " of " + who));
-    if (tid <= 0) return Status::Error(ECHILD, "no clone event for thread " + std::to_string(want));
+    STASIS_ASSIGN_OR_RETURN(
+        pid_t tid, InjectClone3(p,
+                                CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD |
+                                    CLONE_SYSVSEM,
+                                0, want, "thread " + std::to_string(want) + " of " + who));
     auto t = std::make_unique<Tracee>(p->pid, tid);
     t->MarkAttached();
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
