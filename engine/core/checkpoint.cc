@@ -1253,6 +1253,19 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   if (finalize) STASIS_RETURN_IF_ERROR(finalize(finalize_arg));
   Status s = cap.Release(options.after);
   stats.pause_seconds = SecondsSince(t0);
+  if (options.after == AfterCheckpoint::kKill) {
+    // Return once the tree is gone (dead, or a zombie for its parent to
+    // reap), so a restart right after finds its pids free of live tasks.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (pid_t pid : stats.pids) {
+      for (;;) {
+        auto st = ReadStat(pid);
+        if (!st || st->state == 'Z' || st->state == 'X') break;
+        if (std::chrono::steady_clock::now() > deadline) break;
+        ::usleep(1000);
+      }
+    }
+  }
   stats.total_seconds = stats.pause_seconds;
   if (!s.ok()) return s;
   return stats;
