@@ -96,22 +96,18 @@ int main(void) {
   if (shm_unlink(name2) != 0) zdtm_die("shm_unlink: %s", strerror(errno));
   zdtm_pattern_fill(obj1, kHalf1, kSeed1, 0);
   zdtm_pattern_fill(obj2, kSize2, kSeed2, 0);
-  int p2c[2], c2p[2], verdict[2];
-  if (pipe(p2c) != 0 || pipe(c2p) != 0 || pipe2(verdict, O_CLOEXEC) != 0)
-    zdtm_die("pipe: %s", strerror(errno));
+  struct zdtm_link link;
+  zdtm_link_open(&link);
 
   pid_t kid = zdtm_fork();
   if (kid == 0) {
-    close(p2c[1]);
-    close(c2p[0]);
-    close(verdict[0]);
+    zdtm_link_kid_side(&link);
     zdtm_pattern_fill(obj1 + kHalf1, kSize1 - kHalf1, kSeed1, kHalf1);
-    if (write(c2p[1], "f", 1) != 1) _exit(3);
+    if (!zdtm_link_tell_parent(&link, 'f')) _exit(3);
     zdtm_wait_check();
-    char c;
-    if (zdtm_read_full(p2c[0], &c, 1, 10000) != 1) { /* the parent checks first */
+    if (!zdtm_link_hear_from_parent(&link, 10000)) { /* the parent checks first */
       zdtm_fail_note("child: no word from the parent");
-      zdtm_kid_finish(verdict[1]);
+      zdtm_kid_finish(link.verdict[1]);
     }
     zdtm_pattern_check("child: the parent's write to obj1 after the restart",
                        obj1 + kLate1 * kPage, kPage, kSeedLate1, 0);
@@ -121,14 +117,11 @@ int main(void) {
     zdtm_pattern_fill(obj1 + kViaNew * kPage, kPage, kSeed1, kViaNew * kPage);
     CheckAll("child");
     zdtm_pattern_fill(obj2 + kLate2 * kPage, kPage, kSeedLate2, 0);
-    if (write(c2p[1], "d", 1) != 1) zdtm_fail_note("child: write: %s", strerror(errno));
-    zdtm_kid_finish(verdict[1]);
+    if (!zdtm_link_tell_parent(&link, 'd')) zdtm_fail_note("child: write: %s", strerror(errno));
+    zdtm_kid_finish(link.verdict[1]);
   }
-  close(p2c[0]);
-  close(c2p[1]);
-  close(verdict[1]);
-  char c;
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) zdtm_die("the child did not fill its half");
+  zdtm_link_parent_side(&link);
+  if (!zdtm_link_hear_from_kid(&link, 10000)) zdtm_die("the child did not fill its half");
   zdtm_ready();
 
   zdtm_wait_check();
@@ -147,13 +140,13 @@ int main(void) {
     munmap(m, kSize1);
   }
   if (again >= 0) close(again);
-  if (write(p2c[1], "g", 1) != 1) zdtm_fail_note("write: %s", strerror(errno));
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1)
+  if (!zdtm_link_tell_kid(&link, 'g')) zdtm_fail_note("write: %s", strerror(errno));
+  if (!zdtm_link_hear_from_kid(&link, 10000))
     zdtm_fail_note("no word from the child");
   else
     zdtm_pattern_check("the child's write to obj2 after the restart", obj2 + kLate2 * kPage, kPage,
                        kSeedLate2, 0);
-  zdtm_kid_collect(verdict[0], "child", 15000);
+  zdtm_kid_collect(link.verdict[0], "child", 15000);
   zdtm_kid_reap(kid, "child", 5000);
   shm_unlink(name1);
   zdtm_finish();

@@ -49,49 +49,42 @@ int main(void) {
     zdtm_die("mmap/memfd: %s", strerror(errno));
   mem = mmap(NULL, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) zdtm_die("mmap memfd: %s", strerror(errno));
-  int p2c[2], c2p[2], verdict[2];
-  if (pipe(p2c) != 0 || pipe(c2p) != 0 || pipe2(verdict, O_CLOEXEC) != 0)
-    zdtm_die("pipe: %s", strerror(errno));
+  struct zdtm_link link;
+  zdtm_link_open(&link);
   zdtm_pattern_fill(anon, kHalf, kSeedAnon, 0);
   zdtm_pattern_fill(mem, kHalf, kSeedMemfd, 0);
 
   pid_t kid = zdtm_fork();
   if (kid == 0) {
-    close(p2c[1]);
-    close(c2p[0]);
-    close(verdict[0]);
+    zdtm_link_kid_side(&link);
     zdtm_pattern_fill(anon + kHalf, kHalf, kSeedAnon, kHalf);
     zdtm_pattern_fill(mem + kHalf, kHalf, kSeedMemfd, kHalf);
-    if (write(c2p[1], "f", 1) != 1) _exit(3);
+    if (!zdtm_link_tell_parent(&link, 'f')) _exit(3);
     zdtm_wait_check();
     CheckAll("child");
-    if (write(c2p[1], "c", 1) != 1) zdtm_fail_note("child: write: %s", strerror(errno));
-    char c;
-    if (zdtm_read_full(p2c[0], &c, 1, 10000) != 1) {
+    if (!zdtm_link_tell_parent(&link, 'c')) zdtm_fail_note("child: write: %s", strerror(errno));
+    if (!zdtm_link_hear_from_parent(&link, 10000)) {
       zdtm_fail_note("child: no word from the parent");
-      zdtm_kid_finish(verdict[1]);
+      zdtm_kid_finish(link.verdict[1]);
     }
     zdtm_pattern_check("child: the parent's write to anon after the restart",
                        anon + kAnonPage * kPage, kPage, kSeedLateAnon, 0);
     zdtm_pattern_fill(mem + kMemfdPage * kPage, kPage, kSeedLateMemfd, 0);
-    if (write(c2p[1], "d", 1) != 1) zdtm_fail_note("child: write: %s", strerror(errno));
-    zdtm_kid_finish(verdict[1]);
+    if (!zdtm_link_tell_parent(&link, 'd')) zdtm_fail_note("child: write: %s", strerror(errno));
+    zdtm_kid_finish(link.verdict[1]);
   }
-  close(p2c[0]);
-  close(c2p[1]);
-  close(verdict[1]);
-  char c;
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) zdtm_die("the child did not fill its half");
+  zdtm_link_parent_side(&link);
+  if (!zdtm_link_hear_from_kid(&link, 10000)) zdtm_die("the child did not fill its half");
   zdtm_ready();
 
   zdtm_wait_check();
   if (zdtm_corrupt_requested()) anon[12345] ^= 1;
   CheckAll("parent");
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) /* the child has checked too */
+  if (!zdtm_link_hear_from_kid(&link, 10000)) /* the child has checked too */
     zdtm_fail_note("the child did not check");
   zdtm_pattern_fill(anon + kAnonPage * kPage, kPage, kSeedLateAnon, 0);
-  if (write(p2c[1], "g", 1) != 1) zdtm_fail_note("write: %s", strerror(errno));
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) {
+  if (!zdtm_link_tell_kid(&link, 'g')) zdtm_fail_note("write: %s", strerror(errno));
+  if (!zdtm_link_hear_from_kid(&link, 10000)) {
     zdtm_fail_note("no word from the child");
   } else {
     zdtm_pattern_check("the child's write to memfd after the restart", mem + kMemfdPage * kPage,
@@ -103,7 +96,7 @@ int main(void) {
       zdtm_pattern_check("the child's write to memfd, read through the fd", page, kPage,
                          kSeedLateMemfd, 0);
   }
-  zdtm_kid_collect(verdict[0], "child", 15000);
+  zdtm_kid_collect(link.verdict[0], "child", 15000);
   zdtm_kid_reap(kid, "child", 5000);
   zdtm_finish();
 }

@@ -84,22 +84,18 @@ int main(void) {
   }
   zdtm_pattern_fill(seg1, kHalf1, kSeed1, 0);
   zdtm_pattern_fill(seg2, kSize2, kSeed2, 0);
-  int p2c[2], c2p[2], verdict[2];
-  if (pipe(p2c) != 0 || pipe(c2p) != 0 || pipe2(verdict, O_CLOEXEC) != 0)
-    zdtm_die("pipe: %s", strerror(errno));
+  struct zdtm_link link;
+  zdtm_link_open(&link);
 
   pid_t kid = zdtm_fork();
   if (kid == 0) {
-    close(p2c[1]);
-    close(c2p[0]);
-    close(verdict[0]);
+    zdtm_link_kid_side(&link);
     zdtm_pattern_fill(seg1 + kHalf1, kSize1 - kHalf1, kSeed1, kHalf1);
-    if (write(c2p[1], "f", 1) != 1) _exit(3);
+    if (!zdtm_link_tell_parent(&link, 'f')) _exit(3);
     zdtm_wait_check();
     CheckAll("child");
-    if (write(c2p[1], "c", 1) != 1) zdtm_fail_note("child: write: %s", strerror(errno));
-    char c;
-    if (zdtm_read_full(p2c[0], &c, 1, 10000) != 1) {
+    if (!zdtm_link_tell_parent(&link, 'c')) zdtm_fail_note("child: write: %s", strerror(errno));
+    if (!zdtm_link_hear_from_parent(&link, 10000)) {
       zdtm_fail_note("child: no word from the parent");
     } else {
       zdtm_pattern_check("child: the parent's write to seg1 after the restart",
@@ -109,24 +105,21 @@ int main(void) {
     shmdt(seg1);
     shmdt(seg2);
     shmdt(seg2_ro);
-    if (write(c2p[1], "d", 1) != 1) zdtm_fail_note("child: write: %s", strerror(errno));
-    zdtm_kid_finish(verdict[1]);
+    if (!zdtm_link_tell_parent(&link, 'd')) zdtm_fail_note("child: write: %s", strerror(errno));
+    zdtm_kid_finish(link.verdict[1]);
   }
-  close(p2c[0]);
-  close(c2p[1]);
-  close(verdict[1]);
-  char c;
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) zdtm_die("the child did not fill its half");
+  zdtm_link_parent_side(&link);
+  if (!zdtm_link_hear_from_kid(&link, 10000)) zdtm_die("the child did not fill its half");
   zdtm_ready();
 
   zdtm_wait_check();
   if (zdtm_corrupt_requested()) seg2[777] ^= 4;
   CheckAll("parent");
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) /* the child has checked too */
+  if (!zdtm_link_hear_from_kid(&link, 10000)) /* the child has checked too */
     zdtm_fail_note("the child did not check");
   zdtm_pattern_fill(seg1 + kLatePage1 * kPage, kPage, kSeedLate1, 0);
-  if (write(p2c[1], "g", 1) != 1) zdtm_fail_note("write: %s", strerror(errno));
-  if (zdtm_read_full(c2p[0], &c, 1, 10000) != 1) {
+  if (!zdtm_link_tell_kid(&link, 'g')) zdtm_fail_note("write: %s", strerror(errno));
+  if (!zdtm_link_hear_from_kid(&link, 10000)) {
     zdtm_fail_note("no word from the child");
   } else {
     zdtm_pattern_check("the child's write to seg2 after the restart", seg2 + kLatePage2 * kPage,
@@ -134,7 +127,7 @@ int main(void) {
     zdtm_pattern_check("the child's write to seg2, read-only attachment",
                        seg2_ro + kLatePage2 * kPage, kPage, kSeedLate2, 0);
   }
-  zdtm_kid_collect(verdict[0], "child", 15000);
+  zdtm_kid_collect(link.verdict[0], "child", 15000);
   zdtm_kid_reap(kid, "child", 5000);
   shmdt(seg1);
   shmdt(seg2);

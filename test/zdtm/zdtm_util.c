@@ -3,6 +3,7 @@
 #include "zdtm_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -146,4 +147,40 @@ void zdtm_kid_reap(pid_t pid, const char *who, int timeout_ms) {
     }
     zdtm_sleep_ms(5);
   }
+}
+
+void zdtm_link_open(struct zdtm_link *link) {
+  if (pipe(link->to_kid) != 0 || pipe(link->to_parent) != 0 ||
+      pipe2(link->verdict, O_CLOEXEC) != 0)
+    zdtm_die("pipe: %s", strerror(errno));
+}
+
+void zdtm_link_kid_side(struct zdtm_link *link) {
+  close(link->to_kid[1]);
+  close(link->to_parent[0]);
+  close(link->verdict[0]);
+}
+
+void zdtm_link_parent_side(struct zdtm_link *link) {
+  close(link->to_kid[0]);
+  close(link->to_parent[1]);
+  close(link->verdict[1]);
+}
+
+bool zdtm_link_tell_parent(struct zdtm_link *link, char message) {
+  return write(link->to_parent[1], &message, 1) == 1;
+}
+
+bool zdtm_link_tell_kid(struct zdtm_link *link, char message) {
+  return write(link->to_kid[1], &message, 1) == 1;
+}
+
+bool zdtm_link_hear_from_kid(struct zdtm_link *link, int timeout_ms) {
+  char c;
+  return zdtm_read_full(link->to_parent[0], &c, 1, timeout_ms) == 1;
+}
+
+bool zdtm_link_hear_from_parent(struct zdtm_link *link, int timeout_ms) {
+  char c;
+  return zdtm_read_full(link->to_kid[0], &c, 1, timeout_ms) == 1;
 }

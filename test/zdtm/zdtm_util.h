@@ -46,6 +46,22 @@ void zdtm_kid_collect(int fd, const char *who, int timeout_ms);
  * not end, or ended other than with exit status 0. */
 void zdtm_kid_reap(pid_t pid, const char *who, int timeout_ms);
 
+/* A parent/child handshake: one-byte messages each way, and the pipe that
+ * carries the child's verdict (zdtm_kid_finish / zdtm_kid_collect). Open it
+ * before fork; after fork each side calls its *_side function, which closes
+ * the other side's ends. */
+struct zdtm_link {
+  int to_kid[2], to_parent[2], verdict[2];
+};
+void zdtm_link_open(struct zdtm_link *link);
+void zdtm_link_kid_side(struct zdtm_link *link);
+void zdtm_link_parent_side(struct zdtm_link *link);
+bool zdtm_link_tell_parent(struct zdtm_link *link, char message);
+bool zdtm_link_tell_kid(struct zdtm_link *link, char message);
+/* True when one message arrived within timeout_ms. */
+bool zdtm_link_hear_from_kid(struct zdtm_link *link, int timeout_ms);
+bool zdtm_link_hear_from_parent(struct zdtm_link *link, int timeout_ms);
+
 /* Milliseconds of CLOCK_MONOTONIC. */
 uint64_t zdtm_now_ms(void);
 
