@@ -1,6 +1,10 @@
 // cr_checkpoint: checkpoint a process, tree, process group or session into
 // a context file (BLCR's cr_checkpoint). Runs the engine in-process.
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -8,8 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/agent/agent_abi.h"
 #include "engine/cli/cli_common.h"
 #include "engine/core/context_file.h"
+#include "engine/core/procfs.h"
 #include "engine/core/engine.h"
 
 namespace {
@@ -17,7 +23,7 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--time SEC] [-v] ID";
+    "[--close-sockets] [--signal NUM] [--time SEC] [-F FD] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -40,6 +46,50 @@ stasis::Status Commit(void* arg) {
   return static_cast<stasis::core::ContextFileWriter*>(arg)->Commit();
 }
 
+// -F FD: flush, and fsync what can be (a pipe or socket cannot).
+stasis::Status SyncFd(void* arg) {
+  auto* sink = static_cast<stasis::FdSink*>(arg);
+  STASIS_RETURN_IF_ERROR(sink->Flush());
+  if (::fsync(sink->fd()) != 0 && errno != EINVAL && errno != EROFS)
+    return stasis::Status::FromErrno(errno, "fsync of the checkpoint destination");
+  return stasis::Status::Ok();
+}
+
+// Exit status for a failure: BLCR's cr_checkpoint exits with the low 8 bits
+// of a callback's failure code (CR_ETEMPFAIL, or the callback's own).
+int ExitCode(int code) {
+  if (code >= 256 && (code & 0xff)) return code & 0xff;
+  return code > 0 && code < 256 && code != 2 ? code : 1;
+}
+
+// --libcr-request: this cr_checkpoint runs for libcr's
+// cr_request_checkpoint(); the result goes into the requester's agent block
+// (fd 4), which cr_poll_checkpoint() waits on.
+void ReportToRequester(int code, const std::string& msg) {
+  void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, 4, 0);
+  if (p == MAP_FAILED) return;
+  auto* b = static_cast<stasis_agent_block*>(p);
+  if (b->magic == STASIS_AGENT_MAGIC) {
+    b->req_result = code;
+    std::snprintf(b->req_msg, sizeof b->req_msg, "%s", msg.c_str());
+    __atomic_store_n(&b->req_state, STASIS_AGENT_REQ_DONE, __ATOMIC_RELEASE);
+    ::syscall(SYS_futex, &b->req_state, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+  }
+  ::munmap(p, STASIS_AGENT_BLOCK_SIZE);
+}
+
+bool g_libcr_request = false;
+
+// For libcr the message goes to cr_log_checkpoint(), not to the program's
+// stderr.
+[[noreturn]] void Fail(const std::string& msg, int code) {
+  if (g_libcr_request) {
+    ReportToRequester(code > 0 ? code : EIO, "cr_checkpoint: " + msg);
+    std::exit(ExitCode(code));
+  }
+  stasis::cli::Die("cr_checkpoint", msg, ExitCode(code));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -49,6 +99,7 @@ int main(int argc, char** argv) {
   stasis::core::WriteMode mode = stasis::core::WriteMode::kAtomic;
   long time_limit = 0;
   bool verbose = false;
+  long out_fd = -1;
   std::string id;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -78,6 +129,29 @@ int main(int argc, char** argv) {
     else if (a == "--save-all") opt.save_exe = opt.save_private = opt.save_shared = true;
     else if (a == "--save-none") opt.save_exe = opt.save_private = opt.save_shared = false;
     else if (a == "-v" || a == "--verbose") verbose = true;
+    else if (a == "-F" || a == "--fd") {
+      std::string v = next();
+      if (v == "0") out_fd = 0;
+      else if (!stasis::cli::ParsePositive(v, &out_fd))
+        Die("cr_checkpoint", "--fd needs a file descriptor number", 2);
+    } else if (a == "-S" || a == "--signal") {
+      long sig = 0;
+      if (!stasis::cli::ParsePositive(next(), &sig) || sig >= NSIG)
+        Die("cr_checkpoint", "--signal needs a signal number", 2);
+      opt.after = stasis::core::AfterCheckpoint::kContinue;
+      opt.after_signal = static_cast<int>(sig);
+    } else if (a == "--abort") {
+      opt.after = stasis::core::AfterCheckpoint::kContinue;
+      opt.after_signal = SIGABRT;
+    } else if (a == "--run") {
+      opt.after = stasis::core::AfterCheckpoint::kContinue;
+      opt.after_signal = 0;
+    } else if (a == "--libcr-request") g_libcr_request = true;
+    else if (a == "--requester") {
+      long r = 0;
+      if (!stasis::cli::ParsePositive(next(), &r)) Die("cr_checkpoint", "bad --requester", 2);
+      opt.requester = static_cast<pid_t>(r);
+    }
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
@@ -91,7 +165,7 @@ int main(int argc, char** argv) {
     Die("cr_checkpoint", "'" + id + "' is not a process id", 2);
   opt.target = static_cast<pid_t>(target);
   for (int i = 0; i < argc; ++i) opt.tool_argv.push_back(argv[i]);
-  if (file.empty()) file = "context." + id;
+  opt.callback_timeout_seconds = static_cast<double>(time_limit);
 
   if (time_limit > 0) {
     struct sigaction sa;
@@ -100,25 +174,46 @@ int main(int argc, char** argv) {
     ::sigaction(SIGALRM, &sa, nullptr);
     ::alarm(static_cast<unsigned>(time_limit));
   }
-  auto writer = stasis::core::ContextFileWriter::Open(file, mode);
-  if (!writer) Die("cr_checkpoint", writer.error().message());
-  DeadlineSink sink((*writer)->sink());
-  auto stats = stasis::core::Checkpoint(opt, &sink, Commit, writer->get());
-  if (!stats) {
-    std::string msg = stats.error().message();
+  auto failure_message = [&](const stasis::Status& s) {
+    std::string msg = s.message();
     if (g_timed_out) msg = "checkpoint of " + id + " did not finish within " +
                            std::to_string(time_limit) + " s; processes left running";
-    writer->reset();  // removes the partial file
-    Die("cr_checkpoint", msg);
+    return msg;
+  };
+  stasis::Result<stasis::core::CheckpointStats> stats = stasis::Status::Ok();
+  if (out_fd >= 0) {
+    // -F FD: written to an open file descriptor (no atomic replace).
+    if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
+      Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
+    auto link = stasis::core::ReadLink("/proc/self/fd/" + std::to_string(out_fd));
+    if (link && !link->empty() && (*link)[0] == '/') opt.dest = *link;
+    stasis::FdSink fd_sink(stasis::UniqueFd(::fcntl(static_cast<int>(out_fd), F_DUPFD_CLOEXEC, 3)),
+                           "fd " + std::to_string(out_fd));
+    DeadlineSink sink(&fd_sink);
+    stats = stasis::core::Checkpoint(opt, &sink, SyncFd, &fd_sink);
+    if (!stats) Fail(failure_message(stats.error()), stats.error().code());
+  } else {
+    if (file.empty()) file = "context." + id;
+    char cwd[4096];
+    opt.dest = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
+    auto writer = stasis::core::ContextFileWriter::Open(file, mode);
+    if (!writer) Fail(writer.error().message(), writer.error().code());
+    DeadlineSink sink((*writer)->sink());
+    stats = stasis::core::Checkpoint(opt, &sink, Commit, writer->get());
+    if (!stats) {
+      writer->reset();  // removes the partial file
+      Fail(failure_message(stats.error()), stats.error().code());
+    }
   }
+  if (g_libcr_request) ReportToRequester(0, "");
   if (verbose) {
     std::fprintf(stderr,
                  "cr_checkpoint: %s: %u processes, %u threads, %.1f MiB memory, %.1f MiB file, "
-                 "%llu zero pages skipped, paused %.3f s\n",
-                 file.c_str(), stats->processes, stats->threads, stats->page_bytes / 1048576.0,
-                 stats->bytes / 1048576.0,
+                 "%llu zero pages skipped, callbacks %.3f s, paused %.3f s\n",
+                 opt.dest.c_str(), stats->processes, stats->threads,
+                 stats->page_bytes / 1048576.0, stats->bytes / 1048576.0,
                  static_cast<unsigned long long>(stats->zero_pages_skipped),
-                 stats->pause_seconds);
+                 stats->callbacks_seconds, stats->pause_seconds);
   }
   return 0;
 }

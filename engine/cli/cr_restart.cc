@@ -9,6 +9,8 @@
 #include <cstring>
 #include <string>
 
+#include "engine/agent/agent_abi.h"
+#include "engine/agent/stasis_agent.h"
 #include "engine/cli/cli_common.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
@@ -17,7 +19,7 @@ namespace {
 
 const char* kUsage =
     "cr_restart [--no-restore-pid] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
-    "[-v] [-f] FILE";
+    "[--omit-maybe|--omit-always|--omit-never] [-v] [-f] FILE";
 
 volatile sig_atomic_t g_root = 0;
 
@@ -32,6 +34,11 @@ int main(int argc, char** argv) {
   stasis::core::RestoreOptions opt;
   std::string file;
   bool verbose = false;
+  // BLCR's --omit-*: is this cr_restart part of later checkpoints of the
+  // job it restored? maybe (default): only when a request names it (its pid
+  // or the tree it roots); always: never saved; never: saved like any other
+  // process of the tree.
+  unsigned omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -51,7 +58,10 @@ int main(int argc, char** argv) {
       if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
         Die("cr_restart", "--relocate needs OLD=NEW, got '" + spec + "'", 2);
       opt.relocate.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
-    } else if (a == "-v" || a == "--verbose") verbose = true;
+    } else if (a == "--omit-maybe") omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
+    else if (a == "--omit-always") omit = STASIS_AGENT_F_OMIT;
+    else if (a == "--omit-never") omit = 0;
+    else if (a == "-v" || a == "--verbose") verbose = true;
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
@@ -62,8 +72,15 @@ int main(int argc, char** argv) {
   if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
   auto source = stasis::core::OpenContextForRead(file);
   if (!source) Die("cr_restart", source.error().message());
+  char cwd[4096];
+  opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
+  // Marked before the restore, so no checkpoint of the job can catch us
+  // unmarked; the restored processes inherit neither the fd nor the mapping.
+  if (omit && stasis_agent_set_omit(omit) != 0)
+    Die("cr_restart", std::string("cannot set up --omit: ") + std::strerror(errno));
   auto result = stasis::core::Restore(source->get(), opt);
   if (!result) Die("cr_restart", file + ": " + result.error().message());
+  source->reset();  // nothing of the context stays open while we wait
   g_root = result->root_pid;
   if (verbose)
     std::fprintf(stderr, "cr_restart: restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",

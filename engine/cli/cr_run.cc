@@ -1,8 +1,10 @@
-// cr_run: start a command so that it can be checkpointed (BLCR's cr_run).
-// The engine checkpoints any process of the caller's without preparation;
-// cr_run marks the process tree (STASIS_RUN=1, STASIS_OMIT=1 with --omit)
-// and will preload the in-process agent once libcr exists, as BLCR's
-// libcr_run.so did.
+// cr_run: start a command with libcr preloaded (BLCR's cr_run and its
+// libcr_run.so). The engine checkpoints any process of the caller's without
+// preparation; the preloaded agent lets programs that were not linked with
+// -lcr still be omitted (cr_run --omit, BLCR's libcr_omit: STASIS_OMIT=1,
+// inherited by their children) and costs nothing otherwise: it installs no
+// wrappers and, unless asked to omit, not even its agent block.
+#include <limits.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -10,6 +12,31 @@
 #include <string>
 
 #include "engine/cli/cli_common.h"
+
+namespace {
+
+// libcr.so.0: $STASIS_LIBCR, next to this binary (build tree: ../agent,
+// installed: ../lib), or the install libdir.
+std::string LibcrPath() {
+  const char* env = std::getenv("STASIS_LIBCR");
+  if (env && *env) return ::access(env, R_OK) == 0 ? env : "";
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = 0;
+    std::string dir(self);
+    dir = dir.substr(0, dir.rfind('/'));
+    for (const char* rel : {"/../agent/libcr.so.0", "/../lib/libcr.so.0"}) {
+      std::string p = dir + rel;
+      char real[4096];
+      if (::realpath(p.c_str(), real) && ::access(real, R_OK) == 0) return real;
+    }
+  }
+  std::string p = std::string(STASIS_INSTALL_LIBDIR) + "/libcr.so.0";
+  return ::access(p.c_str(), R_OK) == 0 ? p : "";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   const char* kUsage = "cr_run [--omit] COMMAND [ARGS...]";
@@ -34,6 +61,13 @@ int main(int argc, char** argv) {
   if (i >= argc) stasis::cli::Usage("cr_run", kUsage);
   ::setenv("STASIS_RUN", "1", 1);
   if (omit) ::setenv("STASIS_OMIT", "1", 1);
+  std::string lib = LibcrPath();
+  if (lib.empty())
+    stasis::cli::Die("cr_run", "cannot find libcr.so.0 (set STASIS_LIBCR to its path)", 127);
+  const char* old = std::getenv("LD_PRELOAD");
+  std::string preload = lib;
+  if (old && *old && std::string(old).find(lib) == std::string::npos) preload += std::string(":") + old;
+  ::setenv("LD_PRELOAD", preload.c_str(), 1);
   ::execvp(argv[i], argv + i);
   stasis::cli::Die("cr_run", std::string("cannot run ") + argv[i] + ": " + std::strerror(errno),
                    127);

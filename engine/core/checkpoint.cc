@@ -37,6 +37,7 @@
 #include <set>
 
 #include "engine/base/fd.h"
+#include "engine/core/agent_client.h"
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
@@ -92,6 +93,11 @@ class Capturer {
   ~Capturer() { ResumeAll(); }
 
   Status Freeze();
+  Result<std::vector<pid_t>> Scope() { return DiscoverScope(); }
+  void SetOmitted(const std::set<pid_t>& omit) { omit_ = omit; }
+  void SetExtraScopes(const std::vector<std::pair<format::ScopeKind, pid_t>>& extra) {
+    extra_ = extra;
+  }
   Status CaptureAll();
   Status Write(format::ContextWriter* writer, CheckpointStats* stats);
   Status Release(AfterCheckpoint after);
@@ -130,7 +136,11 @@ class Capturer {
     return p->mem.Read(p->scratch, out, n);
   }
 
+  Result<std::vector<pid_t>> DiscoverOne(format::ScopeKind scope, pid_t target, bool named);
+
   const CheckpointOptions& options_;
+  std::set<pid_t> omit_;  // opted out (libcr, cr_run --omit)
+  std::vector<std::pair<format::ScopeKind, pid_t>> extra_;  // cr_forward_checkpoint()
   std::vector<std::unique_ptr<ProcState>> procs_;
   std::map<pid_t, ProcState*> by_pid_;
   uint64_t next_object_id_ = 1;
@@ -144,19 +154,36 @@ Result<long> Capturer::Inject(ProcState* p, Tracee* t, long nr, uint64_t a1, uin
 }
 
 Result<std::vector<pid_t>> Capturer::DiscoverScope() {
-  pid_t target = options_.target;
+  STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> out,
+                          DiscoverOne(options_.scope, options_.target, true));
+  for (const auto& [scope, target] : extra_) {
+    auto more = DiscoverOne(scope, target, false);
+    if (!more) continue;  // a forwarded target that has gone meanwhile
+    for (pid_t pid : *more)
+      if (std::find(out.begin(), out.end(), pid) == out.end()) out.push_back(pid);
+  }
+  // Processes that opted out stay running and out of the context; their
+  // children in a tree are still in it.
+  std::erase_if(out, [&](pid_t pid) { return omit_.count(pid) > 0; });
+  if (out.empty())
+    return Status::Error(ESRCH, "every process of the checkpoint asked to be omitted");
+  return out;
+}
+
+Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t target,
+                                                 bool named) {
   if (target <= 0) return Status::Error(EINVAL, "invalid pid " + std::to_string(target));
-  if (options_.scope == format::kScopeTree || options_.scope == format::kScopePid) {
+  if (scope == format::kScopeTree || scope == format::kScopePid) {
     auto root_stat = ReadStat(target);
     if (!root_stat) return Status::Error(ESRCH, "no such process: " + std::to_string(target));
   }
   std::vector<pid_t> out;
-  switch (options_.scope) {
+  switch (scope) {
     case format::kScopePid:
       out.push_back(target);
       break;
     case format::kScopeTree: {
-      if (target == ::getpid())
+      if (target == ::getpid() && named)
         return Status::Error(EINVAL, "cannot checkpoint the checkpointing process itself");
       // The checkpointer omits itself (and what it started) when it is
       // inside the tree, as BLCR's cr_checkpoint did.
@@ -176,13 +203,13 @@ Result<std::vector<pid_t>> Capturer::DiscoverScope() {
       for (pid_t pid : all) {
         auto st = ReadStat(pid);
         if (!st || pid == ::getpid()) continue;
-        pid_t key = options_.scope == format::kScopePgid ? st->pgrp : st->session;
+        pid_t key = scope == format::kScopePgid ? st->pgrp : st->session;
         if (key == target) out.push_back(pid);
       }
       if (out.empty())
         return Status::Error(ESRCH, std::string("no process in ") +
-                                        (options_.scope == format::kScopePgid ? "process group "
-                                                                              : "session ") +
+                                        (scope == format::kScopePgid ? "process group "
+                                                                     : "session ") +
                                         std::to_string(target));
       // Parents first, so the tree section lists them before children.
       std::sort(out.begin(), out.end());
@@ -860,6 +887,31 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   image.argv = options_.tool_argv;
   STASIS_RETURN_IF_ERROR(writer->Begin(image));
 
+  // Parents before children (forwarded scopes may have added a parent late).
+  {
+    std::vector<std::unique_ptr<ProcState>> ordered;
+    std::set<pid_t> placed;
+    while (!procs_.empty()) {
+      bool moved = false;
+      for (auto it = procs_.begin(); it != procs_.end();) {
+        pid_t ppid = (*it)->zombie || (*it)->stat.ppid ? (*it)->stat.ppid : 0;
+        bool ready = !by_pid_.count(ppid) || placed.count(ppid) || ppid == (*it)->pid;
+        if (ready) {
+          placed.insert((*it)->pid);
+          ordered.push_back(std::move(*it));
+          it = procs_.erase(it);
+          moved = true;
+        } else {
+          ++it;
+        }
+      }
+      if (!moved) {  // a cycle cannot happen; keep the rest as they are
+        for (auto& rest : procs_) ordered.push_back(std::move(rest));
+        procs_.clear();
+      }
+    }
+    procs_ = std::move(ordered);
+  }
   format::ProcessTree tree;
   for (auto& p : procs_) {
     format::ProcessEntry e;
@@ -1242,17 +1294,61 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
                                    FinalizeFn finalize, void* finalize_arg) {
   auto t0 = std::chrono::steady_clock::now();
   CheckpointStats stats;
+  AgentRequest request;
+  request.requester = options.requester ? options.requester : ::getpid();
+  request.target = options.target;
+  request.scope = options.scope;
+  request.dest = options.dest;
+  request.timeout_seconds = options.callback_timeout_seconds;
+  switch (options.after) {
+    case AfterCheckpoint::kKill: request.signal = SIGKILL; break;
+    case AfterCheckpoint::kTerm: request.signal = SIGTERM; break;
+    case AfterCheckpoint::kStop: request.signal = SIGSTOP; break;
+    case AfterCheckpoint::kContinue: request.signal = options.after_signal; break;
+  }
+  // Declared before the capturer: on an early return the processes are
+  // resumed first, then their callbacks learn that the checkpoint failed.
+  AgentSession agents(request);
   Capturer cap(options);
-  STASIS_RETURN_IF_ERROR(cap.Freeze());
-  stats.freeze_seconds = SecondsSince(t0);
-  STASIS_RETURN_IF_ERROR(cap.CaptureAll());
+  auto fail = [&](const Status& s) -> Status {
+    cap.ResumeAll();
+    agents.Finish(s.code() > 0 ? s.code() : EIO);
+    return s;
+  };
+
+  // libcr callbacks run before anything is frozen. Callbacks may forward
+  // the checkpoint to more processes, whose callbacks then run too.
+  std::set<pid_t> seen;
+  for (int round = 0;; ++round) {
+    auto scope = cap.Scope();
+    if (!scope) return fail(scope.error());
+    std::vector<pid_t> fresh;
+    for (pid_t pid : *scope)
+      if (seen.insert(pid).second) fresh.push_back(pid);
+    if (fresh.empty() || round == 16) break;
+    Status s = agents.Prepare(fresh, *scope);
+    if (!s.ok()) return fail(s);
+    cap.SetOmitted(agents.omitted());
+    cap.SetExtraScopes(agents.forwarded());
+  }
+  stats.callbacks_seconds = SecondsSince(t0);
+
+  auto t1 = std::chrono::steady_clock::now();
+  if (Status s = cap.Freeze(); !s.ok()) return fail(s);
+  stats.freeze_seconds = SecondsSince(t1);
+  if (Status s = cap.CaptureAll(); !s.ok()) return fail(s);
   format::ContextWriter writer(sink);
-  STASIS_RETURN_IF_ERROR(cap.Write(&writer, &stats));
+  if (Status s = cap.Write(&writer, &stats); !s.ok()) return fail(s);
   stats.bytes = sink->Offset();
   stats.zero_pages_skipped = cap.zero_pages_skipped();
-  if (finalize) STASIS_RETURN_IF_ERROR(finalize(finalize_arg));
+  if (finalize) {
+    if (Status s = finalize(finalize_arg); !s.ok()) return fail(s);
+  }
   Status s = cap.Release(options.after);
-  stats.pause_seconds = SecondsSince(t0);
+  agents.Finish(0);
+  if (options.after == AfterCheckpoint::kContinue && options.after_signal > 0)
+    for (pid_t pid : stats.pids) ::kill(pid, options.after_signal);
+  stats.pause_seconds = SecondsSince(t1);
   if (options.after == AfterCheckpoint::kKill) {
     // Return once the tree is gone (dead, or a zombie for its parent to
     // reap), so a restart right after finds its pids free of live tasks.
@@ -1266,7 +1362,7 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
       }
     }
   }
-  stats.total_seconds = stats.pause_seconds;
+  stats.total_seconds = SecondsSince(t0);
   if (!s.ok()) return s;
   return stats;
 }

@@ -39,6 +39,15 @@ struct CheckpointOptions {
   // UNIX sockets connected to processes outside the checkpoint are refused;
   // with this they are saved as closed (the restored end reads EOF).
   bool close_outside_sockets = false;
+  // BLCR's --signal NUM: sent to every checkpointed process once the
+  // context is complete (with after == kContinue).
+  int after_signal = 0;
+  // For libcr callbacks (cr_get_checkpoint_info): who asked, and where the
+  // context goes. requester 0 = the calling process.
+  pid_t requester = 0;
+  std::string dest;
+  // How long the processes' checkpoint callbacks may take; 0 = unbounded.
+  double callback_timeout_seconds = 0;
 };
 
 struct CheckpointStats {
@@ -47,6 +56,7 @@ struct CheckpointStats {
   uint64_t bytes = 0;        // context bytes written
   uint64_t page_bytes = 0;   // memory bytes saved
   uint64_t zero_pages_skipped = 0;
+  double callbacks_seconds = 0;  // libcr callbacks, before anything is frozen
   double freeze_seconds = 0;  // from the first seize to all stopped
   double pause_seconds = 0;   // from the first seize to resumed (or killed)
   double total_seconds = 0;
@@ -70,6 +80,8 @@ struct RestoreOptions {
   std::vector<std::pair<std::string, std::string>> relocate;
   // Where fds that led outside the checkpoint are reattached.
   int stdin_fd = 0, stdout_fd = 1, stderr_fd = 2;
+  // The context file's path, for libcr's cr_get_restart_info().
+  std::string source_path;
 };
 
 struct RestoreResult {

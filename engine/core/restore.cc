@@ -40,9 +40,12 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <set>
 #include <memory>
 
 #include "engine/base/fd.h"
+#include "engine/agent/agent_abi.h"
+#include "engine/core/agent_client.h"
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
@@ -149,6 +152,7 @@ class Restorer {
   const RestoreOptions& options_;
   format::ContextReader reader_;
   std::vector<std::unique_ptr<RProc>> procs_;  // tree order
+  std::set<uint64_t> agent_shm_ids_;  // libcr agent blocks (memfd "stasis-agent")
   std::map<uint32_t, RProc*> by_pid_;          // by saved pid
   uint64_t scratch_ = 0;                       // in the restorer
   UniqueFd self_pidfd_;                        // inherited by every process
@@ -898,6 +902,9 @@ Status Restorer::RestoreFiles(RProc* p) {
 // MAP_SHARED|MAP_ANONYMOUS object (same "/dev/zero" identity in maps) when
 // /proc/self/map_files can be opened (root); otherwise as a memfd.
 Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
+  if ((shm.kind == 1 && shm.name == STASIS_AGENT_MEMFD_NAME) ||
+      (shm.kind == 4 && shm.name == "/memfd:" STASIS_AGENT_MEMFD_NAME))
+    agent_shm_ids_.insert(shm.id);
   if (shm.size > (1ull << 46) ||
       ((shm.kind < 3 || shm.kind == 5) && (shm.size == 0 || shm.size % kPageSize != 0)))
     return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
@@ -1172,6 +1179,11 @@ Status Restorer::FinishProcess(RProc* p) {
   const format::ProcessInfo& info = p->info;
   if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
     return Status::Corrupt("context holds incomplete state for " + who);
+  // libcr's agent block: callbacks waiting in cr_checkpoint() return >0.
+  for (const Mapping& m : p->mappings)
+    if (m.kind == format::kMapSharedAnon && agent_shm_ids_.count(m.shmem_id))
+      STASIS_RETURN_IF_ERROR(MarkRestarted(p->pid, &p->mem, m.start, ::getpid(),
+                                           options_.source_path));
   // Signal handlers.
   for (size_t i = 0; i < info.sigactions.size() && i < 64; ++i) {
     int sig = static_cast<int>(i) + 1;
@@ -1199,7 +1211,14 @@ Status Restorer::FinishProcess(RProc* p) {
     long exe_fd = -1;
     // Replacing /proc/PID/exe needs CAP_CHECKPOINT_RESTORE: unprivileged,
     // the restored process keeps showing the restorer there (documented).
-    if (!exe.empty() && ::geteuid() == 0) {
+    // The process already shows that file (it was forked from a process
+    // running the same program, e.g. a restored cr_restart): the kernel
+    // refuses to replace an exe that is still mapped, and need not.
+    struct stat want, have;
+    bool same_exe = !exe.empty() && ::stat(exe.c_str(), &want) == 0 &&
+                    ::stat(("/proc/" + std::to_string(p->pid) + "/exe").c_str(), &have) == 0 &&
+                    want.st_dev == have.st_dev && want.st_ino == have.st_ino;
+    if (!exe.empty() && ::geteuid() == 0 && !same_exe) {
       auto saved = shm_.find(info.exe_id.ino);
       struct stat st;
       if (saved != shm_.end() && ::stat(exe.c_str(), &st) != 0) {

@@ -1,0 +1,256 @@
+#include "engine/core/agent_client.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstring>
+#include <thread>
+
+#include "engine/agent/agent_abi.h"
+#include "engine/agent/include/blcr_common.h"
+#include "engine/base/fd.h"
+#include "engine/core/procfs.h"
+#include "engine/core/ptrace.h"
+
+namespace stasis::core {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr char kAgentLink[] = "/memfd:" STASIS_AGENT_MEMFD_NAME " (deleted)";
+
+uint32_t Load(const volatile uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void Store(volatile uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+void Wake(volatile uint32_t* p) {
+  ::syscall(SYS_futex, p, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+}
+void WaitFor(volatile uint32_t* p, uint32_t seen, int ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  ::syscall(SYS_futex, p, FUTEX_WAIT, seen, &ts, nullptr, 0);
+}
+
+// The pid a process sees for itself (last NSpid field).
+pid_t InnermostPid(pid_t pid) {
+  auto status = ReadFileToString("/proc/" + std::to_string(pid) + "/status");
+  if (!status) return 0;
+  auto field = StatusField(*status, "NSpid");
+  if (!field) return pid;
+  size_t last = field->find_last_of(" \t");
+  std::string tail = last == std::string::npos ? *field : field->substr(last + 1);
+  return static_cast<pid_t>(std::strtol(tail.c_str(), nullptr, 10));
+}
+
+std::string CodeName(int code) {
+  switch (code) {
+    case CR_ETEMPFAIL: return "CR_ETEMPFAIL";
+    case CR_EPERMFAIL: return "CR_EPERMFAIL";
+    default: return "code " + std::to_string(code);
+  }
+}
+
+}  // namespace
+
+int BlcrScope(format::ScopeKind scope) {
+  switch (scope) {
+    case format::kScopePid: return CR_SCOPE_PROC;
+    case format::kScopePgid: return CR_SCOPE_PGRP;
+    case format::kScopeSid: return CR_SCOPE_SESS;
+    case format::kScopeTree: return CR_SCOPE_TREE;
+  }
+  return CR_SCOPE_TREE;
+}
+
+struct AgentSession::Agent {
+  pid_t pid = 0;
+  UniqueFd fd;
+  stasis_agent_block* blk = nullptr;
+  bool posted = false;    // we sent it a request
+  bool finished = false;  // and told it the outcome
+  ~Agent() {
+    if (blk) ::munmap(blk, STASIS_AGENT_BLOCK_SIZE);
+  }
+};
+
+AgentSession::AgentSession(AgentRequest request) : request_(std::move(request)) {}
+
+AgentSession::~AgentSession() { Finish(CR_ETEMPFAIL); }
+
+// Opens the agent block of `pid`, if it has one that is its own (a raw
+// fork without libcr's atfork handler would share its parent's).
+std::unique_ptr<AgentSession::Agent> AgentSession::FindAgentBlock(pid_t pid) {
+  auto fds = ListFds(pid);
+  if (!fds) return nullptr;
+  const std::string proc = "/proc/" + std::to_string(pid) + "/fd/";
+  for (int fd : *fds) {
+    auto link = ReadLink(proc + std::to_string(fd));
+    if (!link || *link != kAgentLink) continue;
+    UniqueFd f(::open((proc + std::to_string(fd)).c_str(), O_RDWR | O_CLOEXEC));
+    if (!f) return nullptr;
+    struct stat st;
+    if (::fstat(f.get(), &st) != 0 || st.st_size < static_cast<off_t>(sizeof(stasis_agent_block)))
+      return nullptr;
+    void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, f.get(), 0);
+    if (p == MAP_FAILED) return nullptr;
+    auto a = std::make_unique<AgentSession::Agent>();
+    a->pid = pid;
+    a->fd = std::move(f);
+    a->blk = static_cast<stasis_agent_block*>(p);
+    if (a->blk->magic != STASIS_AGENT_MAGIC || a->blk->version != STASIS_AGENT_VERSION ||
+        a->blk->pid != InnermostPid(pid))
+      return nullptr;
+    return a;
+  }
+  return nullptr;
+}
+
+Status AgentSession::Prepare(const std::vector<pid_t>& pids,
+                             const std::vector<pid_t>& pids_for_perm) {
+  const auto deadline =
+      request_.timeout_seconds > 0
+          ? Clock::now() + std::chrono::milliseconds(static_cast<long>(request_.timeout_seconds * 1000))
+          : Clock::time_point::max();
+  std::vector<Agent*> waiting;
+  for (pid_t pid : pids) {
+    auto st = ReadStat(pid);
+    if (!st || st->state == 'Z') continue;
+    auto agent = FindAgentBlock(pid);
+    if (!agent) continue;
+    stasis_agent_block* b = agent->blk;
+    uint32_t flags = b->flags;
+    bool named = pid == request_.target &&
+                 (request_.scope == format::kScopePid || request_.scope == format::kScopeTree);
+    if ((flags & STASIS_AGENT_F_OMIT) || ((flags & STASIS_AGENT_F_OMIT_UNLESS_TARGET) && !named)) {
+      omitted_.insert(pid);
+      continue;
+    }
+    // A stopped process cannot run callbacks: it is checkpointed as it is.
+    if (!(flags & STASIS_AGENT_F_ACTIVE) || st->state == 'T' || st->state == 't') continue;
+    // One checkpointer at a time; the kernel drops the lock if we die.
+    bool locked = false;
+    for (int i = 0; i < 100 && !locked; ++i) {
+      locked = ::flock(agent->fd.get(), LOCK_EX | LOCK_NB) == 0;
+      if (!locked) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!locked)
+      return Status::Error(EBUSY, "pid " + std::to_string(pid) +
+                                      " is already being checkpointed; retry later");
+    // The previous checkpoint's callbacks may still be finishing.
+    auto idle_by = Clock::now() + std::chrono::seconds(10);
+    while (Load(&b->state) != STASIS_AGENT_ST_IDLE) {
+      if (Clock::now() > idle_by)
+        return Status::Error(EBUSY, "pid " + std::to_string(pid) +
+                                        ": callbacks of its previous checkpoint are still running");
+      WaitFor(&b->state, Load(&b->state), 10);
+    }
+    b->requester = request_.requester;
+    b->target = request_.target;
+    b->scope = BlcrScope(request_.scope);
+    b->signal = request_.signal;
+    std::snprintf(b->dest, sizeof b->dest, "%s", request_.dest.c_str());
+    b->cmd_code = 0;
+    b->state_code = 0;
+    b->state_perm = 0;
+    __atomic_fetch_add(&b->seq, 1, __ATOMIC_ACQ_REL);
+    Store(&b->cmd, STASIS_AGENT_CMD_REQUEST);
+    Wake(&b->cmd);
+    agent->posted = true;
+    waiting.push_back(agent.get());
+    agents_.push_back(std::move(agent));
+  }
+
+  // Every agent runs its callbacks up to cr_checkpoint() (or opts out, or
+  // cancels the checkpoint).
+  int fail_code = 0;
+  bool perm = false;
+  pid_t failed_pid = 0;
+  for (Agent* a : waiting) {
+    stasis_agent_block* b = a->blk;
+    for (;;) {
+      uint32_t s = Load(&b->state);
+      if (s == STASIS_AGENT_ST_READY) break;
+      if (s == STASIS_AGENT_ST_OMIT) {
+        omitted_.insert(a->pid);
+        break;
+      }
+      if (s == STASIS_AGENT_ST_FAILED) {
+        if (!fail_code) {
+          fail_code = b->state_code > 0 ? b->state_code : CR_ETEMPFAIL;
+          perm = b->state_perm != 0;
+          failed_pid = a->pid;
+        }
+        break;
+      }
+      auto st = ReadStat(a->pid);
+      if (!st || st->state == 'Z')
+        return Status::Error(ESRCH, "pid " + std::to_string(a->pid) +
+                                        " exited while running its checkpoint callbacks");
+      if (Clock::now() > deadline)
+        return Status::Error(ETIMEDOUT, "pid " + std::to_string(a->pid) +
+                                            ": checkpoint callbacks did not finish within " +
+                                            std::to_string(request_.timeout_seconds) + " s");
+      WaitFor(&b->state, s, 100);
+    }
+    if (fail_code) break;
+  }
+  if (fail_code) {
+    Finish(fail_code);
+    if (perm) {
+      for (pid_t pid : pids_for_perm)
+        if (!omitted_.count(pid)) ::kill(pid, SIGKILL);
+    }
+    return Status::Error(fail_code, std::string("checkpoint cancelled by a callback of pid ") +
+                                        std::to_string(failed_pid) + " (" + CodeName(fail_code) +
+                                        (perm ? "; the processes were killed" : "") + ")");
+  }
+  for (Agent* a : waiting) {
+    stasis_agent_block* b = a->blk;
+    uint32_t n = std::min<uint32_t>(Load(&b->nforward), STASIS_AGENT_MAX_FORWARD);
+    for (uint32_t i = 0; i < n; ++i) {
+      format::ScopeKind kind;
+      switch (b->forward[i].scope) {
+        case CR_SCOPE_PROC: kind = format::kScopePid; break;
+        case CR_SCOPE_PGRP: kind = format::kScopePgid; break;
+        case CR_SCOPE_SESS: kind = format::kScopeSid; break;
+        default: kind = format::kScopeTree; break;
+      }
+      forwarded_.emplace_back(kind, static_cast<pid_t>(b->forward[i].target));
+    }
+  }
+  return Status::Ok();
+}
+
+void AgentSession::Finish(int code) {
+  for (auto& a : agents_) {
+    if (!a->posted || a->finished) continue;
+    a->finished = true;
+    stasis_agent_block* b = a->blk;
+    b->cmd_code = code;
+    Store(&b->cmd, code ? STASIS_AGENT_CMD_ABORT : STASIS_AGENT_CMD_CONTINUE);
+    Wake(&b->cmd);
+    ::flock(a->fd.get(), LOCK_UN);
+  }
+}
+
+Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t requester,
+                     const std::string& source) {
+  stasis_agent_block b;
+  STASIS_RETURN_IF_ERROR(mem->Read(start, &b, sizeof b));
+  if (b.magic != STASIS_AGENT_MAGIC || b.version != STASIS_AGENT_VERSION) return Status::Ok();
+  b.pid = InnermostPid(pid);
+  if (b.cmd == STASIS_AGENT_CMD_REQUEST) b.cmd = STASIS_AGENT_CMD_RESTART;
+  if (b.req_state == STASIS_AGENT_REQ_PENDING) b.req_state = STASIS_AGENT_REQ_RESTARTED;
+  b.restarts++;
+  b.restart_requester = requester;
+  std::snprintf(b.restart_src, sizeof b.restart_src, "%s", source.c_str());
+  return mem->Write(start, &b, sizeof b);
+}
+
+}  // namespace stasis::core

@@ -1,0 +1,73 @@
+// The engine's side of the libcr agent handshake (engine/agent/agent_abi.h):
+// before a scope is frozen, every process that runs libcr's agent gets to
+// run its checkpoint callbacks, to opt out (CR_CHECKPOINT_OMIT, cr_run
+// --omit) or to cancel the checkpoint (TEMP/PERM failure); afterwards each
+// learns whether it continues or the checkpoint failed. The restorer marks
+// restored agent blocks as restarted (MarkRestarted).
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/base/status.h"
+#include "engine/format/context.h"
+
+namespace stasis::core {
+
+class ProcessMemory;
+
+struct AgentRequest {
+  pid_t requester = 0;
+  pid_t target = 0;
+  format::ScopeKind scope = format::kScopeTree;
+  int signal = 0;          // sent after the checkpoint, 0 if none
+  std::string dest;        // context file path, for cr_get_checkpoint_info
+  double timeout_seconds = 0;  // for the callbacks; 0 = unbounded (BLCR)
+};
+
+class AgentSession {
+ public:
+  explicit AgentSession(AgentRequest request);
+  ~AgentSession();  // an unfinished session tells its agents the checkpoint failed
+  AgentSession(const AgentSession&) = delete;
+  AgentSession& operator=(const AgentSession&) = delete;
+
+  // Runs the callback phase for `pids` (processes seen for the first time).
+  // On a callback's TEMP/PERM failure returns CR_ETEMPFAIL/CR_EPERMFAIL (or
+  // the callback's own code), having told every agent; on PERM the
+  // processes in `pids_for_perm` were killed, as BLCR does.
+  Status Prepare(const std::vector<pid_t>& pids, const std::vector<pid_t>& pids_for_perm);
+
+  // Processes that opted out, and scopes callbacks added with
+  // cr_forward_checkpoint().
+  const std::set<pid_t>& omitted() const { return omitted_; }
+  const std::vector<std::pair<format::ScopeKind, pid_t>>& forwarded() const { return forwarded_; }
+
+  // Ends the handshake: code 0 = the checkpoint is taken (callbacks return
+  // 0), else it failed with that code (callbacks return -code).
+  void Finish(int code);
+
+ private:
+  struct Agent;
+  static std::unique_ptr<Agent> FindAgentBlock(pid_t pid);
+  AgentRequest request_;
+  std::vector<std::unique_ptr<Agent>> agents_;
+  std::set<pid_t> omitted_;
+  std::vector<std::pair<format::ScopeKind, pid_t>> forwarded_;
+};
+
+// After a restore, before the process runs: if `pid` has an agent block
+// mapped at [start, end) (the memfd "stasis-agent"), tell it that it was
+// restarted, by `requester` from `source`.
+Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t requester,
+                     const std::string& source);
+
+// BLCR's cr_scope_t value for a scope.
+int BlcrScope(format::ScopeKind scope);
+
+}  // namespace stasis::core
