@@ -14,6 +14,7 @@
  *   request FILE      checkpoint of a child, then of the own process group
  *   forward PID       waits; callbacks forward the checkpoint to PID
  *   forkexec FILE     fork() and exec() from continue and restart callbacks
+ *   replace FILE      cr_replace_callback/cr_replace_self; wait, log, reap one by one
  *   badinput          calls with bad input fail with BLCR's error codes
  *   wait [SECONDS]    cr_init + a callback, then waits (for external checkpoints)
  */
@@ -528,8 +529,11 @@ static int mode_request(const char *file) {
 
 static pid_t forward_to;
 static atomic_int forward_rc = 12345;
+static struct cr_checkpoint_info forward_info;
 static int forward_callback(void *arg) {
   (void)arg;
+  const struct cr_checkpoint_info *ci = cr_get_checkpoint_info();
+  if (ci) forward_info = *ci;
   atomic_store(&forward_rc, cr_forward_checkpoint(CR_SCOPE_PROC, forward_to));
   cr_checkpoint(0);
   return 0;
@@ -544,6 +548,8 @@ static int mode_forward(const char *pid) {
   for (int i = 0; i < 600 && atomic_load(&forward_rc) == 12345; ++i) sleep_ms(100);
   sleep_ms(200);
   CHECK(atomic_load(&forward_rc) == 0, "cr_forward_checkpoint returned %d", atomic_load(&forward_rc));
+  printf("INFO requester=%d target=%d scope=%d signal=%d\n", forward_info.requester,
+         forward_info.target, (int)forward_info.scope, forward_info.signal);
   if (!failures) OK("forwarded the checkpoint to %d", forward_to);
   return failures ? 1 : 0;
 }
@@ -584,6 +590,77 @@ static int mode_forkexec(const char *file) {
   if (f) fclose(f);
   CHECK(pattern_ok(), "memory pattern damaged");
   if (!failures) OK("%s: fork and exec from a callback", r ? "restart" : "continue");
+  return failures ? 1 : 0;
+}
+
+/* ----------------------------------------------------------- replace */
+
+static atomic_int ran_a, ran_b, ran_c, ran_d;
+static atomic_int replace_fail = 0;
+static int cb_d(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&ran_d, 1);
+  cr_checkpoint(0);
+  return 0;
+}
+static int cb_c(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&ran_c, 1);
+  /* From now on D runs in this place. */
+  if (cr_replace_self(cb_d, NULL, CR_THREAD_CONTEXT) != 0) atomic_store(&replace_fail, 1);
+  if (cr_replace_self(cb_d, NULL, CR_SIGNAL_CONTEXT) != -1 || errno != EINVAL) atomic_store(&replace_fail, 2);
+  cr_checkpoint(0);
+  return 0;
+}
+static int cb_a(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&ran_a, 1);
+  cr_checkpoint(0);
+  return 0;
+}
+static int cb_b(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&ran_b, 1);
+  cr_checkpoint(atomic_load(&fail_mode) ? CR_CHECKPOINT_TEMP_FAILURE_CODE(99) : 0);
+  return 0;
+}
+
+/* cr_replace_callback, cr_replace_self, and the request calls one by one:
+ * cr_wait_checkpoint with a timeout, cr_log_checkpoint, cr_reap_checkpoint. */
+static int mode_replace(const char *file) {
+  CHECK(cr_init() >= 0, "cr_init");
+  cr_callback_id_t a = cr_register_callback(cb_a, NULL, CR_THREAD_CONTEXT);
+  cr_callback_id_t b = cr_register_callback(cb_b, NULL, CR_THREAD_CONTEXT);
+  CHECK(cr_replace_callback(a, cb_c, NULL, CR_THREAD_CONTEXT) == 0, "replace a with c");
+  int r = checkpoint_to(file, CR_SCOPE_PROC, 0);
+  CHECK(r == 0, "first checkpoint: %d", r);
+  CHECK(ran_a == 0 && ran_c == 1 && ran_b == 1 && ran_d == 0, "after replace: a%d b%d c%d d%d", ran_a, ran_b, ran_c, ran_d);
+  CHECK(replace_fail == 0, "cr_replace_self failed (%d)", replace_fail);
+  CHECK(cr_replace_callback(b, NULL, NULL, CR_THREAD_CONTEXT) == 0, "disable b");
+  r = checkpoint_to(file, CR_SCOPE_PROC, 0);
+  CHECK(r == 0, "second checkpoint: %d", r);
+  CHECK(ran_c == 1 && ran_d == 1 && ran_b == 1, "after replace_self and disabling: b%d c%d d%d", ran_b, ran_c, ran_d);
+  /* The request calls one by one, on a checkpoint a callback cancels. */
+  CHECK(cr_replace_callback(b, cb_b, NULL, CR_THREAD_CONTEXT) == 0, "enable b");
+  atomic_store(&fail_mode, 1);
+  int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  cr_checkpoint_args_t args;
+  cr_initialize_checkpoint_args_t(&args);
+  args.cr_fd = fd;
+  cr_checkpoint_handle_t h;
+  CHECK(cr_request_checkpoint(&args, &h) == 0, "request");
+  struct timeval tv = {30, 0};
+  CHECK(cr_wait_checkpoint(&h, &tv) == 1, "cr_wait_checkpoint");
+  CHECK(tv.tv_sec < 30, "cr_wait_checkpoint did not write back the time left");
+  int len = cr_log_checkpoint(&h, 0, NULL);
+  char msg[2048] = {0};
+  CHECK(len > 1 && cr_log_checkpoint(&h, sizeof msg, msg) == len && strstr(msg, "cancelled"),
+        "cr_log_checkpoint gave %d '%s'", len, msg);
+  errno = 0;
+  CHECK(cr_reap_checkpoint(&h) == -1 && errno == 99, "cr_reap_checkpoint: errno %d, expected 99", errno);
+  CHECK(cr_reap_checkpoint(&h) == -1 && errno == EINVAL, "a reaped handle is invalid");
+  close(fd);
+  if (!failures) OK("replace_callback, replace_self, wait/log/reap");
   return failures ? 1 : 0;
 }
 
@@ -702,6 +779,7 @@ int main(int argc, char **argv) {
   if (!strcmp(m, "forward") && argc > 2) return mode_forward(argv[2]);
   if (!strcmp(m, "forkexec") && argc > 2) return mode_forkexec(argv[2]);
   if (!strcmp(m, "badinput")) return mode_badinput();
+  if (!strcmp(m, "replace") && argc > 2) return mode_replace(argv[2]);
   if (!strcmp(m, "wait")) return mode_wait(argc > 2 ? atoi(argv[2]) : 60);
   fprintf(stderr, "usage: libcr_api MODE ARGS\n");
   return 2;

@@ -167,13 +167,20 @@ def case_forward():
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)
     prog, pid = start([tool("libcr_api"), "forward", str(other.pid)])
     ctx = os.path.join(WORK, "forward.ctx")
-    checkpoint(["--pid", str(pid), "-f", ctx])
+    ck = subprocess.Popen([tool("cr_checkpoint"), "--pid", str(pid), "-f", ctx], cwd=WORK)
+    if ck.wait(timeout=60) != 0:
+        fail("cr_checkpoint failed")
     out, _ = prog.communicate(timeout=60)
     print(out, end="")
     other.kill()
     other.wait()
     if "OK forwarded" not in out:
         fail("cr_forward_checkpoint failed in the callback")
+    # cr_get_checkpoint_info names the cr_checkpoint process, the pid and the
+    # scope it was given (CR_SCOPE_PROC == 0).
+    want = f"INFO requester={ck.pid} target={pid} scope=0 signal=0"
+    if want not in out:
+        fail(f"checkpoint info: expected '{want}'")
     pids = context_pids(ctx)
     if sorted(pids) != sorted([pid, other.pid]):
         fail(f"context holds {pids}, expected {pid} and the forwarded {other.pid}")
@@ -182,6 +189,11 @@ def case_forward():
 
 def case_fork_exec():
     self_checkpointing("forkexec")
+
+
+def case_replace():
+    p = run([tool("libcr_api"), "replace", os.path.join(WORK, "replace.ctx")])
+    expect_ok(p.stdout, "replace_callback")
 
 
 def case_bad_input():
@@ -319,6 +331,7 @@ CASES = {
     "forward": case_forward,
     "fork_exec": case_fork_exec,
     "bad_input": case_bad_input,
+    "replace": case_replace,
     "cr_run": case_cr_run,
     "restart_checkpointable": case_restart_checkpointable,
     "compile": case_compile,
