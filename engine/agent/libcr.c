@@ -948,8 +948,9 @@ EXPORT const char *cr_strerror(int errnum) {
 
 /* ------------------------------------------------------------ requests */
 
-EXPORT int cri_init_checkpoint_args_t(cr_version_t version, cr_checkpoint_args_t *args) {
-  if (version != CR_CHECKPOINT_ARGS_VERSION) {
+/* Shared by both cri_init_*_args_t: version check, zeroing. */
+static int init_args(cr_version_t version, cr_version_t supported, void *args, size_t size) {
+  if (version != supported) {
     errno = CR_EVERSION;
     return -1;
   }
@@ -957,7 +958,12 @@ EXPORT int cri_init_checkpoint_args_t(cr_version_t version, cr_checkpoint_args_t
     errno = EINVAL;
     return -1;
   }
-  memset(args, 0, sizeof *args);
+  memset(args, 0, size);
+  return 0;
+}
+
+EXPORT int cri_init_checkpoint_args_t(cr_version_t version, cr_checkpoint_args_t *args) {
+  if (init_args(version, CR_CHECKPOINT_ARGS_VERSION, args, sizeof *args) != 0) return -1;
   args->cr_version = version;
   args->cr_scope = CR_SCOPE_PROC;
   args->cr_target = 0;
@@ -1260,15 +1266,7 @@ EXPORT int cr_poll_checkpoint(cr_checkpoint_handle_t *handle, struct timeval *ti
 /* Restart through the library is not provided: cr_restart(1) stays the
  * parent of what it restores, which a library call cannot be. */
 EXPORT int cri_init_restart_args_t(cr_version_t version, cr_restart_args_t *args) {
-  if (version != CR_RESTART_ARGS_VERSION) {
-    errno = CR_EVERSION;
-    return -1;
-  }
-  if (!args) {
-    errno = EINVAL;
-    return -1;
-  }
-  memset(args, 0, sizeof *args);
+  if (init_args(version, CR_RESTART_ARGS_VERSION, args, sizeof *args) != 0) return -1;
   args->cr_version = version;
   args->cr_fd = -1;
   return 0;

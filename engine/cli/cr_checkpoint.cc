@@ -1,10 +1,7 @@
 // cr_checkpoint: checkpoint a process, tree, process group or session into
 // a context file (BLCR's cr_checkpoint). Runs the engine in-process.
 #include <fcntl.h>
-#include <linux/futex.h>
 #include <signal.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/agent/agent_abi.h"
 #include "engine/cli/cli_common.h"
+#include "engine/core/agent_client.h"
 #include "engine/core/context_file.h"
 #include "engine/core/procfs.h"
 #include "engine/core/engine.h"
@@ -55,8 +52,10 @@ stasis::Status SyncFd(void* arg) {
   return stasis::Status::Ok();
 }
 
-// Exit status for a failure: BLCR's cr_checkpoint exits with the low 8 bits
-// of a callback's failure code (CR_ETEMPFAIL, or the callback's own).
+// Exit status for a failure: the errno value of what failed (1 for values
+// that do not fit, or that would read as the usage error 2); for a
+// callback's failure code (CR_ETEMPFAIL or the callback's own), its low 8
+// bits, as BLCR's cr_checkpoint did.
 int ExitCode(int code) {
   if (code >= 256 && (code & 0xff)) return code & 0xff;
   return code > 0 && code < 256 && code != 2 ? code : 1;
@@ -66,16 +65,7 @@ int ExitCode(int code) {
 // cr_request_checkpoint(); the result goes into the requester's agent block
 // (fd 4), which cr_poll_checkpoint() waits on.
 void ReportToRequester(int code, const std::string& msg) {
-  void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, 4, 0);
-  if (p == MAP_FAILED) return;
-  auto* b = static_cast<stasis_agent_block*>(p);
-  if (b->magic == STASIS_AGENT_MAGIC) {
-    b->req_result = code;
-    std::snprintf(b->req_msg, sizeof b->req_msg, "%s", msg.c_str());
-    __atomic_store_n(&b->req_state, STASIS_AGENT_REQ_DONE, __ATOMIC_RELEASE);
-    ::syscall(SYS_futex, &b->req_state, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
-  }
-  ::munmap(p, STASIS_AGENT_BLOCK_SIZE);
+  stasis::core::ReportRequestResult(4, code, "cr_checkpoint: " + msg);
 }
 
 bool g_libcr_request = false;
@@ -84,7 +74,7 @@ bool g_libcr_request = false;
 // stderr.
 [[noreturn]] void Fail(const std::string& msg, int code) {
   if (g_libcr_request) {
-    ReportToRequester(code > 0 ? code : EIO, "cr_checkpoint: " + msg);
+    ReportToRequester(code > 0 ? code : EIO, msg);
     std::exit(ExitCode(code));
   }
   stasis::cli::Die("cr_checkpoint", msg, ExitCode(code));
@@ -205,7 +195,7 @@ int main(int argc, char** argv) {
       Fail(failure_message(stats.error()), stats.error().code());
     }
   }
-  if (g_libcr_request) ReportToRequester(0, "");
+  if (g_libcr_request) stasis::core::ReportRequestResult(4, 0, "");
   if (verbose) {
     std::fprintf(stderr,
                  "cr_checkpoint: %s: %u processes, %u threads, %.1f MiB memory, %.1f MiB file, "

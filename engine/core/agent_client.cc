@@ -239,6 +239,19 @@ void AgentSession::Finish(int code) {
   }
 }
 
+void ReportRequestResult(int block_fd, int code, const std::string& message) {
+  void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, block_fd, 0);
+  if (p == MAP_FAILED) return;
+  auto* b = static_cast<stasis_agent_block*>(p);
+  if (b->magic == STASIS_AGENT_MAGIC && b->version == STASIS_AGENT_VERSION) {
+    b->req_result = code;
+    std::snprintf(b->req_msg, sizeof b->req_msg, "%s", message.c_str());
+    Store(&b->req_state, STASIS_AGENT_REQ_DONE);
+    Wake(&b->req_state);
+  }
+  ::munmap(p, STASIS_AGENT_BLOCK_SIZE);
+}
+
 Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t requester,
                      const std::string& source) {
   stasis_agent_block b;

@@ -67,6 +67,12 @@ class AgentSession {
 Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t requester,
                      const std::string& source);
 
+// For `cr_checkpoint --libcr-request`: writes the outcome of libcr's
+// cr_request_checkpoint() (0 or a positive error code, and a message) into
+// the requester's agent block, open at `block_fd`, and wakes its
+// cr_poll_checkpoint().
+void ReportRequestResult(int block_fd, int code, const std::string& message);
+
 // BLCR's cr_scope_t value for a scope.
 int BlcrScope(format::ScopeKind scope);
 

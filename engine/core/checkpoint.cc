@@ -894,8 +894,8 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
     while (!procs_.empty()) {
       bool moved = false;
       for (auto it = procs_.begin(); it != procs_.end();) {
-        pid_t ppid = (*it)->zombie || (*it)->stat.ppid ? (*it)->stat.ppid : 0;
-        bool ready = !by_pid_.count(ppid) || placed.count(ppid) || ppid == (*it)->pid;
+        pid_t ppid = (*it)->stat.ppid;
+        bool ready = !by_pid_.count(ppid) || placed.count(ppid);
         if (ready) {
           placed.insert((*it)->pid);
           ordered.push_back(std::move(*it));
