@@ -1346,6 +1346,20 @@ Status Restorer::FinishProcess(RProc* p) {
   return Status::Ok();
 }
 
+// Waits (up to 2 s) until task `tid` of `pid` is in a stopped state.
+void WaitTaskStopped(pid_t pid, pid_t tid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat";
+  for (int i = 0; i < 2000; ++i) {
+    auto text = ReadFileToString(path);
+    if (!text) return;
+    size_t paren = text->rfind(')');
+    if (paren == std::string::npos || paren + 2 >= text->size()) return;
+    char state = (*text)[paren + 2];
+    if (state == 'T' || state == 't') return;
+    ::usleep(1000);
+  }
+}
+
 Status Restorer::Release() {
   for (auto& p : procs_)
     if (p->entry.flags & format::kProcZombie) STASIS_RETURN_IF_ERROR(MakeZombie(p.get()));
@@ -1355,8 +1369,18 @@ Status Restorer::Release() {
     int sig = 0;
     if (p->entry.flags & format::kProcStopped || options_.after == AfterRestore::kStop)
       sig = SIGSTOP;
+    // Leader first, with SIGSTOP for a stopped process; the other threads
+    // only once the leader has entered the group stop, so they find the
+    // stop pending when they resume and never run an instruction.
     for (auto& t : p->tracees) {
-      Status s = t->Detach(t->tid() == p->pid ? sig : 0);
+      if (t->tid() != p->pid) continue;
+      Status s = t->Detach(sig);
+      if (!s.ok() && first.ok()) first = s;
+      if (sig == SIGSTOP) WaitTaskStopped(p->pid, p->pid);
+    }
+    for (auto& t : p->tracees) {
+      if (t->tid() == p->pid) continue;
+      Status s = t->Detach(0);
       if (!s.ok() && first.ok()) first = s;
     }
   }
