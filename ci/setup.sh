@@ -17,6 +17,7 @@ build_pkgs=(
 test_pkgs=(
   bash bc python3 perl procps util-linux passwd iproute2 strace gdb
   shellcheck bats sudo
+  file
 )
 # Cluster tier: a real Slurm + munge + PMIx + Open MPI on this machine.
 cluster_pkgs=(

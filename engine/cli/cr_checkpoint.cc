@@ -1,5 +1,8 @@
 // cr_checkpoint: checkpoint a process, tree, process group or session into
-// a context file (BLCR's cr_checkpoint). Runs the engine in-process.
+// a context file (BLCR's cr_checkpoint). Hands the work to the node's
+// stasisd when its socket is there (the checkpoint then runs with stasisd's
+// privileges, checked against ours); runs the engine in-process otherwise
+// or with --no-daemon.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -14,13 +17,14 @@
 #include "engine/core/context_file.h"
 #include "engine/core/procfs.h"
 #include "engine/core/engine.h"
+#include "engine/daemon/client.h"
 
 namespace {
 
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--signal NUM] [--time SEC] [-F FD] [-v] ID";
+    "[--close-sockets] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -80,6 +84,66 @@ bool g_libcr_request = false;
   stasis::cli::Die("cr_checkpoint", msg, ExitCode(code));
 }
 
+// The same checkpoint, done by stasisd. Returns when it has answered.
+stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daemon,
+                                        const stasis::core::CheckpointOptions& opt,
+                                        stasis::core::WriteMode mode, long time_limit,
+                                        long out_fd, const std::string& dest) {
+  namespace proto = stasis::format::proto;
+  proto::Request req;
+  req.op = proto::Op::kCheckpoint;
+  req.target = static_cast<uint32_t>(opt.target);
+  req.scope = static_cast<uint32_t>(opt.scope);
+  req.after = static_cast<uint32_t>(opt.after);
+  req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) |
+              (opt.save_private ? proto::kFlagSavePrivate : 0) |
+              (opt.save_shared ? proto::kFlagSaveShared : 0) |
+              (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0);
+  req.after_signal = static_cast<uint32_t>(opt.after_signal);
+  req.requester = static_cast<uint32_t>(opt.requester);
+  req.write_mode = mode == stasis::core::WriteMode::kClobber  ? proto::kWriteClobber
+                   : mode == stasis::core::WriteMode::kBackup ? proto::kWriteBackup
+                                                              : proto::kWriteAtomic;
+  req.time_limit_ms = static_cast<uint64_t>(time_limit) * 1000;
+  req.callback_timeout_ms = req.time_limit_ms;
+  for (size_t i = 0; i < opt.tool_argv.size() && i < proto::kMaxArgs; ++i)
+    req.argv.push_back(opt.tool_argv[i].substr(0, proto::kMaxArgLength));
+  std::vector<int> fds;
+  if (out_fd >= 0) {
+    if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
+      Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
+    req.attached = proto::kAttachDest;
+    fds.push_back(static_cast<int>(out_fd));
+  } else {
+    req.path = dest;
+  }
+  auto client = stasis::daemon::Client::Connect(daemon.socket);
+  if (!client) Fail(client.error().message(), client.error().code());
+  stasis::Status sent = (*client)->Send(req, fds);
+  if (!sent.ok()) Fail(sent.message(), sent.code());
+  for (;;) {
+    auto reply = (*client)->Receive();
+    if (!reply && reply.error().code() == EINTR) {
+      if (g_timed_out) Fail("checkpoint of " + std::to_string(opt.target) +
+                            " did not finish within " + std::to_string(time_limit) +
+                            " s; processes left running", ETIMEDOUT);
+      continue;
+    }
+    if (!reply) Fail(reply.error().message(), reply.error().code());
+    if (reply->kind == proto::kReplyQueued) continue;
+    if (reply->code != 0) Fail(reply->message, reply->code);
+    stasis::core::CheckpointStats stats;
+    stats.processes = reply->processes;
+    stats.threads = reply->threads;
+    stats.bytes = reply->bytes;
+    stats.page_bytes = reply->page_bytes;
+    stats.pause_seconds = reply->pause_us / 1e6;
+    stats.total_seconds = reply->total_us / 1e6;
+    stats.callbacks_seconds = reply->callbacks_us / 1e6;
+    return stats;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -91,6 +155,8 @@ int main(int argc, char** argv) {
   bool verbose = false;
   long out_fd = -1;
   std::string id;
+  bool no_daemon = false;
+  std::string socket_option;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -142,6 +208,9 @@ int main(int argc, char** argv) {
       if (!stasis::cli::ParsePositive(next(), &r)) Die("cr_checkpoint", "bad --requester", 2);
       opt.requester = static_cast<pid_t>(r);
     }
+    else if (a == "--close-sockets") opt.close_outside_sockets = true;
+    else if (a == "--no-daemon") no_daemon = true;
+    else if (a == "--socket") socket_option = next();
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
@@ -171,7 +240,23 @@ int main(int argc, char** argv) {
     return msg;
   };
   stasis::Result<stasis::core::CheckpointStats> stats = stasis::Status::Ok();
-  if (out_fd >= 0) {
+  stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
+  if (!daemon.socket.empty() && !daemon.forced) {
+    // The default socket is there: is stasisd behind it? If not (a stale
+    // socket), the engine runs here, as without a daemon.
+    if (!stasis::daemon::Client::Connect(daemon.socket)) daemon.socket.clear();
+  }
+  if (!daemon.socket.empty()) {
+    if (file.empty() && out_fd < 0) file = "context." + id;
+    char cwd[4096];
+    opt.dest = out_fd >= 0 ? "" : file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file
+                                                                             : std::string(cwd) + "/" + file;
+    if (out_fd >= 0) {
+      auto link = stasis::core::ReadLink("/proc/self/fd/" + std::to_string(out_fd));
+      if (link && !link->empty() && (*link)[0] == '/') opt.dest = *link;
+    }
+    stats = ViaDaemon(daemon, opt, mode, time_limit, out_fd, opt.dest);
+  } else if (out_fd >= 0) {
     // -F FD: written to an open file descriptor (no atomic replace).
     if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
       Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);

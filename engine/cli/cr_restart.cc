@@ -1,7 +1,11 @@
 // cr_restart: restore a process tree from a context file (BLCR's
 // cr_restart). cr_restart stays the parent of the restored tree's root and
 // exits with its exit status (128+N if it was killed by signal N); signals
-// sent to cr_restart are passed on to the restored root.
+// sent to cr_restart are passed on to the restored root. With stasisd
+// running, the restore is done by one of its workers (exact pids without
+// root, the tree never more privileged than the file's owner); cr_restart
+// hands it its stdin/stdout/stderr, waits the same way and exits the same
+// way.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,17 +18,73 @@
 #include "engine/cli/cli_common.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/daemon/client.h"
 
 namespace {
 
 const char* kUsage =
     "cr_restart [--no-restore-pid] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
-    "[--omit-maybe|--omit-always|--omit-never] [-v] [-f] FILE";
+    "[--omit-maybe|--omit-always|--omit-never] [--no-daemon|--socket PATH] [-v] [-f] FILE";
 
 volatile sig_atomic_t g_root = 0;
 
 void Forward(int sig) {
   if (g_root > 0) ::kill(g_root, sig);
+}
+
+void ForwardSignals() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = Forward;
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM})
+    ::sigaction(sig, &sa, nullptr);
+}
+
+int ExitCodeOf(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+// The restore done by stasisd's worker; we wait for its "exited" reply.
+[[noreturn]] void ViaDaemon(const std::string& socket, const stasis::core::RestoreOptions& opt,
+                            bool verbose) {
+  namespace proto = stasis::format::proto;
+  using stasis::cli::Die;
+  proto::Request req;
+  req.op = proto::Op::kRestart;
+  req.path = opt.source_path;
+  req.after = static_cast<uint32_t>(opt.after);
+  req.flags = opt.restore_pids ? 0 : proto::kFlagNoRestorePid;
+  for (const auto& [from, to] : opt.relocate) req.relocate.push_back(from + "=" + to);
+  req.attached = proto::kAttachStdio;
+  auto client = stasis::daemon::Client::Connect(socket);
+  if (!client) Die("cr_restart", client.error().message());
+  stasis::Status sent = (*client)->Send(req, {0, 1, 2});
+  if (!sent.ok()) Die("cr_restart", sent.message());
+  ForwardSignals();
+  for (;;) {
+    auto reply = (*client)->Receive();
+    if (!reply && reply.error().code() == EINTR) continue;
+    if (!reply) {
+      if (g_root > 0)
+        Die("cr_restart", "lost stasisd's worker while waiting for pid " +
+                              std::to_string(g_root) + " (it keeps running)");
+      Die("cr_restart", reply.error().message());
+    }
+    if (reply->kind == proto::kReplyQueued) continue;
+    if (reply->code != 0) Die("cr_restart", reply->message);
+    if (reply->kind == proto::kReplyStarted) {
+      g_root = static_cast<pid_t>(reply->root_pid);
+      if (verbose)
+        std::fprintf(stderr, "cr_restart: stasisd restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",
+                     reply->processes, reply->threads, reply->page_bytes / 1048576.0,
+                     reply->total_us / 1e6,
+                     reply->new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
+      continue;
+    }
+    if (reply->kind == proto::kReplyExited) std::exit(ExitCodeOf(reply->exit_status));
+  }
 }
 
 }  // namespace
@@ -39,6 +99,8 @@ int main(int argc, char** argv) {
   // or the tree it roots); always: never saved; never: saved like any other
   // process of the tree.
   unsigned omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
+  bool no_daemon = false;
+  std::string socket_option;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -62,6 +124,8 @@ int main(int argc, char** argv) {
     else if (a == "--omit-always") omit = STASIS_AGENT_F_OMIT;
     else if (a == "--omit-never") omit = 0;
     else if (a == "-v" || a == "--verbose") verbose = true;
+    else if (a == "--no-daemon") no_daemon = true;
+    else if (a == "--socket") socket_option = next();
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
@@ -70,6 +134,14 @@ int main(int argc, char** argv) {
     else stasis::cli::Usage("cr_restart", kUsage);
   }
   if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
+  stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
+  if (!daemon.socket.empty() && !daemon.forced && !stasis::daemon::Client::Connect(daemon.socket))
+    daemon.socket.clear();  // a stale socket: restore here
+  if (!daemon.socket.empty()) {
+    char cwd[4096];
+    opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
+    ViaDaemon(daemon.socket, opt, verbose);
+  }
   auto source = stasis::core::OpenContextForRead(file);
   if (!source) Die("cr_restart", source.error().message());
   char cwd[4096];
@@ -87,12 +159,7 @@ int main(int argc, char** argv) {
                  result->processes, result->threads, result->page_bytes / 1048576.0,
                  result->seconds,
                  result->in_new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_handler = Forward;
-  sa.sa_flags = SA_RESTART;
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM})
-    ::sigaction(sig, &sa, nullptr);
+  ForwardSignals();
   int status = 0;
   for (;;) {
     pid_t r = ::waitpid(result->wait_pid, &status, 0);
@@ -100,7 +167,5 @@ int main(int argc, char** argv) {
     if (r < 0) Die("cr_restart", std::string("wait for restored process: ") + std::strerror(errno));
     break;
   }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
+  return ExitCodeOf(status);
 }

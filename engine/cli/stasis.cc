@@ -1,20 +1,27 @@
-// stasis: inspect context files. `stasis show FILE` prints what a context
-// holds; `stasis verify FILE` checks every checksum and cross-reference.
+// stasis: inspect context files and talk to stasisd. `stasis show FILE`
+// prints what a context holds; `stasis verify FILE` checks every checksum
+// and cross-reference; `stasis status|ping|cancel ID|list DIR|delete FILE`
+// ask the node's stasisd.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <ctime>
 #include <string>
+#include <vector>
 
 #include "engine/cli/cli_common.h"
 #include "engine/core/context_file.h"
+#include "engine/daemon/client.h"
 #include "engine/format/context_io.h"
 
 namespace {
 
 using namespace stasis;
 
-const char* kUsage = "stasis show FILE | stasis verify FILE";
+const char* kUsage =
+    "stasis show FILE | verify FILE | [--socket PATH] status [ID] | ping | cancel ID | "
+    "list DIR | delete FILE";
 
 const char* KindName(uint32_t kind) {
   switch (kind) {
@@ -100,6 +107,72 @@ void Show(const std::string& file, const format::Context& ctx) {
   }
 }
 
+std::string Absolute(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[4096];
+  if (!::getcwd(cwd, sizeof cwd)) cli::Die("stasis", "cannot read the current folder");
+  return std::string(cwd) + "/" + path;
+}
+
+// The daemon subcommands: one request, one reply, printed.
+int Daemon(const std::string& socket_option, const std::string& cmd,
+           const std::vector<std::string>& args) {
+  namespace proto = format::proto;
+  daemon::DaemonChoice choice = daemon::ChooseDaemon(false, socket_option);
+  if (choice.socket.empty())
+    cli::Die("stasis", std::string("stasisd is not running (no socket at ") +
+                           daemon::kDefaultSocket + "; set STASIS_SOCKET or --socket)");
+  proto::Request req;
+  auto id_arg = [&](size_t i) -> uint64_t {
+    long v = 0;
+    if (args.size() <= i || !cli::ParsePositive(args[i], &v))
+      cli::Die("stasis", cmd + " needs a request id", 2);
+    return static_cast<uint64_t>(v);
+  };
+  if (cmd == "ping") req.op = proto::Op::kPing;
+  else if (cmd == "status") {
+    req.op = proto::Op::kStatus;
+    if (!args.empty()) req.request_id = id_arg(0);
+  } else if (cmd == "cancel") {
+    req.op = proto::Op::kCancel;
+    req.request_id = id_arg(0);
+  } else if (cmd == "list" || cmd == "delete") {
+    if (args.size() != 1) cli::Usage("stasis", kUsage);
+    req.op = cmd == "list" ? proto::Op::kList : proto::Op::kDelete;
+    req.path = Absolute(args[0]);
+  } else {
+    cli::Usage("stasis", kUsage);
+  }
+  auto reply = daemon::Call(choice.socket, req);
+  if (!reply) cli::Die("stasis", reply.error().message(), reply.error().code() == EPERM ? 1 : 1);
+  if (cmd == "ping") {
+    std::printf("%s\n", reply->server.c_str());
+  } else if (cmd == "status") {
+    std::printf("stasisd: %s\n", reply->message.c_str());
+    if (!reply->requests.empty())
+      std::printf("%6s %-10s %-8s %6s %8s %9s  %s\n", "ID", "OP", "STATE", "UID", "TARGET",
+                  "SECONDS", "PATH / RESULT");
+    for (const auto& r : reply->requests) {
+      std::string result = r.path;
+      if (r.state == proto::kStateDone)
+        result += std::string(result.empty() ? "" : ": ") + (r.code == 0 ? "ok" : r.message);
+      std::printf("%6llu %-10s %-8s %6u %8u %9.3f  %s\n", static_cast<unsigned long long>(r.id),
+                  proto::OpName(static_cast<proto::Op>(r.op)), proto::StateName(r.state), r.uid,
+                  r.target, r.elapsed_ms / 1000.0, result.c_str());
+    }
+  } else if (cmd == "list") {
+    for (const auto& f : reply->files) {
+      time_t t = static_cast<time_t>(f.mtime_ns / 1000000000);
+      char when[64];
+      std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
+      std::printf("%s  %10.1f MiB  uid %u  %s\n", when, f.size / 1048576.0, f.uid, f.path.c_str());
+    }
+  } else {
+    std::printf("%s\n", reply->message.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -107,9 +180,21 @@ int main(int argc, char** argv) {
     std::printf("usage: %s\n", kUsage);
     return 0;
   }
-  if (argc != 3) cli::Usage("stasis", kUsage);
-  std::string cmd = argv[1], file = argv[2];
-  if (cmd != "show" && cmd != "verify") cli::Usage("stasis", kUsage);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string socket_option;
+  if (args.size() >= 2 && args[0] == "--socket") {
+    socket_option = args[1];
+    args.erase(args.begin(), args.begin() + 2);
+  } else if (!args.empty() && args[0].rfind("--socket=", 0) == 0) {
+    socket_option = args[0].substr(9);
+    args.erase(args.begin());
+  }
+  if (args.empty()) cli::Usage("stasis", kUsage);
+  std::string cmd = args[0];
+  if (cmd != "show" && cmd != "verify")
+    return Daemon(socket_option, cmd, std::vector<std::string>(args.begin() + 1, args.end()));
+  if (args.size() != 2) cli::Usage("stasis", kUsage);
+  std::string file = args[1];
   auto source = core::OpenContextForRead(file);
   if (!source) cli::Die("stasis", source.error().message());
   auto ctx = format::ReadContext(source->get(), false);

@@ -74,7 +74,8 @@ struct ProcState {
   std::vector<std::unique_ptr<Tracee>> threads;  // threads[0] is the leader
   ProcessMemory mem;
   uint64_t syscall_insn = 0;
-  uint64_t scratch = 0;
+  uint64_t scratch = 0;          // while mapped
+  uint64_t scratch_address = 0;  // where it was: not part of the context
   bool was_stopped = false;
   bool zombie = false;
   // Signals caught in delivery by our stop, to re-queue on resume.
@@ -93,6 +94,9 @@ class Capturer {
   ~Capturer() { ResumeAll(); }
 
   Status Freeze();
+  Status CheckOwner(pid_t pid);
+  // The process that asked for the checkpoint: omitted from the scope.
+  pid_t Self() const { return options_.checkpointer > 0 ? options_.checkpointer : ::getpid(); }
   Result<std::vector<pid_t>> Scope() { return DiscoverScope(); }
   void SetOmitted(const std::set<pid_t>& omit) { omit_ = omit; }
   void SetExtraScopes(const std::vector<std::pair<format::ScopeKind, pid_t>>& extra) {
@@ -103,6 +107,7 @@ class Capturer {
   Status Release(AfterCheckpoint after);
   void ResumeAll();
   void Requeue(ProcState* p);
+  Status Settle();
   const std::vector<std::unique_ptr<ProcState>>& procs() const { return procs_; }
   uint64_t zero_pages_skipped() const { return zero_skipped_; }
 
@@ -183,7 +188,7 @@ Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t 
       out.push_back(target);
       break;
     case format::kScopeTree: {
-      if (target == ::getpid() && named)
+      if (target == Self() && named)
         return Status::Error(EINVAL, "cannot checkpoint the checkpointing process itself");
       // The checkpointer omits itself (and what it started) when it is
       // inside the tree, as BLCR's cr_checkpoint did.
@@ -192,7 +197,7 @@ Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t 
         auto kids = ListChildren(queue[i]);
         if (!kids) continue;
         for (pid_t k : *kids)
-          if (k != ::getpid()) queue.push_back(k);
+          if (k != Self()) queue.push_back(k);
       }
       out = queue;
       break;
@@ -202,7 +207,7 @@ Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t 
       STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> all, ListAllProcesses());
       for (pid_t pid : all) {
         auto st = ReadStat(pid);
-        if (!st || pid == ::getpid()) continue;
+        if (!st || pid == Self()) continue;
         pid_t key = scope == format::kScopePgid ? st->pgrp : st->session;
         if (key == target) out.push_back(pid);
       }
@@ -251,6 +256,55 @@ Status Capturer::SeizeProcess(ProcState* p, bool* added) {
   return Status::Ok();
 }
 
+// /proc/PID/limits: a header, then one line per resource in resource
+// order, "%-25s %-20s %-20s %-10s" (name, soft, hard, units).
+Status ReadLimitsFile(pid_t pid, std::vector<format::Rlimit>* out) {
+  STASIS_ASSIGN_OR_RETURN(std::string text,
+                          ReadFileToString("/proc/" + std::to_string(pid) + "/limits"));
+  auto value = [](std::string v, uint64_t* x) {
+    while (!v.empty() && v.back() == ' ') v.pop_back();
+    if (v == "unlimited") {
+      *x = RLIM64_INFINITY;
+      return true;
+    }
+    char* end = nullptr;
+    *x = std::strtoull(v.c_str(), &end, 10);
+    return !v.empty() && end && *end == '\0';
+  };
+  size_t pos = text.find('\n');
+  while (pos != std::string::npos && out->size() < RLIM_NLIMITS) {
+    size_t next = text.find('\n', pos + 1);
+    std::string line = text.substr(pos + 1, next == std::string::npos ? std::string::npos : next - pos - 1);
+    pos = next;
+    if (line.size() < 67) continue;
+    format::Rlimit r;
+    if (!value(line.substr(26, 20), &r.cur) || !value(line.substr(47, 20), &r.max))
+      return Status::Corrupt("cannot read /proc/" + std::to_string(pid) + "/limits: '" + line + "'");
+    out->push_back(r);
+  }
+  if (out->size() != RLIM_NLIMITS)
+    return Status::Corrupt("/proc/" + std::to_string(pid) + "/limits has " +
+                           std::to_string(out->size()) + " limits");
+  return Status::Ok();
+}
+
+// stasisd's check: the process is wholly the requesting user's (all four
+// uids), so a setuid program the user started is refused like any other's.
+Status Capturer::CheckOwner(pid_t pid) {
+  auto text = ReadFileToString("/proc/" + std::to_string(pid) + "/status");
+  if (!text) return Status::Ok();  // exited meanwhile: nothing to protect
+  auto uids = StatusField(*text, "Uid");
+  if (!uids) return uids.error();
+  unsigned long v[4] = {0, 0, 0, 0};
+  if (std::sscanf(uids->c_str(), "%lu %lu %lu %lu", &v[0], &v[1], &v[2], &v[3]) != 4)
+    return Status::Corrupt("cannot read the uids of " + Pid(pid));
+  for (unsigned long u : v)
+    if (u != static_cast<unsigned long>(options_.owner_uid))
+      return Status::Error(EPERM, Pid(pid) + " belongs to uid " + std::to_string(u) +
+                                      ", not to uid " + std::to_string(options_.owner_uid));
+  return Status::Ok();
+}
+
 Status Capturer::Freeze() {
   if (options_.target > 0) {
     auto uid = ProcessUid(options_.target);
@@ -269,6 +323,7 @@ Status Capturer::Freeze() {
         if (!st) continue;  // exited meanwhile
         if (st->state == 'Z' && pid == options_.target)
           return Status::Error(ESRCH, "cannot checkpoint " + Pid(pid) + ": it has exited");
+        if (options_.owner_uid >= 0) STASIS_RETURN_IF_ERROR(CheckOwner(pid));
         auto proc = std::make_unique<ProcState>();
         proc->pid = pid;
         if (st->state == 'Z') {
@@ -370,8 +425,14 @@ Status Capturer::CaptureProcess(ProcState* p) {
   }
   for (int res = 0; res < RLIM_NLIMITS; ++res) {
     struct rlimit64 lim;
-    if (::prlimit64(p->pid, static_cast<__rlimit_resource>(res), nullptr, &lim) != 0)
-      return Status::FromErrno(errno, "read rlimits of " + Pid(p->pid));
+    if (::prlimit64(p->pid, static_cast<__rlimit_resource>(res), nullptr, &lim) != 0) {
+      // Reading another user's limits needs CAP_SYS_RESOURCE, which a root
+      // without it (containers) lacks: /proc/PID/limits has the same values.
+      if (errno != EPERM) return Status::FromErrno(errno, "read rlimits of " + Pid(p->pid));
+      info.rlimits.clear();
+      STASIS_RETURN_IF_ERROR(ReadLimitsFile(p->pid, &info.rlimits));
+      break;
+    }
     info.rlimits.push_back({lim.rlim_cur, lim.rlim_max});
   }
   info.exit_signal = static_cast<uint32_t>(p->stat.exit_signal);
@@ -393,7 +454,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
                                                MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0));
   if (scratch < 0 && scratch > -4096)
     return Status::FromErrno(static_cast<int>(-scratch), "map a scratch page in " + Pid(p->pid));
-  p->scratch = static_cast<uint64_t>(scratch);
+  p->scratch = p->scratch_address = static_cast<uint64_t>(scratch);
 
   STASIS_ASSIGN_OR_RETURN(long brk, Inject(p, leader, SYS_brk, 0));
   info.mm.brk = static_cast<uint64_t>(brk);
@@ -829,7 +890,7 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
         m.kind != format::kMapFileByValue)
       continue;
     if (m.flags & format::kMapShared) continue;  // by reference
-    if (m.start == p->scratch) continue;
+    if (m.start == p->scratch_address) continue;
     bool anon = m.kind == format::kMapAnon;
     uint64_t npages = (m.end - m.start) / kPageSize;
     pm.resize(npages);
@@ -941,7 +1002,7 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
     STASIS_RETURN_IF_ERROR(writer->WriteProcess(p->info));
     std::vector<Mapping> maps;
     for (const Mapping& m : p->mappings)
-      if (m.start != p->scratch) maps.push_back(m);
+      if (m.start != p->scratch_address) maps.push_back(m);
     STASIS_RETURN_IF_ERROR(writer->WriteMappings(pid, maps));
     STASIS_RETURN_IF_ERROR(writer->WriteFiles(pid, p->files));
     for (const auto& t : p->thread_infos) STASIS_RETURN_IF_ERROR(writer->WriteThread(pid, t));
@@ -1108,7 +1169,7 @@ Status Capturer::ClassifyPipes() {
   if (one_sided) {
     auto all = ListAllProcesses();
     for (pid_t pid : all ? *all : std::vector<pid_t>{}) {
-      if (by_pid_.count(pid) || pid == ::getpid()) continue;
+      if (by_pid_.count(pid) || pid == Self()) continue;
       auto fds = ListFds(pid);
       if (!fds) continue;
       for (int fd : *fds) {
@@ -1266,6 +1327,17 @@ void Capturer::ResumeAll() {
   }
 }
 
+// Once everything is captured, before the (long) write: the last injected
+// calls (re-queue caught signals, unmap the scratch page), then every
+// thread gets its own registers and signal mask back while it stays
+// stopped. From here on a checkpointer that dies (SIGKILL, OOM) leaves
+// processes that simply continue when the kernel detaches them.
+Status Capturer::Settle() {
+  for (auto& p : procs_)
+    for (auto& t : p->threads) STASIS_RETURN_IF_ERROR(t->Settle());
+  return Status::Ok();
+}
+
 Status Capturer::Release(AfterCheckpoint after) {
   released_ = true;
   Status first;
@@ -1337,6 +1409,9 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   if (Status s = cap.Freeze(); !s.ok()) return fail(s);
   stats.freeze_seconds = SecondsSince(t1);
   if (Status s = cap.CaptureAll(); !s.ok()) return fail(s);
+  if (options.settle_before_write) {
+    if (Status s = cap.Settle(); !s.ok()) return fail(s);
+  }
   format::ContextWriter writer(sink);
   if (Status s = cap.Write(&writer, &stats); !s.ok()) return fail(s);
   stats.bytes = sink->Offset();

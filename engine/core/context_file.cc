@@ -45,12 +45,18 @@ Result<std::unique_ptr<ContextFileWriter>> ContextFileWriter::Open(const std::st
     w->temp_ = path;
     fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
   } else {
-    w->temp_ = w->dir_ + "/." + w->base_ + ".tmp." + std::to_string(::getpid());
+    w->temp_ = TempPathFor(path, ::getpid());
     fd = ::open(w->temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   }
   if (fd < 0) return Status::FromErrno(errno, "create " + w->temp_);
   w->sink_ = std::make_unique<FdSink>(UniqueFd(fd), path);
   return w;
+}
+
+std::string ContextFileWriter::TempPathFor(const std::string& path, pid_t pid) {
+  std::string dir, base;
+  SplitPath(path, &dir, &base);
+  return dir + "/." + base + ".tmp." + std::to_string(pid);
 }
 
 ContextFileWriter::~ContextFileWriter() {

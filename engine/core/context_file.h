@@ -8,6 +8,8 @@
 // temporary file).
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 
@@ -30,6 +32,9 @@ class ContextFileWriter {
   // Makes the file durable under its final name.
   Status Commit();
   const std::string& path() const { return path_; }
+  // The temporary name a writer in process `pid` uses for `path` (kAtomic,
+  // kBackup): what stasisd removes after a killed worker.
+  static std::string TempPathFor(const std::string& path, pid_t pid);
 
  private:
   ContextFileWriter() = default;

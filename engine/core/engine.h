@@ -48,6 +48,20 @@ struct CheckpointOptions {
   std::string dest;
   // How long the processes' checkpoint callbacks may take; 0 = unbounded.
   double callback_timeout_seconds = 0;
+  // When >= 0: every process of the scope must belong to this uid (real,
+  // effective, saved and fs uid), else EPERM naming the process. stasisd
+  // sets it to the requesting user's uid; the embedded engine relies on
+  // the kernel's ptrace checks instead.
+  int64_t owner_uid = -1;
+  // The checkpointing tool, left out of the scope with what it started
+  // (BLCR's behaviour). 0 = the calling process; stasisd names its client.
+  pid_t checkpointer = 0;
+  // Put every thread's registers and mask back before the context is
+  // written (they stay stopped), so a checkpointer killed during the write
+  // leaves processes that continue unharmed. stasisd's workers set it.
+  // Off by default: with it, zdtm_signals fails more often under CPU load
+  // (7-11/20 against 2/20 with two busy loops; not yet understood).
+  bool settle_before_write = false;
 };
 
 struct CheckpointStats {
@@ -82,6 +96,10 @@ struct RestoreOptions {
   int stdin_fd = 0, stdout_fd = 1, stderr_fd = 2;
   // The context file's path, for libcr's cr_get_restart_info().
   std::string source_path;
+  // The restorer holds capabilities the restored tree must not keep
+  // (stasisd restoring for a user with CAP_CHECKPOINT_RESTORE only): every
+  // restored thread's capability sets are cleared before it runs.
+  bool drop_capabilities = false;
 };
 
 struct RestoreResult {

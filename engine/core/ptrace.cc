@@ -280,6 +280,17 @@ Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64
   }
 }
 
+Status Tracee::Settle() {
+  if (!prepared_) return Status::Ok();
+  // A later injection saves these (already fixed-up) registers again;
+  // FixupRestart of fixed-up registers changes nothing.
+  saved_regs_ = FixupRestart(saved_regs_, false);
+  STASIS_RETURN_IF_ERROR(SetRegs(saved_regs_));
+  STASIS_RETURN_IF_ERROR(SetSigmask(saved_sigmask_));
+  prepared_ = false;
+  return Status::Ok();
+}
+
 Status Tracee::RestoreAndDetach(int signal) {
   if (prepared_) {
     STASIS_RETURN_IF_ERROR(SetRegs(FixupRestart(saved_regs_, false)));

@@ -98,6 +98,11 @@ class Tracee {
   // Puts back registers (with restart fix-up) and mask, then detaches.
   // `signal` is delivered on detach (SIGSTOP keeps a stopped task stopped).
   Status RestoreAndDetach(int signal = 0);
+  // Puts back the registers and mask saved before the first injection while
+  // the thread stays stopped: no more injections may follow (Settle is for
+  // "capture done, now writing"), and a tracer death from here on is
+  // harmless. Idempotent; RestoreAndDetach stays correct after it.
+  Status Settle();
   // Detaches leaving registers as they are now.
   Status Detach(int signal = 0);
 

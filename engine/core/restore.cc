@@ -1268,7 +1268,6 @@ Status Restorer::FinishProcess(RProc* p) {
   }
   {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_PDEATHSIG, info.pdeathsig));
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_DUMPABLE, info.dumpable));
     if (info.child_subreaper) {
       STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_CHILD_SUBREAPER, 1));
       STASIS_RETURN_IF_ERROR(SysErr(r, "make " + who + " a child subreaper again"));
@@ -1321,6 +1320,27 @@ Status Restorer::FinishProcess(RProc* p) {
       STASIS_ASSIGN_OR_RETURN(r, Call(p, t.get(), SYS_setresuid, c.ruid, c.euid, c.suid));
       STASIS_RETURN_IF_ERROR(SysErr(r, "restore uids of " + who));
     }
+  }
+  // A restorer running as the context's owner with only
+  // CAP_CHECKPOINT_RESTORE (stasisd for a user) lent that capability to the
+  // tree it forked: take it back from every thread.
+  if (options_.drop_capabilities) {
+    struct {
+      uint32_t version;
+      int32_t pid;
+      uint32_t data[6];
+    } caps{0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0, {}};
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &caps, sizeof caps));
+    for (auto& t : p->tracees) {
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, t.get(), SYS_capset, p->scratch + kOffArgs,
+                                           p->scratch + kOffArgs + 8));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "drop the restorer's capabilities from " + who));
+    }
+  }
+  // After the credentials: changing them resets the dumpable flag.
+  {
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_DUMPABLE, info.dumpable));
+    (void)r;
   }
   if (info.no_new_privs) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));

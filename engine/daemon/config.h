@@ -1,0 +1,45 @@
+// stasisd's configuration: /etc/stasis/stasis.yaml (stasis.yaml(5)). Every
+// key is optional; an unknown key or a bad value is an error naming the
+// file, the line and the key, and stasisd does not start.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/base/status.h"
+
+namespace stasis::daemon {
+
+enum class LogTarget { kStderr, kSyslog };
+enum class LogLevel { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
+
+struct Config {
+  std::string path;  // the file this came from ("" = built-in defaults)
+  std::string socket = "/run/stasis/stasisd.sock";
+  std::string state_dir = "/run/stasis/state";
+  std::string checkpoint_root = "/var/lib/stasis/checkpoints";
+  // Folders under which users may write and read context files (root is
+  // not limited). Empty in the file = only checkpoint_root.
+  std::vector<std::string> allowed_roots = {"/var/lib/stasis/checkpoints", "/tmp", "/home",
+                                            "/scratch"};
+  uint32_t retention = 2;
+  uint32_t max_concurrent = 2;
+  uint32_t max_queued = 256;
+  uint64_t bandwidth_limit = 0;  // bytes/s per request, 0 = unlimited
+  double callback_timeout = 60;  // seconds, 0 = unbounded
+  LogTarget log = LogTarget::kStderr;
+  LogLevel log_level = LogLevel::kInfo;
+};
+
+// Reads and validates `path`. A missing file is an error unless
+// `missing_ok` (the built-in defaults are used then).
+Result<Config> LoadConfig(const std::string& path, bool missing_ok);
+
+// "200M" -> 209715200 (K, M, G, T are powers of 1024; a plain number is
+// bytes). False on anything else.
+bool ParseBytes(const std::string& text, uint64_t* out);
+
+LogLevel ParseLogLevelOr(const std::string& text, LogLevel fallback, bool* ok);
+
+}  // namespace stasis::daemon

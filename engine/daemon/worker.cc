@@ -1,0 +1,394 @@
+// stasisd's request workers; see worker.h.
+#include "engine/daemon/worker.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/fsuid.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "engine/base/fd.h"
+#include "engine/base/io.h"
+#include "engine/core/context_file.h"
+#include "engine/core/engine.h"
+
+namespace stasis::daemon {
+
+namespace proto = format::proto;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::atomic<bool> g_cancel{false};
+
+void OnCancel(int) { g_cancel = true; }
+
+// The request's limits on the context stream: cancel (SIGTERM from
+// stasisd), the client's time limit, the configured bandwidth cap.
+class RequestSink : public ByteSink {
+ public:
+  RequestSink(ByteSink* inner, uint64_t bytes_per_second, Clock::time_point deadline)
+      : inner_(inner), rate_(bytes_per_second), deadline_(deadline), start_(Clock::now()) {}
+  Status Write(const void* data, size_t n) override {
+    STASIS_RETURN_IF_ERROR(Check());
+    STASIS_RETURN_IF_ERROR(inner_->Write(data, n));
+    written_ += n;
+    if (rate_) {
+      // Sleep until the average rate is back under the cap.
+      for (;;) {
+        double due = static_cast<double>(written_) / static_cast<double>(rate_);
+        double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+        if (elapsed >= due) break;
+        std::this_thread::sleep_for(std::chrono::duration<double>(std::min(due - elapsed, 0.05)));
+        STASIS_RETURN_IF_ERROR(Check());
+      }
+    }
+    return Status::Ok();
+  }
+  Status Sync() override {
+    STASIS_RETURN_IF_ERROR(Check());
+    return inner_->Sync();
+  }
+  uint64_t Offset() const override { return inner_->Offset(); }
+
+ private:
+  Status Check() const {
+    if (g_cancel) return Status::Error(ECANCELED, "the request was cancelled");
+    if (deadline_ != Clock::time_point() && Clock::now() > deadline_)
+      return Status::Error(ETIMEDOUT, "the request's time limit was reached");
+    return Status::Ok();
+  }
+  ByteSink* inner_;
+  uint64_t rate_;
+  Clock::time_point deadline_, start_;
+  uint64_t written_ = 0;
+};
+
+void Send(int fd, const std::string& bytes) {
+  if (fd < 0) return;
+  while (::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+void Reply(const WorkerTask& task, proto::Reply reply) {
+  reply.request_id = task.id;
+  if (reply.message.size() > 4000) reply.message.resize(4000);
+  auto bytes = proto::EncodeReply(reply);
+  if (!bytes) return;
+  Send(task.client_fd, *bytes);
+  Send(task.report_fd, *bytes);
+}
+
+proto::Reply Failure(const Status& s) {
+  proto::Reply r;
+  r.code = s.code() ? s.code() : EIO;
+  r.message = s.message();
+  return r;
+}
+
+std::string Dirname(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// The roots as they resolve now (a root that does not exist allows nothing).
+std::vector<std::string> ResolvedRoots(const Config& config) {
+  std::vector<std::string> out;
+  for (const std::string& r : config.allowed_roots) {
+    char buf[PATH_MAX];
+    if (::realpath(r.c_str(), buf)) out.emplace_back(buf);
+  }
+  return out;
+}
+
+std::string JoinRoots(const Config& config) {
+  std::string s;
+  for (const std::string& r : config.allowed_roots) s += (s.empty() ? "" : ", ") + r;
+  return s.empty() ? "none" : s;
+}
+
+// A user's context files live under the allowed roots; the folder is
+// resolved with the user's own rights (TakeFsIdentity first).
+Status CheckUnderRoots(const Config& config, const Peer& peer, const std::string& path,
+                       const char* what) {
+  if (peer.uid == 0) return Status::Ok();
+  std::string dir = Dirname(path);
+  char buf[PATH_MAX];
+  if (!::realpath(dir.c_str(), buf)) return Status::FromErrno(errno, std::string(what) + " folder " + dir);
+  if (!UnderRoots(buf, ResolvedRoots(config)))
+    return Status::Error(EPERM, "uid " + std::to_string(peer.uid) + " may not " + what + " " +
+                                    path + ": " + buf + " is outside the allowed checkpoint roots (" +
+                                    JoinRoots(config) + ")");
+  return Status::Ok();
+}
+
+// EACCES on a user's path is a refusal like any other: EPERM, named.
+Status AsRefusal(const Status& s, const Peer& peer) {
+  if (s.code() == EACCES)
+    return Status::Error(EPERM, s.message() + " (as uid " + std::to_string(peer.uid) + ")");
+  return s;
+}
+
+Status CommitWriter(void* arg) { return static_cast<core::ContextFileWriter*>(arg)->Commit(); }
+
+Status SyncFd(void* arg) {
+  auto* sink = static_cast<FdSink*>(arg);
+  STASIS_RETURN_IF_ERROR(sink->Flush());
+  if (::fsync(sink->fd()) != 0 && errno != EINVAL && errno != EROFS)
+    return Status::FromErrno(errno, "fsync of the checkpoint destination");
+  return Status::Ok();
+}
+
+Result<uid_t> UidOf(pid_t pid) {
+  struct stat st;
+  if (::stat(("/proc/" + std::to_string(pid)).c_str(), &st) != 0)
+    return Status::FromErrno(errno, "pid " + std::to_string(pid));
+  return st.st_uid;
+}
+
+proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
+  const proto::Request& req = task.request;
+  const Peer& peer = task.peer;
+  core::CheckpointOptions opt;
+  opt.target = static_cast<pid_t>(req.target);
+  opt.scope = static_cast<format::ScopeKind>(req.scope);
+  opt.after = static_cast<core::AfterCheckpoint>(req.after);
+  opt.save_exe = req.flags & proto::kFlagSaveExe;
+  opt.save_private = req.flags & proto::kFlagSavePrivate;
+  opt.save_shared = req.flags & proto::kFlagSaveShared;
+  opt.close_outside_sockets = req.flags & proto::kFlagCloseSockets;
+  opt.after_signal = static_cast<int>(req.after_signal);
+  opt.tool_argv = req.argv;
+  opt.owner_uid = peer.uid == 0 ? -1 : static_cast<int64_t>(peer.uid);
+  opt.checkpointer = peer.pid;
+  opt.settle_before_write = true;  // a killed worker must leave running processes
+  // The requester (libcr) must be the user's own process too.
+  opt.requester = peer.pid;
+  if (req.requester) {
+    auto uid = UidOf(static_cast<pid_t>(req.requester));
+    if (uid && (peer.uid == 0 || *uid == peer.uid)) opt.requester = static_cast<pid_t>(req.requester);
+  }
+  opt.callback_timeout_seconds = req.callback_timeout_ms ? req.callback_timeout_ms / 1000.0
+                                                         : config.callback_timeout;
+  Clock::time_point deadline;
+  if (req.time_limit_ms) deadline = Clock::now() + std::chrono::milliseconds(req.time_limit_ms);
+
+  Status s = TakeFsIdentity(peer);
+  if (!s.ok()) return Failure(s);
+  Result<core::CheckpointStats> stats = Status::Error(EIO, "not run");
+  std::string dest;
+  if (req.attached & proto::kAttachDest) {
+    int fd = task.attached.at(0);
+    char link[PATH_MAX];
+    ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+    if (n > 0 && link[0] == '/') opt.dest = std::string(link, static_cast<size_t>(n));
+    dest = opt.dest.empty() ? "the client's fd" : opt.dest;
+    FdSink fd_sink(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)), "the client's fd");
+    RequestSink sink(&fd_sink, config.bandwidth_limit, deadline);
+    stats = core::Checkpoint(opt, &sink, SyncFd, &fd_sink);
+  } else {
+    dest = opt.dest = req.path;
+    if (req.path.empty() || req.path[0] != '/')
+      return Failure(Status::Error(EINVAL, "destination '" + req.path + "' is not an absolute path"));
+    s = CheckUnderRoots(config, peer, req.path, "write");
+    if (!s.ok()) return Failure(AsRefusal(s, peer));
+    auto writer = core::ContextFileWriter::Open(req.path, static_cast<core::WriteMode>(req.write_mode));
+    if (!writer) return Failure(AsRefusal(writer.error(), peer));
+    RequestSink sink((*writer)->sink(), config.bandwidth_limit, deadline);
+    stats = core::Checkpoint(opt, &sink, CommitWriter, writer->get());
+    writer->reset();  // an uncommitted temporary file goes away here
+  }
+  if (!stats) return Failure(stats.error());
+  proto::Reply r;
+  r.message = "checkpointed " + std::to_string(stats->processes) + " processes to " + dest;
+  r.processes = stats->processes;
+  r.threads = stats->threads;
+  r.bytes = stats->bytes;
+  r.page_bytes = stats->page_bytes;
+  r.pause_us = static_cast<uint64_t>(stats->pause_seconds * 1e6);
+  r.total_us = static_cast<uint64_t>(stats->total_seconds * 1e6);
+  r.callbacks_us = static_cast<uint64_t>(stats->callbacks_seconds * 1e6);
+  for (pid_t p : stats->pids) r.pids.push_back(static_cast<uint32_t>(p));
+  return r;
+}
+
+// Becomes `uid`/`gid`/`groups` for good, keeping only
+// CAP_CHECKPOINT_RESTORE (choosing pids with clone3 set_tid). The restored
+// tree inherits it and has it taken away before it runs
+// (RestoreOptions::drop_capabilities).
+Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
+  if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return Status::FromErrno(errno, "PR_SET_KEEPCAPS");
+  if (::setgroups(groups.size(), groups.data()) != 0) return Status::FromErrno(errno, "setgroups");
+  if (::setresgid(gid, gid, gid) != 0) return Status::FromErrno(errno, "setresgid");
+  if (::setresuid(uid, uid, uid) != 0) return Status::FromErrno(errno, "setresuid");
+  struct {
+    uint32_t version;
+    int32_t pid;
+  } header{0x20080522, 0};
+  struct {
+    uint32_t effective, permitted, inheritable;
+  } data[2] = {{0, 0, 0}, {1u << (40 - 32), 1u << (40 - 32), 0}};  // CAP_CHECKPOINT_RESTORE = 40
+  if (::syscall(SYS_capset, &header, data) != 0)
+    return Status::FromErrno(errno, "keep CAP_CHECKPOINT_RESTORE");
+  ::prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+  // Changing uids made us undumpable; the tree we fork must stay the
+  // user's to inspect and checkpoint.
+  ::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+  return Status::Ok();
+}
+
+[[noreturn]] void RunRestart(const Config& config, const WorkerTask& task) {
+  const proto::Request& req = task.request;
+  const Peer& peer = task.peer;
+  auto fail = [&](const Status& s) {
+    Reply(task, Failure(s));
+    std::_Exit(1);
+  };
+  if (req.path.empty() || req.path[0] != '/')
+    fail(Status::Error(EINVAL, "context file '" + req.path + "' is not an absolute path"));
+  Status s = TakeFsIdentity(peer);
+  if (!s.ok()) fail(s);
+  s = CheckUnderRoots(config, peer, req.path, "read");
+  if (!s.ok()) fail(AsRefusal(s, peer));
+  int raw = ::open(req.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (raw < 0) {
+    if (errno == ELOOP) fail(Status::Error(EPERM, req.path + " is a symbolic link; refusing it"));
+    fail(AsRefusal(Status::FromErrno(errno, "open " + req.path), peer));
+  }
+  UniqueFd file(raw);
+  struct stat st;
+  if (::fstat(raw, &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
+  if (!S_ISREG(st.st_mode)) fail(Status::Error(EINVAL, req.path + " is not a regular file"));
+  if (peer.uid != 0 && st.st_uid != peer.uid)
+    fail(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid) +
+                                  ", not to uid " + std::to_string(peer.uid)));
+  // The restored tree never gets more privilege than the file's owner.
+  core::RestoreOptions opt;
+  if (st.st_uid != 0) {
+    gid_t gid = st.st_gid;
+    std::vector<gid_t> groups;
+    if (st.st_uid == peer.uid) {
+      gid = peer.gid;
+      groups = peer.groups;
+    } else if (struct passwd* pw = ::getpwuid(st.st_uid)) {
+      gid = pw->pw_gid;
+      int n = 256;
+      groups.resize(static_cast<size_t>(n));
+      if (::getgrouplist(pw->pw_name, gid, groups.data(), &n) < 0) n = 0;
+      groups.resize(static_cast<size_t>(n));
+    }
+    s = DropFsIdentity();
+    if (s.ok()) s = BecomeOwner(st.st_uid, gid, groups);
+    if (!s.ok()) fail(s.Prefixed("take the identity of uid " + std::to_string(st.st_uid)));
+    opt.drop_capabilities = true;
+  } else {
+    s = DropFsIdentity();
+    if (!s.ok()) fail(s);
+  }
+  opt.restore_pids = !(req.flags & proto::kFlagNoRestorePid);
+  opt.after = static_cast<core::AfterRestore>(req.after);
+  for (const std::string& r : req.relocate) {
+    size_t eq = r.find('=');
+    opt.relocate.emplace_back(r.substr(0, eq), r.substr(eq + 1));
+  }
+  UniqueFd null_fd(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (req.attached & proto::kAttachStdio) {
+    opt.stdin_fd = task.attached.at(0);
+    opt.stdout_fd = task.attached.at(1);
+    opt.stderr_fd = task.attached.at(2);
+  } else {
+    opt.stdin_fd = opt.stdout_fd = opt.stderr_fd = null_fd.get();
+  }
+  opt.source_path = req.path;
+  FdSource source(std::move(file), req.path);
+  auto result = core::Restore(&source, opt);
+  if (!result) fail(result.error().Prefixed(req.path));
+  for (int fd : task.attached) ::close(fd);
+  null_fd.reset();
+  proto::Reply started;
+  started.kind = proto::kReplyStarted;
+  started.root_pid = static_cast<uint32_t>(result->root_pid);
+  started.processes = result->processes;
+  started.threads = result->threads;
+  started.page_bytes = result->page_bytes;
+  started.total_us = static_cast<uint64_t>(result->seconds * 1e6);
+  started.new_pid_namespace = result->in_new_pid_namespace;
+  started.message = "restored " + std::to_string(result->processes) + " processes from " + req.path;
+  Reply(task, started);
+  // Cancelling does not apply to a running tree; stasisd has its answer.
+  ::signal(SIGTERM, SIG_IGN);
+  ::close(task.report_fd);
+  int status = 0;
+  while (::waitpid(result->wait_pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  proto::Reply exited;
+  exited.kind = proto::kReplyExited;
+  exited.root_pid = started.root_pid;
+  exited.exit_status = status;
+  auto bytes = proto::EncodeReply(exited);
+  if (bytes) Send(task.client_fd, *bytes);
+  std::_Exit(0);
+}
+
+}  // namespace
+
+bool UnderRoots(const std::string& path, const std::vector<std::string>& roots) {
+  for (const std::string& r : roots) {
+    if (r == "/") return true;
+    if (path == r) return true;
+    if (path.size() > r.size() && path.compare(0, r.size(), r) == 0 && path[r.size()] == '/')
+      return true;
+  }
+  return false;
+}
+
+Status TakeFsIdentity(const Peer& peer) {
+  if (peer.uid == 0) return Status::Ok();
+  if (::setgroups(peer.groups.size(), peer.groups.data()) != 0)
+    return Status::FromErrno(errno, "take the groups of uid " + std::to_string(peer.uid));
+  ::setfsgid(peer.gid);
+  ::setfsuid(peer.uid);
+  if (static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) != peer.uid)
+    return Status::Error(EPERM, "cannot take the file identity of uid " + std::to_string(peer.uid));
+  return Status::Ok();
+}
+
+Status DropFsIdentity() {
+  ::setfsuid(0);
+  ::setfsgid(0);
+  if (::setgroups(0, nullptr) != 0) return Status::FromErrno(errno, "setgroups");
+  return Status::Ok();
+}
+
+void RunWorker(const Config& config, const WorkerTask& task) {
+  ::prctl(PR_SET_NAME, kWorkerComm, 0, 0, 0);
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = OnCancel;
+  ::sigaction(SIGTERM, &sa, nullptr);
+  if (task.request.op == proto::Op::kRestart) RunRestart(config, task);
+  proto::Reply r = RunCheckpoint(config, task);
+  Reply(task, r);
+  // Our state record goes with us (stasisd removes it too when it reaps us;
+  // if stasisd was killed, nobody else would).
+  DropFsIdentity().ok();
+  if (!task.state_file.empty()) ::unlink(task.state_file.c_str());
+  std::_Exit(r.code == 0 ? 0 : 1);
+}
+
+}  // namespace stasis::daemon

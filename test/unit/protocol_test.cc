@@ -1,0 +1,256 @@
+// Unit tests of the engine protocol (engine/format/protocol.h): round trips
+// of every op and reply with non-default fields, and refusal, with a named
+// reason, of every kind of bad packet stasisd may receive.
+#include "engine/format/protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace stasis::format::proto {
+namespace {
+
+Request FullCheckpoint() {
+  Request r;
+  r.op = Op::kCheckpoint;
+  r.target = 4242;
+  r.scope = 2;
+  r.after = 1;
+  r.flags = kFlagSaveExe | kFlagCloseSockets;
+  r.after_signal = 10;
+  r.requester = 4243;
+  r.write_mode = kWriteBackup;
+  r.time_limit_ms = 5000;
+  r.callback_timeout_ms = 700;
+  r.path = "/scratch/u/ckpt.4242";
+  r.argv = {"cr_checkpoint", "--pgid", "4242"};
+  return r;
+}
+
+Reply FullReply() {
+  Reply r;
+  r.code = EBUSY;
+  r.kind = kReplyExited;
+  r.message = "busy";
+  r.request_id = 77;
+  r.processes = 3;
+  r.threads = 9;
+  r.bytes = 1 << 20;
+  r.page_bytes = 1 << 19;
+  r.pause_us = 11;
+  r.total_us = 22;
+  r.callbacks_us = 33;
+  r.root_pid = 555;
+  r.new_pid_namespace = 1;
+  r.exit_status = 0x0900;
+  r.server = "stasisd 0.1.0 protocol 1";
+  r.pids = {555, 556};
+  RequestInfo i;
+  i.id = 5;
+  i.op = 2;
+  i.state = kStateRunning;
+  i.uid = 1001;
+  i.client_pid = 99;
+  i.target = 555;
+  i.code = -1;
+  i.bytes = 12;
+  i.elapsed_ms = 13;
+  i.path = "/tmp/x";
+  i.message = "m";
+  r.requests = {i, i};
+  r.files = {{"/tmp/a", 10, -5, 1001}};
+  return r;
+}
+
+TEST(Protocol, RequestRoundTrip) {
+  Request r = FullCheckpoint();
+  auto bytes = EncodeRequest(r);
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  auto back = DecodeRequest(*bytes);
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(*back, r);
+
+  Request rs;
+  rs.op = Op::kRestart;
+  rs.path = "/scratch/ctx";
+  rs.attached = kAttachStdio;
+  rs.flags = kFlagNoRestorePid;
+  rs.relocate = {"/old=/new", "/a=/b"};
+  auto b2 = EncodeRequest(rs);
+  ASSERT_TRUE(b2);
+  auto back2 = DecodeRequest(*b2);
+  ASSERT_TRUE(back2) << back2.error().message();
+  EXPECT_EQ(*back2, rs);
+  EXPECT_EQ(AttachedFdCount(rs.attached), 3);
+}
+
+TEST(Protocol, ReplyRoundTrip) {
+  Reply r = FullReply();
+  auto bytes = EncodeReply(r);
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  auto back = DecodeReply(*bytes);
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(*back, r);
+}
+
+TEST(Protocol, EveryOpRoundTrips) {
+  for (Op op : {Op::kPing, Op::kStatus, Op::kCancel, Op::kList, Op::kDelete}) {
+    Request r;
+    r.op = op;
+    if (op == Op::kCancel || op == Op::kStatus) r.request_id = 3;
+    if (op == Op::kList || op == Op::kDelete) r.path = "/tmp";
+    auto bytes = EncodeRequest(r);
+    ASSERT_TRUE(bytes) << OpName(op);
+    auto back = DecodeRequest(*bytes);
+    ASSERT_TRUE(back) << OpName(op) << ": " << back.error().message();
+    EXPECT_EQ(back->op, op);
+    EXPECT_EQ(*back, r);
+  }
+}
+
+std::string Encoded(const Request& r) {
+  auto b = EncodeRequest(r);
+  EXPECT_TRUE(b);
+  return b ? *b : std::string();
+}
+
+void ExpectRefused(const std::string& packet, int code, const std::string& words) {
+  auto r = DecodeRequest(packet);
+  ASSERT_FALSE(r) << "accepted a bad packet expecting '" << words << "'";
+  EXPECT_EQ(r.error().code(), code) << r.error().message();
+  EXPECT_NE(r.error().message().find(words), std::string::npos) << r.error().message();
+}
+
+TEST(Protocol, RefusesBadHeaders) {
+  std::string good = Encoded(FullCheckpoint());
+  ExpectRefused("", EBADMSG, "shorter than the 12-byte header");
+  ExpectRefused(good.substr(0, 7), EBADMSG, "shorter than");
+  std::string bad_magic = good;
+  bad_magic[0] ^= 1;
+  ExpectRefused(bad_magic, EBADMSG, "bad magic");
+  std::string v2 = good;
+  v2[4] = 2;
+  ExpectRefused(v2, EPROTO, "protocol version 2 is not supported");
+  std::string bad_op = good;
+  bad_op[6] = 99;
+  ExpectRefused(bad_op, EBADMSG, "unknown operation 99");
+  ExpectRefused(good.substr(0, good.size() - 3), EBADMSG, "truncated");
+  ExpectRefused(good + "xx", EBADMSG, "truncated");
+  ExpectRefused(good + std::string(kMaxMessageSize, 'x'), EMSGSIZE, "over the limit");
+}
+
+TEST(Protocol, RefusesBadFields) {
+  std::string good = Encoded(FullCheckpoint());
+  // Field "target" (first) with length 5 instead of 4: the length runs into
+  // the next field, which then is cut short or mis-sized.
+  std::string bad_len = good;
+  bad_len[kHeaderSize + 4] = 5;
+  auto r = DecodeRequest(bad_len);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), EBADMSG);
+  // Tag 0.
+  std::string tag0 = good;
+  tag0[kHeaderSize] = 0;
+  ExpectRefused(tag0, EBADMSG, "tag 0");
+  // A field claiming more bytes than are left.
+  std::string runs_past = good;
+  runs_past[kHeaderSize + 7] = 0x40;
+  ExpectRefused(runs_past, EBADMSG, "claims");
+}
+
+TEST(Protocol, RefusesNonsenseRequests) {
+  Request r = FullCheckpoint();
+  r.target = 0;
+  ExpectRefused(Encoded(r), EBADMSG, "no target pid");
+  r = FullCheckpoint();
+  r.scope = 9;
+  ExpectRefused(Encoded(r), EBADMSG, "unknown scope 9");
+  r = FullCheckpoint();
+  r.path.clear();
+  ExpectRefused(Encoded(r), EBADMSG, "no destination");
+  r = FullCheckpoint();
+  r.attached = kAttachDest;
+  ExpectRefused(Encoded(r), EBADMSG, "both a destination path and an fd");
+  r = FullCheckpoint();
+  r.flags = 1u << 30;
+  ExpectRefused(Encoded(r), EBADMSG, "unknown flags 0x40000000");
+  Request rs;
+  rs.op = Op::kRestart;
+  ExpectRefused(Encoded(rs), EBADMSG, "no context file");
+  rs.path = "/x";
+  rs.relocate = {"nonsense"};
+  ExpectRefused(Encoded(rs), EBADMSG, "not OLD=NEW");
+  Request c;
+  c.op = Op::kCancel;
+  ExpectRefused(Encoded(c), EBADMSG, "no request id");
+  Request d;
+  d.op = Op::kDelete;
+  ExpectRefused(Encoded(d), EBADMSG, "delete: no path");
+  // A reply sent as a request.
+  auto reply = EncodeReply(FullReply());
+  ASSERT_TRUE(reply);
+  ExpectRefused(*reply, EBADMSG, "a reply is not a request");
+  // And a request read as a reply.
+  auto as_reply = DecodeReply(Encoded(FullCheckpoint()));
+  ASSERT_FALSE(as_reply);
+  EXPECT_NE(as_reply.error().message().find("expected a reply, got checkpoint"), std::string::npos);
+}
+
+TEST(Protocol, EncoderRefusesOversizedMessages) {
+  Request r = FullCheckpoint();
+  r.argv.assign(100, std::string(4000, 'a'));  // 400 KB
+  auto b = EncodeRequest(r);
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error().code(), EMSGSIZE);
+  r.argv.assign(1, std::string(5000, 'a'));
+  b = EncodeRequest(r);
+  ASSERT_FALSE(b);
+  EXPECT_NE(b.error().message().find("argv"), std::string::npos) << b.error().message();
+}
+
+TEST(Protocol, PeekOpNamesTheOp) {
+  auto op = PeekOp(Encoded(FullCheckpoint()));
+  ASSERT_TRUE(op);
+  EXPECT_EQ(*op, Op::kCheckpoint);
+}
+
+// The seed corpus of engine/format/fuzz/protocol_corpus: one packet per op
+// and a full reply; a golden test of the protocol's v1 bytes. Regenerate
+// with STASIS_UPDATE_FUZZ_CORPUS=1 after an intended change.
+TEST(ProtocolCorpus, SeedsAreWhatTheEncoderProduces) {
+  std::vector<std::pair<std::string, std::string>> seeds;
+  seeds.emplace_back("checkpoint.seed", Encoded(FullCheckpoint()));
+  Request rs;
+  rs.op = Op::kRestart;
+  rs.path = "/scratch/ctx";
+  rs.attached = kAttachStdio;
+  rs.relocate = {"/old=/new"};
+  seeds.emplace_back("restart.seed", Encoded(rs));
+  Request st;
+  st.op = Op::kStatus;
+  seeds.emplace_back("status.seed", Encoded(st));
+  auto reply = EncodeReply(FullReply());
+  ASSERT_TRUE(reply);
+  seeds.emplace_back("reply.seed", *reply);
+  const bool update = std::getenv("STASIS_UPDATE_FUZZ_CORPUS") != nullptr;
+  for (const auto& [name, bytes] : seeds) {
+    std::string path = std::string(STASIS_PROTOCOL_CORPUS_DIR) + "/" + name;
+    if (update) {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      ASSERT_TRUE(out.good()) << "write " << path;
+      continue;
+    }
+    std::ifstream in(path, std::ios::binary);
+    ASSERT_TRUE(in.good()) << path << " is missing; regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
+    std::stringstream content;
+    content << in.rdbuf();
+    EXPECT_TRUE(content.str() == bytes) << path << " differs from what the encoder writes now";
+  }
+}
+
+}  // namespace
+}  // namespace stasis::format::proto
