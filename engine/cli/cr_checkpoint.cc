@@ -43,19 +43,6 @@ class DeadlineSink : public stasis::ByteSink {
   stasis::ByteSink* inner_;
 };
 
-stasis::Status Commit(void* arg) {
-  return static_cast<stasis::core::ContextFileWriter*>(arg)->Commit();
-}
-
-// -F FD: flush, and fsync what can be (a pipe or socket cannot).
-stasis::Status SyncFd(void* arg) {
-  auto* sink = static_cast<stasis::FdSink*>(arg);
-  STASIS_RETURN_IF_ERROR(sink->Flush());
-  if (::fsync(sink->fd()) != 0 && errno != EINVAL && errno != EROFS)
-    return stasis::Status::FromErrno(errno, "fsync of the checkpoint destination");
-  return stasis::Status::Ok();
-}
-
 // Exit status for a failure: the errno value of what failed (1 for values
 // that do not fit, or that would read as the usage error 2); for a
 // callback's failure code (CR_ETEMPFAIL or the callback's own), its low 8
@@ -110,8 +97,6 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
     req.argv.push_back(opt.tool_argv[i].substr(0, proto::kMaxArgLength));
   std::vector<int> fds;
   if (out_fd >= 0) {
-    if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
-      Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
     req.attached = proto::kAttachDest;
     fds.push_back(static_cast<int>(out_fd));
   } else {
@@ -240,6 +225,17 @@ int main(int argc, char** argv) {
     return msg;
   };
   stasis::Result<stasis::core::CheckpointStats> stats = stasis::Status::Ok();
+  // Where the context goes, as the context and libcr's callbacks name it.
+  if (out_fd >= 0) {
+    if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
+      Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
+    auto link = stasis::core::ReadLink("/proc/self/fd/" + std::to_string(out_fd));
+    if (link && !link->empty() && (*link)[0] == '/') opt.dest = *link;
+  } else {
+    if (file.empty()) file = "context." + id;
+    char cwd[4096];
+    opt.dest = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
+  }
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
   if (!daemon.socket.empty() && !daemon.forced) {
     // The default socket is there: is stasisd behind it? If not (a stale
@@ -247,34 +243,19 @@ int main(int argc, char** argv) {
     if (!stasis::daemon::Client::Connect(daemon.socket)) daemon.socket.clear();
   }
   if (!daemon.socket.empty()) {
-    if (file.empty() && out_fd < 0) file = "context." + id;
-    char cwd[4096];
-    opt.dest = out_fd >= 0 ? "" : file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file
-                                                                             : std::string(cwd) + "/" + file;
-    if (out_fd >= 0) {
-      auto link = stasis::core::ReadLink("/proc/self/fd/" + std::to_string(out_fd));
-      if (link && !link->empty() && (*link)[0] == '/') opt.dest = *link;
-    }
     stats = ViaDaemon(daemon, opt, mode, time_limit, out_fd, opt.dest);
   } else if (out_fd >= 0) {
     // -F FD: written to an open file descriptor (no atomic replace).
-    if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
-      Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
-    auto link = stasis::core::ReadLink("/proc/self/fd/" + std::to_string(out_fd));
-    if (link && !link->empty() && (*link)[0] == '/') opt.dest = *link;
     stasis::FdSink fd_sink(stasis::UniqueFd(::fcntl(static_cast<int>(out_fd), F_DUPFD_CLOEXEC, 3)),
                            "fd " + std::to_string(out_fd));
     DeadlineSink sink(&fd_sink);
-    stats = stasis::core::Checkpoint(opt, &sink, SyncFd, &fd_sink);
+    stats = stasis::core::Checkpoint(opt, &sink, stasis::core::SyncFdSink, &fd_sink);
     if (!stats) Fail(failure_message(stats.error()), stats.error().code());
   } else {
-    if (file.empty()) file = "context." + id;
-    char cwd[4096];
-    opt.dest = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
     auto writer = stasis::core::ContextFileWriter::Open(file, mode);
     if (!writer) Fail(writer.error().message(), writer.error().code());
     DeadlineSink sink((*writer)->sink());
-    stats = stasis::core::Checkpoint(opt, &sink, Commit, writer->get());
+    stats = stasis::core::Checkpoint(opt, &sink, stasis::core::CommitContextFile, writer->get());
     if (!stats) {
       writer->reset();  // removes the partial file
       Fail(failure_message(stats.error()), stats.error().code());

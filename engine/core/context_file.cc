@@ -81,6 +81,18 @@ Status ContextFileWriter::Commit() {
   return SyncDir(dir_);
 }
 
+Status CommitContextFile(void* writer) {
+  return static_cast<ContextFileWriter*>(writer)->Commit();
+}
+
+Status SyncFdSink(void* fd_sink) {
+  auto* sink = static_cast<FdSink*>(fd_sink);
+  STASIS_RETURN_IF_ERROR(sink->Flush());
+  if (::fsync(sink->fd()) != 0 && errno != EINVAL && errno != EROFS)
+    return Status::FromErrno(errno, "fsync of the checkpoint destination");
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {

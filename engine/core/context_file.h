@@ -44,6 +44,12 @@ class ContextFileWriter {
   bool committed_ = false;
 };
 
+// FinalizeFn adapters for core::Checkpoint: `arg` is a ContextFileWriter
+// (fsync, rename, fsync folder), or an FdSink given by the caller (flush,
+// and fsync when the fd can be: a pipe or socket cannot).
+Status CommitContextFile(void* writer);
+Status SyncFdSink(void* fd_sink);
+
 // Opens a context for reading: no symlinks, a regular file, owned by the
 // caller unless the caller is root.
 Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path);

@@ -25,8 +25,10 @@
 
 #include "engine/base/fd.h"
 #include "engine/core/context_file.h"
+#include "engine/core/procfs.h"
 #include "engine/daemon/worker.h"
 #include "engine/format/context.h"
+#include "engine/format/context_io.h"
 #include "engine/format/protocol.h"
 
 #ifndef STASIS_VERSION
@@ -217,12 +219,9 @@ void Server::CleanUpAfterKilledInstance() {
     }
     pid_t pid = static_cast<pid_t>(std::atol(kv["worker"].c_str()));
     // Alive: a worker by name and not a zombie (nobody may reap an orphan).
-    std::ifstream stat_file("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
-    size_t open = stat.find('('), close = stat.rfind(')');
-    bool alive = pid > 0 && open != std::string::npos && close != std::string::npos &&
-                 close + 2 < stat.size() && stat.substr(open + 1, close - open - 1) == kWorkerComm &&
-                 stat[close + 2] != 'Z' && stat[close + 2] != 'X';
+    auto worker = pid > 0 ? core::ReadStat(pid) : Result<core::ProcStat>(Status::Error(ESRCH, ""));
+    bool alive = worker && worker->comm == kWorkerComm && worker->state != 'Z' &&
+                 worker->state != 'X';
     if (alive) {
       Log(LogLevel::kWarn, "request " + kv["id"] + " of a previous stasisd is still being " +
                                "finished by worker pid " + std::to_string(pid) + "; leaving it");
@@ -352,63 +351,44 @@ size_t Server::Running() const {
 
 // Is `pid` or one of its ancestors `ancestor`?
 bool DescendsFrom(pid_t pid, pid_t ancestor) {
-  for (int depth = 0; pid > 1 && depth < 4096; ++depth) {
+  for (int depth = 0; pid > 0 && depth < 4096; ++depth) {
     if (pid == ancestor) return true;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    size_t close = text.rfind(')');
-    if (close == std::string::npos) return false;
-    char state;
-    int ppid = 0;
-    if (std::sscanf(text.c_str() + close + 1, " %c %d", &state, &ppid) != 2) return false;
-    pid = ppid;
+    auto st = core::ReadStat(pid);
+    if (!st) return false;
+    pid = st->ppid;
   }
-  return pid == ancestor;
-}
-
-// Process group and session of a pid (0 if gone).
-std::pair<pid_t, pid_t> GroupAndSession(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t close = text.rfind(')');
-  if (close == std::string::npos) return {0, 0};
-  char state;
-  int ppid = 0, pgrp = 0, session = 0;
-  if (std::sscanf(text.c_str() + close + 1, " %c %d %d %d", &state, &ppid, &pgrp, &session) != 4)
-    return {0, 0};
-  return {pgrp, session};
+  return false;
 }
 
 // BLCR's rule: a second request for processes a running or queued request
-// already covers is refused with EBUSY. Trees by ancestry, groups and
-// sessions by their ids (a pid scope is a one-process tree).
+// already covers is refused with EBUSY. A tree or pid scope is matched by
+// ancestry (a pid scope is a one-process tree); a process group or session
+// by its id, against the other side's id or its target's group/session.
 bool Server::Overlaps(const proto::Request& req) const {
-  auto key_of = [](const proto::Request& r) -> pid_t {
-    if (r.scope == format::kScopePgid || r.scope == format::kScopeSid) return static_cast<pid_t>(r.target);
-    return 0;
+  auto grouped = [](const proto::Request& r) {
+    return r.scope == format::kScopePgid || r.scope == format::kScopeSid;
+  };
+  // Does the group/session request `g` cover the single target `pid`?
+  auto covers = [](const proto::Request& g, pid_t pid) {
+    auto st = core::ReadStat(pid);
+    if (!st) return false;
+    pid_t key = g.scope == format::kScopePgid ? st->pgrp : st->session;
+    return key == static_cast<pid_t>(g.target);
   };
   for (const auto& [id, j] : jobs_) {
     const proto::Request& o = j->req;
     if (o.op != proto::Op::kCheckpoint) continue;
     pid_t a = static_cast<pid_t>(req.target), b = static_cast<pid_t>(o.target);
-    if (a == b) return true;
-    bool a_group = key_of(req) != 0, b_group = key_of(o) != 0;
-    if (!a_group && !b_group) {
+    if (grouped(req) && grouped(o)) {
+      if (req.scope == o.scope && a == b) return true;
+    } else if (grouped(req)) {
+      if (covers(req, b)) return true;
+    } else if (grouped(o)) {
+      if (covers(o, a)) return true;
+    } else {
+      if (a == b) return true;
       if (o.scope == format::kScopeTree && DescendsFrom(a, b)) return true;
       if (req.scope == format::kScopeTree && DescendsFrom(b, a)) return true;
-    } else {
-      // Compare the group/session of the single-tree side with the other.
-      auto [ga, sa] = GroupAndSession(a);
-      auto [gb, sb] = GroupAndSession(b);
-      pid_t ka = req.scope == format::kScopeSid ? a : req.scope == format::kScopePgid ? a : 0;
-      pid_t kb = o.scope == format::kScopeSid ? b : o.scope == format::kScopePgid ? b : 0;
-      if (a_group && b_group && req.scope == o.scope && ka == kb) return true;
-      if (a_group && !b_group && ((req.scope == format::kScopePgid && gb == ka) ||
-                                  (req.scope == format::kScopeSid && sb == ka)))
-        return true;
-      if (b_group && !a_group && ((o.scope == format::kScopePgid && ga == kb) ||
-                                  (o.scope == format::kScopeSid && sa == kb)))
-        return true;
     }
   }
   return false;
@@ -735,10 +715,10 @@ void Server::HandleCancel(Conn* c, const proto::Request& req) {
 bool IsContextFile(int dirfd, const char* name) {
   int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return false;
-  char magic[8];
-  bool ok = ::pread(fd, magic, 8, 0) == 8 && std::memcmp(magic, "\x89SCX\r\n\x1a\n", 8) == 0;
+  char head[8];
+  ssize_t n = ::pread(fd, head, sizeof head, 0);
   ::close(fd);
-  return ok;
+  return n > 0 && format::HasContextMagic(std::string_view(head, static_cast<size_t>(n)));
 }
 
 void Server::HandleList(Conn* c, const proto::Request& req) {

@@ -24,6 +24,7 @@
 #include "engine/base/io.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/core/procfs.h"
 
 namespace stasis::daemon {
 
@@ -144,23 +145,6 @@ Status AsRefusal(const Status& s, const Peer& peer) {
   return s;
 }
 
-Status CommitWriter(void* arg) { return static_cast<core::ContextFileWriter*>(arg)->Commit(); }
-
-Status SyncFd(void* arg) {
-  auto* sink = static_cast<FdSink*>(arg);
-  STASIS_RETURN_IF_ERROR(sink->Flush());
-  if (::fsync(sink->fd()) != 0 && errno != EINVAL && errno != EROFS)
-    return Status::FromErrno(errno, "fsync of the checkpoint destination");
-  return Status::Ok();
-}
-
-Result<uid_t> UidOf(pid_t pid) {
-  struct stat st;
-  if (::stat(("/proc/" + std::to_string(pid)).c_str(), &st) != 0)
-    return Status::FromErrno(errno, "pid " + std::to_string(pid));
-  return st.st_uid;
-}
-
 proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   const proto::Request& req = task.request;
   const Peer& peer = task.peer;
@@ -180,7 +164,7 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   // The requester (libcr) must be the user's own process too.
   opt.requester = peer.pid;
   if (req.requester) {
-    auto uid = UidOf(static_cast<pid_t>(req.requester));
+    auto uid = core::ProcessUid(static_cast<pid_t>(req.requester));
     if (uid && (peer.uid == 0 || *uid == peer.uid)) opt.requester = static_cast<pid_t>(req.requester);
   }
   opt.callback_timeout_seconds = req.callback_timeout_ms ? req.callback_timeout_ms / 1000.0
@@ -200,7 +184,7 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
     dest = opt.dest.empty() ? "the client's fd" : opt.dest;
     FdSink fd_sink(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)), "the client's fd");
     RequestSink sink(&fd_sink, config.bandwidth_limit, deadline);
-    stats = core::Checkpoint(opt, &sink, SyncFd, &fd_sink);
+    stats = core::Checkpoint(opt, &sink, core::SyncFdSink, &fd_sink);
   } else {
     dest = opt.dest = req.path;
     if (req.path.empty() || req.path[0] != '/')
@@ -210,7 +194,7 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
     auto writer = core::ContextFileWriter::Open(req.path, static_cast<core::WriteMode>(req.write_mode));
     if (!writer) return Failure(AsRefusal(writer.error(), peer));
     RequestSink sink((*writer)->sink(), config.bandwidth_limit, deadline);
-    stats = core::Checkpoint(opt, &sink, CommitWriter, writer->get());
+    stats = core::Checkpoint(opt, &sink, core::CommitContextFile, writer->get());
     writer->reset();  // an uncommitted temporary file goes away here
   }
   if (!stats) return Failure(stats.error());

@@ -828,4 +828,9 @@ Status CopyContext(ByteSource* source, ByteSink* sink) {
   }
 }
 
+bool HasContextMagic(std::string_view first_bytes) {
+  return first_bytes.size() >= sizeof(kFileMagic) &&
+         std::memcmp(first_bytes.data(), kFileMagic, sizeof(kFileMagic)) == 0;
+}
+
 }  // namespace stasis::format

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/base/io.h"
@@ -161,6 +162,10 @@ struct Context {
 // shmem ids exist). With load_pages false the page data is checked and
 // discarded.
 Result<Context> ReadContext(ByteSource* source, bool load_pages);
+
+// Do these first bytes of a file start a stasis context (the 8-byte magic)?
+// A cheap sniff for listings; it verifies nothing else.
+bool HasContextMagic(std::string_view first_bytes);
 
 // Reads a context from `source` and writes it to `sink` section by section,
 // verifying everything ReadContext verifies and holding at most one

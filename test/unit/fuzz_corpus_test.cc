@@ -7,9 +7,6 @@
 // `stasis_unit_tests --gtest_filter='FuzzCorpus.*'`.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,22 +29,9 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
 }
 
 TEST(FuzzCorpus, SeedsAreWhatTheWriterProduces) {
-  const bool update = std::getenv("STASIS_UPDATE_FUZZ_CORPUS") != nullptr;
   for (const auto& [name, bytes] : Seeds()) {
-    std::string path = std::string(STASIS_FUZZ_CORPUS_DIR) + "/" + name;
-    if (update) {
-      std::ofstream out(path, std::ios::binary | std::ios::trunc);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      ASSERT_TRUE(out.good()) << "write " << path;
-      continue;
-    }
-    std::ifstream in(path, std::ios::binary);
-    ASSERT_TRUE(in.good()) << path << " is missing; regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
-    std::stringstream content;
-    content << in.rdbuf();
-    EXPECT_TRUE(content.str() == bytes)
-        << path << " differs from what ContextWriter writes now: the v1 bytes changed. If that "
-        << "is intended, update docs/format.md and regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
+    testing::ExpectGoldenFile(std::string(STASIS_FUZZ_CORPUS_DIR) + "/" + name, bytes,
+                              "ContextWriter");
     MemorySource source(bytes.data(), bytes.size());
     Result<Context> ctx = ReadContext(&source, true);
     EXPECT_TRUE(ctx) << name << ": " << ctx.error().ToString();

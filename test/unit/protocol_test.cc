@@ -5,10 +5,11 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "test/unit/test_util.h"
 
 namespace stasis::format::proto {
 namespace {
@@ -235,21 +236,9 @@ TEST(ProtocolCorpus, SeedsAreWhatTheEncoderProduces) {
   auto reply = EncodeReply(FullReply());
   ASSERT_TRUE(reply);
   seeds.emplace_back("reply.seed", *reply);
-  const bool update = std::getenv("STASIS_UPDATE_FUZZ_CORPUS") != nullptr;
-  for (const auto& [name, bytes] : seeds) {
-    std::string path = std::string(STASIS_PROTOCOL_CORPUS_DIR) + "/" + name;
-    if (update) {
-      std::ofstream out(path, std::ios::binary | std::ios::trunc);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      ASSERT_TRUE(out.good()) << "write " << path;
-      continue;
-    }
-    std::ifstream in(path, std::ios::binary);
-    ASSERT_TRUE(in.good()) << path << " is missing; regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
-    std::stringstream content;
-    content << in.rdbuf();
-    EXPECT_TRUE(content.str() == bytes) << path << " differs from what the encoder writes now";
-  }
+  for (const auto& [name, bytes] : seeds)
+    testing::ExpectGoldenFile(std::string(STASIS_PROTOCOL_CORPUS_DIR) + "/" + name, bytes,
+                              "the protocol encoder");
 }
 
 }  // namespace

@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "engine/format/crc32c.h"
 #include "engine/format/field_codec.h"
@@ -451,6 +453,22 @@ Status FailingSink::Write(const void* data, size_t n) {
     return Status::Error(ENOSPC, "write test sink: No space left on device");
   bytes_.append(static_cast<const char*>(data), n);
   return Status::Ok();
+}
+
+void ExpectGoldenFile(const std::string& path, const std::string& bytes, const std::string& what) {
+  if (std::getenv("STASIS_UPDATE_FUZZ_CORPUS") != nullptr) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    ASSERT_TRUE(out.good()) << "write " << path;
+    return;
+  }
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in.good()) << path << " is missing; regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
+  std::stringstream content;
+  content << in.rdbuf();
+  EXPECT_TRUE(content.str() == bytes)
+      << path << " differs from what " << what << " writes now: the v1 bytes changed. If that "
+      << "is intended, update the docs and regenerate with STASIS_UPDATE_FUZZ_CORPUS=1";
 }
 
 }  // namespace stasis::format::testing

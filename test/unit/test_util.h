@@ -115,4 +115,9 @@ class FailingSink : public ByteSink {
   std::string bytes_;
 };
 
+// Golden files (the fuzz seed corpora): with STASIS_UPDATE_FUZZ_CORPUS set
+// in the environment, writes `bytes` to `path`; otherwise a test failure
+// unless `path` holds exactly `bytes`. `what` names the writer in messages.
+void ExpectGoldenFile(const std::string& path, const std::string& bytes, const std::string& what);
+
 }  // namespace stasis::format::testing
