@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -18,13 +19,15 @@
 #include "engine/core/procfs.h"
 #include "engine/core/engine.h"
 #include "engine/daemon/client.h"
+#include "engine/store/store.h"
 
 namespace {
 
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] [-v] ID";
+    "[--close-sockets] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
+    "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]] [--write buffered|streaming|direct]] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -60,6 +63,7 @@ void ReportToRequester(int code, const std::string& msg) {
 }
 
 bool g_libcr_request = false;
+std::string g_epoch_note;  // what --dir did, for -v
 
 // For libcr the message goes to cr_log_checkpoint(), not to the program's
 // stderr.
@@ -129,6 +133,98 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
   }
 }
 
+// Parses "200M", "1G", "512K" or bytes; 0 on anything else.
+uint64_t ParseBytes(const std::string& s) {
+  if (s.empty()) return 0;
+  uint64_t mult = 1;
+  std::string digits = s;
+  switch (s.back()) {
+    case 'K': case 'k': mult = 1ull << 10; digits.pop_back(); break;
+    case 'M': case 'm': mult = 1ull << 20; digits.pop_back(); break;
+    case 'G': case 'g': mult = 1ull << 30; digits.pop_back(); break;
+    default: break;
+  }
+  long v = 0;
+  if (!stasis::cli::ParsePositive(digits, &v)) return 0;
+  return static_cast<uint64_t>(v) * mult;
+}
+
+struct EpochRequest {
+  std::string dir;  // the job folder: <root>/<jobid>
+  long keep = 2;
+  stasis::store::WriteOptions write;
+};
+
+// --dir: the checkpoint becomes the next epoch of a job folder (node 0 of
+// one node): node file, space check before writing, MANIFEST, then
+// retention. The processes' `after` action (--kill, --term) happens only
+// once the MANIFEST is durable.
+stasis::core::CheckpointStats CheckpointToEpoch(stasis::core::CheckpointOptions& opt,
+                                                const EpochRequest& req,
+                                                const std::function<std::string(const stasis::Status&)>& why) {
+  namespace store = stasis::store;
+  store::Access access;
+  access.uid = ::geteuid();
+  auto job = store::JobFolder::Open(stasis::store::DefaultEnv(), req.dir, true, access);
+  if (!job) Fail(job.error().message(), job.error().code());
+  auto epoch = store::EpochWriter::Begin(&*job, req.write);
+  if (!epoch) Fail(epoch.error().message(), epoch.error().code());
+  store::EpochWriter* writer = epoch->get();
+  auto node_sink = writer->CreateNodeFile(0);
+  if (!node_sink) Fail(node_sink.error().message(), node_sink.error().code());
+  opt.job = job->job();
+  opt.epoch = writer->epoch();
+  opt.node_index = 0;
+  opt.dest = writer->path() + "/" + store::EpochWriter::NodeFileName(0);
+  opt.before_write = [writer](uint64_t bytes) { return writer->CheckSpace(bytes); };
+  stasis::format::Manifest manifest;
+  manifest.uid = ::geteuid();
+  stasis::format::ManifestNode node;
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  node.host = host[0] ? host : "localhost";
+  node.file = store::EpochWriter::NodeFileName(0);
+  node.tasks = {0};
+  auto cmdline = stasis::core::ReadFileToString("/proc/" + std::to_string(opt.target) + "/cmdline");
+  if (cmdline) {
+    for (size_t i = 0; i < cmdline->size();) {
+      size_t end = cmdline->find('\0', i);
+      if (end == std::string::npos) end = cmdline->size();
+      node.argv.push_back(cmdline->substr(i, end - i));
+      i = end + 1;
+    }
+  }
+  manifest.nodes.push_back(node);
+  struct Commit {
+    store::EpochWriter* writer;
+    store::NodeFileSink* sink;
+    stasis::format::Manifest* manifest;
+  } commit{writer, *node_sink, &manifest};
+  auto finalize = [](void* arg) -> stasis::Status {
+    auto* c = static_cast<Commit*>(arg);
+    auto file = c->sink->Finish();
+    if (!file) return file.error();
+    c->manifest->files = {*file};
+    return c->writer->Commit(c->manifest);
+  };
+  DeadlineSink sink(*node_sink);
+  auto stats = stasis::core::Checkpoint(opt, &sink, finalize, &commit);
+  if (!stats) {
+    epoch->reset();  // removes the new epoch's folder again
+    Fail(why(stats.error()), stats.error().code());
+  }
+  auto removed = store::Prune(&*job, static_cast<uint32_t>(req.keep));
+  if (!removed)
+    std::fprintf(stderr, "cr_checkpoint: epoch %llu is complete, but retention failed: %s\n",
+                 static_cast<unsigned long long>(writer->epoch()), removed.error().message().c_str());
+  g_epoch_note = "epoch " + std::to_string(writer->epoch()) + " of " + job->path() + " complete";
+  if (removed && !removed->empty()) {
+    g_epoch_note += "; removed epoch";
+    for (uint64_t e : *removed) g_epoch_note += " " + std::to_string(e);
+  }
+  return *stats;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,6 +238,7 @@ int main(int argc, char** argv) {
   std::string id;
   bool no_daemon = false;
   std::string socket_option;
+  EpochRequest epoch_req;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -194,6 +291,23 @@ int main(int argc, char** argv) {
       opt.requester = static_cast<pid_t>(r);
     }
     else if (a == "--close-sockets") opt.close_outside_sockets = true;
+    else if (a == "--dir" || a == "-d") epoch_req.dir = next();
+    else if (a.rfind("--dir=", 0) == 0) epoch_req.dir = a.substr(6);
+    else if (a == "--keep") {
+      if (!stasis::cli::ParsePositive(next(), &epoch_req.keep))
+        Die("cr_checkpoint", "--keep needs a positive number of epochs", 2);
+    } else if (a == "--bandwidth") {
+      std::string v = next();
+      epoch_req.write.bandwidth = ParseBytes(v);
+      if (!epoch_req.write.bandwidth)
+        Die("cr_checkpoint", "--bandwidth needs bytes per second (like 200M), got '" + v + "'", 2);
+    } else if (a == "--write") {
+      std::string v = next();
+      if (v == "buffered") epoch_req.write.strategy = stasis::store::WriteStrategy::kBuffered;
+      else if (v == "streaming") epoch_req.write.strategy = stasis::store::WriteStrategy::kStreaming;
+      else if (v == "direct") epoch_req.write.strategy = stasis::store::WriteStrategy::kDirect;
+      else Die("cr_checkpoint", "--write is buffered, streaming or direct, not '" + v + "'", 2);
+    }
     else if (a == "--no-daemon") no_daemon = true;
     else if (a == "--socket") socket_option = next();
     else if (a == "-h" || a == "--help") {
@@ -225,8 +339,13 @@ int main(int argc, char** argv) {
     return msg;
   };
   stasis::Result<stasis::core::CheckpointStats> stats = stasis::Status::Ok();
+  if (!epoch_req.dir.empty() && (out_fd >= 0 || !file.empty()))
+    Die("cr_checkpoint", "--dir writes an epoch; it does not go with -f or -F", 2);
   // Where the context goes, as the context and libcr's callbacks name it.
-  if (out_fd >= 0) {
+  if (!epoch_req.dir.empty()) {
+    // Epochs are written by the engine here, as the caller (the folder and
+    // its files are the caller's); stasisd is not involved.
+  } else if (out_fd >= 0) {
     if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
       Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
     auto link = stasis::core::ReadLink("/proc/self/fd/" + std::to_string(out_fd));
@@ -242,7 +361,9 @@ int main(int argc, char** argv) {
     // socket), the engine runs here, as without a daemon.
     if (!stasis::daemon::Client::Connect(daemon.socket)) daemon.socket.clear();
   }
-  if (!daemon.socket.empty()) {
+  if (!epoch_req.dir.empty()) {
+    stats = CheckpointToEpoch(opt, epoch_req, failure_message);
+  } else if (!daemon.socket.empty()) {
     stats = ViaDaemon(daemon, opt, mode, time_limit, out_fd, opt.dest);
   } else if (out_fd >= 0) {
     // -F FD: written to an open file descriptor (no atomic replace).
@@ -262,6 +383,7 @@ int main(int argc, char** argv) {
     }
   }
   if (g_libcr_request) stasis::core::ReportRequestResult(4, 0, "");
+  if (verbose && !g_epoch_note.empty()) std::fprintf(stderr, "cr_checkpoint: %s\n", g_epoch_note.c_str());
   if (verbose) {
     std::fprintf(stderr,
                  "cr_checkpoint: %s: %u processes, %u threads, %.1f MiB memory, %.1f MiB file, "

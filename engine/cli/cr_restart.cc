@@ -7,10 +7,14 @@
 // hands it its stdin/stdout/stderr, waits the same way and exits the same
 // way.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <ctime>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "engine/agent/agent_abi.h"
@@ -19,12 +23,14 @@
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
 #include "engine/daemon/client.h"
+#include "engine/store/store.h"
 
 namespace {
 
 const char* kUsage =
     "cr_restart [--no-restore-pid] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
-    "[--omit-maybe|--omit-always|--omit-never] [--no-daemon|--socket PATH] [-v] [-f] FILE";
+    "[--omit-maybe|--omit-always|--omit-never] [--no-daemon|--socket PATH] [--node N] [-v] "
+    "[-f] FILE|EPOCHDIR|JOBDIR";
 
 volatile sig_atomic_t g_root = 0;
 
@@ -87,6 +93,72 @@ int ExitCodeOf(int status) {
   }
 }
 
+// Marked before the restore, so no checkpoint of the job can catch us
+// unmarked; the restored processes inherit neither the fd nor the mapping.
+void MarkOmit(unsigned omit) {
+  static bool done = false;
+  if (done || !omit) return;
+  if (stasis_agent_set_omit(omit) != 0)
+    stasis::cli::Die("cr_restart", std::string("cannot set up --omit: ") + std::strerror(errno));
+  done = true;
+}
+
+int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string& file,
+                   stasis::core::RestoreOptions opt, unsigned omit, bool verbose);
+int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
+                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose);
+
+// A job folder or an epoch folder of the checkpoint store: restored here,
+// as the caller, with the manifest's checks (the node file's identity,
+// size and CRC32C; nothing runs before they pass). From a job folder, an
+// epoch found damaged while restoring is reported and the next older
+// complete one is tried.
+int RestoreFromStore(const std::string& path, std::optional<uint32_t> node,
+                     const stasis::core::RestoreOptions& base, unsigned omit, bool verbose) {
+  using stasis::cli::Die;
+  uint64_t older_than = 0;
+  for (;;) {
+    auto sel = stasis::store::SelectForRestart(stasis::store::DefaultEnv(), path, node,
+                                               stasis::store::Access::Caller(), older_than);
+    if (!sel) Die("cr_restart", sel.error().message());
+    for (const auto& skipped : sel->skipped)
+      std::fprintf(stderr, "cr_restart: skipping epoch %llu (%s: %s)\n",
+                   static_cast<unsigned long long>(skipped.epoch),
+                   stasis::store::EpochStateName(skipped.state), skipped.problem.c_str());
+    char when[64] = "?";
+    time_t t = static_cast<time_t>(sel->epoch.time_unix);
+    struct tm tm;
+    if (::localtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    std::fprintf(stderr, "cr_restart: restarting from %s (epoch %llu, taken %s, node %u of %zu: %s)\n",
+                 sel->file_path.c_str(), static_cast<unsigned long long>(sel->epoch.epoch), when,
+                 sel->node.index, sel->epoch.manifest.nodes.size(), sel->node.host.c_str());
+    auto source = std::make_unique<stasis::store::VerifyingSource>(
+        std::make_unique<stasis::FdSource>(std::move(sel->fd), sel->file_path), sel->file_path,
+        sel->file.size, sel->file.crc32c);
+    stasis::store::VerifyingSource* vs = source.get();
+    stasis::core::RestoreOptions opt = base;
+    stasis::format::Manifest manifest = sel->epoch.manifest;
+    uint32_t index = sel->node.index;
+    std::string shown = sel->file_path;
+    opt.check_image = [manifest, index, shown](const stasis::format::ImageInfo& image) {
+      return stasis::store::CheckContextIdentity(image, manifest, index, shown);
+    };
+    opt.before_run = [vs]() { return vs->Finish(); };
+    if (!sel->chose_newest) return RestoreAndWait(std::move(source), sel->file_path, opt, omit, verbose);
+    // From a job folder: a damaged epoch is not the end of the job.
+    opt.source_path = sel->file_path;
+    MarkOmit(omit);
+    auto result = stasis::core::Restore(source.get(), opt);
+    if (!result && result.error().code() == EBADMSG) {
+      std::fprintf(stderr, "cr_restart: %s: %s; trying an older epoch\n", sel->file_path.c_str(),
+                   result.error().message().c_str());
+      older_than = sel->epoch.epoch;
+      continue;
+    }
+    return WaitForRestored(std::move(result), std::move(source), sel->file_path, verbose);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,6 +173,7 @@ int main(int argc, char** argv) {
   unsigned omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
   bool no_daemon = false;
   std::string socket_option;
+  std::optional<uint32_t> node;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -124,6 +197,12 @@ int main(int argc, char** argv) {
     else if (a == "--omit-always") omit = STASIS_AGENT_F_OMIT;
     else if (a == "--omit-never") omit = 0;
     else if (a == "-v" || a == "--verbose") verbose = true;
+    else if (a == "--node") {
+      std::string v = next();
+      long n = 0;
+      if (v != "0" && !stasis::cli::ParsePositive(v, &n)) Die("cr_restart", "--node needs a node index", 2);
+      node = static_cast<uint32_t>(n);
+    }
     else if (a == "--no-daemon") no_daemon = true;
     else if (a == "--socket") socket_option = next();
     else if (a == "-h" || a == "--help") {
@@ -134,6 +213,8 @@ int main(int argc, char** argv) {
     else stasis::cli::Usage("cr_restart", kUsage);
   }
   if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
+  struct stat st;
+  if (::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return RestoreFromStore(file, node, opt, omit, verbose);
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
   if (!daemon.socket.empty() && !daemon.forced && !stasis::daemon::Client::Connect(daemon.socket))
     daemon.socket.clear();  // a stale socket: restore here
@@ -144,15 +225,26 @@ int main(int argc, char** argv) {
   }
   auto source = stasis::core::OpenContextForRead(file);
   if (!source) Die("cr_restart", source.error().message());
+  return RestoreAndWait(std::move(*source), file, opt, omit, verbose);
+}
+
+namespace {
+
+int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string& file,
+                   stasis::core::RestoreOptions opt, unsigned omit, bool verbose) {
+  using stasis::cli::Die;
   char cwd[4096];
   opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
-  // Marked before the restore, so no checkpoint of the job can catch us
-  // unmarked; the restored processes inherit neither the fd nor the mapping.
-  if (omit && stasis_agent_set_omit(omit) != 0)
-    Die("cr_restart", std::string("cannot set up --omit: ") + std::strerror(errno));
-  auto result = stasis::core::Restore(source->get(), opt);
+  MarkOmit(omit);
+  auto result = stasis::core::Restore(source.get(), opt);
+  return WaitForRestored(std::move(result), std::move(source), file, verbose);
+}
+
+int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
+                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose) {
+  using stasis::cli::Die;
   if (!result) Die("cr_restart", file + ": " + result.error().message());
-  source->reset();  // nothing of the context stays open while we wait
+  source.reset();  // nothing of the context stays open while we wait
   g_root = result->root_pid;
   if (verbose)
     std::fprintf(stderr, "cr_restart: restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",
@@ -169,3 +261,5 @@ int main(int argc, char** argv) {
   }
   return ExitCodeOf(status);
 }
+
+}  // namespace

@@ -2,10 +2,14 @@
 // prints what a context holds; `stasis verify FILE` checks every checksum
 // and cross-reference; `stasis status|ping|cancel ID|list DIR|delete FILE`
 // ask the node's stasisd.
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <string>
 #include <vector>
@@ -14,14 +18,15 @@
 #include "engine/core/context_file.h"
 #include "engine/daemon/client.h"
 #include "engine/format/context_io.h"
+#include "engine/store/store.h"
 
 namespace {
 
 using namespace stasis;
 
 const char* kUsage =
-    "stasis show FILE | verify FILE | [--socket PATH] status [ID] | ping | cancel ID | "
-    "list DIR | delete FILE";
+    "stasis ls ROOT|JOBDIR | show FILE|EPOCHDIR | verify FILE|EPOCHDIR|JOBDIR | "
+    "prune [--keep N] JOBDIR | [--socket PATH] status [ID] | ping | cancel ID | list DIR | delete FILE";
 
 const char* KindName(uint32_t kind) {
   switch (kind) {
@@ -173,6 +178,220 @@ int Daemon(const std::string& socket_option, const std::string& cmd,
   return 0;
 }
 
+// --- the checkpoint store: ls, verify, prune, show of an epoch ------------------
+
+std::string Size(uint64_t bytes) {
+  char b[32];
+  if (bytes >= (1ull << 30)) std::snprintf(b, sizeof b, "%.1f GiB", bytes / 1073741824.0);
+  else std::snprintf(b, sizeof b, "%.1f MiB", bytes / 1048576.0);
+  return b;
+}
+
+std::string When(int64_t unix_seconds) {
+  char b[64] = "-";
+  time_t t = static_cast<time_t>(unix_seconds);
+  struct tm tm;
+  if (unix_seconds > 0 && ::localtime_r(&t, &tm)) std::strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S", &tm);
+  return b;
+}
+
+bool IsDir(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// A folder holding numbered epoch folders is a job folder; any other folder
+// is a root of job folders.
+bool LooksLikeJobFolder(const std::string& path) {
+  DIR* d = ::opendir(path.c_str());
+  if (!d) return false;
+  bool found = false;
+  while (struct dirent* e = ::readdir(d)) {
+    const char* n = e->d_name;
+    if (n[0] < '1' || n[0] > '9') continue;
+    bool digits = true;
+    for (const char* c = n; *c; ++c) digits &= *c >= '0' && *c <= '9';
+    if (digits) found = true;
+  }
+  ::closedir(d);
+  return found;
+}
+
+// The job folders `path` names: itself, or its sub-folders.
+std::vector<std::string> JobFolders(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  if (LooksLikeJobFolder(path)) return {path};
+  std::vector<std::string> out;
+  DIR* d = ::opendir(path.c_str());
+  if (!d) cli::Die("stasis", "open " + path + ": " + std::strerror(errno));
+  while (struct dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    std::string sub = (path == "/" ? "" : path) + "/" + n;
+    struct stat st;
+    if (::lstat(sub.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && LooksLikeJobFolder(sub))
+      out.push_back(sub);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+int List(const std::string& path) {
+  if (!IsDir(path)) cli::Die("stasis", path + " is not a folder");
+  auto jobs = JobFolders(path);
+  if (jobs.empty()) {
+    std::printf("no checkpoints under %s\n", path.c_str());
+    return 0;
+  }
+  std::printf("%-12s %6s  %-10s  %-19s  %5s  %5s  %10s  %s\n", "JOB", "EPOCH", "STATE", "TIME", "NODES",
+              "TASKS", "SIZE", "PATH");
+  int rc = 0;
+  for (const auto& j : jobs) {
+    auto job = store::JobFolder::Open(store::DefaultEnv(), j, false, store::Access::Caller());
+    if (!job) {
+      std::fprintf(stderr, "stasis: %s\n", job.error().message().c_str());
+      rc = 1;
+      continue;
+    }
+    auto epochs = job->List();
+    if (!epochs) {
+      std::fprintf(stderr, "stasis: %s\n", epochs.error().message().c_str());
+      rc = 1;
+      continue;
+    }
+    for (const auto& e : *epochs) {
+      std::string nodes = "-", tasks = "-";
+      if (e.have_manifest) {
+        size_t t = 0;
+        for (const auto& n : e.manifest.nodes) t += n.tasks.size();
+        nodes = std::to_string(e.manifest.nodes.size());
+        tasks = std::to_string(t);
+      }
+      std::printf("%-12s %6llu  %-10s  %-19s  %5s  %5s  %10s  %s%s%s\n", job->job().c_str(),
+                  static_cast<unsigned long long>(e.epoch), store::EpochStateName(e.state),
+                  When(e.time_unix).c_str(), nodes.c_str(), tasks.c_str(), Size(e.bytes).c_str(),
+                  e.path.c_str(), e.problem.empty() ? "" : "  # ", e.problem.c_str());
+    }
+  }
+  return rc;
+}
+
+// An epoch folder's job folder and number, or false.
+bool SplitEpochPath(const std::string& path, std::string* job, uint64_t* epoch) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t slash = p.rfind('/');
+  std::string name = slash == std::string::npos ? p : p.substr(slash + 1);
+  long v = 0;
+  if (!cli::ParsePositive(name, &v) || name[0] == '0') return false;
+  *job = slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+  *epoch = static_cast<uint64_t>(v);
+  return true;
+}
+
+int VerifyFolder(const std::string& path) {
+  std::string job_path;
+  uint64_t only = 0;
+  if (!SplitEpochPath(path, &job_path, &only)) job_path = path;
+  auto job = store::JobFolder::Open(store::DefaultEnv(), job_path, false, store::Access::Caller());
+  if (!job) cli::Die("stasis", job.error().message());
+  std::vector<store::EpochInfo> epochs;
+  if (only) {
+    auto e = job->Inspect(only);
+    if (!e) cli::Die("stasis", e.error().message());
+    epochs.push_back(std::move(*e));
+  } else {
+    auto all = job->List();
+    if (!all) cli::Die("stasis", all.error().message());
+    epochs = std::move(*all);
+  }
+  int rc = 0;
+  for (const auto& e : epochs) {
+    if (e.state == store::EpochState::kIncomplete) {
+      std::printf("%s: incomplete: %s\n", e.path.c_str(), e.problem.c_str());
+      if (only) rc = 1;
+      continue;
+    }
+    if (e.state == store::EpochState::kCorrupt) {
+      std::printf("%s: CORRUPT: %s\n", e.path.c_str(), e.problem.c_str());
+      rc = 1;
+      continue;
+    }
+    auto problems = store::VerifyEpoch(*job, e);
+    if (!problems) cli::Die("stasis", problems.error().message());
+    if (problems->empty()) {
+      std::printf("%s: ok (%zu nodes, %s, every checksum verified)\n", e.path.c_str(), e.manifest.nodes.size(),
+                  Size(e.bytes).c_str());
+    } else {
+      for (const auto& p : *problems) std::printf("%s: CORRUPT: %s\n", e.path.c_str(), p.c_str());
+      rc = 1;
+    }
+  }
+  return rc;
+}
+
+int Prune(const std::vector<std::string>& args) {
+  long keep = 2;
+  std::string path;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--keep" && i + 1 < args.size()) {
+      if (!cli::ParsePositive(args[++i], &keep)) cli::Die("stasis", "--keep needs a positive number", 2);
+    } else if (args[i].rfind("--keep=", 0) == 0) {
+      if (!cli::ParsePositive(args[i].substr(7), &keep)) cli::Die("stasis", "--keep needs a positive number", 2);
+    } else if (path.empty() && args[i][0] != '-') {
+      path = args[i];
+    } else {
+      cli::Usage("stasis", kUsage);
+    }
+  }
+  if (path.empty()) cli::Usage("stasis", kUsage);
+  if (!IsDir(path)) cli::Die("stasis", path + " is not a folder");
+  int rc = 0;
+  for (const auto& j : JobFolders(path)) {
+    auto job = store::JobFolder::Open(store::DefaultEnv(), j, false, store::Access::Caller());
+    if (!job) {
+      std::fprintf(stderr, "stasis: %s\n", job.error().message().c_str());
+      rc = 1;
+      continue;
+    }
+    auto removed = store::Prune(&*job, static_cast<uint32_t>(keep));
+    if (!removed) {
+      std::fprintf(stderr, "stasis: %s\n", removed.error().message().c_str());
+      rc = 1;
+      continue;
+    }
+    for (uint64_t e : *removed) std::printf("removed %s/%llu\n", job->path().c_str(), static_cast<unsigned long long>(e));
+  }
+  return rc;
+}
+
+int ShowEpoch(const std::string& path) {
+  std::string job_path;
+  uint64_t epoch = 0;
+  if (!SplitEpochPath(path, &job_path, &epoch)) cli::Die("stasis", path + " is not an epoch folder (<job>/<number>)");
+  auto job = store::JobFolder::Open(store::DefaultEnv(), job_path, false, store::Access::Caller());
+  if (!job) cli::Die("stasis", job.error().message());
+  auto e = job->Inspect(epoch);
+  if (!e) cli::Die("stasis", e.error().message());
+  std::printf("epoch %llu of job %s: %s%s%s\n", static_cast<unsigned long long>(epoch), job->job().c_str(),
+              store::EpochStateName(e->state), e->problem.empty() ? "" : ": ", e->problem.c_str());
+  if (!e->have_manifest) return e->state == store::EpochState::kComplete ? 0 : 1;
+  const auto& m = e->manifest;
+  std::printf("  taken %s by uid %u, stasis %s, context format %u, step '%s'\n", When(e->time_unix).c_str(),
+              m.uid, m.stasis_version.c_str(), m.format_version, m.step.c_str());
+  for (size_t i = 0; i < m.nodes.size(); ++i) {
+    const auto& n = m.nodes[i];
+    std::string tasks;
+    for (uint32_t t : n.tasks) tasks += (tasks.empty() ? "" : ",") + std::to_string(t);
+    std::string cmd;
+    for (const auto& a : n.argv) cmd += (cmd.empty() ? "" : " ") + a;
+    std::printf("  node %u on %s: tasks %s, %s (%s, crc32c %08x): %s\n", n.index, n.host.c_str(), tasks.c_str(),
+                n.file.c_str(), Size(m.files[i].size).c_str(), m.files[i].crc32c, cmd.c_str());
+  }
+  return e->state == store::EpochState::kComplete ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -191,6 +410,14 @@ int main(int argc, char** argv) {
   }
   if (args.empty()) cli::Usage("stasis", kUsage);
   std::string cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "ls") {
+    if (rest.size() != 1) cli::Usage("stasis", kUsage);
+    return List(rest[0]);
+  }
+  if (cmd == "prune") return Prune(rest);
+  if ((cmd == "verify" || cmd == "show") && rest.size() == 1 && IsDir(rest[0]))
+    return cmd == "verify" ? VerifyFolder(rest[0]) : ShowEpoch(rest[0]);
   if (cmd != "show" && cmd != "verify")
     return Daemon(socket_option, cmd, std::vector<std::string>(args.begin() + 1, args.end()));
   if (args.size() != 2) cli::Usage("stasis", kUsage);

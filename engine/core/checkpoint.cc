@@ -110,6 +110,9 @@ class Capturer {
   Status Settle();
   const std::vector<std::unique_ptr<ProcState>>& procs() const { return procs_; }
   uint64_t zero_pages_skipped() const { return zero_skipped_; }
+  // An upper bound of the context's size, from the captured mappings and
+  // the pagemap (zero pages are not known yet, so they count).
+  Result<uint64_t> EstimateBytes();
 
  private:
   Result<std::vector<pid_t>> DiscoverScope();
@@ -856,6 +859,54 @@ bool IsZeroPage(const char* page) {
   return acc == 0;
 }
 
+namespace {
+
+// Does this pagemap entry name a page the context must hold? Swapped pages
+// and present private pages; for file mappings only the privately
+// modified (anonymous) ones, the rest comes back from the file.
+bool PageWanted(uint64_t entry, bool anon) {
+  bool present = entry & (1ull << 63);
+  bool swapped = entry & (1ull << 62);
+  bool file_or_shared = entry & (1ull << 61);
+  if (swapped) return true;
+  if (!present) return false;
+  return anon || !file_or_shared;
+}
+
+bool MappingHasPages(const Mapping& m) {
+  return (m.kind == format::kMapAnon || m.kind == format::kMapFile ||
+          m.kind == format::kMapFileByValue) &&
+         !(m.flags & format::kMapShared);
+}
+
+}  // namespace
+
+Result<uint64_t> Capturer::EstimateBytes() {
+  // Metadata: a generous 64 KiB per process and 4 KiB per mapping.
+  uint64_t bytes = 1u << 20;
+  for (auto& [id, shm] : shms_) bytes += shm.info.size;
+  std::vector<uint64_t> pm;
+  for (auto& p : procs_) {
+    bytes += 64u << 10;
+    if (p->zombie) continue;
+    UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(),
+                            O_RDONLY | O_CLOEXEC));
+    if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(p->pid));
+    for (const Mapping& m : p->mappings) {
+      bytes += 4096;
+      if (!MappingHasPages(m) || m.start == p->scratch_address) continue;
+      uint64_t npages = (m.end - m.start) / kPageSize;
+      pm.resize(npages);
+      ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
+      if (n != static_cast<ssize_t>(npages * 8))
+        return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
+      for (uint64_t e : pm)
+        if (PageWanted(e, m.kind == format::kMapAnon)) bytes += kPageSize;
+    }
+  }
+  return bytes;
+}
+
 Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes) {
   UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(),
                           O_RDONLY | O_CLOEXEC));
@@ -886,10 +937,7 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
   std::vector<uint64_t> pm;
   std::unique_ptr<char[]> chunk(new char[kReadChunk]);
   for (const Mapping& m : p->mappings) {
-    if (m.kind != format::kMapAnon && m.kind != format::kMapFile &&
-        m.kind != format::kMapFileByValue)
-      continue;
-    if (m.flags & format::kMapShared) continue;  // by reference
+    if (!MappingHasPages(m)) continue;  // shared: by reference or stored once
     if (m.start == p->scratch_address) continue;
     bool anon = m.kind == format::kMapAnon;
     uint64_t npages = (m.end - m.start) / kPageSize;
@@ -897,14 +945,7 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
     ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
     if (n != static_cast<ssize_t>(npages * 8))
       return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
-    auto wanted = [&](uint64_t e) {
-      bool present = e & (1ull << 63);
-      bool swapped = e & (1ull << 62);
-      bool file_or_shared = e & (1ull << 61);
-      if (swapped) return true;
-      if (!present) return false;
-      return anon || !file_or_shared;
-    };
+    auto wanted = [&](uint64_t e) { return PageWanted(e, anon); };
     uint64_t i = 0;
     while (i < npages) {
       if (!wanted(pm[i])) {
@@ -932,7 +973,11 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
 
 Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   format::ImageInfo image;
-  image.stasis_version = "0.1.0";
+  image.stasis_version = STASIS_VERSION;
+  image.job = options_.job;
+  image.step = options_.step;
+  image.epoch = options_.epoch;
+  image.node_index = options_.node_index;
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
   image.hostname = host;
@@ -1411,6 +1456,12 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   if (Status s = cap.CaptureAll(); !s.ok()) return fail(s);
   if (options.settle_before_write) {
     if (Status s = cap.Settle(); !s.ok()) return fail(s);
+  }
+  if (options.before_write) {
+    auto estimate = cap.EstimateBytes();
+    if (!estimate) return fail(estimate.error());
+    stats.estimated_bytes = *estimate;
+    if (Status s = options.before_write(*estimate); !s.ok()) return fail(s);
   }
   format::ContextWriter writer(sink);
   if (Status s = cap.Write(&writer, &stats); !s.ok()) return fail(s);

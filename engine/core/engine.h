@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +63,16 @@ struct CheckpointOptions {
   // Off by default: with it, zdtm_signals fails more often under CPU load
   // (7-11/20 against 2/20 with two busy loops; not yet understood).
   bool settle_before_write = false;
+  // Where the context belongs in a checkpoint store (engine/store),
+  // recorded in its header so a file moved to another node or epoch is
+  // refused at restart. epoch 0 = a lone context file.
+  std::string job, step;
+  uint64_t epoch = 0;
+  uint32_t node_index = 0;
+  // Called once everything is captured, before the first byte is written,
+  // with an upper bound of the context's size: the store checks the free
+  // space here, so a checkpoint that cannot fit fails before it writes.
+  std::function<Status(uint64_t estimated_bytes)> before_write;
 };
 
 struct CheckpointStats {
@@ -70,6 +81,7 @@ struct CheckpointStats {
   uint64_t bytes = 0;        // context bytes written
   uint64_t page_bytes = 0;   // memory bytes saved
   uint64_t zero_pages_skipped = 0;
+  uint64_t estimated_bytes = 0;  // what before_write was told
   double callbacks_seconds = 0;  // libcr callbacks, before anything is frozen
   double freeze_seconds = 0;  // from the first seize to all stopped
   double pause_seconds = 0;   // from the first seize to resumed (or killed)
@@ -100,6 +112,12 @@ struct RestoreOptions {
   // (stasisd restoring for a user with CAP_CHECKPOINT_RESTORE only): every
   // restored thread's capability sets are cleared before it runs.
   bool drop_capabilities = false;
+  // Called with the context's header before anything is built (a store
+  // checks the context is the node and epoch it expects), and once the
+  // whole context is read, before anything runs (a store checks the file's
+  // size and checksum against its manifest). An error kills the tree.
+  std::function<Status(const format::ImageInfo&)> check_image;
+  std::function<Status()> before_run;
 };
 
 struct RestoreResult {

@@ -1419,7 +1419,7 @@ Status Restorer::Release() {
 Result<RestoreResult> Restorer::Run() {
   auto t0 = std::chrono::steady_clock::now();
   STASIS_ASSIGN_OR_RETURN(format::ImageInfo image, reader_.Begin());
-  (void)image;
+  if (options_.check_image) STASIS_RETURN_IF_ERROR(options_.check_image(image));
   STASIS_ASSIGN_OR_RETURN(format::SectionType first, reader_.Next());
   if (first != format::SectionType::kTree)
     return Status::Corrupt("context has no process tree after its header");
@@ -1482,6 +1482,7 @@ Result<RestoreResult> Restorer::Run() {
     }
   }
   // The whole file is verified: finish and let the tree run.
+  if (options_.before_run) STASIS_RETURN_IF_ERROR(options_.before_run());
   for (auto& p : procs_) STASIS_RETURN_IF_ERROR(FinishProcess(p.get()));
   STASIS_RETURN_IF_ERROR(Release());
   for (auto& p : procs_) {

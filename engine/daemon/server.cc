@@ -31,9 +31,6 @@
 #include "engine/format/context_io.h"
 #include "engine/format/protocol.h"
 
-#ifndef STASIS_VERSION
-#define STASIS_VERSION "0"
-#endif
 
 namespace stasis::daemon {
 

@@ -29,6 +29,12 @@ struct ImageInfo {
   uint32_t scope = 0;           // ScopeKind
   uint64_t cpu_xfeatures = 0;   // XCR0 of the checkpointing CPU
   std::vector<std::string> argv;  // command line of the checkpointing tool
+  // Where the context belongs in a checkpoint store (engine/store): job,
+  // step, epoch (0 = a lone context file, not part of an epoch) and node.
+  std::string job;
+  std::string step;
+  uint64_t epoch = 0;
+  uint32_t node_index = 0;
   bool operator==(const ImageInfo&) const = default;
 };
 

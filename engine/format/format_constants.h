@@ -92,6 +92,10 @@ enum Image : uint32_t {
   kImageScope = 7,
   kImageCpuXfeatures = 8,
   kImageArgv = 9,  // repeated
+  kImageJob = 10,
+  kImageStep = 11,
+  kImageEpoch = 12,
+  kImageNodeIndex = 13,
 };
 
 enum Tree : uint32_t {

@@ -175,6 +175,10 @@ void Fields(V& v, S& m) {
   v.U32(tag::kImageScope, "scope", m.scope);
   v.U64(tag::kImageCpuXfeatures, "cpu_xfeatures", m.cpu_xfeatures);
   v.RepeatedText(tag::kImageArgv, "argv", m.argv, kMaxStringLength, kMaxArgs);
+  v.Text(tag::kImageJob, "job", m.job, kMaxNameLength);
+  v.Text(tag::kImageStep, "step", m.step, kMaxNameLength);
+  v.U64(tag::kImageEpoch, "epoch", m.epoch);
+  v.U32(tag::kImageNodeIndex, "node_index", m.node_index);
 }
 
 template <class V, class S>

@@ -133,6 +133,10 @@ Context MakeFullContext() {
   img.scope = kScopeSid;
   img.cpu_xfeatures = 0x2e7;
   img.argv = {"stasis", "checkpoint", "--pid", "100", ""};
+  img.job = "4242";
+  img.step = "0";
+  img.epoch = 7;
+  img.node_index = 3;
 
   ProcessEntry root;
   root.pid = 100;

@@ -1,0 +1,216 @@
+// The checkpoint store on the parallel file system (design brief, contract
+// 2): <root>/<jobid>/<epoch>/ holding one context file per node and a
+// MANIFEST (format/manifest.h). An epoch exists for restart only once its
+// MANIFEST is in place; a failure at any moment leaves the previous
+// complete epoch intact and selectable.
+//
+// Commit protocol of one epoch (every step through the Env):
+//   1. mkdir <job>/<N> (N = newest number + 1), fsync <job>
+//   2. every node writes node<i>.ctx, fsyncs it          (EpochWriter/NodeFileSink)
+//   3. the coordinator writes .MANIFEST.tmp, fsyncs it,
+//      renames it to MANIFEST (never replacing), fsyncs <job>/<N>
+//   4. retention: older epochs are removed MANIFEST first (then fsync), so a
+//      crash while removing leaves an incomplete epoch, never a corrupt one.
+// Folders are 0700 and files 0600, created by the process's fs identity
+// (stasisd's workers take the user's); everything below the job folder is
+// opened with O_NOFOLLOW from its parent's fd, and a folder or file that does
+// not belong to the user is refused.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/base/io.h"
+#include "engine/base/status.h"
+#include "engine/format/context.h"
+#include "engine/format/manifest.h"
+#include "engine/store/env.h"
+
+namespace stasis::store {
+
+// Who the store acts for: every folder and file it reads or writes must
+// belong to `uid`; with `any_owner` (root inspecting a user's checkpoints)
+// any owner is accepted for reading.
+struct Access {
+  uid_t uid = 0;
+  bool any_owner = false;
+  static Access Caller();  // the effective uid; root may read anyone's
+};
+
+enum class EpochState { kComplete, kIncomplete, kCorrupt };
+const char* EpochStateName(EpochState state);
+
+struct EpochInfo {
+  uint64_t epoch = 0;
+  std::string path;          // <job folder>/<epoch>
+  EpochState state = EpochState::kIncomplete;
+  std::string problem;       // why it is incomplete or corrupt
+  format::Manifest manifest;  // valid when state != kIncomplete and the MANIFEST parsed
+  bool have_manifest = false;
+  uint64_t bytes = 0;        // sizes of the files present
+  int64_t time_unix = 0;     // the manifest's time, else the folder's mtime
+};
+
+// The folder of one job's epochs.
+class JobFolder {
+ public:
+  // Opens `path` (<root>/<jobid>). With `create`, a missing job folder is
+  // created (0700; its parent must exist). The folder must be a real
+  // folder (not a symlink), belong to `access.uid` and not be writable by
+  // group or others.
+  static Result<JobFolder> Open(Env* env, const std::string& path, bool create, Access access);
+
+  // Every epoch folder, oldest first, with its state. Checks manifests and
+  // file sizes and owners, not checksums (that is VerifyEpoch).
+  Result<std::vector<EpochInfo>> List() const;
+  Result<EpochInfo> Inspect(uint64_t epoch) const;
+
+  int fd() const { return fd_.get(); }
+  const std::string& path() const { return path_; }
+  const std::string& job() const { return job_; }  // the folder's name
+  Env* env() const { return env_; }
+  const Access& access() const { return access_; }
+
+ private:
+  Env* env_ = nullptr;
+  UniqueFd fd_;
+  std::string path_, job_;
+  Access access_;
+};
+
+struct WriteOptions {
+  WriteStrategy strategy = WriteStrategy::kStreaming;
+  uint64_t bandwidth = 0;        // bytes per second, 0 = unlimited
+  size_t chunk = 8u << 20;       // bytes per write(2), aligned
+};
+
+// One node's context file being written: buffered into aligned chunks,
+// checksummed (CRC32C of the whole file, for the manifest), throttled.
+class NodeFileSink : public ByteSink {
+ public:
+  NodeFileSink(std::unique_ptr<WritableFile> file, const WriteOptions& options);
+  ~NodeFileSink() override;
+  Status Write(const void* data, size_t n) override;
+  Status Sync() override;
+  uint64_t Offset() const override { return offset_; }
+  // Flushes and fsyncs; returns the manifest's entry for the file.
+  Result<format::ManifestFile> Finish();
+  int fd() const { return file_->fd(); }
+
+ private:
+  Status Flush();
+  std::unique_ptr<WritableFile> file_;
+  WriteOptions options_;
+  char* buffer_ = nullptr;
+  size_t used_ = 0;
+  uint64_t offset_ = 0, flushed_ = 0;
+  uint32_t crc_ = 0;
+  double start_ = 0;
+};
+
+// Writes one epoch. Not committed = removed again (best effort) when
+// destroyed: a failed checkpoint leaves no new folder behind, an
+// interrupted one leaves an incomplete folder that List shows and Prune
+// removes.
+class EpochWriter {
+ public:
+  // Allocates the next epoch of the job (mkdir <newest+1>).
+  static Result<std::unique_ptr<EpochWriter>> Begin(JobFolder* job, const WriteOptions& options);
+  // Joins an epoch another node allocated (multi-node checkpoints).
+  static Result<std::unique_ptr<EpochWriter>> Join(JobFolder* job, uint64_t epoch,
+                                                   const WriteOptions& options);
+  ~EpochWriter();
+
+  uint64_t epoch() const { return epoch_; }
+  std::string path() const;
+  static std::string NodeFileName(uint32_t node);  // "node<i>.ctx"
+
+  // Creates node<i>.ctx; the sink stays owned by the writer.
+  Result<NodeFileSink*> CreateNodeFile(uint32_t node);
+  // Fails early (ENOSPC, with both numbers) when `bytes` will not fit.
+  Status CheckSpace(uint64_t bytes);
+  // Checks every file the manifest names (present, ours, the size it
+  // says), then writes MANIFEST (job, epoch filled in here).
+  Status Commit(format::Manifest* manifest);
+  // Keeps the epoch's files even if not committed (a node that is not the
+  // coordinator: the coordinator commits or abandons the epoch).
+  void Keep() { keep_ = true; }
+
+ private:
+  EpochWriter(JobFolder* job, uint64_t epoch, const WriteOptions& options)
+      : job_(job), epoch_(epoch), options_(options) {}
+  JobFolder* job_;
+  uint64_t epoch_;
+  WriteOptions options_;
+  UniqueFd dir_;
+  bool created_dir_ = false, committed_ = false, keep_ = false;
+  std::vector<std::string> created_;
+  std::vector<std::unique_ptr<NodeFileSink>> sinks_;
+};
+
+// Removes an epoch: MANIFEST first (and fsync), then its files, then the folder.
+Status RemoveEpoch(JobFolder* job, uint64_t epoch);
+
+// Keeps the newest `keep` complete epochs and removes older ones, and every
+// incomplete or corrupt epoch older than the newest complete one (a newer
+// one may still be being written). Nothing is removed while no epoch is
+// complete. Returns the epochs removed.
+Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep);
+
+// Reads every file of a complete epoch: each context's section checksums
+// and structure, each file's size and CRC32C against the manifest, and
+// that each context says it is that node of that epoch. Returns one line
+// per problem ("node1.ctx: ..."); empty = verified.
+Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochInfo& epoch);
+
+// What a restart reads: `path` is a job folder (the newest complete epoch
+// is chosen) or an epoch folder (it must be complete).
+struct RestartSelection {
+  EpochInfo epoch;
+  format::ManifestNode node;
+  format::ManifestFile file;
+  std::string file_path;
+  bool chose_newest = false;  // path was a job folder
+  std::vector<EpochInfo> skipped;  // newer epochs passed over (incomplete/corrupt)
+  UniqueFd fd;  // the node's context file, opened without following links
+};
+// `node` empty: the only node of the epoch (refused if there are several).
+// `older_than` (job folders only): pass over epochs from this one up (the
+// newest complete one turned out damaged while restoring).
+Result<RestartSelection> SelectForRestart(Env* env, const std::string& path,
+                                          std::optional<uint32_t> node, Access access,
+                                          uint64_t older_than = 0);
+
+// What a context says about itself (ImageInfo job, epoch, node) must match
+// its place in the epoch: catches files swapped between nodes or epochs.
+Status CheckContextIdentity(const format::ImageInfo& image, const format::Manifest& manifest,
+                            uint32_t node, const std::string& name);
+
+// A source over an epoch's context file that checks, at Finish(), that
+// exactly the manifest's size was read and its CRC32C matches: a restart
+// wraps its source in it and calls Finish before anything runs.
+class VerifyingSource : public ByteSource {
+ public:
+  VerifyingSource(std::unique_ptr<ByteSource> inner, std::string name, uint64_t size, uint32_t crc32c);
+  Result<size_t> Read(void* data, size_t n) override;
+  uint64_t Offset() const override { return inner_->Offset(); }
+  // Reads what is left (must be nothing) and compares size and checksum.
+  Status Finish();
+
+ private:
+  std::unique_ptr<ByteSource> inner_;
+  std::string name_;
+  uint64_t size_;
+  uint32_t want_, crc_ = 0;
+};
+
+// Opens a regular file in `dirfd` for reading: no symlink, owned per `access`.
+Result<UniqueFd> OpenOwnedFile(int dirfd, const std::string& name, const Access& access,
+                               const std::string& shown_path);
+
+}  // namespace stasis::store
