@@ -19,6 +19,7 @@
 #include "engine/core/procfs.h"
 #include "engine/core/engine.h"
 #include "engine/daemon/client.h"
+#include "engine/cli/epoch_checkpoint.h"
 #include "engine/store/store.h"
 
 namespace {
@@ -149,80 +150,24 @@ uint64_t ParseBytes(const std::string& s) {
   return static_cast<uint64_t>(v) * mult;
 }
 
-struct EpochRequest {
-  std::string dir;  // the job folder: <root>/<jobid>
-  long keep = 2;
-  stasis::store::WriteOptions write;
-};
-
-// --dir: the checkpoint becomes the next epoch of a job folder (node 0 of
-// one node): node file, space check before writing, MANIFEST, then
-// retention. The processes' `after` action (--kill, --term) happens only
-// once the MANIFEST is durable.
-stasis::core::CheckpointStats CheckpointToEpoch(stasis::core::CheckpointOptions& opt,
-                                                const EpochRequest& req,
-                                                const std::function<std::string(const stasis::Status&)>& why) {
-  namespace store = stasis::store;
-  store::Access access;
-  access.uid = ::geteuid();
-  auto job = store::JobFolder::Open(stasis::store::DefaultEnv(), req.dir, true, access);
-  if (!job) Fail(job.error().message(), job.error().code());
-  auto epoch = store::EpochWriter::Begin(&*job, req.write);
-  if (!epoch) Fail(epoch.error().message(), epoch.error().code());
-  store::EpochWriter* writer = epoch->get();
-  auto node_sink = writer->CreateNodeFile(0);
-  if (!node_sink) Fail(node_sink.error().message(), node_sink.error().code());
-  opt.job = job->job();
-  opt.epoch = writer->epoch();
-  opt.node_index = 0;
-  opt.dest = writer->path() + "/" + store::EpochWriter::NodeFileName(0);
-  opt.before_write = [writer](uint64_t bytes) { return writer->CheckSpace(bytes); };
-  stasis::format::Manifest manifest;
-  manifest.uid = ::geteuid();
-  stasis::format::ManifestNode node;
-  char host[256] = {0};
-  ::gethostname(host, sizeof host - 1);
-  node.host = host[0] ? host : "localhost";
-  node.file = store::EpochWriter::NodeFileName(0);
-  node.tasks = {0};
-  auto cmdline = stasis::core::ReadFileToString("/proc/" + std::to_string(opt.target) + "/cmdline");
-  if (cmdline) {
-    for (size_t i = 0; i < cmdline->size();) {
-      size_t end = cmdline->find('\0', i);
-      if (end == std::string::npos) end = cmdline->size();
-      node.argv.push_back(cmdline->substr(i, end - i));
-      i = end + 1;
-    }
-  }
-  manifest.nodes.push_back(node);
-  struct Commit {
-    store::EpochWriter* writer;
-    store::NodeFileSink* sink;
-    stasis::format::Manifest* manifest;
-  } commit{writer, *node_sink, &manifest};
-  auto finalize = [](void* arg) -> stasis::Status {
-    auto* c = static_cast<Commit*>(arg);
-    auto file = c->sink->Finish();
-    if (!file) return file.error();
-    c->manifest->files = {*file};
-    return c->writer->Commit(c->manifest);
-  };
-  DeadlineSink sink(*node_sink);
-  auto stats = stasis::core::Checkpoint(opt, &sink, finalize, &commit);
-  if (!stats) {
-    epoch->reset();  // removes the new epoch's folder again
-    Fail(why(stats.error()), stats.error().code());
-  }
-  auto removed = store::Prune(&*job, static_cast<uint32_t>(req.keep));
-  if (!removed)
+// --dir: the checkpoint becomes the next epoch of a job folder.
+stasis::core::CheckpointStats ToEpoch(stasis::core::CheckpointOptions& opt,
+                                      const stasis::cli::EpochRequest& req,
+                                      const std::function<std::string(const stasis::Status&)>& why) {
+  stasis::cli::EpochRequest r = req;
+  r.wrap_sink = [](stasis::ByteSink* inner) { return std::make_unique<DeadlineSink>(inner); };
+  auto out = stasis::cli::CheckpointToEpoch(opt, r);
+  if (!out) Fail(why(out.error()), out.error().code());
+  opt.dest = out->path + "/" + stasis::store::EpochWriter::NodeFileName(0);
+  if (!out->retention.ok())
     std::fprintf(stderr, "cr_checkpoint: epoch %llu is complete, but retention failed: %s\n",
-                 static_cast<unsigned long long>(writer->epoch()), removed.error().message().c_str());
-  g_epoch_note = "epoch " + std::to_string(writer->epoch()) + " of " + job->path() + " complete";
-  if (removed && !removed->empty()) {
+                 static_cast<unsigned long long>(out->epoch), out->retention.message().c_str());
+  g_epoch_note = "epoch " + std::to_string(out->epoch) + " complete: " + out->path;
+  if (!out->removed.empty()) {
     g_epoch_note += "; removed epoch";
-    for (uint64_t e : *removed) g_epoch_note += " " + std::to_string(e);
+    for (uint64_t e : out->removed) g_epoch_note += " " + std::to_string(e);
   }
-  return *stats;
+  return out->stats;
 }
 
 }  // namespace
@@ -238,7 +183,7 @@ int main(int argc, char** argv) {
   std::string id;
   bool no_daemon = false;
   std::string socket_option;
-  EpochRequest epoch_req;
+  stasis::cli::EpochRequest epoch_req;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -294,8 +239,10 @@ int main(int argc, char** argv) {
     else if (a == "--dir" || a == "-d") epoch_req.dir = next();
     else if (a.rfind("--dir=", 0) == 0) epoch_req.dir = a.substr(6);
     else if (a == "--keep") {
-      if (!stasis::cli::ParsePositive(next(), &epoch_req.keep))
+      long keep = 0;
+      if (!stasis::cli::ParsePositive(next(), &keep))
         Die("cr_checkpoint", "--keep needs a positive number of epochs", 2);
+      epoch_req.keep = static_cast<uint32_t>(keep);
     } else if (a == "--bandwidth") {
       std::string v = next();
       epoch_req.write.bandwidth = ParseBytes(v);
@@ -362,7 +309,7 @@ int main(int argc, char** argv) {
     if (!stasis::daemon::Client::Connect(daemon.socket)) daemon.socket.clear();
   }
   if (!epoch_req.dir.empty()) {
-    stats = CheckpointToEpoch(opt, epoch_req, failure_message);
+    stats = ToEpoch(opt, epoch_req, failure_message);
   } else if (!daemon.socket.empty()) {
     stats = ViaDaemon(daemon, opt, mode, time_limit, out_fd, opt.dest);
   } else if (out_fd >= 0) {

@@ -3,6 +3,7 @@
 // and cross-reference; `stasis status|ping|cancel ID|list DIR|delete FILE`
 // ask the node's stasisd.
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -277,8 +278,12 @@ int List(const std::string& path) {
   return rc;
 }
 
-// An epoch folder's job folder and number, or false.
+// An epoch folder's job folder and number, or false (a job folder).
 bool SplitEpochPath(const std::string& path, std::string* job, uint64_t* epoch) {
+  {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd || !store::IsEpochFolder(fd.get())) return false;
+  }
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
   size_t slash = p.rfind('/');

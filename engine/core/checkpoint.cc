@@ -1209,14 +1209,20 @@ Status Capturer::ClassifyPipes() {
   // Pipes with one end in the tree: is the other end held outside, or by
   // nobody (closed everywhere)? Only then is /proc scanned.
   std::set<uint64_t> held_outside;
-  bool one_sided = false;
+  bool one_sided = false, blind = false;
   for (auto& [id, m] : modes) one_sided |= m != 3;
   if (one_sided) {
     auto all = ListAllProcesses();
     for (pid_t pid : all ? *all : std::vector<pid_t>{}) {
       if (by_pid_.count(pid) || pid == Self()) continue;
       auto fds = ListFds(pid);
-      if (!fds) continue;
+      if (!fds) {
+        // Another user's process (an unprivileged checkpointer cannot see
+        // its fds): it may hold the other end, so "closed everywhere"
+        // cannot be proven; such pipes are reattached like outside ones.
+        if (fds.error().code() == EACCES || fds.error().code() == EPERM) blind = true;
+        continue;
+      }
       for (int fd : *fds) {
         auto link = ReadLink("/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd));
         if (!link || link->rfind("pipe:[", 0) != 0) continue;
@@ -1241,7 +1247,7 @@ Status Capturer::ClassifyPipes() {
         continue;
       }
       if (f.kind != format::kFilePipe) continue;
-      if (modes[f.peer_id] != 3 && held_outside.count(f.peer_id)) {
+      if (modes[f.peer_id] != 3 && (held_outside.count(f.peer_id) || blind)) {
         f.fd_flags |= format::kFdOutside;
         continue;
       }

@@ -370,7 +370,12 @@ Result<std::unique_ptr<EpochWriter>> EpochWriter::Join(JobFolder* job, uint64_t 
 }
 
 EpochWriter::~EpochWriter() {
-  if (committed_ || keep_ || !dir_) return;
+  if (committed_ || keep_) return;
+  if (!dir_) {  // Begin failed right after its mkdir
+    if (created_dir_ && job_->env()->Remove(job_->fd(), std::to_string(epoch_), true).ok())
+      (void)job_->env()->SyncDir(job_->fd());
+    return;
+  }
   // Best effort, MANIFEST first: what a crash here leaves is incomplete.
   Env* env = job_->env();
   sinks_.clear();
@@ -575,6 +580,16 @@ Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochIn
   return problems;
 }
 
+bool IsEpochFolder(int dirfd) {
+  auto names = ReadNames(dirfd);
+  if (!names) return false;
+  for (const auto& [n, type] : *names)
+    if (n == format::kManifestName || n == kManifestTemp ||
+        (n.rfind("node", 0) == 0 && n.size() > 8 && n.compare(n.size() - 4, 4, ".ctx") == 0))
+      return true;
+  return false;
+}
+
 Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std::optional<uint32_t> node,
                                           Access access, uint64_t older_than) {
   auto top = env->OpenDir(AT_FDCWD, path, true);
@@ -583,8 +598,8 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
   SplitPath(path, &parent, &name);
   uint64_t epoch_number = 0;
   struct stat st;
-  bool is_epoch = ParseEpochName(name.c_str(), &epoch_number) ||
-                  ::fstatat(top->get(), format::kManifestName, &st, AT_SYMLINK_NOFOLLOW) == 0;
+  bool is_epoch = IsEpochFolder(top->get());
+  if (is_epoch && !ParseEpochName(name.c_str(), &epoch_number)) epoch_number = 0;
   RestartSelection sel;
   Result<JobFolder> job = Status::Ok();
   if (is_epoch) {

@@ -186,6 +186,10 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path,
                                           std::optional<uint32_t> node, Access access,
                                           uint64_t older_than = 0);
 
+// Is the folder `dirfd` an epoch folder (it holds a MANIFEST, a temporary
+// one or node files)? Job ids are numbers too, so names cannot tell.
+bool IsEpochFolder(int dirfd);
+
 // What a context says about itself (ImageInfo job, epoch, node) must match
 // its place in the epoch: catches files swapped between nodes or epochs.
 Status CheckContextIdentity(const format::ImageInfo& image, const format::Manifest& manifest,

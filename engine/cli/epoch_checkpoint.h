@@ -1,0 +1,42 @@
+// A checkpoint that becomes the next epoch of a job folder in the
+// checkpoint store (cr_checkpoint --dir; later the Slurm helper per node).
+// One node (node 0), everything in this process: the node file, the space
+// check before any byte is written, the MANIFEST (so --kill/--term only act
+// once it is durable), then retention. The Env is a parameter so the fault
+// tests drive the same code the tool runs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/base/io.h"
+#include "engine/base/status.h"
+#include "engine/core/engine.h"
+#include "engine/store/store.h"
+
+namespace stasis::cli {
+
+struct EpochRequest {
+  std::string dir;  // the job folder: <root>/<jobid>
+  uint32_t keep = 2;
+  store::WriteOptions write;
+  store::Env* env = nullptr;  // nullptr = store::DefaultEnv()
+  // Wraps the node file's sink (cr_checkpoint's --time deadline).
+  std::function<std::unique_ptr<ByteSink>(ByteSink*)> wrap_sink;
+};
+
+struct EpochOutcome {
+  core::CheckpointStats stats;
+  uint64_t epoch = 0;
+  std::string path;               // the epoch folder
+  std::vector<uint64_t> removed;  // by retention
+  Status retention;               // retention's failure (the epoch is complete anyway)
+};
+
+// `opt.dest` and the store identity (job, epoch, node) are filled in here.
+Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochRequest& req);
+
+}  // namespace stasis::cli

@@ -1,0 +1,512 @@
+// Unit tests of the checkpoint store (engine/store): the commit protocol
+// under injected faults (every operation failing, ENOSPC at every step, a
+// crash before every step followed by the loss of unsynced data, the Nth
+// write failing), corruption of every kind, and symlink and permission
+// attacks on the folders. The contexts are real encoded contexts
+// (test/unit/test_util) carrying their store identity.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "engine/format/context_io.h"
+#include "engine/store/store.h"
+#include "test/store/fault_env.h"
+#include "test/unit/test_util.h"
+
+namespace stasis::store {
+namespace {
+
+namespace fs = std::filesystem;
+using test::FaultEnv;
+using test::OpKind;
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/stasis-store-test.XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+Access Me() {
+  Access a;
+  a.uid = ::geteuid();
+  return a;
+}
+
+// A node's context: the small sample with the store identity set.
+std::string NodeContext(const std::string& job, uint64_t epoch, uint32_t node) {
+  format::Context ctx = format::testing::MakeSmallContext();
+  ctx.image.job = job;
+  ctx.image.epoch = epoch;
+  ctx.image.node_index = node;
+  return format::testing::Encode(ctx);
+}
+
+struct WriteResult {
+  Status status;
+  bool committed = false;
+  uint64_t epoch = 0;
+};
+
+// What cr_checkpoint --dir does, for `nodes` nodes, through `env`.
+WriteResult WriteEpoch(Env* env, const std::string& job_path, uint32_t nodes, uint32_t keep,
+                       size_t chunk = 8u << 20) {
+  WriteResult r;
+  auto job = JobFolder::Open(env, job_path, true, Me());
+  if (!job) return {job.error()};
+  WriteOptions wo;
+  wo.chunk = chunk;
+  auto w = EpochWriter::Begin(&*job, wo);
+  if (!w) return {w.error()};
+  r.epoch = (*w)->epoch();
+  format::Manifest m;
+  m.uid = ::geteuid();
+  for (uint32_t i = 0; i < nodes; ++i) {
+    auto sink = (*w)->CreateNodeFile(i);
+    if (!sink) return {sink.error(), false, r.epoch};
+    std::string bytes = NodeContext(job->job(), r.epoch, i);
+    if (Status s = (*w)->CheckSpace(bytes.size()); !s.ok()) return {s, false, r.epoch};
+    if (Status s = (*sink)->Write(bytes.data(), bytes.size()); !s.ok()) return {s, false, r.epoch};
+    auto file = (*sink)->Finish();
+    if (!file) return {file.error(), false, r.epoch};
+    format::ManifestNode n;
+    n.index = i;
+    n.host = "node" + std::to_string(i);
+    n.file = EpochWriter::NodeFileName(i);
+    n.tasks = {i};
+    n.argv = {"./a.out", "--size", "1"};
+    m.nodes.push_back(n);
+    m.files.push_back(*file);
+  }
+  if (Status s = (*w)->Commit(&m); !s.ok()) return {s, false, r.epoch};
+  r.committed = true;
+  auto removed = Prune(&*job, keep);
+  if (!removed) return {removed.error(), true, r.epoch};
+  return r;
+}
+
+// The invariants after any fault: no epoch is corrupt, the newest complete
+// epoch verifies, and a restart selects it.
+void ExpectRecoverable(const std::string& job_path, uint64_t want_newest, const std::string& context) {
+  auto job = JobFolder::Open(DefaultEnv(), job_path, false, Me());
+  ASSERT_TRUE(job.has_value()) << context << ": " << job.error().message();
+  auto epochs = job->List();
+  ASSERT_TRUE(epochs.has_value()) << context;
+  uint64_t newest = 0;
+  for (const auto& e : *epochs) {
+    EXPECT_NE(e.state, EpochState::kCorrupt) << context << ": epoch " << e.epoch << ": " << e.problem;
+    if (e.state == EpochState::kComplete) {
+      newest = e.epoch;
+      auto problems = VerifyEpoch(*job, e);
+      ASSERT_TRUE(problems.has_value());
+      EXPECT_TRUE(problems->empty()) << context << ": epoch " << e.epoch << ": " << (*problems)[0];
+    }
+  }
+  // want_newest 0: either (a crash after the rename, before the folder's
+  // fsync, with no power loss: the kernel still has the new name).
+  if (want_newest) EXPECT_EQ(newest, want_newest) << context;
+  else EXPECT_TRUE(newest == 1 || newest == 2) << context;
+  auto sel = SelectForRestart(DefaultEnv(), job_path, 0, Me());
+  ASSERT_TRUE(sel.has_value()) << context << ": " << sel.error().message();
+  EXPECT_EQ(sel->epoch.epoch, newest) << context;
+}
+
+// The operations of one clean epoch write (after epoch 1 exists).
+int CountOps(uint32_t nodes, uint32_t keep, size_t chunk = 8u << 20) {
+  TempDir dir;
+  std::string job = dir.path() + "/job";
+  EXPECT_TRUE(WriteEpoch(DefaultEnv(), job, nodes, keep, chunk).status.ok());
+  FaultEnv env(DefaultEnv());
+  EXPECT_TRUE(WriteEpoch(&env, job, nodes, keep, chunk).status.ok());
+  return env.ops();
+}
+
+TEST(Store, CommitListSelectRestart) {
+  TempDir dir;
+  std::string job = dir.path() + "/1234";
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, 5).status.ok());
+  struct stat st;
+  ASSERT_EQ(::stat(job.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_EQ(::stat((job + "/2/node1.ctx").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto sel = SelectForRestart(DefaultEnv(), job, 1, Me());
+  ASSERT_TRUE(sel.has_value()) << sel.error().message();
+  EXPECT_TRUE(sel->chose_newest);
+  EXPECT_EQ(sel->epoch.epoch, 2u);
+  EXPECT_EQ(sel->file_path, job + "/2/node1.ctx");
+  EXPECT_EQ(sel->epoch.manifest.job, "1234");
+  VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "n"), "node1.ctx", sel->file.size,
+                         sel->file.crc32c);
+  auto ctx = format::ReadContext(&source, false);
+  ASSERT_TRUE(ctx.has_value()) << ctx.error().message();
+  EXPECT_TRUE(CheckContextIdentity(ctx->image, sel->epoch.manifest, 1, "node1.ctx").ok());
+  EXPECT_TRUE(source.Finish().ok());
+  // An epoch folder names itself; several nodes need a choice.
+  auto by_epoch = SelectForRestart(DefaultEnv(), job + "/1", 0, Me());
+  ASSERT_TRUE(by_epoch.has_value()) << by_epoch.error().message();
+  EXPECT_FALSE(by_epoch->chose_newest);
+  EXPECT_EQ(by_epoch->epoch.epoch, 1u);
+  auto ambiguous = SelectForRestart(DefaultEnv(), job, std::nullopt, Me());
+  ASSERT_FALSE(ambiguous.has_value());
+  EXPECT_NE(ambiguous.error().message().find("--node"), std::string::npos);
+}
+
+TEST(Store, RetentionKeepsTheNewestComplete) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(job)) left.insert(e.path().filename());
+  EXPECT_EQ(left, (std::set<std::string>{"3", "4"}));
+  // An incomplete epoch newer than the newest complete one may still be
+  // being written: kept. Older ones go.
+  fs::create_directory(job + "/2");
+  fs::create_directory(job + "/5");
+  auto jf = JobFolder::Open(DefaultEnv(), job, false, Me());
+  ASSERT_TRUE(jf.has_value());
+  auto removed = Prune(&*jf, 1);
+  ASSERT_TRUE(removed.has_value()) << removed.error().message();
+  EXPECT_EQ(*removed, (std::vector<uint64_t>{2, 3}));
+  EXPECT_TRUE(fs::exists(job + "/5"));
+  EXPECT_FALSE(Prune(&*jf, 0).has_value());
+}
+
+TEST(StoreFaults, EveryOperationFailing) {
+  for (uint32_t keep : {1u, 2u}) {
+    int total = CountOps(2, keep);
+    ASSERT_GT(total, 10);
+    for (int err : {ENOSPC, EIO}) {
+      for (int n = 1; n <= total; ++n) {
+        TempDir dir;
+        std::string job = dir.path() + "/job";
+        ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, keep).status.ok());
+        FaultEnv env(DefaultEnv());
+        env.FailAt(n, err);
+        WriteResult r = WriteEpoch(&env, job, 2, keep);
+        std::string what = "keep " + std::to_string(keep) + ", " + std::strerror(err) + " at " +
+                           env.log()[static_cast<size_t>(n) - 1];
+        EXPECT_FALSE(r.status.ok()) << what;
+        EXPECT_EQ(r.status.code(), err) << what << ": " << r.status.message();
+        ExpectRecoverable(job, r.committed ? 2 : 1, what);
+        // A failed epoch leaves nothing behind (cleanup ran).
+        if (!r.committed) {
+          EXPECT_FALSE(fs::exists(job + "/2")) << what;
+        }
+      }
+    }
+  }
+}
+
+TEST(StoreFaults, CrashBeforeEveryOperationThenPowerLoss) {
+  for (uint32_t keep : {1u, 2u}) {
+    int total = CountOps(2, keep);
+    for (bool power_loss : {false, true}) {
+      for (int n = 1; n <= total; ++n) {
+        TempDir dir;
+        std::string job = dir.path() + "/job";
+        ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, keep).status.ok());
+        FaultEnv env(DefaultEnv());
+        env.CrashAt(n);
+        WriteResult r = WriteEpoch(&env, job, 2, keep);
+        std::string what = std::string(power_loss ? "power loss" : "crash") + " before " +
+                           env.log()[static_cast<size_t>(n) - 1] + " (keep " + std::to_string(keep) + ")";
+        EXPECT_FALSE(r.status.ok()) << what;
+        if (power_loss) {
+          ASSERT_TRUE(env.DropUnsyncedData().ok()) << what;
+        }
+        // Durable once the folder holding MANIFEST was fsynced.
+        ExpectRecoverable(job, r.committed ? 2 : power_loss ? 1 : 0, what);
+      }
+    }
+  }
+}
+
+TEST(StoreFaults, NthWriteFails) {
+  int writes = 0;
+  {
+    TempDir dir;
+    FaultEnv env(DefaultEnv());
+    ASSERT_TRUE(WriteEpoch(&env, dir.path() + "/j", 1, 2, 4096).status.ok());
+    for (const auto& line : env.log()) writes += line.find(" write ") != std::string::npos;
+  }
+  ASSERT_GT(writes, 3);
+  for (int k = 1; k <= writes; ++k) {
+    TempDir dir;
+    std::string job = dir.path() + "/j";
+    ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2, 4096).status.ok());
+    FaultEnv env(DefaultEnv());
+    env.FailNth(OpKind::kWrite, k, EIO);
+    WriteResult r = WriteEpoch(&env, job, 1, 2, 4096);
+    EXPECT_EQ(r.status.code(), EIO) << "write " << k;
+    ExpectRecoverable(job, 1, "write " + std::to_string(k) + " failed");
+  }
+}
+
+TEST(StoreFaults, NoSpaceFailsBeforeTheFirstWrite) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  FaultEnv env(DefaultEnv());
+  env.SetFreeBytes(512 * 1024);
+  WriteResult r = WriteEpoch(&env, job, 1, 2);
+  ASSERT_EQ(r.status.code(), ENOSPC);
+  EXPECT_NE(r.status.message().find("needed"), std::string::npos) << r.status.message();
+  EXPECT_NE(r.status.message().find("0.5 MiB free"), std::string::npos) << r.status.message();
+  for (const auto& line : env.log()) EXPECT_EQ(line.find(" write "), std::string::npos) << line;
+  ExpectRecoverable(job, 1, "ENOSPC");
+  EXPECT_FALSE(fs::exists(job + "/2"));
+}
+
+// --- corruption -------------------------------------------------------------------
+
+class Corruption : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    job_ = dir_.path() + "/77";
+    ASSERT_TRUE(WriteEpoch(DefaultEnv(), job_, 2, 5).status.ok());
+    ASSERT_TRUE(WriteEpoch(DefaultEnv(), job_, 2, 5).status.ok());
+  }
+  // Problems verify finds in epoch 2, and what a restart of `node` says.
+  std::vector<std::string> Verify() {
+    auto job = JobFolder::Open(DefaultEnv(), job_, false, Me());
+    EXPECT_TRUE(job.has_value());
+    auto e = job->Inspect(2);
+    EXPECT_TRUE(e.has_value());
+    if (e->state == EpochState::kCorrupt) return {e->problem};
+    auto problems = VerifyEpoch(*job, *e);
+    EXPECT_TRUE(problems.has_value());
+    return *problems;
+  }
+  std::string Restart(uint32_t node) {
+    auto sel = SelectForRestart(DefaultEnv(), job_ + "/2", node, Me());
+    if (!sel) return sel.error().message();
+    VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "f"), sel->file.name, sel->file.size,
+                           sel->file.crc32c);
+    auto ctx = format::ReadContext(&source, false);
+    if (!ctx) return sel->file.name + ": " + ctx.error().message();
+    if (Status s = CheckContextIdentity(ctx->image, sel->epoch.manifest, node, sel->file.name); !s.ok())
+      return s.message();
+    if (Status s = source.Finish(); !s.ok()) return s.message();
+    return "";
+  }
+  void ExpectRefused(const std::string& file, const std::string& what) {
+    auto problems = Verify();
+    ASSERT_FALSE(problems.empty()) << what;
+    EXPECT_NE(problems[0].find(file), std::string::npos) << what << ": " << problems[0];
+    std::string refused = Restart(file == "node0.ctx" ? 0 : 1);
+    EXPECT_NE(refused, "") << what;
+    EXPECT_NE(refused.find(file), std::string::npos) << what << ": " << refused;
+    // The job folder still restarts: from epoch 1.
+    auto sel = SelectForRestart(DefaultEnv(), job_, 0, Me(), 2);
+    ASSERT_TRUE(sel.has_value());
+    EXPECT_EQ(sel->epoch.epoch, 1u);
+  }
+  TempDir dir_;
+  std::string job_;
+};
+
+TEST_F(Corruption, EveryFlippedByteIsFound) {
+  std::string path = job_ + "/2/node1.ctx";
+  std::string good = ReadAll(path);
+  for (size_t pos = 0; pos < good.size(); pos += 97) {
+    std::string bad = good;
+    bad[pos] ^= 0x20;
+    WriteAll(path, bad);
+    ExpectRefused("node1.ctx", "byte " + std::to_string(pos));
+    if (HasFailure()) return;
+  }
+  std::string bad = good;
+  bad.back() ^= 1;
+  WriteAll(path, bad);
+  ExpectRefused("node1.ctx", "last byte");
+}
+
+TEST_F(Corruption, SectionIsNamed) {
+  std::string path = job_ + "/2/node0.ctx";
+  std::string bytes = ReadAll(path);
+  auto thread = format::testing::FindSection(bytes, format::SectionType::kThread);
+  bytes[thread.offset + thread.size - 1] ^= 1;
+  WriteAll(path, bytes);
+  auto problems = Verify();
+  ASSERT_FALSE(problems.empty());
+  EXPECT_NE(problems[0].find("node0.ctx: Thread section"), std::string::npos) << problems[0];
+}
+
+TEST_F(Corruption, TruncatedAndAppended) {
+  std::string path = job_ + "/2/node0.ctx";
+  std::string good = ReadAll(path);
+  WriteAll(path, good.substr(0, good.size() - 100));
+  ExpectRefused("node0.ctx", "truncated");
+  WriteAll(path, good + "x");
+  ExpectRefused("node0.ctx", "appended");
+}
+
+TEST_F(Corruption, SwappedNodeFiles) {
+  std::string a = ReadAll(job_ + "/2/node0.ctx"), b = ReadAll(job_ + "/2/node1.ctx");
+  ASSERT_EQ(a.size(), b.size());  // the sizes cannot give it away
+  WriteAll(job_ + "/2/node0.ctx", b);
+  WriteAll(job_ + "/2/node1.ctx", a);
+  ExpectRefused("node0.ctx", "swapped");
+  // Even with a manifest rewritten to match the swapped files' checksums,
+  // the contexts' own identity refuses them.
+  auto job = JobFolder::Open(DefaultEnv(), job_, false, Me());
+  auto e = job->Inspect(2);
+  format::Manifest m = e->manifest;
+  std::swap(m.files[0].crc32c, m.files[1].crc32c);
+  auto bytes = format::EncodeManifest(m);
+  ASSERT_TRUE(bytes.has_value());
+  WriteAll(job_ + "/2/MANIFEST", *bytes);
+  std::string refused = Restart(0);
+  EXPECT_NE(refused.find("node 1"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("swapped"), std::string::npos) << refused;
+}
+
+TEST_F(Corruption, FileFromAnotherEpoch) {
+  fs::copy_file(job_ + "/1/node0.ctx", job_ + "/2/node0.ctx", fs::copy_options::overwrite_existing);
+  ExpectRefused("node0.ctx", "from epoch 1");
+}
+
+TEST_F(Corruption, EditedManifest) {
+  std::string path = job_ + "/2/MANIFEST";
+  std::string m = ReadAll(path);
+  size_t at = m.find("tasks=1");
+  ASSERT_NE(at, std::string::npos);
+  m[at + 6] = '5';
+  WriteAll(path, m);
+  auto problems = Verify();
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("MANIFEST line"), std::string::npos) << problems[0];
+  EXPECT_NE(problems[0].find("checksum"), std::string::npos) << problems[0];
+  auto sel = SelectForRestart(DefaultEnv(), job_, 0, Me());
+  ASSERT_TRUE(sel.has_value());
+  EXPECT_EQ(sel->epoch.epoch, 1u);
+  EXPECT_EQ(sel->skipped.size(), 1u);
+  EXPECT_FALSE(SelectForRestart(DefaultEnv(), job_ + "/2", 0, Me()).has_value());
+}
+
+TEST_F(Corruption, EpochCopiedToAnotherNumber) {
+  fs::copy(job_ + "/1", job_ + "/3");
+  auto job = JobFolder::Open(DefaultEnv(), job_, false, Me());
+  auto e = job->Inspect(3);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->state, EpochState::kCorrupt);
+  EXPECT_NE(e->problem.find("epoch 1"), std::string::npos) << e->problem;
+}
+
+// --- symlink and permission attacks ---------------------------------------------------
+
+TEST(StoreAttacks, JobFolderSymlinkIsRefused) {
+  TempDir dir;
+  fs::create_directory(dir.path() + "/victim");
+  fs::create_directory_symlink(dir.path() + "/victim", dir.path() + "/job");
+  WriteResult r = WriteEpoch(DefaultEnv(), dir.path() + "/job", 1, 2);
+  EXPECT_EQ(r.status.code(), ELOOP) << r.status.message();
+  EXPECT_TRUE(fs::is_empty(dir.path() + "/victim"));
+  EXPECT_FALSE(SelectForRestart(DefaultEnv(), dir.path() + "/job/1", 0, Me()).has_value());
+}
+
+TEST(StoreAttacks, OpenFolderIsRefused) {
+  TempDir dir;
+  std::string job = dir.path() + "/job";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  ::chmod(job.c_str(), 0777);
+  WriteResult r = WriteEpoch(DefaultEnv(), job, 1, 2);
+  EXPECT_EQ(r.status.code(), EPERM);
+  EXPECT_NE(r.status.message().find("writable by group or others"), std::string::npos);
+  EXPECT_FALSE(SelectForRestart(DefaultEnv(), job, 0, Me()).has_value());
+}
+
+TEST(StoreAttacks, PlantedLinksInsideAnEpoch) {
+  TempDir dir;
+  std::string job = dir.path() + "/job";
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 5).status.ok());
+  WriteAll(dir.path() + "/victim", "precious");
+  // A node file replaced by a link; a MANIFEST replaced by a link; an
+  // epoch folder replaced by a link to another one.
+  fs::remove(job + "/3/node0.ctx");
+  fs::create_symlink(job + "/1/node0.ctx", job + "/3/node0.ctx");
+  fs::rename(job + "/2", dir.path() + "/moved");
+  fs::create_directory_symlink(dir.path() + "/moved", job + "/2");
+  auto jf = JobFolder::Open(DefaultEnv(), job, false, Me());
+  auto epochs = jf->List();
+  ASSERT_TRUE(epochs.has_value());
+  ASSERT_EQ(epochs->size(), 3u);
+  EXPECT_EQ((*epochs)[0].state, EpochState::kComplete);
+  EXPECT_EQ((*epochs)[1].state, EpochState::kCorrupt);
+  EXPECT_NE((*epochs)[1].problem.find("symbolic link"), std::string::npos);
+  EXPECT_EQ((*epochs)[2].state, EpochState::kCorrupt);
+  EXPECT_NE((*epochs)[2].problem.find("symbolic link"), std::string::npos);
+  auto sel = SelectForRestart(DefaultEnv(), job, 0, Me());
+  ASSERT_TRUE(sel.has_value());
+  EXPECT_EQ(sel->epoch.epoch, 1u);
+  // A planted .MANIFEST.tmp link: the commit refuses to write through it.
+  auto w = EpochWriter::Begin(&*jf, WriteOptions{});
+  ASSERT_TRUE(w.has_value());
+  fs::create_symlink(dir.path() + "/victim", (*w)->path() + "/.MANIFEST.tmp");
+  auto sink = (*w)->CreateNodeFile(0);
+  std::string bytes = NodeContext("job", (*w)->epoch(), 0);
+  ASSERT_TRUE((*sink)->Write(bytes.data(), bytes.size()).ok());
+  auto file = (*sink)->Finish();
+  format::Manifest m;
+  format::ManifestNode n;
+  n.host = "h";
+  n.file = "node0.ctx";
+  n.tasks = {0};
+  m.nodes = {n};
+  m.files = {*file};
+  EXPECT_EQ((*w)->Commit(&m).code(), EEXIST);
+  EXPECT_EQ(ReadAll(dir.path() + "/victim"), "precious");
+  // Prune removes the planted links themselves, never what they point at.
+  w->reset();
+  auto removed = Prune(&*jf, 1);
+  ASSERT_TRUE(removed.has_value()) << removed.error().message();
+  EXPECT_TRUE(fs::exists(dir.path() + "/moved/MANIFEST"));
+  EXPECT_EQ(ReadAll(dir.path() + "/victim"), "precious");
+}
+
+TEST(StoreAttacks, OtherOwnersAreRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give files away";
+  TempDir dir;
+  std::string job = dir.path() + "/job";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 5).status.ok());
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 5).status.ok());
+  // A node file that is not ours.
+  ASSERT_EQ(::chown((job + "/2/node0.ctx").c_str(), 4321, 4321), 0);
+  Access strict = Me();  // root, but acting for uid 0 only
+  auto sel = SelectForRestart(DefaultEnv(), job + "/2", 0, strict);
+  ASSERT_FALSE(sel.has_value());
+  EXPECT_NE(sel.error().message().find("belongs to uid 4321"), std::string::npos) << sel.error().message();
+  auto fallback = SelectForRestart(DefaultEnv(), job, 0, strict);
+  ASSERT_TRUE(fallback.has_value());
+  EXPECT_EQ(fallback->epoch.epoch, 1u);
+  // A job folder that is not ours: nothing is written into it.
+  ASSERT_EQ(::chown(job.c_str(), 4321, 4321), 0);
+  WriteResult r = WriteEpoch(DefaultEnv(), job, 1, 5);
+  EXPECT_EQ(r.status.code(), EPERM) << r.status.message();
+  EXPECT_FALSE(fs::exists(job + "/3"));
+}
+
+}  // namespace
+}  // namespace stasis::store
