@@ -19,6 +19,7 @@
 #include "engine/core/procfs.h"
 #include "engine/core/engine.h"
 #include "engine/daemon/client.h"
+#include "engine/daemon/config.h"
 #include "engine/cli/epoch_checkpoint.h"
 #include "engine/store/store.h"
 
@@ -134,22 +135,6 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
   }
 }
 
-// Parses "200M", "1G", "512K" or bytes; 0 on anything else.
-uint64_t ParseBytes(const std::string& s) {
-  if (s.empty()) return 0;
-  uint64_t mult = 1;
-  std::string digits = s;
-  switch (s.back()) {
-    case 'K': case 'k': mult = 1ull << 10; digits.pop_back(); break;
-    case 'M': case 'm': mult = 1ull << 20; digits.pop_back(); break;
-    case 'G': case 'g': mult = 1ull << 30; digits.pop_back(); break;
-    default: break;
-  }
-  long v = 0;
-  if (!stasis::cli::ParsePositive(digits, &v)) return 0;
-  return static_cast<uint64_t>(v) * mult;
-}
-
 // --dir: the checkpoint becomes the next epoch of a job folder.
 stasis::core::CheckpointStats ToEpoch(stasis::core::CheckpointOptions& opt,
                                       const stasis::cli::EpochRequest& req,
@@ -184,6 +169,7 @@ int main(int argc, char** argv) {
   bool no_daemon = false;
   std::string socket_option;
   stasis::cli::EpochRequest epoch_req;
+  bool keep_given = false, bandwidth_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -243,11 +229,12 @@ int main(int argc, char** argv) {
       if (!stasis::cli::ParsePositive(next(), &keep))
         Die("cr_checkpoint", "--keep needs a positive number of epochs", 2);
       epoch_req.keep = static_cast<uint32_t>(keep);
+      keep_given = true;
     } else if (a == "--bandwidth") {
       std::string v = next();
-      epoch_req.write.bandwidth = ParseBytes(v);
-      if (!epoch_req.write.bandwidth)
-        Die("cr_checkpoint", "--bandwidth needs bytes per second (like 200M), got '" + v + "'", 2);
+      if (!stasis::daemon::ParseBytes(v, &epoch_req.write.bandwidth))
+        Die("cr_checkpoint", "--bandwidth needs bytes per second (like 200M, 0 = unlimited), got '" + v + "'", 2);
+      bandwidth_given = true;
     } else if (a == "--write") {
       std::string v = next();
       if (v == "buffered") epoch_req.write.strategy = stasis::store::WriteStrategy::kBuffered;
@@ -288,6 +275,14 @@ int main(int argc, char** argv) {
   stasis::Result<stasis::core::CheckpointStats> stats = stasis::Status::Ok();
   if (!epoch_req.dir.empty() && (out_fd >= 0 || !file.empty()))
     Die("cr_checkpoint", "--dir writes an epoch; it does not go with -f or -F", 2);
+  if (!epoch_req.dir.empty() && (!keep_given || !bandwidth_given)) {
+    // The site's defaults: retention and bandwidth_limit of stasis.yaml(5).
+    const char* path = std::getenv("STASIS_CONFIG");
+    auto config = stasis::daemon::LoadConfig(path ? path : "/etc/stasis/stasis.yaml", true);
+    if (!config && config.error().code() != EACCES) Fail(config.error().message(), EINVAL);
+    if (config && !keep_given) epoch_req.keep = config->retention;
+    if (config && !bandwidth_given) epoch_req.write.bandwidth = config->bandwidth_limit;
+  }
   // Where the context goes, as the context and libcr's callbacks name it.
   if (!epoch_req.dir.empty()) {
     // Epochs are written by the engine here, as the caller (the folder and

@@ -1,6 +1,7 @@
 // MANIFEST encoding and strict parsing; see manifest.h and docs/format.md.
 #include "engine/format/manifest.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <set>
@@ -105,11 +106,15 @@ bool SafeText(std::string_view s) {
   return true;
 }
 
+// At most kMaxSplit tokens, the last one holding the rest of the line: more
+// than any valid line has, and a line of spaces costs no more than that.
+constexpr size_t kMaxSplit = kMaxArgs + 3;
+
 std::vector<std::string_view> Split(std::string_view line) {
   std::vector<std::string_view> out;
   size_t i = 0;
   while (i <= line.size()) {
-    size_t sp = line.find(' ', i);
+    size_t sp = out.size() + 1 < kMaxSplit ? line.find(' ', i) : std::string_view::npos;
     if (sp == std::string_view::npos) sp = line.size();
     out.push_back(line.substr(i, sp - i));
     i = sp + 1;
@@ -133,7 +138,10 @@ class Parser {
   }
   // The next line's tokens; false at the end of the bytes.
   bool Next(std::vector<std::string_view>* tokens, std::string_view* raw) {
-    if (pos_ >= bytes_.size()) return false;
+    if (pos_ >= bytes_.size()) {
+      ++line_no_;  // errors name the missing line
+      return false;
+    }
     size_t nl = bytes_.find('\n', pos_);
     if (nl == std::string_view::npos) {
       unterminated_ = true;
@@ -151,7 +159,8 @@ class Parser {
     std::vector<std::string_view> t;
     std::string_view raw;
     if (!Next(&t, &raw)) return Error(std::string("ends before '") + key + "'");
-    if (t[0] != key) return Error(std::string("expected '") + key + "', got '" + Escape(t[0]).substr(0, 40) + "'");
+    if (t[0] != key)
+      return Error(std::string("expected '") + key + "', got '" + Escape(t[0].substr(0, 40)) + "'");
     if (t.size() != 2) return Error(std::string("'") + key + "' needs exactly one value");
     std::string v;
     if (!Unescape(t[1], &v)) return Error(std::string("bad value for '") + key + "'");
@@ -175,14 +184,26 @@ bool KeyValue(std::string_view token, const char* key, std::string* value) {
   return Unescape(token.substr(klen + 1), value);
 }
 
-Status CheckManifest(const Manifest& m, size_t* bad_node) {
-  *bad_node = SIZE_MAX;
+// The lines of the encoding (EncodeManifest): 1 "stasis-manifest", 2 job,
+// 3 step, 4 epoch, 5 uid, 6 created, 7 stasis-version, 8 format-version,
+// 9 nodes, then a node and a command line per node, a file line per node.
+constexpr int kFirstNodeLine = 10;
+
+// Checks what the line-by-line parse cannot: values, uniqueness, the files
+// against the nodes. Sets *line to the line of the problem in the encoding.
+Status CheckManifest(const Manifest& m, int* line) {
+  *line = 2;
   if (m.job.empty() || !SafeText(m.job)) return Status::Corrupt("bad job id");
+  *line = 3;
   if (!SafeText(m.step)) return Status::Corrupt("bad step id");
+  *line = 4;
   if (m.epoch == 0) return Status::Corrupt("epoch must be at least 1");
+  *line = 7;
   if (m.stasis_version.empty() || !SafeText(m.stasis_version))
     return Status::Corrupt("bad stasis version");
+  *line = 8;
   if (m.format_version == 0) return Status::Corrupt("bad format version");
+  *line = 9;
   if (m.nodes.empty() || m.nodes.size() > kMaxManifestNodes)
     return Status::Corrupt("node count " + std::to_string(m.nodes.size()) + " out of range");
   if (m.files.size() != m.nodes.size())
@@ -193,7 +214,7 @@ Status CheckManifest(const Manifest& m, size_t* bad_node) {
   size_t total_tasks = 0;
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     const ManifestNode& n = m.nodes[i];
-    *bad_node = i;
+    *line = kFirstNodeLine + 2 * static_cast<int>(i);
     if (n.index != i) return Status::Corrupt("node " + std::to_string(i) + " has index " + std::to_string(n.index));
     if (n.host.empty() || !SafeText(n.host)) return Status::Corrupt("bad host of node " + std::to_string(i));
     if (!IsSafeEpochFileName(n.file)) return Status::Corrupt("bad file name for node " + std::to_string(i));
@@ -203,15 +224,17 @@ Status CheckManifest(const Manifest& m, size_t* bad_node) {
     if (total_tasks > kMaxManifestTasks) return Status::Corrupt("too many tasks");
     for (uint32_t t : n.tasks)
       if (!tasks.insert(t).second) return Status::Corrupt("task " + std::to_string(t) + " on two nodes");
+    *line = kFirstNodeLine + 2 * static_cast<int>(i) + 1;
     if (n.argv.size() > kMaxArgs) return Status::Corrupt("command of node " + std::to_string(i) + " too long");
     for (const auto& a : n.argv)
       if (a.size() > kMaxToken) return Status::Corrupt("argument too long");
     const ManifestFile& f = m.files[i];
+    *line = kFirstNodeLine + 2 * static_cast<int>(m.nodes.size()) + static_cast<int>(i);
     if (f.name != n.file)
-      return Status::Corrupt("file " + std::to_string(i) + " is '" + f.name + "', node " +
+      return Status::Corrupt("file " + std::to_string(i) + " is '" + Escape(f.name) + "', node " +
                              std::to_string(i) + " names '" + n.file + "'");
   }
-  *bad_node = SIZE_MAX;
+  *line = 0;
   return Status::Ok();
 }
 
@@ -229,8 +252,8 @@ bool IsSafeEpochFileName(std::string_view name) {
 }
 
 Result<std::string> EncodeManifest(const Manifest& m) {
-  size_t bad_node;
-  if (Status s = CheckManifest(m, &bad_node); !s.ok())
+  int line;
+  if (Status s = CheckManifest(m, &line); !s.ok())
     return Status::Error(EINVAL, "cannot write manifest: " + s.message());
   std::string out;
   out += "stasis-manifest " + std::to_string(kManifestVersion) + "\n";
@@ -253,14 +276,19 @@ Result<std::string> EncodeManifest(const Manifest& m) {
   }
   for (const ManifestFile& f : m.files)
     out += "file " + Escape(f.name) + " size=" + std::to_string(f.size) + " crc32c=" + Hex32(f.crc32c) + "\n";
-  if (out.size() + 64 > kMaxManifestBytes) return Status::Error(EINVAL, "manifest too large");
   out += "end crc32c=" + Hex32(Crc32c(0, out.data(), out.size())) + "\n";
+  if (out.size() > kMaxManifestBytes) return Status::Error(EINVAL, "manifest too large");
   return out;
 }
 
 Result<Manifest> ParseManifest(std::string_view bytes) {
-  if (bytes.size() > kMaxManifestBytes)
-    return Status::Corrupt("manifest of " + std::to_string(bytes.size()) + " bytes is too large");
+  if (bytes.size() > kMaxManifestBytes) {
+    // The line that crosses the limit.
+    auto line = 1 + std::count(bytes.begin(), bytes.begin() + kMaxManifestBytes, '\n');
+    return Status::Corrupt("line " + std::to_string(line) + ": manifest of " +
+                           std::to_string(bytes.size()) + " bytes is too large (limit " +
+                           std::to_string(kMaxManifestBytes) + ")");
+  }
   Parser p(bytes);
   Manifest m;
   {
@@ -271,7 +299,7 @@ Result<Manifest> ParseManifest(std::string_view bytes) {
     uint32_t version;
     if (!ParseU32(t[1], &version) || version == 0) return p.Error("bad manifest version");
     if (version > kManifestVersion)
-      return Status::Error(ENOTSUP, "manifest version " + std::to_string(version) +
+      return Status::Error(ENOTSUP, "line 1: manifest version " + std::to_string(version) +
                                         " is newer than this stasis reads (" +
                                         std::to_string(kManifestVersion) + ")");
   }
@@ -361,8 +389,9 @@ Result<Manifest> ParseManifest(std::string_view bytes) {
 #else
   (void)got;
 #endif
-  size_t bad_node;
-  if (Status s = CheckManifest(m, &bad_node); !s.ok()) return Status::Corrupt(s.message());
+  int line;
+  if (Status s = CheckManifest(m, &line); !s.ok())
+    return Status::Corrupt("line " + std::to_string(line) + ": " + s.message());
   return m;
 }
 

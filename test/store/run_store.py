@@ -314,7 +314,46 @@ def case_users():
     restart(job, 1, "user a restarts", user="stasis_ua")
 
 
-CASES = {"faults": case_faults, "corruption": case_corruption, "enospc": case_enospc,
+def case_config():
+    """The site's stasis.yaml gives --dir its retention and bandwidth cap;
+    options override it; a broken file is refused naming file and line."""
+    prog = Program("config")
+    conf = os.path.join(WORK, "stasis.yaml")
+    with open(conf, "w") as f:
+        f.write("retention: 1\nbandwidth_limit: 10M\n")
+    env = dict(os.environ, STASIS_CONFIG=conf)
+    job = os.path.join(WORK, "ckpt", "cfg")
+    cr = [os.path.join(CLI, "cr_checkpoint"), "--no-daemon", "--dir", job]
+    try:
+        for _ in range(3):
+            t0 = time.time()
+            r = run(cr + [str(prog.pid)], env=env)
+            took = time.time() - t0
+            if r.returncode != 0:
+                fail(f"checkpoint with the site config failed: {r.stderr}")
+        size = os.path.getsize(os.path.join(job, "3", "node0.ctx"))
+        # 10 MiB/s: the last checkpoint cannot have been faster.
+        if took < size / (10 << 20) * 0.9:
+            fail(f"bandwidth_limit 10M not honoured: {size} bytes in {took:.2f} s")
+        print(f"{size} bytes at bandwidth_limit 10M: {took:.2f} s", flush=True)
+        rc, epochs, text = ls(job)
+        if sorted(epochs) != [3]:
+            fail(f"retention 1 from the config: {text}")
+        r = run(cr + ["--keep", "2", "--bandwidth", "0", str(prog.pid)], env=env)
+        rc, epochs, text = ls(job)
+        if r.returncode != 0 or sorted(epochs) != [3, 4]:
+            fail(f"--keep 2 over the config: {r.stderr} {text}")
+        with open(conf, "w") as f:
+            f.write("retention: 1\nretention: 0\n")
+        r = run(cr + [str(prog.pid)], env=env)
+        if r.returncode == 0 or f"{conf}:2" not in r.stderr:
+            fail(f"a broken stasis.yaml was not refused with file:line: {r.stderr}")
+    finally:
+        prog.finish("config")
+    restart(job, 4, "after the config checkpoints")
+
+
+CASES = {"config": case_config, "faults": case_faults, "corruption": case_corruption, "enospc": case_enospc,
          "users": case_users}
 
 
