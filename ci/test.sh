@@ -30,7 +30,7 @@ run_tier() {
     </dev/null 2>&1 | tee "$out" || rc=$?
   local summary
   summary=$(grep -E 'tests passed|No tests were found' "$out" | tail -n 1 || true)
-  grep -h '^SKIPPED ' "$build_dir/Testing/Temporary/LastTest.log" 2>/dev/null |
+  grep -h '^SKIPPED[: ]' "$build_dir/Testing/Temporary/LastTest.log" 2>/dev/null |
     sed 's/^/  /' || true
   if [[ $rc -ne 0 ]]; then
     failed=1
