@@ -54,7 +54,7 @@ int ExitCodeOf(int status) {
 
 // The restore done by stasisd's worker; we wait for its "exited" reply.
 [[noreturn]] void ViaDaemon(const std::string& socket, const stasis::core::RestoreOptions& opt,
-                            bool verbose) {
+                            std::optional<uint32_t> node, bool store, bool verbose) {
   namespace proto = stasis::format::proto;
   using stasis::cli::Die;
   proto::Request req;
@@ -62,6 +62,10 @@ int ExitCodeOf(int status) {
   req.path = opt.source_path;
   req.after = static_cast<uint32_t>(opt.after);
   req.flags = opt.restore_pids ? 0 : proto::kFlagNoRestorePid;
+  if (node) {
+    req.flags |= proto::kFlagNode;
+    req.node = *node;
+  }
   for (const auto& [from, to] : opt.relocate) req.relocate.push_back(from + "=" + to);
   req.attached = proto::kAttachStdio;
   auto client = stasis::daemon::Client::Connect(socket);
@@ -82,6 +86,14 @@ int ExitCodeOf(int status) {
     if (reply->code != 0) Die("cr_restart", reply->message);
     if (reply->kind == proto::kReplyStarted) {
       g_root = static_cast<pid_t>(reply->root_pid);
+      if (store) {  // which epoch stasisd chose, and why
+        for (size_t i = 0; i < reply->message.size();) {
+          size_t nl = reply->message.find('\n', i);
+          if (nl == std::string::npos) nl = reply->message.size();
+          std::fprintf(stderr, "cr_restart: %s\n", reply->message.substr(i, nl - i).c_str());
+          i = nl + 1;
+        }
+      }
       if (verbose)
         std::fprintf(stderr, "cr_restart: stasisd restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",
                      reply->processes, reply->threads, reply->page_bytes / 1048576.0,
@@ -121,41 +133,25 @@ int RestoreFromStore(const std::string& path, std::optional<uint32_t> node,
     auto sel = stasis::store::SelectForRestart(stasis::store::DefaultEnv(), path, node,
                                                stasis::store::Access::Caller(), older_than);
     if (!sel) Die("cr_restart", sel.error().message());
-    for (const auto& skipped : sel->skipped)
-      std::fprintf(stderr, "cr_restart: skipping epoch %llu (%s: %s)\n",
-                   static_cast<unsigned long long>(skipped.epoch),
-                   stasis::store::EpochStateName(skipped.state), skipped.problem.c_str());
-    char when[64] = "?";
-    time_t t = static_cast<time_t>(sel->epoch.time_unix);
-    struct tm tm;
-    if (::localtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-    std::fprintf(stderr, "cr_restart: restarting from %s (epoch %llu, taken %s, node %u of %zu: %s)\n",
-                 sel->file_path.c_str(), static_cast<unsigned long long>(sel->epoch.epoch), when,
-                 sel->node.index, sel->epoch.manifest.nodes.size(), sel->node.host.c_str());
-    auto source = std::make_unique<stasis::store::VerifyingSource>(
-        std::make_unique<stasis::FdSource>(std::move(sel->fd), sel->file_path), sel->file_path,
-        sel->file.size, sel->file.crc32c);
-    stasis::store::VerifyingSource* vs = source.get();
+    auto prep = stasis::store::PrepareRestart(std::move(*sel));
+    if (!prep) Die("cr_restart", prep.error().message());
+    for (const auto& note : prep->notes) std::fprintf(stderr, "cr_restart: %s\n", note.c_str());
     stasis::core::RestoreOptions opt = base;
-    stasis::format::Manifest manifest = sel->epoch.manifest;
-    uint32_t index = sel->node.index;
-    std::string shown = sel->file_path;
-    opt.check_image = [manifest, index, shown](const stasis::format::ImageInfo& image) {
-      return stasis::store::CheckContextIdentity(image, manifest, index, shown);
-    };
-    opt.before_run = [vs]() { return vs->Finish(); };
-    if (!sel->chose_newest) return RestoreAndWait(std::move(source), sel->file_path, opt, omit, verbose);
+    opt.check_image = prep->check_image;
+    opt.before_run = prep->before_run;
+    if (!prep->from_job_folder)
+      return RestoreAndWait(std::move(prep->source), prep->path, opt, omit, verbose);
     // From a job folder: a damaged epoch is not the end of the job.
-    opt.source_path = sel->file_path;
+    opt.source_path = prep->path;
     MarkOmit(omit);
-    auto result = stasis::core::Restore(source.get(), opt);
+    auto result = stasis::core::Restore(prep->source.get(), opt);
     if (!result && result.error().code() == EBADMSG) {
-      std::fprintf(stderr, "cr_restart: %s: %s; trying an older epoch\n", sel->file_path.c_str(),
+      std::fprintf(stderr, "cr_restart: %s: %s; trying an older epoch\n", prep->path.c_str(),
                    result.error().message().c_str());
-      older_than = sel->epoch.epoch;
+      older_than = prep->epoch;
       continue;
     }
-    return WaitForRestored(std::move(result), std::move(source), sel->file_path, verbose);
+    return WaitForRestored(std::move(result), std::move(prep->source), prep->path, verbose);
   }
 }
 
@@ -214,15 +210,16 @@ int main(int argc, char** argv) {
   }
   if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
   struct stat st;
-  if (::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return RestoreFromStore(file, node, opt, omit, verbose);
+  const bool store = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
   if (!daemon.socket.empty() && !daemon.forced && !stasis::daemon::Client::Connect(daemon.socket))
     daemon.socket.clear();  // a stale socket: restore here
   if (!daemon.socket.empty()) {
     char cwd[4096];
     opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
-    ViaDaemon(daemon.socket, opt, verbose);
+    ViaDaemon(daemon.socket, opt, node, store, verbose);
   }
+  if (store) return RestoreFromStore(file, node, opt, omit, verbose);
   auto source = stasis::core::OpenContextForRead(file);
   if (!source) Die("cr_restart", source.error().message());
   return RestoreAndWait(std::move(*source), file, opt, omit, verbose);

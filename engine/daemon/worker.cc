@@ -18,12 +18,14 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "engine/base/fd.h"
 #include "engine/base/io.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/store/store.h"
 #include "engine/core/procfs.h"
 
 namespace stasis::daemon {
@@ -249,20 +251,55 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   if (!s.ok()) fail(s);
   s = CheckUnderRoots(config, peer, req.path, "read");
   if (!s.ok()) fail(AsRefusal(s, peer));
-  int raw = ::open(req.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (raw < 0) {
-    if (errno == ELOOP) fail(Status::Error(EPERM, req.path + " is a symbolic link; refusing it"));
-    fail(AsRefusal(Status::FromErrno(errno, "open " + req.path), peer));
-  }
-  UniqueFd file(raw);
-  struct stat st;
-  if (::fstat(raw, &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
-  if (!S_ISREG(st.st_mode)) fail(Status::Error(EINVAL, req.path + " is not a regular file"));
-  if (peer.uid != 0 && st.st_uid != peer.uid)
-    fail(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid) +
-                                  ", not to uid " + std::to_string(peer.uid)));
-  // The restored tree never gets more privilege than the file's owner.
+  // A context file, or an epoch or job folder of the checkpoint store.
+  std::unique_ptr<ByteSource> source;
+  std::string source_path = req.path;
+  std::vector<std::string> notes;
   core::RestoreOptions opt;
+  bool from_job_folder = false;
+  uint64_t epoch = 0;
+  std::optional<uint32_t> node;
+  if (req.flags & proto::kFlagNode) node = req.node;
+  store::Access access;
+  access.uid = peer.uid;
+  access.any_owner = peer.uid == 0;
+  auto select = [&](uint64_t older_than) -> Status {
+    auto sel = store::SelectForRestart(store::DefaultEnv(), req.path, node, access, older_than);
+    if (!sel) return AsRefusal(sel.error(), peer);
+    auto prep = store::PrepareRestart(std::move(*sel));
+    if (!prep) return prep.error();
+    notes = prep->notes;
+    source_path = prep->path;
+    from_job_folder = prep->from_job_folder;
+    epoch = prep->epoch;
+    opt.check_image = prep->check_image;
+    opt.before_run = prep->before_run;
+    source = std::move(prep->source);
+    return Status::Ok();
+  };
+  struct stat st;
+  if (::stat(req.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    s = select(0);
+    if (!s.ok()) fail(s);
+    // The owner of the node file decides who the restored tree runs as.
+    struct stat fst;
+    if (::stat(source_path.c_str(), &fst) != 0) fail(Status::FromErrno(errno, "stat " + source_path));
+    st = fst;
+  } else {
+    int raw = ::open(req.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (raw < 0) {
+      if (errno == ELOOP) fail(Status::Error(EPERM, req.path + " is a symbolic link; refusing it"));
+      fail(AsRefusal(Status::FromErrno(errno, "open " + req.path), peer));
+    }
+    UniqueFd file(raw);
+    if (::fstat(raw, &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
+    if (!S_ISREG(st.st_mode)) fail(Status::Error(EINVAL, req.path + " is not a regular file"));
+    if (peer.uid != 0 && st.st_uid != peer.uid)
+      fail(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid) +
+                                    ", not to uid " + std::to_string(peer.uid)));
+    source = std::make_unique<FdSource>(std::move(file), req.path);
+  }
+  // The restored tree never gets more privilege than the file's owner.
   if (st.st_uid != 0) {
     gid_t gid = st.st_gid;
     std::vector<gid_t> groups;
@@ -298,10 +335,20 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   } else {
     opt.stdin_fd = opt.stdout_fd = opt.stderr_fd = null_fd.get();
   }
-  opt.source_path = req.path;
-  FdSource source(std::move(file), req.path);
-  auto result = core::Restore(&source, opt);
-  if (!result) fail(result.error().Prefixed(req.path));
+  opt.source_path = source_path;
+  auto result = core::Restore(source.get(), opt);
+  while (!result && from_job_folder && result.error().code() == EBADMSG) {
+    // A damaged epoch is not the end of the job: the next older one.
+    notes.push_back(source_path + ": " + result.error().message() + "; trying an older epoch");
+    uid_t owner = st.st_uid;
+    s = select(epoch);
+    if (!s.ok()) fail(Status::Error(s.code(), notes.back() + "; " + s.message()));
+    if (::stat(source_path.c_str(), &st) != 0 || st.st_uid != owner)
+      fail(Status::Error(EPERM, source_path + " has another owner than the damaged epoch's file"));
+    opt.source_path = source_path;
+    result = core::Restore(source.get(), opt);
+  }
+  if (!result) fail(result.error().Prefixed(source_path));
   for (int fd : task.attached) ::close(fd);
   null_fd.reset();
   proto::Reply started;
@@ -312,7 +359,12 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   started.page_bytes = result->page_bytes;
   started.total_us = static_cast<uint64_t>(result->seconds * 1e6);
   started.new_pid_namespace = result->in_new_pid_namespace;
-  started.message = "restored " + std::to_string(result->processes) + " processes from " + req.path;
+  started.message = "restored " + std::to_string(result->processes) + " processes from " + source_path;
+  if (!notes.empty()) {
+    // A restart from the store: the lines cr_restart prints.
+    started.message.clear();
+    for (const auto& n : notes) started.message += (started.message.empty() ? "" : "\n") + n;
+  }
   Reply(task, started);
   // Cancelling does not apply to a running tree; stasisd has its answer.
   ::signal(SIGTERM, SIG_IGN);

@@ -24,7 +24,7 @@ namespace tag {
 inline constexpr uint32_t kTarget = 1, kScope = 2, kAfter = 3, kFlags = 4, kAfterSignal = 5,
                           kRequester = 6, kWriteMode = 7, kAttached = 8, kRequestId = 9,
                           kTimeLimit = 10, kCallbackTimeout = 11, kPath = 12, kRelocate = 13,
-                          kArgv = 14;
+                          kArgv = 14, kNode = 15;
 inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kProcesses = 5,
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
@@ -64,6 +64,7 @@ void Fields(V& v, S& m) {
   v.RepeatedText(t::kRelocate, "relocate", m.relocate, 2 * kMaxPathLength + 1,
                  proto::kMaxRelocations);
   v.RepeatedText(t::kArgv, "argv", m.argv, proto::kMaxArgLength, proto::kMaxArgs);
+  v.U32(t::kNode, "node", m.node);
 }
 
 template <class V, class S>
@@ -198,6 +199,7 @@ Status CheckRequest(const Request& r) {
       if (!(r.attached & kAttachDest) && r.path.empty()) return Status::Corrupt("checkpoint: no destination (path or fd)");
       if ((r.attached & kAttachDest) && !r.path.empty()) return Status::Corrupt("checkpoint: both a destination path and an fd");
       if (!r.relocate.empty()) return Status::Corrupt("checkpoint: relocations are for restart");
+      if (r.flags & kFlagNode) return Status::Corrupt("checkpoint: a node index is for restart");
       return Status::Ok();
     case Op::kRestart:
       if (r.path.empty()) return Status::Corrupt("restart: no context file");

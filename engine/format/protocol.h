@@ -34,7 +34,8 @@ inline constexpr size_t kMaxMessageSize = 64 * 1024;  // header included
 enum class Op : uint16_t {
   kPing = 1,        // -> Reply{server}
   kCheckpoint = 2,  // target/scope/path or attached dest fd -> Reply{stats}
-  kRestart = 3,     // path + attached stdio -> Reply{kStarted}, Reply{kExited}
+  kRestart = 3,     // path (context file, epoch or job folder) + attached stdio
+                    //   -> Reply{kStarted}, Reply{kExited}
   kStatus = 4,      // request_id, or 0 for all visible -> Reply{requests}
   kCancel = 5,      // request_id -> Reply
   kList = 6,        // path (a folder) -> Reply{files}
@@ -50,7 +51,8 @@ inline constexpr uint32_t kFlagSaveShared = 1u << 2;
 inline constexpr uint32_t kFlagCloseSockets = 1u << 3;
 inline constexpr uint32_t kFlagNoRestorePid = 1u << 4;
 inline constexpr uint32_t kFlagNoWait = 1u << 5;  // checkpoint: reply once queued
-inline constexpr uint32_t kKnownFlags = (1u << 6) - 1;
+inline constexpr uint32_t kFlagNode = 1u << 6;    // restart from a store folder: Request::node given
+inline constexpr uint32_t kKnownFlags = (1u << 7) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there
@@ -80,6 +82,7 @@ struct Request {
   std::string path;                   // destination, source, folder or file
   std::vector<std::string> relocate;  // restart: "OLD=NEW"
   std::vector<std::string> argv;      // the client's command line, recorded
+  uint32_t node = 0;                  // restart from a store folder (kFlagNode): node index
   bool operator==(const Request&) const = default;
 };
 

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <thread>
 
 #include "engine/format/context_io.h"
@@ -665,6 +666,41 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
                            std::to_string(sel.file.size) + " (truncated or appended to)");
   sel.fd = std::move(*fd);
   return sel;
+}
+
+}  // namespace stasis::store
+
+namespace stasis::store {
+
+Result<PreparedRestart> PrepareRestart(RestartSelection sel) {
+  PreparedRestart out;
+  struct stat st;
+  if (::fstat(sel.fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + sel.file_path);
+  out.owner = st.st_uid;
+  for (const auto& skipped : sel.skipped)
+    out.notes.push_back("skipping epoch " + std::to_string(skipped.epoch) + " (" +
+                        EpochStateName(skipped.state) + ": " + skipped.problem + ")");
+  char when[64] = "?";
+  time_t t = static_cast<time_t>(sel.epoch.time_unix);
+  struct tm tm;
+  if (::localtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+  out.notes.push_back("restarting from " + sel.file_path + " (epoch " + std::to_string(sel.epoch.epoch) +
+                      ", taken " + when + ", node " + std::to_string(sel.node.index) + " of " +
+                      std::to_string(sel.epoch.manifest.nodes.size()) + ": " + sel.node.host + ")");
+  out.path = sel.file_path;
+  out.epoch = sel.epoch.epoch;
+  out.from_job_folder = sel.chose_newest;
+  out.source = std::make_unique<VerifyingSource>(std::make_unique<FdSource>(std::move(sel.fd), sel.file_path),
+                                                 sel.file_path, sel.file.size, sel.file.crc32c);
+  VerifyingSource* vs = out.source.get();
+  format::Manifest manifest = std::move(sel.epoch.manifest);
+  uint32_t index = sel.node.index;
+  std::string shown = sel.file_path;
+  out.check_image = [manifest = std::move(manifest), index, shown](const format::ImageInfo& image) {
+    return CheckContextIdentity(image, manifest, index, shown);
+  };
+  out.before_run = [vs]() { return vs->Finish(); };
+  return out;
 }
 
 }  // namespace stasis::store

@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -212,6 +213,23 @@ class VerifyingSource : public ByteSource {
   uint64_t size_;
   uint32_t want_, crc_ = 0;
 };
+
+// Everything a restart from a selection needs, for any restorer (cr_restart,
+// stasisd's workers): the source to stream (size and CRC32C checked at its
+// end), the two RestoreOptions hooks (the context's identity before anything
+// is built; the file's checksum before anything runs), and what to tell the
+// user: one line per epoch passed over, then "restarting from ...".
+struct PreparedRestart {
+  std::unique_ptr<VerifyingSource> source;
+  std::function<Status(const format::ImageInfo&)> check_image;
+  std::function<Status()> before_run;
+  std::vector<std::string> notes;
+  std::string path;     // the node file
+  uint64_t epoch = 0;
+  bool from_job_folder = false;  // a damaged epoch may fall back to an older one
+  uid_t owner = 0;      // of the node file
+};
+Result<PreparedRestart> PrepareRestart(RestartSelection selection);
 
 // Opens a regular file in `dirfd` for reading: no symlink, owned per `access`.
 Result<UniqueFd> OpenOwnedFile(int dirfd, const std::string& name, const Access& access,

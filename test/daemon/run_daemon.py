@@ -239,6 +239,40 @@ def case_users():
     d.stop()
 
 
+def case_store():
+    """A user's job folder in the checkpoint store, restarted through
+    stasisd: the newest complete epoch, at the program's own pid, as the
+    user; another user is refused; a damaged newest epoch falls back."""
+    d = Daemon().start()
+    a, b = USERS
+    w = Workload("store_a", a)
+    job = os.path.join(ckpt_dir(), "5150")
+    before = w.wait_count(3)
+    for extra in ([], ["--kill"]):
+        run([tool("cr_checkpoint"), "--dir", job, *extra, str(w.pid)], user=a, sock=d.sock)
+    w.reap()
+    # Epoch 3: a copy of epoch 2, whose MANIFEST names epoch 2: corrupt.
+    shutil.copytree(os.path.join(job, "2"), os.path.join(job, "3"))
+    for root_dir, dirs, files in os.walk(os.path.join(job, "3")):
+        os.chown(root_dir, pwd.getpwnam(a).pw_uid, -1)
+        for f in files:
+            os.chown(os.path.join(root_dir, f), pwd.getpwnam(a).pw_uid, -1)
+    p = run([tool("cr_restart"), job], user=b, sock=d.sock, expect_rc=None)
+    expect_refused(p, r"Permission denied|belongs to uid", "B restarts A's job folder")
+    r = restart_in_background(a, d.sock, job)
+    after = w.wait_count(before[1] + 5, timeout=30, pid=w.pid)
+    s = proc_status(w.pid)
+    if s["Uid"].split() != [str(pwd.getpwnam(a).pw_uid)] * 4:
+        fail(f"restored pid {w.pid} has uids {s['Uid']}")
+    os.kill(w.pid, signal.SIGKILL)
+    out, _ = r.communicate(timeout=30)
+    sys.stdout.write(out)
+    if "skipping epoch 3 (corrupt" not in out or not re.search(r"restarting from \S+/2/node0.ctx \(epoch 2", out):
+        fail(f"cr_restart through stasisd did not say which epoch it chose and why: {out!r}")
+    print(f"OK store: {a}'s job folder restored by stasisd at pid {w.pid}, counter {before[1]} -> {after[1]}")
+    d.stop()
+
+
 def expect_refused(p, words, what):
     out = p.stdout + p.stderr
     if p.returncode == 0:
@@ -598,6 +632,7 @@ CASES = {
     "concurrent": case_concurrent,
     "kill_daemon": case_kill_daemon,
     "client_gone": case_client_gone,
+    "store": case_store,
     "config": case_config,
 }
 

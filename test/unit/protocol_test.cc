@@ -241,5 +241,28 @@ TEST(ProtocolCorpus, SeedsAreWhatTheEncoderProduces) {
                               "the protocol encoder");
 }
 
+TEST(Protocol, RestartFromAStoreFolderCarriesTheNode) {
+  Request r;
+  r.op = Op::kRestart;
+  r.path = "/scratch/ckpt/4711";
+  r.flags = kFlagNode;
+  r.node = 3;
+  r.attached = kAttachStdio;
+  auto bytes = EncodeRequest(r);
+  ASSERT_TRUE(bytes.has_value());
+  auto back = DecodeRequest(*bytes);
+  ASSERT_TRUE(back.has_value()) << back.error().message();
+  EXPECT_EQ(*back, r);
+  // A node index means nothing to a checkpoint.
+  Request c = FullCheckpoint();
+  c.flags |= kFlagNode;
+  auto cbytes = EncodeRequest(c);
+  ASSERT_TRUE(cbytes.has_value());
+  auto refused = DecodeRequest(*cbytes);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message().find("node index is for restart"), std::string::npos);
+}
+
+
 }  // namespace
 }  // namespace stasis::format::proto
