@@ -83,24 +83,12 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
                                         stasis::core::WriteMode mode, long time_limit,
                                         long out_fd, const std::string& dest) {
   namespace proto = stasis::format::proto;
-  proto::Request req;
-  req.op = proto::Op::kCheckpoint;
-  req.target = static_cast<uint32_t>(opt.target);
-  req.scope = static_cast<uint32_t>(opt.scope);
-  req.after = static_cast<uint32_t>(opt.after);
-  req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) |
-              (opt.save_private ? proto::kFlagSavePrivate : 0) |
-              (opt.save_shared ? proto::kFlagSaveShared : 0) |
-              (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0);
-  req.after_signal = static_cast<uint32_t>(opt.after_signal);
-  req.requester = static_cast<uint32_t>(opt.requester);
+  proto::Request req = stasis::cli::CheckpointRequest(opt);
   req.write_mode = mode == stasis::core::WriteMode::kClobber  ? proto::kWriteClobber
                    : mode == stasis::core::WriteMode::kBackup ? proto::kWriteBackup
                                                               : proto::kWriteAtomic;
   req.time_limit_ms = static_cast<uint64_t>(time_limit) * 1000;
   req.callback_timeout_ms = req.time_limit_ms;
-  for (size_t i = 0; i < opt.tool_argv.size() && i < proto::kMaxArgs; ++i)
-    req.argv.push_back(opt.tool_argv[i].substr(0, proto::kMaxArgLength));
   std::vector<int> fds;
   if (out_fd >= 0) {
     req.attached = proto::kAttachDest;
@@ -285,8 +273,7 @@ int main(int argc, char** argv) {
   }
   // Where the context goes, as the context and libcr's callbacks name it.
   if (!epoch_req.dir.empty()) {
-    // Epochs are written by the engine here, as the caller (the folder and
-    // its files are the caller's); stasisd is not involved.
+    // The destination is the epoch's node file (CheckpointToEpoch).
   } else if (out_fd >= 0) {
     if (::fcntl(static_cast<int>(out_fd), F_GETFL) < 0)
       Fail("--fd " + std::to_string(out_fd) + " is not an open file descriptor", EBADF);
@@ -304,6 +291,10 @@ int main(int argc, char** argv) {
     if (!stasis::daemon::Client::Connect(daemon.socket)) daemon.socket.clear();
   }
   if (!epoch_req.dir.empty()) {
+    // The folders and the MANIFEST are ours; stasisd, when it runs, does the
+    // capture into the node file we create (a held checkpoint).
+    epoch_req.daemon_socket = daemon.socket;
+    epoch_req.time_limit_ms = static_cast<uint64_t>(time_limit) * 1000;
     stats = ToEpoch(opt, epoch_req, failure_message);
   } else if (!daemon.socket.empty()) {
     stats = ViaDaemon(daemon, opt, mode, time_limit, out_fd, opt.dest);

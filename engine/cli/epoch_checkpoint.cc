@@ -4,8 +4,80 @@
 #include <unistd.h>
 
 #include "engine/core/procfs.h"
+#include "engine/daemon/client.h"
 
 namespace stasis::cli {
+
+format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
+  namespace proto = format::proto;
+  proto::Request req;
+  req.op = proto::Op::kCheckpoint;
+  req.target = static_cast<uint32_t>(opt.target);
+  req.scope = static_cast<uint32_t>(opt.scope);
+  req.after = static_cast<uint32_t>(opt.after);
+  req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
+              (opt.save_shared ? proto::kFlagSaveShared : 0) |
+              (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0);
+  req.after_signal = static_cast<uint32_t>(opt.after_signal);
+  req.requester = static_cast<uint32_t>(opt.requester);
+  for (size_t i = 0; i < opt.tool_argv.size() && i < proto::kMaxArgs; ++i)
+    req.argv.push_back(opt.tool_argv[i].substr(0, proto::kMaxArgLength));
+  return req;
+}
+
+namespace {
+
+// The held checkpoint through stasisd: it writes into our node file, says
+// "written" with size and CRC32C, and waits; we commit the MANIFEST and say
+// "commit"; it applies `after` and answers. On any failure here the
+// connection closes and stasisd resumes the processes.
+Result<core::CheckpointStats> ThroughDaemon(const core::CheckpointOptions& opt, const EpochRequest& req,
+                                            store::NodeFileSink* sink, store::EpochWriter* writer,
+                                            format::Manifest* manifest) {
+  namespace proto = format::proto;
+  proto::Request r = CheckpointRequest(opt);
+  r.flags |= proto::kFlagHold;
+  r.attached = proto::kAttachDest;
+  r.job = opt.job;
+  r.epoch = opt.epoch;
+  r.node = opt.node_index;
+  r.time_limit_ms = req.time_limit_ms;
+  r.callback_timeout_ms = req.time_limit_ms;
+  auto client = daemon::Client::Connect(req.daemon_socket);
+  if (!client) return client.error();
+  STASIS_RETURN_IF_ERROR((*client)->Send(r, {sink->fd()}));
+  for (;;) {
+    auto reply = (*client)->Receive();
+    if (!reply && reply.error().code() == EINTR) continue;
+    if (!reply) return reply.error();
+    if (reply->code != 0) return Status::Error(reply->code, reply->message);
+    if (reply->kind == proto::kReplyQueued) continue;
+    if (reply->kind == proto::kReplyWritten) {
+      format::ManifestFile file;
+      file.name = store::EpochWriter::NodeFileName(opt.node_index);
+      file.size = reply->bytes;
+      file.crc32c = reply->crc32c;
+      manifest->files = {file};
+      STASIS_RETURN_IF_ERROR(writer->Commit(manifest));
+      proto::Request commit;
+      commit.op = proto::Op::kCommit;
+      STASIS_RETURN_IF_ERROR((*client)->Send(commit));
+      continue;
+    }
+    core::CheckpointStats stats;
+    stats.processes = reply->processes;
+    stats.threads = reply->threads;
+    stats.bytes = reply->bytes;
+    stats.page_bytes = reply->page_bytes;
+    stats.pause_seconds = reply->pause_us / 1e6;
+    stats.total_seconds = reply->total_us / 1e6;
+    stats.callbacks_seconds = reply->callbacks_us / 1e6;
+    for (uint32_t p : reply->pids) stats.pids.push_back(static_cast<pid_t>(p));
+    return stats;
+  }
+}
+
+}  // namespace
 
 Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochRequest& req) {
   store::Env* env = req.env ? req.env : store::DefaultEnv();
@@ -57,13 +129,18 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
     c->manifest->files = {*file};
     return c->writer->Commit(c->manifest);
   };
-  std::unique_ptr<ByteSink> wrapped;
-  ByteSink* sink = *node_sink;
-  if (req.wrap_sink) {
-    wrapped = req.wrap_sink(sink);
-    sink = wrapped.get();
+  Result<core::CheckpointStats> stats = Status::Ok();
+  if (!req.daemon_socket.empty()) {
+    stats = ThroughDaemon(opt, req, *node_sink, writer, &manifest);
+  } else {
+    std::unique_ptr<ByteSink> wrapped;
+    ByteSink* sink = *node_sink;
+    if (req.wrap_sink) {
+      wrapped = req.wrap_sink(sink);
+      sink = wrapped.get();
+    }
+    stats = core::Checkpoint(opt, sink, finalize, &commit);
   }
-  auto stats = core::Checkpoint(opt, sink, finalize, &commit);
   if (!stats) return stats.error();  // ~EpochWriter removes the new epoch
   EpochOutcome out;
   out.stats = *stats;

@@ -15,6 +15,7 @@
 #include "engine/base/io.h"
 #include "engine/base/status.h"
 #include "engine/core/engine.h"
+#include "engine/format/protocol.h"
 #include "engine/store/store.h"
 
 namespace stasis::cli {
@@ -26,7 +27,15 @@ struct EpochRequest {
   store::Env* env = nullptr;  // nullptr = store::DefaultEnv()
   // Wraps the node file's sink (cr_checkpoint's --time deadline).
   std::function<std::unique_ptr<ByteSink>(ByteSink*)> wrap_sink;
+  // Non-empty: stasisd at this socket captures and writes the node file this
+  // process created (a held checkpoint: the processes stay frozen until our
+  // MANIFEST is durable); the folders and the MANIFEST stay ours.
+  std::string daemon_socket;
+  uint64_t time_limit_ms = 0;  // for stasisd
 };
+
+// The engine protocol's checkpoint request for `opt` (no destination yet).
+format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt);
 
 struct EpochOutcome {
   core::CheckpointStats stats;

@@ -53,7 +53,10 @@ std::string Describe(const proto::Request& r) {
     case proto::Op::kCheckpoint:
       return std::string("checkpoint ") + (r.scope < 4 ? kScopes[r.scope] : "?") + " " +
              std::to_string(r.target) + " -> " +
-             ((r.attached & proto::kAttachDest) ? std::string("fd") : r.path);
+             ((r.attached & proto::kAttachDest) ? std::string("fd") : r.path) +
+             ((r.flags & proto::kFlagHold) ? " (job " + r.job + " epoch " + std::to_string(r.epoch) +
+                                                 " node " + std::to_string(r.node) + ", held)"
+                                           : std::string());
     case proto::Op::kRestart:
       return "restart " + r.path;
     case proto::Op::kCancel:
@@ -426,6 +429,10 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
       break;
     case proto::Op::kReply:
       return Refuse(c, req, EBADMSG, "a reply is not a request");
+    case proto::Op::kCommit:
+      // Only the worker of a held checkpoint reads a commit, on the
+      // connection it holds; one arriving here has nothing to commit.
+      return Refuse(c, req, EPROTO, "commit: no held checkpoint on this connection");
   }
   auto job = std::make_unique<Job>();
   job->id = next_id_++;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
@@ -147,6 +148,85 @@ Status AsRefusal(const Status& s, const Peer& peer) {
   return s;
 }
 
+// A checkpoint into a store node file the client created (kFlagHold): the
+// context is written with the store's writer (streaming, CRC32C, the
+// bandwidth cap), fsynced, reported as kReplyWritten, and the processes stay
+// frozen until the client answers kCommit (its MANIFEST is durable). A
+// hang-up or anything else resumes them untouched.
+struct HeldCommit {
+  const WorkerTask* task;
+  store::NodeFileSink* sink;
+  Clock::time_point deadline;
+};
+
+Status WaitForCommit(void* arg) {
+  auto* h = static_cast<HeldCommit*>(arg);
+  auto file = h->sink->Finish();
+  if (!file) return file.error();
+  proto::Reply written;
+  written.kind = proto::kReplyWritten;
+  written.request_id = h->task->id;
+  written.bytes = file->size;
+  written.crc32c = file->crc32c;
+  written.message = "written; waiting for the commit";
+  auto bytes = proto::EncodeReply(written);
+  if (!bytes) return bytes.error();
+  Send(h->task->client_fd, *bytes);
+  std::string buf(proto::kMaxMessageSize + 1, '\0');
+  for (;;) {
+    int timeout = -1;
+    if (h->deadline != Clock::time_point()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(h->deadline - Clock::now()).count();
+      if (left <= 0) return Status::Error(ETIMEDOUT, "the request's time limit was reached before the commit");
+      timeout = static_cast<int>(std::min<long long>(left, 1000));
+    }
+    struct pollfd p = {h->task->client_fd, POLLIN, 0};
+    int r = ::poll(&p, 1, timeout);
+    if (g_cancel) return Status::Error(ECANCELED, "the request was cancelled");
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Status::FromErrno(errno, "wait for the commit");
+    if (r == 0) continue;
+    ssize_t n = ::recv(h->task->client_fd, buf.data(), buf.size(), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Status::Error(ECANCELED, "the client went away before committing");
+    auto req = proto::DecodeRequest(std::string_view(buf.data(), static_cast<size_t>(n)));
+    if (!req) return req.error();
+    if (req->op != proto::Op::kCommit)
+      return Status::Error(EPROTO, std::string("expected a commit, got ") + proto::OpName(req->op));
+    return Status::Ok();
+  }
+}
+
+Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerTask& task,
+                                             core::CheckpointOptions& opt, Clock::time_point deadline) {
+  const proto::Request& req = task.request;
+  int fd = task.attached.at(0);
+  char link[PATH_MAX];
+  ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+  if (n > 0 && link[0] == '/') opt.dest = std::string(link, static_cast<size_t>(n));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+    return Status::Error(EINVAL, "a held checkpoint's destination must be a regular file");
+  if (task.peer.uid != 0 && st.st_uid != task.peer.uid)
+    return Status::Error(EPERM, "the destination belongs to uid " + std::to_string(st.st_uid));
+  opt.job = req.job;
+  opt.epoch = req.epoch;
+  opt.node_index = req.node;
+  store::WriteOptions wo;
+  wo.bandwidth = config.bandwidth_limit;
+  store::NodeFileSink sink(store::WrapFd(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)),
+                                         opt.dest.empty() ? "the node file" : opt.dest,
+                                         wo.strategy),
+                           wo);
+  std::string where = opt.dest.empty() ? "the node file's file system" : opt.dest;
+  opt.before_write = [fd, where](uint64_t bytes) {
+    return store::CheckFreeSpace(store::DefaultEnv(), fd, bytes, where);
+  };
+  RequestSink limited(&sink, 0, deadline);  // cancel and deadline; the sink throttles
+  HeldCommit hold{&task, &sink, deadline};
+  return core::Checkpoint(opt, &limited, WaitForCommit, &hold);
+}
+
 proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   const proto::Request& req = task.request;
   const Peer& peer = task.peer;
@@ -178,7 +258,10 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   if (!s.ok()) return Failure(s);
   Result<core::CheckpointStats> stats = Status::Error(EIO, "not run");
   std::string dest;
-  if (req.attached & proto::kAttachDest) {
+  if (req.flags & proto::kFlagHold) {
+    stats = HeldCheckpoint(config, task, opt, deadline);
+    dest = opt.dest.empty() ? "the client's node file" : opt.dest;
+  } else if (req.attached & proto::kAttachDest) {
     int fd = task.attached.at(0);
     char link[PATH_MAX];
     ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);

@@ -24,11 +24,12 @@ namespace tag {
 inline constexpr uint32_t kTarget = 1, kScope = 2, kAfter = 3, kFlags = 4, kAfterSignal = 5,
                           kRequester = 6, kWriteMode = 7, kAttached = 8, kRequestId = 9,
                           kTimeLimit = 10, kCallbackTimeout = 11, kPath = 12, kRelocate = 13,
-                          kArgv = 14, kNode = 15;
+                          kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17;
 inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kProcesses = 5,
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
-                          kServer = 15, kPids = 16, kRequests = 17, kFiles = 18;
+                          kServer = 15, kPids = 16, kRequests = 17, kFiles = 18,
+                          kCrc32c = 19;
 inline constexpr uint32_t kInfoId = 1, kInfoOp = 2, kInfoState = 3, kInfoUid = 4,
                           kInfoClientPid = 5, kInfoTarget = 6, kInfoCode = 7, kInfoBytes = 8,
                           kInfoElapsed = 9, kInfoPath = 10, kInfoMessage = 11;
@@ -65,6 +66,8 @@ void Fields(V& v, S& m) {
                  proto::kMaxRelocations);
   v.RepeatedText(t::kArgv, "argv", m.argv, proto::kMaxArgLength, proto::kMaxArgs);
   v.U32(t::kNode, "node", m.node);
+  v.Text(t::kJob, "job", m.job, kMaxNameLength);
+  v.U64(t::kEpoch, "epoch", m.epoch);
 }
 
 template <class V, class S>
@@ -116,6 +119,7 @@ void Fields(V& v, S& m) {
   v.RepeatedU32(t::kPids, "pids", m.pids, proto::kMaxPids);
   v.RepeatedMessage(t::kRequests, "requests", m.requests, proto::kMaxListed);
   v.RepeatedMessage(t::kFiles, "files", m.files, proto::kMaxListed);
+  v.U32(t::kCrc32c, "crc32c", m.crc32c);
 }
 
 }  // namespace stasis::format::internal
@@ -124,7 +128,7 @@ namespace stasis::format::proto {
 namespace {
 
 bool KnownOp(uint16_t op) {
-  return (op >= static_cast<uint16_t>(Op::kPing) && op <= static_cast<uint16_t>(Op::kDelete)) ||
+  return (op >= static_cast<uint16_t>(Op::kPing) && op <= static_cast<uint16_t>(Op::kCommit)) ||
          op == static_cast<uint16_t>(Op::kReply);
 }
 
@@ -200,6 +204,12 @@ Status CheckRequest(const Request& r) {
       if ((r.attached & kAttachDest) && !r.path.empty()) return Status::Corrupt("checkpoint: both a destination path and an fd");
       if (!r.relocate.empty()) return Status::Corrupt("checkpoint: relocations are for restart");
       if (r.flags & kFlagNode) return Status::Corrupt("checkpoint: a node index is for restart");
+      if ((r.flags & kFlagHold) && !(r.attached & kAttachDest))
+        return Status::Corrupt("checkpoint: a held checkpoint needs its destination fd");
+      if (!(r.flags & kFlagHold) && (!r.job.empty() || r.epoch || r.node))
+        return Status::Corrupt("checkpoint: a store identity is for held checkpoints");
+      for (unsigned char ch : r.job)
+        if (ch < 0x20 || ch == 0x7f) return Status::Corrupt("checkpoint: job id contains a control character");
       return Status::Ok();
     case Op::kRestart:
       if (r.path.empty()) return Status::Corrupt("restart: no context file");
@@ -211,6 +221,9 @@ Status CheckRequest(const Request& r) {
           return Status::Corrupt("restart: relocation '" + s + "' is not OLD=NEW");
       }
       if (HasText(r.relocate, '\0')) return Status::Corrupt("restart: relocation contains a NUL byte");
+      return Status::Ok();
+    case Op::kCommit:
+      if (r.attached) return Status::Corrupt("commit: takes no fds");
       return Status::Ok();
     case Op::kCancel:
       if (r.request_id == 0) return Status::Corrupt("cancel: no request id");
@@ -241,6 +254,7 @@ const char* OpName(Op op) {
     case Op::kCancel: return "cancel";
     case Op::kList: return "list";
     case Op::kDelete: return "delete";
+    case Op::kCommit: return "commit";
     case Op::kReply: return "reply";
   }
   return "unknown";

@@ -40,6 +40,8 @@ enum class Op : uint16_t {
   kCancel = 5,      // request_id -> Reply
   kList = 6,        // path (a folder) -> Reply{files}
   kDelete = 7,      // path (a context file) -> Reply
+  kCommit = 8,      // client -> worker of a held checkpoint (kFlagHold): the
+                    //   epoch is durable, apply `after` -> Reply{stats}
   kReply = 64,      // stasisd's answer to any of the above
 };
 const char* OpName(Op op);
@@ -52,7 +54,12 @@ inline constexpr uint32_t kFlagCloseSockets = 1u << 3;
 inline constexpr uint32_t kFlagNoRestorePid = 1u << 4;
 inline constexpr uint32_t kFlagNoWait = 1u << 5;  // checkpoint: reply once queued
 inline constexpr uint32_t kFlagNode = 1u << 6;    // restart from a store folder: Request::node given
-inline constexpr uint32_t kKnownFlags = (1u << 7) - 1;
+// checkpoint into a store node file (attached dest): once the context is
+// durable, reply kReplyWritten (size, CRC32C) and hold the processes frozen
+// until the client sends kCommit (its MANIFEST is durable); a hang-up instead
+// resumes them untouched.
+inline constexpr uint32_t kFlagHold = 1u << 7;
+inline constexpr uint32_t kKnownFlags = (1u << 8) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there
@@ -82,7 +89,10 @@ struct Request {
   std::string path;                   // destination, source, folder or file
   std::vector<std::string> relocate;  // restart: "OLD=NEW"
   std::vector<std::string> argv;      // the client's command line, recorded
-  uint32_t node = 0;                  // restart from a store folder (kFlagNode): node index
+  uint32_t node = 0;                  // restart from a store folder (kFlagNode), or the
+                                      // node a held checkpoint is (its store identity)
+  std::string job;                    // held checkpoint: store identity (job, epoch)
+  uint64_t epoch = 0;
   bool operator==(const Request&) const = default;
 };
 
@@ -118,6 +128,7 @@ inline constexpr uint32_t kReplyFinal = 0;
 inline constexpr uint32_t kReplyQueued = 1;   // waiting for a free slot
 inline constexpr uint32_t kReplyStarted = 2;  // restart: the tree runs (root_pid)
 inline constexpr uint32_t kReplyExited = 3;   // restart: the root ended (exit_status)
+inline constexpr uint32_t kReplyWritten = 4;  // held checkpoint: durable (bytes, crc32c); send kCommit
 
 inline constexpr size_t kMaxListed = 1024;
 
@@ -136,6 +147,7 @@ struct Reply {
   std::vector<uint32_t> pids;
   std::vector<RequestInfo> requests;
   std::vector<FileEntry> files;
+  uint32_t crc32c = 0;      // kReplyWritten: of the whole context written
   bool operator==(const Reply&) const = default;
 };
 

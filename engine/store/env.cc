@@ -150,6 +150,10 @@ class PosixEnv : public Env {
 
 }  // namespace
 
+std::unique_ptr<WritableFile> WrapFd(UniqueFd fd, std::string name, WriteStrategy strategy) {
+  return std::make_unique<PosixFile>(std::move(fd), std::move(name), strategy);
+}
+
 Env* DefaultEnv() {
   static PosixEnv env;
   return &env;

@@ -66,4 +66,8 @@ class Env {
 // The real one.
 Env* DefaultEnv();
 
+// A WritableFile over an fd opened elsewhere (stasisd writing the node file
+// its client created and handed over).
+std::unique_ptr<WritableFile> WrapFd(UniqueFd fd, std::string name, WriteStrategy strategy);
+
 }  // namespace stasis::store

@@ -403,16 +403,17 @@ Result<NodeFileSink*> EpochWriter::CreateNodeFile(uint32_t node) {
   return sinks_.back().get();
 }
 
-Status EpochWriter::CheckSpace(uint64_t bytes) {
-  auto free_bytes = job_->env()->FreeBytes(dir_.get());
-  if (!free_bytes) return Status::Error(free_bytes.error().code(), path() + ": " + free_bytes.error().message());
-  // Metadata, the manifest and file-system overhead: 2% and 1 MiB.
+Status CheckFreeSpace(Env* env, int fd, uint64_t bytes, const std::string& where) {
+  auto free_bytes = env->FreeBytes(fd);
+  if (!free_bytes) return Status::Error(free_bytes.error().code(), where + ": " + free_bytes.error().message());
   uint64_t need = bytes + bytes / 50 + (1u << 20);
   if (need > *free_bytes)
-    return Status::Error(ENOSPC, "not enough space for the checkpoint in " + path() + ": about " +
-                                     Mib(need) + " needed, " + Mib(*free_bytes) + " free");
+    return Status::Error(ENOSPC, "not enough space for the checkpoint in " + where + ": about " + Mib(need) +
+                                     " needed, " + Mib(*free_bytes) + " free");
   return Status::Ok();
 }
+
+Status EpochWriter::CheckSpace(uint64_t bytes) { return CheckFreeSpace(job_->env(), dir_.get(), bytes, path()); }
 
 Status EpochWriter::Commit(format::Manifest* m) {
   Env* env = job_->env();

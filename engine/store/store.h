@@ -154,6 +154,10 @@ class EpochWriter {
   std::vector<std::unique_ptr<NodeFileSink>> sinks_;
 };
 
+// Fails (ENOSPC, naming `where` and both figures) when `bytes` will not fit
+// on the file system of `fd`, with a margin for metadata (2% and 1 MiB).
+Status CheckFreeSpace(Env* env, int fd, uint64_t bytes, const std::string& where);
+
 // Removes an epoch: MANIFEST first (and fsync), then its files, then the folder.
 Status RemoveEpoch(JobFolder* job, uint64_t epoch);
 

@@ -259,6 +259,8 @@ def case_store():
             os.chown(os.path.join(root_dir, f), pwd.getpwnam(a).pw_uid, -1)
     p = run([tool("cr_restart"), job], user=b, sock=d.sock, expect_rc=None)
     expect_refused(p, r"Permission denied|belongs to uid", "B restarts A's job folder")
+    if len(re.findall(r"checkpoint tree \d+ -> fd \(job 5150 epoch \d node 0, held\): ok", d.log())) != 2:
+        fail(f"stasisd did not do both held checkpoints into the store: {d.log()}")
     r = restart_in_background(a, d.sock, job)
     after = w.wait_count(before[1] + 5, timeout=30, pid=w.pid)
     s = proc_status(w.pid)
@@ -270,6 +272,50 @@ def case_store():
     if "skipping epoch 3 (corrupt" not in out or not re.search(r"restarting from \S+/2/node0.ctx \(epoch 2", out):
         fail(f"cr_restart through stasisd did not say which epoch it chose and why: {out!r}")
     print(f"OK store: {a}'s job folder restored by stasisd at pid {w.pid}, counter {before[1]} -> {after[1]}")
+    d.stop()
+
+
+def case_store_faults():
+    """Held checkpoints into the store through stasisd, with the client's
+    MANIFEST work failing or the client killed at every step: the program
+    resumes unharmed every time (stasisd holds it only until the commit),
+    no epoch but the first is complete, and the first restarts."""
+    d = Daemon().start()
+    a = USERS[0]
+    w = Workload("store_faults_a", a)
+    job = os.path.join(ckpt_dir(), "6160")
+    fault_tool = os.path.join(ARGS.bindir, "test", "store", "store_fault_tool")
+    run([tool("cr_checkpoint"), "--dir", job, str(w.pid)], user=a, sock=d.sock)
+    p = run([fault_tool, "--dir", job, "--socket", d.sock, "--count", str(w.pid)], user=a, sock=d.sock)
+    total = int(re.search(r"ops (\d+)", p.stdout).group(1))
+    newest = 2
+    for label, args in (("ENOSPC", ["--fail-at", "{n}:28"]), ("SIGKILL", ["--kill-at", "{n}"])):
+        for n in range(1, total + 1):
+            before = w.wait_count(1)[1]
+            p = run([fault_tool, "--dir", job, "--socket", d.sock, *[x.format(n=n) for x in args], str(w.pid)],
+                    user=a, sock=d.sock, expect_rc=None)
+            if p.returncode == 0:
+                fail(f"{label} at op {n}: the checkpoint did not fail")
+            w.wait_count(before + 2, timeout=20)  # it runs on
+            listing = run([tool("stasis"), "ls", job], user=a).stdout
+            states = re.findall(r"^\S+\s+(\d+)\s+(\w+)", listing, re.M)
+            complete = [int(e) for e, st in states if st == "complete"]
+            if "corrupt" in listing or newest not in complete or \
+                    any(e > newest for e in complete) and label == "ENOSPC":
+                fail(f"{label} at op {n}: epoch {newest} should be the newest complete: {listing}")
+            # A kill after the MANIFEST rename leaves that epoch complete.
+            newest = max(complete)
+            run([tool("stasis"), "prune", "--keep", "1", job], user=a)
+    # The newest complete epoch restarts at the program's own pid.
+    last = w.read()[1]
+    os.kill(w.pid, signal.SIGKILL)
+    w.reap()
+    r = restart_in_background(a, d.sock, job)
+    w.wait_count(last + 2, timeout=60, pid=w.pid)
+    os.kill(w.pid, signal.SIGKILL)
+    out, _ = r.communicate(timeout=30)
+    sys.stdout.write(out)
+    print(f"OK store_faults: {2 * total} faults around stasisd's held checkpoints; the program ran on each time")
     d.stop()
 
 
@@ -633,6 +679,7 @@ CASES = {
     "kill_daemon": case_kill_daemon,
     "client_gone": case_client_gone,
     "store": case_store,
+    "store_faults": case_store_faults,
     "config": case_config,
 }
 

@@ -6,6 +6,8 @@
 //   store_fault_tool --dir JOB --crash-at N [--power-loss] PID operation N on
 //       fail and change nothing; with --power-loss, unsynced data is then dropped
 //   store_fault_tool --dir JOB --kill-at N PID                 SIGKILL before operation N
+//   --socket PATH: the capture is done by the stasisd at PATH (a held
+//   checkpoint); the faults hit this process's folder and MANIFEST work
 // Prints the operation log on stderr; exits 0 when the checkpoint succeeded.
 #include <cstdio>
 #include <cstdlib>
@@ -16,7 +18,7 @@
 #include "test/store/fault_env.h"
 
 int main(int argc, char** argv) {
-  std::string dir, mode;
+  std::string dir, mode, socket;
   int n = 0, err = 0;
   bool power_loss = false;
   long pid = 0, keep = 2;
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
     } else if (a == "--crash-at") mode = "crash", n = std::atoi(next().c_str());
     else if (a == "--kill-at") mode = "kill", n = std::atoi(next().c_str());
     else if (a == "--power-loss") power_loss = true;
+    else if (a == "--socket") socket = next();
     else pid = std::atol(a.c_str());
   }
   if (dir.empty() || mode.empty() || pid <= 0 || keep <= 0) {
@@ -52,6 +55,7 @@ int main(int argc, char** argv) {
   req.dir = dir;
   req.keep = static_cast<uint32_t>(keep);
   req.env = &env;
+  req.daemon_socket = socket;  // the capture by stasisd, held until our commit
   auto out = stasis::cli::CheckpointToEpoch(opt, req);
   for (const auto& line : env.log()) std::fprintf(stderr, "op %s\n", line.c_str());
   if (power_loss) {

@@ -31,6 +31,18 @@ Request FullCheckpoint() {
   return r;
 }
 
+// A checkpoint into a store node file, held until the client's commit.
+Request HeldCheckpoint() {
+  Request r = FullCheckpoint();
+  r.path.clear();
+  r.attached = kAttachDest;
+  r.flags |= kFlagHold;
+  r.job = "4711";
+  r.epoch = 3;
+  r.node = 2;
+  return r;
+}
+
 Reply FullReply() {
   Reply r;
   r.code = EBUSY;
@@ -49,6 +61,7 @@ Reply FullReply() {
   r.exit_status = 0x0900;
   r.server = "stasisd 0.1.0 protocol 1";
   r.pids = {555, 556};
+  r.crc32c = 0xdeadbeef;
   RequestInfo i;
   i.id = 5;
   i.op = 2;
@@ -233,12 +246,47 @@ TEST(ProtocolCorpus, SeedsAreWhatTheEncoderProduces) {
   Request st;
   st.op = Op::kStatus;
   seeds.emplace_back("status.seed", Encoded(st));
+  seeds.emplace_back("held_checkpoint.seed", Encoded(HeldCheckpoint()));
+  Request commit;
+  commit.op = Op::kCommit;
+  seeds.emplace_back("commit.seed", Encoded(commit));
   auto reply = EncodeReply(FullReply());
   ASSERT_TRUE(reply);
   seeds.emplace_back("reply.seed", *reply);
   for (const auto& [name, bytes] : seeds)
     testing::ExpectGoldenFile(std::string(STASIS_PROTOCOL_CORPUS_DIR) + "/" + name, bytes,
                               "the protocol encoder");
+}
+
+TEST(Protocol, HeldCheckpointAndCommit) {
+  Request r = HeldCheckpoint();
+  auto back = DecodeRequest(Encoded(r));
+  ASSERT_TRUE(back.has_value()) << back.error().message();
+  EXPECT_EQ(*back, r);
+  Request commit;
+  commit.op = Op::kCommit;
+  auto c = DecodeRequest(Encoded(commit));
+  ASSERT_TRUE(c.has_value()) << c.error().message();
+  EXPECT_STREQ(OpName(c->op), "commit");
+  // Held needs the node file's fd; an identity needs held; no control bytes.
+  Request no_fd = r;
+  no_fd.attached = 0;
+  no_fd.path = "/x";
+  Request not_held = r;
+  not_held.flags &= ~kFlagHold;
+  Request bad_job = r;
+  bad_job.job = "47\n11";
+  Request commit_fd = commit;
+  commit_fd.attached = kAttachDest;
+  for (const auto& [bad, words] : std::vector<std::pair<Request, std::string>>{
+           {no_fd, "needs its destination fd"},
+           {not_held, "store identity is for held"},
+           {bad_job, "control character"},
+           {commit_fd, "takes no fds"}}) {
+    auto d = DecodeRequest(Encoded(bad));
+    ASSERT_FALSE(d.has_value()) << words;
+    EXPECT_NE(d.error().message().find(words), std::string::npos) << d.error().message();
+  }
 }
 
 TEST(Protocol, RestartFromAStoreFolderCarriesTheNode) {
