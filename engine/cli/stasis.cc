@@ -230,7 +230,9 @@ std::vector<std::string> JobFolders(std::string path) {
     if (n == "." || n == "..") continue;
     std::string sub = (path == "/" ? "" : path) + "/" + n;
     struct stat st;
-    if (::lstat(sub.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && LooksLikeJobFolder(sub))
+    // Under a shared root, a user's listing shows their own jobs only.
+    if (::lstat(sub.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
+        (::geteuid() == 0 || st.st_uid == ::geteuid()) && LooksLikeJobFolder(sub))
       out.push_back(sub);
   }
   ::closedir(d);

@@ -299,6 +299,10 @@ def case_users():
                 fail(f"user b ran {' '.join(argv)}: {r.stdout} {r.stderr}")
             else:
                 print(f"user b: {argv[0]} {argv[1]}: {r.stderr.strip()}", flush=True)
+        # Under the shared root, b's listing shows b's jobs only, quietly.
+        r = run(as_b + [os.path.join(CLI, "stasis"), "ls", root])
+        if r.returncode != 0 or "900" in r.stdout:
+            fail(f"user b's stasis ls of the shared root: rc {r.returncode}: {r.stdout} {r.stderr}")
         # User b plants a symlink named like a job folder, pointing at a's.
         planted = os.path.join(root, "901")
         run(as_b + ["ln", "-s", job, planted])
