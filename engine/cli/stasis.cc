@@ -201,21 +201,41 @@ bool IsDir(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// A folder holding numbered epoch folders is a job folder; any other folder
-// is a root of job folders.
-bool LooksLikeJobFolder(const std::string& path) {
+bool IsNumber(const char* n) {
+  if (n[0] < '1' || n[0] > '9') return false;
+  for (const char* c = n; *c; ++c)
+    if (*c < '0' || *c > '9') return false;
+  return true;
+}
+
+// The numbered sub-folders of `path` (empty if unreadable).
+std::vector<std::string> NumberedFolders(const std::string& path, bool* readable) {
+  std::vector<std::string> out;
   DIR* d = ::opendir(path.c_str());
-  if (!d) return false;
-  bool found = false;
+  *readable = d != nullptr;
+  if (!d) return out;
   while (struct dirent* e = ::readdir(d)) {
-    const char* n = e->d_name;
-    if (n[0] < '1' || n[0] > '9') continue;
-    bool digits = true;
-    for (const char* c = n; *c; ++c) digits &= *c >= '0' && *c <= '9';
-    if (digits) found = true;
+    if (!IsNumber(e->d_name)) continue;
+    std::string sub = path + "/" + e->d_name;
+    struct stat st;
+    if (::lstat(sub.c_str(), &st) == 0 && (S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode))) out.push_back(sub);
   }
   ::closedir(d);
-  return found;
+  return out;
+}
+
+// Job ids and epochs are both numbers: a job folder's numbered children are
+// epochs (files inside, never numbered folders); a root's numbered
+// children are jobs (numbered folders inside).
+bool LooksLikeJobFolder(const std::string& path) {
+  bool readable, found_epoch = false;
+  for (const auto& child : NumberedFolders(path, &readable)) {
+    bool child_readable;
+    auto grandchildren = NumberedFolders(child, &child_readable);
+    if (!grandchildren.empty()) return false;  // child is a job folder
+    if (child_readable) found_epoch = true;
+  }
+  return found_epoch;
 }
 
 // The job folders `path` names: itself, or its sub-folders.
@@ -231,8 +251,10 @@ std::vector<std::string> JobFolders(std::string path) {
     std::string sub = (path == "/" ? "" : path) + "/" + n;
     struct stat st;
     // Under a shared root, a user's listing shows their own jobs only.
+    bool readable;
     if (::lstat(sub.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
-        (::geteuid() == 0 || st.st_uid == ::geteuid()) && LooksLikeJobFolder(sub))
+        (::geteuid() == 0 || st.st_uid == ::geteuid()) &&
+        (LooksLikeJobFolder(sub) || !NumberedFolders(sub, &readable).empty()))
       out.push_back(sub);
   }
   ::closedir(d);
