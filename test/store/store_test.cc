@@ -510,3 +510,96 @@ TEST(StoreAttacks, OtherOwnersAreRefused) {
 
 }  // namespace
 }  // namespace stasis::store
+
+namespace stasis::store {
+namespace {
+
+// Several nodes write one epoch (the Slurm helper step's contract): the
+// coordinator allocates the epoch, the others join it and keep their files,
+// the coordinator commits a MANIFEST naming every node's file.
+TEST(StoreNodes, NodesJoinAndTheCoordinatorCommits) {
+  TempDir dir;
+  std::string path = dir.path() + "/9000";
+  auto coordinator_job = JobFolder::Open(DefaultEnv(), path, true, Me());
+  ASSERT_TRUE(coordinator_job.has_value());
+  auto coordinator = EpochWriter::Begin(&*coordinator_job, WriteOptions{});
+  ASSERT_TRUE(coordinator.has_value());
+  uint64_t epoch = (*coordinator)->epoch();
+  format::Manifest m;
+  m.uid = ::geteuid();
+  for (uint32_t node = 0; node < 3; ++node) {
+    // Each node opens the job folder and the epoch on its own.
+    auto job = JobFolder::Open(DefaultEnv(), path, false, Me());
+    ASSERT_TRUE(job.has_value());
+    std::unique_ptr<EpochWriter> joined;
+    EpochWriter* w = coordinator->get();
+    if (node > 0) {
+      auto j = EpochWriter::Join(&*job, epoch, WriteOptions{});
+      ASSERT_TRUE(j.has_value()) << j.error().message();
+      joined = std::move(*j);
+      joined->Keep();
+      w = joined.get();
+    }
+    auto sink = w->CreateNodeFile(node);
+    ASSERT_TRUE(sink.has_value());
+    std::string bytes = NodeContext("9000", epoch, node);
+    ASSERT_TRUE((*sink)->Write(bytes.data(), bytes.size()).ok());
+    auto file = (*sink)->Finish();
+    ASSERT_TRUE(file.has_value());
+    format::ManifestNode n;
+    n.index = node;
+    n.host = "n" + std::to_string(node);
+    n.file = file->name;
+    n.tasks = {2 * node, 2 * node + 1};
+    m.nodes.push_back(n);
+    m.files.push_back(*file);
+  }  // the joined writers go away: their files stay
+  ASSERT_TRUE((*coordinator)->Commit(&m).ok());
+  ExpectRecoverable(path, 1, "three nodes");
+  for (uint32_t node = 0; node < 3; ++node) {
+    auto sel = SelectForRestart(DefaultEnv(), path, node, Me());
+    ASSERT_TRUE(sel.has_value());
+    EXPECT_EQ(sel->node.tasks, (std::vector<uint32_t>{2 * node, 2 * node + 1}));
+  }
+}
+
+// A node that never wrote its file: the coordinator's commit is refused and
+// the epoch is left incomplete (never corrupt) for retention to remove.
+TEST(StoreNodes, AMissingNodeFileIsNeverCommitted) {
+  TempDir dir;
+  std::string path = dir.path() + "/9001";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), path, 1, 2).status.ok());
+  auto job = JobFolder::Open(DefaultEnv(), path, false, Me());
+  auto coordinator = EpochWriter::Begin(&*job, WriteOptions{});
+  ASSERT_TRUE(coordinator.has_value());
+  uint64_t epoch = (*coordinator)->epoch();
+  auto other = EpochWriter::Join(&*job, epoch, WriteOptions{});
+  ASSERT_TRUE(other.has_value());
+  (*other)->Keep();
+  auto sink = (*other)->CreateNodeFile(1);  // node 1 writes
+  std::string bytes = NodeContext("9001", epoch, 1);
+  ASSERT_TRUE((*sink)->Write(bytes.data(), bytes.size()).ok());
+  auto f1 = (*sink)->Finish();
+  other->reset();
+  format::Manifest m;
+  for (uint32_t node = 0; node < 2; ++node) {
+    format::ManifestNode n;
+    n.index = node;
+    n.host = "h";
+    n.file = EpochWriter::NodeFileName(node);
+    n.tasks = {node};
+    m.nodes.push_back(n);
+  }
+  m.files = {{"node0.ctx", 100, 0}, *f1};  // node 0 never wrote
+  Status s = (*coordinator)->Commit(&m);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("node0.ctx"), std::string::npos) << s.message();
+  coordinator->reset();
+  ExpectRecoverable(path, 1, "a node missing");
+  auto after = job->List();
+  ASSERT_EQ(after->size(), 2u);
+  EXPECT_EQ((*after)[1].state, EpochState::kIncomplete);
+}
+
+}  // namespace
+}  // namespace stasis::store
