@@ -665,6 +665,7 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
   if (static_cast<uint64_t>(st.st_size) != sel.file.size)
     return Status::Corrupt(sel.file_path + ": " + std::to_string(st.st_size) + " bytes, the MANIFEST says " +
                            std::to_string(sel.file.size) + " (truncated or appended to)");
+  ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);  // read once, front to back
   sel.fd = std::move(*fd);
   return sel;
 }
