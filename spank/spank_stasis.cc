@@ -1,7 +1,7 @@
 // spank_stasis.so: stasis in Slurm, enabled by one plugstack.conf line
 //   optional /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_stasis.so
 //       [default_dir=DIR] [min_interval=TIME] [keep=N] [socket=PATH]
-// (on one line).
+// (on one line; TIME in the forms of --checkpoint, a bare number is minutes).
 // It adds --checkpoint=<interval>, --checkpoint-dir=<dir> and
 // --restart-from=<dir> (also --restart-dir) to sbatch, srun and salloc.
 //
