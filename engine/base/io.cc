@@ -37,20 +37,22 @@ FdSink::~FdSink() {
   free(buffer_.release());
 }
 
-Status FdSink::WriteRaw(const void* data, size_t n) {
+Status WriteFully(int fd, const void* data, size_t n, const std::string& name) {
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
-    ssize_t w = ::write(fd_.get(), p, n);
+    ssize_t w = ::write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + name_);
+      return Status::FromErrno(errno, "write " + name);
     }
-    if (w == 0) return Status::Error(EIO, "write " + name_ + ": wrote nothing");
+    if (w == 0) return Status::Error(EIO, "write " + name + ": wrote nothing");
     p += w;
     n -= static_cast<size_t>(w);
   }
   return Status::Ok();
 }
+
+Status FdSink::WriteRaw(const void* data, size_t n) { return WriteFully(fd_.get(), data, n, name_); }
 
 Status FdSink::Write(const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);

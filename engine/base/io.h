@@ -38,6 +38,9 @@ class ByteSource {
   virtual uint64_t Offset() const = 0;
 };
 
+// Writes all n bytes to fd (retrying short writes and EINTR); errors name `name`.
+Status WriteFully(int fd, const void* data, size_t n, const std::string& name);
+
 // Reads exactly n bytes; a short stream is an error naming `what`.
 Status ReadFully(ByteSource* source, void* data, size_t n, const char* what);
 

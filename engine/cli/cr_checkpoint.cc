@@ -111,15 +111,7 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
     if (!reply) Fail(reply.error().message(), reply.error().code());
     if (reply->kind == proto::kReplyQueued) continue;
     if (reply->code != 0) Fail(reply->message, reply->code);
-    stasis::core::CheckpointStats stats;
-    stats.processes = reply->processes;
-    stats.threads = reply->threads;
-    stats.bytes = reply->bytes;
-    stats.page_bytes = reply->page_bytes;
-    stats.pause_seconds = reply->pause_us / 1e6;
-    stats.total_seconds = reply->total_us / 1e6;
-    stats.callbacks_seconds = reply->callbacks_us / 1e6;
-    return stats;
+    return stasis::cli::StatsFromReply(*reply);
   }
 }
 

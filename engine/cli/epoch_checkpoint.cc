@@ -25,6 +25,19 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
   return req;
 }
 
+core::CheckpointStats StatsFromReply(const format::proto::Reply& reply) {
+  core::CheckpointStats stats;
+  stats.processes = reply.processes;
+  stats.threads = reply.threads;
+  stats.bytes = reply.bytes;
+  stats.page_bytes = reply.page_bytes;
+  stats.pause_seconds = reply.pause_us / 1e6;
+  stats.total_seconds = reply.total_us / 1e6;
+  stats.callbacks_seconds = reply.callbacks_us / 1e6;
+  for (uint32_t p : reply.pids) stats.pids.push_back(static_cast<pid_t>(p));
+  return stats;
+}
+
 namespace {
 
 // The held checkpoint through stasisd: it writes into our node file, says
@@ -64,16 +77,7 @@ Result<core::CheckpointStats> ThroughDaemon(const core::CheckpointOptions& opt, 
       STASIS_RETURN_IF_ERROR((*client)->Send(commit));
       continue;
     }
-    core::CheckpointStats stats;
-    stats.processes = reply->processes;
-    stats.threads = reply->threads;
-    stats.bytes = reply->bytes;
-    stats.page_bytes = reply->page_bytes;
-    stats.pause_seconds = reply->pause_us / 1e6;
-    stats.total_seconds = reply->total_us / 1e6;
-    stats.callbacks_seconds = reply->callbacks_us / 1e6;
-    for (uint32_t p : reply->pids) stats.pids.push_back(static_cast<pid_t>(p));
-    return stats;
+    return StatsFromReply(*reply);
   }
 }
 

@@ -34,8 +34,10 @@ struct EpochRequest {
   uint64_t time_limit_ms = 0;  // for stasisd
 };
 
-// The engine protocol's checkpoint request for `opt` (no destination yet).
+// The engine protocol's checkpoint request for `opt` (no destination yet),
+// and the statistics a final checkpoint reply carries.
 format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt);
+core::CheckpointStats StatsFromReply(const format::proto::Reply& reply);
 
 struct EpochOutcome {
   core::CheckpointStats stats;

@@ -7,6 +7,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "engine/base/io.h"
+
 namespace stasis::store {
 namespace {
 
@@ -81,17 +83,8 @@ class PosixFile : public WritableFile {
     return Status::Ok();
   }
   Status WriteAll(const char* p, size_t n) {
-    while (n > 0) {
-      ssize_t w = ::write(fd_.get(), p, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        return Status::FromErrno(errno, "write " + name_);
-      }
-      if (w == 0) return Status::Error(EIO, "write " + name_ + ": wrote nothing");
-      p += w;
-      n -= static_cast<size_t>(w);
-      offset_ += static_cast<uint64_t>(w);
-    }
+    STASIS_RETURN_IF_ERROR(WriteFully(fd_.get(), p, n, name_));
+    offset_ += n;
     return Status::Ok();
   }
 
