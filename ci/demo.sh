@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The stasis demo, about 10 seconds: a counter runs under cr_run, is
-# checkpointed to a file and killed, the file is shown, and cr_restart brings
-# the counter back at the same pid, counting on from where it stopped, until
-# it is asked to exit. Installs and builds first (fast when already done).
+# checkpointed twice into a job folder (epochs 1 and 2, the second with
+# --kill), the epochs are listed and shown, and cr_restart of the job folder
+# brings the counter back from the newest epoch at the same pid, counting on
+# from where it stopped, until it is asked to exit. Installs and builds first (fast when already done).
 # Run as root: a process comes back at its original pid only with privilege.
 set -euo pipefail
 
@@ -55,21 +56,25 @@ pid=$!
 started+=("$pid")
 sleep 1.6
 
-say "Checkpointing pid $pid into $work/counter.ctx, then killing it (cr_checkpoint --kill)"
-timeout 30 "$bin/cr_checkpoint" --kill -f "$work/counter.ctx" "$pid"
+job="$work/ckpt/demo"
+say "Checkpointing pid $pid into the job folder $job (epoch 1; it keeps running)"
+timeout 30 "$bin/cr_checkpoint" --dir "$job" "$pid"
+sleep 0.6
+say "Checkpointing it again (epoch 2), then killing it (cr_checkpoint --kill)"
+timeout 30 "$bin/cr_checkpoint" --kill --dir "$job" "$pid"
 wait "$pid" 2>/dev/null || true # reap it, so its pid is free for the restart
 last=$(grep -oE 'count [0-9]+' "$out" | tail -n 1)
 echo "The counter is gone (pid $pid no longer exists); it had reached ${last:-nothing}."
-ls -l "$work/counter.ctx"
 
-say "What the context file holds (stasis show)"
-timeout 30 "$bin/stasis" show "$work/counter.ctx" >"$work/show.txt"
+say "The job's checkpoints (stasis ls) and what epoch 2 holds (stasis show)"
+timeout 30 "$bin/stasis" ls "$job"
+timeout 30 "$bin/stasis" show "$job/2/node0.ctx" >"$work/show.txt"
 head -n 12 "$work/show.txt"
 lines=$(wc -l <"$work/show.txt")
 [[ $lines -le 12 ]] || echo "  ... ($((lines - 12)) more lines: memory mappings)"
 
-say "Restarting it from the file (cr_restart): same pid, memory as it was"
-setsid "$bin/cr_restart" "$work/counter.ctx" </dev/null >>"$out" 2>&1 &
+say "Restarting it from the job folder (cr_restart picks the newest complete epoch): same pid, memory as it was"
+setsid "$bin/cr_restart" "$job" </dev/null >>"$out" 2>&1 &
 restart=$!
 started+=("$restart")
 sleep 1.6
