@@ -127,32 +127,22 @@ int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
 // complete one is tried.
 int RestoreFromStore(const std::string& path, std::optional<uint32_t> node,
                      const stasis::core::RestoreOptions& base, unsigned omit, bool verbose) {
-  using stasis::cli::Die;
-  uint64_t older_than = 0;
-  for (;;) {
-    auto sel = stasis::store::SelectForRestart(stasis::store::DefaultEnv(), path, node,
-                                               stasis::store::Access::Caller(), older_than);
-    if (!sel) Die("cr_restart", sel.error().message());
-    auto prep = stasis::store::PrepareRestart(std::move(*sel));
-    if (!prep) Die("cr_restart", prep.error().message());
-    for (const auto& note : prep->notes) std::fprintf(stderr, "cr_restart: %s\n", note.c_str());
-    stasis::core::RestoreOptions opt = base;
-    opt.check_image = prep->check_image;
-    opt.before_run = prep->before_run;
-    if (!prep->from_job_folder)
-      return RestoreAndWait(std::move(prep->source), prep->path, opt, omit, verbose);
-    // From a job folder: a damaged epoch is not the end of the job.
-    opt.source_path = prep->path;
-    MarkOmit(omit);
-    auto result = stasis::core::Restore(prep->source.get(), opt);
-    if (!result && result.error().code() == EBADMSG) {
-      std::fprintf(stderr, "cr_restart: %s: %s; trying an older epoch\n", prep->path.c_str(),
-                   result.error().message().c_str());
-      older_than = prep->epoch;
-      continue;
-    }
-    return WaitForRestored(std::move(result), std::move(prep->source), prep->path, verbose);
-  }
+  stasis::Result<stasis::core::RestoreResult> result = stasis::Status::Error(EIO, "not restored");
+  std::string file;
+  stasis::Status s = stasis::store::RestoreFromFolder(
+      stasis::store::DefaultEnv(), path, node, stasis::store::Access::Caller(),
+      [](const std::string& note) { std::fprintf(stderr, "cr_restart: %s\n", note.c_str()); },
+      [&](stasis::store::PreparedRestart& prep) -> stasis::Status {
+        stasis::core::RestoreOptions opt = base;
+        opt.check_image = prep.check_image;
+        opt.before_run = prep.before_run;
+        opt.source_path = file = prep.path;
+        MarkOmit(omit);
+        result = stasis::core::Restore(prep.source.get(), opt);
+        return result ? stasis::Status::Ok() : result.error().Prefixed(prep.path);
+      });
+  if (!s.ok()) stasis::cli::Die("cr_restart", s.message());
+  return WaitForRestored(std::move(result), nullptr, file, verbose);
 }
 
 }  // namespace

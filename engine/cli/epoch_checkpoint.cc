@@ -111,14 +111,7 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   node.host = host[0] ? host : "localhost";
   node.file = store::EpochWriter::NodeFileName(0);
   node.tasks = {0};
-  if (auto cmdline = core::ReadFileToString("/proc/" + std::to_string(opt.target) + "/cmdline")) {
-    for (size_t i = 0; i < cmdline->size();) {
-      size_t end = cmdline->find('\0', i);
-      if (end == std::string::npos) end = cmdline->size();
-      node.argv.push_back(cmdline->substr(i, end - i));
-      i = end + 1;
-    }
-  }
+  if (auto argv = core::ReadArgv(opt.target)) node.argv = std::move(*argv);
   manifest.nodes.push_back(node);
 
   struct Commit {

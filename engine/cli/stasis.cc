@@ -2,7 +2,6 @@
 // prints what a context holds; `stasis verify FILE` checks every checksum
 // and cross-reference; `stasis status|ping|cancel ID|list DIR|delete FILE`
 // ask the node's stasisd.
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -201,65 +200,12 @@ bool IsDir(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-bool IsNumber(const char* n) {
-  if (n[0] < '1' || n[0] > '9') return false;
-  for (const char* c = n; *c; ++c)
-    if (*c < '0' || *c > '9') return false;
-  return true;
-}
-
-// The numbered sub-folders of `path` (empty if unreadable).
-std::vector<std::string> NumberedFolders(const std::string& path, bool* readable) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(path.c_str());
-  *readable = d != nullptr;
-  if (!d) return out;
-  while (struct dirent* e = ::readdir(d)) {
-    if (!IsNumber(e->d_name)) continue;
-    std::string sub = path + "/" + e->d_name;
-    struct stat st;
-    if (::lstat(sub.c_str(), &st) == 0 && (S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode))) out.push_back(sub);
-  }
-  ::closedir(d);
-  return out;
-}
-
-// Job ids and epochs are both numbers: a job folder's numbered children are
-// epochs (files inside, never numbered folders); a root's numbered
-// children are jobs (numbered folders inside).
-bool LooksLikeJobFolder(const std::string& path) {
-  bool readable, found_epoch = false;
-  for (const auto& child : NumberedFolders(path, &readable)) {
-    bool child_readable;
-    auto grandchildren = NumberedFolders(child, &child_readable);
-    if (!grandchildren.empty()) return false;  // child is a job folder
-    if (child_readable) found_epoch = true;
-  }
-  return found_epoch;
-}
-
-// The job folders `path` names: itself, or its sub-folders.
-std::vector<std::string> JobFolders(std::string path) {
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  if (LooksLikeJobFolder(path)) return {path};
-  std::vector<std::string> out;
-  DIR* d = ::opendir(path.c_str());
-  if (!d) cli::Die("stasis", "open " + path + ": " + std::strerror(errno));
-  while (struct dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n == "." || n == "..") continue;
-    std::string sub = (path == "/" ? "" : path) + "/" + n;
-    struct stat st;
-    // Under a shared root, a user's listing shows their own jobs only.
-    bool readable;
-    if (::lstat(sub.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
-        (::geteuid() == 0 || st.st_uid == ::geteuid()) &&
-        (LooksLikeJobFolder(sub) || !NumberedFolders(sub, &readable).empty()))
-      out.push_back(sub);
-  }
-  ::closedir(d);
-  std::sort(out.begin(), out.end());
-  return out;
+// The job folders `path` names (itself, or the caller's job folders under a
+// root), or dies naming what could not be read.
+std::vector<std::string> JobFolders(const std::string& path) {
+  auto jobs = store::FindJobFolders(path, store::Access::Caller());
+  if (!jobs) cli::Die("stasis", jobs.error().message());
+  return *jobs;
 }
 
 int List(const std::string& path) {

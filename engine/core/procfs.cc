@@ -182,6 +182,18 @@ Result<std::vector<pid_t>> ListChildren(pid_t pid) {
   return out;
 }
 
+Result<std::vector<std::string>> ReadArgv(pid_t pid) {
+  STASIS_ASSIGN_OR_RETURN(std::string raw, ReadFileToString("/proc/" + std::to_string(pid) + "/cmdline"));
+  std::vector<std::string> argv;
+  for (size_t i = 0; i < raw.size();) {
+    size_t end = raw.find('\0', i);
+    if (end == std::string::npos) end = raw.size();
+    argv.push_back(raw.substr(i, end - i));
+    i = end + 1;
+  }
+  return argv;
+}
+
 Result<std::vector<int>> ListFds(pid_t pid) {
   STASIS_ASSIGN_OR_RETURN(auto v, ListNumericDir("/proc/" + std::to_string(pid) + "/fd"));
   return std::vector<int>(v.begin(), v.end());

@@ -17,6 +17,8 @@ namespace stasis::core {
 
 Result<std::string> ReadFileToString(const std::string& path, size_t limit = 64 << 20);
 Result<std::string> ReadLink(const std::string& path);
+// A process's command line (/proc/PID/cmdline), one string per argument.
+Result<std::vector<std::string>> ReadArgv(pid_t pid);
 
 // One line of /proc/PID/maps.
 struct MapsEntry {

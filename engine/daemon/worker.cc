@@ -321,6 +321,32 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   return Status::Ok();
 }
 
+// The restored tree never gets more privilege than its context file's
+// owner: the worker becomes that owner (keeping only
+// CAP_CHECKPOINT_RESTORE, which the tree loses before it runs), or stays
+// root for root's files. `file_gid` is the group when the owner has no
+// user entry.
+Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::RestoreOptions* opt) {
+  if (owner == 0) return DropFsIdentity();
+  gid_t gid = file_gid;
+  std::vector<gid_t> groups;
+  if (owner == peer.uid) {
+    gid = peer.gid;
+    groups = peer.groups;
+  } else if (struct passwd* pw = ::getpwuid(owner)) {
+    gid = pw->pw_gid;
+    int n = 256;
+    groups.resize(static_cast<size_t>(n));
+    if (::getgrouplist(pw->pw_name, gid, groups.data(), &n) < 0) n = 0;
+    groups.resize(static_cast<size_t>(n));
+  }
+  Status s = DropFsIdentity();
+  if (s.ok()) s = BecomeOwner(owner, gid, groups);
+  if (!s.ok()) return s.Prefixed("take the identity of uid " + std::to_string(owner));
+  opt->drop_capabilities = true;
+  return Status::Ok();
+}
+
 [[noreturn]] void RunRestart(const Config& config, const WorkerTask& task) {
   const proto::Request& req = task.request;
   const Peer& peer = task.peer;
@@ -334,76 +360,7 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   if (!s.ok()) fail(s);
   s = CheckUnderRoots(config, peer, req.path, "read");
   if (!s.ok()) fail(AsRefusal(s, peer));
-  // A context file, or an epoch or job folder of the checkpoint store.
-  std::unique_ptr<ByteSource> source;
-  std::string source_path = req.path;
-  std::vector<std::string> notes;
   core::RestoreOptions opt;
-  bool from_job_folder = false;
-  uint64_t epoch = 0;
-  std::optional<uint32_t> node;
-  if (req.flags & proto::kFlagNode) node = req.node;
-  store::Access access;
-  access.uid = peer.uid;
-  access.any_owner = peer.uid == 0;
-  auto select = [&](uint64_t older_than) -> Status {
-    auto sel = store::SelectForRestart(store::DefaultEnv(), req.path, node, access, older_than);
-    if (!sel) return AsRefusal(sel.error(), peer);
-    auto prep = store::PrepareRestart(std::move(*sel));
-    if (!prep) return prep.error();
-    notes = prep->notes;
-    source_path = prep->path;
-    from_job_folder = prep->from_job_folder;
-    epoch = prep->epoch;
-    opt.check_image = prep->check_image;
-    opt.before_run = prep->before_run;
-    source = std::move(prep->source);
-    return Status::Ok();
-  };
-  struct stat st;
-  if (::stat(req.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    s = select(0);
-    if (!s.ok()) fail(s);
-    // The owner of the node file decides who the restored tree runs as.
-    struct stat fst;
-    if (::stat(source_path.c_str(), &fst) != 0) fail(Status::FromErrno(errno, "stat " + source_path));
-    st = fst;
-  } else {
-    int raw = ::open(req.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (raw < 0) {
-      if (errno == ELOOP) fail(Status::Error(EPERM, req.path + " is a symbolic link; refusing it"));
-      fail(AsRefusal(Status::FromErrno(errno, "open " + req.path), peer));
-    }
-    UniqueFd file(raw);
-    if (::fstat(raw, &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
-    if (!S_ISREG(st.st_mode)) fail(Status::Error(EINVAL, req.path + " is not a regular file"));
-    if (peer.uid != 0 && st.st_uid != peer.uid)
-      fail(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid) +
-                                    ", not to uid " + std::to_string(peer.uid)));
-    source = std::make_unique<FdSource>(std::move(file), req.path);
-  }
-  // The restored tree never gets more privilege than the file's owner.
-  if (st.st_uid != 0) {
-    gid_t gid = st.st_gid;
-    std::vector<gid_t> groups;
-    if (st.st_uid == peer.uid) {
-      gid = peer.gid;
-      groups = peer.groups;
-    } else if (struct passwd* pw = ::getpwuid(st.st_uid)) {
-      gid = pw->pw_gid;
-      int n = 256;
-      groups.resize(static_cast<size_t>(n));
-      if (::getgrouplist(pw->pw_name, gid, groups.data(), &n) < 0) n = 0;
-      groups.resize(static_cast<size_t>(n));
-    }
-    s = DropFsIdentity();
-    if (s.ok()) s = BecomeOwner(st.st_uid, gid, groups);
-    if (!s.ok()) fail(s.Prefixed("take the identity of uid " + std::to_string(st.st_uid)));
-    opt.drop_capabilities = true;
-  } else {
-    s = DropFsIdentity();
-    if (!s.ok()) fail(s);
-  }
   opt.restore_pids = !(req.flags & proto::kFlagNoRestorePid);
   opt.after = static_cast<core::AfterRestore>(req.after);
   for (const std::string& r : req.relocate) {
@@ -418,20 +375,53 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   } else {
     opt.stdin_fd = opt.stdout_fd = opt.stderr_fd = null_fd.get();
   }
-  opt.source_path = source_path;
-  auto result = core::Restore(source.get(), opt);
-  while (!result && from_job_folder && result.error().code() == EBADMSG) {
-    // A damaged epoch is not the end of the job: the next older one.
-    notes.push_back(source_path + ": " + result.error().message() + "; trying an older epoch");
-    uid_t owner = st.st_uid;
-    s = select(epoch);
-    if (!s.ok()) fail(Status::Error(s.code(), notes.back() + "; " + s.message()));
-    if (::stat(source_path.c_str(), &st) != 0 || st.st_uid != owner)
-      fail(Status::Error(EPERM, source_path + " has another owner than the damaged epoch's file"));
-    opt.source_path = source_path;
-    result = core::Restore(source.get(), opt);
+  Result<core::RestoreResult> result = Status::Error(EIO, "not restored");
+  std::string source_path = req.path;
+  std::vector<std::string> notes;  // a store restart: what cr_restart prints
+  struct stat st;
+  if (::stat(req.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    // An epoch or job folder of the checkpoint store, selected as the user.
+    std::optional<uint32_t> node;
+    if (req.flags & proto::kFlagNode) node = req.node;
+    store::Access access;
+    access.uid = peer.uid;
+    access.any_owner = peer.uid == 0;
+    std::optional<uid_t> owner;
+    s = store::RestoreFromFolder(
+        store::DefaultEnv(), req.path, node, access, [&](const std::string& n) { notes.push_back(n); },
+        [&](store::PreparedRestart& prep) -> Status {
+          if (!owner) {
+            STASIS_RETURN_IF_ERROR(BecomeFileOwner(prep.owner, prep.group, peer, &opt));
+            owner = prep.owner;
+          } else if (prep.owner != *owner) {
+            return Status::Error(EPERM, prep.path + " has another owner than the damaged epoch's file");
+          }
+          opt.check_image = prep.check_image;
+          opt.before_run = prep.before_run;
+          opt.source_path = source_path = prep.path;
+          result = core::Restore(prep.source.get(), opt);
+          return result ? Status::Ok() : result.error().Prefixed(prep.path);
+        });
+    if (!s.ok()) fail(AsRefusal(s, peer));
+  } else {
+    int raw = ::open(req.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (raw < 0) {
+      if (errno == ELOOP) fail(Status::Error(EPERM, req.path + " is a symbolic link; refusing it"));
+      fail(AsRefusal(Status::FromErrno(errno, "open " + req.path), peer));
+    }
+    UniqueFd file(raw);
+    if (::fstat(raw, &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
+    if (!S_ISREG(st.st_mode)) fail(Status::Error(EINVAL, req.path + " is not a regular file"));
+    if (peer.uid != 0 && st.st_uid != peer.uid)
+      fail(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid) +
+                                    ", not to uid " + std::to_string(peer.uid)));
+    s = BecomeFileOwner(st.st_uid, st.st_gid, peer, &opt);
+    if (!s.ok()) fail(s);
+    opt.source_path = req.path;
+    FdSource source(std::move(file), req.path);
+    result = core::Restore(&source, opt);
+    if (!result) fail(result.error().Prefixed(req.path));
   }
-  if (!result) fail(result.error().Prefixed(source_path));
   for (int fd : task.attached) ::close(fd);
   null_fd.reset();
   proto::Reply started;

@@ -592,6 +592,63 @@ bool IsEpochFolder(int dirfd) {
   return false;
 }
 
+namespace {
+
+// The numbered entries of `dirfd` that are folders or links; `readable`
+// false when the folder cannot be read.
+std::vector<std::string> NumberedFolders(int dirfd, bool* readable) {
+  std::vector<std::string> out;
+  auto names = ReadNames(dirfd);
+  *readable = names.has_value();
+  if (!names) return out;
+  for (const auto& [n, type] : *names) {
+    uint64_t e;
+    struct stat st;
+    if (ParseEpochName(n.c_str(), &e) && ::fstatat(dirfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        (S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode)))
+      out.push_back(n);
+  }
+  return out;
+}
+
+// Counts a folder's numbered children that hold numbered folders
+// themselves (jobs) and that do not (epochs).
+void ClassifyChildren(int dirfd, int* jobs, int* epochs) {
+  bool readable;
+  for (const auto& child : NumberedFolders(dirfd, &readable)) {
+    UniqueFd fd(::openat(dirfd, child.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) continue;
+    bool child_readable;
+    if (!NumberedFolders(fd.get(), &child_readable).empty()) ++*jobs;
+    else if (child_readable) ++*epochs;
+  }
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> FindJobFolders(const std::string& path_in, const Access& access) {
+  std::string path = path_in;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  UniqueFd top(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!top) return Status::FromErrno(errno, "open " + path);
+  int jobs = 0, epochs = 0;
+  ClassifyChildren(top.get(), &jobs, &epochs);
+  if (epochs > 0 && jobs == 0) return std::vector<std::string>{path};
+  auto names = ReadNames(top.get());
+  if (!names) return Status::Error(names.error().code(), path + ": " + names.error().message());
+  std::vector<std::string> out;
+  for (const auto& [n, type] : *names) {
+    struct stat st;
+    if (::fstatat(top.get(), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) continue;
+    if (!access.any_owner && st.st_uid != access.uid) continue;
+    UniqueFd fd(::openat(top.get(), n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    bool readable;
+    if (fd && !NumberedFolders(fd.get(), &readable).empty()) out.push_back(JoinPath(path, n));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std::optional<uint32_t> node,
                                           Access access, uint64_t older_than) {
   auto top = env->OpenDir(AT_FDCWD, path, true);
@@ -679,6 +736,7 @@ Result<PreparedRestart> PrepareRestart(RestartSelection sel) {
   struct stat st;
   if (::fstat(sel.fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + sel.file_path);
   out.owner = st.st_uid;
+  out.group = st.st_gid;
   for (const auto& skipped : sel.skipped)
     out.notes.push_back("skipping epoch " + std::to_string(skipped.epoch) + " (" +
                         EpochStateName(skipped.state) + ": " + skipped.problem + ")");
@@ -703,6 +761,23 @@ Result<PreparedRestart> PrepareRestart(RestartSelection sel) {
   };
   out.before_run = [vs]() { return vs->Finish(); };
   return out;
+}
+
+Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node, Access access,
+                         const std::function<void(const std::string&)>& note,
+                         const std::function<Status(PreparedRestart&)>& restore) {
+  uint64_t older_than = 0;
+  for (;;) {
+    auto sel = SelectForRestart(env, path, node, access, older_than);
+    if (!sel) return sel.error();
+    auto prep = PrepareRestart(std::move(*sel));
+    if (!prep) return prep.error();
+    for (const auto& n : prep->notes) note(n);
+    Status s = restore(*prep);
+    if (s.ok() || !prep->from_job_folder || s.code() != EBADMSG) return s;
+    note(s.message() + "; trying an older epoch");
+    older_than = prep->epoch;
+  }
 }
 
 }  // namespace stasis::store

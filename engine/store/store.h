@@ -195,6 +195,14 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path,
 // one or node files)? Job ids are numbers too, so names cannot tell.
 bool IsEpochFolder(int dirfd);
 
+// The job folders `path` names: itself when it is one, else its
+// sub-folders that are (those of `access.uid` only, unless any_owner: under a
+// shared root a user sees their own jobs). Job ids and epochs are both
+// numbers, so this goes by content: a job folder's numbered children are
+// epochs (files inside), a root's numbered children are jobs (numbered
+// folders inside).
+Result<std::vector<std::string>> FindJobFolders(const std::string& path, const Access& access);
+
 // What a context says about itself (ImageInfo job, epoch, node) must match
 // its place in the epoch: catches files swapped between nodes or epochs.
 Status CheckContextIdentity(const format::ImageInfo& image, const format::Manifest& manifest,
@@ -232,8 +240,20 @@ struct PreparedRestart {
   uint64_t epoch = 0;
   bool from_job_folder = false;  // a damaged epoch may fall back to an older one
   uid_t owner = 0;      // of the node file
+  gid_t group = 0;
 };
 Result<PreparedRestart> PrepareRestart(RestartSelection selection);
+
+// A restart from a store folder, for any restorer: selects the epoch `path`
+// names (a job folder: its newest complete one), tells `note` what it chose
+// and what it passed over, and calls `restore` with the prepared source and
+// hooks. From a job folder, a `restore` failing with EBADMSG (the epoch was
+// found damaged while being read; nothing of it ran) is noted and the next
+// older complete epoch is tried. Returns the selection's or `restore`'s
+// status.
+Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node, Access access,
+                         const std::function<void(const std::string&)>& note,
+                         const std::function<Status(PreparedRestart&)>& restore);
 
 // Opens a regular file in `dirfd` for reading: no symlink, owned per `access`.
 Result<UniqueFd> OpenOwnedFile(int dirfd, const std::string& name, const Access& access,

@@ -25,10 +25,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from test_users import USERS, ensure_users  # noqa: E402
+
 ARGS = None
 DIR = None       # the cluster's folder
 WORK = None      # DIR/work: world-writable, where jobs run and write
-USERS = ("stasis_ua", "stasis_ub")
 T0 = time.monotonic()
 
 
@@ -263,15 +265,6 @@ CASES = {
     "smoke": case_smoke,
     "spank": case_spank,
 }
-
-
-def ensure_users():
-    for user in USERS:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-                           check=True)
 
 
 def netns_ids(cluster_id):

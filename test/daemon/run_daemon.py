@@ -24,10 +24,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from test_users import USERS, ensure_users  # noqa: E402
+
 ARGS = None
 WORK = None
 DAEMONS = []  # every stasisd started, stopped at the end whatever happens
-USERS = ("stasis_ua", "stasis_ub")
 
 WORKLOAD = r'''
 import hashlib, os, sys, time
@@ -682,15 +684,6 @@ CASES = {
     "store_faults": case_store_faults,
     "config": case_config,
 }
-
-
-def ensure_users():
-    for user in USERS:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-                           check=True)
 
 
 def main():

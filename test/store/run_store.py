@@ -36,6 +36,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from test_users import ensure_users  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else "build"
 CLI = os.path.join(BUILD, "engine", "cli")
 TOOL = os.path.join(BUILD, "test", "store", "store_fault_tool")
@@ -270,12 +273,7 @@ def case_enospc():
 def case_users():
     if os.geteuid() != 0:
         skip("the users case needs root (it runs programs as two users)")
-    for user in ("stasis_ua", "stasis_ub"):
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-                           check=True)
+    ensure_users()
     os.chmod(WORK, 0o755)
     root = os.path.join(WORK, "ckpt")
     os.makedirs(root)
