@@ -1,6 +1,8 @@
 // Buffered fd sinks and sources; see io.h.
 #include "engine/base/io.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +37,21 @@ FdSink::~FdSink() {
   // The buffer_ deleter is delete[], which posix_memalign memory must not
   // use: release it by hand.
   free(buffer_.release());
+}
+
+Result<UniqueFd> OpenRegularNoFollow(int dirfd, const std::string& name, const std::string& shown) {
+  int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ELOOP) return Status::Error(ELOOP, shown + " is a symbolic link; refusing it");
+    return Status::FromErrno(errno, "open " + shown);
+  }
+  UniqueFd owned(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + shown);
+  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, shown + " is not a regular file");
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  return owned;
 }
 
 Status WriteFully(int fd, const void* data, size_t n, const std::string& name) {

@@ -41,6 +41,11 @@ class ByteSource {
 // Writes all n bytes to fd (retrying short writes and EINTR); errors name `name`.
 Status WriteFully(int fd, const void* data, size_t n, const std::string& name);
 
+// Opens `name` in `dirfd` (AT_FDCWD: a path) read-only, never through a
+// symbolic link and never blocking on a FIFO; only a regular file is
+// accepted. `shown` names it in errors.
+Result<UniqueFd> OpenRegularNoFollow(int dirfd, const std::string& name, const std::string& shown);
+
 // Reads exactly n bytes; a short stream is an error naming `what`.
 Status ReadFully(ByteSource* source, void* data, size_t n, const char* what);
 

@@ -94,15 +94,10 @@ Status SyncFdSink(void* fd_sink) {
 }
 
 Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ELOOP) return Status::Error(ELOOP, path + " is a symbolic link; refusing it");
-    return Status::FromErrno(errno, "open " + path);
-  }
-  UniqueFd owned(fd);
+  STASIS_ASSIGN_OR_RETURN(UniqueFd owned, OpenRegularNoFollow(AT_FDCWD, path, path));
+  const int fd = owned.get();
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + " is not a regular file");
   if (::geteuid() != 0 && st.st_uid != ::geteuid())
     return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
                                     ", not to you; refusing it");

@@ -122,19 +122,11 @@ const char* EpochStateName(EpochState state) {
 
 Result<UniqueFd> OpenOwnedFile(int dirfd, const std::string& name, const Access& access,
                                const std::string& shown_path) {
-  int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    if (errno == ELOOP) return Status::Error(ELOOP, shown_path + " is a symbolic link; refusing it");
-    return Status::FromErrno(errno, "open " + shown_path);
-  }
-  UniqueFd owned(fd);
+  STASIS_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularNoFollow(dirfd, name, shown_path));
   struct stat st;
-  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + shown_path);
-  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, shown_path + " is not a regular file");
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + shown_path);
   STASIS_RETURN_IF_ERROR(CheckOwner(st, access, shown_path));
-  int flags = ::fcntl(fd, F_GETFL);
-  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-  return owned;
+  return fd;
 }
 
 // --- JobFolder --------------------------------------------------------------
