@@ -1,20 +1,25 @@
 // spank_stasis.so: stasis in Slurm, enabled by one plugstack.conf line
 //   optional /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_stasis.so
 //       [default_dir=DIR] [min_interval=TIME] [keep=N] [socket=PATH]
-// (on one line; TIME in the forms of --checkpoint, a bare number is minutes).
+//       [final_lead=TIME] [tool=PATH] [ticker_log=DIR]
+// (on one line; TIME in the forms of --checkpoint, a bare number is minutes;
+// %h in socket= is the node's hostname; final_lead: the final epoch this
+// long before the job's time limit, default 2m; tool: stasis-step).
 // It adds --checkpoint=<interval>, --checkpoint-dir=<dir> and
 // --restart-from=<dir> (also --restart-dir) to sbatch, srun and salloc.
 //
-// This first part checks the options where the user types them (a bad
-// interval is refused at submission) and hands them to the job's steps as
-// STASIS_CHECKPOINT_INTERVAL (seconds), STASIS_CHECKPOINT_DIR and
-// STASIS_RESTART_FROM. Taking the checkpoints (a helper step per epoch) and
-// restarting from them build on these (see docs/design.md).
+// It checks the options where the user types them (a bad interval is
+// refused at submission), hands them to the job's steps as environment,
+// starts the periodic ticker in the batch step of a --checkpoint job and
+// turns the tasks of a --restart-from step (or of a requeued --checkpoint
+// job) into restarts. docs/design.md "Slurm integration" has the whole.
 // spank.h declares the plugin's entry points without extern "C".
 extern "C" {
 #include <slurm/spank.h>
 }
 
+#include <fcntl.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -40,6 +45,9 @@ struct Site {
   uint64_t min_interval = 60;
   uint32_t keep = 2;
   std::string socket;
+  std::string tool = STASIS_STEP_TOOL;  // stasis-step
+  std::string ticker_log;              // folder for ticker-<job>.log ("" = none)
+  uint64_t final_lead = 120;           // final epoch this long before the time limit
 } g_site;
 
 // What the user asked for (option callbacks run twice in remote context:
@@ -116,10 +124,67 @@ bool ParseSiteArg(const std::string& arg) {
     g_site.keep = static_cast<uint32_t>(n);
   } else if (key == "socket" && !value.empty() && value[0] == '/') {
     g_site.socket = value;
+  } else if (key == "tool" && !value.empty() && value[0] == '/') {
+    g_site.tool = value;
+  } else if (key == "final_lead") {
+    auto s = stasis::spank::ParseInterval(value);
+    if (!s) return false;
+    g_site.final_lead = *s;
+  } else if (key == "ticker_log" && !value.empty() && value[0] == '/') {
+    g_site.ticker_log = value;
   } else {
     return false;
   }
   return true;
+}
+
+// Slurm's id of the batch step (SLURM_BATCH_SCRIPT in 22.05).
+constexpr uint32_t kBatchStep = 0xfffffffb;
+
+// %h in a site path: this node's hostname (one stasisd socket per node
+// when several nodes share a file system, as the test cluster's do).
+std::string ExpandHost(std::string path) {
+  size_t at = path.find("%h");
+  if (at == std::string::npos) return path;
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  return path.replace(at, 2, host);
+}
+
+// The batch step of a --checkpoint job: `stasis-step ticker` as the user,
+// in the job's environment, a child of this slurmstepd (Slurm ends it with
+// the job). user_init runs with the user's euid and root's real uid.
+void StartTicker(spank_t sp) {
+  uint32_t job = 0;
+  char** env = nullptr;
+  if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
+    return;
+  uid_t uid = ::geteuid();
+  gid_t gid = ::getegid();
+  std::string log = g_site.ticker_log.empty() ? "/dev/null" : g_site.ticker_log + "/ticker-" + std::to_string(job) + ".log";
+  std::string interval = std::to_string(g_asked.interval), jobid = std::to_string(job);
+  std::string lead = std::to_string(g_site.final_lead);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    slurm_error("stasis: cannot start the checkpoint ticker: %m");
+    return;
+  }
+  if (pid > 0) return;
+  // The child: become the user for good, then stasis-step.
+  if (::seteuid(0) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0) ::_exit(126);
+  int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  int null = ::open("/dev/null", O_RDONLY);
+  if (null >= 0) ::dup2(null, 0);
+  if (fd >= 0) {
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+  }
+  for (int i = 3; i < 1024; ++i) ::close(i);
+  ::setpgid(0, 0);
+  const char* args[] = {g_site.tool.c_str(), "ticker", "--job", jobid.c_str(), "--interval", interval.c_str(),
+                        "--final-lead", lead.c_str(), nullptr};
+  ::execve(args[0], const_cast<char* const*>(args), env);
+  ::_exit(127);
 }
 
 }  // namespace
@@ -128,7 +193,7 @@ extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
   for (int i = 0; i < ac; ++i) {
     if (!ParseSiteArg(av[i])) {
       slurm_error("stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
-                  "keep=1..1000, socket=/abs)", av[i]);
+                  "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME)", av[i]);
       g_site_ok = false;
       return -1;
     }
@@ -147,13 +212,61 @@ extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
 // environment the stasis tools in the step read.
 extern "C" int slurm_spank_user_init(spank_t sp, int, char**) {
   if (!spank_remote(sp) || !g_site_ok) return 0;
-  if (g_asked.interval) {
+  // The folder and retention also serve `scontrol checkpoint` of a job
+  // submitted without --checkpoint.
+  std::string dir = !g_asked.dir.empty() ? g_asked.dir : g_site.default_dir;
+  if (!dir.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_DIR", dir.c_str(), 1);
+  spank_setenv(sp, "STASIS_CHECKPOINT_KEEP", std::to_string(g_site.keep).c_str(), 1);
+  if (g_asked.interval)
     spank_setenv(sp, "STASIS_CHECKPOINT_INTERVAL", std::to_string(g_asked.interval).c_str(), 1);
-    std::string dir = !g_asked.dir.empty() ? g_asked.dir : g_site.default_dir;
-    if (!dir.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_DIR", dir.c_str(), 1);
-    spank_setenv(sp, "STASIS_CHECKPOINT_KEEP", std::to_string(g_site.keep).c_str(), 1);
-  }
   if (!g_asked.restart_from.empty()) spank_setenv(sp, "STASIS_RESTART_FROM", g_asked.restart_from.c_str(), 1);
-  if (!g_site.socket.empty()) spank_setenv(sp, "STASIS_SOCKET", g_site.socket.c_str(), 1);
+  if (!g_site.socket.empty()) spank_setenv(sp, "STASIS_SOCKET", ExpandHost(g_site.socket).c_str(), 1);
+  uint32_t step = 0;
+  if (g_asked.interval && spank_get_item(sp, S_JOB_STEPID, &step) == ESPANK_SUCCESS &&
+      step == kBatchStep)
+    StartTicker(sp);
+  return 0;
+}
+
+// In each task, as the user, just before exec: a task of a step started
+// with --restart-from becomes stasis-step's restart of that task (argv[0]
+// replaced: argc cannot change; stasis-step ignores the rest).
+extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
+  if (!spank_remote(sp) || !g_site_ok) return 0;
+  uint32_t job = 0, step = 0;
+  if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS)
+    return 0;
+  // Auto-resume: a --checkpoint job that Slurm requeued (preemption,
+  // scontrol requeue, a node failure) runs its script again; each of its
+  // steps resumes from the job's newest complete epoch when there is one.
+  char restarts[32] = {0};
+  bool requeued = spank_getenv(sp, "SLURM_RESTART_COUNT", restarts, sizeof restarts) == ESPANK_SUCCESS &&
+                  std::atoi(restarts) > 0;
+  if (g_asked.restart_from.empty() && g_asked.interval && requeued && step != kBatchStep) {
+    char dir[4096] = {0};
+    if (spank_getenv(sp, "STASIS_CHECKPOINT_DIR", dir, sizeof dir) != ESPANK_SUCCESS &&
+        spank_getenv(sp, "SLURM_SUBMIT_DIR", dir, sizeof dir) != ESPANK_SUCCESS)
+      return 0;
+    std::string from = std::string(dir) + "/" + std::to_string(job);
+    spank_setenv(sp, "STASIS_RESTART_FROM", from.c_str(), 1);
+    spank_setenv(sp, "STASIS_RESTART_AUTO", "1", 1);
+  } else if (g_asked.restart_from.empty()) {
+    return 0;
+  }
+  if (step == kBatchStep) {
+    slurm_error("stasis: --restart-from restarts srun steps; the batch script itself starts afresh");
+    return 0;
+  }
+  int argc = 0;
+  char** argv = nullptr;
+  if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1 || !argv) {
+    slurm_error("stasis: cannot read the task's command line to restart it");
+    return -1;
+  }
+  std::string id = std::to_string(job) + "." + std::to_string(step);
+  spank_setenv(sp, "STASIS_RESTART_TASK", id.c_str(), 1);
+  spank_setenv(sp, "STASIS_RESTART_ARGV0", argv[0], 1);
+  argv[0] = strdup(g_site.tool.c_str());
   return 0;
 }

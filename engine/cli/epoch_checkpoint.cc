@@ -12,8 +12,12 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
   namespace proto = format::proto;
   proto::Request req;
   req.op = proto::Op::kCheckpoint;
-  req.target = static_cast<uint32_t>(opt.target);
-  req.scope = static_cast<uint32_t>(opt.scope);
+  req.target = static_cast<uint32_t>(opt.tasks.empty() ? opt.target : opt.tasks.front().pid);
+  req.scope = static_cast<uint32_t>(opt.tasks.empty() ? opt.scope : format::kScopeTree);
+  for (const core::TaskRoot& t : opt.tasks) {
+    req.task_pids.push_back(static_cast<uint32_t>(t.pid));
+    req.task_ids.push_back(t.task);
+  }
   req.after = static_cast<uint32_t>(opt.after);
   req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
               (opt.save_shared ? proto::kFlagSaveShared : 0) |
@@ -52,6 +56,7 @@ Result<core::CheckpointStats> ThroughDaemon(const core::CheckpointOptions& opt, 
   r.flags |= proto::kFlagHold;
   r.attached = proto::kAttachDest;
   r.job = opt.job;
+  r.step = opt.step;
   r.epoch = opt.epoch;
   r.node = opt.node_index;
   r.time_limit_ms = req.time_limit_ms;

@@ -162,8 +162,16 @@ Result<long> Capturer::Inject(ProcState* p, Tracee* t, long nr, uint64_t a1, uin
 }
 
 Result<std::vector<pid_t>> Capturer::DiscoverScope() {
-  STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> out,
-                          DiscoverOne(options_.scope, options_.target, true));
+  std::vector<pid_t> out;
+  if (options_.tasks.empty()) {
+    STASIS_ASSIGN_OR_RETURN(out, DiscoverOne(options_.scope, options_.target, true));
+  } else {
+    for (const TaskRoot& t : options_.tasks) {
+      STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> tree, DiscoverOne(format::kScopeTree, t.pid, true));
+      for (pid_t pid : tree)
+        if (std::find(out.begin(), out.end(), pid) == out.end()) out.push_back(pid);
+    }
+  }
   for (const auto& [scope, target] : extra_) {
     auto more = DiscoverOne(scope, target, false);
     if (!more) continue;  // a forwarded target that has gone meanwhile
@@ -309,10 +317,16 @@ Status Capturer::CheckOwner(pid_t pid) {
 }
 
 Status Capturer::Freeze() {
-  if (options_.target > 0) {
-    auto uid = ProcessUid(options_.target);
+  std::vector<pid_t> named{options_.target};
+  if (!options_.tasks.empty()) {
+    named.clear();
+    for (const TaskRoot& t : options_.tasks) named.push_back(t.pid);
+  }
+  for (pid_t target : named) {
+    if (target <= 0) continue;
+    auto uid = ProcessUid(target);
     if (uid && ::geteuid() != 0 && *uid != ::geteuid())
-      return Status::Error(EPERM, "cannot checkpoint pid " + std::to_string(options_.target) +
+      return Status::Error(EPERM, "cannot checkpoint pid " + std::to_string(target) +
                                       ": it belongs to uid " + std::to_string(*uid) +
                                       ", not to you");
   }
@@ -324,7 +338,8 @@ Status Capturer::Freeze() {
       if (!p) {
         auto st = ReadStat(pid);
         if (!st) continue;  // exited meanwhile
-        if (st->state == 'Z' && pid == options_.target)
+        if (st->state == 'Z' &&
+            std::find(named.begin(), named.end(), pid) != named.end())
           return Status::Error(ESRCH, "cannot checkpoint " + Pid(pid) + ": it has exited");
         if (options_.owner_uid >= 0) STASIS_RETURN_IF_ERROR(CheckOwner(pid));
         auto proc = std::make_unique<ProcState>();
@@ -988,7 +1003,8 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
           std::chrono::system_clock::now().time_since_epoch())
           .count());
   image.checkpoint_uid = ::getuid();
-  image.root_pid = static_cast<uint32_t>(options_.target);
+  image.root_pid = static_cast<uint32_t>(
+      options_.tasks.empty() ? options_.target : options_.tasks.front().pid);
   image.scope = options_.scope;
   image.argv = options_.tool_argv;
   STASIS_RETURN_IF_ERROR(writer->Begin(image));
@@ -1026,7 +1042,12 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
     e.pgid = static_cast<uint32_t>(p->stat.pgrp);
     e.sid = static_cast<uint32_t>(p->stat.session);
     if (p->was_stopped) e.flags |= format::kProcStopped;
-    if (p->pid == options_.target) e.flags |= format::kProcIsRoot;
+    if (options_.tasks.empty() && p->pid == options_.target) e.flags |= format::kProcIsRoot;
+    for (const TaskRoot& t : options_.tasks) {
+      if (t.pid != p->pid) continue;
+      e.flags |= format::kProcIsRoot | format::kProcTask;
+      e.task = t.task;
+    }
     for (auto& t : p->threads) e.tids.push_back(static_cast<uint32_t>(t->tid()));
     if (p->zombie) {
       e.flags |= format::kProcZombie;
@@ -1419,8 +1440,8 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   CheckpointStats stats;
   AgentRequest request;
   request.requester = options.requester ? options.requester : ::getpid();
-  request.target = options.target;
-  request.scope = options.scope;
+  request.target = options.tasks.empty() ? options.target : options.tasks.front().pid;
+  request.scope = options.tasks.empty() ? options.scope : format::kScopeTree;
   request.dest = options.dest;
   request.timeout_seconds = options.callback_timeout_seconds;
   switch (options.after) {

@@ -26,9 +26,21 @@ namespace stasis::core {
 // processes always continue.
 enum class AfterCheckpoint { kContinue, kStop, kTerm, kKill };
 
+// One task of a Slurm step on this node: the top of a tree (a child of
+// slurmstepd) and the step's global task id.
+struct TaskRoot {
+  pid_t pid = 0;
+  uint32_t task = 0;
+  bool operator==(const TaskRoot&) const = default;
+};
+
 struct CheckpointOptions {
   pid_t target = 0;
   format::ScopeKind scope = format::kScopeTree;
+  // Several trees in one context (a step's local tasks): when not empty,
+  // `target` and `scope` are ignored and every task's whole tree is
+  // captured, its top-level process marked with the task id.
+  std::vector<TaskRoot> tasks;
   AfterCheckpoint after = AfterCheckpoint::kContinue;
   std::vector<std::string> tool_argv;  // recorded in the image
   // BLCR's --save-exe/--save-private/--save-shared/--save-all: files
@@ -106,6 +118,15 @@ struct RestoreOptions {
   std::vector<std::pair<std::string, std::string>> relocate;
   // Where fds that led outside the checkpoint are reattached.
   int stdin_fd = 0, stdout_fd = 1, stderr_fd = 2;
+  // A context of several tasks (a Slurm step's node file): the stdio of
+  // each task of the new step. Every task of the context must have an entry
+  // and no other, else nothing is built (the error names both sets); each
+  // task's fds that led outside are reattached to its own stdio.
+  struct TaskStdio {
+    uint32_t task = 0;
+    int stdin_fd = 0, stdout_fd = 1, stderr_fd = 2;
+  };
+  std::vector<TaskStdio> task_stdio;
   // The context file's path, for libcr's cr_get_restart_info().
   std::string source_path;
   // The restorer holds capabilities the restored tree must not keep
@@ -129,6 +150,7 @@ struct RestoreResult {
   uint64_t page_bytes = 0;
   double seconds = 0;
   bool in_new_pid_namespace = false;
+  std::vector<TaskRoot> tasks;   // each task's restored top-level process
 };
 
 // Reads a context from `source` and rebuilds its tree as children of the

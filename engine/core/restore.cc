@@ -104,6 +104,7 @@ struct RProc {
   bool mm_built = false;
   bool files_done = false;
   long pidfd = -1;  // the restorer's pidfd inside the process, while building
+  const RestoreOptions::TaskStdio* stdio = nullptr;  // its task's, if any
 };
 
 class Restorer {
@@ -124,7 +125,8 @@ class Restorer {
   Status BuildAddressSpace(RProc* p);
   Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
   Status RestoreFiles(RProc* p);
-  Result<int> RestorerFdFor(const FileDesc& f);
+  Result<int> RestorerFdFor(const RProc* p, const FileDesc& f);
+  Status MatchTasks(const format::ProcessTree& tree);
   Result<UniqueFd> MakeSocket(const FileDesc& f);
   Status CreateThreads(RProc* p);
   Status CreateSharedMemory(const format::SharedMemory& shm);
@@ -219,7 +221,33 @@ Status Restorer::SetUpScratch() {
   return Status::Ok();
 }
 
+// A context of several tasks restarts only into a step with exactly its
+// tasks on this node: checked before anything is built.
+Status Restorer::MatchTasks(const format::ProcessTree& tree) {
+  std::set<uint32_t> saved, given;
+  for (const auto& e : tree.processes)
+    if (e.flags & format::kProcTask) saved.insert(e.task);
+  for (const auto& t : options_.task_stdio) given.insert(t.task);
+  if (options_.task_stdio.empty()) {
+    if (saved.size() > 1)
+      return Status::Error(EINVAL, "the context holds " + std::to_string(saved.size()) +
+                                       " tasks; restart it as a step with as many tasks "
+                                       "(srun --restart-from)");
+    return Status::Ok();
+  }
+  if (saved == given) return Status::Ok();
+  auto list = [](const std::set<uint32_t>& s) {
+    std::string out;
+    for (uint32_t t : s) out += (out.empty() ? "" : ",") + std::to_string(t);
+    return out.empty() ? std::string("none") : out;
+  };
+  return Status::Error(EINVAL, "the checkpoint has " + std::to_string(saved.size()) +
+                                   " task(s) on this node (" + list(saved) + "), the new step " +
+                                   std::to_string(given.size()) + " (" + list(given) + ")");
+}
+
 Status Restorer::CreateTree(const format::ProcessTree& tree) {
+  STASIS_RETURN_IF_ERROR(MatchTasks(tree));
   // Pids in use make exact restore impossible.
   if (options_.restore_pids) {
     std::string taken;
@@ -258,6 +286,10 @@ Status Restorer::CreateTree(const format::ProcessTree& tree) {
         return Status::Corrupt("process " + std::to_string(p->entry.pid) +
                                " is listed before its parent " + std::to_string(p->entry.ppid));
       parent = it->second;
+      p->stdio = parent->stdio;
+    } else if (p->entry.flags & format::kProcTask) {
+      for (const auto& t : options_.task_stdio)
+        if (t.task == p->entry.task) p->stdio = &t;
     }
     STASIS_RETURN_IF_ERROR(CreateProcess(p.get(), parent));
   }
@@ -613,11 +645,16 @@ Status Restorer::BuildAddressSpace(RProc* p) {
   return Status::Ok();
 }
 
-Result<int> Restorer::RestorerFdFor(const FileDesc& f) {
+Result<int> Restorer::RestorerFdFor(const RProc* p, const FileDesc& f) {
   auto it = objects_.find(f.object_id);
   if (it != objects_.end()) return it->second.get();
   const int acc = static_cast<int>(f.open_flags & O_ACCMODE);
   auto stdio_for = [&]() {
+    if (p->stdio) {
+      if (f.fd == 0 || acc == O_RDONLY) return p->stdio->stdin_fd;
+      if (f.fd == 2) return p->stdio->stderr_fd;
+      return p->stdio->stdout_fd;
+    }
     if (f.fd == 0 || acc == O_RDONLY) return options_.stdin_fd;
     if (f.fd == 2) return options_.stderr_fd;
     return options_.stdout_fd;
@@ -861,7 +898,7 @@ Status Restorer::RestoreFiles(RProc* p) {
                                         (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
       STASIS_RETURN_IF_ERROR(SysErr(got, "create eventfd for fd " + std::to_string(f.fd) + " of " + who));
     } else {
-      STASIS_ASSIGN_OR_RETURN(int mine, RestorerFdFor(f));
+      STASIS_ASSIGN_OR_RETURN(int mine, RestorerFdFor(p, f));
       STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(pfd),
                                         static_cast<uint64_t>(mine), 0));
       STASIS_RETURN_IF_ERROR(SysErr(got, "hand fd " + std::to_string(f.fd) + " to " + who));
@@ -1488,6 +1525,7 @@ Result<RestoreResult> Restorer::Run() {
   for (auto& p : procs_) {
     if (p->entry.ppid == 0 && !result_.root_pid) result_.root_pid = p->pid;
     if (p->entry.flags & format::kProcIsRoot) result_.root_pid = p->pid;
+    if (p->entry.flags & format::kProcTask) result_.tasks.push_back({p->pid, p->entry.task});
     result_.threads += static_cast<uint32_t>(p->threads.size());
   }
   result_.wait_pid = init_ ? init_->pid : result_.root_pid;

@@ -210,6 +210,7 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
   if (task.peer.uid != 0 && st.st_uid != task.peer.uid)
     return Status::Error(EPERM, "the destination belongs to uid " + std::to_string(st.st_uid));
   opt.job = req.job;
+  opt.step = req.step;
   opt.epoch = req.epoch;
   opt.node_index = req.node;
   store::WriteOptions wo;
@@ -233,6 +234,8 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   core::CheckpointOptions opt;
   opt.target = static_cast<pid_t>(req.target);
   opt.scope = static_cast<format::ScopeKind>(req.scope);
+  for (size_t i = 0; i < req.task_pids.size(); ++i)
+    opt.tasks.push_back({static_cast<pid_t>(req.task_pids[i]), req.task_ids[i]});
   opt.after = static_cast<core::AfterCheckpoint>(req.after);
   opt.save_exe = req.flags & proto::kFlagSaveExe;
   opt.save_private = req.flags & proto::kFlagSavePrivate;

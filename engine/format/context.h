@@ -46,6 +46,7 @@ enum ProcessFlags : uint32_t {
   kProcStopped = 1u << 0,   // was in group stop (SIGSTOP) at checkpoint
   kProcZombie = 1u << 1,    // exited, not yet reaped by its parent
   kProcIsRoot = 1u << 2,    // root of the checkpointed tree
+  kProcTask = 1u << 3,      // root of one task's tree; `task` says which
 };
 
 struct ProcessEntry {
@@ -56,6 +57,9 @@ struct ProcessEntry {
   uint32_t flags = 0;  // ProcessFlags
   int32_t exit_code = 0;  // for zombies: wait status
   std::vector<uint32_t> tids;  // tids[0] == pid
+  // With kProcTask: the task (a Slurm step's global task id) whose tree
+  // this top-level process heads. A context may hold several tasks' trees.
+  uint32_t task = 0;
   bool operator==(const ProcessEntry&) const = default;
 };
 

@@ -110,6 +110,7 @@ enum ProcessEntry : uint32_t {
   kEntryFlags = 5,
   kEntryExitCode = 6,
   kEntryTid = 7,  // repeated
+  kEntryTask = 8,
 };
 
 enum Process : uint32_t {

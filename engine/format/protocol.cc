@@ -24,7 +24,8 @@ namespace tag {
 inline constexpr uint32_t kTarget = 1, kScope = 2, kAfter = 3, kFlags = 4, kAfterSignal = 5,
                           kRequester = 6, kWriteMode = 7, kAttached = 8, kRequestId = 9,
                           kTimeLimit = 10, kCallbackTimeout = 11, kPath = 12, kRelocate = 13,
-                          kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17;
+                          kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17, kStep = 18,
+                          kTaskPid = 19, kTaskId = 20;
 inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kProcesses = 5,
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
@@ -68,6 +69,9 @@ void Fields(V& v, S& m) {
   v.U32(t::kNode, "node", m.node);
   v.Text(t::kJob, "job", m.job, kMaxNameLength);
   v.U64(t::kEpoch, "epoch", m.epoch);
+  v.Text(t::kStep, "step", m.step, kMaxNameLength);
+  v.RepeatedU32(t::kTaskPid, "task_pid", m.task_pids, proto::kMaxTasks);
+  v.RepeatedU32(t::kTaskId, "task_id", m.task_ids, proto::kMaxTasks);
 }
 
 template <class V, class S>
@@ -194,6 +198,15 @@ Status CheckRequest(const Request& r) {
   switch (r.op) {
     case Op::kCheckpoint:
       if (r.target == 0) return Status::Corrupt("checkpoint: no target pid");
+      if (r.task_pids.size() != r.task_ids.size())
+        return Status::Corrupt("checkpoint: " + std::to_string(r.task_pids.size()) + " task pids but " +
+                               std::to_string(r.task_ids.size()) + " task ids");
+      if (!r.task_pids.empty() && (r.task_pids[0] != r.target || r.scope != 0))
+        return Status::Corrupt("checkpoint: with tasks, the target is the first task's pid and the scope a tree");
+      for (uint32_t p : r.task_pids)
+        if (p == 0 || p > (1u << 22)) return Status::Corrupt("checkpoint: task pid " + std::to_string(p) + " is out of range");
+      for (unsigned char ch : r.step)
+        if (ch < 0x20 || ch == 0x7f) return Status::Corrupt("checkpoint: step id contains a control character");
       if (r.target > (1u << 22)) return Status::Corrupt("checkpoint: target pid " + std::to_string(r.target) + " is out of range");
       if (r.scope > 3) return Status::Corrupt("checkpoint: unknown scope " + std::to_string(r.scope));
       if (r.after > 3) return Status::Corrupt("checkpoint: unknown after-action " + std::to_string(r.after));
@@ -206,7 +219,7 @@ Status CheckRequest(const Request& r) {
       if (r.flags & kFlagNode) return Status::Corrupt("checkpoint: a node index is for restart");
       if ((r.flags & kFlagHold) && !(r.attached & kAttachDest))
         return Status::Corrupt("checkpoint: a held checkpoint needs its destination fd");
-      if (!(r.flags & kFlagHold) && (!r.job.empty() || r.epoch || r.node))
+      if (!(r.flags & kFlagHold) && (!r.job.empty() || !r.step.empty() || r.epoch || r.node))
         return Status::Corrupt("checkpoint: a store identity is for held checkpoints");
       for (unsigned char ch : r.job)
         if (ch < 0x20 || ch == 0x7f) return Status::Corrupt("checkpoint: job id contains a control character");

@@ -72,6 +72,7 @@ inline constexpr uint32_t kWriteAtomic = 0, kWriteClobber = 1, kWriteBackup = 2;
 inline constexpr size_t kMaxRelocations = 256;
 inline constexpr size_t kMaxArgs = 256;
 inline constexpr size_t kMaxArgLength = 4096;
+inline constexpr size_t kMaxTasks = 4096;
 
 struct Request {
   Op op = Op::kPing;
@@ -93,6 +94,10 @@ struct Request {
                                       // node a held checkpoint is (its store identity)
   std::string job;                    // held checkpoint: store identity (job, epoch)
   uint64_t epoch = 0;
+  std::string step;                   // held checkpoint: the Slurm step ("0", "batch")
+  // Checkpoint of a step's local tasks, one tree each, into one context:
+  // task_pids[i] heads global task task_ids[i]; target = task_pids[0].
+  std::vector<uint32_t> task_pids, task_ids;
   bool operator==(const Request&) const = default;
 };
 

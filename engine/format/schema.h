@@ -51,6 +51,7 @@ void Fields(V& v, S& m) {
   v.U32(tag::kEntryFlags, "flags", m.flags);
   v.I32(tag::kEntryExitCode, "exit_code", m.exit_code);
   v.RepeatedU32(tag::kEntryTid, "tid", m.tids, kMaxThreads);
+  v.U32(tag::kEntryTask, "task", m.task);
 }
 
 template <class V, class S>

@@ -114,7 +114,7 @@ Status ContextValidator::Tree(const ProcessTree& tree) {
   if (stage_ != Stage::kTree) return Unexpected(SectionType::kTree);
   if (tree.processes.empty()) return Status::Corrupt("the Tree has no process");
   std::unordered_map<uint32_t, size_t> index;
-  std::unordered_set<uint32_t> tids;
+  std::unordered_set<uint32_t> tids, tasks;
   for (size_t i = 0; i < tree.processes.size(); ++i) {
     const ProcessEntry& e = tree.processes[i];
     std::string where = "process[" + Str(i) + "] (pid " + Str(e.pid) + "): ";
@@ -129,6 +129,13 @@ Status ContextValidator::Tree(const ProcessTree& tree) {
       }
     }
     if (e.ppid == e.pid) return Status::Corrupt(where + "is its own parent");
+    if (e.flags & kProcTask) {
+      if (e.ppid != 0) return Status::Corrupt(where + "heads a task but has a parent");
+      if (!tasks.insert(e.task).second)
+        return Status::Corrupt(where + "task " + Str(e.task) + " is listed twice");
+    } else if (e.task != 0) {
+      return Status::Corrupt(where + "has a task number but heads no task");
+    }
   }
   for (size_t i = 0; i < tree.processes.size(); ++i) {
     const ProcessEntry& e = tree.processes[i];

@@ -221,7 +221,8 @@ def case_spank():
     shutil.copy(ARGS.spank, plugin)
     os.chmod(plugin, 0o755)
     with open(os.path.join(DIR, "plugstack.conf"), "w") as f:
-        f.write(f"required {plugin} min_interval=5m keep=3 default_dir=/srv/ckpt\n")
+        f.write(f"required {plugin} min_interval=5m keep=3 default_dir=/srv/ckpt "
+                f"tool={install_tool('stasis-step')}\n")
     _, out, err = run("sbatch", "--help", quiet=True)
     for opt in ("--checkpoint=interval", "--checkpoint-dir=dir", "--restart-from=dir", "--restart-dir=dir"):
         if opt not in out + err:
@@ -238,15 +239,23 @@ def case_spank():
     print("OK bad intervals and one under min_interval refused by srun and sbatch at submission")
     # srun: every task on both nodes sees the options.
     _, out, _ = run("srun", "-N2", "-n4", "--checkpoint=1:30:00", "--checkpoint-dir=/scratch/ck",
-                    "--restart-dir=/scratch/ck/41", "sh", "-c",
+                    "sh", "-c",
                     "echo $(hostname) $STASIS_CHECKPOINT_INTERVAL $STASIS_CHECKPOINT_DIR "
-                    "$STASIS_CHECKPOINT_KEEP $STASIS_RESTART_FROM", user="stasis_ua")
+                    "$STASIS_CHECKPOINT_KEEP", user="stasis_ua")
     lines = sorted(out.strip().splitlines())
-    want = ["n1 5400 /scratch/ck 3 /scratch/ck/41"] * 2 + ["n2 5400 /scratch/ck 3 /scratch/ck/41"] * 2
+    want = ["n1 5400 /scratch/ck 3"] * 2 + ["n2 5400 /scratch/ck 3"] * 2
     if lines != want:
         fail(f"srun tasks saw {lines}, expected {want}")
     print("OK srun -N2 -n4 --checkpoint=1:30:00: all 4 tasks on n1 and n2 got interval 5400 s, "
-          "the folder, keep 3 and --restart-dir")
+          "the folder and keep 3")
+    # --restart-dir (Slurm's old name) makes the tasks restarts: a folder
+    # that is not there is refused by every task, naming it.
+    rc, out, err = run("srun", "-N2", "-n2", "--restart-dir=/scratch/ck/41", "hostname",
+                       user="stasis_ua", expect_rc=None)
+    if rc == 0 or "/scratch/ck/41" not in err or out.strip():
+        fail(f"srun --restart-dir=/scratch/ck/41 hostname: rc {rc}, out {out!r}, err {err!r}: "
+             "expected a refusal naming the folder and no hostname printed")
+    print("OK srun --restart-dir=<missing folder>: refused, naming the folder; the command did not run")
     # sbatch: the batch script and the steps inside it; the site's default folder.
     script = write_script("spank_env.sh", "#!/bin/sh\necho batch $STASIS_CHECKPOINT_INTERVAL "
                           "$STASIS_CHECKPOINT_DIR\nsrun sh -c 'echo step $(hostname) "
@@ -261,9 +270,317 @@ def case_spank():
           f"the site's default_dir")
 
 
+def install_tool(name):
+    """A built program copied into DIR/bin (readable by the test users and
+    by slurmstepd; the build tree may not be)."""
+    src = {"stasis-step": ARGS.stasis_step, "count_task": ARGS.count_task, "stasisd": ARGS.stasisd,
+           "stasis": ARGS.stasis, "scontrol": ARGS.scontrol_wrapper, "share_task": ARGS.share_task,
+           "spank_stasis.so": ARGS.spank}[name]
+    if not src or not os.path.exists(src):
+        skip(f"{name} was not built")
+    bindir = os.path.join(DIR, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    os.chmod(bindir, 0o755)
+    dst = os.path.join(bindir, name)
+    if not os.path.exists(dst):
+        shutil.copy(src, dst + ".new")
+        os.chmod(dst + ".new", 0o755)
+        os.rename(dst + ".new", dst)
+    return dst
+
+
+STASISD = {}  # node name -> Popen
+
+
+def start_stasisd(node):
+    """stasisd on node `node` (its network and UTS namespace), socket
+    DIR/run/stasisd-<node>.sock; stopped by ci/cluster.sh stop (it ends every
+    process in the cluster's namespaces)."""
+    cid = hashlib.sha1(os.path.realpath(DIR).encode()).hexdigest()[:8]
+    sock = os.path.join(DIR, "run", f"stasisd-{node}.sock")
+    state = os.path.join(DIR, "run", f"stasisd-{node}")
+    os.makedirs(state, exist_ok=True)
+    if os.path.exists(sock):
+        os.unlink(sock)
+    log = open(os.path.join(DIR, "log", f"stasisd-{node}.log"), "a")
+    STASISD[node] = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/stasis-{cid}-{node}", "--", "unshare", "--uts", "--",
+         "sh", "-c", 'hostname "$1" && exec "$2" --socket "$3" --state-dir "$4"', "sh", node,
+         install_tool("stasisd"), sock, state],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline or STASISD[node].poll() is not None:
+            fail(f"stasisd on {node} did not start")
+        time.sleep(0.05)
+
+
+def stop_stasisd(node):
+    p = STASISD.pop(node)
+    p.kill()
+    p.wait()
+
+
+def enable_stasis(min_interval="5s"):
+    """The plugin, stasis-step and one stasisd per node, as a site would."""
+    plugin = install_tool("spank_stasis.so")
+    tool = install_tool("stasis-step")
+    install_tool("count_task")
+    for i in range(1, ARGS.nodes + 1):
+        start_stasisd(f"n{i}")
+    with open(os.path.join(DIR, "plugstack.conf"), "w") as f:
+        f.write(f"required {plugin} tool={tool} min_interval={min_interval} keep=3 "
+                f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK}\n")
+    ck = os.path.join(WORK, "ck")
+    os.makedirs(ck, exist_ok=True)
+    shutil.chown(ck, "stasis_ua", "stasis_ua")
+    os.chmod(ck, 0o700)
+    return ck
+
+
+def wrapped(*cmd, user="stasis_ua", expect_rc=0, timeout=90):
+    """scontrol through srun-wrappers/scontrol (first in PATH)."""
+    wrapper = install_tool("scontrol")
+    env = ["env", f"PATH={os.path.dirname(wrapper)}:/usr/bin:/bin",
+           f"STASIS_STEP={install_tool('stasis-step')}"]
+    return run(*env, "scontrol", *cmd, user=user, expect_rc=expect_rc, timeout=timeout)
+
+
+def complete_epochs(jobdir):
+    if not os.path.isdir(jobdir):
+        return []
+    return sorted(int(e) for e in os.listdir(jobdir)
+                  if e.isdigit() and os.path.exists(os.path.join(jobdir, e, "MANIFEST")))
+
+
+def wait_epochs(jobdir, count, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(complete_epochs(jobdir)) >= count:
+            return complete_epochs(jobdir)
+        time.sleep(0.3)
+    fail(f"{jobdir}: {len(complete_epochs(jobdir))} complete epochs after {timeout} s, wanted {count}")
+
+
+def counts(path):
+    """rank -> list of the counts it printed, in order; fails on a memory check."""
+    out = {}
+    for line in open(path, errors="replace"):
+        if "MEMORY BAD" in line:
+            fail(f"{path}: {line.strip()}")
+        m = re.match(r"rank (\d+) count (\d+)$", line.strip())
+        if m:
+            out.setdefault(int(m.group(1)), []).append(int(m.group(2)))
+    return out
+
+
+def check_continued(old, new, ranks, what):
+    """Every rank's counts in `new` start right after a count it had printed
+    in `old` (the checkpoint point) and go on one by one."""
+    for r in range(ranks):
+        a, b = old.get(r, []), new.get(r, [])
+        if not b:
+            fail(f"{what}: rank {r} printed nothing after the restart")
+        if b != list(range(b[0], b[0] + len(b))):
+            fail(f"{what}: rank {r} skipped or repeated a count after the restart: {b[:10]}...")
+        if b[0] - 1 not in a and not (b[0] == 1 and not a):
+            fail(f"{what}: rank {r} resumed at {b[0]}, but had printed {a[-3:] if a else 'nothing'} "
+                 "before: not a checkpoint point")
+    return {r: new[r][0] for r in range(ranks)}
+
+
+def case_checkpoint():
+    """sbatch --checkpoint on 2 nodes x 2 tasks: periodic epochs through each
+    node's stasisd, verified; scontrol checkpoint (the wrapper) by the owner,
+    refused to another user, every other scontrol use untouched; the job
+    cancelled and restarted in a new job with srun --restart-from: every task
+    continues its count in the new job's output, checks its memory, and the
+    new job completes."""
+    ck = enable_stasis()
+    limit_file = os.path.join(WORK, "limit")
+    script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100 {limit_file}\n")
+    jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=5s", f"--checkpoint-dir={ck}",
+                   "-o", os.path.join(WORK, "count-%j.out"))
+    jobdir = os.path.join(ck, str(jobid))
+    t = time.monotonic()
+    epochs = wait_epochs(jobdir, 2, timeout=60)
+    print(f"OK job {jobid} (2 nodes, 4 tasks, --checkpoint=5s): epochs {epochs} complete after "
+          f"{time.monotonic() - t:.1f} s")
+    stasis = install_tool("stasis")
+    _, out, _ = run(stasis, "verify", jobdir, user="stasis_ua")
+    verified = re.findall(r"ok \(2 nodes", out)
+    if len(verified) < 2:
+        fail(f"stasis verify {jobdir}: expected at least two epochs of 2 nodes verified")
+    log = open(os.path.join(WORK, f"ticker-{jobid}.log")).read()
+    for line in log.splitlines():
+        if "trigger to resumed" in line:
+            print(f"    ticker: {line}")
+    print(f"OK stasis verify: {len(verified)} epochs, every node file's checksums verified")
+
+    # scontrol checkpoint: another user is refused by Slurm; the owner gets an epoch.
+    before = complete_epochs(jobdir)[-1]
+    rc, out, err = wrapped("checkpoint", "create", str(jobid), user="stasis_ub", expect_rc=None)
+    if rc == 0 or "denied" not in err.lower():
+        fail(f"scontrol checkpoint create {jobid} as stasis_ub: rc {rc}, {err!r}: expected a refusal")
+    _, out, _ = wrapped("checkpoint", "create", str(jobid))
+    m = re.search(r"epoch (\d+) of job", out)
+    if not m or int(m.group(1)) <= before or not os.path.exists(os.path.join(jobdir, m.group(1), "MANIFEST")):
+        fail(f"scontrol checkpoint create {jobid}: no new complete epoch after {before}: {out!r}")
+    print(f"OK scontrol checkpoint create {jobid}: epoch {m.group(1)}; stasis_ub refused by Slurm")
+    _, able, _ = wrapped("checkpoint", "able", str(jobid))
+    # Everything else is Slurm's scontrol, byte for byte.
+    for cmd in (["show", "partition"], ["show", "node", "n1"], ["ping"], ["show", "job", "999999"],
+                ["checkpoint_is_not_a_word"]):
+        r1 = run("scontrol", *cmd, user="stasis_ua", expect_rc=None, quiet=True)
+        r2 = wrapped(*cmd, expect_rc=None)
+        norm = lambda s: re.sub(r"\b(LastBusyTime|BootTime|SlurmdStartTime|CurrentWatts)=\S+", "", s)
+        if r1[0] != r2[0] or norm(r1[1]) != norm(r2[1]) or r1[2] != r2[2]:
+            fail(f"scontrol {' '.join(cmd)}: the wrapper changed the result: {r1} vs {r2}")
+    print("OK scontrol show/ping/unknown words: same output and exit status with and without the wrapper")
+
+    time.sleep(1)
+    run("scancel", str(jobid), user="stasis_ua")
+    wait_job_done(jobid)
+    newest = complete_epochs(jobdir)[-1]
+    old = counts(os.path.join(WORK, f"count-{jobid}.out"))
+    last = max(max(v) for v in old.values())
+    limit = last + 25
+    with open(limit_file, "w") as f:
+        f.write(f"{limit}\n")
+    script2 = write_script("restart.sh", f"#!/bin/sh\nsrun --restart-from={jobdir} "
+                           f"{install_tool('count_task')}\n")
+    job2 = submit(script2, "stasis_ua", "-N2", "-n4", "-o", os.path.join(WORK, "count-%j.out"))
+    state, code = wait_job_done(job2, timeout=60)
+    text = open(os.path.join(WORK, f"count-{job2}.out")).read()
+    if state != "COMPLETED" or code != "0:0":
+        fail(f"restart job {job2}: {state} {code}:\n{text[-2000:]}")
+    if f"/{newest}/node0.ctx" not in text:
+        fail(f"restart job {job2} did not say it restarts from epoch {newest}: {text[:500]!r}")
+    new = counts(os.path.join(WORK, f"count-{job2}.out"))
+    starts = check_continued(old, new, 4, f"restart job {job2}")
+    for r in range(4):
+        if new[r][-1] != limit:
+            fail(f"restart job {job2}: rank {r} stopped at {new[r][-1]}, not {limit}")
+    print(f"OK job {jobid} cancelled, job {job2} (srun --restart-from={jobdir}) continued every task "
+          f"from epoch {newest} (ranks resumed at {starts}) to {limit}, memory checked, COMPLETED 0:0")
+
+
+def case_requeue():
+    """A --checkpoint job requeued by scontrol checkpoint requeue resumes its
+    step from that epoch by itself; a node whose stasisd is gone makes an
+    epoch abort cleanly (tasks continue, no new epoch) and the next one,
+    with stasisd back, succeeds; scontrol checkpoint vacate ends the job after
+    a last epoch."""
+    ck = enable_stasis()
+    script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100\n")
+    jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=1h", f"--checkpoint-dir={ck}",
+                   "-o", os.path.join(WORK, "rq-%j.out"))
+    wait_step_running(jobid, 0)
+    time.sleep(2)
+    jobdir = os.path.join(ck, str(jobid))
+    out_path = os.path.join(WORK, f"rq-{jobid}.out")
+    # stasisd gone on n2: the epoch aborts, every task goes on.
+    stop_stasisd("n2")
+    before = complete_epochs(jobdir)
+    rc, out, err = wrapped("checkpoint", str(jobid), expect_rc=None)
+    if rc == 0 or complete_epochs(jobdir) != before:
+        fail(f"scontrol checkpoint {jobid} without stasisd on n2: rc {rc}, epochs {complete_epochs(jobdir)}")
+    if "n2" not in err:
+        fail(f"the aborted epoch's error does not name node n2: {err!r}")
+    n0 = {r: c[-1] for r, c in counts(out_path).items()}
+    time.sleep(1)
+    n1 = {r: c[-1] for r, c in counts(out_path).items()}
+    if len(n1) != 4 or any(n1[r] <= n0.get(r, 0) for r in n1):
+        fail(f"tasks did not continue after the aborted epoch: {n0} then {n1}")
+    leftovers = [e for e in os.listdir(jobdir) if e.isdigit()] if os.path.isdir(jobdir) else []
+    print(f"OK stasisd stopped on n2: epoch aborted ({err.strip().splitlines()[-1]}), "
+          f"tasks kept counting, no epoch left behind ({leftovers})")
+    start_stasisd("n2")
+    # Requeue: checkpoint, requeue, and the step resumes by itself.
+    _, out, _ = wrapped("checkpoint", "requeue", str(jobid))
+    epoch = complete_epochs(jobdir)[-1]
+    before_rq = counts(out_path)
+    deadline = time.monotonic() + 40
+    nudged = 0
+    while time.monotonic() < deadline:
+        state, _ = job_state(jobid)
+        if state == "PENDING" and time.monotonic() - nudged > 2:
+            # Slurm holds a requeued job back for 2 minutes; not a test's time.
+            run("scontrol", "update", f"jobid={jobid}", "StartTime=now", quiet=True, expect_rc=None)
+            nudged = time.monotonic()
+        text = open(out_path).read() if os.path.exists(out_path) else ""
+        if state == "RUNNING" and "resuming step 0" in text and len(counts(out_path)) == 4 and \
+                all(len(v) >= 5 for v in counts(out_path).values()):
+            break
+        time.sleep(0.3)
+    else:
+        fail(f"requeued job {jobid} did not resume: {job_state(jobid)}, output {text[-500:]!r}")
+    if f"/{epoch}/node0.ctx" not in text:
+        fail(f"requeued job {jobid} did not resume from epoch {epoch}: {text[:400]!r}")
+    after = counts(out_path)
+    starts = check_continued(before_rq, after, 4, f"requeued job {jobid}")
+    print(f"OK scontrol checkpoint requeue {jobid}: epoch {epoch}, job requeued and its step resumed "
+          f"by itself from it (ranks at {starts})")
+    # Vacate: one more epoch, then the job ends.
+    _, out, _ = wrapped("checkpoint", "vacate", str(jobid))
+    state, _ = wait_job_done(jobid, timeout=30)
+    last = complete_epochs(jobdir)[-1]
+    if last <= epoch or state not in ("CANCELLED", "FAILED", "COMPLETED"):
+        fail(f"scontrol checkpoint vacate {jobid}: state {state}, newest epoch {last}")
+    print(f"OK scontrol checkpoint vacate {jobid}: epoch {last}, then the job ended ({state})")
+
+
+def case_share():
+    """Two tasks per node that share a pipe (a named FIFO, then unlinked),
+    POSIX shared memory (unlinked once both mapped it) and each an unlinked
+    scratch file: checkpointed by the ticker, cancelled, restarted on the
+    same two nodes, and again on other nodes (n2 and n3 instead of n1 and
+    n2): every task's count continues, the reader gets exactly the next
+    number through the restored pipe, sees the writer's shared counter move
+    (the memory is shared again) and its scratch file intact."""
+    if ARGS.nodes < 3:
+        skip("the share case needs 3 nodes (--nodes 3)")
+    ck = enable_stasis()
+    share = install_tool("share_task")
+    limit_file = os.path.join(WORK, "share-limit")
+    script = write_script("share.sh", f"#!/bin/sh\nsrun {share} 100 {limit_file}\n")
+    jobid = submit(script, "stasis_ua", "-N2", "--ntasks-per-node=2", "-w", "n1,n2", "--checkpoint=5s",
+                   f"--checkpoint-dir={ck}", "-o", os.path.join(WORK, "share-%j.out"))
+    jobdir = os.path.join(ck, str(jobid))
+    epochs = wait_epochs(jobdir, 2, timeout=60)
+    run("scancel", str(jobid), user="stasis_ua")
+    wait_job_done(jobid)
+    newest = complete_epochs(jobdir)[-1]
+    old = counts(os.path.join(WORK, f"share-{jobid}.out"))
+    if len(old) != 4:
+        fail(f"job {jobid}: expected 4 counting tasks, got ranks {sorted(old)}")
+    limit = max(max(v) for v in old.values()) + 20
+    with open(limit_file, "w") as f:
+        f.write(f"{limit}\n")
+    print(f"OK job {jobid} (n1, n2; 2 tasks each sharing a FIFO, shm and scratch files): "
+          f"epochs {epochs}..{newest}, cancelled")
+    for nodes in ("n1,n2", "n2,n3"):
+        script2 = write_script("share-restart.sh", f"#!/bin/sh\nsrun --restart-from={jobdir} {share}\n")
+        job2 = submit(script2, "stasis_ua", "-N2", "--ntasks-per-node=2", "-w", nodes,
+                      "-o", os.path.join(WORK, "share-%j.out"))
+        state, code = wait_job_done(job2, timeout=60)
+        text = open(os.path.join(WORK, f"share-{job2}.out")).read()
+        if state != "COMPLETED" or code != "0:0":
+            fail(f"restart job {job2} on {nodes}: {state} {code}:\n{text[-2000:]}")
+        new = counts(os.path.join(WORK, f"share-{job2}.out"))
+        starts = check_continued(old, new, 4, f"restart job {job2} on {nodes}")
+        if any(new[r][-1] != limit for r in range(4)):
+            fail(f"restart job {job2}: ranks stopped at {[new[r][-1] for r in range(4)]}, not {limit}")
+        print(f"OK restart of epoch {newest} on {nodes} (job {job2}): pipe, shared memory and scratch "
+              f"files intact, every task resumed ({starts}) and counted to {limit}")
+
+
 CASES = {
+    "share": case_share,
     "smoke": case_smoke,
     "spank": case_spank,
+    "checkpoint": case_checkpoint,
+    "requeue": case_requeue,
 }
 
 
@@ -329,6 +646,12 @@ def main():
     ap.add_argument("--cluster-sh", required=True)
     ap.add_argument("--pmix-fence", default="")
     ap.add_argument("--spank", default="")
+    ap.add_argument("--stasis-step", default="")
+    ap.add_argument("--stasisd", default="")
+    ap.add_argument("--stasis", default="")
+    ap.add_argument("--count-task", default="")
+    ap.add_argument("--share-task", default="")
+    ap.add_argument("--scontrol-wrapper", default="")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("case", choices=sorted(CASES))
     ARGS = ap.parse_args()

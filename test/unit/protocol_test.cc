@@ -175,6 +175,42 @@ TEST(Protocol, RefusesBadFields) {
   ExpectRefused(runs_past, EBADMSG, "claims");
 }
 
+TEST(Protocol, TaskCheckpointRoundTripAndChecks) {
+  Request r;
+  r.op = Op::kCheckpoint;
+  r.target = 4101;
+  r.attached = kAttachDest;
+  r.flags = kFlagHold;
+  r.job = "7";
+  r.step = "0";
+  r.epoch = 3;
+  r.node = 1;
+  r.task_pids = {4101, 4102};
+  r.task_ids = {2, 3};
+  auto bytes = EncodeRequest(r);
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  auto back = DecodeRequest(*bytes);
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(*back, r);
+  Request bad = r;
+  bad.task_ids = {2};
+  ExpectRefused(Encoded(bad), EBADMSG, "2 task pids but 1 task ids");
+  bad = r;
+  bad.target = 4102;
+  ExpectRefused(Encoded(bad), EBADMSG, "the target is the first task's pid");
+  bad = r;
+  bad.task_pids[1] = 0;
+  ExpectRefused(Encoded(bad), EBADMSG, "task pid 0 is out of range");
+  bad = r;
+  bad.step = "0\n";
+  ExpectRefused(Encoded(bad), EBADMSG, "step id contains a control character");
+  bad = r;
+  bad.flags = 0;
+  bad.attached = 0;
+  bad.path = "/x";
+  ExpectRefused(Encoded(bad), EBADMSG, "a store identity is for held checkpoints");
+}
+
 TEST(Protocol, RefusesNonsenseRequests) {
   Request r = FullCheckpoint();
   r.target = 0;

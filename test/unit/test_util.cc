@@ -140,10 +140,11 @@ Context MakeFullContext() {
 
   ProcessEntry root;
   root.pid = 100;
-  root.ppid = 1;
+  root.ppid = 0;
   root.pgid = 100;
   root.sid = 99;
-  root.flags = kProcIsRoot | kProcStopped;
+  root.flags = kProcIsRoot | kProcStopped | kProcTask;
+  root.task = 5;
   root.exit_code = -3;
   root.tids = {100, 101};
   ProcessEntry child;
