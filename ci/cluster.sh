@@ -238,7 +238,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCK
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=10
 StateSaveLocation=$DIR/ctld/state
 SlurmctldPidFile=$DIR/ctld/slurmctld.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log

@@ -330,7 +330,7 @@ def enable_stasis(min_interval="5s"):
         start_stasisd(f"n{i}")
     with open(os.path.join(DIR, "plugstack.conf"), "w") as f:
         f.write(f"required {plugin} tool={tool} min_interval={min_interval} keep=3 "
-                f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK}\n")
+                f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK} final_lead=45s\n")
     ck = os.path.join(WORK, "ck")
     os.makedirs(ck, exist_ok=True)
     shutil.chown(ck, "stasis_ua", "stasis_ua")
@@ -493,21 +493,19 @@ def case_requeue():
     if len(n1) != 4 or any(n1[r] <= n0.get(r, 0) for r in n1):
         fail(f"tasks did not continue after the aborted epoch: {n0} then {n1}")
     leftovers = [e for e in os.listdir(jobdir) if e.isdigit()] if os.path.isdir(jobdir) else []
-    print(f"OK stasisd stopped on n2: epoch aborted ({err.strip().splitlines()[-1]}), "
+    why = [line for line in err.splitlines() if "aborted" in line] or err.strip().splitlines()[-1:]
+    print(f"OK stasisd stopped on n2: epoch aborted ({why[0].strip()}), "
           f"tasks kept counting, no epoch left behind ({leftovers})")
     start_stasisd("n2")
     # Requeue: checkpoint, requeue, and the step resumes by itself.
     _, out, _ = wrapped("checkpoint", "requeue", str(jobid))
     epoch = complete_epochs(jobdir)[-1]
     before_rq = counts(out_path)
-    deadline = time.monotonic() + 40
-    nudged = 0
+    # Slurm holds a requeued job back for AuthInfo's cred_expire (10 s in
+    # the test cluster, 120 s by default).
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state, _ = job_state(jobid)
-        if state == "PENDING" and time.monotonic() - nudged > 2:
-            # Slurm holds a requeued job back for 2 minutes; not a test's time.
-            run("scontrol", "update", f"jobid={jobid}", "StartTime=now", quiet=True, expect_rc=None)
-            nudged = time.monotonic()
         text = open(out_path).read() if os.path.exists(out_path) else ""
         if state == "RUNNING" and "resuming step 0" in text and len(counts(out_path)) == 4 and \
                 all(len(v) >= 5 for v in counts(out_path).values()):
@@ -528,6 +526,19 @@ def case_requeue():
     if last <= epoch or state not in ("CANCELLED", "FAILED", "COMPLETED"):
         fail(f"scontrol checkpoint vacate {jobid}: state {state}, newest epoch {last}")
     print(f"OK scontrol checkpoint vacate {jobid}: epoch {last}, then the job ended ({state})")
+    # The final epoch before the time limit: a 1-minute job, interval 1 h,
+    # final_lead=45s in plugstack.conf: one epoch about 15 s in.
+    job3 = submit(script, "stasis_ua", "-N2", "-n4", "--time=1", "--checkpoint=1h",
+                  f"--checkpoint-dir={ck}", "-o", os.path.join(WORK, "rq-%j.out"))
+    t = time.monotonic()
+    epochs = wait_epochs(os.path.join(ck, str(job3)), 1, timeout=45)
+    took = time.monotonic() - t
+    log = open(os.path.join(WORK, f"ticker-{job3}.log")).read()
+    if "final checkpoint" not in log or took < 5:
+        fail(f"job {job3}: epoch {epochs} after {took:.1f} s is not the final one: {log!r}")
+    run("scancel", str(job3), user="stasis_ua")
+    print(f"OK job {job3} (--time=1, --checkpoint=1h, final_lead=45s): final epoch {epochs[0]} "
+          f"{took:.1f} s after submission, before the time limit")
 
 
 def case_share():
