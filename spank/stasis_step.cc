@@ -297,7 +297,7 @@ Status SendMsg(int sock, const std::string& text, const std::vector<int>& fds = 
 }
 
 Result<std::string> RecvMsg(int sock, std::vector<UniqueFd>* fds = nullptr) {
-  char buf[4096];
+  static char buf[64 * 1024];
   struct iovec iov{buf, sizeof buf};
   struct msghdr msg{};
   msg.msg_iov = &iov;
@@ -889,6 +889,31 @@ Result<TaskEnv> ReadTaskEnv() {
   return t;
 }
 
+// The variables a restored task takes from the task it now is: Slurm's and
+// PMIx's (its ids, its node, the new step's PMIx server).
+bool IsStepVariable(const std::string& name) {
+  return name.rfind("SLURM", 0) == 0 || name.rfind("PMIX_", 0) == 0 || name.rfind("PMI_", 0) == 0;
+}
+
+std::string StepEnvironment() {
+  std::string out;
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv = *e;
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || !IsStepVariable(kv.substr(0, eq))) continue;
+    out += kv;
+    out.push_back('\0');
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> ParseStepEnvironment(const std::string& block) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [k, v] : stasis::spank::ParseEnviron(block))
+    if (IsStepVariable(k)) out.emplace_back(k, v);
+  return out;
+}
+
 // Local task 0: gathers every local task's stdio, restores the node's
 // context, tells each task its restored root, reaps the roots and tells
 // each task its root's status. Answers "roots" for later checkpoints.
@@ -922,11 +947,13 @@ int RunRestorer(const TaskEnv& t) {
     uint32_t global = 0, local = 0;
     UniqueFd conn;
     std::vector<UniqueFd> stdio;
+    std::string env;  // NUL-separated NAME=value
     pid_t root = 0;
   };
   std::vector<Local> locals(1);
   locals[0].global = t.global;
   locals[0].local = t.local;
+  locals[0].env = StepEnvironment();
   for (int fd : {0, 1, 2}) locals[0].stdio.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 3));
   auto gather_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (locals.size() < t.local_count) {
@@ -942,10 +969,12 @@ int RunRestorer(const TaskEnv& t) {
     Local l;
     auto msg = RecvMsg(c.get(), &l.stdio);
     if (!msg || l.stdio.size() != 3) continue;
-    std::istringstream in(*msg);
+    size_t nul = msg->find('\0');
+    std::istringstream in(msg->substr(0, nul));
     std::string word;
     in >> word >> l.global >> l.local;
     if (word != "task") continue;
+    if (nul != std::string::npos) l.env = msg->substr(nul + 1);
     l.conn = std::move(c);
     locals.push_back(std::move(l));
   }
@@ -962,6 +991,7 @@ int RunRestorer(const TaskEnv& t) {
     s.stdin_fd = locals[k].stdio[0].get();
     s.stdout_fd = locals[k].stdio[1].get();
     s.stderr_fd = locals[k].stdio[2].get();
+    s.env = ParseStepEnvironment(locals[k].env);
     ropt.task_stdio.push_back(s);
   }
   ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -1046,7 +1076,10 @@ int RunRestartProxy(const TaskEnv& t) {
     ::usleep(20000);
   }
   UniqueFd c = std::move(*conn);
-  if (Status s = SendMsg(c.get(), "task " + std::to_string(t.global) + " " + std::to_string(t.local), {0, 1, 2});
+  std::string hello = "task " + std::to_string(t.global) + " " + std::to_string(t.local);
+  hello.push_back('\0');
+  hello += StepEnvironment();
+  if (Status s = SendMsg(c.get(), hello, {0, 1, 2});
       !s.ok())
     Die(s.message());
   ForwardSignals();

@@ -125,6 +125,12 @@ struct RestoreOptions {
   struct TaskStdio {
     uint32_t task = 0;
     int stdin_fd = 0, stdout_fd = 1, stderr_fd = 2;
+    // Variables of the new task (SLURM_JOB_ID, PMIX_*...): in every
+    // process of the task, an environment entry of the same name (in the
+    // environment array exec left on the stack, which getenv() reads until
+    // the program itself changes its environment) is pointed at the new
+    // value. Names the old environment lacks are not added.
+    std::vector<std::pair<std::string, std::string>> env;
   };
   std::vector<TaskStdio> task_stdio;
   // The context file's path, for libcr's cr_get_restart_info().

@@ -127,6 +127,7 @@ class Restorer {
   Status RestoreFiles(RProc* p);
   Result<int> RestorerFdFor(const RProc* p, const FileDesc& f);
   Status MatchTasks(const format::ProcessTree& tree);
+  Status RewriteEnvironment(RProc* p);
   Result<UniqueFd> MakeSocket(const FileDesc& f);
   Status CreateThreads(RProc* p);
   Status CreateSharedMemory(const format::SharedMemory& shm);
@@ -1210,12 +1211,59 @@ Status Restorer::MakeZombie(RProc* p) {
   return Status::Ok();
 }
 
+// The new task's variables (RestoreOptions::TaskStdio::env) in the
+// environment array on the process's stack: exec laid out argc, argv[],
+// NULL, envp[], NULL at mm.start_stack. Each entry whose name is given is
+// pointed at "NAME=value" in a fresh page. Anything that does not look like
+// that layout (the array moved, pointers outside env_start..env_end) is left
+// alone: the program then sees its old values.
+Status Restorer::RewriteEnvironment(RProc* p) {
+  const format::MmFields& mm = p->info.mm;
+  uint64_t argc = 0;
+  if (mm.start_stack == 0 || !p->mem.Read(mm.start_stack, &argc, 8).ok() || argc > 65536) return Status::Ok();
+  std::string block;
+  std::vector<std::pair<uint64_t, size_t>> patches;  // envp slot, offset in block
+  uint64_t slot = mm.start_stack + 8 * (argc + 2);
+  for (int i = 0; i < 65536; ++i, slot += 8) {
+    uint64_t ptr = 0;
+    if (!p->mem.Read(slot, &ptr, 8).ok()) return Status::Ok();
+    if (ptr == 0) break;
+    if (ptr < mm.env_start || ptr >= mm.env_end) return Status::Ok();
+    char name[256];
+    size_t n = static_cast<size_t>(std::min<uint64_t>(sizeof name, mm.env_end - ptr));
+    if (!p->mem.Read(ptr, name, n).ok()) return Status::Ok();
+    const char* eq = static_cast<const char*>(std::memchr(name, '=', n));
+    if (!eq) continue;
+    std::string key(name, static_cast<size_t>(eq - name));
+    for (const auto& [k, v] : p->stdio->env) {
+      if (k != key) continue;
+      patches.emplace_back(slot, block.size());
+      block += k + "=" + v;
+      block.push_back('\0');
+      break;
+    }
+  }
+  if (patches.empty()) return Status::Ok();
+  const uint64_t len = (block.size() + format::kPageSize - 1) / format::kPageSize * format::kPageSize;
+  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, 0, len, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0));
+  STASIS_RETURN_IF_ERROR(SysErr(r, "map the new environment of " + Pid(p->entry.pid)));
+  const uint64_t at = static_cast<uint64_t>(r);
+  STASIS_RETURN_IF_ERROR(p->mem.Write(at, block.data(), block.size()));
+  for (const auto& [where, off] : patches) {
+    uint64_t v = at + off;
+    STASIS_RETURN_IF_ERROR(p->mem.Write(where, &v, 8));
+  }
+  return Status::Ok();
+}
+
 Status Restorer::FinishProcess(RProc* p) {
   const std::string who = Pid(p->entry.pid);
   if (p->entry.flags & format::kProcZombie) return Status::Ok();
   const format::ProcessInfo& info = p->info;
   if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
     return Status::Corrupt("context holds incomplete state for " + who);
+  if (p->stdio && !p->stdio->env.empty()) STASIS_RETURN_IF_ERROR(RewriteEnvironment(p));
   // libcr's agent block: callbacks waiting in cr_checkpoint() return >0.
   for (const Mapping& m : p->mappings)
     if (m.kind == format::kMapSharedAnon && agent_shm_ids_.count(m.shmem_id))

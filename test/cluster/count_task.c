@@ -40,7 +40,9 @@ int main(int argc, char **argv) {
         return 3;
       }
     }
-    printf("rank %llu count %llu\n", (unsigned long long)rank, (unsigned long long)n);
+    /* The job id as getenv sees it now: a restart must show the new job's. */
+    const char *job = getenv("SLURM_JOB_ID");
+    printf("rank %llu count %llu job %s\n", (unsigned long long)rank, (unsigned long long)n, job ? job : "?");
     if (limit_file) {
       FILE *f = fopen(limit_file, "r");
       unsigned long long limit = 0;

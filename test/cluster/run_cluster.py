@@ -362,15 +362,19 @@ def wait_epochs(jobdir, count, timeout=60):
     fail(f"{jobdir}: {len(complete_epochs(jobdir))} complete epochs after {timeout} s, wanted {count}")
 
 
-def counts(path):
-    """rank -> list of the counts it printed, in order; fails on a memory check."""
+def counts(path, jobs=None):
+    """rank -> list of the counts it printed, in order; fails on a memory
+    check. `jobs`: rank -> set of the job ids its lines named (count_task
+    prints getenv("SLURM_JOB_ID") as it sees it)."""
     out = {}
     for line in open(path, errors="replace"):
         if "MEMORY BAD" in line:
             fail(f"{path}: {line.strip()}")
-        m = re.match(r"rank (\d+) count (\d+)$", line.strip())
+        m = re.match(r"rank (\d+) count (\d+)(?: job (\S+))?$", line.strip())
         if m:
             out.setdefault(int(m.group(1)), []).append(int(m.group(2)))
+            if jobs is not None and m.group(3):
+                jobs.setdefault(int(m.group(1)), set()).add(m.group(3))
     return out
 
 
@@ -456,13 +460,17 @@ def case_checkpoint():
         fail(f"restart job {job2}: {state} {code}:\n{text[-2000:]}")
     if f"/{newest}/node0.ctx" not in text:
         fail(f"restart job {job2} did not say it restarts from epoch {newest}: {text[:500]!r}")
-    new = counts(os.path.join(WORK, f"count-{job2}.out"))
+    seen = {}
+    new = counts(os.path.join(WORK, f"count-{job2}.out"), seen)
     starts = check_continued(old, new, 4, f"restart job {job2}")
+    if any(seen.get(r) != {str(job2)} for r in range(4)):
+        fail(f"restart job {job2}: the restored tasks' SLURM_JOB_ID is {seen}, not the new job's")
     for r in range(4):
         if new[r][-1] != limit:
             fail(f"restart job {job2}: rank {r} stopped at {new[r][-1]}, not {limit}")
     print(f"OK job {jobid} cancelled, job {job2} (srun --restart-from={jobdir}) continued every task "
-          f"from epoch {newest} (ranks resumed at {starts}) to {limit}, memory checked, COMPLETED 0:0")
+          f"from epoch {newest} (ranks resumed at {starts}) to {limit}, memory checked, getenv(SLURM_JOB_ID) "
+          f"= {job2} in every restored task, COMPLETED 0:0")
 
 
 def case_requeue():
