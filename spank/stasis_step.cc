@@ -426,6 +426,27 @@ class Rendezvous {
   Rendezvous(Pmix* pmix, const NodeOptions& opt, store::EpochWriter** writer, const std::string& job_id)
       : pmix_(pmix), opt_(opt), writer_(writer), job_id_(job_id) {}
   bool done() const { return done_; }
+  bool quiesced() const { return quiesce_done_; }
+  double proceed_after_last_quiesce() const { return lag_; }
+  // The barrier before any node freezes: every rank says whether its
+  // processes' callbacks are done; all must be, or the epoch aborts.
+  Status Quiesce(bool ok, const std::string& why) {
+    quiesce_done_ = true;
+    char t[64];
+    std::snprintf(t, sizeof t, "%.6f", Now());
+    STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.quiesce", ok ? std::string("1 ") + t : "0 " + why));
+    STASIS_RETURN_IF_ERROR(pmix_->Fence(opt_.timeout));
+    double last = 0;
+    for (uint32_t r = 0; r < pmix_->size(); ++r) {
+      STASIS_ASSIGN_OR_RETURN(std::string v, pmix_->Get(r, "stasis.quiesce"));
+      if (v.rfind("1 ", 0) != 0)
+        return Status::Error(ECANCELED, "helper rank " + std::to_string(r) + " could not quiesce: " +
+                                            (v.size() > 2 ? v.substr(2) : v));
+      last = std::max(last, std::strtod(v.c_str() + 2, nullptr));
+    }
+    lag_ = Now() - last;
+    return Status::Ok();
+  }
   Status Meet(const NodeReport& mine) {
     done_ = true;
     STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.report", EncodeReport(mine)));
@@ -479,6 +500,8 @@ class Rendezvous {
   store::EpochWriter** writer_;
   std::string job_id_;
   bool done_ = false;
+  bool quiesce_done_ = false;
+  double lag_ = 0;
 };
 
 int RunNode(NodeOptions opt) {
@@ -582,7 +605,7 @@ int RunNode(NodeOptions opt) {
   if (outcome.ok() && !daemon.socket.empty()) {
     // Through the node's stasisd: a held checkpoint into our node file.
     proto::Request r = stasis::cli::CheckpointRequest(copt);
-    r.flags |= proto::kFlagHold;
+    r.flags |= proto::kFlagHold | proto::kFlagBarrier;
     r.attached = proto::kAttachDest;
     r.job = copt.job;
     r.step = copt.step;
@@ -604,6 +627,14 @@ int RunNode(NodeOptions opt) {
         break;
       }
       if (reply->kind == proto::kReplyQueued) continue;
+      if (reply->kind == proto::kReplyQuiesced) {
+        outcome = meet.Quiesce(true, "");
+        if (!outcome.ok()) break;  // hanging up aborts: nothing was frozen
+        proto::Request go;
+        go.op = proto::Op::kProceed;
+        outcome = (*client)->Send(go);
+        continue;
+      }
       if (reply->kind == proto::kReplyWritten) {
         mine.ok = true;
         mine.size = reply->bytes;
@@ -627,6 +658,7 @@ int RunNode(NodeOptions opt) {
       NodeReport* mine;
       Rendezvous* meet;
     } ctx{sink, &mine, &meet};
+    copt.after_callbacks = [&meet]() { return meet.Quiesce(true, ""); };
     auto st = core::Checkpoint(copt, sink, [](void* arg) -> Status {
       auto* c = static_cast<Ctx*>(arg);
       auto file = c->sink->Finish();
@@ -643,6 +675,7 @@ int RunNode(NodeOptions opt) {
       outcome = st.error();
     }
   }
+  if (!meet.quiesced()) (void)meet.Quiesce(false, outcome.ok() ? "no result" : outcome.message());
   if (!meet.done()) {
     mine.ok = false;
     mine.message = outcome.message();
@@ -654,10 +687,12 @@ int RunNode(NodeOptions opt) {
     if (pmix.rank() == 0 && folder) (void)store::RemoveEpoch(&*folder, epoch);
     return 1;
   }
-  std::printf("node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s, trigger to resumed %.3f s\n",
+  std::printf("node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s, trigger to resumed %.3f s; "
+              "froze %.3f s after the last of %u nodes quiesced\n",
               mine.node, host.c_str(), static_cast<unsigned long long>(epoch), stats.processes,
               static_cast<double>(stats.bytes) / (1 << 20), stats.pause_seconds,
-              opt.t0 > 0 ? resumed_at - opt.t0 : stats.total_seconds);
+              opt.t0 > 0 ? resumed_at - opt.t0 : stats.total_seconds, meet.proceed_after_last_quiesce(),
+              pmix.size());
   if (pmix.rank() == 0) {
     uint32_t keep = static_cast<uint32_t>(std::strtoul(ef["keep"].c_str(), nullptr, 10));
     auto removed = store::Prune(&*folder, keep ? keep : 2);

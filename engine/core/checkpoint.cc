@@ -1476,6 +1476,9 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
     cap.SetExtraScopes(agents.forwarded());
   }
   stats.callbacks_seconds = SecondsSince(t0);
+  if (options.after_callbacks) {
+    if (Status s = options.after_callbacks(); !s.ok()) return fail(s);
+  }
 
   auto t1 = std::chrono::steady_clock::now();
   if (Status s = cap.Freeze(); !s.ok()) return fail(s);

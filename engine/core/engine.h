@@ -85,6 +85,11 @@ struct CheckpointOptions {
   // with an upper bound of the context's size: the store checks the free
   // space here, so a checkpoint that cannot fit fails before it writes.
   std::function<Status(uint64_t estimated_bytes)> before_write;
+  // Called once every process's checkpoint callbacks are done and before
+  // anything is frozen (a multi-node epoch's barrier: no node freezes before
+  // every node is quiesced). An error aborts: the callbacks learn it, no
+  // process was frozen.
+  std::function<Status()> after_callbacks;
 };
 
 struct CheckpointStats {

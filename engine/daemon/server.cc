@@ -430,9 +430,11 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
     case proto::Op::kReply:
       return Refuse(c, req, EBADMSG, "a reply is not a request");
     case proto::Op::kCommit:
+    case proto::Op::kProceed:
       // Only the worker of a held checkpoint reads a commit, on the
       // connection it holds; one arriving here has nothing to commit.
-      return Refuse(c, req, EPROTO, "commit: no held checkpoint on this connection");
+      return Refuse(c, req, EPROTO, std::string(proto::OpName(req.op)) +
+                                        ": no held checkpoint on this connection");
   }
   auto job = std::make_unique<Job>();
   job->id = next_id_++;

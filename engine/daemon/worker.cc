@@ -159,6 +159,37 @@ struct HeldCommit {
   Clock::time_point deadline;
 };
 
+// Sends `reply` to the client of a held checkpoint and waits for its `op`.
+Status AskAndWait(HeldCommit* h, const proto::Reply& reply, proto::Op op) {
+  auto bytes = proto::EncodeReply(reply);
+  if (!bytes) return bytes.error();
+  Send(h->task->client_fd, *bytes);
+  const std::string what = proto::OpName(op);
+  std::string buf(proto::kMaxMessageSize + 1, '\0');
+  for (;;) {
+    int timeout = -1;
+    if (h->deadline != Clock::time_point()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(h->deadline - Clock::now()).count();
+      if (left <= 0) return Status::Error(ETIMEDOUT, "the request's time limit was reached before the " + what);
+      timeout = static_cast<int>(std::min<long long>(left, 1000));
+    }
+    struct pollfd p = {h->task->client_fd, POLLIN, 0};
+    int r = ::poll(&p, 1, timeout);
+    if (g_cancel) return Status::Error(ECANCELED, "the request was cancelled");
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Status::FromErrno(errno, "wait for the " + what);
+    if (r == 0) continue;
+    ssize_t n = ::recv(h->task->client_fd, buf.data(), buf.size(), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Status::Error(ECANCELED, "the client went away before the " + what);
+    auto req = proto::DecodeRequest(std::string_view(buf.data(), static_cast<size_t>(n)));
+    if (!req) return req.error();
+    if (req->op != op)
+      return Status::Error(EPROTO, "expected " + what + ", got " + proto::OpName(req->op));
+    return Status::Ok();
+  }
+}
+
 Status WaitForCommit(void* arg) {
   auto* h = static_cast<HeldCommit*>(arg);
   auto file = h->sink->Finish();
@@ -169,32 +200,7 @@ Status WaitForCommit(void* arg) {
   written.bytes = file->size;
   written.crc32c = file->crc32c;
   written.message = "written; waiting for the commit";
-  auto bytes = proto::EncodeReply(written);
-  if (!bytes) return bytes.error();
-  Send(h->task->client_fd, *bytes);
-  std::string buf(proto::kMaxMessageSize + 1, '\0');
-  for (;;) {
-    int timeout = -1;
-    if (h->deadline != Clock::time_point()) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(h->deadline - Clock::now()).count();
-      if (left <= 0) return Status::Error(ETIMEDOUT, "the request's time limit was reached before the commit");
-      timeout = static_cast<int>(std::min<long long>(left, 1000));
-    }
-    struct pollfd p = {h->task->client_fd, POLLIN, 0};
-    int r = ::poll(&p, 1, timeout);
-    if (g_cancel) return Status::Error(ECANCELED, "the request was cancelled");
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return Status::FromErrno(errno, "wait for the commit");
-    if (r == 0) continue;
-    ssize_t n = ::recv(h->task->client_fd, buf.data(), buf.size(), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Status::Error(ECANCELED, "the client went away before committing");
-    auto req = proto::DecodeRequest(std::string_view(buf.data(), static_cast<size_t>(n)));
-    if (!req) return req.error();
-    if (req->op != proto::Op::kCommit)
-      return Status::Error(EPROTO, std::string("expected a commit, got ") + proto::OpName(req->op));
-    return Status::Ok();
-  }
+  return AskAndWait(h, written, proto::Op::kCommit);
 }
 
 Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerTask& task,
@@ -225,6 +231,16 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
   };
   RequestSink limited(&sink, 0, deadline);  // cancel and deadline; the sink throttles
   HeldCommit hold{&task, &sink, deadline};
+  if (req.flags & proto::kFlagBarrier) {
+    // Every node's callbacks are done before any node freezes.
+    opt.after_callbacks = [&hold, &task]() {
+      proto::Reply quiesced;
+      quiesced.kind = proto::kReplyQuiesced;
+      quiesced.request_id = task.id;
+      quiesced.message = "quiesced; waiting to proceed";
+      return AskAndWait(&hold, quiesced, proto::Op::kProceed);
+    };
+  }
   return core::Checkpoint(opt, &limited, WaitForCommit, &hold);
 }
 

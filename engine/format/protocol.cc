@@ -132,7 +132,7 @@ namespace stasis::format::proto {
 namespace {
 
 bool KnownOp(uint16_t op) {
-  return (op >= static_cast<uint16_t>(Op::kPing) && op <= static_cast<uint16_t>(Op::kCommit)) ||
+  return (op >= static_cast<uint16_t>(Op::kPing) && op <= static_cast<uint16_t>(Op::kProceed)) ||
          op == static_cast<uint16_t>(Op::kReply);
 }
 
@@ -217,6 +217,8 @@ Status CheckRequest(const Request& r) {
       if ((r.attached & kAttachDest) && !r.path.empty()) return Status::Corrupt("checkpoint: both a destination path and an fd");
       if (!r.relocate.empty()) return Status::Corrupt("checkpoint: relocations are for restart");
       if (r.flags & kFlagNode) return Status::Corrupt("checkpoint: a node index is for restart");
+      if ((r.flags & kFlagBarrier) && !(r.flags & kFlagHold))
+        return Status::Corrupt("checkpoint: a barrier is for held checkpoints");
       if ((r.flags & kFlagHold) && !(r.attached & kAttachDest))
         return Status::Corrupt("checkpoint: a held checkpoint needs its destination fd");
       if (!(r.flags & kFlagHold) && (!r.job.empty() || !r.step.empty() || r.epoch || r.node))
@@ -236,7 +238,8 @@ Status CheckRequest(const Request& r) {
       if (HasText(r.relocate, '\0')) return Status::Corrupt("restart: relocation contains a NUL byte");
       return Status::Ok();
     case Op::kCommit:
-      if (r.attached) return Status::Corrupt("commit: takes no fds");
+    case Op::kProceed:
+      if (r.attached) return Status::Corrupt(op + ": takes no fds");
       return Status::Ok();
     case Op::kCancel:
       if (r.request_id == 0) return Status::Corrupt("cancel: no request id");
@@ -268,6 +271,7 @@ const char* OpName(Op op) {
     case Op::kList: return "list";
     case Op::kDelete: return "delete";
     case Op::kCommit: return "commit";
+    case Op::kProceed: return "proceed";
     case Op::kReply: return "reply";
   }
   return "unknown";

@@ -42,6 +42,8 @@ enum class Op : uint16_t {
   kDelete = 7,      // path (a context file) -> Reply
   kCommit = 8,      // client -> worker of a held checkpoint (kFlagHold): the
                     //   epoch is durable, apply `after` -> Reply{stats}
+  kProceed = 9,     // client -> worker of a kFlagBarrier checkpoint: every node
+                    //   is quiesced, freeze now
   kReply = 64,      // stasisd's answer to any of the above
 };
 const char* OpName(Op op);
@@ -59,7 +61,11 @@ inline constexpr uint32_t kFlagNode = 1u << 6;    // restart from a store folder
 // until the client sends kCommit (its MANIFEST is durable); a hang-up instead
 // resumes them untouched.
 inline constexpr uint32_t kFlagHold = 1u << 7;
-inline constexpr uint32_t kKnownFlags = (1u << 8) - 1;
+// with kFlagHold: once the processes' callbacks are done and before anything
+// is frozen, reply kReplyQuiesced and wait for kProceed (a multi-node epoch
+// freezes no node before every node is quiesced); a hang-up aborts.
+inline constexpr uint32_t kFlagBarrier = 1u << 8;
+inline constexpr uint32_t kKnownFlags = (1u << 9) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there
@@ -134,6 +140,7 @@ inline constexpr uint32_t kReplyQueued = 1;   // waiting for a free slot
 inline constexpr uint32_t kReplyStarted = 2;  // restart: the tree runs (root_pid)
 inline constexpr uint32_t kReplyExited = 3;   // restart: the root ended (exit_status)
 inline constexpr uint32_t kReplyWritten = 4;  // held checkpoint: durable (bytes, crc32c); send kCommit
+inline constexpr uint32_t kReplyQuiesced = 5;  // kFlagBarrier: callbacks done, nothing frozen; send kProceed
 
 inline constexpr size_t kMaxListed = 1024;
 

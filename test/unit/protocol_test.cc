@@ -209,6 +209,22 @@ TEST(Protocol, TaskCheckpointRoundTripAndChecks) {
   bad.attached = 0;
   bad.path = "/x";
   ExpectRefused(Encoded(bad), EBADMSG, "a store identity is for held checkpoints");
+  Request barrier = r;
+  barrier.flags |= kFlagBarrier;
+  auto bb = EncodeRequest(barrier);
+  ASSERT_TRUE(bb) << bb.error().message();
+  bad = barrier;
+  bad.flags = kFlagBarrier;
+  ExpectRefused(Encoded(bad), EBADMSG, "a barrier is for held checkpoints");
+  Request go;
+  go.op = Op::kProceed;
+  auto gb = EncodeRequest(go);
+  ASSERT_TRUE(gb);
+  auto gback = DecodeRequest(*gb);
+  ASSERT_TRUE(gback) << gback.error().message();
+  EXPECT_EQ(gback->op, Op::kProceed);
+  go.attached = kAttachDest;
+  ExpectRefused(Encoded(go), EBADMSG, "proceed: takes no fds");
 }
 
 TEST(Protocol, RefusesNonsenseRequests) {
