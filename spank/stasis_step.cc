@@ -334,6 +334,30 @@ Result<UniqueFd> ConnectRestorer(const std::string& name) {
 }
 
 // ---------------------------------------------------------------------------
+// Per-job switches in the job folder (scontrol checkpoint disable/enable/
+// error): ".disabled" stops epochs; ".last-error" holds the last failed
+// epoch's message. Plain files of the job's owner, never followed links.
+
+constexpr const char* kDisabled = ".disabled";
+constexpr const char* kLastError = ".last-error";
+
+bool JobDisabled(const store::JobFolder& job) {
+  struct stat st;
+  return ::fstatat(job.fd(), kDisabled, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+Status WriteJobFile(const store::JobFolder& job, const char* name, const std::string& text) {
+  std::string tmp = std::string(name) + ".tmp";
+  ::unlinkat(job.fd(), tmp.c_str(), 0);
+  UniqueFd fd(::openat(job.fd(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) return Status::FromErrno(errno, job.path() + "/" + tmp);
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fsync(fd.get()) != 0)
+    return Status::FromErrno(errno, job.path() + "/" + tmp);
+  if (::renameat(job.fd(), tmp.c_str(), job.fd(), name) != 0) return Status::FromErrno(errno, job.path() + "/" + name);
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
 // node: one helper task of an epoch.
 
 struct NodeOptions {
@@ -545,6 +569,9 @@ int RunNode(NodeOptions opt) {
       if (!j) s = j.error();
       else folder.emplace(std::move(*j));
     }
+    if (s.ok() && JobDisabled(*folder))
+      s = Status::Error(EPERM, "checkpoints of job " + opt.job + " are disabled (scontrol checkpoint enable " +
+                                   opt.job + ")");
     if (s.ok()) {
       auto w = store::EpochWriter::Begin(&*folder, {});
       if (!w) s = w.error();
@@ -562,7 +589,10 @@ int RunNode(NodeOptions opt) {
   Fields ef = DecodeFields(*epoch_text);
   uint64_t epoch = std::strtoull(ef["epoch"].c_str(), nullptr, 10);
   if (epoch == 0) {
-    if (pmix.rank() == 0) std::fprintf(stderr, "%s: epoch not started: %s\n", kTool, ef["error"].c_str());
+    if (pmix.rank() == 0) {
+      std::fprintf(stderr, "%s: epoch not started: %s\n", kTool, ef["error"].c_str());
+      if (folder) (void)WriteJobFile(*folder, kLastError, ef["error"] + "\n");
+    }
     return 1;
   }
   const std::string jobdir = ef["jobdir"];
@@ -684,7 +714,10 @@ int RunNode(NodeOptions opt) {
   if (!outcome.ok()) {
     std::fprintf(stderr, "%s: node %u (%s): epoch %llu aborted: %s\n", kTool, mine.node, host.c_str(),
                  static_cast<unsigned long long>(epoch), outcome.message().c_str());
-    if (pmix.rank() == 0 && folder) (void)store::RemoveEpoch(&*folder, epoch);
+    if (pmix.rank() == 0 && folder) {
+      (void)store::RemoveEpoch(&*folder, epoch);
+      (void)WriteJobFile(*folder, kLastError, "epoch " + std::to_string(epoch) + " aborted: " + outcome.message() + "\n");
+    }
     return 1;
   }
   std::printf("node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s, trigger to resumed %.3f s; "
@@ -821,6 +854,71 @@ int RunCheckpoint(const CheckpointArgs& a) {
     }
   }
   return rc;
+}
+
+// control: scontrol checkpoint enable/disable/error. A one-task helper step
+// in the job (so only the owner or root), whose own environment names the
+// job's checkpoint folder.
+int RunControlLocal(const std::string& job, const std::string& op, const std::string& dir) {
+  // The folder the job's own processes were given (--checkpoint-dir, the
+  // site's default_dir, else their submit folder): read from the
+  // environment of one of its processes on this node.
+  std::string root = dir;
+  if (root.empty()) {
+    auto listed = RunCapture({"scontrol", "listpids", job});
+    std::istringstream in(listed ? *listed : "");
+    std::string line;
+    while (root.empty() && std::getline(in, line)) {
+      std::istringstream f(line);
+      long pid = 0;
+      std::string j;
+      if (!(f >> pid >> j) || pid <= 0 || j != job) continue;
+      auto raw = ReadProcFile(static_cast<pid_t>(pid), "environ");
+      if (!raw) continue;
+      auto env = stasis::spank::ParseEnviron(*raw);
+      if (!env["STASIS_CHECKPOINT_DIR"].empty()) root = env["STASIS_CHECKPOINT_DIR"];
+      else if (!env["SLURM_SUBMIT_DIR"].empty()) root = env["SLURM_SUBMIT_DIR"];
+    }
+  }
+  if (root.empty()) Die("job " + job + ": no checkpoint folder known (give ImageDir=)");
+  ::mkdir(root.c_str(), 0700);
+  auto folder = store::JobFolder::Open(store::DefaultEnv(), root + "/" + job, op == "disable", store::Access::Caller());
+  if (op == "error") {
+    if (!folder) {
+      std::printf("job %s: no checkpoint error recorded\n", job.c_str());
+      return 0;
+    }
+    auto fd = store::OpenOwnedFile(folder->fd(), kLastError, store::Access::Caller(), folder->path() + "/" + kLastError);
+    if (!fd) {
+      std::printf("job %s: no checkpoint error recorded\n", job.c_str());
+      return 0;
+    }
+    auto text = ReadAll(fd->get());
+    std::printf("job %s: last checkpoint error: %s", job.c_str(), text ? text->c_str() : "(unreadable)\n");
+    return 0;
+  }
+  if (op == "enable") {
+    if (folder && ::unlinkat(folder->fd(), kDisabled, 0) != 0 && errno != ENOENT)
+      Die(folder->path() + "/" + kDisabled + ": " + std::strerror(errno));
+    std::printf("job %s: checkpoints enabled\n", job.c_str());
+    return 0;
+  }
+  if (!folder) Die(folder.error().message());
+  if (Status s = WriteJobFile(*folder, kDisabled, "disabled by scontrol checkpoint disable\n"); !s.ok()) Die(s.message());
+  std::printf("job %s: checkpoints disabled\n", job.c_str());
+  return 0;
+}
+
+int RunControl(const CheckpointArgs& a, const std::string& op) {
+  std::vector<std::string> argv = {"srun", "--overlap", "--jobid=" + a.job, "-N1", "-n1", "-J", "stasis-ckpt",
+                                   "-Q", SelfPath(), "control-local", "--job", a.job, "--op", op};
+  if (!a.root.empty()) argv.insert(argv.end(), {"--dir", a.root});
+  int st = 0;
+  auto out = RunCapture(argv, &st);
+  if (out) std::fputs(out->c_str(), stdout);
+  if (!out) std::fprintf(stderr, "%s: scontrol checkpoint %s %s: %s\n", kTool, op.c_str(), a.job.c_str(),
+                         out.error().message().c_str());
+  return out ? 0 : 1;
 }
 
 // ---------------------------------------------------------------------------
@@ -1172,6 +1270,7 @@ int RunRestartTask(char** argv) {
 const char* const kUsage =
     "stasis-step checkpoint JOB[.STEP] [--dir ROOT] [--keep N] [--vacate] [--timeout SECONDS]\n"
     "       stasis-step ticker --job JOB --interval SECONDS [--final-lead SECONDS]\n"
+    "       stasis-step control JOB --op enable|disable|error [--dir ROOT]\n"
     "       stasis-step node --job JOB --step STEP [--dir ROOT] [--keep N] [--vacate] [--timeout S] (in a helper step)";
 
 }  // namespace
@@ -1186,7 +1285,7 @@ int main(int argc, char** argv) {
   CheckpointArgs a;
   NodeOptions n;
   uint64_t interval = 0, final_lead = 0;
-  std::string jobstep;
+  std::string jobstep, op;
   for (int i = 2; i < argc; ++i) {
     std::string x = argv[i];
     auto next = [&]() -> std::string {
@@ -1204,6 +1303,7 @@ int main(int argc, char** argv) {
       a.timeout = n.timeout = static_cast<int>(v);
     } else if (x == "--job") a.job = n.job = next();
     else if (x == "--step") n.step = next();
+    else if (x == "--op") op = next();
     else if (x == "--t0") n.t0 = std::strtod(next().c_str(), nullptr);
     else if (x == "--interval") {
       if (!stasis::cli::ParsePositive(next(), &v)) Die("--interval: not a positive number of seconds");
@@ -1222,6 +1322,17 @@ int main(int argc, char** argv) {
     if (!stasis::spank::ParseJobStep(jobstep, &a.job, &a.step))
       Die("'" + jobstep + "' is not a job id (JOB or JOB.STEP)");
     return RunCheckpoint(a);
+  }
+  if (mode == "control") {
+    // stasis-step control JOB enable|disable|error [--dir ROOT]
+    std::string job, step;
+    if (!stasis::spank::ParseJobStep(jobstep, &a.job, &step)) Die("'" + jobstep + "' is not a job id");
+    if (op != "enable" && op != "disable" && op != "error") Die("--op must be enable, disable or error");
+    return RunControl(a, op);
+  }
+  if (mode == "control-local") {
+    if (a.job.empty() || (op != "enable" && op != "disable" && op != "error")) stasis::cli::Usage(kTool, kUsage);
+    return RunControlLocal(a.job, op, a.root);
   }
   if (mode == "ticker") {
     if (a.job.empty() || !interval) stasis::cli::Usage(kTool, kUsage);

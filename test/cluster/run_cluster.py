@@ -432,6 +432,20 @@ def case_checkpoint():
         fail(f"scontrol checkpoint create {jobid}: no new complete epoch after {before}: {out!r}")
     print(f"OK scontrol checkpoint create {jobid}: epoch {m.group(1)}; stasis_ub refused by Slurm")
     _, able, _ = wrapped("checkpoint", "able", str(jobid))
+    # disable refuses epochs until enable; error tells why the last failed.
+    _, out, _ = wrapped("checkpoint", "disable", str(jobid))
+    rc, out2, err = wrapped("checkpoint", "create", str(jobid), expect_rc=None)
+    if rc == 0 or "disabled" not in err:
+        fail(f"scontrol checkpoint create {jobid} after disable: rc {rc}, {err!r}: expected a refusal")
+    _, why, _ = wrapped("checkpoint", "error", str(jobid))
+    if "disabled" not in why:
+        fail(f"scontrol checkpoint error {jobid}: {why!r} does not give the last failure")
+    wrapped("checkpoint", "enable", str(jobid))
+    rc, out, _ = wrapped("checkpoint", "create", str(jobid), user="stasis_ub", expect_rc=None)
+    if rc == 0:
+        fail("stasis_ub's scontrol checkpoint create succeeded")
+    print(f"OK scontrol checkpoint disable/create/error/enable {jobid}: refused while disabled, "
+          f"error says '{why.strip()}'")
     # Everything else is Slurm's scontrol, byte for byte.
     for cmd in (["show", "partition"], ["show", "node", "n1"], ["ping"], ["show", "job", "999999"],
                 ["checkpoint_is_not_a_word"]):
