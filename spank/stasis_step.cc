@@ -276,24 +276,7 @@ socklen_t AbstractAddr(const std::string& name, struct sockaddr_un* a) {
 
 // Sends a text message with optional fds.
 Status SendMsg(int sock, const std::string& text, const std::vector<int>& fds = {}) {
-  struct iovec iov{const_cast<char*>(text.data()), text.size()};
-  struct msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 4)];
-  if (!fds.empty()) {
-    msg.msg_control = ctl;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  while (::sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
-    if (errno != EINTR) return Status::FromErrno(errno, "send to the node's restorer");
-  }
-  return Status::Ok();
+  return stasis::SendWithFds(sock, text.data(), text.size(), fds, "the node's restorer");
 }
 
 Result<std::string> RecvMsg(int sock, std::vector<UniqueFd>* fds = nullptr) {

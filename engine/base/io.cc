@@ -2,6 +2,7 @@
 #include "engine/base/io.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,6 +68,30 @@ Status WriteFully(int fd, const void* data, size_t n, const std::string& name) {
     n -= static_cast<size_t>(w);
   }
   return Status::Ok();
+}
+
+Status SendWithFds(int sock, const void* data, size_t n, const std::vector<int>& fds, const std::string& what) {
+  if (fds.size() > 8) return Status::Error(EINVAL, "too many fds for one message to " + what);
+  struct iovec iov = {const_cast<void*>(data), n};
+  struct msghdr msg;
+  std::memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+  if (!fds.empty()) {
+    std::memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    if (::sendmsg(sock, &msg, MSG_NOSIGNAL) >= 0) return Status::Ok();
+    if (errno != EINTR) return Status::FromErrno(errno, "send to " + what);
+  }
 }
 
 Status FdSink::WriteRaw(const void* data, size_t n) { return WriteFully(fd_.get(), data, n, name_); }

@@ -1,6 +1,8 @@
 // The engine protocol's client side; see client.h.
 #include "engine/daemon/client.h"
 
+#include "engine/base/io.h"
+
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -50,29 +52,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path) 
 Status Client::Send(const proto::Request& request, const std::vector<int>& fds) {
   auto bytes = proto::EncodeRequest(request);
   if (!bytes) return bytes.error();
-  struct iovec iov = {bytes->data(), bytes->size()};
-  struct msghdr msg;
-  std::memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
-  if (!fds.empty()) {
-    if (fds.size() > 8) return Status::Error(EINVAL, "too many fds for one request");
-    std::memset(control, 0, sizeof control);
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  for (;;) {
-    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
-    if (n >= 0) return Status::Ok();
-    if (errno == EINTR) continue;
-    return Status::FromErrno(errno, "send request to stasisd");
-  }
+  return SendWithFds(fd_.get(), bytes->data(), bytes->size(), fds, "stasisd");
 }
 
 Result<proto::Reply> Client::Receive() {
