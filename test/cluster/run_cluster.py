@@ -292,10 +292,11 @@ def install_tool(name):
 STASISD = {}  # node name -> Popen
 
 
-def start_stasisd(node):
+def start_stasisd(node, config=None):
     """stasisd on node `node` (its network and UTS namespace), socket
-    DIR/run/stasisd-<node>.sock; stopped by ci/cluster.sh stop (it ends every
-    process in the cluster's namespaces)."""
+    DIR/run/stasisd-<node>.sock, with `config` (YAML text) if given; stopped
+    by ci/cluster.sh stop (it ends every process in the cluster's
+    namespaces)."""
     cid = hashlib.sha1(os.path.realpath(DIR).encode()).hexdigest()[:8]
     sock = os.path.join(DIR, "run", f"stasisd-{node}.sock")
     state = os.path.join(DIR, "run", f"stasisd-{node}")
@@ -303,10 +304,13 @@ def start_stasisd(node):
     if os.path.exists(sock):
         os.unlink(sock)
     log = open(os.path.join(DIR, "log", f"stasisd-{node}.log"), "a")
+    conf = os.path.join(DIR, "run", f"stasisd-{node}.yaml")
+    with open(conf, "w") as f:
+        f.write(config or "{}\n")
     STASISD[node] = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/stasis-{cid}-{node}", "--", "unshare", "--uts", "--",
-         "sh", "-c", 'hostname "$1" && exec "$2" --socket "$3" --state-dir "$4"', "sh", node,
-         install_tool("stasisd"), sock, state],
+         "sh", "-c", 'hostname "$1" && exec "$2" --socket "$3" --state-dir "$4" -c "$5"', "sh", node,
+         install_tool("stasisd"), sock, state, conf],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     deadline = time.monotonic() + 10
     while not os.path.exists(sock):
@@ -518,7 +522,50 @@ def case_requeue():
     why = [line for line in err.splitlines() if "aborted" in line] or err.strip().splitlines()[-1:]
     print(f"OK stasisd stopped on n2: epoch aborted ({why[0].strip()}), "
           f"tasks kept counting, no epoch left behind ({leftovers})")
+    # n2's stasisd and its worker killed in the middle of an epoch (n2
+    # writes at 4 MB/s, so its 16 MiB take 4 s; both die 1 s after the
+    # worker starts): the epoch aborts, every task goes on, and the next
+    # epoch, with a fresh stasisd, succeeds.
+    start_stasisd("n2", config="bandwidth_limit: 4M\n")
+    daemon = STASISD["n2"].pid
+    wrapper = install_tool("scontrol")
+    helper = subprocess.Popen(
+        ["bash", ARGS.cluster_sh, "run", DIR, "--user", "stasis_ua", "env",
+         f"PATH={os.path.dirname(wrapper)}:/usr/bin:/bin", f"STASIS_STEP={install_tool('stasis-step')}",
+         "scontrol", "checkpoint", str(jobid)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORK)
+    worker = None
+    deadline = time.monotonic() + 20
+    while worker is None and time.monotonic() < deadline:
+        try:
+            kids = open(f"/proc/{daemon}/task/{daemon}/children").read().split()
+        except OSError:
+            kids = []
+        worker = int(kids[0]) if kids else None
+        time.sleep(0.02)
+    if worker is None:
+        fail("n2's stasisd started no worker for the epoch")
+    time.sleep(1.0)
+    os.kill(worker, signal.SIGKILL)
+    STASISD.pop("n2").kill()
+    out, err = helper.communicate(timeout=120)
+    print(f"    killed n2's stasisd (pid {daemon}) and its worker (pid {worker}) mid-epoch")
+    for line in (out + err).splitlines():
+        print(f"    {line}")
+    if helper.returncode == 0 or complete_epochs(jobdir) != before:
+        fail(f"epoch with n2's stasisd killed: rc {helper.returncode}, epochs {complete_epochs(jobdir)} "
+             f"(before {before})")
+    n0 = {r: c[-1] for r, c in counts(out_path).items()}
+    time.sleep(1)
+    n1 = {r: c[-1] for r, c in counts(out_path).items()}
+    if len(n1) != 4 or any(n1[r] <= n0.get(r, 0) for r in n1):
+        fail(f"tasks did not continue after the killed epoch: {n0} then {n1}")
     start_stasisd("n2")
+    _, out, _ = wrapped("checkpoint", str(jobid))
+    if len(complete_epochs(jobdir)) != len(before) + 1:
+        fail(f"the epoch after n2's stasisd came back did not complete: {complete_epochs(jobdir)}")
+    print(f"OK n2's stasisd and worker killed mid-epoch: epoch aborted, no epoch left, tasks kept "
+          f"counting; with stasisd back the next epoch (epoch {complete_epochs(jobdir)[-1]}) completed")
     # Requeue: checkpoint, requeue, and the step resumes by itself.
     _, out, _ = wrapped("checkpoint", "requeue", str(jobid))
     epoch = complete_epochs(jobdir)[-1]
