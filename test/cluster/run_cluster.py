@@ -469,6 +469,12 @@ def case_checkpoint():
     limit = last + 25
     with open(limit_file, "w") as f:
         f.write(f"{limit}\n")
+    # A step of another shape is refused before anything starts, naming both.
+    rc, out, err = run("srun", "-N2", "-n2", f"--restart-from={jobdir}", install_tool("count_task"),
+                       user="stasis_ua", expect_rc=None)
+    if rc == 0 or "4 task(s)" not in err or "2 task(s)" not in err or "count" in out:
+        fail(f"srun -N2 -n2 --restart-from (a 4-task checkpoint): rc {rc}, out {out[-300:]!r}, err {err[-600:]!r}")
+    print("OK srun -N2 -n2 --restart-from=<4-task epoch>: refused before anything ran, naming 4 and 2 tasks")
     script2 = write_script("restart.sh", f"#!/bin/sh\nsrun --restart-from={jobdir} "
                            f"{install_tool('count_task')}\n")
     job2 = submit(script2, "stasis_ua", "-N2", "-n4", "-o", os.path.join(WORK, "count-%j.out"))
@@ -498,7 +504,8 @@ def case_requeue():
     with stasisd back, succeeds; scontrol checkpoint vacate ends the job after
     a last epoch."""
     ck = enable_stasis()
-    script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100\n")
+    script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100 "
+                          f"{os.path.join(WORK, 'rq-limit')}\n")
     jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=1h", f"--checkpoint-dir={ck}",
                    "-o", os.path.join(WORK, "rq-%j.out"))
     wait_step_running(jobid, 0)
@@ -595,9 +602,27 @@ def case_requeue():
     if last <= epoch or state not in ("CANCELLED", "FAILED", "COMPLETED"):
         fail(f"scontrol checkpoint vacate {jobid}: state {state}, newest epoch {last}")
     print(f"OK scontrol checkpoint vacate {jobid}: epoch {last}, then the job ended ({state})")
+    # That epoch was of the restored step (its tasks found through the
+    # node's restorer): a restart of a restart continues the counts again.
+    vacated = counts(out_path)
+    limit_file = os.path.join(WORK, "rq-limit")
+    limit = max(max(v) for v in vacated.values()) + 15
+    with open(limit_file, "w") as f:
+        f.write(f"{limit}\n")
+    again = write_script("again.sh", f"#!/bin/sh\nsrun --restart-from={jobdir}/{last} {install_tool('count_task')}\n")
+    job4 = submit(again, "stasis_ua", "-N2", "-n4", "-o", os.path.join(WORK, "rq-%j.out"))
+    state4, code4 = wait_job_done(job4, timeout=60)
+    text4 = open(os.path.join(WORK, f"rq-{job4}.out")).read()
+    new4 = counts(os.path.join(WORK, f"rq-{job4}.out"))
+    if state4 != "COMPLETED":
+        fail(f"restart of epoch {last} (job {job4}): {state4} {code4}: {text4[-1500:]!r}")
+    starts4 = check_continued(vacated, new4, 4, f"restart of the vacate epoch (job {job4})")
+    print(f"OK epoch {last} (taken of the restored step) restarted in job {job4}: every task continued "
+          f"({starts4}) to its end, COMPLETED")
     # The final epoch before the time limit: a 1-minute job, interval 1 h,
     # final_lead=45s in plugstack.conf: one epoch about 15 s in.
-    job3 = submit(script, "stasis_ua", "-N2", "-n4", "--time=1", "--checkpoint=1h",
+    plain = write_script("plain.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100\n")
+    job3 = submit(plain, "stasis_ua", "-N2", "-n4", "--time=1", "--checkpoint=1h",
                   f"--checkpoint-dir={ck}", "-o", os.path.join(WORK, "rq-%j.out"))
     t = time.monotonic()
     epochs = wait_epochs(os.path.join(ck, str(job3)), 1, timeout=45)
