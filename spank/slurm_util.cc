@@ -39,7 +39,8 @@ Result<std::vector<ListedTask>> ParseListPids(const std::string& output, const s
     if (j != job || s != step || local == "-" || global == "-") continue;
     ListedTask t;
     uint32_t p = 0;
-    if (!ParseU32(pid, &p) || p == 0 || !ParseU32(local, &t.local_id) || !ParseU32(global, &t.global_id))
+    if (!ParseU32(pid, &p) || p == 0 || !ParseU32(local, &t.local_id) ||
+        !ParseU32(global, &t.global_id))
       return Status::Error(EBADMSG, "scontrol listpids: cannot read the line '" + line + "'");
     t.pid = static_cast<pid_t>(p);
     out.push_back(t);
@@ -56,16 +57,18 @@ Result<uint32_t> TasksOnNode(const std::string& spec, uint32_t node) {
     uint32_t count = 0, repeat = 1;
     size_t paren = part.find("(x");
     if (paren != std::string::npos) {
-      if (part.back() != ')' || !ParseU32(part.substr(paren + 2, part.size() - paren - 3), &repeat) ||
-          repeat == 0)
+      if (part.back() != ')' ||
+          !ParseU32(part.substr(paren + 2, part.size() - paren - 3), &repeat) || repeat == 0)
         return Status::Error(EINVAL, "bad tasks-per-node list '" + spec + "'");
       part = part.substr(0, paren);
     }
-    if (!ParseU32(part, &count)) return Status::Error(EINVAL, "bad tasks-per-node list '" + spec + "'");
+    if (!ParseU32(part, &count))
+      return Status::Error(EINVAL, "bad tasks-per-node list '" + spec + "'");
     if (node < first + repeat) return count;
     first += repeat;
   }
-  return Status::Error(EINVAL, "tasks-per-node list '" + spec + "' has no node " + std::to_string(node));
+  return Status::Error(EINVAL,
+                       "tasks-per-node list '" + spec + "' has no node " + std::to_string(node));
 }
 
 bool ParseJobStep(const std::string& text, std::string* job, std::string* step) {

@@ -76,7 +76,9 @@ namespace core = stasis::core;
 
 const char* const kTool = "stasis-step";
 
-[[noreturn]] void Die(const std::string& message, int code = 1) { stasis::cli::Die(kTool, message, code); }
+[[noreturn]] void Die(const std::string& message, int code = 1) {
+  stasis::cli::Die(kTool, message, code);
+}
 
 std::string Env(const char* name, const std::string& fallback = "") {
   const char* v = std::getenv(name);
@@ -103,7 +105,8 @@ Result<std::string> ReadAll(int fd) {
 
 Result<std::string> ReadProcFile(pid_t pid, const char* what) {
   UniqueFd fd(::open(("/proc/" + std::to_string(pid) + "/" + what).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Status::FromErrno(errno, std::string("read /proc/") + std::to_string(pid) + "/" + what);
+  if (!fd)
+    return Status::FromErrno(errno, std::string("read /proc/") + std::to_string(pid) + "/" + what);
   return ReadAll(fd.get());
 }
 
@@ -132,8 +135,9 @@ Result<std::string> RunCapture(const std::vector<std::string>& argv, int* exit_s
   if (exit_status) *exit_status = st;
   if (!out) return out.error();
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    return Status::Error(EIO, argv[0] + " " + (argv.size() > 1 ? argv[1] : "") + " failed (status " +
-                                  std::to_string(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) + ")");
+    return Status::Error(
+        EIO, argv[0] + " " + (argv.size() > 1 ? argv[1] : "") + " failed (status " +
+                 std::to_string(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) + ")");
   return out;
 }
 
@@ -201,7 +205,8 @@ class Pmix {
     all.rank = PMIX_RANK_WILDCARD;
     pmix_value_t* val = nullptr;
     rc = PMIx_Get(&all, PMIX_JOB_SIZE, nullptr, 0, &val);
-    if (rc != PMIX_SUCCESS || !val) return Status::Error(EIO, std::string("PMIx job size: ") + PMIx_Error_string(rc));
+    if (rc != PMIX_SUCCESS || !val)
+      return Status::Error(EIO, std::string("PMIx job size: ") + PMIx_Error_string(rc));
     size_ = val->data.uint32;
     PMIX_VALUE_RELEASE(val);
     return Status::Ok();
@@ -214,9 +219,11 @@ class Pmix {
     v.type = PMIX_STRING;
     v.data.string = const_cast<char*>(value.c_str());
     pmix_status_t rc = PMIx_Put(PMIX_GLOBAL, key.c_str(), &v);
-    if (rc != PMIX_SUCCESS) return Status::Error(EIO, "PMIx_Put " + key + ": " + PMIx_Error_string(rc));
+    if (rc != PMIX_SUCCESS)
+      return Status::Error(EIO, "PMIx_Put " + key + ": " + PMIx_Error_string(rc));
     rc = PMIx_Commit();
-    if (rc != PMIX_SUCCESS) return Status::Error(EIO, std::string("PMIx_Commit: ") + PMIx_Error_string(rc));
+    if (rc != PMIX_SUCCESS)
+      return Status::Error(EIO, std::string("PMIx_Commit: ") + PMIx_Error_string(rc));
     return Status::Ok();
   }
   Status Fence(int timeout_seconds) {
@@ -234,7 +241,8 @@ class Pmix {
     pmix_status_t rc = PMIx_Fence(&all, 1, info, 2);
     PMIX_INFO_DESTRUCT(&info[0]);
     PMIX_INFO_DESTRUCT(&info[1]);
-    if (rc != PMIX_SUCCESS) return Status::Error(ETIMEDOUT, std::string("PMIx_Fence: ") + PMIx_Error_string(rc));
+    if (rc != PMIX_SUCCESS)
+      return Status::Error(ETIMEDOUT, std::string("PMIx_Fence: ") + PMIx_Error_string(rc));
     return Status::Ok();
   }
   Result<std::string> Get(uint32_t rank, const std::string& key) {
@@ -245,7 +253,8 @@ class Pmix {
     pmix_value_t* val = nullptr;
     pmix_status_t rc = PMIx_Get(&p, key.c_str(), nullptr, 0, &val);
     if (rc != PMIX_SUCCESS || !val || val->type != PMIX_STRING)
-      return Status::Error(EIO, "PMIx_Get " + key + " of rank " + std::to_string(rank) + ": " + PMIx_Error_string(rc));
+      return Status::Error(EIO, "PMIx_Get " + key + " of rank " + std::to_string(rank) + ": " +
+                                    PMIx_Error_string(rc));
     std::string out = val->data.string ? val->data.string : "";
     PMIX_VALUE_RELEASE(val);
     return out;
@@ -281,8 +290,10 @@ Status SendMsg(int sock, const std::string& text, const std::vector<int>& fds = 
 
 Result<std::string> RecvMsg(int sock, std::vector<UniqueFd>* fds = nullptr) {
   static char buf[64 * 1024];
-  struct iovec iov{buf, sizeof buf};
-  struct msghdr msg{};
+  struct iovec iov {
+    buf, sizeof buf
+  };
+  struct msghdr msg {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 4)];
@@ -298,8 +309,10 @@ Result<std::string> RecvMsg(int sock, std::vector<UniqueFd>* fds = nullptr) {
     std::vector<int> raw(count);
     std::memcpy(raw.data(), CMSG_DATA(c), count * sizeof(int));
     for (int fd : raw) {
-      if (fds) fds->emplace_back(fd);
-      else ::close(fd);
+      if (fds)
+        fds->emplace_back(fd);
+      else
+        ::close(fd);
     }
   }
   if (n == 0) return Status::Error(ECONNRESET, "the node's restorer hung up");
@@ -332,11 +345,14 @@ bool JobDisabled(const store::JobFolder& job) {
 Status WriteJobFile(const store::JobFolder& job, const char* name, const std::string& text) {
   std::string tmp = std::string(name) + ".tmp";
   ::unlinkat(job.fd(), tmp.c_str(), 0);
-  UniqueFd fd(::openat(job.fd(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  UniqueFd fd(
+      ::openat(job.fd(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd) return Status::FromErrno(errno, job.path() + "/" + tmp);
-  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fsync(fd.get()) != 0)
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+      ::fsync(fd.get()) != 0)
     return Status::FromErrno(errno, job.path() + "/" + tmp);
-  if (::renameat(job.fd(), tmp.c_str(), job.fd(), name) != 0) return Status::FromErrno(errno, job.path() + "/" + name);
+  if (::renameat(job.fd(), tmp.c_str(), job.fd(), name) != 0)
+    return Status::FromErrno(errno, job.path() + "/" + name);
   return Status::Ok();
 }
 
@@ -345,7 +361,7 @@ Status WriteJobFile(const store::JobFolder& job, const char* name, const std::st
 
 struct NodeOptions {
   std::string job, step;
-  std::string root;  // checkpoint root ("" = the tasks' STASIS_CHECKPOINT_DIR or submit dir)
+  std::string root;   // checkpoint root ("" = the tasks' STASIS_CHECKPOINT_DIR or submit dir)
   uint32_t keep = 0;  // 0 = the tasks' STASIS_CHECKPOINT_KEEP, else 2
   bool vacate = false;
   int timeout = 300;
@@ -356,11 +372,13 @@ struct NodeOptions {
 // that is a restart proxy (this program) is asked by its node's restorer
 // which restored process heads it.
 Result<std::vector<core::TaskRoot>> LocalTasks(const std::string& job, const std::string& step,
-                                                std::map<std::string, std::string>* task_env) {
-  STASIS_ASSIGN_OR_RETURN(std::string listed, RunCapture({"scontrol", "listpids", job + "." + step}));
+                                               std::map<std::string, std::string>* task_env) {
+  STASIS_ASSIGN_OR_RETURN(std::string listed,
+                          RunCapture({"scontrol", "listpids", job + "." + step}));
   STASIS_ASSIGN_OR_RETURN(std::vector<stasis::spank::ListedTask> tasks,
                           stasis::spank::ParseListPids(listed, job, step));
-  if (tasks.empty()) return Status::Error(ESRCH, "step " + job + "." + step + " has no task on this node");
+  if (tasks.empty())
+    return Status::Error(ESRCH, "step " + job + "." + step + " has no task on this node");
   auto environ = ReadProcFile(tasks[0].pid, "environ");
   if (!environ) return environ.error();
   *task_env = stasis::spank::ParseEnviron(*environ);
@@ -372,7 +390,9 @@ Result<std::vector<core::TaskRoot>> LocalTasks(const std::string& job, const std
     std::istringstream in(reply);
     long task = 0, pid = 0;
     while (in >> task >> pid) out.push_back({static_cast<pid_t>(pid), static_cast<uint32_t>(task)});
-    if (out.empty()) return Status::Error(ESRCH, "the restored tasks of step " + job + "." + step + " have all ended");
+    if (out.empty())
+      return Status::Error(ESRCH,
+                           "the restored tasks of step " + job + "." + step + " have all ended");
     return out;
   }
   for (const auto& t : tasks) out.push_back({t.pid, t.global_id});
@@ -417,7 +437,8 @@ NodeReport DecodeReport(const std::string& text) {
   std::istringstream t(f["tasks"]);
   std::string item;
   while (std::getline(t, item, ','))
-    if (!item.empty()) r.tasks.push_back(static_cast<uint32_t>(std::strtoul(item.c_str(), nullptr, 10)));
+    if (!item.empty())
+      r.tasks.push_back(static_cast<uint32_t>(std::strtoul(item.c_str(), nullptr, 10)));
   std::istringstream a(f["argv"]);
   while (a >> item) r.argv.push_back(Unescape(item));
   r.size = std::strtoull(f["size"].c_str(), nullptr, 10);
@@ -430,7 +451,8 @@ NodeReport DecodeReport(const std::string& text) {
 // the verdict. Returns Ok when the epoch is committed.
 class Rendezvous {
  public:
-  Rendezvous(Pmix* pmix, const NodeOptions& opt, store::EpochWriter** writer, const std::string& job_id)
+  Rendezvous(Pmix* pmix, const NodeOptions& opt, store::EpochWriter** writer,
+             const std::string& job_id)
       : pmix_(pmix), opt_(opt), writer_(writer), job_id_(job_id) {}
   bool done() const { return done_; }
   bool quiesced() const { return quiesce_done_; }
@@ -447,8 +469,9 @@ class Rendezvous {
     for (uint32_t r = 0; r < pmix_->size(); ++r) {
       STASIS_ASSIGN_OR_RETURN(std::string v, pmix_->Get(r, "stasis.quiesce"));
       if (v.rfind("1 ", 0) != 0)
-        return Status::Error(ECANCELED, "helper rank " + std::to_string(r) + " could not quiesce: " +
-                                            (v.size() > 2 ? v.substr(2) : v));
+        return Status::Error(ECANCELED,
+                             "helper rank " + std::to_string(r) +
+                                 " could not quiesce: " + (v.size() > 2 ? v.substr(2) : v));
       last = std::max(last, std::strtod(v.c_str() + 2, nullptr));
     }
     lag_ = Now() - last;
@@ -478,15 +501,19 @@ class Rendezvous {
       reports.push_back(DecodeReport(*text));
     }
     for (const auto& r : reports)
-      if (!r.ok) return Status::Error(EIO, "node " + std::to_string(r.node) + " (" + r.host + "): " + r.message);
-    std::sort(reports.begin(), reports.end(), [](const NodeReport& a, const NodeReport& b) { return a.node < b.node; });
+      if (!r.ok)
+        return Status::Error(EIO,
+                             "node " + std::to_string(r.node) + " (" + r.host + "): " + r.message);
+    std::sort(reports.begin(), reports.end(),
+              [](const NodeReport& a, const NodeReport& b) { return a.node < b.node; });
     stasis::format::Manifest m;
     m.job = job_id_;
     m.step = opt_.step;
     m.uid = ::geteuid();
     for (size_t i = 0; i < reports.size(); ++i) {
       if (reports[i].node != i)
-        return Status::Error(EINVAL, "node indexes of the step are not 0.." + std::to_string(reports.size() - 1));
+        return Status::Error(
+            EINVAL, "node indexes of the step are not 0.." + std::to_string(reports.size() - 1));
       stasis::format::ManifestNode n;
       n.index = reports[i].node;
       n.host = reports[i].host;
@@ -540,25 +567,34 @@ int RunNode(NodeOptions opt) {
     Fields f;
     Status s = local;
     std::string root = opt.root;
-    if (root.empty()) root = tenv.count("STASIS_CHECKPOINT_DIR") ? tenv["STASIS_CHECKPOINT_DIR"] : tenv["SLURM_SUBMIT_DIR"];
-    if (s.ok() && root.empty()) s = Status::Error(EINVAL, "no checkpoint folder: give --dir (ImageDir=)");
+    if (root.empty())
+      root = tenv.count("STASIS_CHECKPOINT_DIR") ? tenv["STASIS_CHECKPOINT_DIR"]
+                                                 : tenv["SLURM_SUBMIT_DIR"];
+    if (s.ok() && root.empty())
+      s = Status::Error(EINVAL, "no checkpoint folder: give --dir (ImageDir=)");
     uint32_t keep = opt.keep;
-    if (!keep && tenv.count("STASIS_CHECKPOINT_KEEP")) keep = static_cast<uint32_t>(std::strtoul(tenv["STASIS_CHECKPOINT_KEEP"].c_str(), nullptr, 10));
+    if (!keep && tenv.count("STASIS_CHECKPOINT_KEEP"))
+      keep =
+          static_cast<uint32_t>(std::strtoul(tenv["STASIS_CHECKPOINT_KEEP"].c_str(), nullptr, 10));
     if (!keep) keep = 2;
     std::string jobdir = root + "/" + opt.job;
     if (s.ok()) {
       ::mkdir(root.c_str(), 0700);  // the root may be new; the store checks it
       auto j = store::JobFolder::Open(store::DefaultEnv(), jobdir, true, store::Access::Caller());
-      if (!j) s = j.error();
-      else folder.emplace(std::move(*j));
+      if (!j)
+        s = j.error();
+      else
+        folder.emplace(std::move(*j));
     }
     if (s.ok() && JobDisabled(*folder))
-      s = Status::Error(EPERM, "checkpoints of job " + opt.job + " are disabled (scontrol checkpoint enable " +
-                                   opt.job + ")");
+      s = Status::Error(EPERM, "checkpoints of job " + opt.job +
+                                   " are disabled (scontrol checkpoint enable " + opt.job + ")");
     if (s.ok()) {
       auto w = store::EpochWriter::Begin(&*folder, {});
-      if (!w) s = w.error();
-      else writer = std::move(*w);
+      if (!w)
+        s = w.error();
+      else
+        writer = std::move(*w);
     }
     f["epoch"] = s.ok() ? std::to_string(writer->epoch()) : "0";
     f["error"] = s.ok() ? "" : "node 0 (" + host + "): " + s.message();
@@ -581,12 +617,16 @@ int RunNode(NodeOptions opt) {
   const std::string jobdir = ef["jobdir"];
   if (pmix.rank() != 0) {
     auto j = store::JobFolder::Open(store::DefaultEnv(), jobdir, false, store::Access::Caller());
-    if (!j) local = j.error();
-    else folder.emplace(std::move(*j));
+    if (!j)
+      local = j.error();
+    else
+      folder.emplace(std::move(*j));
     if (local.ok()) {
       auto w = store::EpochWriter::Join(&*folder, epoch, {});
-      if (!w) local = w.error();
-      else writer = std::move(*w);
+      if (!w)
+        local = w.error();
+      else
+        writer = std::move(*w);
     }
   }
   if (writer) {
@@ -608,8 +648,10 @@ int RunNode(NodeOptions opt) {
   store::NodeFileSink* sink = nullptr;
   if (local.ok()) {
     auto s = writer->CreateNodeFile(mine.node);
-    if (!s) local = s.error();
-    else sink = *s;
+    if (!s)
+      local = s.error();
+    else
+      sink = *s;
   }
   double resumed_at = 0;
   core::CheckpointStats stats;
@@ -672,15 +714,18 @@ int RunNode(NodeOptions opt) {
       Rendezvous* meet;
     } ctx{sink, &mine, &meet};
     copt.after_callbacks = [&meet]() { return meet.Quiesce(true, ""); };
-    auto st = core::Checkpoint(copt, sink, [](void* arg) -> Status {
-      auto* c = static_cast<Ctx*>(arg);
-      auto file = c->sink->Finish();
-      if (!file) return file.error();
-      c->mine->ok = true;
-      c->mine->size = file->size;
-      c->mine->crc = file->crc32c;
-      return c->meet->Meet(*c->mine);
-    }, &ctx);
+    auto st = core::Checkpoint(
+        copt, sink,
+        [](void* arg) -> Status {
+          auto* c = static_cast<Ctx*>(arg);
+          auto file = c->sink->Finish();
+          if (!file) return file.error();
+          c->mine->ok = true;
+          c->mine->size = file->size;
+          c->mine->crc = file->crc32c;
+          return c->meet->Meet(*c->mine);
+        },
+        &ctx);
     if (st) {
       stats = *st;
       resumed_at = Now();
@@ -695,26 +740,31 @@ int RunNode(NodeOptions opt) {
     (void)meet.Meet(mine);
   }
   if (!outcome.ok()) {
-    std::fprintf(stderr, "%s: node %u (%s): epoch %llu aborted: %s\n", kTool, mine.node, host.c_str(),
-                 static_cast<unsigned long long>(epoch), outcome.message().c_str());
+    std::fprintf(stderr, "%s: node %u (%s): epoch %llu aborted: %s\n", kTool, mine.node,
+                 host.c_str(), static_cast<unsigned long long>(epoch), outcome.message().c_str());
     if (pmix.rank() == 0 && folder) {
       (void)store::RemoveEpoch(&*folder, epoch);
-      (void)WriteJobFile(*folder, kLastError, "epoch " + std::to_string(epoch) + " aborted: " + outcome.message() + "\n");
+      (void)WriteJobFile(
+          *folder, kLastError,
+          "epoch " + std::to_string(epoch) + " aborted: " + outcome.message() + "\n");
     }
     return 1;
   }
-  std::printf("node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s, trigger to resumed %.3f s; "
-              "froze %.3f s after the last of %u nodes quiesced\n",
-              mine.node, host.c_str(), static_cast<unsigned long long>(epoch), stats.processes,
-              static_cast<double>(stats.bytes) / (1 << 20), stats.pause_seconds,
-              opt.t0 > 0 ? resumed_at - opt.t0 : stats.total_seconds, meet.proceed_after_last_quiesce(),
-              pmix.size());
+  std::printf(
+      "node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s, trigger to resumed %.3f s; "
+      "froze %.3f s after the last of %u nodes quiesced\n",
+      mine.node, host.c_str(), static_cast<unsigned long long>(epoch), stats.processes,
+      static_cast<double>(stats.bytes) / (1 << 20), stats.pause_seconds,
+      opt.t0 > 0 ? resumed_at - opt.t0 : stats.total_seconds, meet.proceed_after_last_quiesce(),
+      pmix.size());
   if (pmix.rank() == 0) {
     uint32_t keep = static_cast<uint32_t>(std::strtoul(ef["keep"].c_str(), nullptr, 10));
     auto removed = store::Prune(&*folder, keep ? keep : 2);
-    std::printf("epoch %llu of job %s step %s complete in %s/%llu\n", static_cast<unsigned long long>(epoch),
-                opt.job.c_str(), opt.step.c_str(), jobdir.c_str(), static_cast<unsigned long long>(epoch));
-    if (!removed) std::fprintf(stderr, "%s: retention: %s\n", kTool, removed.error().message().c_str());
+    std::printf("epoch %llu of job %s step %s complete in %s/%llu\n",
+                static_cast<unsigned long long>(epoch), opt.job.c_str(), opt.step.c_str(),
+                jobdir.c_str(), static_cast<unsigned long long>(epoch));
+    if (!removed)
+      std::fprintf(stderr, "%s: retention: %s\n", kTool, removed.error().message().c_str());
   }
   std::fflush(stdout);
   return 0;
@@ -728,14 +778,16 @@ struct StepInfo {
 };
 
 Result<std::vector<StepInfo>> RunningSteps(const std::string& job) {
-  STASIS_ASSIGN_OR_RETURN(std::string out, RunCapture({"squeue", "-h", "-s", "-j", job, "-o", "%i|%j|%N"}));
+  STASIS_ASSIGN_OR_RETURN(std::string out,
+                          RunCapture({"squeue", "-h", "-s", "-j", job, "-o", "%i|%j|%N"}));
   std::vector<StepInfo> steps;
   std::istringstream in(out);
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream f(line);
     std::string id, name, nodes;
-    if (!std::getline(f, id, '|') || !std::getline(f, name, '|') || !std::getline(f, nodes)) continue;
+    if (!std::getline(f, id, '|') || !std::getline(f, name, '|') || !std::getline(f, nodes))
+      continue;
     std::string j, s;
     if (!stasis::spank::ParseJobStep(id, &j, &s) || j != job) continue;
     // The batch script's own processes, the extern step and our own
@@ -767,12 +819,30 @@ int CheckpointStep(const std::string& self, const CheckpointArgs& a, const StepI
   while (in >> h) ++n;
   char t0[64];
   std::snprintf(t0, sizeof t0, "%.6f", Now());
-  std::vector<std::string> argv = {"srun", "--overlap", "--jobid=" + a.job, "-N" + std::to_string(n),
-                                   "-n" + std::to_string(n), "--ntasks-per-node=1", "-w", s.nodelist,
-                                   "--mpi=pmix", "-J", "stasis-ckpt", "-Q", "--kill-on-bad-exit=0",
+  std::vector<std::string> argv = {"srun",
+                                   "--overlap",
+                                   "--jobid=" + a.job,
+                                   "-N" + std::to_string(n),
+                                   "-n" + std::to_string(n),
+                                   "--ntasks-per-node=1",
+                                   "-w",
+                                   s.nodelist,
+                                   "--mpi=pmix",
+                                   "-J",
+                                   "stasis-ckpt",
+                                   "-Q",
+                                   "--kill-on-bad-exit=0",
                                    "--time=" + std::to_string(a.timeout / 60 + 2),
-                                   self, "node", "--job", a.job, "--step", s.step,
-                                   "--timeout", std::to_string(a.timeout), "--t0", t0};
+                                   self,
+                                   "node",
+                                   "--job",
+                                   a.job,
+                                   "--step",
+                                   s.step,
+                                   "--timeout",
+                                   std::to_string(a.timeout),
+                                   "--t0",
+                                   t0};
   if (!a.root.empty()) argv.insert(argv.end(), {"--dir", a.root});
   if (a.keep) argv.insert(argv.end(), {"--keep", std::to_string(a.keep)});
   if (a.vacate) argv.push_back("--vacate");
@@ -832,7 +902,8 @@ int RunCheckpoint(const CheckpointArgs& a) {
   for (const auto& s : steps) {
     int r = CheckpointStep(self, a, s);
     if (r != 0) {
-      std::fprintf(stderr, "%s: step %s.%s: epoch not taken (status %d)\n", kTool, a.job.c_str(), s.step.c_str(), r);
+      std::fprintf(stderr, "%s: step %s.%s: epoch not taken (status %d)\n", kTool, a.job.c_str(),
+                   s.step.c_str(), r);
       rc = 1;
     }
   }
@@ -859,25 +930,30 @@ int RunControlLocal(const std::string& job, const std::string& op, const std::st
       auto raw = ReadProcFile(static_cast<pid_t>(pid), "environ");
       if (!raw) continue;
       auto env = stasis::spank::ParseEnviron(*raw);
-      if (!env["STASIS_CHECKPOINT_DIR"].empty()) root = env["STASIS_CHECKPOINT_DIR"];
-      else if (!env["SLURM_SUBMIT_DIR"].empty()) root = env["SLURM_SUBMIT_DIR"];
+      if (!env["STASIS_CHECKPOINT_DIR"].empty())
+        root = env["STASIS_CHECKPOINT_DIR"];
+      else if (!env["SLURM_SUBMIT_DIR"].empty())
+        root = env["SLURM_SUBMIT_DIR"];
     }
   }
   if (root.empty()) Die("job " + job + ": no checkpoint folder known (give ImageDir=)");
   ::mkdir(root.c_str(), 0700);
-  auto folder = store::JobFolder::Open(store::DefaultEnv(), root + "/" + job, op == "disable", store::Access::Caller());
+  auto folder = store::JobFolder::Open(store::DefaultEnv(), root + "/" + job, op == "disable",
+                                       store::Access::Caller());
   if (op == "error") {
     if (!folder) {
       std::printf("job %s: no checkpoint error recorded\n", job.c_str());
       return 0;
     }
-    auto fd = store::OpenOwnedFile(folder->fd(), kLastError, store::Access::Caller(), folder->path() + "/" + kLastError);
+    auto fd = store::OpenOwnedFile(folder->fd(), kLastError, store::Access::Caller(),
+                                   folder->path() + "/" + kLastError);
     if (!fd) {
       std::printf("job %s: no checkpoint error recorded\n", job.c_str());
       return 0;
     }
     auto text = ReadAll(fd->get());
-    std::printf("job %s: last checkpoint error: %s", job.c_str(), text ? text->c_str() : "(unreadable)\n");
+    std::printf("job %s: last checkpoint error: %s", job.c_str(),
+                text ? text->c_str() : "(unreadable)\n");
     return 0;
   }
   if (op == "enable") {
@@ -887,20 +963,24 @@ int RunControlLocal(const std::string& job, const std::string& op, const std::st
     return 0;
   }
   if (!folder) Die(folder.error().message());
-  if (Status s = WriteJobFile(*folder, kDisabled, "disabled by scontrol checkpoint disable\n"); !s.ok()) Die(s.message());
+  if (Status s = WriteJobFile(*folder, kDisabled, "disabled by scontrol checkpoint disable\n");
+      !s.ok())
+    Die(s.message());
   std::printf("job %s: checkpoints disabled\n", job.c_str());
   return 0;
 }
 
 int RunControl(const CheckpointArgs& a, const std::string& op) {
-  std::vector<std::string> argv = {"srun", "--overlap", "--jobid=" + a.job, "-N1", "-n1", "-J", "stasis-ckpt",
-                                   "-Q", SelfPath(), "control-local", "--job", a.job, "--op", op};
+  std::vector<std::string> argv = {
+      "srun", "--overlap", "--jobid=" + a.job, "-N1",   "-n1", "-J",   "stasis-ckpt",
+      "-Q",   SelfPath(),  "control-local",    "--job", a.job, "--op", op};
   if (!a.root.empty()) argv.insert(argv.end(), {"--dir", a.root});
   int st = 0;
   auto out = RunCapture(argv, &st);
   if (out) std::fputs(out->c_str(), stdout);
-  if (!out) std::fprintf(stderr, "%s: scontrol checkpoint %s %s: %s\n", kTool, op.c_str(), a.job.c_str(),
-                         out.error().message().c_str());
+  if (!out)
+    std::fprintf(stderr, "%s: scontrol checkpoint %s %s: %s\n", kTool, op.c_str(), a.job.c_str(),
+                 out.error().message().c_str());
   return out ? 0 : 1;
 }
 
@@ -914,7 +994,7 @@ void OnWarn(int) { g_warned = 1; }
 double JobEndTime(const std::string& job) {
   auto out = RunCapture({"squeue", "-h", "-j", job, "-o", "%e"});
   if (!out) return 0;
-  struct tm tm{};
+  struct tm tm {};
   std::string text = *out;
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   if (!::strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) return 0;
@@ -923,7 +1003,7 @@ double JobEndTime(const std::string& job) {
 }
 
 int RunTicker(const std::string& job, uint64_t interval, uint64_t final_lead) {
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = OnWarn;
   for (int sig : {SIGTERM, SIGUSR1, SIGUSR2}) ::sigaction(sig, &sa, nullptr);
   CheckpointArgs a;
@@ -942,13 +1022,16 @@ int RunTicker(const std::string& job, uint64_t interval, uint64_t final_lead) {
         end = JobEndTime(job);
         last_poll = Now();
       }
-      if (!final_done && end > 0 && final_lead > 0 && Now() >= end - static_cast<double>(final_lead)) break;
+      if (!final_done && end > 0 && final_lead > 0 &&
+          Now() >= end - static_cast<double>(final_lead))
+        break;
       ::usleep(200000);
     }
     bool final = g_warned || (!final_done && end > 0 && final_lead > 0 &&
                               Now() >= end - static_cast<double>(final_lead));
     if (final) final_done = true;
-    std::fprintf(stderr, "%s: job %s: %s checkpoint\n", kTool, job.c_str(), final ? "final" : "periodic");
+    std::fprintf(stderr, "%s: job %s: %s checkpoint\n", kTool, job.c_str(),
+                 final ? "final" : "periodic");
     (void)RunCheckpoint(a);
     if (g_warned) return 0;
     next = Now() + static_cast<double>(interval);
@@ -965,10 +1048,11 @@ void Forward(int sig) {
 }
 
 void ForwardSignals() {
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = Forward;
   sa.sa_flags = SA_RESTART;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT}) ::sigaction(sig, &sa, nullptr);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT})
+    ::sigaction(sig, &sa, nullptr);
 }
 
 [[noreturn]] void ExitLike(int status) {
@@ -996,12 +1080,14 @@ Result<TaskEnv> ReadTaskEnv() {
     *out = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 10));
     return true;
   };
-  if (t.job.empty() || t.step.empty() || !num("SLURM_NODEID", &t.node) || !num("SLURM_LOCALID", &t.local) ||
-      !num("SLURM_PROCID", &t.global) || !num("SLURM_STEP_NUM_NODES", &t.nnodes) ||
-      !num("SLURM_STEP_NUM_TASKS", &t.ntasks))
-    return Status::Error(EINVAL, "not a task of a Slurm step (SLURM_JOB_ID, SLURM_NODEID, ... missing)");
+  if (t.job.empty() || t.step.empty() || !num("SLURM_NODEID", &t.node) ||
+      !num("SLURM_LOCALID", &t.local) || !num("SLURM_PROCID", &t.global) ||
+      !num("SLURM_STEP_NUM_NODES", &t.nnodes) || !num("SLURM_STEP_NUM_TASKS", &t.ntasks))
+    return Status::Error(EINVAL,
+                         "not a task of a Slurm step (SLURM_JOB_ID, SLURM_NODEID, ... missing)");
   if (t.dir.empty()) return Status::Error(EINVAL, "STASIS_RESTART_FROM is not set");
-  STASIS_ASSIGN_OR_RETURN(t.local_count, stasis::spank::TasksOnNode(Env("SLURM_STEP_TASKS_PER_NODE"), t.node));
+  STASIS_ASSIGN_OR_RETURN(t.local_count,
+                          stasis::spank::TasksOnNode(Env("SLURM_STEP_TASKS_PER_NODE"), t.node));
   return t;
 }
 
@@ -1040,7 +1126,8 @@ int RunRestorer(const TaskEnv& t) {
   socklen_t len = AbstractAddr(name, &addr);
   if (!listener || ::bind(listener.get(), reinterpret_cast<struct sockaddr*>(&addr), len) != 0 ||
       ::listen(listener.get(), 64) != 0)
-    Die("node " + std::to_string(t.node) + ": cannot open the restorer's socket: " + std::strerror(errno));
+    Die("node " + std::to_string(t.node) +
+        ": cannot open the restorer's socket: " + std::strerror(errno));
 
   // The epoch and the node's file, with the store's checks; the counts of
   // the old step against ours before anything starts.
@@ -1048,15 +1135,17 @@ int RunRestorer(const TaskEnv& t) {
   if (!sel) Die(sel.error().message());
   // Total tasks and nodes of the checkpointed step.
   uint32_t old_tasks = 0;
-  for (const auto& n : sel->epoch.manifest.nodes) old_tasks += static_cast<uint32_t>(n.tasks.size());
+  for (const auto& n : sel->epoch.manifest.nodes)
+    old_tasks += static_cast<uint32_t>(n.tasks.size());
   uint32_t old_nodes = static_cast<uint32_t>(sel->epoch.manifest.nodes.size());
   if (old_nodes != t.nnodes || old_tasks != t.ntasks)
-    Die("the checkpoint in " + sel->epoch.path + " has " + std::to_string(old_nodes) + " node(s) and " +
-        std::to_string(old_tasks) + " task(s); this step has " + std::to_string(t.nnodes) + " node(s) and " +
-        std::to_string(t.ntasks) + " task(s)");
+    Die("the checkpoint in " + sel->epoch.path + " has " + std::to_string(old_nodes) +
+        " node(s) and " + std::to_string(old_tasks) + " task(s); this step has " +
+        std::to_string(t.nnodes) + " node(s) and " + std::to_string(t.ntasks) + " task(s)");
   if (sel->node.tasks.size() != t.local_count)
-    Die("node " + std::to_string(t.node) + " of the checkpoint ran " + std::to_string(sel->node.tasks.size()) +
-        " task(s); this step runs " + std::to_string(t.local_count) + " on " + Env("SLURMD_NODENAME", "it"));
+    Die("node " + std::to_string(t.node) + " of the checkpoint ran " +
+        std::to_string(sel->node.tasks.size()) + " task(s); this step runs " +
+        std::to_string(t.local_count) + " on " + Env("SLURMD_NODENAME", "it"));
 
   // Gather: our own stdio, then every other local task's.
   struct Local {
@@ -1073,7 +1162,9 @@ int RunRestorer(const TaskEnv& t) {
   for (int fd : {0, 1, 2}) locals[0].stdio.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 3));
   auto gather_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (locals.size() < t.local_count) {
-    struct pollfd p{listener.get(), POLLIN, 0};
+    struct pollfd p {
+      listener.get(), POLLIN, 0
+    };
     if (::poll(&p, 1, 200) <= 0) {
       if (std::chrono::steady_clock::now() > gather_deadline)
         Die("node " + std::to_string(t.node) + ": only " + std::to_string(locals.size()) + " of " +
@@ -1094,7 +1185,8 @@ int RunRestorer(const TaskEnv& t) {
     l.conn = std::move(c);
     locals.push_back(std::move(l));
   }
-  std::sort(locals.begin(), locals.end(), [](const Local& a, const Local& b) { return a.local < b.local; });
+  std::sort(locals.begin(), locals.end(),
+            [](const Local& a, const Local& b) { return a.local < b.local; });
 
   // The k-th task of the old node becomes our k-th local task.
   std::vector<uint32_t> old_ids = sel->node.tasks;
@@ -1160,11 +1252,15 @@ int RunRestorer(const TaskEnv& t) {
       by_root.erase(it);
       --alive;
     }
-    struct pollfd p{listener.get(), POLLIN, 0};
+    struct pollfd p {
+      listener.get(), POLLIN, 0
+    };
     if (::poll(&p, 1, 100) > 0) {
       UniqueFd c(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (!c) continue;
-      struct pollfd q{c.get(), POLLIN, 0};
+      struct pollfd q {
+        c.get(), POLLIN, 0
+      };
       if (::poll(&q, 1, 2000) <= 0) continue;
       auto msg = RecvMsg(c.get());
       if (!msg || *msg != "roots") continue;
@@ -1188,16 +1284,15 @@ int RunRestartProxy(const TaskEnv& t) {
     conn = ConnectRestorer(name);
     if (conn) break;
     if (std::chrono::steady_clock::now() > deadline)
-      Die("task " + std::to_string(t.global) + ": no restorer on this node after 60 s: " + conn.error().message());
+      Die("task " + std::to_string(t.global) +
+          ": no restorer on this node after 60 s: " + conn.error().message());
     ::usleep(20000);
   }
   UniqueFd c = std::move(*conn);
   std::string hello = "task " + std::to_string(t.global) + " " + std::to_string(t.local);
   hello.push_back('\0');
   hello += StepEnvironment();
-  if (Status s = SendMsg(c.get(), hello, {0, 1, 2});
-      !s.ok())
-    Die(s.message());
+  if (Status s = SendMsg(c.get(), hello, {0, 1, 2}); !s.ok()) Die(s.message());
   ForwardSignals();
   for (;;) {
     auto msg = RecvMsg(c.get());
@@ -1236,11 +1331,13 @@ int RunRestartTask(char** argv) {
   auto t = ReadTaskEnv();
   if (!t) Die(t.error().message());
   if (Env("STASIS_RESTART_AUTO") == "1") {
-    auto sel = store::SelectForRestart(store::DefaultEnv(), t->dir, t->node, store::Access::Caller());
+    auto sel =
+        store::SelectForRestart(store::DefaultEnv(), t->dir, t->node, store::Access::Caller());
     if (!sel) {
       if (t->global == 0)
-        std::fprintf(stderr, "%s: requeued job %s: nothing to resume from in %s (%s); starting afresh\n", kTool,
-                     t->job.c_str(), t->dir.c_str(), sel.error().message().c_str());
+        std::fprintf(stderr,
+                     "%s: requeued job %s: nothing to resume from in %s (%s); starting afresh\n",
+                     kTool, t->job.c_str(), t->dir.c_str(), sel.error().message().c_str());
       RunOriginal(argv);
     }
     if (t->global == 0)
@@ -1254,14 +1351,16 @@ const char* const kUsage =
     "stasis-step checkpoint JOB[.STEP] [--dir ROOT] [--keep N] [--vacate] [--timeout SECONDS]\n"
     "       stasis-step ticker --job JOB --interval SECONDS [--final-lead SECONDS]\n"
     "       stasis-step control JOB --op enable|disable|error [--dir ROOT]\n"
-    "       stasis-step node --job JOB --step STEP [--dir ROOT] [--keep N] [--vacate] [--timeout S] (in a helper step)";
+    "       stasis-step node --job JOB --step STEP [--dir ROOT] [--keep N] [--vacate] [--timeout "
+    "S] (in a helper step)";
 
 }  // namespace
 
 int main(int argc, char** argv) {
   // A task of a --restart-from step: spank_stasis.so rewrote its command.
   const std::string restart = Env("STASIS_RESTART_TASK");
-  if (!restart.empty() && restart == Env("SLURM_JOB_ID") + "." + Env("SLURM_STEP_ID", Env("SLURM_STEPID")))
+  if (!restart.empty() &&
+      restart == Env("SLURM_JOB_ID") + "." + Env("SLURM_STEP_ID", Env("SLURM_STEPID")))
     return RunRestartTask(argv);
   if (argc < 2) stasis::cli::Usage(kTool, kUsage);
   std::string mode = argv[1];
@@ -1276,26 +1375,37 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     long v = 0;
-    if (x == "--dir") a.root = n.root = next();
+    if (x == "--dir")
+      a.root = n.root = next();
     else if (x == "--keep") {
       if (!stasis::cli::ParsePositive(next(), &v)) Die("--keep: not a positive number");
       a.keep = n.keep = static_cast<uint32_t>(v);
-    } else if (x == "--vacate") a.vacate = n.vacate = true;
+    } else if (x == "--vacate")
+      a.vacate = n.vacate = true;
     else if (x == "--timeout") {
-      if (!stasis::cli::ParsePositive(next(), &v)) Die("--timeout: not a positive number of seconds");
+      if (!stasis::cli::ParsePositive(next(), &v))
+        Die("--timeout: not a positive number of seconds");
       a.timeout = n.timeout = static_cast<int>(v);
-    } else if (x == "--job") a.job = n.job = next();
-    else if (x == "--step") n.step = next();
-    else if (x == "--op") op = next();
-    else if (x == "--t0") n.t0 = std::strtod(next().c_str(), nullptr);
+    } else if (x == "--job")
+      a.job = n.job = next();
+    else if (x == "--step")
+      n.step = next();
+    else if (x == "--op")
+      op = next();
+    else if (x == "--t0")
+      n.t0 = std::strtod(next().c_str(), nullptr);
     else if (x == "--interval") {
-      if (!stasis::cli::ParsePositive(next(), &v)) Die("--interval: not a positive number of seconds");
+      if (!stasis::cli::ParsePositive(next(), &v))
+        Die("--interval: not a positive number of seconds");
       interval = static_cast<uint64_t>(v);
     } else if (x == "--final-lead") {
-      if (!stasis::cli::ParsePositive(next(), &v)) Die("--final-lead: not a positive number of seconds");
+      if (!stasis::cli::ParsePositive(next(), &v))
+        Die("--final-lead: not a positive number of seconds");
       final_lead = static_cast<uint64_t>(v);
-    } else if (x[0] != '-' && jobstep.empty()) jobstep = x;
-    else stasis::cli::Usage(kTool, kUsage);
+    } else if (x[0] != '-' && jobstep.empty())
+      jobstep = x;
+    else
+      stasis::cli::Usage(kTool, kUsage);
   }
   if (mode == "node") {
     if (n.job.empty() || n.step.empty()) stasis::cli::Usage(kTool, kUsage);
@@ -1309,12 +1419,15 @@ int main(int argc, char** argv) {
   if (mode == "control") {
     // stasis-step control JOB enable|disable|error [--dir ROOT]
     std::string job, step;
-    if (!stasis::spank::ParseJobStep(jobstep, &a.job, &step)) Die("'" + jobstep + "' is not a job id");
-    if (op != "enable" && op != "disable" && op != "error") Die("--op must be enable, disable or error");
+    if (!stasis::spank::ParseJobStep(jobstep, &a.job, &step))
+      Die("'" + jobstep + "' is not a job id");
+    if (op != "enable" && op != "disable" && op != "error")
+      Die("--op must be enable, disable or error");
     return RunControl(a, op);
   }
   if (mode == "control-local") {
-    if (a.job.empty() || (op != "enable" && op != "disable" && op != "error")) stasis::cli::Usage(kTool, kUsage);
+    if (a.job.empty() || (op != "enable" && op != "disable" && op != "error"))
+      stasis::cli::Usage(kTool, kUsage);
     return RunControlLocal(a.job, op, a.root);
   }
   if (mode == "ticker") {

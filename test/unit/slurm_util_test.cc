@@ -46,7 +46,8 @@ TEST(SlurmUtil, TasksOnNode) {
   EXPECT_EQ(*TasksOnNode("3,1", 1), 1u);
   EXPECT_EQ(*TasksOnNode("4(x3),2,1(x2)", 3), 2u);
   EXPECT_EQ(*TasksOnNode("4(x3),2,1(x2)", 5), 1u);
-  for (const char* bad : {"", "x", "2(x0)", "2(x", "-1", "2(y2)"}) EXPECT_FALSE(TasksOnNode(bad, 0)) << bad;
+  for (const char* bad : {"", "x", "2(x0)", "2(x", "-1", "2(y2)"})
+    EXPECT_FALSE(TasksOnNode(bad, 0)) << bad;
 }
 
 TEST(SlurmUtil, JobStep) {
@@ -57,7 +58,8 @@ TEST(SlurmUtil, JobStep) {
   ASSERT_TRUE(ParseJobStep("42.3", &j, &s));
   EXPECT_EQ(s, "3");
   ASSERT_TRUE(ParseJobStep("42.batch", &j, &s));
-  for (const char* bad : {"", "0", "x", "42.", "42.x", "-1", "42.3.4", "4 2"}) EXPECT_FALSE(ParseJobStep(bad, &j, &s)) << bad;
+  for (const char* bad : {"", "0", "x", "42.", "42.x", "-1", "42.3.4", "4 2"})
+    EXPECT_FALSE(ParseJobStep(bad, &j, &s)) << bad;
 }
 
 TEST(SlurmUtil, Environ) {
