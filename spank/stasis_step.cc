@@ -1331,18 +1331,29 @@ int RunRestartTask(char** argv) {
   auto t = ReadTaskEnv();
   if (!t) Die(t.error().message());
   if (Env("STASIS_RESTART_AUTO") == "1") {
-    auto sel =
-        store::SelectForRestart(store::DefaultEnv(), t->dir, t->node, store::Access::Caller());
-    if (!sel) {
+    // A requeued job's script runs its steps again: each resumes from the
+    // newest complete epoch of the same step, or starts afresh.
+    std::string why = "no complete epoch of step " + t->step;
+    std::string chosen;
+    auto folder =
+        store::JobFolder::Open(store::DefaultEnv(), t->dir, false, store::Access::Caller());
+    if (!folder) why = folder.error().message();
+    auto epochs = folder ? folder->List() : Result<std::vector<store::EpochInfo>>(folder.error());
+    if (epochs) {
+      for (auto it = epochs->rbegin(); it != epochs->rend() && chosen.empty(); ++it)
+        if (it->state == store::EpochState::kComplete && it->manifest.step == t->step)
+          chosen = it->path;
+    }
+    if (chosen.empty()) {
       if (t->global == 0)
-        std::fprintf(stderr,
-                     "%s: requeued job %s: nothing to resume from in %s (%s); starting afresh\n",
-                     kTool, t->job.c_str(), t->dir.c_str(), sel.error().message().c_str());
+        std::fprintf(stderr, "%s: requeued job %s: nothing to resume step %s from in %s (%s); starting afresh\n",
+                     kTool, t->job.c_str(), t->step.c_str(), t->dir.c_str(), why.c_str());
       RunOriginal(argv);
     }
     if (t->global == 0)
-      std::fprintf(stderr, "%s: requeued job %s: resuming step %s from %s\n", kTool, t->job.c_str(),
-                   t->step.c_str(), sel->epoch.path.c_str());
+      std::fprintf(stderr, "%s: requeued job %s: resuming step %s from %s\n", kTool,
+                   t->job.c_str(), t->step.c_str(), chosen.c_str());
+    t->dir = chosen;
   }
   return t->local == 0 ? RunRestorer(*t) : RunRestartProxy(*t);
 }

@@ -472,14 +472,19 @@ static void *agent_main(void *unused) {
   (void)unused;
   g_agent_tid = my_tid();
   prctl(PR_SET_NAME, "stasis-agent", 0, 0, 0);
-  uint64_t handled = g_blk->seq;
+  /* Every block starts at seq 0, and this thread may start after a
+   * checkpointer already posted its request (cr_request_checkpoint right
+   * after cr_init, a loaded machine): that request is ours to answer. One
+   * whose checkpointer is gone (it holds flock(LOCK_EX) while it waits) is
+   * stale and only marked as seen. */
+  uint64_t handled = 0;
   for (;;) {
     struct stasis_agent_block *b = g_blk;
     uint32_t c = load32(&b->cmd);
     uint64_t seq = __atomic_load_n(&b->seq, __ATOMIC_ACQUIRE);
     if (c == STASIS_AGENT_CMD_REQUEST && seq != handled) {
       handled = seq;
-      handle_request();
+      if (!checkpointer_gone()) handle_request();
       continue;
     }
     futex_wait(&b->cmd, c, NULL);

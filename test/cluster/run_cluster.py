@@ -504,11 +504,13 @@ def case_requeue():
     with stasisd back, succeeds; scontrol checkpoint vacate ends the job after
     a last epoch."""
     ck = enable_stasis()
-    script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100 "
-                          f"{os.path.join(WORK, 'rq-limit')}\n")
+    # Two steps: a short one (step 0, never checkpointed) and the counting
+    # one (step 1). After a requeue, step 0 runs afresh, step 1 resumes.
+    script = write_script("count.sh", f"#!/bin/sh\nsrun -N2 -n2 sh -c 'echo prep on $(hostname)'\n"
+                          f"srun {install_tool('count_task')} 100 {os.path.join(WORK, 'rq-limit')}\n")
     jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=1h", f"--checkpoint-dir={ck}",
                    "-o", os.path.join(WORK, "rq-%j.out"))
-    wait_step_running(jobid, 0)
+    wait_step_running(jobid, 1)
     time.sleep(2)
     jobdir = os.path.join(ck, str(jobid))
     out_path = os.path.join(WORK, f"rq-{jobid}.out")
@@ -583,7 +585,7 @@ def case_requeue():
     while time.monotonic() < deadline:
         state, _ = job_state(jobid)
         text = open(out_path).read() if os.path.exists(out_path) else ""
-        if state == "RUNNING" and "resuming step 0" in text and len(counts(out_path)) == 4 and \
+        if state == "RUNNING" and "resuming step 1" in text and len(counts(out_path)) == 4 and \
                 all(len(v) >= 5 for v in counts(out_path).values()):
             break
         time.sleep(0.3)
@@ -591,10 +593,12 @@ def case_requeue():
         fail(f"requeued job {jobid} did not resume: {job_state(jobid)}, output {text[-500:]!r}")
     if f"/{epoch}/node0.ctx" not in text:
         fail(f"requeued job {jobid} did not resume from epoch {epoch}: {text[:400]!r}")
+    if sorted(re.findall(r"^prep on (n\d)$", text, re.M)) != ["n1", "n2"] or "nothing to resume step 0" not in text:
+        fail(f"requeued job {jobid}: step 0 did not run afresh on both nodes: {text[:600]!r}")
     after = counts(out_path)
     starts = check_continued(before_rq, after, 4, f"requeued job {jobid}")
-    print(f"OK scontrol checkpoint requeue {jobid}: epoch {epoch}, job requeued and its step resumed "
-          f"by itself from it (ranks at {starts})")
+    print(f"OK scontrol checkpoint requeue {jobid}: epoch {epoch} of step 1, job requeued; step 0 ran "
+          f"afresh (no epoch of its own), step 1 resumed by itself from it (ranks at {starts})")
     # Vacate: one more epoch, then the job ends.
     _, out, _ = wrapped("checkpoint", "vacate", str(jobid))
     state, _ = wait_job_done(jobid, timeout=30)

@@ -510,9 +510,26 @@ def slow_checkpoint(d, w, ctx, user=None):
                             env=env_for(d.sock), start_new_session=True)
 
 
+def ours(pid):
+    """A process of this run: its command line names a file in WORK (our
+    stasisd and its workers: -c WORK/...) or it works in WORK (the users'
+    programs, restored ones too). Other runs on the machine (a cluster
+    test's stasisd and jobs, another CI run) are left alone."""
+    try:
+        if os.readlink(f"/proc/{pid}/cwd").startswith(WORK):
+            return True
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return WORK.encode() in f.read()
+    except OSError:
+        return False
+
+
 def worker_pids():
     out = subprocess.run(["pgrep", "-x", "stasisd-worker"], stdout=subprocess.PIPE, text=True).stdout
-    return [int(x) for x in out.split()]
+    return [int(x) for x in out.split() if ours(int(x))]
 
 
 def case_kill_daemon():
@@ -713,7 +730,13 @@ def main():
                 d.proc.wait()
         # Programs of the users left running by a failure.
         for user in USERS:
-            subprocess.run(["pkill", "-KILL", "-u", user], stderr=subprocess.DEVNULL)
+            out = subprocess.run(["pgrep", "-u", user], stdout=subprocess.PIPE, text=True).stdout
+            for pid in (int(x) for x in out.split()):
+                if ours(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         for pid in worker_pids():
             killed.append(pid)
             os.kill(pid, signal.SIGKILL)
