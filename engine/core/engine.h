@@ -26,6 +26,11 @@ namespace stasis::core {
 // processes always continue.
 enum class AfterCheckpoint { kContinue, kStop, kTerm, kKill };
 
+// Where memory maps, pages, registers, signal masks and open files are read
+// from: /dev/stasis (kmod/, kernel_capture.h) or /proc and ptrace. kAuto
+// uses the module when it is loaded and usable.
+enum class CaptureBackend { kAuto, kKernel, kUser };
+
 struct CheckpointOptions {
   pid_t target = 0;
   format::ScopeKind scope = format::kScopeTree;
@@ -73,6 +78,7 @@ struct CheckpointOptions {
   // with an upper bound of the context's size: the store checks the free
   // space here, so a checkpoint that cannot fit fails before it writes.
   std::function<Status(uint64_t estimated_bytes)> before_write;
+  CaptureBackend capture_backend = CaptureBackend::kAuto;
 };
 
 struct CheckpointStats {
@@ -86,6 +92,7 @@ struct CheckpointStats {
   double freeze_seconds = 0;  // from the first seize to all stopped
   double pause_seconds = 0;   // from the first seize to resumed (or killed)
   double total_seconds = 0;
+  bool kernel_backend = false; // the capture went through /dev/stasis
   std::vector<pid_t> pids;
 };
 
