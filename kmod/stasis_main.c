@@ -41,6 +41,7 @@
 #include <linux/slab.h>
 #include <linux/stat.h>
 #include <linux/uaccess.h>
+#include <linux/vmalloc.h>
 
 #include "include/uapi/stasis_kmod.h"
 
@@ -490,7 +491,24 @@ struct stasis_pages {
 	struct page *page[STASIS_PAGE_BATCH];
 	unsigned long addr[STASIS_PAGE_BATCH];
 	unsigned int n;
+	struct page *got[STASIS_PAGE_BATCH];	/* one gup call's pages */
 };
+
+/* Keeps a pinned page in the batch, or drops it (file page, zero page). */
+static void stasis_keep_page(struct stasis_pages *pg, struct page *page,
+			     unsigned long addr, u32 flags, u64 *zero_pages)
+{
+	if (((flags & STASIS_PAGES_ANON_ONLY) && !PageAnon(page)) ||
+	    ((flags & STASIS_PAGES_SKIP_ZERO) && stasis_page_is_zero(page))) {
+		if (PageAnon(page))
+			(*zero_pages)++;
+		put_page(page);
+		return;
+	}
+	pg->page[pg->n] = page;
+	pg->addr[pg->n] = addr;
+	pg->n++;
+}
 
 /*
  * Fills up to `want` saved pages of [addr, end) into pg; returns where the
@@ -503,6 +521,7 @@ static long stasis_grab_pages(struct stasis_task *st, unsigned long addr,
 			      unsigned long *next)
 {
 	struct vm_area_struct *vma;
+	bool per_page;
 	long err;
 
 	err = mmap_read_lock_killable(st->mm);
@@ -517,36 +536,35 @@ static long stasis_grab_pages(struct stasis_task *st, unsigned long addr,
 		err = -EINVAL;
 		goto out;
 	}
-	while (addr < end && pg->n < want) {
-		struct page *page;
-		long got;
+	/* File mappings: one page at a time, only where a pte is present. */
+	per_page = (flags & STASIS_PAGES_ANON_ONLY) && vma->vm_file;
 
-		if ((flags & STASIS_PAGES_ANON_ONLY) && vma->vm_file &&
-		    !stasis_pte_present(st->mm, addr)) {
+	while (addr < end && pg->n < want) {
+		unsigned long nr = per_page ? 1 :
+			min_t(unsigned long, (end - addr) >> PAGE_SHIFT,
+			      want - pg->n);
+		long got, i;
+
+		if (per_page && !stasis_pte_present(st->mm, addr)) {
 			addr += PAGE_SIZE;	/* would come from the file */
 			continue;
 		}
-		got = get_user_pages_remote(st->mm, addr, 1,
-					    FOLL_FORCE | FOLL_DUMP, &page,
+		/* Stops at the first hole: a partial count, or -EFAULT. */
+		got = get_user_pages_remote(st->mm, addr, nr,
+					    FOLL_FORCE | FOLL_DUMP, pg->got,
 					    NULL, NULL);
-		if (got == 1) {
-			if (((flags & STASIS_PAGES_ANON_ONLY) &&
-			     !PageAnon(page)) ||
-			    ((flags & STASIS_PAGES_SKIP_ZERO) &&
-			     stasis_page_is_zero(page))) {
-				if (PageAnon(page))
-					(*zero_pages)++;
-				put_page(page);
-			} else {
-				pg->page[pg->n] = page;
-				pg->addr[pg->n] = addr;
-				pg->n++;
-			}
-		} else if (got < 0 && got != -EFAULT) {
+		if (got == -EFAULT || got == 0) {
+			addr += PAGE_SIZE;	/* a hole or the zero page */
+		} else if (got < 0) {
 			err = got;
 			break;
+		} else {
+			for (i = 0; i < got; i++)
+				stasis_keep_page(pg, pg->got[i],
+						 addr + i * PAGE_SIZE, flags,
+						 zero_pages);
+			addr += got * PAGE_SIZE;
 		}
-		addr += PAGE_SIZE;
 		if (fatal_signal_pending(current)) {
 			err = -EINTR;
 			break;
@@ -570,6 +588,7 @@ static void stasis_put_pages(struct stasis_pages *pg)
 static int stasis_write_pages(struct stasis_out *out, struct stasis_pages *pg)
 {
 	unsigned int i = 0, j, k;
+	void *v;
 	int err = 0;
 
 	while (i < pg->n && !err) {
@@ -581,7 +600,14 @@ static int stasis_write_pages(struct stasis_out *out, struct stasis_pages *pg)
 		rec.start = pg->addr[i];
 		rec.npages = j - i;
 		err = stasis_write(out, &rec, sizeof(rec));
-		for (k = i; k < j && !err; k++) {
+		/* A run mapped contiguously goes out in one write. */
+		v = err || j - i == 1 ? NULL :
+		    vmap(&pg->page[i], j - i, VM_MAP, PAGE_KERNEL_RO);
+		if (v) {
+			err = stasis_write(out, v, (j - i) * PAGE_SIZE);
+			vunmap(v);
+		}
+		for (k = i; k < j && !err && !v; k++) {
 			void *p = kmap_local_page(pg->page[k]);
 
 			err = stasis_write(out, p, PAGE_SIZE);

@@ -8,6 +8,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -133,8 +134,31 @@ Result<std::unique_ptr<KernelCapture>> KernelCapture::Open(CaptureBackend backen
   return std::unique_ptr<KernelCapture>(new KernelCapture(std::move(dev), std::move(memfd)));
 }
 
+KernelCapture::~KernelCapture() {
+  if (map_) ::munmap(map_, map_size_);
+}
+
+// Maps [0, size) of the memfd, reusing the mapping while it is big enough.
+// The memfd is never truncated, so the mapping stays valid.
+Status KernelCapture::MapMemfd(uint64_t size) {
+  if (map_ && map_size_ >= size) return Status::Ok();
+  if (map_) ::munmap(map_, map_size_);
+  map_ = nullptr;
+  // A batch holds kBatchBytes of data plus at most one record header per page.
+  uint64_t want = std::max<uint64_t>(size, kBatchBytes + kBatchBytes / kPageSize * 16 + kPageSize);
+  struct stat st;
+  if (::fstat(memfd_.get(), &st) != 0) return Status::FromErrno(errno, "stat the capture memfd");
+  if (static_cast<uint64_t>(st.st_size) < want && ::ftruncate(memfd_.get(), static_cast<off_t>(want)) != 0)
+    return Status::FromErrno(errno, "size the capture memfd");
+  void* m = ::mmap(nullptr, want, PROT_READ, MAP_SHARED, memfd_.get(), 0);
+  if (m == MAP_FAILED) return Status::FromErrno(errno, "map the capture memfd");
+  map_ = m;
+  map_size_ = want;
+  return Status::Ok();
+}
+
 Result<std::string> KernelCapture::ReadRecords(unsigned long request, pid_t pid) {
-  if (::ftruncate(memfd_.get(), 0) != 0 || ::lseek(memfd_.get(), 0, SEEK_SET) != 0)
+  if (::lseek(memfd_.get(), 0, SEEK_SET) != 0)
     return Status::FromErrno(errno, "rewind the capture memfd");
   struct stasis_task_req req {};
   req.size = sizeof req;
@@ -255,9 +279,8 @@ Status KernelCapture::WritePages(pid_t pid, const std::vector<format::Mapping>& 
   uint64_t used = 0;  // bytes in the memfd
   auto flush = [&]() -> Status {
     if (used == 0) return Status::Ok();
-    void* map = ::mmap(nullptr, used, PROT_READ, MAP_SHARED, memfd_.get(), 0);
-    if (map == MAP_FAILED) return Status::FromErrno(errno, "map the capture memfd");
-    const char* base = static_cast<const char*>(map);
+    STASIS_RETURN_IF_ERROR(MapMemfd(used));
+    const char* base = static_cast<const char*>(map_);
     // Two passes over the records: the runs first (BeginPages needs them),
     // then the data, straight from the memfd.
     std::vector<format::PageRun> runs;
@@ -288,15 +311,14 @@ Status KernelCapture::WritePages(pid_t pid, const std::vector<format::Mapping>& 
     for (size_t i = 0; s.ok() && i < pieces.size(); ++i)
       s = writer->AppendPageData(base + pieces[i].first, pieces[i].second);
     if (s.ok()) s = writer->EndPages();
-    ::munmap(map, used);
     if (!s.ok()) return s;
     *page_bytes += data;
     used = 0;
-    if (::ftruncate(memfd_.get(), 0) != 0 || ::lseek(memfd_.get(), 0, SEEK_SET) != 0)
+    if (::lseek(memfd_.get(), 0, SEEK_SET) != 0)  // its pages stay allocated for the next batch
       return Status::FromErrno(errno, "rewind the capture memfd");
     return Status::Ok();
   };
-  if (::ftruncate(memfd_.get(), 0) != 0 || ::lseek(memfd_.get(), 0, SEEK_SET) != 0)
+  if (::lseek(memfd_.get(), 0, SEEK_SET) != 0)
     return Status::FromErrno(errno, "rewind the capture memfd");
   for (const format::Mapping& m : mappings) {
     if (!wanted(m)) continue;

@@ -83,13 +83,22 @@ class KernelCapture {
                     const std::function<bool(const format::Mapping&)>& wanted,
                     format::ContextWriter* writer, uint64_t* page_bytes, uint64_t* zero_pages);
 
+  ~KernelCapture();
+  KernelCapture(const KernelCapture&) = delete;
+  KernelCapture& operator=(const KernelCapture&) = delete;
+
   // The raw ioctls, for tests: each returns the bytes the module wrote.
   Result<std::string> ReadRecords(unsigned long request, pid_t pid);
 
  private:
   KernelCapture(UniqueFd dev, UniqueFd memfd) : dev_(std::move(dev)), memfd_(std::move(memfd)) {}
+  Status MapMemfd(uint64_t size);
   UniqueFd dev_;
   UniqueFd memfd_;  // page data and records land here, rewound per use
+  // The memfd mapped once: page data is read from it in place, each batch
+  // over the same pages (fresh mappings per batch cost page-table work).
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
   std::unique_ptr<std::vector<MapsEntry>> gate_;  // [vsyscall], read once
 };
 

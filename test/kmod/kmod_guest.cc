@@ -153,7 +153,11 @@ void* Spin(void* arg) {
   kill(getpid(), SIGUSR2);
   int fd = open(kReadyFile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   close(fd);
-  while (!g_stop.load()) pause();
+  // Not pause(): a handled signal that arrives just after a restore can
+  // run before a pause() the engine restarts (its restart fix-up re-executes
+  // the call where the kernel would return EINTR), and pause() then waits
+  // forever. A short sleep restarts harmlessly.
+  while (!g_stop.load()) usleep(2000);
   for (int t = 0; t < kThreads; ++t) pthread_join(g_tids[t], nullptr);
   bool ok = g_thread_ok.load() == kThreads;
   for (size_t i = 0; ok && i < kPatternBytes / 8; ++i)
