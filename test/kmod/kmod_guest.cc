@@ -49,6 +49,7 @@ constexpr int kThreads = 3;
 constexpr uint64_t kStep = 0x9E3779B97F4A7C15ull;
 constexpr size_t kPatternBytes = 8u << 20;
 const char* const kReadyFile = "/tmp/kmod_target.ready";
+const char* const kDataFile = "/tmp/kmod_target.data";
 
 std::string g_failure;  // first failed check of the running test
 
@@ -140,6 +141,26 @@ void* Spin(void* arg) {
                                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (mem == MAP_FAILED) _exit(3);
   for (size_t i = 0; i < kPatternBytes / 8; i += 3) mem[i] = Pattern(i);  // some zero pages stay
+  // A regular file open at an offset and mapped privately with one page
+  // copied on write; a pipe holding data; shared anonymous memory.
+  int dfd = open(kDataFile, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  char page[4096];
+  for (char c : {'A', 'B', 'C'}) {
+    std::memset(page, c, sizeof page);
+    if (write(dfd, page, sizeof page) != sizeof page) _exit(3);
+  }
+  lseek(dfd, 1234, SEEK_SET);
+  auto* fmap = static_cast<volatile char*>(
+      mmap(nullptr, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, dfd, 0));
+  if (fmap == MAP_FAILED) _exit(3);
+  fmap[4096] = 'Z';              // copied: saved as a page of the mapping
+  char first = fmap[0];          // present, but the file's: not saved
+  int pfd[2];
+  if (pipe(pfd) != 0 || write(pfd[1], "stasis-pipe-data", 16) != 16) _exit(3);
+  auto* shm = static_cast<uint32_t*>(mmap(nullptr, 64 << 10, PROT_READ | PROT_WRITE,
+                                          MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  if (shm == MAP_FAILED) _exit(3);
+  for (uint32_t i = 0; i < (64 << 10) / 4; ++i) shm[i] = i * 2654435761u;
   for (int t = 0; t < kThreads; ++t)
     pthread_create(&g_tids[t], nullptr, Spin, reinterpret_cast<void*>(static_cast<uintptr_t>(t + 1)));
   while (g_started.load() < kThreads) sched_yield();
@@ -162,11 +183,20 @@ void* Spin(void* arg) {
   bool ok = g_thread_ok.load() == kThreads;
   for (size_t i = 0; ok && i < kPatternBytes / 8; ++i)
     ok = mem[i] == (i % 3 == 0 ? Pattern(i) : 0);
+  const bool mem_ok = ok;
   sigset_t pending;
   sigpending(&pending);
-  ok = ok && sigismember(&pending, SIGUSR2);
-  std::printf("kmod_target: %s (threads ok %d/%d)\n", ok ? "state intact" : "STATE BROKEN",
-              g_thread_ok.load(), kThreads);
+  const bool sig_ok = sigismember(&pending, SIGUSR2);
+  const bool file_ok = lseek(dfd, 0, SEEK_CUR) == 1234 && first == 'A' && fmap[0] == 'A' &&
+                       fmap[4096] == 'Z' && fmap[8192] == 'C';
+  char buf[17] = {0};
+  const bool pipe_ok = read(pfd[0], buf, 16) == 16 && std::string(buf) == "stasis-pipe-data";
+  bool shm_ok = true;
+  for (uint32_t i = 0; i < (64 << 10) / 4; ++i) shm_ok = shm_ok && shm[i] == i * 2654435761u;
+  ok = mem_ok && sig_ok && file_ok && pipe_ok && shm_ok;
+  std::printf("kmod_target: %s (threads ok %d/%d, memory %d, signals %d, file %d, pipe %d, "
+              "shared %d)\n", ok ? "state intact" : "STATE BROKEN", g_thread_ok.load(), kThreads,
+              mem_ok, sig_ok, file_ok, pipe_ok, shm_ok);
   std::fflush(stdout);
   _exit(ok ? 0 : 1);
 }
@@ -202,13 +232,9 @@ stasis::Result<stasis::core::CheckpointStats> CaptureTo(pid_t pid, CaptureBacken
 
 // --- restore -------------------------------------------------------------------
 
-int TestRestore() {
-  // STASIS_KMOD_BACKEND=user runs the same test without the module (a
-  // control run on a machine that has none).
-  const char* env = std::getenv("STASIS_KMOD_BACKEND");
-  const bool user = env && std::string(env) == "user";
-  pid_t pid = StartStoppedTarget();
-  std::printf("kmod_capture_restore: target %d stopped\n", pid);
+// One capture through `backend` that kills the process, then a restore:
+// returns the restored root (our child, same pid), or 0 after a failed Check.
+pid_t CaptureKillRestore(pid_t pid, bool user, int cycle) {
   stasis::StringSink sink;
   auto stats = CaptureTo(pid, user ? CaptureBackend::kUser : CaptureBackend::kKernel, &sink,
                          stasis::core::AfterCheckpoint::kKill);
@@ -219,12 +245,14 @@ int TestRestore() {
     pid_t r = waitpid(-1, nullptr, __WALL);
     if (r == pid || (r < 0 && errno == ECHILD)) break;
   }
-  if (!Check(stats.has_value(), "kernel capture: " + (stats.has_value() ? "" : stats.error().message())))
-    return Report("kmod_capture_restore");
-  Check(stats->kernel_backend != user, "the capture did not use the backend asked for");
-  Check(stats->threads == kThreads + 1, "captured " + std::to_string(stats->threads) + " threads");
-  std::printf("kmod_capture_restore: captured %u threads, %.1f MiB in %.3f s\n", stats->threads,
-              stats->page_bytes / 1048576.0, stats->total_seconds);
+  const std::string c = "cycle " + std::to_string(cycle) + ": ";
+  if (!Check(stats.has_value(), c + "capture: " + (stats.has_value() ? "" : stats.error().message())))
+    return 0;
+  Check(stats->kernel_backend != user, c + "the capture did not use the backend asked for");
+  Check(stats->threads == kThreads + 1, c + "captured " + std::to_string(stats->threads) + " threads");
+  std::printf("kmod_capture_restore: cycle %d: captured %u threads, %.1f MiB in %.3f s (%s)\n",
+              cycle, stats->threads, stats->page_bytes / 1048576.0, stats->total_seconds,
+              stats->kernel_backend ? "kernel" : "user");
   if (const char* save = std::getenv("STASIS_KMOD_SAVE")) {  // for stasis show
     FILE* f = std::fopen(save, "w");
     if (f) {
@@ -235,24 +263,52 @@ int TestRestore() {
   stasis::MemorySource source(sink.bytes().data(), sink.bytes().size());
   stasis::core::RestoreOptions ropt;
   auto restored = stasis::core::Restore(&source, ropt);
-  std::printf("kmod_capture_restore: restore returned\n");
-  if (!Check(restored.has_value(), "restore: " + (restored.has_value() ? "" : restored.error().message())))
-    return Report("kmod_capture_restore");
-  Check(restored->root_pid == pid || restored->in_new_pid_namespace,
-        "restored under another pid " + std::to_string(restored->root_pid));
+  if (!Check(restored.has_value(), c + "restore: " + (restored.has_value() ? "" : restored.error().message())))
+    return 0;
+  if (!Check(restored->root_pid == pid && restored->wait_pid == pid && !restored->in_new_pid_namespace,
+             c + "restored under another pid " + std::to_string(restored->root_pid))) {
+    kill(restored->wait_pid, SIGKILL);
+    waitpid(restored->wait_pid, nullptr, 0);
+    return 0;
+  }
+  return pid;
+}
+
+// Two checkpoint/restart cycles (the restored program runs in between),
+// then the program checks its own state.
+int TestRestore() {
+  // STASIS_KMOD_BACKEND=user runs the same test without the module (a
+  // control run on a machine that has none).
+  const char* env = std::getenv("STASIS_KMOD_BACKEND");
+  const bool user = env && std::string(env) == "user";
+  pid_t pid = StartStoppedTarget();
+  std::printf("kmod_capture_restore: target %d stopped\n", pid);
+  for (int cycle = 1; cycle <= 2; ++cycle) {
+    if (cycle > 1) {  // let the restored program run, then stop it again
+      kill(pid, SIGCONT);
+      usleep(300000);
+      kill(pid, SIGSTOP);
+      int st = 0;
+      waitpid(pid, &st, WUNTRACED);
+      if (!Check(WIFSTOPPED(st), "the restored program did not stop for cycle 2 (wait status " +
+                                     std::to_string(st) + ")"))
+        return Report("kmod_capture_restore");
+    }
+    if (CaptureKillRestore(pid, user, cycle) == 0) return Report("kmod_capture_restore");
+  }
   usleep(200000);  // let it run a little after the restore
-  kill(restored->root_pid, SIGCONT);
-  kill(restored->root_pid, SIGUSR1);
+  kill(pid, SIGCONT);
+  kill(pid, SIGUSR1);
   int status = 0;
   pid_t got = 0;
   for (int i = 0; i < 600 && got == 0; ++i) {  // 60 s
-    got = waitpid(restored->wait_pid, &status, WNOHANG);
+    got = waitpid(pid, &status, WNOHANG);
     if (got == 0) usleep(100000);
   }
   if (got == 0) {
     Check(false, "the restored program did not finish within 60 s of SIGUSR1");
-    kill(restored->wait_pid, SIGKILL);
-    waitpid(restored->wait_pid, &status, 0);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
     return Report("kmod_capture_restore");
   }
   Check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
@@ -325,6 +381,20 @@ int TestEquivalent() {
     Check(a.mappings[i] == b.mappings[i],
           "mapping " + std::to_string(i) + " differs (" + a.mappings[i].path + " / " + b.mappings[i].path + ")");
   Check(Merge(a.page_runs) == Merge(b.page_runs), "page runs differ");
+  if (a.page_data != b.page_data && a.page_data.size() == b.page_data.size()) {
+    // Name the first differing byte by its address in the process.
+    size_t off = 0;
+    while (a.page_data[off] == b.page_data[off]) ++off;
+    uint64_t page = off / 4096, addr = 0;
+    for (const auto& r : Merge(a.page_runs)) {
+      if (page < r.npages) {
+        addr = r.start + page * 4096 + off % 4096;
+        break;
+      }
+      page -= r.npages;
+    }
+    std::printf("  first differing byte at address %#llx\n", static_cast<unsigned long long>(addr));
+  }
   Check(a.page_data == b.page_data, "page data differs");
   Check(a.page_bytes > kPatternBytes / 2, "too few pages saved: " + std::to_string(a.page_bytes));
   Check(a.threads.size() == b.threads.size(), "thread count differs");
