@@ -148,8 +148,13 @@ static bool stasis_thread_quiet(struct task_struct *t)
 {
 	if (t->flags & PF_EXITING)
 		return true;	/* gone soon, captures nothing */
+	/*
+	 * Group stop or ptrace stop; the v1 freezer (TASK_FROZEN); the cgroup
+	 * v2 freezer, which parks the task in its signal path (t->frozen, a
+	 * bit-field set under siglock: a plain read, rechecked per request).
+	 */
 	return task_is_stopped_or_traced(t) ||
-	       (READ_ONCE(t->__state) & TASK_FROZEN);
+	       (READ_ONCE(t->__state) & TASK_FROZEN) || t->frozen;
 }
 
 struct stasis_task {
@@ -822,8 +827,7 @@ static long stasis_ioc_threads(void __user *arg)
 		if (t->flags & PF_EXITING)
 			continue;
 		rec.tid = task_pid_vnr(t);
-		rec.state = (READ_ONCE(t->__state) & TASK_FROZEN) ? 3 :
-			    task_is_traced(t) ? 2 : 1;
+		rec.state = task_is_traced(t) ? 2 : task_is_stopped(t) ? 1 : 3;
 		rec.blocked = t->blocked.sig[0];
 		n = regset_get(t, gp, gp_size, regs);
 		if (n < 0) {

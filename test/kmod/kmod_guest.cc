@@ -544,6 +544,43 @@ int TestHostile() {
   Expect(Ioctl(dev, STASIS_IOC_PAGES, &p), EBUSY, "running task (PAGES)");
   KillTarget(running);
 
+  // Frozen by the cgroup v2 freezer: accepted while frozen, EBUSY once thawed.
+  if (mkdir("/sys/fs/cgroup/kmod", 0755) == 0 || errno == EEXIST) {
+    pid_t spin = fork();
+    if (spin == 0) {
+      for (;;) {
+      }
+    }
+    auto put = [](const std::string& file, const std::string& text) {
+      int fd = open(file.c_str(), O_WRONLY | O_CLOEXEC);
+      bool ok = fd >= 0 && write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+      if (fd >= 0) close(fd);
+      return ok;
+    };
+    bool frozen = put("/sys/fs/cgroup/kmod/cgroup.procs", std::to_string(spin)) &&
+                  put("/sys/fs/cgroup/kmod/cgroup.freeze", "1");
+    for (int i = 0; frozen && i < 200; ++i) {  // wait for "frozen 1" in cgroup.events
+      char ev[256] = {0};
+      int fd = open("/sys/fs/cgroup/kmod/cgroup.events", O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        (void)!read(fd, ev, sizeof ev - 1);
+        close(fd);
+      }
+      if (std::strstr(ev, "frozen 1")) break;
+      usleep(10000);
+    }
+    Check(frozen, "could not freeze a task with the cgroup v2 freezer");
+    r = TaskReq(spin, out);
+    Expect(Ioctl(dev, STASIS_IOC_THREADS, &r), 0, "task frozen by the cgroup v2 freezer");
+    put("/sys/fs/cgroup/kmod/cgroup.freeze", "0");
+    usleep(100000);
+    r = TaskReq(spin, out);
+    Expect(Ioctl(dev, STASIS_IOC_THREADS, &r), EBUSY, "the same task thawed (running)");
+    KillTarget(spin);
+  } else {
+    Check(false, std::string("mkdir /sys/fs/cgroup/kmod: ") + strerror(errno));
+  }
+
   // PAGES argument checks, on the stopped target's first mapping.
   auto vmas = stasis::core::KernelCapture::Open(CaptureBackend::kKernel);
   uint64_t vstart = 0, vend = 0;

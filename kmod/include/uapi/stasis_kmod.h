@@ -119,7 +119,7 @@ struct stasis_page_rec {
 
 struct stasis_thread_rec {
 	__s32 tid;		/* 0: the shared pending record */
-	__u32 state;		/* 1 stopped, 2 traced, 3 frozen */
+	__u32 state;		/* 1 stopped, 2 traced, 3 frozen (cgroup freezer) */
 	__u64 blocked;		/* signal mask, bit n-1 = signal n */
 	__u32 gpregs_len;
 	__u32 xstate_len;
