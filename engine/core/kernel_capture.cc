@@ -179,10 +179,31 @@ Result<std::string> KernelCapture::ReadRecords(unsigned long request, pid_t pid)
 }
 
 Result<KernelTask> KernelCapture::CaptureTask(pid_t pid) {
+  STASIS_ASSIGN_OR_RETURN(std::string vmas, ReadRecords(STASIS_IOC_VMAS, pid));
+  STASIS_ASSIGN_OR_RETURN(std::string threads, ReadRecords(STASIS_IOC_THREADS, pid));
+  STASIS_ASSIGN_OR_RETURN(std::string files, ReadRecords(STASIS_IOC_FILES, pid));
+  STASIS_ASSIGN_OR_RETURN(KernelTask task, ParseKernelTask(pid, vmas, threads, files));
+  // The vsyscall page is the kernel's gate area, outside every mm's VMA
+  // tree (get_gate_vma is not exported): when this kernel has one, every
+  // process maps it at the same place, so our own map says where.
+  if (gate_ == nullptr) {
+    gate_ = std::make_unique<std::vector<MapsEntry>>();
+    auto self = ReadMaps(::getpid());
+    if (self.has_value())
+      for (const MapsEntry& e : *self)
+        if (e.path == "[vsyscall]") gate_->push_back(e);
+  }
+  for (const MapsEntry& e : *gate_) {
+    task.maps.push_back(e);
+    task.vmflags.push_back(0);
+  }
+  return task;
+}
+
+Result<KernelTask> ParseKernelTask(pid_t pid, const std::string& vmas, const std::string& threads,
+                                   const std::string& files) {
   KernelTask task;
   const std::string bad = "kernel capture of " + Pid(pid) + ": malformed ";
-
-  STASIS_ASSIGN_OR_RETURN(std::string vmas, ReadRecords(STASIS_IOC_VMAS, pid));
   for (Records r(vmas); !r.done();) {
     struct stasis_vma_rec v;
     std::string path;
@@ -205,22 +226,6 @@ Result<KernelTask> KernelCapture::CaptureTask(pid_t pid) {
     task.vmflags.push_back(VmFlagsToMappingFlags(v.flags));
   }
 
-  // The vsyscall page is the kernel's gate area, outside every mm's VMA
-  // tree (get_gate_vma is not exported): when this kernel has one, every
-  // process maps it at the same place, so our own map says where.
-  if (gate_ == nullptr) {
-    gate_ = std::make_unique<std::vector<MapsEntry>>();
-    auto self = ReadMaps(::getpid());
-    if (self.has_value())
-      for (const MapsEntry& e : *self)
-        if (e.path == "[vsyscall]") gate_->push_back(e);
-  }
-  for (const MapsEntry& e : *gate_) {
-    task.maps.push_back(e);
-    task.vmflags.push_back(0);
-  }
-
-  STASIS_ASSIGN_OR_RETURN(std::string threads, ReadRecords(STASIS_IOC_THREADS, pid));
   bool shared_seen = false;
   for (Records r(threads); !r.done();) {
     struct stasis_thread_rec t;
@@ -243,7 +248,6 @@ Result<KernelTask> KernelCapture::CaptureTask(pid_t pid) {
   }
   if (!shared_seen) return Status::Corrupt(bad + "thread list (no shared pending record)");
 
-  STASIS_ASSIGN_OR_RETURN(std::string files, ReadRecords(STASIS_IOC_FILES, pid));
   for (Records r(files); !r.done();) {
     struct stasis_file_rec f;
     KernelFile kf;

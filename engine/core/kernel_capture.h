@@ -63,6 +63,12 @@ struct KernelTask {
   const KernelFile* File(int fd) const;
 };
 
+// Turns the record streams of STASIS_IOC_VMAS, _THREADS and _FILES into a
+// KernelTask. Trusts no length or count in them: a short or inconsistent
+// stream is an error naming the record kind.
+Result<KernelTask> ParseKernelTask(pid_t pid, const std::string& vmas, const std::string& threads,
+                                   const std::string& files);
+
 class KernelCapture {
  public:
   // kUser: nullptr. kAuto: nullptr when /dev/stasis is absent or refuses
