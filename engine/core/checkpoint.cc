@@ -539,34 +539,8 @@ Status Capturer::CaptureThreads(ProcState* p) {
     STASIS_RETURN_IF_ERROR(t->GetXstate(&ti.xsave));
     ti.sigmask = t->saved_sigmask();
     STASIS_RETURN_IF_ERROR(t->PeekSiginfo(false, &ti.pending));
-    if (kernel_) {
-      const KernelThread* kt = p->kernel.Thread(ti.tid);
-      if (!kt)
-        return Status::Error(EAGAIN, "thread " + std::to_string(ti.tid) + " of " + Pid(p->pid) +
-                                         " is not in the kernel capture");
-      if (kt->gpregs.size() != sizeof(Regs))
-        return Status::Error(EPROTO, "kernel capture of thread " + std::to_string(ti.tid) +
-                                         ": " + std::to_string(kt->gpregs.size()) +
-                                         " bytes of registers");
-      Regs regs;
-      std::memcpy(&regs, kt->gpregs.data(), sizeof regs);
-      regs = RegsAsCaptured(regs, t->first_stop());
-      ti.gpregs.assign(reinterpret_cast<const uint8_t*>(&regs),
-                       reinterpret_cast<const uint8_t*>(&regs) + sizeof regs);
-      ti.xsave = kt->xsave;
-      ti.sigmask = kt->blocked;
-      ti.pending.clear();
-      for (size_t off = 0; off + 128 <= kt->pending.size(); off += 128) {
-        int32_t signo = 0;
-        std::memcpy(&signo, &kt->pending[off], sizeof signo);
-        // A SIGSTOP queued to a stopped process (a previous capture's
-        // detach leaves one) is consumed by the ptrace path while it drives
-        // the thread; the process is restored stopped anyway (kProcStopped).
-        if (p->was_stopped && signo == SIGSTOP) continue;
-        ti.pending.insert(ti.pending.end(), kt->pending.begin() + static_cast<std::ptrdiff_t>(off),
-                          kt->pending.begin() + static_cast<std::ptrdiff_t>(off + 128));
-      }
-    }
+    if (kernel_)
+      STASIS_RETURN_IF_ERROR(ApplyKernelThread(p->kernel, t->first_stop(), p->was_stopped, &ti));
     if (t->first_stop().kind == StopInfo::kSignal) {
       // A signal was being delivered when we stopped the thread: it is off
       // its queue already. It goes into the context as pending, and back

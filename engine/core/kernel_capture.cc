@@ -3,6 +3,7 @@
 #include "engine/core/kernel_capture.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sysmacros.h>
@@ -107,6 +108,34 @@ const KernelFile* KernelTask::File(int fd) const {
   for (const KernelFile& f : files)
     if (f.fd == fd) return &f;
   return nullptr;
+}
+
+Status ApplyKernelThread(const KernelTask& task, const StopInfo& first_stop, bool was_stopped,
+                         format::ThreadInfo* ti) {
+  const KernelThread* kt = task.Thread(ti->tid);
+  if (!kt)
+    return Status::Error(EAGAIN, "thread " + std::to_string(ti->tid) +
+                                     " is not in the kernel capture (it appeared meanwhile)");
+  if (kt->gpregs.size() != sizeof(Regs))
+    return Status::Error(EPROTO, "kernel capture of thread " + std::to_string(ti->tid) + ": " +
+                                     std::to_string(kt->gpregs.size()) + " bytes of registers, want " +
+                                     std::to_string(sizeof(Regs)));
+  Regs regs;
+  std::memcpy(&regs, kt->gpregs.data(), sizeof regs);
+  regs = RegsAsCaptured(regs, first_stop);
+  ti->gpregs.assign(reinterpret_cast<const uint8_t*>(&regs),
+                    reinterpret_cast<const uint8_t*>(&regs) + sizeof regs);
+  ti->xsave = kt->xsave;
+  ti->sigmask = kt->blocked;
+  ti->pending.clear();
+  for (size_t off = 0; off + STASIS_SIGINFO_SIZE <= kt->pending.size(); off += STASIS_SIGINFO_SIZE) {
+    int32_t signo = 0;
+    std::memcpy(&signo, &kt->pending[off], sizeof signo);
+    if (was_stopped && signo == SIGSTOP) continue;
+    ti->pending.insert(ti->pending.end(), kt->pending.begin() + static_cast<std::ptrdiff_t>(off),
+                       kt->pending.begin() + static_cast<std::ptrdiff_t>(off + STASIS_SIGINFO_SIZE));
+  }
+  return Status::Ok();
 }
 
 Result<std::unique_ptr<KernelCapture>> KernelCapture::Open(CaptureBackend backend,

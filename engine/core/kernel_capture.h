@@ -24,6 +24,7 @@
 #include "engine/base/status.h"
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
+#include "engine/core/ptrace.h"
 #include "engine/format/context.h"
 #include "engine/format/context_io.h"
 
@@ -68,6 +69,14 @@ struct KernelTask {
 // stream is an error naming the record kind.
 Result<KernelTask> ParseKernelTask(pid_t pid, const std::string& vmas, const std::string& threads,
                                    const std::string& files);
+
+// Puts the module's registers, xstate, mask and pending signals of thread
+// ti->tid into *ti, with the rules the ptrace path applies (RegsAsCaptured;
+// a SIGSTOP queued to a process that was stopped is not recorded, since the
+// ptrace path consumes it while driving the thread and the process is
+// restored stopped anyway).
+Status ApplyKernelThread(const KernelTask& task, const StopInfo& first_stop, bool was_stopped,
+                         format::ThreadInfo* ti);
 
 class KernelCapture {
  public:

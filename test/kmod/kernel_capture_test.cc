@@ -137,6 +137,48 @@ TEST(KernelCapture, RefusesTruncatedAndHostileRecords) {
   }
 }
 
+TEST(KernelCapture, ApplyKernelThread) {
+  KernelTask task;
+  KernelThread kt;
+  kt.tid = 7;
+  kt.blocked = 0x4;
+  Regs regs{};
+  regs.rax = static_cast<unsigned long long>(-4);  // -EINTR from epoll_wait (232) at a group stop
+  regs.orig_rax = 232;
+  kt.gpregs.assign(reinterpret_cast<const uint8_t*>(&regs),
+                   reinterpret_cast<const uint8_t*>(&regs) + sizeof regs);
+  kt.xsave.assign(64, 3);
+  for (int32_t sig : {19 /* SIGSTOP */, 35}) {
+    std::vector<uint8_t> info(128, 0);
+    std::memcpy(info.data(), &sig, sizeof sig);
+    kt.pending.insert(kt.pending.end(), info.begin(), info.end());
+  }
+  task.threads.push_back(kt);
+  StopInfo group_stop;
+  group_stop.kind = StopInfo::kGroupStop;
+
+  format::ThreadInfo ti;
+  ti.tid = 7;
+  ASSERT_TRUE(ApplyKernelThread(task, group_stop, true, &ti).ok());
+  Regs out;
+  ASSERT_EQ(ti.gpregs.size(), sizeof out);
+  std::memcpy(&out, ti.gpregs.data(), sizeof out);
+  EXPECT_EQ(static_cast<long>(out.rax), -514);  // recorded as -ERESTARTNOHAND
+  EXPECT_EQ(ti.sigmask, 0x4u);
+  EXPECT_EQ(ti.xsave, kt.xsave);
+  ASSERT_EQ(ti.pending.size(), 128u);  // the stopped process's SIGSTOP is dropped
+  EXPECT_EQ(ti.pending[0], 35);
+
+  ASSERT_TRUE(ApplyKernelThread(task, group_stop, false, &ti).ok());
+  EXPECT_EQ(ti.pending.size(), 256u);  // not stopped: kept
+
+  ti.tid = 8;
+  EXPECT_EQ(ApplyKernelThread(task, group_stop, false, &ti).code(), EAGAIN);
+  task.threads[0].gpregs.resize(100);
+  ti.tid = 7;
+  EXPECT_EQ(ApplyKernelThread(task, group_stop, false, &ti).code(), EPROTO);
+}
+
 TEST(KernelCapture, BackendSetting) {
   EXPECT_EQ(*ParseCaptureBackend("auto"), CaptureBackend::kAuto);
   EXPECT_EQ(*ParseCaptureBackend("kernel"), CaptureBackend::kKernel);
