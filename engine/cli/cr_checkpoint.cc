@@ -18,6 +18,7 @@
 #include "engine/core/context_file.h"
 #include "engine/core/procfs.h"
 #include "engine/core/engine.h"
+#include "engine/core/kernel_capture.h"
 #include "engine/daemon/client.h"
 #include "engine/daemon/config.h"
 #include "engine/cli/epoch_checkpoint.h"
@@ -28,7 +29,7 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
+    "[--close-sockets] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
     "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]] [--write buffered|streaming|direct]] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
   bool no_daemon = false;
   std::string socket_option;
   stasis::cli::EpochRequest epoch_req;
-  bool keep_given = false, bandwidth_given = false;
+  bool keep_given = false, bandwidth_given = false, backend_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -172,6 +173,11 @@ int main(int argc, char** argv) {
     else if (a == "--time" || a == "-t") {
       if (!stasis::cli::ParsePositive(next(), &time_limit))
         Die("cr_checkpoint", "--time needs a positive number of seconds", 2);
+    } else if (a == "--backend" || a.rfind("--backend=", 0) == 0) {
+      auto b = stasis::core::ParseCaptureBackend(a == "--backend" ? next() : a.substr(10));
+      if (!b) Die("cr_checkpoint", "--backend: " + b.error().message(), 2);
+      opt.capture_backend = *b;
+      backend_given = true;
     } else if (a == "--save-exe") opt.save_exe = true;
     else if (a == "--save-private") opt.save_private = true;
     else if (a == "--save-shared") opt.save_shared = true;
@@ -276,6 +282,9 @@ int main(int argc, char** argv) {
     char cwd[4096];
     opt.dest = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
   }
+  // The embedded engine honours --backend; stasisd uses its own
+  // capture_backend setting: take the embedded path when one is asked for.
+  if (backend_given) no_daemon = true;
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
   if (!daemon.socket.empty() && !daemon.forced) {
     // The default socket is there: is stasisd behind it? If not (a stale

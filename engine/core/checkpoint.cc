@@ -39,6 +39,7 @@
 #include "engine/base/fd.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/engine.h"
+#include "engine/core/kernel_capture.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
 #include "engine/core/unix_diag.h"
@@ -86,6 +87,7 @@ struct ProcState {
   std::vector<uint32_t> vmflags;
   std::vector<FileDesc> files;
   std::vector<format::ThreadInfo> thread_infos;
+  KernelTask kernel;  // what /dev/stasis gave, with the kernel backend
 };
 
 class Capturer {
@@ -108,6 +110,12 @@ class Capturer {
   void ResumeAll();
   void Requeue(ProcState* p);
   Status Settle();
+  // Opens /dev/stasis when the backend asks for it (kernel_capture.h).
+  Status UseBackend(CaptureBackend backend) {
+    STASIS_ASSIGN_OR_RETURN(kernel_, KernelCapture::Open(backend));
+    return Status::Ok();
+  }
+  bool kernel_backend() const { return kernel_ != nullptr; }
   const std::vector<std::unique_ptr<ProcState>>& procs() const { return procs_; }
   uint64_t zero_pages_skipped() const { return zero_skipped_; }
   // An upper bound of the context's size, from the captured mappings and
@@ -154,6 +162,7 @@ class Capturer {
   uint64_t next_object_id_ = 1;
   uint64_t zero_skipped_ = 0;
   bool released_ = false;
+  std::unique_ptr<KernelCapture> kernel_;  // null: /proc and ptrace only
 };
 
 Result<long> Capturer::Inject(ProcState* p, Tracee* t, long nr, uint64_t a1, uint64_t a2,
@@ -383,8 +392,15 @@ Status Capturer::CaptureProcess(ProcState* p) {
   const std::string proc = "/proc/" + std::to_string(p->pid);
   STASIS_ASSIGN_OR_RETURN(p->stat, ReadStat(p->pid));
   STASIS_ASSIGN_OR_RETURN(p->status_text, ReadFileToString(proc + "/status"));
-  STASIS_ASSIGN_OR_RETURN(p->maps, ReadMaps(p->pid));
-  STASIS_ASSIGN_OR_RETURN(p->vmflags, ReadVmFlags(p->pid));
+  if (kernel_) {
+    // Before any injected call: registers and masks are still the program's.
+    STASIS_ASSIGN_OR_RETURN(p->kernel, kernel_->CaptureTask(p->pid));
+    p->maps = p->kernel.maps;
+    p->vmflags = p->kernel.vmflags;
+  } else {
+    STASIS_ASSIGN_OR_RETURN(p->maps, ReadMaps(p->pid));
+    STASIS_ASSIGN_OR_RETURN(p->vmflags, ReadVmFlags(p->pid));
+  }
   STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
   STASIS_ASSIGN_OR_RETURN(p->syscall_insn, FindVdsoSyscall(p->pid, p->mem));
 
@@ -520,6 +536,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
     info.timerslack_ns = ts >= 0 ? static_cast<uint64_t>(ts) : 50000;
   }
   STASIS_RETURN_IF_ERROR(leader->PeekSiginfo(true, &info.pending_shared));
+  if (kernel_) info.pending_shared = p->kernel.shared_pending;
   STASIS_RETURN_IF_ERROR(CaptureThreads(p));
   STASIS_RETURN_IF_ERROR(CaptureMappings(p));
   STASIS_RETURN_IF_ERROR(CaptureFiles(p));
@@ -537,6 +554,8 @@ Status Capturer::CaptureThreads(ProcState* p) {
     STASIS_RETURN_IF_ERROR(t->GetXstate(&ti.xsave));
     ti.sigmask = t->saved_sigmask();
     STASIS_RETURN_IF_ERROR(t->PeekSiginfo(false, &ti.pending));
+    if (kernel_)
+      STASIS_RETURN_IF_ERROR(ApplyKernelThread(p->kernel, t->first_stop(), p->was_stopped, &ti));
     if (t->first_stop().kind == StopInfo::kSignal) {
       // A signal was being delivered when we stopped the thread: it is off
       // its queue already. It goes into the context as pending, and back
@@ -746,22 +765,37 @@ Status Capturer::CaptureMappings(ProcState* p) {
 }
 
 Status Capturer::CaptureFiles(ProcState* p) {
-  STASIS_ASSIGN_OR_RETURN(std::vector<int> fds, ListFds(p->pid));
+  std::vector<int> fds;
+  if (kernel_) {
+    for (const KernelFile& kf : p->kernel.files) fds.push_back(kf.fd);
+  } else {
+    STASIS_ASSIGN_OR_RETURN(fds, ListFds(p->pid));
+  }
   const std::string proc = "/proc/" + std::to_string(p->pid);
   for (int fd : fds) {
     FileDesc f;
     f.fd = fd;
     const std::string link_path = proc + "/fd/" + std::to_string(fd);
     const std::string where = Pid(p->pid) + " fd " + std::to_string(fd);
-    STASIS_ASSIGN_OR_RETURN(std::string link, ReadLink(link_path));
-    STASIS_ASSIGN_OR_RETURN(FdInfo fi, ReadFdInfo(p->pid, fd));
+    const KernelFile* kf = kernel_ ? p->kernel.File(fd) : nullptr;
+    std::string link;
+    FdInfo fi;
+    struct stat st;
+    if (kf) {
+      link = kf->path;
+      fi.pos = kf->pos;
+      fi.flags = kf->f_flags | (kf->cloexec ? O_CLOEXEC : 0);
+      st = kf->st;
+    } else {
+      STASIS_ASSIGN_OR_RETURN(link, ReadLink(link_path));
+      STASIS_ASSIGN_OR_RETURN(fi, ReadFdInfo(p->pid, fd));
+      if (::stat(link_path.c_str(), &st) != 0)
+        return Status::FromErrno(errno, "cannot checkpoint " + where + ": stat " + link);
+    }
     f.open_flags = fi.flags & ~static_cast<uint32_t>(O_CLOEXEC);
     if (fi.flags & O_CLOEXEC) f.fd_flags |= format::kFdCloexec;
     f.pos = fi.pos;
     f.path = link;
-    struct stat st;
-    if (::stat(link_path.c_str(), &st) != 0)
-      return Status::FromErrno(errno, "cannot checkpoint " + where + ": stat " + link);
     f.file_id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
                  static_cast<uint64_t>(st.st_size),
                  st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, st.st_mode};
@@ -923,6 +957,11 @@ Result<uint64_t> Capturer::EstimateBytes() {
 }
 
 Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes) {
+  if (kernel_)
+    return kernel_->WritePages(
+        p->pid, p->mappings,
+        [p](const Mapping& m) { return MappingHasPages(m) && m.start != p->scratch_address; },
+        writer, page_bytes, &zero_skipped_);
   UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(),
                           O_RDONLY | O_CLOEXEC));
   if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(p->pid));
@@ -1480,6 +1519,8 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
     if (Status s = options.after_callbacks(); !s.ok()) return fail(s);
   }
 
+  if (Status s = cap.UseBackend(options.capture_backend); !s.ok()) return fail(s);
+  stats.kernel_backend = cap.kernel_backend();
   auto t1 = std::chrono::steady_clock::now();
   if (Status s = cap.Freeze(); !s.ok()) return fail(s);
   stats.freeze_seconds = SecondsSince(t1);

@@ -34,6 +34,11 @@ struct TaskRoot {
   bool operator==(const TaskRoot&) const = default;
 };
 
+// Where memory maps, pages, registers, signal masks and open files are read
+// from: /dev/stasis (kmod/, kernel_capture.h) or /proc and ptrace. kAuto
+// uses the module when it is loaded and usable.
+enum class CaptureBackend { kAuto, kKernel, kUser };
+
 struct CheckpointOptions {
   pid_t target = 0;
   format::ScopeKind scope = format::kScopeTree;
@@ -90,6 +95,9 @@ struct CheckpointOptions {
   // every node is quiesced). An error aborts: the callbacks learn it, no
   // process was frozen.
   std::function<Status()> after_callbacks;
+  // Where the state is read from (stasis.yaml capture_backend, cr_checkpoint
+  // --backend).
+  CaptureBackend capture_backend = CaptureBackend::kAuto;
 };
 
 struct CheckpointStats {
@@ -103,6 +111,7 @@ struct CheckpointStats {
   double freeze_seconds = 0;  // from the first seize to all stopped
   double pause_seconds = 0;   // from the first seize to resumed (or killed)
   double total_seconds = 0;
+  bool kernel_backend = false; // the capture went through /dev/stasis
   std::vector<pid_t> pids;
 };
 

@@ -217,12 +217,18 @@ bool FailsWithEintrOnStop(long nr) {
   return false;
 }
 
+Regs RegsAsCaptured(const Regs& raw, const StopInfo& first_stop) {
+  Regs r = raw;
+  if (first_stop.kind == StopInfo::kGroupStop && static_cast<long>(r.rax) == -EINTR &&
+      FailsWithEintrOnStop(static_cast<long>(r.orig_rax)))
+    r.rax = static_cast<unsigned long long>(-kErestartNoHand);
+  return r;
+}
+
 Status Tracee::PrepareForInjection() {
   if (prepared_) return Status::Ok();
   STASIS_RETURN_IF_ERROR(GetRegs(&saved_regs_));
-  if (first_stop_.kind == StopInfo::kGroupStop && static_cast<long>(saved_regs_.rax) == -EINTR &&
-      FailsWithEintrOnStop(static_cast<long>(saved_regs_.orig_rax)))
-    saved_regs_.rax = static_cast<unsigned long long>(-kErestartNoHand);
+  saved_regs_ = RegsAsCaptured(saved_regs_, first_stop_);
   STASIS_RETURN_IF_ERROR(GetSigmask(&saved_sigmask_));
   STASIS_RETURN_IF_ERROR(SetSigmask(~0ull));
   prepared_ = true;

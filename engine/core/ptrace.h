@@ -46,6 +46,11 @@ struct StopInfo {
   int signal = 0;  // signal of a signal/group stop; exit code or killing signal
   int event = 0;   // PTRACE_EVENT_* of an event stop
 };
+// The registers a capture records for a thread read as `raw` whose first
+// stop under us was `first_stop`: a call that a group stop made fail with
+// EINTR is recorded as restartable (see FailsWithEintrOnStop in ptrace.cc).
+// Both capture backends apply it.
+Regs RegsAsCaptured(const Regs& raw, const StopInfo& first_stop);
 // waitpid(tid, __WALL) decoded. Retries EINTR.
 Result<StopInfo> WaitThread(pid_t tid);
 

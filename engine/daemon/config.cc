@@ -155,6 +155,14 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
          c.callback_timeout = static_cast<double>(n);
          return Status::Ok();
        }},
+      {"capture_backend", [&](const std::string& k, const YAML::Node& v) {
+         std::string s = v.IsScalar() ? v.Scalar() : "";
+         if (s == "auto") c.capture_backend = core::CaptureBackend::kAuto;
+         else if (s == "kernel") c.capture_backend = core::CaptureBackend::kKernel;
+         else if (s == "user") c.capture_backend = core::CaptureBackend::kUser;
+         else return Bad(path, v, k, "'" + s + "' is not auto, kernel or user");
+         return Status::Ok();
+       }},
       {"log", [&](const std::string& k, const YAML::Node& v) {
          std::string s = v.IsScalar() ? v.Scalar() : "";
          if (s == "stderr") c.log = LogTarget::kStderr;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/base/status.h"
+#include "engine/core/engine.h"
 
 namespace stasis::daemon {
 
@@ -28,6 +29,9 @@ struct Config {
   uint32_t max_queued = 256;
   uint64_t bandwidth_limit = 0;  // bytes/s per request, 0 = unlimited
   double callback_timeout = 60;  // seconds, 0 = unbounded
+  // capture_backend: auto (the kernel module when /dev/stasis is there),
+  // kernel (the module or fail), user (ptrace and /proc only).
+  core::CaptureBackend capture_backend = core::CaptureBackend::kAuto;
   LogTarget log = LogTarget::kStderr;
   LogLevel log_level = LogLevel::kInfo;
 };

@@ -261,6 +261,7 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   opt.tool_argv = req.argv;
   opt.owner_uid = peer.uid == 0 ? -1 : static_cast<int64_t>(peer.uid);
   opt.checkpointer = peer.pid;
+  opt.capture_backend = config.capture_backend;
   opt.settle_before_write = true;  // a killed worker must leave running processes
   // The requester (libcr) must be the user's own process too.
   opt.requester = peer.pid;

@@ -641,6 +641,7 @@ def case_config():
         ("retention: 2\nretention: 3\n", r"bad.yaml:2: key 'retention': appears twice"),
         ("max_concurrent: lots\n", r"bad.yaml:1: key 'max_concurrent': 'lots' is not a whole number"),
         ("bandwidth_limit: fast\n", r"bad.yaml:1: key 'bandwidth_limit': 'fast' is not a byte rate"),
+        ("capture_backend: fast\n", r"bad.yaml:1: key 'capture_backend': 'fast' is not auto, kernel or user"),
         ("log: [stderr]\n", r"bad.yaml:1: key 'log'"),
         ("allowed_roots: [relative/dir]\n", r"bad.yaml:1: key 'allowed_roots': 'relative/dir' is not an absolute path"),
         ("socket: [\n", r"bad.yaml:\d+: "),
