@@ -332,6 +332,27 @@ static int stasis_get_task_req(struct stasis_task_req *req, void __user *arg)
 	return 0;
 }
 
+/*
+ * The start of every per-task ioctl: the request, the output file, the task
+ * (checked: ours to read, stopped or frozen). On failure nothing is held.
+ */
+static long stasis_task_begin(void __user *arg, struct stasis_task_req *req,
+			      struct stasis_out *out, struct stasis_task *st)
+{
+	long err;
+
+	err = stasis_get_task_req(req, arg);
+	if (err)
+		return err;
+	err = stasis_out_open(out, req->fd);
+	if (err)
+		return err;
+	err = stasis_task_get(st, req->pid);
+	if (err)
+		stasis_out_close(out);
+	return err;
+}
+
 /* --- VMAS ------------------------------------------------------------------ */
 
 struct stasis_buf {
@@ -423,15 +444,9 @@ static long stasis_ioc_vmas(void __user *arg)
 	char *pathbuf;
 	long err;
 
-	err = stasis_get_task_req(&req, arg);
+	err = stasis_task_begin(arg, &req, &out, &st);
 	if (err)
 		return err;
-	err = stasis_out_open(&out, req.fd);
-	if (err)
-		return err;
-	err = stasis_task_get(&st, req.pid);
-	if (err)
-		goto out_close;
 	pathbuf = stasis_alloc(STASIS_MAX_PATH);
 	if (!pathbuf) {
 		err = -ENOMEM;
@@ -462,7 +477,6 @@ out_path:
 	stasis_free(pathbuf);
 out_task:
 	stasis_task_put(&st);
-out_close:
 	stasis_out_close(&out);
 	return err;
 }
@@ -790,15 +804,9 @@ static long stasis_ioc_threads(void __user *arg)
 	void *regs = NULL, *xstate = NULL;
 	long err;
 
-	err = stasis_get_task_req(&req, arg);
+	err = stasis_task_begin(arg, &req, &out, &st);
 	if (err)
 		return err;
-	err = stasis_out_open(&out, req.fd);
-	if (err)
-		return err;
-	err = stasis_task_get(&st, req.pid);
-	if (err)
-		goto out_close;
 	view = task_user_regset_view(st.task);
 	if (view->e_machine != EM_X86_64) {
 		err = -EOPNOTSUPP;	/* 32-bit tasks */
@@ -862,7 +870,6 @@ out_free:
 	stasis_free(xstate);
 out_task:
 	stasis_task_put(&st);
-out_close:
 	stasis_out_close(&out);
 	return err;
 }
@@ -986,15 +993,9 @@ static long stasis_ioc_files(void __user *arg)
 	unsigned int i, next_fd = 0;
 	long err;
 
-	err = stasis_get_task_req(&req, arg);
+	err = stasis_task_begin(arg, &req, &out, &st);
 	if (err)
 		return err;
-	err = stasis_out_open(&out, req.fd);
-	if (err)
-		return err;
-	err = stasis_task_get(&st, req.pid);
-	if (err)
-		goto out_close;
 	b = stasis_alloc(sizeof(*b));
 	pathbuf = stasis_alloc(STASIS_MAX_PATH);
 	if (!b || !pathbuf) {
@@ -1042,7 +1043,6 @@ out_free:
 	stasis_free(b);
 	stasis_seen_put(&seen);
 	stasis_task_put(&st);
-out_close:
 	stasis_out_close(&out);
 	return err;
 }
