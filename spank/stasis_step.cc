@@ -658,52 +658,23 @@ int RunNode(NodeOptions opt) {
   Status outcome = local;
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(false, "");
   if (outcome.ok() && !daemon.socket.empty()) {
-    // Through the node's stasisd: a held checkpoint into our node file.
-    proto::Request r = stasis::cli::CheckpointRequest(copt);
-    r.flags |= proto::kFlagHold | proto::kFlagBarrier;
-    r.attached = proto::kAttachDest;
-    r.job = copt.job;
-    r.step = copt.step;
-    r.epoch = copt.epoch;
-    r.node = copt.node_index;
-    r.time_limit_ms = static_cast<uint64_t>(opt.timeout) * 1000;
-    auto client = stasis::daemon::Client::Connect(daemon.socket);
-    if (!client) outcome = client.error();
-    if (outcome.ok()) outcome = (*client)->Send(r, {sink->fd()});
-    while (outcome.ok()) {
-      auto reply = (*client)->Receive();
-      if (!reply && reply.error().code() == EINTR) continue;
-      if (!reply) {
-        outcome = reply.error().Prefixed("stasisd at " + daemon.socket);
-        break;
-      }
-      if (reply->code != 0) {
-        outcome = Status::Error(reply->code, reply->message);
-        break;
-      }
-      if (reply->kind == proto::kReplyQueued) continue;
-      if (reply->kind == proto::kReplyQuiesced) {
-        outcome = meet.Quiesce(true, "");
-        if (!outcome.ok()) break;  // hanging up aborts: nothing was frozen
-        proto::Request go;
-        go.op = proto::Op::kProceed;
-        outcome = (*client)->Send(go);
-        continue;
-      }
-      if (reply->kind == proto::kReplyWritten) {
-        mine.ok = true;
-        mine.size = reply->bytes;
-        mine.crc = reply->crc32c;
-        outcome = meet.Meet(mine);
-        if (!outcome.ok()) break;  // hanging up resumes the tasks
-        proto::Request commit;
-        commit.op = proto::Op::kCommit;
-        outcome = (*client)->Send(commit);
-        continue;
-      }
-      stats = stasis::cli::StatsFromReply(*reply);
+    // Through the node's stasisd: a held checkpoint into our node file,
+    // with the barrier between quiesce and freeze.
+    stasis::cli::HeldHooks hooks;
+    hooks.on_quiesced = [&meet]() { return meet.Quiesce(true, ""); };
+    hooks.on_written = [&](uint64_t bytes, uint32_t crc32c) {
+      mine.ok = true;
+      mine.size = bytes;
+      mine.crc = crc32c;
+      return meet.Meet(mine);
+    };
+    auto st = stasis::cli::HeldThroughDaemon(copt, daemon.socket, sink->fd(),
+                                             static_cast<uint64_t>(opt.timeout) * 1000, hooks);
+    if (st) {
+      stats = *st;
       resumed_at = Now();
-      break;
+    } else {
+      outcome = st.error();
     }
   } else if (outcome.ok()) {
     // No stasisd: this process captures (same user) and holds the tasks in

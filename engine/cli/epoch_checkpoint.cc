@@ -42,51 +42,41 @@ core::CheckpointStats StatsFromReply(const format::proto::Reply& reply) {
   return stats;
 }
 
-namespace {
-
-// The held checkpoint through stasisd: it writes into our node file, says
-// "written" with size and CRC32C, and waits; we commit the MANIFEST and say
-// "commit"; it applies `after` and answers. On any failure here the
-// connection closes and stasisd resumes the processes.
-Result<core::CheckpointStats> ThroughDaemon(const core::CheckpointOptions& opt, const EpochRequest& req,
-                                            store::NodeFileSink* sink, store::EpochWriter* writer,
-                                            format::Manifest* manifest) {
+Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& opt,
+                                                const std::string& socket, int node_fd,
+                                                uint64_t time_limit_ms, const HeldHooks& hooks) {
   namespace proto = format::proto;
   proto::Request r = CheckpointRequest(opt);
-  r.flags |= proto::kFlagHold;
+  r.flags |= proto::kFlagHold | (hooks.on_quiesced ? proto::kFlagBarrier : 0);
   r.attached = proto::kAttachDest;
   r.job = opt.job;
   r.step = opt.step;
   r.epoch = opt.epoch;
   r.node = opt.node_index;
-  r.time_limit_ms = req.time_limit_ms;
-  r.callback_timeout_ms = req.time_limit_ms;
-  auto client = daemon::Client::Connect(req.daemon_socket);
+  r.time_limit_ms = time_limit_ms;
+  r.callback_timeout_ms = time_limit_ms;
+  auto client = daemon::Client::Connect(socket);
   if (!client) return client.error();
-  STASIS_RETURN_IF_ERROR((*client)->Send(r, {sink->fd()}));
+  STASIS_RETURN_IF_ERROR((*client)->Send(r, {node_fd}));
   for (;;) {
     auto reply = (*client)->Receive();
     if (!reply && reply.error().code() == EINTR) continue;
-    if (!reply) return reply.error();
+    if (!reply) return reply.error().Prefixed("stasisd at " + socket);
     if (reply->code != 0) return Status::Error(reply->code, reply->message);
     if (reply->kind == proto::kReplyQueued) continue;
-    if (reply->kind == proto::kReplyWritten) {
-      format::ManifestFile file;
-      file.name = store::EpochWriter::NodeFileName(opt.node_index);
-      file.size = reply->bytes;
-      file.crc32c = reply->crc32c;
-      manifest->files = {file};
-      STASIS_RETURN_IF_ERROR(writer->Commit(manifest));
-      proto::Request commit;
-      commit.op = proto::Op::kCommit;
-      STASIS_RETURN_IF_ERROR((*client)->Send(commit));
-      continue;
+    proto::Request next;
+    if (reply->kind == proto::kReplyQuiesced && hooks.on_quiesced) {
+      STASIS_RETURN_IF_ERROR(hooks.on_quiesced());  // hanging up aborts: nothing is frozen
+      next.op = proto::Op::kProceed;
+    } else if (reply->kind == proto::kReplyWritten) {
+      STASIS_RETURN_IF_ERROR(hooks.on_written(reply->bytes, reply->crc32c));  // hang-up resumes
+      next.op = proto::Op::kCommit;
+    } else {
+      return StatsFromReply(*reply);
     }
-    return StatsFromReply(*reply);
+    STASIS_RETURN_IF_ERROR((*client)->Send(next));
   }
 }
-
-}  // namespace
 
 Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochRequest& req) {
   store::Env* env = req.env ? req.env : store::DefaultEnv();
@@ -133,7 +123,16 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   };
   Result<core::CheckpointStats> stats = Status::Ok();
   if (!req.daemon_socket.empty()) {
-    stats = ThroughDaemon(opt, req, *node_sink, writer, &manifest);
+    HeldHooks hooks;
+    hooks.on_written = [&](uint64_t bytes, uint32_t crc32c) {
+      format::ManifestFile file;
+      file.name = store::EpochWriter::NodeFileName(opt.node_index);
+      file.size = bytes;
+      file.crc32c = crc32c;
+      manifest.files = {file};
+      return writer->Commit(&manifest);
+    };
+    stats = HeldThroughDaemon(opt, req.daemon_socket, (*node_sink)->fd(), req.time_limit_ms, hooks);
   } else {
     std::unique_ptr<ByteSink> wrapped;
     ByteSink* sink = *node_sink;

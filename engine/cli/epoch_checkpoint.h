@@ -39,6 +39,21 @@ struct EpochRequest {
 format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt);
 core::CheckpointStats StatsFromReply(const format::proto::Reply& reply);
 
+// A held checkpoint through stasisd into `node_fd` (the node file this
+// process created): stasisd captures, writes and holds the processes frozen.
+// `on_quiesced` (set: the barrier flag) runs once every callback is done and
+// nothing is frozen yet; `on_written` gets the file's size and CRC32C once it
+// is durable and must make the epoch durable (the MANIFEST). Either failing
+// hangs up: stasisd resumes the processes untouched. Otherwise the commit
+// is sent and stasisd's final statistics returned.
+struct HeldHooks {
+  std::function<Status()> on_quiesced;
+  std::function<Status(uint64_t bytes, uint32_t crc32c)> on_written;
+};
+Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& opt,
+                                                const std::string& socket, int node_fd,
+                                                uint64_t time_limit_ms, const HeldHooks& hooks);
+
 struct EpochOutcome {
   core::CheckpointStats stats;
   uint64_t epoch = 0;
