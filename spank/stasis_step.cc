@@ -103,11 +103,9 @@ Result<std::string> ReadAll(int fd) {
   }
 }
 
+// /proc/PID/<what> of a process of the job.
 Result<std::string> ReadProcFile(pid_t pid, const char* what) {
-  UniqueFd fd(::open(("/proc/" + std::to_string(pid) + "/" + what).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd)
-    return Status::FromErrno(errno, std::string("read /proc/") + std::to_string(pid) + "/" + what);
-  return ReadAll(fd.get());
+  return core::ReadFileToString("/proc/" + std::to_string(pid) + "/" + what);
 }
 
 // Runs a command (no shell) and returns its stdout; stderr passes through.
