@@ -683,6 +683,7 @@ int RunNode(NodeOptions opt) {
       Rendezvous* meet;
     } ctx{sink, &mine, &meet};
     copt.after_callbacks = [&meet]() { return meet.Quiesce(true, ""); };
+    copt.snapshot = false;  // held until the verdict, as through stasisd
     auto st = core::Checkpoint(
         copt, sink,
         [](void* arg) -> Status {

@@ -7,9 +7,144 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 namespace stasis {
+
+Result<size_t> ByteSource::ReadInPlace(const char** data, size_t n) {
+  (void)data;
+  (void)n;
+  return Status::Error(ENOTSUP, "this source has no buffers to lend");
+}
+
+// --- PrefetchSource -------------------------------------------------------------
+
+PrefetchSource::PrefetchSource(UniqueFd fd, std::string name, size_t chunk, size_t depth)
+    : fd_(std::move(fd)), name_(std::move(name)), chunk_(std::max<size_t>(chunk / 4096 * 4096, 4096)) {
+  for (size_t i = 0; i < std::max<size_t>(depth, 1) + 2; ++i) {
+    void* mem = nullptr;
+    if (::posix_memalign(&mem, 4096, chunk_) != 0) std::abort();
+    buffers_.push_back(static_cast<char*>(mem));
+  }
+  free_ = buffers_;
+  reader_ = std::thread([this] { ReaderLoop(); });
+}
+
+PrefetchSource::~PrefetchSource() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  reader_.join();
+  for (char* b : buffers_) std::free(b);
+}
+
+void PrefetchSource::ReaderLoop() {
+  const int fd = fd_.get();
+  struct stat st;
+  off_t at = ::lseek(fd, 0, SEEK_CUR);
+  const bool positioned = at >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  // O_DIRECT needs aligned offsets, lengths and buffers: from an aligned
+  // start, whole chunks are; a short read (the end) ends the file anyway.
+  bool direct = false;
+  if (positioned && at % 4096 == 0) {
+    int flags = ::fcntl(fd, F_GETFL);
+    direct = flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_DIRECT) == 0;
+  }
+  if (positioned && !direct) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  for (;;) {
+    char* buf;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !free_.empty(); });
+      if (stop_) return;
+      buf = free_.back();
+      free_.pop_back();
+    }
+    Chunk c;
+    c.data = buf;
+    while (c.len < chunk_) {
+      ssize_t r = positioned ? ::pread(fd, buf + c.len, chunk_ - c.len, at)
+                             : ::read(fd, buf + c.len, chunk_ - c.len);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EINVAL && direct) {  // the file system refused after all
+        int flags = ::fcntl(fd, F_GETFL);
+        if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_DIRECT);
+        direct = false;
+        continue;
+      }
+      if (r < 0) {
+        c.error = Status::FromErrno(errno, "read " + name_);
+        break;
+      }
+      if (r == 0) break;
+      c.len += static_cast<size_t>(r);
+      at += r;
+      if (direct && static_cast<size_t>(r) % 4096 != 0) {  // the end, or a short read
+        int flags = ::fcntl(fd, F_GETFL);
+        if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_DIRECT);
+        direct = false;
+      }
+    }
+    if (positioned) ::lseek(fd, at, SEEK_SET);  // the fd's offset follows what was read
+    const bool last = c.len < chunk_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ready_.push_back(c);
+    }
+    cv_.notify_all();
+    if (last) return;  // the end of the file, or an error: nothing follows
+  }
+}
+
+Status PrefetchSource::Next() {
+  std::unique_lock<std::mutex> lock(mu_);
+  // The chunk before the current one goes back to the reader; the current
+  // one stays readable through the next call too (see ReadInPlace).
+  if (prev_) free_.push_back(prev_);
+  prev_ = cur_.data;
+  cur_ = Chunk();
+  pos_ = 0;
+  cv_.notify_all();
+  cv_.wait(lock, [&] { return !ready_.empty(); });
+  cur_ = ready_.front();
+  ready_.pop_front();
+  if (!cur_.error.ok()) return cur_.error;
+  if (cur_.len < chunk_) eof_ = true;
+  return Status::Ok();
+}
+
+Result<size_t> PrefetchSource::ReadInPlace(const char** data, size_t n) {
+  if (n == 0) return size_t{0};
+  if (pos_ == cur_.len) {
+    if (eof_ || (cur_.data && !cur_.error.ok())) {
+      if (!cur_.error.ok()) return cur_.error;
+      return size_t{0};
+    }
+    STASIS_RETURN_IF_ERROR(Next());
+    if (cur_.len == 0) return size_t{0};
+  }
+  size_t take = std::min(n, cur_.len - pos_);
+  *data = cur_.data + pos_;
+  pos_ += take;
+  offset_ += take;
+  return take;
+}
+
+Result<size_t> PrefetchSource::Read(void* data, size_t n) {
+  const char* from = nullptr;
+  STASIS_ASSIGN_OR_RETURN(size_t got, ReadInPlace(&from, n));
+  if (got) std::memcpy(data, from, got);
+  return got;
+}
+
+Status ByteSink::WriteBorrowed(char* buffer, size_t n) {
+  (void)buffer;
+  (void)n;
+  return Status::Error(ENOTSUP, "this sink lends no buffers");
+}
 
 Status ReadFully(ByteSource* source, void* data, size_t n, const char* what) {
   char* p = static_cast<char*>(data);

@@ -8,10 +8,14 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/base/fd.h"
@@ -28,6 +32,18 @@ class ByteSink {
   virtual Status Sync() = 0;
   // Bytes accepted so far.
   virtual uint64_t Offset() const = 0;
+
+  // Zero-copy bulk data, for sinks that write from buffers of their own (a
+  // pipelined file sink). Borrow lends an aligned buffer of *size bytes
+  // (waiting for one to come free), or returns nullptr when the sink has no
+  // such buffers: then use Write. WriteBorrowed writes the first n bytes of
+  // a borrowed buffer after everything written before; the buffer belongs
+  // to the sink again from that call on, whatever it returns.
+  virtual char* Borrow(size_t* size) {
+    *size = 0;
+    return nullptr;
+  }
+  virtual Status WriteBorrowed(char* buffer, size_t n);
 };
 
 class ByteSource {
@@ -37,6 +53,11 @@ class ByteSource {
   virtual Result<size_t> Read(void* data, size_t n) = 0;
   // Bytes consumed so far.
   virtual uint64_t Offset() const = 0;
+  // Zero-copy reads, for sources with buffers of their own: points *data at
+  // up to n next bytes, returns how many (0 at the end). The bytes stay
+  // valid through the next call too (so a reader may read a trailer before
+  // it uses them), not longer. ENOTSUP: use Read.
+  virtual Result<size_t> ReadInPlace(const char** data, size_t n);
 };
 
 // Writes all n bytes to fd (retrying short writes and EINTR); errors name `name`.
@@ -92,6 +113,44 @@ class FdSource : public ByteSource {
   size_t capacity_;
   size_t begin_ = 0, end_ = 0;
   uint64_t offset_ = 0;
+};
+
+// A source over a file read ahead by a thread of its own: `depth` aligned
+// chunks in flight, read with O_DIRECT where the file system allows it (the
+// data goes from the disk to our buffers without the page cache), so the
+// caller's work overlaps the disk's. Reads from the fd's current offset.
+class PrefetchSource : public ByteSource {
+ public:
+  PrefetchSource(UniqueFd fd, std::string name, size_t chunk = 8u << 20, size_t depth = 3);
+  ~PrefetchSource() override;
+  Result<size_t> Read(void* data, size_t n) override;
+  Result<size_t> ReadInPlace(const char** data, size_t n) override;
+  uint64_t Offset() const override { return offset_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  struct Chunk {
+    char* data = nullptr;
+    size_t len = 0;
+    Status error;
+  };
+  void ReaderLoop();
+  Status Next();  // makes `cur_` the next chunk (waits for it)
+  UniqueFd fd_;
+  std::string name_;
+  size_t chunk_;
+  std::vector<char*> buffers_;
+  Chunk cur_;
+  char* prev_ = nullptr;
+  size_t pos_ = 0;
+  bool eof_ = false;
+  uint64_t offset_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Chunk> ready_;
+  std::vector<char*> free_;
+  bool stop_ = false;
+  std::thread reader_;
 };
 
 // A sink into memory (tests, the protocol).

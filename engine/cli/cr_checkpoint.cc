@@ -29,8 +29,8 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
-    "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]] [--write buffered|streaming|direct]] [-v] ID";
+    "[--close-sockets] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
+    "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]]] [--write direct|streaming|buffered] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -44,6 +44,12 @@ class DeadlineSink : public stasis::ByteSink {
   }
   stasis::Status Sync() override { return inner_->Sync(); }
   uint64_t Offset() const override { return inner_->Offset(); }
+  char* Borrow(size_t* size) override { return inner_->Borrow(size); }
+  stasis::Status WriteBorrowed(char* buffer, size_t n) override {
+    stasis::Status s = inner_->WriteBorrowed(buffer, n);
+    if (s.ok() && g_timed_out) return stasis::Status::Error(ETIMEDOUT, "time limit reached");
+    return s;
+  }
 
  private:
   stasis::ByteSink* inner_;
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--file=", 0) == 0) file = a.substr(7);
     else if (a == "--term") opt.after = stasis::core::AfterCheckpoint::kTerm;
     else if (a == "--kill") opt.after = stasis::core::AfterCheckpoint::kKill;
+    else if (a == "--no-snapshot") opt.snapshot = false;
     else if (a == "--stop") opt.after = stasis::core::AfterCheckpoint::kStop;
     else if (a == "--cont") opt.after = stasis::core::AfterCheckpoint::kContinue;
     else if (a == "--clobber") mode = stasis::core::WriteMode::kClobber;
@@ -307,7 +314,7 @@ int main(int argc, char** argv) {
     stats = stasis::core::Checkpoint(opt, &sink, stasis::core::SyncFdSink, &fd_sink);
     if (!stats) Fail(failure_message(stats.error()), stats.error().code());
   } else {
-    auto writer = stasis::core::ContextFileWriter::Open(file, mode);
+    auto writer = stasis::core::ContextFileWriter::Open(file, mode, epoch_req.write);
     if (!writer) Fail(writer.error().message(), writer.error().code());
     DeadlineSink sink((*writer)->sink());
     stats = stasis::core::Checkpoint(opt, &sink, stasis::core::CommitContextFile, writer->get());
@@ -321,11 +328,14 @@ int main(int argc, char** argv) {
   if (verbose) {
     std::fprintf(stderr,
                  "cr_checkpoint: %s: %u processes, %u threads, %.1f MiB memory, %.1f MiB file, "
-                 "%llu zero pages skipped, callbacks %.3f s, paused %.3f s\n",
+                 "%llu zero pages skipped, callbacks %.3f s, paused %.3f s%s\n",
                  opt.dest.c_str(), stats->processes, stats->threads,
                  stats->page_bytes / 1048576.0, stats->bytes / 1048576.0,
                  static_cast<unsigned long long>(stats->zero_pages_skipped),
-                 stats->callbacks_seconds, stats->pause_seconds);
+                 stats->callbacks_seconds, stats->pause_seconds,
+                 stats->snapshot ? " (pages written from a snapshot)"
+                 : stats->snapshot_note.empty() ? ""
+                                                : (" (no snapshot: " + stats->snapshot_note + ")").c_str());
   }
   return 0;
 }

@@ -88,12 +88,27 @@ struct ProcState {
   std::vector<FileDesc> files;
   std::vector<format::ThreadInfo> thread_infos;
   KernelTask kernel;  // what /dev/stasis gave, with the kernel backend
+  // The copy-on-write snapshot the pages are read from (Snapshot), or 0.
+  pid_t snap = 0;
+  ProcessMemory snap_mem;
 };
 
 class Capturer {
  public:
   explicit Capturer(const CheckpointOptions& options) : options_(options) {}
-  ~Capturer() { ResumeAll(); }
+  ~Capturer() {
+    ResumeAll();
+    EndSnapshots();
+  }
+  // Copy-on-write snapshots (CheckpointOptions::snapshot): each process
+  // forks a copy that never runs; false with the reason when it cannot be
+  // done (then nothing was changed and the write is done frozen).
+  bool Snapshot(std::string* why_not);
+  // Kills the snapshots and has each process reap its own.
+  void EndSnapshots();
+  void IsolateSnapshot(ProcState* p, pid_t child);
+  // Writes up to the processes' sections, calls `between` (release the
+  // tree), then writes the rest.
 
   Status Freeze();
   Status CheckOwner(pid_t pid);
@@ -105,7 +120,8 @@ class Capturer {
     extra_ = extra;
   }
   Status CaptureAll();
-  Status Write(format::ContextWriter* writer, CheckpointStats* stats);
+  Status Write(format::ContextWriter* writer, CheckpointStats* stats,
+               const std::function<Status()>& between = nullptr);
   Status Release(AfterCheckpoint after);
   void ResumeAll();
   void Requeue(ProcState* p);
@@ -163,7 +179,21 @@ class Capturer {
   uint64_t zero_skipped_ = 0;
   bool released_ = false;
   std::unique_ptr<KernelCapture> kernel_;  // null: /proc and ptrace only
+  std::map<pid_t, std::vector<pid_t>> leftovers_;  // parent -> dead snapshots
 };
+
+// A snapshot a killed checkpointer left behind (EXITKILL killed it, nobody
+// had it reaped): a zombie child with exit signal 0 named "stasis-snap" (or
+// its parent's name, when naming it failed).
+// Programs practically never make such children themselves (clone with no
+// exit signal, then never wait with __WCLONE); one that did would see it
+// reaped by the next checkpoint.
+bool IsLeftoverSnapshot(pid_t pid, pid_t parent) {
+  auto st = ReadStat(pid);
+  auto pst = ReadStat(parent);
+  return st && pst && st->state == 'Z' && st->exit_signal == 0 && st->ppid == parent &&
+         (st->comm == "stasis-snap" || st->comm == pst->comm);
+}
 
 Result<long> Capturer::Inject(ProcState* p, Tracee* t, long nr, uint64_t a1, uint64_t a2,
                               uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6) {
@@ -216,8 +246,14 @@ Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t 
       for (size_t i = 0; i < queue.size(); ++i) {
         auto kids = ListChildren(queue[i]);
         if (!kids) continue;
-        for (pid_t k : *kids)
-          if (k != Self()) queue.push_back(k);
+        for (pid_t k : *kids) {
+          if (k == Self()) continue;
+          if (IsLeftoverSnapshot(k, queue[i])) {  // not part of the program
+            leftovers_[queue[i]].push_back(k);
+            continue;
+          }
+          queue.push_back(k);
+        }
       }
       out = queue;
       break;
@@ -489,6 +525,10 @@ Status Capturer::CaptureProcess(ProcState* p) {
   if (scratch < 0 && scratch > -4096)
     return Status::FromErrno(static_cast<int>(-scratch), "map a scratch page in " + Pid(p->pid));
   p->scratch = p->scratch_address = static_cast<uint64_t>(scratch);
+  // Snapshots an earlier checkpointer left behind (it was killed before it
+  // could have them reaped): the process reaps them now.
+  for (pid_t old : leftovers_[p->pid])
+    (void)Inject(p, leader, SYS_wait4, static_cast<uint64_t>(old), 0, __WALL | WNOHANG, 0);
 
   STASIS_ASSIGN_OR_RETURN(long brk, Inject(p, leader, SYS_brk, 0));
   info.mm.brk = static_cast<uint64_t>(brk);
@@ -962,34 +1002,61 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
         p->pid, p->mappings,
         [p](const Mapping& m) { return MappingHasPages(m) && m.start != p->scratch_address; },
         writer, page_bytes, &zero_skipped_);
-  UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(),
+  // From the snapshot when there is one: same mappings, same pages, frozen
+  // at the moment it was taken while the process itself runs on.
+  const pid_t src = p->snap ? p->snap : p->pid;
+  const ProcessMemory& mem = p->snap ? p->snap_mem : p->mem;
+  UniqueFd pagemap(::open(("/proc/" + std::to_string(src) + "/pagemap").c_str(),
                           O_RDONLY | O_CLOEXEC));
-  if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(p->pid));
-  std::unique_ptr<char[]> batch(new char[kBatchBytes]);
+  if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(src));
+  // Pages are read straight into the batch, zero pages squeezed out in
+  // place. When the sink lends its aligned buffers, the batch is one of
+  // them and goes to the file without another copy.
+  ByteSink* sink = writer->sink();
+  size_t cap = 0;
+  char* batch = sink->Borrow(&cap);
+  const bool lent = batch != nullptr;
+  std::unique_ptr<char[]> own;
+  if (!lent) {
+    own.reset(new char[kBatchBytes]);
+    batch = own.get();
+    cap = kBatchBytes;
+  }
+  cap = cap / kPageSize * kPageSize;
   std::vector<PageRun> runs;
   size_t used = 0;
   auto flush = [&]() -> Status {
     if (runs.empty()) return Status::Ok();
     STASIS_RETURN_IF_ERROR(writer->BeginPages({format::PageOwner::kProcess, static_cast<uint64_t>(p->pid)}, runs));
-    STASIS_RETURN_IF_ERROR(writer->AppendPageData(batch.get(), used));
+    if (lent) {
+      char* full = batch;
+      batch = nullptr;
+      STASIS_RETURN_IF_ERROR(writer->AppendBorrowedPageData(full, used));
+    } else {
+      STASIS_RETURN_IF_ERROR(writer->AppendPageData(batch, used));
+    }
     STASIS_RETURN_IF_ERROR(writer->EndPages());
     *page_bytes += used;
     runs.clear();
     used = 0;
+    if (lent) {
+      size_t got = 0;
+      batch = sink->Borrow(&got);
+      if (!batch || got / kPageSize * kPageSize != cap)
+        return Status::Error(EIO, "the context sink stopped lending buffers");
+    }
     return Status::Ok();
   };
-  auto add_page = [&](uint64_t addr, const char* data) -> Status {
-    if (used + kPageSize > kBatchBytes) STASIS_RETURN_IF_ERROR(flush());
-    if (!runs.empty() && runs.back().start + runs.back().npages * kPageSize == addr)
-      runs.back().npages++;
-    else
-      runs.push_back({addr, 1});
-    std::memcpy(batch.get() + used, data, kPageSize);
-    used += kPageSize;
-    return Status::Ok();
-  };
+  // Gives an unused lent buffer back, on every path out.
+  struct GiveBack {
+    ByteSink* sink;
+    char** batch;
+    bool lent;
+    ~GiveBack() {
+      if (lent && *batch) (void)sink->WriteBorrowed(*batch, 0);
+    }
+  } give_back{sink, &batch, lent};
   std::vector<uint64_t> pm;
-  std::unique_ptr<char[]> chunk(new char[kReadChunk]);
   for (const Mapping& m : p->mappings) {
     if (!MappingHasPages(m)) continue;  // shared: by reference or stored once
     if (m.start == p->scratch_address) continue;
@@ -1006,26 +1073,38 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
         ++i;
         continue;
       }
+      if (used == cap) STASIS_RETURN_IF_ERROR(flush());
+      const uint64_t room = (cap - used) / kPageSize;
       uint64_t j = i;
-      while (j < npages && wanted(pm[j]) && (j - i) * kPageSize < kReadChunk) ++j;
-      uint64_t addr = m.start + i * kPageSize;
-      size_t len = (j - i) * kPageSize;
-      STASIS_RETURN_IF_ERROR(p->mem.Read(addr, chunk.get(), len));
+      while (j < npages && wanted(pm[j]) && j - i < room) ++j;
+      const uint64_t addr = m.start + i * kPageSize;
+      char* dst = batch + used;
+      STASIS_RETURN_IF_ERROR(mem.Read(addr, dst, (j - i) * kPageSize));
+      // Squeeze out zero pages: `keep` is where the next kept page goes.
+      char* keep = dst;
       for (uint64_t k = 0; k < j - i; ++k) {
-        const char* page = chunk.get() + k * kPageSize;
+        const char* page = dst + k * kPageSize;
         if (anon && IsZeroPage(page)) {
           ++zero_skipped_;
           continue;
         }
-        STASIS_RETURN_IF_ERROR(add_page(addr + k * kPageSize, page));
+        if (keep != page) std::memmove(keep, page, kPageSize);
+        keep += kPageSize;
+        const uint64_t at = addr + k * kPageSize;
+        if (!runs.empty() && runs.back().start + runs.back().npages * kPageSize == at)
+          runs.back().npages++;
+        else
+          runs.push_back({at, 1});
       }
+      used = static_cast<size_t>(keep - batch);
       i = j;
     }
   }
   return flush();
 }
 
-Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
+Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
+                       const std::function<Status()>& between) {
   format::ImageInfo image;
   image.stasis_version = STASIS_VERSION;
   image.job = options_.job;
@@ -1102,6 +1181,9 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats) {
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
   STASIS_RETURN_IF_ERROR(ClassifySockets());
   STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
+  // Shared memory and pipe data are written; what follows comes from the
+  // captured metadata and the snapshots, so the tree may run from here.
+  if (between) STASIS_RETURN_IF_ERROR(between());
   for (auto& p : procs_) {
     const uint32_t pid = static_cast<uint32_t>(p->pid);
     STASIS_RETURN_IF_ERROR(writer->WriteProcess(p->info));
@@ -1438,6 +1520,119 @@ void Capturer::ResumeAll() {
   }
 }
 
+// Copy-on-write snapshots. The leader of each process runs an injected
+// clone() (no flags, exit signal 0: the child is invisible to the process's
+// own wait() and sends it no SIGCHLD) while we trace forks, so the child is
+// stopped before its first instruction; it never runs and is killed with
+// us (PTRACE_O_EXITKILL) if we die. Its memory is the process's memory at
+// this moment, kept by the kernel's copy-on-write while the process runs.
+// Shared mappings are not copied by fork, but they are not read from
+// here: shared objects are written before the tree runs (Write's
+// `between`). Memory a fork does not copy (MADV_DONTFORK, as RDMA buffers
+// are, or MADV_WIPEONFORK) cannot be read from a snapshot: such a process
+// makes the whole checkpoint stay frozen while it writes.
+bool Capturer::Snapshot(std::string* why_not) {
+  for (auto& p : procs_) {
+    if (p->zombie) continue;
+    for (const Mapping& m : p->mappings) {
+      if (!MappingHasPages(m) || m.start == p->scratch_address) continue;
+      if (m.flags & (format::kMapDontFork | format::kMapWipeOnFork)) {
+        *why_not = Pid(p->pid) + " has private memory a fork does not copy (" +
+                   ((m.flags & format::kMapDontFork) ? "MADV_DONTFORK" : "MADV_WIPEONFORK") +
+                   ") at 0x" + ToHex(m.start);
+        return false;
+      }
+    }
+  }
+  for (auto& p : procs_) {
+    if (p->zombie || p->threads.empty()) continue;
+    Tracee* t = p->threads[0].get();
+    const long trace = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK;
+    pid_t child = 0;
+    Result<long> r = Status::Error(EIO, "not run");
+    if (::ptrace(PTRACE_SETOPTIONS, t->tid(), nullptr, reinterpret_cast<void*>(trace)) == 0) {
+      r = t->Syscall(p->syscall_insn, SYS_clone, 0, 0, 0, 0, 0, 0, &child);
+      ::ptrace(PTRACE_SETOPTIONS, t->tid(), nullptr, reinterpret_cast<void*>(PTRACE_O_TRACESYSGOOD));
+    }
+    if (r && *r > 0 && child <= 0) child = static_cast<pid_t>(*r);
+    if (!r || *r <= 0 || child <= 0) {
+      *why_not = "fork of " + Pid(p->pid) + " failed: " +
+                 (!r ? r.error().message() : std::string(std::strerror(static_cast<int>(-*r))));
+      EndSnapshots();
+      return false;
+    }
+    p->snap = child;
+    // Its first stop (PTRACE_EVENT_STOP for a seized parent); from there it
+    // dies with us.
+    auto first = WaitThread(child);
+    auto mem = ProcessMemory::Open(child, false);
+    if (!first || first->kind == StopInfo::kExited || first->kind == StopInfo::kKilled || !mem ||
+        ::ptrace(PTRACE_SETOPTIONS, child, nullptr,
+                 reinterpret_cast<void*>(PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)) != 0) {
+      *why_not = "the snapshot of " + Pid(p->pid) + " did not stop as expected";
+      EndSnapshots();
+      return false;
+    }
+    p->snap_mem = std::move(*mem);
+    IsolateSnapshot(p.get(), child);
+  }
+  return true;
+}
+
+// The snapshot gets a session of its own, so that one left behind by a
+// killed checkpointer (a zombie until its parent reaps it) does not keep
+// the program's session and process group ids in use (a restart needs
+// those numbers free), and the name "stasis-snap". Best effort: the calls
+// run in it like any injected call, and it still runs no instruction of its
+// own.
+void Capturer::IsolateSnapshot(ProcState* p, pid_t child) {
+  const uint64_t insn = p->syscall_insn;  // the vDSO is the same in the copy
+  Tracee ct(child, child);
+  ct.MarkAttached();
+  (void)ct.Syscall(insn, SYS_setsid);
+  if (p->scratch) {
+    auto w = ProcessMemory::Open(child, true);
+    static const char kName[] = "stasis-snap";
+    if (w && w->WriteThroughProc(p->scratch, kName, sizeof kName).ok())
+      (void)ct.Syscall(insn, SYS_prctl, PR_SET_NAME, p->scratch);
+  }
+}
+
+void Capturer::EndSnapshots() {
+  for (auto& p : procs_) {
+    if (!p->snap) continue;
+    const pid_t child = p->snap;
+    p->snap = 0;
+    p->snap_mem = ProcessMemory();
+    ::kill(child, SIGKILL);
+    for (;;) {  // our tracer's view of its death first
+      auto st = WaitThread(child);
+      if (!st || st->kind == StopInfo::kExited || st->kind == StopInfo::kKilled) break;
+    }
+    // Now a zombie of the process: have it reap the child (wait4 with
+    // __WALL, injected in a brief second stop of one of its threads).
+    if (released_) {
+      // Stopped now (job control) stays stopped; a signal our interrupt
+      // caught in delivery is delivered.
+      auto st = ReadStat(p->pid);
+      const bool stopped = st && (st->state == 'T' || st->state == 't');
+      Tracee t(p->pid, p->pid);
+      if (!t.SeizeAndInterrupt().ok() || !t.WaitForStop().ok()) {
+        (void)t.Detach(0);
+        continue;
+      }
+      (void)t.Syscall(p->syscall_insn, SYS_wait4, static_cast<uint64_t>(child), 0, __WALL, 0);
+      int sig = stopped ? SIGSTOP : 0;
+      const StopInfo& first = t.first_stop();
+      if (first.kind == StopInfo::kSignal && first.signal != SIGSTOP && first.signal != SIGTRAP)
+        sig = first.signal;
+      (void)t.RestoreAndDetach(sig);
+    } else if (!p->threads.empty()) {
+      (void)Inject(p.get(), p->threads[0].get(), SYS_wait4, static_cast<uint64_t>(child), 0, __WALL, 0);
+    }
+  }
+}
+
 // Once everything is captured, before the (long) write: the last injected
 // calls (re-queue caught signals, unmap the scratch page), then every
 // thread gets its own registers and signal mask back while it stays
@@ -1535,17 +1730,30 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
     if (Status s = options.before_write(*estimate); !s.ok()) return fail(s);
   }
   format::ContextWriter writer(sink);
-  if (Status s = cap.Write(&writer, &stats); !s.ok()) return fail(s);
+  // With a snapshot the tree runs again as soon as the shared objects are
+  // written; its pages are then read from the snapshots.
+  std::function<Status()> release_early;
+  if (options.snapshot && options.after == AfterCheckpoint::kContinue && !cap.kernel_backend()) {
+    release_early = [&]() -> Status {
+      if (!cap.Snapshot(&stats.snapshot_note)) return Status::Ok();
+      stats.snapshot = true;
+      Status s = cap.Release(AfterCheckpoint::kContinue);
+      stats.pause_seconds = SecondsSince(t1);
+      return s;
+    };
+  }
+  if (Status s = cap.Write(&writer, &stats, release_early); !s.ok()) return fail(s);
   stats.bytes = sink->Offset();
   stats.zero_pages_skipped = cap.zero_pages_skipped();
   if (finalize) {
     if (Status s = finalize(finalize_arg); !s.ok()) return fail(s);
   }
-  Status s = cap.Release(options.after);
+  Status s = stats.snapshot ? Status::Ok() : cap.Release(options.after);
+  cap.EndSnapshots();
   agents.Finish(0);
   if (options.after == AfterCheckpoint::kContinue && options.after_signal > 0)
     for (pid_t pid : stats.pids) ::kill(pid, options.after_signal);
-  stats.pause_seconds = SecondsSince(t1);
+  if (!stats.snapshot) stats.pause_seconds = SecondsSince(t1);
   if (options.after == AfterCheckpoint::kKill) {
     // Return once the tree is gone (dead, or a zombie for its parent to
     // reap), so a restart right after finds its pids free of live tasks.

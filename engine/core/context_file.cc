@@ -31,7 +31,8 @@ Status SyncDir(const std::string& dir) {
 }  // namespace
 
 Result<std::unique_ptr<ContextFileWriter>> ContextFileWriter::Open(const std::string& path,
-                                                                   WriteMode mode) {
+                                                                   WriteMode mode,
+                                                                   const store::WriteOptions& wo) {
   std::unique_ptr<ContextFileWriter> w(new ContextFileWriter());
   w->path_ = path;
   w->mode_ = mode;
@@ -49,7 +50,9 @@ Result<std::unique_ptr<ContextFileWriter>> ContextFileWriter::Open(const std::st
     fd = ::open(w->temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   }
   if (fd < 0) return Status::FromErrno(errno, "create " + w->temp_);
-  w->sink_ = std::make_unique<FdSink>(UniqueFd(fd), path);
+  // The store's pipelined sink: aligned chunks written by a thread of their
+  // own while the capture fills the next ones.
+  w->sink_ = std::make_unique<store::NodeFileSink>(store::WrapFd(UniqueFd(fd), path, wo.strategy), wo);
   return w;
 }
 
@@ -93,7 +96,7 @@ Status SyncFdSink(void* fd_sink) {
   return Status::Ok();
 }
 
-Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path) {
+Result<std::unique_ptr<ByteSource>> OpenContextForRead(const std::string& path) {
   STASIS_ASSIGN_OR_RETURN(UniqueFd owned, OpenRegularNoFollow(AT_FDCWD, path, path));
   const int fd = owned.get();
   struct stat st;
@@ -101,8 +104,7 @@ Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path) {
   if (::geteuid() != 0 && st.st_uid != ::geteuid())
     return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
                                     ", not to you; refusing it");
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  return std::make_unique<FdSource>(std::move(owned), path);
+  return std::unique_ptr<ByteSource>(new PrefetchSource(std::move(owned), path));
 }
 
 }  // namespace stasis::core

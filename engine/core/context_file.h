@@ -15,6 +15,7 @@
 
 #include "engine/base/io.h"
 #include "engine/base/status.h"
+#include "engine/store/store.h"
 
 namespace stasis::core {
 
@@ -26,7 +27,9 @@ enum class WriteMode {
 
 class ContextFileWriter {
  public:
-  static Result<std::unique_ptr<ContextFileWriter>> Open(const std::string& path, WriteMode mode);
+  // Written through the store's pipelined sink (store::NodeFileSink).
+  static Result<std::unique_ptr<ContextFileWriter>> Open(const std::string& path, WriteMode mode,
+                                                         const store::WriteOptions& write = {});
   ~ContextFileWriter();
   ByteSink* sink() { return sink_.get(); }
   // Makes the file durable under its final name.
@@ -40,7 +43,7 @@ class ContextFileWriter {
   ContextFileWriter() = default;
   std::string path_, temp_, dir_, base_;
   WriteMode mode_ = WriteMode::kAtomic;
-  std::unique_ptr<FdSink> sink_;
+  std::unique_ptr<store::NodeFileSink> sink_;
   bool committed_ = false;
 };
 
@@ -52,6 +55,6 @@ Status SyncFdSink(void* fd_sink);
 
 // Opens a context for reading: no symlinks, a regular file, owned by the
 // caller unless the caller is root.
-Result<std::unique_ptr<FdSource>> OpenContextForRead(const std::string& path);
+Result<std::unique_ptr<ByteSource>> OpenContextForRead(const std::string& path);
 
 }  // namespace stasis::core

@@ -98,6 +98,14 @@ struct CheckpointOptions {
   // Where the state is read from (stasis.yaml capture_backend, cr_checkpoint
   // --backend).
   CaptureBackend capture_backend = CaptureBackend::kAuto;
+  // Copy-on-write snapshot (cr_checkpoint --no-snapshot turns it off): when
+  // the tree continues after the checkpoint, each process forks a copy of
+  // itself that never runs, and the tree runs again as soon as the shared
+  // objects are written; its private pages are read from the copies while
+  // the context is written. Not with the kernel backend, nor when a process
+  // has private memory a fork does not copy (then: frozen throughout, and
+  // CheckpointStats::snapshot_note says why).
+  bool snapshot = true;
 };
 
 struct CheckpointStats {
@@ -112,6 +120,8 @@ struct CheckpointStats {
   double pause_seconds = 0;   // from the first seize to resumed (or killed)
   double total_seconds = 0;
   bool kernel_backend = false; // the capture went through /dev/stasis
+  bool snapshot = false;       // pages were read from copy-on-write snapshots
+  std::string snapshot_note;   // why no snapshot was taken, when one was asked
   std::vector<pid_t> pids;
 };
 

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/core/procfs.h"
@@ -325,6 +326,12 @@ Result<ProcessMemory> ProcessMemory::Open(pid_t pid, bool writable) {
 
 Status ProcessMemory::Read(uint64_t addr, void* buf, size_t n) const {
   char* p = static_cast<char*>(buf);
+  // Through /proc/PID/mem, never process_vm_readv: since 5.19 the kernel
+  // makes a read-only pin (which process_vm_readv takes) of an anonymous
+  // page shared copy-on-write with another process copy the page first
+  // (FAULT_FLAG_UNSHARE), so reading a snapshot, or a process sharing pages
+  // with its fork children, would copy its memory. /proc/PID/mem only
+  // references the page.
   while (n > 0) {
     ssize_t r = ::pread(fd_.get(), p, n, static_cast<off_t>(addr));
     if (r < 0 && errno == EINTR) continue;
@@ -339,6 +346,29 @@ Status ProcessMemory::Read(uint64_t addr, void* buf, size_t n) const {
 }
 
 Status ProcessMemory::Write(uint64_t addr, const void* buf, size_t n) const {
+  const char* p = static_cast<const char*>(buf);
+  // process_vm_writev copies once; where it cannot write (read-only text,
+  // PROT_NONE) /proc/PID/mem, which ignores protections, takes that page.
+  while (n > 0) {
+    struct iovec local = {const_cast<char*>(p), n};
+    struct iovec remote = {reinterpret_cast<void*>(addr), n};
+    ssize_t r = ::process_vm_writev(pid_, &local, 1, &remote, 1, 0);
+    if (r < 0 && errno == EINTR) continue;
+    size_t step;
+    if (r > 0) {
+      step = static_cast<size_t>(r);
+    } else {
+      step = std::min<size_t>(n, 4096 - addr % 4096);
+      STASIS_RETURN_IF_ERROR(WriteThroughProc(addr, p, step));
+    }
+    p += step;
+    addr += step;
+    n -= step;
+  }
+  return Status::Ok();
+}
+
+Status ProcessMemory::WriteThroughProc(uint64_t addr, const void* buf, size_t n) const {
   const char* p = static_cast<const char*>(buf);
   while (n > 0) {
     ssize_t r = ::pwrite(fd_.get(), p, n, static_cast<off_t>(addr));

@@ -128,6 +128,7 @@ class ProcessMemory {
   ProcessMemory() = default;
   static Result<ProcessMemory> Open(pid_t pid, bool writable);
   Status Read(uint64_t addr, void* buf, size_t n) const;
+  Status WriteThroughProc(uint64_t addr, const void* buf, size_t n) const;
   Status Write(uint64_t addr, const void* buf, size_t n) const;
   pid_t pid() const { return pid_; }
 

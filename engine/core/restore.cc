@@ -132,6 +132,8 @@ class Restorer {
   Status CreateThreads(RProc* p);
   Status CreateSharedMemory(const format::SharedMemory& shm);
   Status WriteSharedPages();
+  Result<size_t> NextPageBytes(uint64_t left, std::vector<char>* buf, const char** data);
+  bool in_place_ = true;
   Status WritePages(RProc* p);
   Status FinishProcess(RProc* p);
   Status MakeZombie(RProc* p);
@@ -255,6 +257,10 @@ Status Restorer::CreateTree(const format::ProcessTree& tree) {
     for (const auto& e : tree.processes) {
       for (uint32_t tid : e.tids) {
         if (tid == 1 || ::kill(static_cast<pid_t>(tid), 0) == 0 || errno == EPERM)
+          taken = std::to_string(tid);
+        // A number still in use as a process group (a zombie of the old
+        // group, say) cannot be given to a new process either.
+        else if (::kill(-static_cast<pid_t>(tid), 0) == 0 || errno == EPERM)
           taken = std::to_string(tid);
       }
     }
@@ -1036,6 +1042,21 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
   return Status::Ok();
 }
 
+// The next up to `left` bytes of page data: in place from a source that
+// lends its buffers (no copy), else read into `buf`.
+Result<size_t> Restorer::NextPageBytes(uint64_t left, std::vector<char>* buf, const char** data) {
+  size_t n = static_cast<size_t>(std::min<uint64_t>(left, 8u << 20));
+  if (in_place_) {
+    auto got = reader_.ReadPageDataInPlace(data, n);
+    if (got || got.error().code() != ENOTSUP) return got;
+    in_place_ = false;
+  }
+  buf->resize(n);
+  STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf->data(), n));
+  *data = buf->data();
+  return n;
+}
+
 Status Restorer::WriteSharedPages() {
   const format::PagesHeader& h = reader_.pages();
   auto it = shm_.find(h.owner.id);
@@ -1047,15 +1068,14 @@ Status Restorer::WriteSharedPages() {
     if (off + left > (size + kPageSize - 1) / kPageSize * kPageSize || off + left < off)
       return Status::Corrupt("shared memory pages beyond the segment's size");
     while (left > 0) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(left, 8u << 20));
-      buf.resize(n);
-      STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf.data(), n));
+      const char* data = nullptr;
+      STASIS_ASSIGN_OR_RETURN(size_t n, NextPageBytes(left, &buf, &data));
       // The last page of a file may reach past its end: write only up to it.
       size_t w = static_cast<size_t>(std::min<uint64_t>(n, size > off ? size - off : 0));
       auto mapped = shm_maps_.find(h.owner.id);
       if (mapped != shm_maps_.end()) {
-        std::memcpy(static_cast<char*>(mapped->second.first) + off, buf.data(), w);
-      } else if (w && ::pwrite(it->second.get(), buf.data(), w, static_cast<off_t>(off)) !=
+        std::memcpy(static_cast<char*>(mapped->second.first) + off, data, w);
+      } else if (w && ::pwrite(it->second.get(), data, w, static_cast<off_t>(off)) !=
                    static_cast<ssize_t>(w))
         return Status::FromErrno(errno, "write shared memory");
       result_.page_bytes += n;
@@ -1110,10 +1130,9 @@ Status Restorer::WritePages(RProc* p) {
     uint64_t addr = run.start;
     uint64_t left = run.npages * kPageSize;
     while (left > 0) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(left, 8u << 20));
-      buf.resize(n);
-      STASIS_RETURN_IF_ERROR(reader_.ReadPageData(buf.data(), n));
-      STASIS_RETURN_IF_ERROR(p->mem.Write(addr, buf.data(), n));
+      const char* data = nullptr;
+      STASIS_ASSIGN_OR_RETURN(size_t n, NextPageBytes(left, &buf, &data));
+      STASIS_RETURN_IF_ERROR(p->mem.Write(addr, data, n));
       result_.page_bytes += n;
       addr += n;
       left -= n;

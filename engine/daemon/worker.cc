@@ -50,6 +50,15 @@ class RequestSink : public ByteSink {
   Status Write(const void* data, size_t n) override {
     STASIS_RETURN_IF_ERROR(Check());
     STASIS_RETURN_IF_ERROR(inner_->Write(data, n));
+    return Throttle(n);
+  }
+  char* Borrow(size_t* size) override { return inner_->Borrow(size); }
+  Status WriteBorrowed(char* buffer, size_t n) override {
+    STASIS_RETURN_IF_ERROR(inner_->WriteBorrowed(buffer, n));
+    STASIS_RETURN_IF_ERROR(Check());
+    return Throttle(n);
+  }
+  Status Throttle(size_t n) {
     written_ += n;
     if (rate_) {
       // Sleep until the average rate is back under the cap.
@@ -279,6 +288,10 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   Result<core::CheckpointStats> stats = Status::Error(EIO, "not run");
   std::string dest;
   if (req.flags & proto::kFlagHold) {
+    // Held: part of an epoch across nodes. The tree stays frozen until the
+    // coordinator commits, so no node runs past the cut before every node
+    // is frozen (a snapshot would let it run on after its own).
+    opt.snapshot = false;
     stats = HeldCheckpoint(config, task, opt, deadline);
     dest = opt.dest.empty() ? "the client's node file" : opt.dest;
   } else if (req.attached & proto::kAttachDest) {
@@ -438,7 +451,7 @@ Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::Rest
     s = BecomeFileOwner(st.st_uid, st.st_gid, peer, &opt);
     if (!s.ok()) fail(s);
     opt.source_path = req.path;
-    FdSource source(std::move(file), req.path);
+    PrefetchSource source(std::move(file), req.path);
     result = core::Restore(&source, opt);
     if (!result) fail(result.error().Prefixed(req.path));
   }

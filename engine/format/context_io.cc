@@ -275,6 +275,29 @@ Status ContextWriter::AppendPageData(const void* data, size_t n) {
   return Status::Ok();
 }
 
+Status ContextWriter::AppendBorrowedPageData(char* buffer, size_t n) {
+  State& st = *state_;
+  if (!st.failed.ok()) return st.failed;
+  if (!st.in_pages) {
+    return st.Refuse(SectionType::kPages,
+                     Status::Error(EINVAL, "AppendBorrowedPageData without BeginPages"));
+  }
+  if (n > st.pages_left) {
+    return st.Refuse(
+        SectionType::kPages,
+        Status::Error(EINVAL, "AppendBorrowedPageData of " + std::to_string(n) + " bytes, only " +
+                                  std::to_string(st.pages_left) + " left in the runs"));
+  }
+  st.pages_crc = Crc32c(st.pages_crc, buffer, n);
+  Status s = st.sink->WriteBorrowed(buffer, n);
+  if (!s.ok()) return st.Fail(s);
+  st.pages_left -= n;
+  st.page_bytes += n;
+  return Status::Ok();
+}
+
+ByteSink* ContextWriter::sink() const { return state_->sink; }
+
 Status ContextWriter::EndPages() {
   State& st = *state_;
   if (!st.failed.ok()) return st.failed;
@@ -706,6 +729,30 @@ Status ContextReader::ReadPageData(void* data, size_t n) {
   st.pages_left -= n;
   if (st.pages_left == 0) return st.FinishPages();
   return Status::Ok();
+}
+
+Result<size_t> ContextReader::ReadPageDataInPlace(const char** data, size_t n) {
+  State& st = *state_;
+  if (!st.failed.ok()) return st.failed;
+  if (!st.in_pages || n > st.pages_left || n == 0) {
+    return st.Misuse("ContextReader::ReadPageDataInPlace of " + std::to_string(n) + " bytes, " +
+                     std::to_string(st.in_pages ? st.pages_left : 0) + " left");
+  }
+  Result<size_t> got = st.source->ReadInPlace(data, n);
+  if (!got) {
+    if (got.error().code() == ENOTSUP) return got.error();
+    return st.SourceError("reading page data", got.error());
+  }
+  if (*got == 0) {
+    return st.Corrupt("truncated in page data (" +
+                      std::to_string(st.pages.data_bytes - st.pages_left) + " of " +
+                      std::to_string(st.pages.data_bytes) + " bytes present)");
+  }
+  st.offset += *got;
+  st.pages_crc = Crc32c(st.pages_crc, *data, *got);
+  st.pages_left -= *got;
+  if (st.pages_left == 0) STASIS_RETURN_IF_ERROR(st.FinishPages());
+  return *got;
 }
 
 Status ContextReader::SkipPageData() {

@@ -75,6 +75,10 @@ class ContextWriter {
   // kPageSize-aligned offset of the file.
   Status BeginPages(const PageOwner& owner, const std::vector<PageRun>& runs);
   Status AppendPageData(const void* data, size_t n);
+  // The same for a buffer lent by the sink (ByteSink::Borrow): checksummed,
+  // then handed back to the sink to be written without a copy.
+  Status AppendBorrowedPageData(char* buffer, size_t n);
+  ByteSink* sink() const;
   Status EndPages();
 
   // Writes the End section. Does not sync: the caller owns durability.
@@ -125,6 +129,11 @@ class ContextReader {
   // is returned from that call. Reading past the data is an error.
   Status ReadPageData(void* data, size_t n);
   Status SkipPageData();
+  // ReadPageData without a copy, from a source that lends its buffers
+  // (ByteSource::ReadInPlace): points *data at up to n next bytes of page
+  // data (checksummed like ReadPageData), valid until the next read.
+  // ENOTSUP when the source cannot: use ReadPageData.
+  Result<size_t> ReadPageDataInPlace(const char** data, size_t n);
   uint64_t page_data_remaining() const;
 
   uint64_t offset() const;  // bytes consumed from the source

@@ -269,46 +269,139 @@ Result<std::vector<EpochInfo>> JobFolder::List() const {
 NodeFileSink::NodeFileSink(std::unique_ptr<WritableFile> file, const WriteOptions& options)
     : file_(std::move(file)), options_(options) {
   options_.chunk = std::max<size_t>(options_.chunk / 4096 * 4096, 4096);
-  void* mem = nullptr;
-  if (::posix_memalign(&mem, 4096, options_.chunk) != 0) std::abort();
-  buffer_ = static_cast<char*>(mem);
+  options_.depth = std::max<size_t>(options_.depth, 1);
+  // One chunk being filled, one lent out, plus `depth` in flight.
+  for (size_t i = 0; i < options_.depth + 2; ++i) {
+    void* mem = nullptr;
+    if (::posix_memalign(&mem, 4096, options_.chunk) != 0) std::abort();
+    buffers_.push_back(static_cast<char*>(mem));
+  }
+  free_ = buffers_;
   start_ = Now();
 }
 
-NodeFileSink::~NodeFileSink() { std::free(buffer_); }
-
-Status NodeFileSink::Flush() {
-  if (used_ == 0) return Status::Ok();
-  crc_ = format::Crc32c(crc_, buffer_, used_);
-  Status s = file_->Append(buffer_, used_);
-  flushed_ += used_;
-  used_ = 0;
-  STASIS_RETURN_IF_ERROR(s);
-  if (options_.bandwidth) {
-    // Sleep until the average rate is back under the cap.
-    double due = start_ + static_cast<double>(flushed_) / static_cast<double>(options_.bandwidth);
-    double wait = due - Now();
-    if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+NodeFileSink::~NodeFileSink() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
   }
-  return Status::Ok();
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  for (char* b : buffers_) std::free(b);
+}
+
+void NodeFileSink::WriterLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopped and drained
+    Chunk c = queue_.front();
+    queue_.pop_front();
+    busy_ = true;
+    bool skip = !error_.ok() || stop_;  // stopping: the file is abandoned
+    lock.unlock();
+    Status s;
+    if (!skip) {
+      crc_ = format::Crc32c(crc_, c.data, c.used);
+      s = file_->Append(c.data, c.used);
+      flushed_ += c.used;
+      if (s.ok() && options_.bandwidth) {
+        // Sleep until the average rate is back under the cap.
+        double due = start_ + static_cast<double>(flushed_) / static_cast<double>(options_.bandwidth);
+        double wait = due - Now();
+        if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+      }
+    }
+    lock.lock();
+    if (!s.ok() && error_.ok()) error_ = s;
+    free_.push_back(c.data);
+    busy_ = false;
+    cv_.notify_all();
+  }
+}
+
+Status NodeFileSink::Failed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+Status NodeFileSink::TakeFree(char** buffer) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (free_.empty()) {
+    double t = Now();
+    cv_.wait(lock, [&] { return !free_.empty(); });
+    stalled_ += Now() - t;
+  }
+  *buffer = free_.back();
+  free_.pop_back();
+  return error_;
+}
+
+Status NodeFileSink::Submit() {
+  if (current_.used == 0) return Status::Ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!writer_.joinable()) writer_ = std::thread([this] { WriterLoop(); });
+  queue_.push_back(current_);
+  current_ = Chunk();
+  cv_.notify_all();
+  return error_;
+}
+
+Status NodeFileSink::Drain() {
+  STASIS_RETURN_IF_ERROR(Submit());
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
+  return error_;
 }
 
 Status NodeFileSink::Write(const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
-    size_t take = std::min(n, options_.chunk - used_);
-    std::memcpy(buffer_ + used_, p, take);
-    used_ += take;
+    if (!current_.data) STASIS_RETURN_IF_ERROR(TakeFree(&current_.data));
+    size_t take = std::min(n, options_.chunk - current_.used);
+    std::memcpy(current_.data + current_.used, p, take);
+    current_.used += take;
     offset_ += take;
     p += take;
     n -= take;
-    if (used_ == options_.chunk) STASIS_RETURN_IF_ERROR(Flush());
+    if (current_.used == options_.chunk) STASIS_RETURN_IF_ERROR(Submit());
   }
   return Status::Ok();
 }
 
+char* NodeFileSink::Borrow(size_t* size) {
+  char* b = nullptr;
+  if (!TakeFree(&b).ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(b);
+    *size = 0;
+    return nullptr;
+  }
+  *size = options_.chunk;
+  return b;
+}
+
+Status NodeFileSink::WriteBorrowed(char* buffer, size_t n) {
+  if (n == 0) {  // given back unused
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(buffer);
+    return error_;
+  }
+  // What was buffered before goes first, then the borrowed buffer as a
+  // chunk of its own (page data starts aligned, so both stay aligned).
+  if (current_.used == 0 && current_.data) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(current_.data);
+    current_ = Chunk();
+  }
+  STASIS_RETURN_IF_ERROR(Submit());
+  current_ = Chunk{buffer, n};
+  offset_ += n;
+  return Submit();
+}
+
 Status NodeFileSink::Sync() {
-  STASIS_RETURN_IF_ERROR(Flush());
+  STASIS_RETURN_IF_ERROR(Drain());
   return file_->Sync();
 }
 
@@ -517,6 +610,12 @@ Result<size_t> VerifyingSource::Read(void* data, size_t n) {
   return r;
 }
 
+Result<size_t> VerifyingSource::ReadInPlace(const char** data, size_t n) {
+  auto r = inner_->ReadInPlace(data, n);
+  if (r && *r) crc_ = format::Crc32c(crc_, *data, *r);
+  return r;
+}
+
 Status VerifyingSource::Finish() {
   char buf[65536];
   for (;;) {
@@ -558,7 +657,7 @@ Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochIn
       problems.push_back(fd.error().message());
       continue;
     }
-    VerifyingSource source(std::make_unique<FdSource>(std::move(*fd), shown), f.name, f.size, f.crc32c);
+    VerifyingSource source(std::make_unique<PrefetchSource>(std::move(*fd), shown), f.name, f.size, f.crc32c);
     auto ctx = format::ReadContext(&source, false);
     if (!ctx) {
       problems.push_back(f.name + ": " + ctx.error().message());
@@ -742,7 +841,7 @@ Result<PreparedRestart> PrepareRestart(RestartSelection sel) {
   out.path = sel.file_path;
   out.epoch = sel.epoch.epoch;
   out.from_job_folder = sel.chose_newest;
-  out.source = std::make_unique<VerifyingSource>(std::make_unique<FdSource>(std::move(sel.fd), sel.file_path),
+  out.source = std::make_unique<VerifyingSource>(std::make_unique<PrefetchSource>(std::move(sel.fd), sel.file_path),
                                                  sel.file_path, sel.file.size, sel.file.crc32c);
   VerifyingSource* vs = out.source.get();
   format::Manifest manifest = std::move(sel.epoch.manifest);

@@ -10,11 +10,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstring>
 #include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "engine/format/context_io.h"
+#include "engine/format/crc32c.h"
 #include "engine/store/store.h"
 #include "test/store/fault_env.h"
 #include "test/unit/test_util.h"
@@ -599,6 +602,162 @@ TEST(StoreNodes, AMissingNodeFileIsNeverCommitted) {
   auto after = job->List();
   ASSERT_EQ(after->size(), 2u);
   EXPECT_EQ((*after)[1].state, EpochState::kIncomplete);
+}
+
+}  // namespace
+}  // namespace stasis::store
+
+// --- the pipelined write and read paths (issue 9) ----------------------------------
+
+namespace stasis::store {
+namespace {
+
+using format::Context;
+using format::ContextReader;
+using format::SectionType;
+
+#define ASSERT_OK(expr)                              \
+  do {                                               \
+    Status s_ = (expr);                              \
+    ASSERT_TRUE(s_.ok()) << s_.ToString();           \
+  } while (0)
+#define EXPECT_OK(expr)                              \
+  do {                                               \
+    Status s_ = (expr);                              \
+    EXPECT_TRUE(s_.ok()) << s_.ToString();           \
+  } while (0)
+
+
+std::string TempFile(const char* tag) {
+  const char* tmp = getenv("TMPDIR");
+  std::string path = std::string(tmp ? tmp : "/tmp") + "/stasis-" + tag + "-XXXXXX";
+  int fd = mkstemp(path.data());
+  EXPECT_GE(fd, 0);
+  close(fd);
+  return path;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Every byte of page data, in file order, read with ReadPageDataInPlace when
+// `in_place` (else ReadPageData).
+std::string AllPageData(ByteSource* source, bool in_place) {
+  ContextReader reader(source);
+  EXPECT_TRUE(reader.Begin());
+  std::string out;
+  for (;;) {
+    auto type = reader.Next();
+    EXPECT_TRUE(type) << type.error().ToString();
+    if (!type || *type == SectionType::kEnd) break;
+    if (*type != SectionType::kPages) continue;
+    uint64_t left = reader.pages().data_bytes;
+    while (left > 0) {
+      if (in_place) {
+        const char* data = nullptr;
+        auto got = reader.ReadPageDataInPlace(&data, static_cast<size_t>(std::min<uint64_t>(left, 20000)));
+        EXPECT_TRUE(got) << got.error().ToString();
+        if (!got) return out;
+        out.append(data, *got);
+        left -= *got;
+      } else {
+        std::string buf(static_cast<size_t>(std::min<uint64_t>(left, 20000)), '\0');
+        EXPECT_OK(reader.ReadPageData(buf.data(), buf.size()));
+        out += buf;
+        left -= buf.size();
+      }
+    }
+  }
+  return out;
+}
+
+TEST(Pipelined, SinkWritesEveryChunkInOrderWithItsChecksum) {
+  std::string path = TempFile("sink");
+  std::string want;
+  WriteOptions wo;
+  wo.chunk = 16384;
+  wo.depth = 2;
+  for (WriteStrategy strategy : {WriteStrategy::kDirect, WriteStrategy::kStreaming, WriteStrategy::kBuffered}) {
+    want.clear();
+    wo.strategy = strategy;
+    int fd = open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    NodeFileSink sink(WrapFd(UniqueFd(fd), path, strategy), wo);
+    auto put = [&](const std::string& bytes) {
+      ASSERT_OK(sink.Write(bytes.data(), bytes.size()));
+      want += bytes;
+    };
+    auto lend = [&](size_t n, uint32_t seed) {
+      size_t size = 0;
+      char* b = sink.Borrow(&size);
+      ASSERT_NE(b, nullptr);
+      ASSERT_EQ(size, wo.chunk);
+      ASSERT_LE(n, size);
+      ASSERT_EQ(reinterpret_cast<uintptr_t>(b) % 4096, 0u);
+      std::string bytes = format::testing::PseudoRandomBytes(n, seed);
+      std::memcpy(b, bytes.data(), n);
+      ASSERT_OK(sink.WriteBorrowed(b, n));
+      want += bytes;
+    };
+    put(format::testing::PseudoRandomBytes(4096, 1));
+    lend(3 * 4096, 2);
+    put(format::testing::PseudoRandomBytes(100, 3));  // leaves the file unaligned
+    lend(0, 4);                             // given back unused
+    put(format::testing::PseudoRandomBytes(4096 - 100, 5));
+    for (uint32_t i = 0; i < 20; ++i) lend(8192, 10 + i);  // more than the buffers
+    put(format::testing::PseudoRandomBytes(50000, 6));                   // several chunks
+    lend(4096, 7);
+    put(format::testing::PseudoRandomBytes(77, 8));                      // an unaligned end
+    auto f = sink.Finish();
+    ASSERT_TRUE(f) << f.error().ToString();
+    EXPECT_EQ(f->size, want.size());
+    EXPECT_EQ(f->crc32c, format::Crc32c(0, want.data(), want.size()));
+    EXPECT_TRUE(Slurp(path) == want) << "strategy " << static_cast<int>(strategy);
+  }
+  unlink(path.c_str());
+}
+
+TEST(Pipelined, PrefetchSourceReadsInPlaceAndByCopy) {
+  std::string path = TempFile("prefetch");
+  Context ctx = format::testing::MakeFullContext();
+  std::string bytes = format::testing::Encode(ctx, 3);
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  MemorySource memory(bytes.data(), bytes.size());
+  std::string pages = AllPageData(&memory, false);
+  ASSERT_GT(pages.size(), 3u * 4096);
+  // Chunks much smaller than the page data: in-place reads and the trailer
+  // read after them cross chunk boundaries everywhere.
+  for (size_t chunk : {4096u, 8192u, 12288u, 1u << 20}) {
+    PrefetchSource in_place(UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC)), path, chunk, 1);
+    EXPECT_TRUE(AllPageData(&in_place, true) == pages) << "chunk " << chunk;
+    PrefetchSource copy(UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC)), path, chunk, 2);
+    auto got = format::ReadContext(&copy, true);
+    ASSERT_TRUE(got) << got.error().ToString();
+    ctx.file_bytes = bytes.size();
+    EXPECT_TRUE(*got == ctx) << "chunk " << chunk;
+  }
+  // A pipe (no O_DIRECT, no offsets) and a truncated file.
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  std::thread feeder([&] {
+    (void)!write(p[1], bytes.data(), bytes.size() < 65536 ? bytes.size() : 65536);
+    if (bytes.size() > 65536) (void)!write(p[1], bytes.data() + 65536, bytes.size() - 65536);
+    close(p[1]);
+  });
+  PrefetchSource piped(UniqueFd(p[0]), "pipe", 8192, 2);
+  EXPECT_TRUE(AllPageData(&piped, true) == pages);
+  feeder.join();
+  ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(bytes.size() / 2)), 0);
+  PrefetchSource cut(UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC)), path, 8192, 2);
+  auto bad = format::ReadContext(&cut, true);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("truncated"), std::string::npos) << bad.error().message();
+  unlink(path.c_str());
 }
 
 }  // namespace

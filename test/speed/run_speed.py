@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Correctness of the fast paths (issue 9), with real processes and the real
+tools. Usage: run_speed.py BUILD_DIR CASE
+
+  snapshot    a program rewriting 64 MiB without pause is checkpointed with
+              the write slowed to 32 MB/s (about 2 s): the tree must be paused
+              for a small part of that, must have run on during the write,
+              must have reaped its snapshot, and the restarted program must
+              find its memory exactly as at one instant, the pause.
+  dontfork    the same with the buffer MADV_DONTFORK: no snapshot (the
+              reason is printed), the tree stays frozen during the write, and
+              the restart is exact too.
+  killed      cr_checkpoint is SIGKILLed while writing from a snapshot: the
+              program runs on, its dead snapshot is left as a zombie child;
+              the next checkpoint leaves that zombie out of the tree and has
+              it reaped, and its restart is exact.
+  halfzero    a process with half of its pages zero gives a context of about
+              half its memory; restarted, it checks every byte.
+  bench       bench/checkpoint.py --small: every workload still runs and every
+              restored program checks all of its memory.
+Exit 77 = skipped (prints SKIPPED and why).
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else "build"
+CASE = sys.argv[2] if len(sys.argv) > 2 else ""
+CLI = os.path.join(BUILD, "engine", "cli")
+REWRITER = os.path.join(BUILD, "test", "speed", "rewriter")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def fail(msg):
+    print("FAIL: " + msg)
+    sys.exit(1)
+
+
+def skip(msg):
+    print("SKIPPED: " + msg)
+    sys.exit(77)
+
+
+def wait_for(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            fail("timed out waiting for " + what)
+        time.sleep(0.01)
+
+
+def last_gen(path):
+    with open(path) as f:
+        gens = re.findall(r"^gen (\d+)$", f.read(), re.M)
+    return int(gens[-1]) if gens else 0
+
+
+def rewriter_case(work, dontfork):
+    out = os.path.join(work, "orig.out")
+    argv = [REWRITER, "64", work] + (["dontfork"] if dontfork else [])
+    prog = subprocess.Popen(argv, stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(work, "ready")), 60, "the program's first pass")
+        wait_for(lambda: last_gen(out) >= 3, 60, "three passes")
+        g0 = last_gen(out)
+        t0 = time.monotonic()
+        ck = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "-v", "--bandwidth", "32M", "-f",
+                             os.path.join(work, "ctx"), str(prog.pid)], capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        g1 = last_gen(out)
+        if ck.returncode != 0:
+            fail("cr_checkpoint: " + ck.stderr.strip())
+        print(ck.stderr.strip())
+        m = re.search(r"paused ([\d.]+) s", ck.stderr)
+        if not m:
+            fail("no pause figure in: " + ck.stderr)
+        pause = float(m.group(1))
+        print(f"checkpoint {wall:.3f} s, paused {pause:.3f} s; passes before {g0}, after {g1}")
+        if dontfork:
+            if "no snapshot" not in ck.stderr or "MADV_DONTFORK" not in ck.stderr:
+                fail("a MADV_DONTFORK buffer must make the checkpoint say why it took no snapshot")
+            if pause < 0.8 * wall - 0.2:
+                fail(f"without a snapshot the tree must stay frozen while writing: paused {pause:.3f} "
+                     f"of {wall:.3f} s")
+            if g1 > g0 + 1:
+                fail(f"the program ran {g1 - g0} passes during a frozen checkpoint")
+        else:
+            if "written from a snapshot" not in ck.stderr:
+                fail("expected the pages to be written from a snapshot: " + ck.stderr.strip())
+            if wall < 1.0:
+                fail(f"the throttled write took {wall:.3f} s; the test needs it slow to mean anything")
+            if pause > 0.5 * wall:
+                fail(f"paused {pause:.3f} s of a {wall:.3f} s checkpoint: the snapshot did not shorten it")
+            if g1 < g0 + 2:
+                fail(f"the program did not run during the write (passes {g0} -> {g1})")
+            # The snapshot is gone and reaped: no child left in the program.
+            kids = open(f"/proc/{prog.pid}/task/{prog.pid}/children").read().split()
+            if kids:
+                fail(f"the program has children after the checkpoint: {kids} (snapshot not reaped)")
+    finally:
+        os.killpg(prog.pid, signal.SIGKILL)
+        prog.wait()
+    time.sleep(0.1)
+    # The restarted program finds DIR/check at once and checks its memory.
+    open(os.path.join(work, "check"), "w").close()
+    rs = subprocess.run([os.path.join(CLI, "cr_restart"), "--no-restore-pid",
+                         os.path.join(work, "ctx")], capture_output=True, text=True, timeout=120)
+    # Its stdout is the original's file, reopened at its offset.
+    text = open(out).read()
+    m = re.search(r"^(PASS|FAIL) gen (\d+) cursor (\d+).*$", text, re.M)
+    if m:
+        print("restarted program: " + m.group(0))
+    if rs.returncode != 0 or not m or m.group(1) != "PASS":
+        fail(f"the restarted program (exit {rs.returncode}): {text[-300:].strip()} {rs.stderr.strip()}")
+    gen = int(m.group(2))
+    # It resumed inside pass g0+1 or g0+2 (the freeze came right after g0
+    # was printed), never in a pass the original reached during the write.
+    if not g0 <= gen <= g0 + 2:
+        fail(f"restarted in pass {gen}; the pause was between passes {g0} and {g0 + 2}")
+    if not dontfork and gen >= g1 + 1:
+        fail(f"restarted in pass {gen}, which the original reached only after the pause ({g1})")
+    print(f"restarted program: memory exactly as at one instant, pass {gen} (paused after {g0})")
+
+
+def children(pid):
+    return open(f"/proc/{pid}/task/{pid}/children").read().split()
+
+
+def killed_case(work):
+    out = os.path.join(work, "orig.out")
+    prog = subprocess.Popen([REWRITER, "32", work], stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: last_gen(out) >= 2, 60, "two passes")
+        ck = subprocess.Popen([os.path.join(CLI, "cr_checkpoint"), "--bandwidth", "4M", "-f",
+                               os.path.join(work, "first"), str(prog.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # well inside the 8 s write
+        if ck.poll() is not None:
+            fail("cr_checkpoint ended before it could be killed: " + ck.stderr.read())
+        ck.kill()
+        ck.wait()
+        g = last_gen(out)
+        wait_for(lambda: last_gen(out) >= g + 2, 30, "the program to run on after the kill")
+        left = children(prog.pid)
+        if len(left) != 1:
+            fail(f"expected the dead snapshot as the one child of the program, found {left}")
+        st = open(f"/proc/{left[0]}/stat").read()
+        print(f"after the kill: program runs (pass {last_gen(out)}), dead snapshot {left[0]} "
+              f"state {st.rsplit(')', 1)[1].split()[0]}")
+        ck2 = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "-v", "-f", os.path.join(work, "ctx"),
+                              str(prog.pid)], capture_output=True, text=True)
+        if ck2.returncode != 0:
+            fail("the next checkpoint: " + ck2.stderr.strip())
+        print(ck2.stderr.strip())
+        if not re.search(r": 1 processes,", ck2.stderr):
+            fail("the dead snapshot was taken into the tree: " + ck2.stderr.strip())
+        if children(prog.pid):
+            fail(f"the dead snapshot was not reaped: children {children(prog.pid)}")
+    finally:
+        os.killpg(prog.pid, signal.SIGKILL)
+        prog.wait()
+    time.sleep(0.1)
+    open(os.path.join(work, "check"), "w").close()
+    rs = subprocess.run([os.path.join(CLI, "cr_restart"), os.path.join(work, "ctx")],
+                        capture_output=True, text=True, timeout=120)
+    text = open(out).read()
+    m = re.search(r"^(PASS|FAIL) gen (\d+) cursor (\d+).*$", text, re.M)
+    if rs.returncode != 0 or not m or m.group(1) != "PASS":
+        fail(f"the restarted program (exit {rs.returncode}): {text[-300:].strip()} {rs.stderr.strip()}")
+    print("restarted program: " + m.group(0))
+
+
+def halfzero_case(work):
+    mem = os.path.join(BUILD, "bench", "bench_mem")
+    prog = subprocess.Popen([mem, "64M", "halfzero", "1", "private", work], stdout=open(os.path.join(work, "out"), "w"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(work, "ready")), 60, "bench_mem")
+        ck = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "-v", "-f", os.path.join(work, "ctx"),
+                             str(prog.pid)], capture_output=True, text=True)
+        if ck.returncode != 0:
+            fail("cr_checkpoint: " + ck.stderr.strip())
+    finally:
+        os.killpg(prog.pid, signal.SIGKILL)
+        prog.wait()
+    size = os.path.getsize(os.path.join(work, "ctx"))
+    ratio = size / (64 << 20)
+    print(f"64 MiB, half of it zero pages: context {size / 2**20:.1f} MiB ({ratio:.3f} of the memory)")
+    if not 0.45 <= ratio <= 0.55:
+        fail(f"a half-zero process gave a context of {ratio:.3f} of its memory, not about half")
+    open(os.path.join(work, "check"), "w").close()
+    rs = subprocess.run([os.path.join(CLI, "cr_restart"), "--no-restore-pid", os.path.join(work, "ctx")],
+                        capture_output=True, text=True, timeout=120)
+    text = open(os.path.join(work, "out")).read()
+    if rs.returncode != 0 or "PASS" not in text:
+        fail(f"restarted program: {text.strip()} {rs.stderr.strip()}")
+    print("restarted program: " + text.strip())
+
+
+def main():
+    if CASE not in ("snapshot", "dontfork", "killed", "halfzero", "bench"):
+        fail(f"unknown case '{CASE}'")
+    if CASE == "bench":
+        if os.geteuid() != 0:
+            skip("the benchmarks drop the page cache: run as root")
+        env = dict(os.environ, STASIS_BUILD_DIR=BUILD)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "checkpoint.py"), "--small"],
+                           env=env, text=True, capture_output=True, timeout=1200)
+        print(r.stdout + r.stderr)
+        if r.returncode != 0 or "PASS" not in r.stdout:
+            fail("bench/checkpoint.py --small failed")
+        rows = [l for l in r.stdout.splitlines() if re.match(r"^\S+\s+\d+M ", l)]
+        if len(rows) != 8:
+            fail(f"expected 8 workload rows, got {len(rows)}")
+        return
+    work = tempfile.mkdtemp(prefix=f"stasis-speed-{CASE}.")
+    os.chmod(work, 0o755)
+    try:
+        if CASE == "halfzero":
+            halfzero_case(work)
+        elif CASE == "killed":
+            killed_case(work)
+        else:
+            rewriter_case(work, CASE == "dontfork")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("PASS " + CASE)
+
+
+if __name__ == "__main__":
+    main()
