@@ -368,6 +368,31 @@ Status ProcessMemory::Write(uint64_t addr, const void* buf, size_t n) const {
   return Status::Ok();
 }
 
+Status ProcessMemory::WriteScattered(const char* data, const std::vector<struct iovec>& remote) const {
+  size_t total = 0;
+  for (const struct iovec& v : remote) total += v.iov_len;
+  struct iovec local = {const_cast<char*>(data), total};
+  ssize_t r;
+  do {
+    r = ::process_vm_writev(pid_, &local, 1, remote.data(), remote.size(), 0);
+  } while (r < 0 && errno == EINTR);
+  size_t done = r > 0 ? static_cast<size_t>(r) : 0;
+  if (done == total) return Status::Ok();
+  // Short (a read-only page on the way): the rest piece by piece, Write
+  // taking what process_vm_writev cannot.
+  size_t at = 0;
+  for (const struct iovec& v : remote) {
+    size_t end = at + v.iov_len;
+    if (end > done) {
+      size_t skip = done > at ? done - at : 0;
+      STASIS_RETURN_IF_ERROR(Write(reinterpret_cast<uint64_t>(v.iov_base) + skip, data + at + skip,
+                                   v.iov_len - skip));
+    }
+    at = end;
+  }
+  return Status::Ok();
+}
+
 Status ProcessMemory::WriteThroughProc(uint64_t addr, const void* buf, size_t n) const {
   const char* p = static_cast<const char*>(buf);
   while (n > 0) {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/user.h>
 
 #include <cstdint>
@@ -129,6 +130,9 @@ class ProcessMemory {
   static Result<ProcessMemory> Open(pid_t pid, bool writable);
   Status Read(uint64_t addr, void* buf, size_t n) const;
   Status WriteThroughProc(uint64_t addr, const void* buf, size_t n) const;
+  // Writes the contiguous bytes at `data` to the remote pieces in order (at
+  // most IOV_MAX of them), with one process_vm_writev where it can.
+  Status WriteScattered(const char* data, const std::vector<struct iovec>& remote) const;
   Status Write(uint64_t addr, const void* buf, size_t n) const;
   pid_t pid() const { return pid_; }
 
