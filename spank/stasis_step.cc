@@ -475,6 +475,23 @@ class Rendezvous {
     lag_ = Now() - last;
     return Status::Ok();
   }
+  // The barrier before any node runs on after its snapshot: every rank says
+  // whether its processes are frozen and captured; all must be, or the epoch
+  // aborts (a node that ran on early could send what a node not yet frozen
+  // receives before its cut).
+  bool frozen() const { return frozen_done_; }
+  Status Frozen(bool ok, const std::string& why) {
+    frozen_done_ = true;
+    STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.frozen", ok ? std::string("1") : "0 " + why));
+    STASIS_RETURN_IF_ERROR(pmix_->Fence(opt_.timeout));
+    for (uint32_t r = 0; r < pmix_->size(); ++r) {
+      STASIS_ASSIGN_OR_RETURN(std::string v, pmix_->Get(r, "stasis.frozen"));
+      if (v != "1")
+        return Status::Error(ECANCELED, "helper rank " + std::to_string(r) + " could not freeze: " +
+                                            (v.size() > 2 ? v.substr(2) : v));
+    }
+    return Status::Ok();
+  }
   Status Meet(const NodeReport& mine) {
     done_ = true;
     STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.report", EncodeReport(mine)));
@@ -533,6 +550,7 @@ class Rendezvous {
   std::string job_id_;
   bool done_ = false;
   bool quiesce_done_ = false;
+  bool frozen_done_ = false;
   double lag_ = 0;
 };
 
@@ -660,6 +678,7 @@ int RunNode(NodeOptions opt) {
     // with the barrier between quiesce and freeze.
     stasis::cli::HeldHooks hooks;
     hooks.on_quiesced = [&meet]() { return meet.Quiesce(true, ""); };
+    hooks.on_frozen = [&meet]() { return meet.Frozen(true, ""); };
     hooks.on_written = [&](uint64_t bytes, uint32_t crc32c) {
       mine.ok = true;
       mine.size = bytes;
@@ -683,7 +702,8 @@ int RunNode(NodeOptions opt) {
       Rendezvous* meet;
     } ctx{sink, &mine, &meet};
     copt.after_callbacks = [&meet]() { return meet.Quiesce(true, ""); };
-    copt.snapshot = false;  // held until the verdict, as through stasisd
+    // As through stasisd: every node frozen before any runs on.
+    copt.before_release = [&meet](bool, const std::string&) { return meet.Frozen(true, ""); };
     auto st = core::Checkpoint(
         copt, sink,
         [](void* arg) -> Status {
@@ -704,6 +724,7 @@ int RunNode(NodeOptions opt) {
     }
   }
   if (!meet.quiesced()) (void)meet.Quiesce(false, outcome.ok() ? "no result" : outcome.message());
+  if (!meet.frozen()) (void)meet.Frozen(false, outcome.ok() ? "no result" : outcome.message());
   if (!meet.done()) {
     mine.ok = false;
     mine.message = outcome.message();
@@ -721,10 +742,11 @@ int RunNode(NodeOptions opt) {
     return 1;
   }
   std::printf(
-      "node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s, trigger to resumed %.3f s; "
+      "node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s%s, trigger to resumed %.3f s; "
       "froze %.3f s after the last of %u nodes quiesced\n",
       mine.node, host.c_str(), static_cast<unsigned long long>(epoch), stats.processes,
       static_cast<double>(stats.bytes) / (1 << 20), stats.pause_seconds,
+      stats.snapshot ? " (written from a snapshot)" : "",
       opt.t0 > 0 ? resumed_at - opt.t0 : stats.total_seconds, meet.proceed_after_last_quiesce(),
       pmix.size());
   if (pmix.rank() == 0) {

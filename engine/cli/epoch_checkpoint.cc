@@ -47,7 +47,8 @@ Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& o
                                                 uint64_t time_limit_ms, const HeldHooks& hooks) {
   namespace proto = format::proto;
   proto::Request r = CheckpointRequest(opt);
-  r.flags |= proto::kFlagHold | (hooks.on_quiesced ? proto::kFlagBarrier : 0);
+  r.flags |= proto::kFlagHold | (hooks.on_quiesced ? proto::kFlagBarrier : 0) |
+             (hooks.on_frozen ? proto::kFlagSnapshot : 0);
   r.attached = proto::kAttachDest;
   r.job = opt.job;
   r.step = opt.step;
@@ -58,6 +59,7 @@ Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& o
   auto client = daemon::Client::Connect(socket);
   if (!client) return client.error();
   STASIS_RETURN_IF_ERROR((*client)->Send(r, {node_fd}));
+  std::string frozen_said;
   for (;;) {
     auto reply = (*client)->Receive();
     if (!reply && reply.error().code() == EINTR) continue;
@@ -68,11 +70,18 @@ Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& o
     if (reply->kind == proto::kReplyQuiesced && hooks.on_quiesced) {
       STASIS_RETURN_IF_ERROR(hooks.on_quiesced());  // hanging up aborts: nothing is frozen
       next.op = proto::Op::kProceed;
+    } else if (reply->kind == proto::kReplyFrozen && hooks.on_frozen) {
+      frozen_said = reply->message;
+      STASIS_RETURN_IF_ERROR(hooks.on_frozen());  // hanging up aborts: the tree resumes
+      next.op = proto::Op::kProceed;
     } else if (reply->kind == proto::kReplyWritten) {
       STASIS_RETURN_IF_ERROR(hooks.on_written(reply->bytes, reply->crc32c));  // hang-up resumes
       next.op = proto::Op::kCommit;
     } else {
-      return StatsFromReply(*reply);
+      core::CheckpointStats stats = StatsFromReply(*reply);
+      stats.snapshot = frozen_said == "snapshot";
+      if (frozen_said.rfind("no snapshot: ", 0) == 0) stats.snapshot_note = frozen_said.substr(13);
+      return stats;
     }
     STASIS_RETURN_IF_ERROR((*client)->Send(next));
   }
@@ -124,6 +133,8 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   Result<core::CheckpointStats> stats = Status::Ok();
   if (!req.daemon_socket.empty()) {
     HeldHooks hooks;
+    // One node: nobody else to wait for before the tree runs on.
+    if (opt.snapshot) hooks.on_frozen = []() { return Status::Ok(); };
     hooks.on_written = [&](uint64_t bytes, uint32_t crc32c) {
       format::ManifestFile file;
       file.name = store::EpochWriter::NodeFileName(opt.node_index);

@@ -46,8 +46,11 @@ core::CheckpointStats StatsFromReply(const format::proto::Reply& reply);
 // is durable and must make the epoch durable (the MANIFEST). Either failing
 // hangs up: stasisd resumes the processes untouched. Otherwise the commit
 // is sent and stasisd's final statistics returned.
+// `on_frozen` (set: the snapshot flag) runs once the processes are frozen
+// and captured, before they may run again while their pages are written.
 struct HeldHooks {
   std::function<Status()> on_quiesced;
+  std::function<Status()> on_frozen;
   std::function<Status(uint64_t bytes, uint32_t crc32c)> on_written;
 };
 Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& opt,

@@ -1733,9 +1733,14 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   // With a snapshot the tree runs again as soon as the shared objects are
   // written; its pages are then read from the snapshots.
   std::function<Status()> release_early;
-  if (options.snapshot && options.after == AfterCheckpoint::kContinue && !cap.kernel_backend()) {
+  const bool may_snapshot =
+      options.snapshot && options.after == AfterCheckpoint::kContinue && !cap.kernel_backend();
+  if (may_snapshot || options.before_release) {
     release_early = [&]() -> Status {
-      if (!cap.Snapshot(&stats.snapshot_note)) return Status::Ok();
+      const bool snap = may_snapshot && cap.Snapshot(&stats.snapshot_note);
+      if (options.before_release)
+        STASIS_RETURN_IF_ERROR(options.before_release(snap, stats.snapshot_note));
+      if (!snap) return Status::Ok();
       stats.snapshot = true;
       Status s = cap.Release(AfterCheckpoint::kContinue);
       stats.pause_seconds = SecondsSince(t1);

@@ -106,6 +106,12 @@ struct CheckpointOptions {
   // has private memory a fork does not copy (then: frozen throughout, and
   // CheckpointStats::snapshot_note says why).
   bool snapshot = true;
+  // Called once everything is captured (and snapshotted, when it could be)
+  // and before the tree may run again (a multi-node epoch's second barrier:
+  // no node runs on before every node is frozen). Called whether or not a
+  // snapshot was taken (`snapshot`; else `why_not`, empty when none was
+  // asked for); an error aborts (the tree resumes untouched).
+  std::function<Status(bool snapshot, const std::string& why_not)> before_release;
 };
 
 struct CheckpointStats {

@@ -250,6 +250,18 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
       return AskAndWait(&hold, quiesced, proto::Op::kProceed);
     };
   }
+  if (req.flags & proto::kFlagSnapshot) {
+    opt.before_release = [&hold, &task](bool snapshot, const std::string& why_not) {
+      proto::Reply frozen;
+      frozen.kind = proto::kReplyFrozen;
+      frozen.request_id = task.id;
+      // The client reports which: "snapshot" or "no snapshot: why".
+      frozen.message = snapshot          ? "snapshot"
+                       : why_not.empty() ? "no snapshot"
+                                         : "no snapshot: " + why_not;
+      return AskAndWait(&hold, frozen, proto::Op::kProceed);
+    };
+  }
   return core::Checkpoint(opt, &limited, WaitForCommit, &hold);
 }
 
@@ -288,10 +300,12 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   Result<core::CheckpointStats> stats = Status::Error(EIO, "not run");
   std::string dest;
   if (req.flags & proto::kFlagHold) {
-    // Held: part of an epoch across nodes. The tree stays frozen until the
-    // coordinator commits, so no node runs past the cut before every node
-    // is frozen (a snapshot would let it run on after its own).
-    opt.snapshot = false;
+    // Held: part of an epoch across nodes. With kFlagSnapshot the client
+    // answers kReplyFrozen once every node is frozen, and the tree runs on
+    // while its pages are written; without it, it stays frozen until the
+    // coordinator commits (no node may run past the cut before every node
+    // is frozen).
+    opt.snapshot = req.flags & proto::kFlagSnapshot;
     stats = HeldCheckpoint(config, task, opt, deadline);
     dest = opt.dest.empty() ? "the client's node file" : opt.dest;
   } else if (req.attached & proto::kAttachDest) {

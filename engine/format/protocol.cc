@@ -217,6 +217,8 @@ Status CheckRequest(const Request& r) {
       if ((r.attached & kAttachDest) && !r.path.empty()) return Status::Corrupt("checkpoint: both a destination path and an fd");
       if (!r.relocate.empty()) return Status::Corrupt("checkpoint: relocations are for restart");
       if (r.flags & kFlagNode) return Status::Corrupt("checkpoint: a node index is for restart");
+      if ((r.flags & kFlagSnapshot) && !(r.flags & kFlagHold))
+        return Status::Corrupt("checkpoint: the snapshot flag needs the hold flag");
       if ((r.flags & kFlagBarrier) && !(r.flags & kFlagHold))
         return Status::Corrupt("checkpoint: a barrier is for held checkpoints");
       if ((r.flags & kFlagHold) && !(r.attached & kAttachDest))

@@ -65,7 +65,13 @@ inline constexpr uint32_t kFlagHold = 1u << 7;
 // is frozen, reply kReplyQuiesced and wait for kProceed (a multi-node epoch
 // freezes no node before every node is quiesced); a hang-up aborts.
 inline constexpr uint32_t kFlagBarrier = 1u << 8;
-inline constexpr uint32_t kKnownFlags = (1u << 9) - 1;
+// with kFlagHold: once the processes are frozen and captured (and, when they
+// continue, snapshotted copy-on-write), reply kReplyFrozen and wait for
+// kProceed; only then may they run again while their pages are written. A
+// multi-node epoch lets no node run on before every node is frozen. Sent
+// whether a snapshot could be taken or not; a hang-up aborts.
+inline constexpr uint32_t kFlagSnapshot = 1u << 9;
+inline constexpr uint32_t kKnownFlags = (1u << 10) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there
@@ -141,6 +147,7 @@ inline constexpr uint32_t kReplyStarted = 2;  // restart: the tree runs (root_pi
 inline constexpr uint32_t kReplyExited = 3;   // restart: the root ended (exit_status)
 inline constexpr uint32_t kReplyWritten = 4;  // held checkpoint: durable (bytes, crc32c); send kCommit
 inline constexpr uint32_t kReplyQuiesced = 5;  // kFlagBarrier: callbacks done, nothing frozen; send kProceed
+inline constexpr uint32_t kReplyFrozen = 6;    // kFlagSnapshot: frozen and snapshotted; send kProceed
 
 inline constexpr size_t kMaxListed = 1024;
 
