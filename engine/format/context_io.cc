@@ -255,19 +255,24 @@ Status ContextWriter::BeginPages(const PageOwner& owner, const std::vector<PageR
   return Status::Ok();
 }
 
-Status ContextWriter::AppendPageData(const void* data, size_t n) {
+// Inside BeginPages/EndPages and within the runs' bytes.
+Status ContextWriter::CheckAppend(size_t n, const char* what) {
   State& st = *state_;
   if (!st.failed.ok()) return st.failed;
-  if (!st.in_pages) {
-    return st.Refuse(SectionType::kPages,
-                     Status::Error(EINVAL, "AppendPageData without BeginPages"));
-  }
+  if (!st.in_pages)
+    return st.Refuse(SectionType::kPages, Status::Error(EINVAL, std::string(what) + " without BeginPages"));
   if (n > st.pages_left) {
-    return st.Refuse(
-        SectionType::kPages,
-        Status::Error(EINVAL, "AppendPageData of " + std::to_string(n) + " bytes, only " +
-                                  std::to_string(st.pages_left) + " left in the runs"));
+    return st.Refuse(SectionType::kPages,
+                     Status::Error(EINVAL, std::string(what) + " of " + std::to_string(n) +
+                                               " bytes, only " + std::to_string(st.pages_left) +
+                                               " left in the runs"));
   }
+  return Status::Ok();
+}
+
+Status ContextWriter::AppendPageData(const void* data, size_t n) {
+  State& st = *state_;
+  STASIS_RETURN_IF_ERROR(CheckAppend(n, "AppendPageData"));
   STASIS_RETURN_IF_ERROR(st.Write(data, n));
   st.pages_crc = Crc32c(st.pages_crc, data, n);
   st.pages_left -= n;
@@ -277,17 +282,8 @@ Status ContextWriter::AppendPageData(const void* data, size_t n) {
 
 Status ContextWriter::AppendBorrowedPageData(char* buffer, size_t n) {
   State& st = *state_;
-  if (!st.failed.ok()) return st.failed;
-  if (!st.in_pages) {
-    return st.Refuse(SectionType::kPages,
-                     Status::Error(EINVAL, "AppendBorrowedPageData without BeginPages"));
-  }
-  if (n > st.pages_left) {
-    return st.Refuse(
-        SectionType::kPages,
-        Status::Error(EINVAL, "AppendBorrowedPageData of " + std::to_string(n) + " bytes, only " +
-                                  std::to_string(st.pages_left) + " left in the runs"));
-  }
+  STASIS_RETURN_IF_ERROR(CheckAppend(n, "AppendBorrowedPageData"));
+  // Checksummed before the sink owns the buffer again.
   st.pages_crc = Crc32c(st.pages_crc, buffer, n);
   Status s = st.sink->WriteBorrowed(buffer, n);
   if (!s.ok()) return st.Fail(s);

@@ -89,6 +89,8 @@ class ContextWriter {
 
  private:
   struct State;
+  // The checks of every page data append (`what` names the call).
+  Status CheckAppend(size_t n, const char* what);
   std::unique_ptr<State> state_;
 };
 

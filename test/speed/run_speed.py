@@ -60,6 +60,23 @@ def last_gen(path):
     return int(gens[-1]) if gens else 0
 
 
+def restart_rewriter(work, out, options):
+    """Restarts work/ctx with DIR/check present: the restored rewriter checks
+    its memory at once. Returns the pass it resumed in."""
+    time.sleep(0.1)
+    open(os.path.join(work, "check"), "w").close()
+    rs = subprocess.run([os.path.join(CLI, "cr_restart")] + options + [os.path.join(work, "ctx")],
+                        capture_output=True, text=True, timeout=120)
+    # Its stdout is the original's file, reopened at its offset.
+    text = open(out).read()
+    m = re.search(r"^(PASS|FAIL) gen (\d+) cursor (\d+).*$", text, re.M)
+    if m:
+        print("restarted program: " + m.group(0))
+    if rs.returncode != 0 or not m or m.group(1) != "PASS":
+        fail(f"the restarted program (exit {rs.returncode}): {text[-300:].strip()} {rs.stderr.strip()}")
+    return int(m.group(2))
+
+
 def rewriter_case(work, dontfork):
     out = os.path.join(work, "orig.out")
     argv = [REWRITER, "64", work] + (["dontfork"] if dontfork else [])
@@ -106,19 +123,7 @@ def rewriter_case(work, dontfork):
     finally:
         os.killpg(prog.pid, signal.SIGKILL)
         prog.wait()
-    time.sleep(0.1)
-    # The restarted program finds DIR/check at once and checks its memory.
-    open(os.path.join(work, "check"), "w").close()
-    rs = subprocess.run([os.path.join(CLI, "cr_restart"), "--no-restore-pid",
-                         os.path.join(work, "ctx")], capture_output=True, text=True, timeout=120)
-    # Its stdout is the original's file, reopened at its offset.
-    text = open(out).read()
-    m = re.search(r"^(PASS|FAIL) gen (\d+) cursor (\d+).*$", text, re.M)
-    if m:
-        print("restarted program: " + m.group(0))
-    if rs.returncode != 0 or not m or m.group(1) != "PASS":
-        fail(f"the restarted program (exit {rs.returncode}): {text[-300:].strip()} {rs.stderr.strip()}")
-    gen = int(m.group(2))
+    gen = restart_rewriter(work, out, ["--no-restore-pid"])
     # It resumed inside pass g0+1 or g0+2 (the freeze came right after g0
     # was printed), never in a pass the original reached during the write.
     if not g0 <= gen <= g0 + 2:
@@ -166,15 +171,7 @@ def killed_case(work):
     finally:
         os.killpg(prog.pid, signal.SIGKILL)
         prog.wait()
-    time.sleep(0.1)
-    open(os.path.join(work, "check"), "w").close()
-    rs = subprocess.run([os.path.join(CLI, "cr_restart"), os.path.join(work, "ctx")],
-                        capture_output=True, text=True, timeout=120)
-    text = open(out).read()
-    m = re.search(r"^(PASS|FAIL) gen (\d+) cursor (\d+).*$", text, re.M)
-    if rs.returncode != 0 or not m or m.group(1) != "PASS":
-        fail(f"the restarted program (exit {rs.returncode}): {text[-300:].strip()} {rs.stderr.strip()}")
-    print("restarted program: " + m.group(0))
+    restart_rewriter(work, out, [])
 
 
 def halfzero_case(work):
