@@ -37,17 +37,6 @@ void WaitFor(volatile uint32_t* p, uint32_t seen, int ms) {
   ::syscall(SYS_futex, p, FUTEX_WAIT, seen, &ts, nullptr, 0);
 }
 
-// The pid a process sees for itself (last NSpid field).
-pid_t InnermostPid(pid_t pid) {
-  auto status = ReadFileToString("/proc/" + std::to_string(pid) + "/status");
-  if (!status) return 0;
-  auto field = StatusField(*status, "NSpid");
-  if (!field) return pid;
-  size_t last = field->find_last_of(" \t");
-  std::string tail = last == std::string::npos ? *field : field->substr(last + 1);
-  return static_cast<pid_t>(std::strtol(tail.c_str(), nullptr, 10));
-}
-
 std::string CodeName(int code) {
   switch (code) {
     case CR_ETEMPFAIL: return "CR_ETEMPFAIL";

@@ -90,6 +90,7 @@ struct ProcState {
   KernelTask kernel;  // what /dev/stasis gave, with the kernel backend
   // The copy-on-write snapshot the pages are read from (Snapshot), or 0.
   pid_t snap = 0;
+  pid_t snap_seen = 0;  // its pid as the process sees it (a tree may live in its own pid namespace)
   ProcessMemory snap_mem;
 };
 
@@ -249,7 +250,7 @@ Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t 
         for (pid_t k : *kids) {
           if (k == Self()) continue;
           if (IsLeftoverSnapshot(k, queue[i])) {  // not part of the program
-            leftovers_[queue[i]].push_back(k);
+            leftovers_[queue[i]].push_back(InnermostPid(k));
             continue;
           }
           queue.push_back(k);
@@ -1562,6 +1563,7 @@ bool Capturer::Snapshot(std::string* why_not) {
       return false;
     }
     p->snap = child;
+    p->snap_seen = InnermostPid(child);
     // Its first stop (PTRACE_EVENT_STOP for a seized parent); from there it
     // dies with us.
     auto first = WaitThread(child);
@@ -1602,6 +1604,7 @@ void Capturer::EndSnapshots() {
   for (auto& p : procs_) {
     if (!p->snap) continue;
     const pid_t child = p->snap;
+    const pid_t seen = p->snap_seen > 0 ? p->snap_seen : child;
     p->snap = 0;
     p->snap_mem = ProcessMemory();
     ::kill(child, SIGKILL);
@@ -1621,14 +1624,14 @@ void Capturer::EndSnapshots() {
         (void)t.Detach(0);
         continue;
       }
-      (void)t.Syscall(p->syscall_insn, SYS_wait4, static_cast<uint64_t>(child), 0, __WALL, 0);
+      (void)t.Syscall(p->syscall_insn, SYS_wait4, static_cast<uint64_t>(seen), 0, __WALL, 0);
       int sig = stopped ? SIGSTOP : 0;
       const StopInfo& first = t.first_stop();
       if (first.kind == StopInfo::kSignal && first.signal != SIGSTOP && first.signal != SIGTRAP)
         sig = first.signal;
       (void)t.RestoreAndDetach(sig);
     } else if (!p->threads.empty()) {
-      (void)Inject(p.get(), p->threads[0].get(), SYS_wait4, static_cast<uint64_t>(child), 0, __WALL, 0);
+      (void)Inject(p.get(), p->threads[0].get(), SYS_wait4, static_cast<uint64_t>(seen), 0, __WALL, 0);
     }
   }
 }

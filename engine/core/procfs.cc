@@ -120,6 +120,16 @@ Result<ProcStat> ReadStat(pid_t pid) {
   return ParseStat(text);
 }
 
+pid_t InnermostPid(pid_t pid) {
+  auto status = ReadFileToString("/proc/" + std::to_string(pid) + "/status");
+  if (!status) return 0;
+  auto field = StatusField(*status, "NSpid");
+  if (!field) return pid;
+  size_t last = field->find_last_of(" \t");
+  std::string tail = last == std::string::npos ? *field : field->substr(last + 1);
+  return static_cast<pid_t>(std::strtol(tail.c_str(), nullptr, 10));
+}
+
 Result<ProcStat> ReadThreadStat(pid_t pid, pid_t tid) {
   STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString("/proc/" + std::to_string(pid) +
                                                              "/task/" + std::to_string(tid) +

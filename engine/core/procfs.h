@@ -48,6 +48,8 @@ struct ProcStat {
 };
 Result<ProcStat> ParseStat(const std::string& text);
 Result<ProcStat> ReadStat(pid_t pid);
+// The pid a process sees for itself (the last NSpid field; 0 if gone).
+pid_t InnermostPid(pid_t pid);
 Result<ProcStat> ReadThreadStat(pid_t pid, pid_t tid);
 
 // "Key:\tvalue" lines of /proc/PID/status.

@@ -14,6 +14,9 @@ tools. Usage: run_speed.py BUILD_DIR CASE
               program runs on, its dead snapshot is left as a zombie child;
               the next checkpoint leaves that zombie out of the tree and has
               it reaped, and its restart is exact.
+  pidns       a tree restarted in a pid namespace of its own (its pid was
+              taken) is checkpointed with a snapshot: the snapshot is reaped
+              by the pid the process sees, so no child is left (root only).
   halfzero    a process with half of its pages zero gives a context of about
               half its memory; restarted, it checks every byte.
   bench       bench/checkpoint.py --small: every workload still runs and every
@@ -174,6 +177,57 @@ def killed_case(work):
     restart_rewriter(work, out, [])
 
 
+def pidns_case(work):
+    if os.geteuid() != 0:
+        skip("a restart into a pid namespace of its own needs root")
+    out = os.path.join(work, "orig.out")
+    prog = subprocess.Popen([REWRITER, "16", work], stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    rs = None
+    try:
+        wait_for(lambda: last_gen(out) >= 2, 60, "two passes")
+        ck = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "-f", os.path.join(work, "ctx"), str(prog.pid)],
+                            capture_output=True, text=True)
+        if ck.returncode != 0:
+            fail("cr_checkpoint: " + ck.stderr.strip())
+        # The original still runs: its pid is taken, so the copy gets a pid
+        # namespace of its own.
+        err = open(os.path.join(work, "restart.err"), "w")
+        rs = subprocess.Popen([os.path.join(CLI, "cr_restart"), "-v", os.path.join(work, "ctx")],
+                              stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+        wait_for(lambda: "restored" in open(os.path.join(work, "restart.err")).read(), 60, "the restart")
+        text = open(os.path.join(work, "restart.err")).read()
+        if "new pid namespace" not in text:
+            fail("expected a restart into a new pid namespace: " + text.strip())
+        copy = None
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and int(pid) != prog.pid:
+                try:
+                    status = open(f"/proc/{pid}/status").read()
+                except OSError:
+                    continue
+                m = re.search(r"^NSpid:\s+(\d+)\s+(\d+)$", status, re.M)
+                if m and int(m.group(2)) == prog.pid and "rewriter" in open(f"/proc/{pid}/cmdline").read():
+                    copy = int(pid)
+        if not copy:
+            fail("no restored copy seeing itself as pid %d" % prog.pid)
+        ck2 = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "-v", "-f", os.path.join(work, "ctx2"),
+                              str(copy)], capture_output=True, text=True)
+        print(ck2.stderr.strip())
+        if ck2.returncode != 0 or "written from a snapshot" not in ck2.stderr:
+            fail("checkpoint of the restored copy: " + ck2.stderr.strip())
+        if children(copy):
+            fail(f"the snapshot of the copy in its own pid namespace was not reaped: {children(copy)}")
+        print(f"copy {copy} (pid {prog.pid} in its namespace): checkpointed from a snapshot, no child left")
+    finally:
+        os.killpg(prog.pid, signal.SIGKILL)
+        prog.wait()
+        if rs:
+            os.killpg(rs.pid, signal.SIGKILL)
+            rs.wait()
+
+
 def halfzero_case(work):
     mem = os.path.join(BUILD, "bench", "bench_mem")
     prog = subprocess.Popen([mem, "64M", "halfzero", "1", "private", work], stdout=open(os.path.join(work, "out"), "w"),
@@ -202,7 +256,7 @@ def halfzero_case(work):
 
 
 def main():
-    if CASE not in ("snapshot", "dontfork", "killed", "halfzero", "bench"):
+    if CASE not in ("snapshot", "dontfork", "killed", "pidns", "halfzero", "bench"):
         fail(f"unknown case '{CASE}'")
     if CASE == "bench":
         if os.geteuid() != 0:
@@ -224,6 +278,8 @@ def main():
             halfzero_case(work)
         elif CASE == "killed":
             killed_case(work)
+        elif CASE == "pidns":
+            pidns_case(work)
         else:
             rewriter_case(work, CASE == "dontfork")
     finally:
