@@ -678,7 +678,12 @@ int RunNode(NodeOptions opt) {
     // with the barrier between quiesce and freeze.
     stasis::cli::HeldHooks hooks;
     hooks.on_quiesced = [&meet]() { return meet.Quiesce(true, ""); };
-    hooks.on_frozen = [&meet]() { return meet.Frozen(true, ""); };
+    // With a snapshot the tasks run again as soon as "proceed" is sent.
+    hooks.on_frozen = [&meet, &resumed_at]() {
+      Status s = meet.Frozen(true, "");
+      resumed_at = Now();
+      return s;
+    };
     hooks.on_written = [&](uint64_t bytes, uint32_t crc32c) {
       mine.ok = true;
       mine.size = bytes;
@@ -689,7 +694,7 @@ int RunNode(NodeOptions opt) {
                                              static_cast<uint64_t>(opt.timeout) * 1000, hooks);
     if (st) {
       stats = *st;
-      resumed_at = Now();
+      if (!stats.snapshot || resumed_at == 0) resumed_at = Now();
     } else {
       outcome = st.error();
     }
@@ -703,7 +708,11 @@ int RunNode(NodeOptions opt) {
     } ctx{sink, &mine, &meet};
     copt.after_callbacks = [&meet]() { return meet.Quiesce(true, ""); };
     // As through stasisd: every node frozen before any runs on.
-    copt.before_release = [&meet](bool, const std::string&) { return meet.Frozen(true, ""); };
+    copt.before_release = [&meet, &resumed_at](bool snapshot, const std::string&) {
+      Status s = meet.Frozen(true, "");
+      if (snapshot) resumed_at = Now();
+      return s;
+    };
     auto st = core::Checkpoint(
         copt, sink,
         [](void* arg) -> Status {
@@ -718,7 +727,7 @@ int RunNode(NodeOptions opt) {
         &ctx);
     if (st) {
       stats = *st;
-      resumed_at = Now();
+      if (!stats.snapshot || resumed_at == 0) resumed_at = Now();
     } else {
       outcome = st.error();
     }
