@@ -38,6 +38,8 @@ core::CheckpointStats StatsFromReply(const format::proto::Reply& reply) {
   stats.pause_seconds = reply.pause_us / 1e6;
   stats.total_seconds = reply.total_us / 1e6;
   stats.callbacks_seconds = reply.callbacks_us / 1e6;
+  stats.snapshot = reply.snapshot != 0;
+  stats.snapshot_note = reply.snapshot_note;
   for (uint32_t p : reply.pids) stats.pids.push_back(static_cast<pid_t>(p));
   return stats;
 }
@@ -59,7 +61,6 @@ Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& o
   auto client = daemon::Client::Connect(socket);
   if (!client) return client.error();
   STASIS_RETURN_IF_ERROR((*client)->Send(r, {node_fd}));
-  std::string frozen_said;
   for (;;) {
     auto reply = (*client)->Receive();
     if (!reply && reply.error().code() == EINTR) continue;
@@ -71,17 +72,13 @@ Result<core::CheckpointStats> HeldThroughDaemon(const core::CheckpointOptions& o
       STASIS_RETURN_IF_ERROR(hooks.on_quiesced());  // hanging up aborts: nothing is frozen
       next.op = proto::Op::kProceed;
     } else if (reply->kind == proto::kReplyFrozen && hooks.on_frozen) {
-      frozen_said = reply->message;
       STASIS_RETURN_IF_ERROR(hooks.on_frozen());  // hanging up aborts: the tree resumes
       next.op = proto::Op::kProceed;
     } else if (reply->kind == proto::kReplyWritten) {
       STASIS_RETURN_IF_ERROR(hooks.on_written(reply->bytes, reply->crc32c));  // hang-up resumes
       next.op = proto::Op::kCommit;
     } else {
-      core::CheckpointStats stats = StatsFromReply(*reply);
-      stats.snapshot = frozen_said == "snapshot";
-      if (frozen_said.rfind("no snapshot: ", 0) == 0) stats.snapshot_note = frozen_said.substr(13);
-      return stats;
+      return StatsFromReply(*reply);
     }
     STASIS_RETURN_IF_ERROR((*client)->Send(next));
   }

@@ -255,10 +255,10 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
       proto::Reply frozen;
       frozen.kind = proto::kReplyFrozen;
       frozen.request_id = task.id;
-      // The client reports which: "snapshot" or "no snapshot: why".
-      frozen.message = snapshot          ? "snapshot"
-                       : why_not.empty() ? "no snapshot"
-                                         : "no snapshot: " + why_not;
+      // (The final reply's snapshot fields say it to the client.)
+      frozen.message = snapshot          ? "frozen, snapshot taken; waiting to proceed"
+                       : why_not.empty() ? "frozen; waiting to proceed"
+                                         : "frozen, no snapshot (" + why_not + "); waiting to proceed";
       return AskAndWait(&hold, frozen, proto::Op::kProceed);
     };
   }
@@ -339,6 +339,8 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   r.pause_us = static_cast<uint64_t>(stats->pause_seconds * 1e6);
   r.total_us = static_cast<uint64_t>(stats->total_seconds * 1e6);
   r.callbacks_us = static_cast<uint64_t>(stats->callbacks_seconds * 1e6);
+  r.snapshot = stats->snapshot ? 1 : 0;
+  r.snapshot_note = stats->snapshot_note;
   for (pid_t p : stats->pids) r.pids.push_back(static_cast<uint32_t>(p));
   return r;
 }

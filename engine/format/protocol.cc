@@ -30,7 +30,7 @@ inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kPro
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
                           kServer = 15, kPids = 16, kRequests = 17, kFiles = 18,
-                          kCrc32c = 19;
+                          kCrc32c = 19, kSnapshot = 20, kSnapshotNote = 21;
 inline constexpr uint32_t kInfoId = 1, kInfoOp = 2, kInfoState = 3, kInfoUid = 4,
                           kInfoClientPid = 5, kInfoTarget = 6, kInfoCode = 7, kInfoBytes = 8,
                           kInfoElapsed = 9, kInfoPath = 10, kInfoMessage = 11;
@@ -124,6 +124,8 @@ void Fields(V& v, S& m) {
   v.RepeatedMessage(t::kRequests, "requests", m.requests, proto::kMaxListed);
   v.RepeatedMessage(t::kFiles, "files", m.files, proto::kMaxListed);
   v.U32(t::kCrc32c, "crc32c", m.crc32c);
+  v.U32(t::kSnapshot, "snapshot", m.snapshot);
+  v.Text(t::kSnapshotNote, "snapshot_note", m.snapshot_note, proto::kMaxMessageText);
 }
 
 }  // namespace stasis::format::internal

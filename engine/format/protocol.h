@@ -167,6 +167,9 @@ struct Reply {
   std::vector<RequestInfo> requests;
   std::vector<FileEntry> files;
   uint32_t crc32c = 0;      // kReplyWritten: of the whole context written
+  // checkpoint: pages written from copy-on-write snapshots (1), or why not
+  uint32_t snapshot = 0;
+  std::string snapshot_note;
   bool operator==(const Reply&) const = default;
 };
 

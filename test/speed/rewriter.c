@@ -26,22 +26,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { kPage = 4096, kWords = kPage / 8 };
+#include "zdtm.h" /* zdtm_mix64 only: this program speaks its own protocol */
 
-static uint64_t Mix(uint64_t x) {
-  x ^= x >> 31;
-  x *= 0x7fb5d329728ea185ULL;
-  x ^= x >> 27;
-  x *= 0x81dadef4bc2dd44dULL;
-  x ^= x >> 33;
-  return x;
-}
+enum { kPage = 4096, kWords = kPage / 8 };
 
 static void Fill(uint64_t *page, uint64_t gen, uint64_t index) {
   page[0] = gen;
   page[1] = index;
-  uint64_t x = Mix(gen * 1000003 + index);
-  for (int w = 2; w < kWords; ++w) page[w] = x = Mix(x + (uint64_t)w);
+  uint64_t x = zdtm_mix64(gen * 1000003 + index);
+  for (int w = 2; w < kWords; ++w) page[w] = x = zdtm_mix64(x + (uint64_t)w);
 }
 
 static int Matches(const uint64_t *page, uint64_t gen, uint64_t index) {

@@ -62,6 +62,8 @@ Reply FullReply() {
   r.server = "stasisd 0.1.0 protocol 1";
   r.pids = {555, 556};
   r.crc32c = 0xdeadbeef;
+  r.snapshot = 1;
+  r.snapshot_note = "pid 7 has private memory a fork does not copy";
   RequestInfo i;
   i.id = 5;
   i.op = 2;
