@@ -58,6 +58,9 @@
 #define STASIS_AGENT_REQ_DONE 2u
 #define STASIS_AGENT_REQ_RESTARTED 3u
 
+/* request_flags */
+#define STASIS_AGENT_RQ_FINAL 0x1u /* the job is about to end (preemption, time limit) */
+
 #define STASIS_AGENT_MAX_FORWARD 32u
 
 struct stasis_agent_forward {
@@ -99,6 +102,13 @@ struct stasis_agent_block {
   char req_msg[1024];     /* the helper's error message, if any */
   char dest[4096];        /* path of the context file being written */
   char restart_src[2560]; /* path of the context file restored from */
+
+  /* Later additions: zero in the blocks of older agents. */
+  uint64_t environ_addr;  /* &environ in the process: a restorer that gives it
+                             a new Slurm step's variables rewrites that array
+                             too (setenv moved it off the stack) */
+  uint32_t request_flags; /* checkpointer -> agent: STASIS_AGENT_RQ_* */
+  uint32_t reserved2;
 };
 
 #if defined(__cplusplus)

@@ -192,6 +192,7 @@ static int block_create(uint32_t flags) {
   b->pid = getpid();
   b->flags = flags;
   b->signum = (uint32_t)g_signum;
+  b->environ_addr = (uint64_t)(uintptr_t)&environ;
   if (g_blk) munmap(g_blk, STASIS_AGENT_BLOCK_SIZE);
   if (g_blk_fd >= 0 && g_blk_fd != fd) {
     /* Keep the old number so the layout of fds stays the same. */
@@ -555,6 +556,10 @@ __attribute__((constructor)) static void libcr_load(void) {
     g_signum = choose_signal();
     block_create(STASIS_AGENT_F_OMIT);
   }
+}
+
+EXPORT unsigned stasis_agent_request_flags(void) {
+  return g_blk ? __atomic_load_n(&g_blk->request_flags, __ATOMIC_ACQUIRE) : 0;
 }
 
 EXPORT int stasis_agent_set_omit(unsigned flags) {

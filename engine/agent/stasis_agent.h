@@ -12,6 +12,11 @@ extern "C" {
  * --omit-always/--omit-maybe. Returns 0, or -1 with errno. */
 int stasis_agent_set_omit(unsigned flags);
 
+/* The flags of the checkpoint request being handled (STASIS_AGENT_RQ_*
+ * of agent_abi.h: STASIS_AGENT_RQ_FINAL = the job is about to end), for a
+ * callback that wants to know; 0 outside a request. */
+unsigned stasis_agent_request_flags(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -107,7 +107,9 @@ void Show(const std::string& file, const format::Context& ctx) {
       std::printf("      %3d %-7s %s pos %llu%s%s\n", f.fd, FileKindName(f.kind), f.path.c_str(),
                   static_cast<unsigned long long>(f.pos),
                   (f.fd_flags & format::kFdCloexec) ? " cloexec" : "",
-                  (f.fd_flags & format::kFdOutside) ? " (outside: reattached to stdio)" : "");
+                  !(f.fd_flags & format::kFdOutside)           ? ""
+                  : f.kind == format::kFileUnixSocket ? " (led outside: restored closed)"
+                                                      : " (outside: reattached to stdio)");
     }
   }
 }

@@ -143,6 +143,7 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
     b->target = request_.target;
     b->scope = BlcrScope(request_.scope);
     b->signal = request_.signal;
+    Store(&b->request_flags, request_.final ? STASIS_AGENT_RQ_FINAL : 0u);
     std::snprintf(b->dest, sizeof b->dest, "%s", request_.dest.c_str());
     b->cmd_code = 0;
     b->state_code = 0;
@@ -253,6 +254,14 @@ Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t reques
   b.restart_requester = requester;
   std::snprintf(b.restart_src, sizeof b.restart_src, "%s", source.c_str());
   return mem->Write(start, &b, sizeof b);
+}
+
+uint64_t AgentEnvironAddress(ProcessMemory* mem, uint64_t start) {
+  stasis_agent_block b;
+  if (!mem->Read(start, &b, sizeof b).ok() || b.magic != STASIS_AGENT_MAGIC ||
+      b.version != STASIS_AGENT_VERSION)
+    return 0;
+  return b.environ_addr;
 }
 
 }  // namespace stasis::core

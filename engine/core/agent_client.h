@@ -28,6 +28,7 @@ struct AgentRequest {
   int signal = 0;          // sent after the checkpoint, 0 if none
   std::string dest;        // context file path, for cr_get_checkpoint_info
   double timeout_seconds = 0;  // for the callbacks; 0 = unbounded (BLCR)
+  bool final = false;          // the job is about to end (STASIS_AGENT_RQ_FINAL)
 };
 
 class AgentSession {
@@ -66,6 +67,10 @@ class AgentSession {
 // restarted, by `requester` from `source`.
 Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t requester,
                      const std::string& source);
+
+// Where the process behind the agent block at `start` keeps `environ`
+// (0 if unknown: an older agent, not a block).
+uint64_t AgentEnvironAddress(ProcessMemory* mem, uint64_t start);
 
 // For `cr_checkpoint --libcr-request`: writes the outcome of libcr's
 // cr_request_checkpoint() (0 or a positive error code, and a message) into

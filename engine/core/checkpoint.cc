@@ -879,10 +879,23 @@ Status Capturer::CaptureFiles(ProcState* p) {
         unix_ = std::move(table);
       }
       auto it = unix_->find(static_cast<uint64_t>(st.st_ino));
-      if (it == unix_->end())
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + link +
-                                          " is not a UNIX socket (network sockets are not "
-                                          "supported yet)");
+      if (it == unix_->end()) {
+        // A network socket leads outside by nature (slurmstepd's PMIx
+        // listener, which every `srun --mpi=pmix` task inherits, is one).
+        NetSocketInfo net;
+        bool known = FindNetSocket(p->pid, static_cast<uint64_t>(st.st_ino), &net);
+        std::string what = known ? net.text + " socket" : link + " (not a UNIX, TCP or UDP socket)";
+        if (!known || !options_.close_outside_sockets)
+          return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + what +
+                                            " leads outside the checkpoint" +
+                                            (known ? "; --close-sockets saves it as closed" : ""));
+        f.kind = format::kFileUnixSocket;
+        f.sock_type = net.type;
+        f.sock_state = 7;  // comes back as a socket whose peer has closed
+        f.sock_inode = static_cast<uint64_t>(st.st_ino);
+        f.fd_flags |= format::kFdOutside;
+        f.path = net.text;
+      } else {
       const UnixSocketInfo& u = it->second;
       f.kind = format::kFileUnixSocket;
       f.sock_type = u.type;
@@ -895,6 +908,7 @@ Status Capturer::CaptureFiles(ProcState* p) {
                                         (u.name.empty() ? link : u.name) + " has " +
                                         std::to_string(u.rqueue) +
                                         " connection(s) waiting to be accepted; retry");
+      }
     } else if (link == "anon_inode:[eventpoll]") {
       f.kind = format::kFileEpoll;
       STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
@@ -1417,7 +1431,7 @@ Status Capturer::ClassifySockets() {
       if (f.kind == format::kFileUnixSocket) inside.insert(f.sock_inode);
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
-      if (f.kind != format::kFileUnixSocket) continue;
+      if (f.kind != format::kFileUnixSocket || (f.fd_flags & format::kFdOutside)) continue;
       if (f.peer_id && !inside.count(f.peer_id) && options_.close_outside_sockets) {
         f.fd_flags |= format::kFdOutside;
         f.peer_id = 0;

@@ -127,7 +127,7 @@ class Restorer {
   Status RestoreFiles(RProc* p);
   Result<int> RestorerFdFor(const RProc* p, const FileDesc& f);
   Status MatchTasks(const format::ProcessTree& tree);
-  Status RewriteEnvironment(RProc* p);
+  Status RewriteEnvironment(RProc* p, uint64_t environ_addr);
   Result<UniqueFd> MakeSocket(const FileDesc& f);
   Status CreateThreads(RProc* p);
   Status CreateSharedMemory(const format::SharedMemory& shm);
@@ -837,6 +837,15 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
       return Status::FromErrno(errno, "create closed socket for " + what);
     mine.reset(sv[0]);
     UniqueFd gone(sv[1]);
+  } else if (f.sock_state == 1 && type != SOCK_DGRAM && !f.peer_id) {
+    // Connected, and its peer has closed (sock_diag names no peer): a
+    // socketpair whose other end holds what was still queued, then closes.
+    int sv[2];
+    if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) != 0)
+      return Status::FromErrno(errno, "create socket for " + what);
+    mine.reset(sv[0]);
+    UniqueFd gone(sv[1]);
+    if (!f.data.empty()) STASIS_RETURN_IF_ERROR(Refill(gone.get(), f.data, nullptr, 0));
   } else if (f.peer_id) {
     // A connected pair inside the checkpoint: one socketpair for both ends.
     auto it = sockets_.find(f.sock_inode);
@@ -1262,34 +1271,54 @@ Status Restorer::MakeZombie(RProc* p) {
 // environment array on the process's stack: exec laid out argc, argv[],
 // NULL, envp[], NULL at mm.start_stack. Each entry whose name is given is
 // pointed at "NAME=value" in a fresh page. Anything that does not look like
-// that layout (the array moved, pointers outside env_start..env_end) is left
-// alone: the program then sees its old values.
-Status Restorer::RewriteEnvironment(RProc* p) {
+// that layout (pointers outside env_start..env_end) is left alone: the
+// program then sees its old values. A process whose libcr agent published
+// where `environ` lives (`environ_addr`, 0 = unknown) gets the array
+// `environ` points to rewritten the same way when setenv() moved it to the
+// heap (a PMIx client's PMIx_Init does): that is the array getenv() reads.
+Status Restorer::RewriteEnvironment(RProc* p, uint64_t environ_addr) {
   const format::MmFields& mm = p->info.mm;
-  uint64_t argc = 0;
-  if (mm.start_stack == 0 || !p->mem.Read(mm.start_stack, &argc, 8).ok() || argc > 65536) return Status::Ok();
   std::string block;
+  std::map<std::string, size_t> placed;                   // name -> offset in block
   std::vector<std::pair<uint64_t, size_t>> patches;  // envp slot, offset in block
-  uint64_t slot = mm.start_stack + 8 * (argc + 2);
-  for (int i = 0; i < 65536; ++i, slot += 8) {
-    uint64_t ptr = 0;
-    if (!p->mem.Read(slot, &ptr, 8).ok()) return Status::Ok();
-    if (ptr == 0) break;
-    if (ptr < mm.env_start || ptr >= mm.env_end) return Status::Ok();
+  // The name of the entry at `ptr`, or "" (not "NAME=...", unreadable).
+  auto name_at = [&](uint64_t ptr, uint64_t limit) -> std::string {
     char name[256];
-    size_t n = static_cast<size_t>(std::min<uint64_t>(sizeof name, mm.env_end - ptr));
-    if (!p->mem.Read(ptr, name, n).ok()) return Status::Ok();
-    const char* eq = static_cast<const char*>(std::memchr(name, '=', n));
-    if (!eq) continue;
-    std::string key(name, static_cast<size_t>(eq - name));
-    for (const auto& [k, v] : p->stdio->env) {
-      if (k != key) continue;
-      patches.emplace_back(slot, block.size());
-      block += k + "=" + v;
-      block.push_back('\0');
-      break;
+    for (size_t want : {sizeof name, size_t{64}, size_t{16}}) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(want, limit - ptr));
+      if (n == 0 || !p->mem.Read(ptr, name, n).ok()) continue;
+      const char* eq = static_cast<const char*>(std::memchr(name, '=', n));
+      return eq ? std::string(name, static_cast<size_t>(eq - name)) : std::string();
     }
+    return std::string();
+  };
+  auto scan = [&](uint64_t slot, bool on_stack) {
+    for (int i = 0; i < 65536; ++i, slot += 8) {
+      uint64_t ptr = 0;
+      if (!p->mem.Read(slot, &ptr, 8).ok() || ptr == 0) return;
+      if (on_stack && (ptr < mm.env_start || ptr >= mm.env_end)) return;
+      std::string key = name_at(ptr, on_stack ? mm.env_end : ptr + 256);
+      if (key.empty()) continue;
+      for (const auto& [k, v] : p->stdio->env) {
+        if (k != key) continue;
+        auto [it, fresh] = placed.emplace(k, block.size());
+        if (fresh) {
+          block += k + "=" + v;
+          block.push_back('\0');
+        }
+        patches.emplace_back(slot, it->second);
+        break;
+      }
+    }
+  };
+  uint64_t argc = 0, stack_envp = 0;
+  if (mm.start_stack != 0 && p->mem.Read(mm.start_stack, &argc, 8).ok() && argc <= 65536) {
+    stack_envp = mm.start_stack + 8 * (argc + 2);
+    scan(stack_envp, true);
   }
+  uint64_t heap_envp = 0;
+  if (environ_addr && p->mem.Read(environ_addr, &heap_envp, 8).ok() && heap_envp && heap_envp != stack_envp)
+    scan(heap_envp, false);
   if (patches.empty()) return Status::Ok();
   const uint64_t len = (block.size() + format::kPageSize - 1) / format::kPageSize * format::kPageSize;
   STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, 0, len, PROT_READ | PROT_WRITE,
@@ -1310,7 +1339,13 @@ Status Restorer::FinishProcess(RProc* p) {
   const format::ProcessInfo& info = p->info;
   if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
     return Status::Corrupt("context holds incomplete state for " + who);
-  if (p->stdio && !p->stdio->env.empty()) STASIS_RETURN_IF_ERROR(RewriteEnvironment(p));
+  if (p->stdio && !p->stdio->env.empty()) {
+    uint64_t environ_addr = 0;
+    for (const Mapping& m : p->mappings)
+      if (m.kind == format::kMapSharedAnon && agent_shm_ids_.count(m.shmem_id))
+        environ_addr = AgentEnvironAddress(&p->mem, m.start);
+    STASIS_RETURN_IF_ERROR(RewriteEnvironment(p, environ_addr));
+  }
   // libcr's agent block: callbacks waiting in cr_checkpoint() return >0.
   for (const Mapping& m : p->mappings)
     if (m.kind == format::kMapSharedAnon && agent_shm_ids_.count(m.shmem_id))

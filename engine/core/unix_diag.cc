@@ -8,7 +8,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <vector>
 
 #include "engine/base/fd.h"
@@ -70,6 +73,66 @@ Result<std::map<uint64_t, UnixSocketInfo>> ReadUnixSockets() {
       out[info.inode] = info;
     }
   }
+}
+
+namespace {
+
+// "0100007F:893B" (IPv4) or 32 hex digits + port (IPv6), as the kernel
+// prints them: each 32-bit word in host byte order.
+std::string NetAddress(const std::string& hex) {
+  size_t colon = hex.find(':');
+  if (colon == std::string::npos) return hex;
+  unsigned port = static_cast<unsigned>(std::strtoul(hex.c_str() + colon + 1, nullptr, 16));
+  std::string ip = hex.substr(0, colon);
+  char buf[96];
+  if (ip.size() == 8) {
+    uint32_t a = static_cast<uint32_t>(std::strtoul(ip.c_str(), nullptr, 16));
+    std::snprintf(buf, sizeof buf, "%u.%u.%u.%u:%u", a & 0xff, (a >> 8) & 0xff, (a >> 16) & 0xff,
+                  a >> 24, port);
+    return buf;
+  }
+  std::string v6;
+  for (size_t w = 0; w + 8 <= ip.size(); w += 8) {
+    uint32_t a = static_cast<uint32_t>(std::strtoul(ip.substr(w, 8).c_str(), nullptr, 16));
+    for (int b = 0; b < 4; b += 2) {
+      std::snprintf(buf, sizeof buf, "%s%x", v6.empty() ? "" : ":",
+                    ((a >> (8 * b)) & 0xff) << 8 | ((a >> (8 * (b + 1))) & 0xff));
+      v6 += buf;
+    }
+  }
+  std::snprintf(buf, sizeof buf, ":%u", port);
+  return "[" + v6 + "]" + buf;
+}
+
+}  // namespace
+
+bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out) {
+  static const struct {
+    const char* file;
+    const char* proto;
+    uint32_t type;
+  } kTables[] = {{"tcp", "TCP", SOCK_STREAM}, {"tcp6", "TCP", SOCK_STREAM},
+                 {"udp", "UDP", SOCK_DGRAM},  {"udp6", "UDP", SOCK_DGRAM}};
+  for (const auto& t : kTables) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + t.file);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream f(line);
+      std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
+      if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino)) continue;
+      if (std::strtoull(ino.c_str(), nullptr, 10) != inode) continue;
+      unsigned state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
+      out->type = t.type;
+      out->text = std::string(t.proto) + " " + NetAddress(local);
+      if (t.type == SOCK_STREAM && state == 10)
+        out->text += " listening";
+      else if (remote.find_first_not_of("0:") != std::string::npos)
+        out->text += " to " + NetAddress(remote);
+      return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace stasis::core

@@ -25,4 +25,13 @@ struct UnixSocketInfo {
 // Every UNIX socket of the caller's network namespace, by inode.
 Result<std::map<uint64_t, UnixSocketInfo>> ReadUnixSockets();
 
+// A TCP or UDP socket (IPv4 or IPv6) of pid's network namespace, found by
+// inode in /proc/PID/net/{tcp,tcp6,udp,udp6}: its type and a description
+// for messages ("TCP 127.0.0.1:35131 listening", "UDP [::1]:53 to ...").
+struct NetSocketInfo {
+  uint32_t type = 0;  // SOCK_STREAM (tcp) or SOCK_DGRAM (udp)
+  std::string text;
+};
+bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out);
+
 }  // namespace stasis::core

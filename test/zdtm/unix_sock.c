@@ -16,7 +16,13 @@
  * unix_backlog: as unix_listen, but the root has not accept()ed the child's
  *               connection (it waits in the backlog with 1000 bytes the child
  *               sent). Check: accept() returns it with the bytes, and a reply
- *               reaches the child. */
+ *               reaches the child.
+ * net_closed:   network sockets, which lead outside a checkpoint by nature
+ *               (checkpointed with --close-sockets): a TCP listener on
+ *               127.0.0.1, a TCP connection to it (both ends, one with
+ *               O_NONBLOCK), a bound UDP socket. Check: each fd is still a
+ *               socket of its type with its FD_CLOEXEC and O_NONBLOCK; the
+ *               connection's ends read EOF at once (their peer is gone). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -267,16 +274,71 @@ static void Listen(int backlog_mode) {
   unlink(addr.sun_path);
 }
 
+static void ExpectClosed(const char *what, int fd, int type, int cloexec, int nonblock) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    zdtm_fail_note("%s: fd %d is not a socket any more (%s)", what, fd, strerror(errno));
+    return;
+  }
+  int t = -1;
+  socklen_t len = sizeof(t);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &t, &len) != 0 || t != type)
+    zdtm_fail_note("%s: SO_TYPE %d, want %d", what, t, type);
+  int fdf = fcntl(fd, F_GETFD), fl = fcntl(fd, F_GETFL);
+  if (!!(fdf & FD_CLOEXEC) != cloexec) zdtm_fail_note("%s: FD_CLOEXEC is %d, want %d", what, !!(fdf & FD_CLOEXEC), cloexec);
+  if (!!(fl & O_NONBLOCK) != nonblock) zdtm_fail_note("%s: O_NONBLOCK is %d, want %d", what, !!(fl & O_NONBLOCK), nonblock);
+}
+
+static void NetClosed(void) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof(a);
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(lfd, 4) != 0 ||
+      getsockname(lfd, (struct sockaddr *)&a, &len) != 0)
+    zdtm_die("TCP listener: %s", strerror(errno));
+  int cfd = socket(AF_INET, SOCK_STREAM, 0);
+  if (cfd < 0 || connect(cfd, (struct sockaddr *)&a, sizeof(a)) != 0) zdtm_die("TCP connect: %s", strerror(errno));
+  int afd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (afd < 0) zdtm_die("accept: %s", strerror(errno));
+  Send(cfd, 100, kSeedP2C, "tcp client->server"); /* queued, lost with the connection */
+  struct sockaddr_in u = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int ufd = socket(AF_INET, SOCK_DGRAM, 0);
+  if (ufd < 0 || bind(ufd, (struct sockaddr *)&u, sizeof(u)) != 0) zdtm_die("UDP socket: %s", strerror(errno));
+  int half[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, half) != 0) zdtm_die("socketpair: %s", strerror(errno));
+  Send(half[1], 500, kSeedC2P, "closed peer->survivor");
+  close(half[1]);
+  zdtm_ready();
+
+  zdtm_wait_check();
+  ExpectClosed("TCP listener", lfd, SOCK_STREAM, 1, 0);
+  ExpectClosed("TCP client", cfd, SOCK_STREAM, 0, 0);
+  ExpectClosed("TCP accepted", afd, SOCK_STREAM, 1, 1);
+  ExpectClosed("UDP socket", ufd, SOCK_DGRAM, 0, 0);
+  struct pollfd p = {.fd = cfd, .events = POLLIN};
+  ssize_t n = poll(&p, 1, 2000) == 1 ? recv(cfd, buf, sizeof(buf), 0) : -2;
+  if (n != 0) zdtm_fail_note("TCP client: recv gives %zd (%s), want 0 (EOF: the peer is gone)", n, n < 0 ? strerror(errno) : "");
+  n = recv(afd, buf, sizeof(buf), 0);
+  if (n != 0) zdtm_fail_note("TCP accepted: recv gives %zd (%s), want 0 (EOF)", n, n < 0 ? strerror(errno) : "");
+  /* A UNIX socket whose peer closed keeps what the peer sent, then EOF. */
+  ExpectSocket("UNIX socket with a closed peer", half[0], SOCK_STREAM);
+  Recv(half[0], 500, kSeedC2P, "closed peer->survivor");
+  n = recv(half[0], buf, sizeof(buf), MSG_DONTWAIT);
+  if (n != 0) zdtm_fail_note("UNIX socket with a closed peer: recv after the data gives %zd, want 0 (EOF)", n);
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "";
   if (strcmp(mode, "socketpair") != 0 && strcmp(mode, "unix_listen") != 0 &&
-      strcmp(mode, "unix_backlog") != 0) {
+      strcmp(mode, "unix_backlog") != 0 && strcmp(mode, "net_closed") != 0) {
     zdtm_init("unix_sock");
-    zdtm_die("usage: unix_sock socketpair|unix_listen|unix_backlog");
+    zdtm_die("usage: unix_sock socketpair|unix_listen|unix_backlog|net_closed");
   }
   zdtm_init(mode);
   if (strcmp(mode, "socketpair") == 0)
     SocketPair();
+  else if (strcmp(mode, "net_closed") == 0)
+    NetClosed();
   else
     Listen(strcmp(mode, "unix_backlog") == 0);
   zdtm_finish();

@@ -510,8 +510,9 @@ def tail(path, n=8):
 
 class Prog:
     def __init__(self, argv, counts=False, ready_timeout=30, cr_timeout=120, env=None,
-                 verdict=None, states=False, prereq=None):
+                 verdict=None, states=False, prereq=None, ckpt_args=()):
         self.argv = argv
+        self.ckpt_args = tuple(ckpt_args)  # more cr_checkpoint options
         # The tree holds stopped processes or zombies on purpose: /proc must
         # show the same state letters after a restore (see compare()).
         self.states = states
@@ -635,6 +636,7 @@ PROGRAMS = {
     "socketpair": Prog(["@zdtm_unix_sock", "socketpair"]),
     "unix_listen": Prog(["@zdtm_unix_sock", "unix_listen"]),
     "unix_backlog": Prog(["@zdtm_unix_sock", "unix_backlog"]),
+    "net_closed": Prog(["@zdtm_unix_sock", "net_closed"], ckpt_args=["--close-sockets"]),
     "shm_fork": Prog(["@zdtm_shm_fork"]),
     "file_mmap": Prog(["@zdtm_file_mmap"]),
     "sysv_shm": Prog(["@zdtm_sysv_shm"], prereq=prereq_sysv_shm),
@@ -827,7 +829,7 @@ class Harness:
         for cycle in (1, 2):
             ctx = self.path("ctx%d" % cycle)
             last = (counts_in(self.path("test.log")) or [0])[-1]
-            self.checkpoint(ctx, pid, prog.cr_timeout)
+            self.checkpoint(ctx, pid, prog.cr_timeout, extra=("--kill",) + prog.ckpt_args)
             wait_gone(ids, 20, "after cr_checkpoint --kill")
             if owner is not None:
                 code = REAPER.wait(owner, 10)
@@ -922,6 +924,30 @@ def test_neg_no_such_pid(h):
     for name in ("nopid.ctx", "context.%d" % pid):
         if os.path.exists(h.path(name)):
             problems.append("%s exists after the failed checkpoint" % name)
+    expect(problems)
+
+
+def test_neg_net_socket(h):
+    """A TCP socket leads outside the checkpoint: without --close-sockets
+    cr_checkpoint refuses with one line naming the socket and the option,
+    writes no context and leaves the process running untouched."""
+    h.need_cli()
+    prog = PROGRAMS["net_closed"]
+    h.make_dir("neg_net_socket")
+    pid = h.start(prog, [h.tool("cr_run")])
+    ctx = h.path("net.ctx")
+    res = run_cmd([h.tool("cr_checkpoint"), "-f", ctx, str(pid)], h.dir, 60)
+    problems = one_line_failure("cr_checkpoint of a process with TCP sockets", res,
+                                ["TCP 127.0.0.1:"])
+    err = res.stderr.decode(errors="replace")
+    if "--close-sockets" not in err:
+        problems.append("the error does not name --close-sockets: %r" % err.strip())
+    if os.path.exists(ctx):
+        problems.append("net.ctx exists after the refused checkpoint")
+    state, tracer = state_of(pid)
+    if state is None or state in "TtZX" or tracer != "0":
+        problems.append("the process after the refusal: state %s, tracer %s" % (state, tracer))
+    kill_ours([pid])
     expect(problems)
 
 
@@ -1247,6 +1273,7 @@ SPECIAL = {
     "pid_taken": test_pid_taken,
     "neg_missing_file": test_neg_missing_file,
     "neg_corrupt_file": test_neg_corrupt_file,
+    "neg_net_socket": test_neg_net_socket,
     "neg_no_such_pid": test_neg_no_such_pid,
     "neg_other_user": test_neg_other_user,
     "unprivileged": test_unprivileged,
