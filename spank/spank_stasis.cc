@@ -46,6 +46,7 @@ struct Site {
   uint32_t keep = 2;
   std::string socket;
   std::string tool = STASIS_STEP_TOOL;  // stasis-step
+  std::string pmix_agent = STASIS_PMIX_AGENT;  // libstasis_pmix.so, "" = none
   std::string ticker_log;              // folder for ticker-<job>.log ("" = none)
   uint64_t final_lead = 120;           // final epoch this long before the time limit
 } g_site;
@@ -126,6 +127,8 @@ bool ParseSiteArg(const std::string& arg) {
     g_site.socket = value;
   } else if (key == "tool" && !value.empty() && value[0] == '/') {
     g_site.tool = value;
+  } else if (key == "pmix_agent" && (value == "none" || (!value.empty() && value[0] == '/'))) {
+    g_site.pmix_agent = value == "none" ? "" : value;
   } else if (key == "final_lead") {
     auto s = stasis::spank::ParseInterval(value);
     if (!s) return false;
@@ -187,13 +190,38 @@ void StartTicker(spank_t sp) {
   ::_exit(127);
 }
 
+// Tasks of `srun --mpi=pmix` steps get libstasis_pmix.so preloaded, so the
+// PMIx event handlers a program registers hear of each checkpoint
+// (pmix/include/stasis_pmix.h). A task that never calls PMIx_Init only
+// carries the preload. Restarted tasks are restored with it already loaded.
+void PreloadPmixAgent(spank_t sp, uint32_t step) {
+  if (g_site.pmix_agent.empty() || step == kBatchStep) return;
+  char mpi[64] = {0};
+  if (spank_getenv(sp, "SLURM_MPI_TYPE", mpi, sizeof mpi) != ESPANK_SUCCESS ||
+      std::strncmp(mpi, "pmix", 4) != 0)
+    return;
+  if (::access(g_site.pmix_agent.c_str(), R_OK) != 0) {
+    slurm_error("stasis: pmix_agent %s: %m; PMIx handlers will not hear of checkpoints",
+                g_site.pmix_agent.c_str());
+    return;
+  }
+  char old[4096] = {0};
+  std::string preload = g_site.pmix_agent;
+  if (spank_getenv(sp, "LD_PRELOAD", old, sizeof old) == ESPANK_SUCCESS && old[0]) {
+    if (std::strstr(old, g_site.pmix_agent.c_str())) return;
+    preload += std::string(":") + old;
+  }
+  spank_setenv(sp, "LD_PRELOAD", preload.c_str(), 1);
+}
+
 }  // namespace
 
 extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
   for (int i = 0; i < ac; ++i) {
     if (!ParseSiteArg(av[i])) {
       slurm_error("stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
-                  "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME)", av[i]);
+                  "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME, "
+                  "pmix_agent=/abs|none)", av[i]);
       g_site_ok = false;
       return -1;
     }
@@ -240,6 +268,7 @@ extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
   // Auto-resume: a --checkpoint job that Slurm requeued (preemption,
   // scontrol requeue, a node failure) runs its script again; each of its
   // steps resumes from the job's newest complete epoch when there is one.
+  if (g_asked.restart_from.empty()) PreloadPmixAgent(sp, step);
   char restarts[32] = {0};
   bool requeued = spank_getenv(sp, "SLURM_RESTART_COUNT", restarts, sizeof restarts) == ESPANK_SUCCESS &&
                   std::atoi(restarts) > 0;

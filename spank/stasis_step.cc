@@ -2,7 +2,7 @@
 // engine, the store and stasisd. docs/design.md "Slurm integration" draws
 // the protocol; in short:
 //
-//   stasis-step checkpoint JOB[.STEP] [--dir ROOT] [--keep N] [--vacate]
+//   stasis-step checkpoint JOB[.STEP] [--dir ROOT] [--keep N] [--vacate] [--final]
 //                                     [--timeout SECONDS]
 //     One epoch of each running step of the job (or of STEP): starts a
 //     helper step `srun --overlap --jobid=JOB -N<n> --ntasks-per-node=1
@@ -362,6 +362,7 @@ struct NodeOptions {
   std::string root;   // checkpoint root ("" = the tasks' STASIS_CHECKPOINT_DIR or submit dir)
   uint32_t keep = 0;  // 0 = the tasks' STASIS_CHECKPOINT_KEEP, else 2
   bool vacate = false;
+  bool final = false;  // the job is about to end: PMIX_JCTRL_PREEMPT_ALERT first
   int timeout = 300;
   double t0 = 0;  // when the epoch was triggered (unix seconds)
 };
@@ -659,6 +660,12 @@ int RunNode(NodeOptions opt) {
   copt.after = opt.vacate ? core::AfterCheckpoint::kKill : core::AfterCheckpoint::kContinue;
   copt.tool_argv = {kTool, "checkpoint", opt.job + "." + opt.step};
   copt.settle_before_write = true;
+  // Sockets to outside the job come back closed instead of refusing the
+  // epoch: every `srun --mpi=pmix` task inherits slurmstepd's PMIx TCP
+  // listener, and a PMIx connection that a program did not drop in its
+  // PMIX_JCTRL_CHECKPOINT handler cannot be restored anyway.
+  copt.close_outside_sockets = true;
+  copt.final = opt.final || opt.vacate;
   if (tasks) copt.tasks = *tasks;
 
   store::NodeFileSink* sink = nullptr;
@@ -803,6 +810,7 @@ struct CheckpointArgs {
   std::string job, step, root;
   uint32_t keep = 0;
   bool vacate = false;
+  bool final = false;
   int timeout = 300;
 };
 
@@ -847,6 +855,7 @@ int CheckpointStep(const std::string& self, const CheckpointArgs& a, const StepI
   if (!a.root.empty()) argv.insert(argv.end(), {"--dir", a.root});
   if (a.keep) argv.insert(argv.end(), {"--keep", std::to_string(a.keep)});
   if (a.vacate) argv.push_back("--vacate");
+  if (a.final) argv.push_back("--final");
   pid_t pid = ::fork();
   if (pid < 0) return 1;
   if (pid == 0) {
@@ -1031,6 +1040,7 @@ int RunTicker(const std::string& job, uint64_t interval, uint64_t final_lead) {
     bool final = g_warned || (!final_done && end > 0 && final_lead > 0 &&
                               Now() >= end - static_cast<double>(final_lead));
     if (final) final_done = true;
+    a.final = final;
     std::fprintf(stderr, "%s: job %s: %s checkpoint\n", kTool, job.c_str(),
                  final ? "final" : "periodic");
     (void)RunCheckpoint(a);
@@ -1360,10 +1370,10 @@ int RunRestartTask(char** argv) {
 }
 
 const char* const kUsage =
-    "stasis-step checkpoint JOB[.STEP] [--dir ROOT] [--keep N] [--vacate] [--timeout SECONDS]\n"
+    "stasis-step checkpoint JOB[.STEP] [--dir ROOT] [--keep N] [--vacate] [--final] [--timeout SECONDS]\n"
     "       stasis-step ticker --job JOB --interval SECONDS [--final-lead SECONDS]\n"
     "       stasis-step control JOB --op enable|disable|error [--dir ROOT]\n"
-    "       stasis-step node --job JOB --step STEP [--dir ROOT] [--keep N] [--vacate] [--timeout "
+    "       stasis-step node --job JOB --step STEP [--dir ROOT] [--keep N] [--vacate] [--final] [--timeout "
     "S] (in a helper step)";
 
 }  // namespace
@@ -1394,6 +1404,8 @@ int main(int argc, char** argv) {
       a.keep = n.keep = static_cast<uint32_t>(v);
     } else if (x == "--vacate")
       a.vacate = n.vacate = true;
+    else if (x == "--final")
+      a.final = n.final = true;
     else if (x == "--timeout") {
       if (!stasis::cli::ParsePositive(next(), &v))
         Die("--timeout: not a positive number of seconds");

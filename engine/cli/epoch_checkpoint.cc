@@ -21,7 +21,8 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
   req.after = static_cast<uint32_t>(opt.after);
   req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
               (opt.save_shared ? proto::kFlagSaveShared : 0) |
-              (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0);
+              (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0) |
+              (opt.final ? proto::kFlagFinal : 0);
   req.after_signal = static_cast<uint32_t>(opt.after_signal);
   req.requester = static_cast<uint32_t>(opt.requester);
   for (size_t i = 0; i < opt.tool_argv.size() && i < proto::kMaxArgs; ++i)

@@ -1695,6 +1695,7 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   request.scope = options.tasks.empty() ? options.scope : format::kScopeTree;
   request.dest = options.dest;
   request.timeout_seconds = options.callback_timeout_seconds;
+  request.final = options.final;
   switch (options.after) {
     case AfterCheckpoint::kKill: request.signal = SIGKILL; break;
     case AfterCheckpoint::kTerm: request.signal = SIGTERM; break;

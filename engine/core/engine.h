@@ -57,6 +57,10 @@ struct CheckpointOptions {
   // UNIX sockets connected to processes outside the checkpoint are refused;
   // with this they are saved as closed (the restored end reads EOF).
   bool close_outside_sockets = false;
+  // The job is about to end (preemption, time limit, scontrol checkpoint
+  // vacate/requeue): libcr agents see STASIS_AGENT_RQ_FINAL, and the PMIx
+  // agent delivers PMIX_JCTRL_PREEMPT_ALERT before PMIX_JCTRL_CHECKPOINT.
+  bool final = false;
   // BLCR's --signal NUM: sent to every checkpointed process once the
   // context is complete (with after == kContinue).
   int after_signal = 0;

@@ -71,7 +71,9 @@ inline constexpr uint32_t kFlagBarrier = 1u << 8;
 // multi-node epoch lets no node run on before every node is frozen. Sent
 // whether a snapshot could be taken or not; a hang-up aborts.
 inline constexpr uint32_t kFlagSnapshot = 1u << 9;
-inline constexpr uint32_t kKnownFlags = (1u << 10) - 1;
+// checkpoint: the job is about to end (CheckpointOptions::final).
+inline constexpr uint32_t kFlagFinal = 1u << 10;
+inline constexpr uint32_t kKnownFlags = (1u << 11) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there

@@ -275,7 +275,11 @@ def install_tool(name):
     by slurmstepd; the build tree may not be)."""
     src = {"stasis-step": ARGS.stasis_step, "count_task": ARGS.count_task, "stasisd": ARGS.stasisd,
            "stasis": ARGS.stasis, "scontrol": ARGS.scontrol_wrapper, "share_task": ARGS.share_task,
-           "spank_stasis.so": ARGS.spank}[name]
+           "spank_stasis.so": ARGS.spank, "pmix_ckpt": ARGS.pmix_ckpt,
+           "libstasis_pmix.so": ARGS.pmix_agent,
+           "libcr.so.0": ARGS.pmix_agent and os.path.join(
+               os.path.dirname(os.path.dirname(ARGS.pmix_agent)), "engine", "agent", "libcr.so.0"),
+           }[name]
     if not src or not os.path.exists(src):
         skip(f"{name} was not built")
     bindir = os.path.join(DIR, "bin")
@@ -330,11 +334,14 @@ def enable_stasis(min_interval="5s"):
     plugin = install_tool("spank_stasis.so")
     tool = install_tool("stasis-step")
     install_tool("count_task")
+    install_tool("libcr.so.0")  # libstasis_pmix.so's neighbour
+    agent = install_tool("libstasis_pmix.so")
     for i in range(1, ARGS.nodes + 1):
         start_stasisd(f"n{i}")
     with open(os.path.join(DIR, "plugstack.conf"), "w") as f:
         f.write(f"required {plugin} tool={tool} min_interval={min_interval} keep=3 "
-                f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK} final_lead=45s\n")
+                f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK} final_lead=45s "
+                f"pmix_agent={agent}\n")
     ck = os.path.join(WORK, "ck")
     os.makedirs(ck, exist_ok=True)
     shutil.chown(ck, "stasis_ua", "stasis_ua")
@@ -688,7 +695,125 @@ def case_share():
               f"files intact, every task resumed ({starts}) and counted to {limit}")
 
 
+def case_pmix():
+    """A PMIx program (srun --mpi=pmix, 2 nodes x 2 tasks) with a
+    PMIX_JCTRL_CHECKPOINT handler, in a --checkpoint job: at each epoch every
+    rank hears of the checkpoint, drops its PMIx connection, re-initialises,
+    hears it continued and fences with all ranks; `scontrol checkpoint
+    vacate` gives every rank PMIX_JCTRL_PREEMPT_ALERT before its final
+    checkpoint and ends the job; it is restarted with srun --mpi=pmix
+    --restart-from: every rank hears it was
+    restarted, fences with all ranks in the new step's namespace, and counts
+    on from the epoch with its memory checked."""
+    ck = enable_stasis()
+    prog = install_tool("pmix_ckpt")
+    limit_file = os.path.join(WORK, "pmix-limit")
+    script = write_script("pmix.sh", f"#!/bin/sh\nsrun --mpi=pmix {prog} 100 {limit_file}\n")
+    jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=5s", f"--checkpoint-dir={ck}",
+                   "-o", os.path.join(WORK, "pmix-%j.out"))
+    jobdir = os.path.join(ck, str(jobid))
+    out_path = os.path.join(WORK, f"pmix-{jobid}.out")
+    t = time.monotonic()
+    epochs = wait_epochs(jobdir, 2, timeout=90)
+    # The epochs' tasks told their handlers, and went on.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = open(out_path, errors="replace").read()
+        fenced = re.findall(r"rank (\d+) of 4 fence ok after continued ns (\S+) job (\d+)", text)
+        if all(sum(1 for f in fenced if f[0] == str(r)) >= 2 for r in range(4)):
+            break
+        time.sleep(0.5)
+    if "PMIX FAILED" in text or "MEMORY BAD" in text:
+        fail(f"job {jobid}: {text[-1500:]}")
+    for r in range(4):
+        events = text.count(f"rank {r} checkpoint event")
+        cont = sum(1 for f in fenced if f[0] == str(r))
+        if events < 2 or cont < 2:
+            fail(f"job {jobid}: rank {r} saw {events} checkpoint event(s) and fenced {cont} time(s) "
+                 f"after 'continued'; want 2 each after epochs {epochs}:\n{text[-1500:]}")
+    print(f"OK job {jobid} (srun --mpi=pmix, 2 nodes, 4 tasks): epochs {epochs} after "
+          f"{time.monotonic() - t:.1f} s; every rank got PMIX_JCTRL_CHECKPOINT, dropped and "
+          f"re-initialised PMIx, heard PMIX_ERR_PROC_CHECKPOINT (continued) and fenced with all 4")
+    log = open(os.path.join(WORK, f"ticker-{jobid}.log")).read()
+    for line in [l for l in log.splitlines() if "trigger to resumed" in l]:
+        print(f"    ticker: {line}")
+
+    # vacate: a final epoch (PMIX_JCTRL_PREEMPT_ALERT first), then the job ends.
+    before = complete_epochs(jobdir)[-1]
+    install_tool("scontrol")
+    _, out, _ = wrapped("checkpoint", "vacate", str(jobid))
+    wait_job_done(jobid)
+    newest = complete_epochs(jobdir)[-1]
+    if newest <= before:
+        fail(f"scontrol checkpoint vacate {jobid}: no new epoch after {before}: {out!r}")
+    text = open(out_path, errors="replace").read()
+    for r in range(4):
+        tail_lines = [l for l in text.splitlines() if l.startswith(f"rank {r} ") and "count" not in l]
+        if tail_lines[-2:] != [f"rank {r} preempt alert", f"rank {r} checkpoint event"]:
+            fail(f"scontrol checkpoint vacate {jobid}: rank {r}'s last events are {tail_lines[-3:]}, "
+                 "want the preempt alert, then the checkpoint event")
+    print(f"OK scontrol checkpoint vacate {jobid}: epoch {newest}; every rank got "
+          f"PMIX_JCTRL_PREEMPT_ALERT, then PMIX_JCTRL_CHECKPOINT, and the job ended")
+    old = counts(out_path)
+    limit = max(max(v) for v in old.values()) + 20
+    with open(limit_file, "w") as f:
+        f.write(f"{limit}\n")
+    script2 = write_script("pmix-restart.sh", f"#!/bin/sh\nsrun --mpi=pmix --restart-from={jobdir} {prog}\n")
+    job2 = submit(script2, "stasis_ua", "-N2", "-n4", "-o", os.path.join(WORK, "pmix-%j.out"))
+    state, code = wait_job_done(job2, timeout=90)
+    out2 = os.path.join(WORK, f"pmix-{job2}.out")
+    text2 = open(out2, errors="replace").read()
+    if state != "COMPLETED" or code != "0:0":
+        fail(f"restart job {job2}: {state} {code}:\n{text2[-2000:]}")
+    restarted = re.findall(r"rank (\d+) of 4 fence ok after restarted ns (\S+) job (\d+) on (\S+)", text2)
+    if sorted(int(f[0]) for f in restarted) != [0, 1, 2, 3]:
+        fail(f"restart job {job2}: not every rank fenced after 'restarted': {restarted}\n{text2[-2000:]}")
+    bad = [f for f in restarted if f[2] != str(job2) or f".{job2}." not in f[1]]
+    if bad:
+        fail(f"restart job {job2}: ranks re-initialised PMIx in the old step's namespace or job: {bad}")
+    new = counts(out2)
+    starts = check_continued(old, new, 4, f"restart job {job2}")
+    for r in range(4):
+        if new[r][-1] != limit:
+            fail(f"restart job {job2}: rank {r} stopped at {new[r][-1]}, not {limit}")
+    print(f"OK job {job2} (srun --mpi=pmix --restart-from): every rank heard PMIX_ERR_PROC_RESTART, "
+          f"re-initialised PMIx in namespace {restarted[0][1]} and fenced with all 4 "
+          f"(nodes {sorted(set(f[3] for f in restarted))}), counted on from epoch {newest} "
+          f"(resumed at {starts}) to {limit}, memory checked, COMPLETED 0:0")
+
+    # A program whose handler never answers: the epoch fails after
+    # STASIS_PMIX_TIMEOUT, every rank runs on, the job folder gets no epoch.
+    script3 = write_script("pmix-ignore.sh", "#!/bin/sh\nexport STASIS_PMIX_TIMEOUT=2\n"
+                           f"srun --mpi=pmix {prog} 100 '' ignore\n")
+    job3 = submit(script3, "stasis_ua", "-N2", "-n2", f"--checkpoint-dir={ck}",
+                  "-o", os.path.join(WORK, "pmix-%j.out"))
+    out3 = os.path.join(WORK, f"pmix-{job3}.out")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not os.path.exists(out3) or len(counts(out3).get(1, [])) < 3):
+        time.sleep(0.2)
+    t = time.monotonic()
+    rc, out, err = wrapped("checkpoint", "create", str(job3), expect_rc=None)
+    took = time.monotonic() - t
+    n_before = {r: len(v) for r, v in counts(out3).items()}
+    time.sleep(1)
+    text3 = open(out3, errors="replace").read()
+    n_after = {r: len(v) for r, v in counts(out3).items()}
+    run("scancel", str(job3), user="stasis_ua")
+    wait_job_done(job3)
+    if rc == 0 or complete_epochs(os.path.join(ck, str(job3))):
+        fail(f"scontrol checkpoint create {job3} (handlers never answer): rc {rc}, epochs "
+             f"{complete_epochs(os.path.join(ck, str(job3)))}: want a failure and no epoch")
+    if text3.count("no PMIX_JCTRL_CHECKPOINT_COMPLETE (or PMIx_Finalize) within 2 s") < 2:
+        fail(f"job {job3}: the tasks' stderr does not say which rank did not answer:\n{text3[-1500:]}")
+    if any(n_after.get(r, 0) <= n_before.get(r, 0) for r in range(2)):
+        fail(f"job {job3}: the ranks stopped counting after the failed epoch: {n_before} -> {n_after}")
+    print(f"OK job {job3} (handlers that never answer, STASIS_PMIX_TIMEOUT=2): scontrol checkpoint "
+          f"create failed after {took:.1f} s ({err.strip().splitlines()[-1] if err.strip() else rc}), "
+          f"no epoch, every rank counts on")
+
+
 CASES = {
+    "pmix": case_pmix,
     "share": case_share,
     "smoke": case_smoke,
     "spank": case_spank,
@@ -764,6 +889,8 @@ def main():
     ap.add_argument("--stasis", default="")
     ap.add_argument("--count-task", default="")
     ap.add_argument("--share-task", default="")
+    ap.add_argument("--pmix-ckpt", default="")
+    ap.add_argument("--pmix-agent", default="")
     ap.add_argument("--scontrol-wrapper", default="")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("case", choices=sorted(CASES))
