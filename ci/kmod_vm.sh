@@ -8,6 +8,10 @@
 #
 #   ci/kmod_vm.sh --guest BUILD/test/kmod/kmod_guest --out DIR   boot, run all
 #   ci/kmod_vm.sh --result NAME --out DIR     one guest test's verdict (CTest)
+#
+# The module is built twice from kmod/: with kbuild directly, and with
+# `dkms build` (kmod/dkms.conf) into a private tree; the guest loads the
+# first for the tests and the second for kmod_dkms.
 #   ci/kmod_vm.sh --guest ... --out DIR --bench MIB [--mem 1536M]
 #                                             capture time, both backends
 #
@@ -42,6 +46,10 @@ if [[ -n $result ]]; then
   [[ -f $results ]] || { echo "kmod_vm: no results in $out (did kmod_vm run?)" >&2; exit 1; }
   if grep -q '^SKIPPED' "$results"; then
     grep -m1 '^SKIPPED' "$results"
+    exit 77
+  fi
+  if [[ $result == kmod_dkms && -f $out/dkms.skip ]]; then
+    echo "SKIPPED: $(cat "$out/dkms.skip")"
     exit 77
   fi
   line=$(grep -E "^STASIS-TEST: (PASS|FAIL) $result( |:|\$)" "$results" | tail -n 1 || true)
@@ -115,6 +123,35 @@ if grep -E 'warning:' "$out/kmod-build.log"; then
   exit 1
 fi
 
+# --- the same source through DKMS, as a site installs it (kmod/dkms.conf) ------
+# Built into a private tree (nothing under /var/lib/dkms/stasis, nothing
+# installed); the guest loads this module too (kmod_dkms). Without dkms the
+# guest test says SKIPPED.
+dkms_ko=""
+rm -f "$out/dkms.skip"
+if command -v dkms >/dev/null; then
+  dver=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$here/kmod/dkms.conf")
+  dk=$out/dkms
+  rm -rf "$dk"
+  mkdir -p "$dk/src/stasis-$dver" "$dk/tree"
+  cp -r "$here/kmod/Kbuild" "$here/kmod/Makefile" "$here/kmod/dkms.conf" "$here/kmod/stasis_main.c" \
+    "$here/kmod/include" "$dk/src/stasis-$dver/"
+  if ! dkms build -m stasis -v "$dver" -k "$kver" --dkmstree "$dk/tree" --sourcetree "$dk/src" \
+      >"$out/dkms.log" 2>&1; then
+    cat "$out/dkms.log"
+    echo "kmod_vm: dkms build of stasis/$dver for $kver failed (log above)" >&2
+    echo "FAILED: dkms build" >"$out/results.txt"
+    exit 1
+  fi
+  dkms_ko=$(find "$dk/tree/stasis/$dver/$kver" -name 'stasis.ko*' | head -n 1)
+  [[ -n $dkms_ko ]] || { echo "kmod_vm: dkms build left no stasis.ko in $dk/tree" >&2; exit 1; }
+  vermagic=$(modinfo -F vermagic "$dkms_ko")
+  [[ $vermagic == "$kver "* ]] ||
+    { echo "kmod_vm: the DKMS module's vermagic '$vermagic' is not for $kver" >&2; exit 1; }
+else
+  echo "dkms is not installed (ci/setup.sh installs it)" >"$out/dkms.skip"
+fi
+
 # --- initramfs ------------------------------------------------------------------
 root=$out/initramfs
 rm -rf "$root"
@@ -125,11 +162,13 @@ for applet in sh mount insmod rmmod lsmod cat grep echo poweroff sleep seq dmesg
   ln -s busybox "$root/bin/$applet"
 done
 cp "$kbuild/stasis.ko" "$root/lib/modules/"
+[[ -n $dkms_ko ]] && cp "$dkms_ko" "$root/lib/modules/stasis-dkms.ko"
 strip --strip-debug -o "$root/bin/kmod_guest" "$guest"
 if [[ -n $bench ]]; then
   tests="bench"
 else
   tests="kmod_hostile kmod_equivalent kmod_capture_restore kmod_load_unload"
+  [[ -n $dkms_ko ]] && tests="$tests kmod_dkms"
 fi
 cat >"$root/init" <<EOF
 #!/bin/sh
@@ -158,6 +197,17 @@ for t in $tests; do
     kmod_equivalent) run \$t /bin/kmod_guest equivalent ;;
     kmod_capture_restore) run \$t /bin/kmod_guest restore ;;
     bench) run bench /bin/kmod_guest bench $bench ;;
+    kmod_dkms)
+      # The module as DKMS built it (after kmod_load_unload: nothing loaded).
+      echo "=== kmod_dkms"
+      ok=1
+      insmod /lib/modules/stasis-dkms.ko || { echo "insmod stasis-dkms.ko failed"; ok=0; }
+      [ -c /dev/stasis ] || { echo "no /dev/stasis"; ok=0; }
+      /bin/kmod_guest capture-once || { echo "capture through the DKMS module failed"; ok=0; }
+      rmmod stasis || { echo "rmmod failed"; ok=0; }
+      echo "=== end kmod_dkms"
+      if [ \$ok = 1 ]; then echo "STASIS-TEST: PASS kmod_dkms"; else echo "STASIS-TEST: FAIL kmod_dkms"; fi
+      ;;
     kmod_load_unload)
       echo "=== kmod_load_unload"
       ok=1

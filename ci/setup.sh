@@ -26,7 +26,7 @@ cluster_pkgs=(
 )
 # Kernel-module tier: build against Debian's 6.1 headers, boot it in qemu.
 kmod_pkgs=(
-  linux-headers-amd64 qemu-system-x86 busybox-static cpio kmod dkms
+  linux-headers-amd64 qemu-system-x86 busybox-static cpio kmod dkms openssl
 )
 pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}" "${cluster_pkgs[@]}" "${kmod_pkgs[@]}")
 

@@ -38,6 +38,7 @@
 
 #include "engine/base/fd.h"
 #include "engine/core/agent_client.h"
+#include "engine/format/format_constants.h"
 #include "engine/core/engine.h"
 #include "engine/core/kernel_capture.h"
 #include "engine/core/procfs.h"
@@ -469,10 +470,17 @@ Status Capturer::CaptureProcess(ProcState* p) {
     return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) +
                                       ": it runs under seccomp (mode " + *seccomp +
                                       "), which cannot be restored");
+  // POSIX timers: how each was created (their time left is read below,
+  // with timer_gettime in the process).
   auto timers = ReadFileToString(proc + "/timers");
-  if (timers && !timers->empty())
-    return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) +
-                                      ": POSIX timers (timer_create) are not supported yet");
+  if (timers && !timers->empty()) {
+    STASIS_ASSIGN_OR_RETURN(info.posix_timers, ParsePosixTimers(*timers));
+    if (info.posix_timers.size() > format::kMaxPosixTimers)
+      return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + ": it has " +
+                                        std::to_string(info.posix_timers.size()) +
+                                        " POSIX timers (at most " +
+                                        std::to_string(format::kMaxPosixTimers) + ")");
+  }
   auto nnp = StatusField(p->status_text, "NoNewPrivs");
   if (nnp) info.no_new_privs = static_cast<uint32_t>(atoi(nnp->c_str()));
   {
@@ -547,6 +555,17 @@ Status Capturer::CaptureProcess(ProcState* p) {
       act = {k[0], k[1], k[2], k[3]};
     }
     info.sigactions.push_back(act);
+  }
+  for (format::PosixTimer& t : info.posix_timers) {
+    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_timer_gettime,
+                                           static_cast<uint64_t>(static_cast<uint32_t>(t.id)), p->scratch));
+    if (r != 0)
+      return Status::FromErrno(static_cast<int>(-r), "read POSIX timer " + std::to_string(t.id) +
+                                                          " of " + Pid(p->pid));
+    int64_t v[4];  // struct itimerspec: interval, value
+    STASIS_RETURN_IF_ERROR(ReadScratch(p, v, sizeof v));
+    t.interval_ns = static_cast<uint64_t>(v[0] * 1000000000 + v[1]);
+    t.value_ns = static_cast<uint64_t>(v[2] * 1000000000 + v[3]);
   }
   for (int which = 0; which < 3; ++which) {
     STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_getitimer, static_cast<uint64_t>(which),

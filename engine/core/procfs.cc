@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
+#include <csignal>
 #include <cstdlib>
 #include <sstream>
 
@@ -128,6 +130,52 @@ pid_t InnermostPid(pid_t pid) {
   size_t last = field->find_last_of(" \t");
   std::string tail = last == std::string::npos ? *field : field->substr(last + 1);
   return static_cast<pid_t>(std::strtol(tail.c_str(), nullptr, 10));
+}
+
+Result<std::vector<format::PosixTimer>> ParsePosixTimers(const std::string& text) {
+  std::vector<format::PosixTimer> out;
+  std::istringstream in(text);
+  std::string line;
+  auto bad = [&](const std::string& why) {
+    return Status::Error(EPROTO, "cannot read /proc/PID/timers: " + why + " in '" + line + "'");
+  };
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) return bad("no ':'");
+    std::string key = line.substr(0, colon), value = line.substr(colon + 1);
+    while (!value.empty() && value[0] == ' ') value.erase(0, 1);
+    char* end = nullptr;
+    if (key == "ID") {
+      out.emplace_back();
+      long id = std::strtol(value.c_str(), &end, 10);
+      if (end == value.c_str() || id < 0 || id > INT32_MAX) return bad("bad id");
+      out.back().id = static_cast<int32_t>(id);
+      continue;
+    }
+    if (out.empty()) return bad("a field before the first ID");
+    format::PosixTimer& t = out.back();
+    if (key == "signal") {
+      size_t slash = value.find('/');
+      if (slash == std::string::npos) return bad("no '/'");
+      t.signo = static_cast<uint32_t>(std::strtoul(value.c_str(), nullptr, 10));
+      t.sigval = std::strtoull(value.c_str() + slash + 1, nullptr, 16);
+    } else if (key == "notify") {
+      size_t slash = value.find('/'), dot = value.find('.');
+      if (slash == std::string::npos || dot == std::string::npos) return bad("no '/' or '.'");
+      std::string how = value.substr(0, slash), whom = value.substr(slash + 1, dot - slash - 1);
+      if (how == "signal") t.notify = SIGEV_SIGNAL;
+      else if (how == "none") t.notify = SIGEV_NONE;
+      else return bad("notification '" + how + "' cannot be restored");
+      if (whom == "tid") {
+        t.notify |= SIGEV_THREAD_ID;
+        t.tid = static_cast<uint32_t>(std::strtoul(value.c_str() + dot + 1, nullptr, 10));
+      }
+    } else if (key == "ClockID") {
+      t.clock = static_cast<int32_t>(std::strtol(value.c_str(), nullptr, 10));
+    }
+  }
+  return out;
 }
 
 Result<ProcStat> ReadThreadStat(pid_t pid, pid_t tid) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/base/status.h"
+#include "engine/format/context.h"
 
 namespace stasis::core {
 
@@ -50,6 +51,11 @@ Result<ProcStat> ParseStat(const std::string& text);
 Result<ProcStat> ReadStat(pid_t pid);
 // The pid a process sees for itself (the last NSpid field; 0 if gone).
 pid_t InnermostPid(pid_t pid);
+
+// /proc/PID/timers: one record per POSIX timer ("ID: 3", "signal: 35/
+// 0000000000000abc", "notify: signal/tid.1234" (none|signal, pid|tid),
+// "ClockID: 1"). The time left is not there (timer_gettime gives it).
+Result<std::vector<format::PosixTimer>> ParsePosixTimers(const std::string& text);
 Result<ProcStat> ReadThreadStat(pid_t pid, pid_t tid);
 
 // "Key:\tvalue" lines of /proc/PID/status.

@@ -114,6 +114,20 @@ struct ItimerValue {
   bool operator==(const ItimerValue&) const = default;
 };
 
+// A POSIX timer (timer_create): what /proc/PID/timers shows and what
+// timer_gettime gave at the checkpoint (time left, not an absolute time).
+struct PosixTimer {
+  int32_t id = 0;
+  int32_t clock = 0;
+  uint32_t notify = 0;  // SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4
+  uint32_t signo = 0;
+  uint64_t sigval = 0;
+  uint32_t tid = 0;
+  uint64_t value_ns = 0;     // 0: disarmed
+  uint64_t interval_ns = 0;
+  bool operator==(const PosixTimer&) const = default;
+};
+
 struct ProcessInfo {
   uint32_t pid = 0;
   std::string comm;               // /proc/PID/comm
@@ -139,6 +153,7 @@ struct ProcessInfo {
   uint32_t no_new_privs = 0;
   uint32_t exit_signal = 17;      // SIGCHLD usually
   uint32_t child_subreaper = 0;   // PR_SET_CHILD_SUBREAPER
+  std::vector<PosixTimer> posix_timers;
   bool operator==(const ProcessInfo&) const = default;
 };
 

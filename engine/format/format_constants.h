@@ -71,6 +71,7 @@ inline constexpr size_t kMaxThreads = 1u << 22;    // per process
 inline constexpr size_t kMaxGroups = 65536;        // NGROUPS_MAX
 inline constexpr size_t kMaxRlimits = 64;
 inline constexpr size_t kMaxSigactions = 64;
+inline constexpr size_t kMaxPosixTimers = 4096;
 inline constexpr size_t kMaxMappings = 1u << 20;  // per process
 inline constexpr size_t kMaxFiles = 1u << 20;     // per process
 inline constexpr size_t kPageRunSize = 16;        // u64 start, u64 npages
@@ -140,6 +141,18 @@ enum Process : uint32_t {
   kProcessNoNewPrivs = 24,
   kProcessExitSignal = 25,
   kProcessChildSubreaper = 26,
+  kProcessPosixTimer = 27,  // repeated PosixTimer
+};
+
+enum PosixTimer : uint32_t {
+  kPosixTimerId = 1,
+  kPosixTimerClock = 2,
+  kPosixTimerNotify = 3,  // SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID
+  kPosixTimerSigno = 4,
+  kPosixTimerSigval = 5,
+  kPosixTimerTid = 6,  // SIGEV_THREAD_ID: the thread, as the process sees it
+  kPosixTimerValueNs = 7,
+  kPosixTimerIntervalNs = 8,
 };
 
 enum Rlimit : uint32_t { kRlimitCur = 1, kRlimitMax = 2 };

@@ -108,6 +108,19 @@ void Fields(V& v, S& m) {
 }
 
 template <class V, class S>
+requires Is<S, PosixTimer>
+void Fields(V& v, S& m) {
+  v.I32(tag::kPosixTimerId, "id", m.id);
+  v.I32(tag::kPosixTimerClock, "clock", m.clock);
+  v.U32(tag::kPosixTimerNotify, "notify", m.notify);
+  v.U32(tag::kPosixTimerSigno, "signo", m.signo);
+  v.U64(tag::kPosixTimerSigval, "sigval", m.sigval);
+  v.U32(tag::kPosixTimerTid, "tid", m.tid);
+  v.U64(tag::kPosixTimerValueNs, "value_ns", m.value_ns);
+  v.U64(tag::kPosixTimerIntervalNs, "interval_ns", m.interval_ns);
+}
+
+template <class V, class S>
 requires Is<S, Mapping>
 void Fields(V& v, S& m) {
   v.U64(tag::kMappingStart, "start", m.start);
@@ -217,6 +230,7 @@ void Fields(V& v, S& m) {
   v.U32(tag::kProcessNoNewPrivs, "no_new_privs", m.no_new_privs);
   v.U32(tag::kProcessExitSignal, "exit_signal", m.exit_signal);
   v.U32(tag::kProcessChildSubreaper, "child_subreaper", m.child_subreaper);
+  v.RepeatedMessage(tag::kProcessPosixTimer, "posix_timer", m.posix_timers, kMaxPosixTimers);
 }
 
 template <class V, class S>

@@ -510,8 +510,9 @@ def tail(path, n=8):
 
 class Prog:
     def __init__(self, argv, counts=False, ready_timeout=30, cr_timeout=120, env=None,
-                 verdict=None, states=False, prereq=None, ckpt_args=()):
+                 verdict=None, states=False, prereq=None, ckpt_args=(), restart_env=None):
         self.argv = argv
+        self.restart_env = restart_env or {}  # more environment for cr_restart
         self.ckpt_args = tuple(ckpt_args)  # more cr_checkpoint options
         # The tree holds stopped processes or zombies on purpose: /proc must
         # show the same state letters after a restore (see compare()).
@@ -645,6 +646,10 @@ PROGRAMS = {
     "signals": Prog(["@zdtm_signals"]),
     "itimers": Prog(["@zdtm_itimers"]),
     "posix_timer": Prog(["@zdtm_posix_timer"]),
+    # Timer ids as kernels before PR_TIMER_CREATE_RESTORE_IDS give them
+    # (Debian 12's 6.1): in increasing order, gaps used up by placeholders.
+    "posix_timer_count": Prog(["@zdtm_posix_timer"], verdict="posix_timer",
+                              restart_env={"STASIS_TIMER_IDS": "count"}),
     "prctl": Prog(["@zdtm_prctl"]),
     "rseq": Prog(["@zdtm_rseq"]),
     "robust_futex": Prog(["@zdtm_robust_futex"]),
@@ -775,9 +780,10 @@ class Harness:
                     os.path.basename(ctx), res.returncode,
                     res.stderr.decode(errors="replace").strip()))
 
-    def restart(self, ctx, extra=(), out="test.log"):
+    def restart(self, ctx, extra=(), out="test.log", env=None):
         argv = [self.tool("cr_restart")] + list(extra) + [ctx]
-        return spawn(argv, self.dir, dict(os.environ), self.path(out), self.path("test.err"))
+        return spawn(argv, self.dir, dict(os.environ, **(env or {})), self.path(out),
+                     self.path("test.err"))
 
     def wait_restored(self, before, root, restart_pid, timeout, what, states=False):
         t0 = time.monotonic()
@@ -837,7 +843,7 @@ class Harness:
                     raise Fail("cycle %d: the cr_restart whose tree cr_checkpoint --kill "
                                "killed exited %s, want %d (128+SIGKILL)" %
                                (cycle, code, 128 + signal.SIGKILL))
-            owner = self.restart(ctx)
+            owner = self.restart(ctx, env=prog.restart_env)
             self.wait_restored(before, pid, owner, prog.cr_timeout, "restore %d" % cycle,
                                states=prog.states)
             if prog.counts:
