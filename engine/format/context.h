@@ -116,6 +116,10 @@ struct ItimerValue {
 
 // A POSIX timer (timer_create): what /proc/PID/timers shows and what
 // timer_gettime gave at the checkpoint (time left, not an absolute time).
+// How the page data of a Pages section is stored: version 1 sections are
+// raw (kCodecNone); version 2 sections hold compressed blocks.
+enum PageCodec : uint32_t { kCodecNone = 0, kCodecLz4 = 1, kCodecZstd = 2 };
+
 struct PosixTimer {
   int32_t id = 0;
   int32_t clock = 0;

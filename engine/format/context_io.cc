@@ -9,11 +9,18 @@
 // streamed to the caller while its checksum accumulates.
 #include "engine/format/context_io.h"
 
+#include <lz4.h>
+#include <zstd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "engine/format/crc32c.h"
@@ -94,10 +101,10 @@ void EncodeFileHeader(char* h) {
 }
 
 void EncodeSectionHeader(char* h, SectionType type, uint32_t meta_length, uint64_t payload_length,
-                         uint32_t meta_crc) {
+                         uint32_t meta_crc, uint16_t version = kSectionVersion) {
   StoreU32(h + section_header::kMagic, kSectionMagic);
   StoreU16(h + section_header::kType, static_cast<uint16_t>(type));
-  StoreU16(h + section_header::kVersion, kSectionVersion);
+  StoreU16(h + section_header::kVersion, version);
   StoreU32(h + section_header::kFlags, 0);
   StoreU32(h + section_header::kMetaLength, meta_length);
   StoreU64(h + section_header::kPayloadLength, payload_length);
@@ -105,9 +112,50 @@ void EncodeSectionHeader(char* h, SectionType type, uint32_t meta_length, uint64
   StoreU32(h + section_header::kHeaderCrc, Crc32c(0, h, section_header::kHeaderCrc));
 }
 
+// Compressed page data (Pages sections of version 2): blocks of
+// {u32 raw_len, u32 stored_len, stored bytes}; stored_len == raw_len means
+// the block is stored as is (it did not shrink).
+constexpr uint16_t kCompressedPagesVersion = 2;
+constexpr size_t kBlockHeaderSize = 8;
+// The writer's group: one compressed section holds at most this much raw
+// page data, in one block; a reader accepts blocks up to kMaxBlockBytes.
+constexpr size_t kGroupBytes = 4u << 20;
+constexpr size_t kMaxBlockBytes = 8u << 20;
+
+// Compresses `n` raw bytes into `out` (resized to the stored bytes); false
+// when it did not shrink them (the block is then stored raw).
+bool CompressBlock(PageCodec codec, int level, const char* raw, size_t n, std::string* out) {
+  if (codec == kCodecLz4) {
+    out->resize(static_cast<size_t>(LZ4_compressBound(static_cast<int>(n))));
+    int got = LZ4_compress_fast(raw, out->data(), static_cast<int>(n), static_cast<int>(out->size()),
+                                level > 1 ? level : 1);
+    if (got <= 0 || static_cast<size_t>(got) >= n) return false;
+    out->resize(static_cast<size_t>(got));
+    return true;
+  }
+  thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  if (!cctx) return false;
+  out->resize(ZSTD_compressBound(n));
+  size_t got = ZSTD_compressCCtx(cctx.get(), out->data(), out->size(), raw, n, level ? level : 1);
+  if (ZSTD_isError(got) || got >= n) return false;
+  out->resize(got);
+  return true;
+}
+
 }  // namespace
 
 // --- writer ------------------------------------------------------------------
+
+// One group of page data on its way to a compressed section.
+struct CompressJob {
+  PageOwner owner;
+  std::vector<PageRun> runs;
+  std::unique_ptr<char[]> raw;
+  size_t raw_len = 0;
+  std::string stored;
+  bool compressed = false;
+  bool done = false;
+};
 
 struct ContextWriter::State {
   ByteSink* sink = nullptr;
@@ -121,6 +169,126 @@ struct ContextWriter::State {
   uint64_t pages_left = 0;
   uint32_t pages_crc = 0;
 
+  // Compression (SetCompression): BeginPages cuts the runs into groups of
+  // at most kGroupBytes; each filled group becomes a CompressJob, compressed
+  // on `workers` (or inline without them) and written, in order, as one
+  // version 2 Pages section.
+  PageCodec codec = kCodecNone;
+  int level = 0;
+  std::vector<std::vector<PageRun>> groups;  // of the open BeginPages
+  size_t group = 0;                          // the one being filled
+  std::unique_ptr<CompressJob> filling;
+  std::deque<std::unique_ptr<CompressJob>> queued;  // submitted, in file order
+  std::vector<std::unique_ptr<char[]>> spare;       // raw buffers to reuse
+  std::vector<std::thread> workers;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<CompressJob*> todo;
+  bool stopping = false;
+
+  ~State() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping = true;
+    }
+    cv.notify_all();
+    for (auto& t : workers) t.join();
+  }
+
+  void Work() {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return stopping || !todo.empty(); });
+      if (todo.empty()) return;
+      CompressJob* job = todo.front();
+      todo.pop_front();
+      lock.unlock();
+      job->compressed = CompressBlock(codec, level, job->raw.get(), job->raw_len, &job->stored);
+      lock.lock();
+      job->done = true;
+      cv.notify_all();
+    }
+  }
+
+  // Starts compressing the filled group; writes finished ones while more
+  // than `2 * workers` wait, so memory stays bounded.
+  Status Submit(std::unique_ptr<CompressJob> job) {
+    if (workers.empty()) {
+      job->compressed = CompressBlock(codec, level, job->raw.get(), job->raw_len, &job->stored);
+      job->done = true;
+      return Emit(std::move(job));
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      todo.push_back(job.get());
+      queued.push_back(std::move(job));
+    }
+    cv.notify_all();
+    return Drain(2 * workers.size());
+  }
+  // Writes queued sections until at most `keep` wait.
+  Status Drain(size_t keep) {
+    while (queued.size() > keep) {
+      std::unique_ptr<CompressJob> job;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return queued.front()->done; });
+        job = std::move(queued.front());
+        queued.pop_front();
+      }
+      STASIS_RETURN_IF_ERROR(Emit(std::move(job)));
+    }
+    return Status::Ok();
+  }
+  // One compressed Pages section: header (version 2), metadata with the
+  // codec, padding, one block, the trailer.
+  Status Emit(std::unique_ptr<CompressJob> job) {
+    if (!failed.ok()) return failed;
+    uint32_t c = codec;
+    meta.clear();
+    Status s = internal::EncodeFields(&meta, [&](FieldWriter& w) { internal::PagesFields(w, job->owner, job->runs, c); });
+    if (!s.ok()) return Refuse(SectionType::kPages, s);
+    const char* data = job->compressed ? job->stored.data() : job->raw.get();
+    const uint32_t stored_len = static_cast<uint32_t>(job->compressed ? job->stored.size() : job->raw_len);
+    uint64_t pad = PaddingAt(Offset() + kSectionHeaderSize + meta.size());
+    uint32_t crc = Crc32c(0, meta.data(), meta.size());
+    char header[kSectionHeaderSize];
+    EncodeSectionHeader(header, SectionType::kPages, static_cast<uint32_t>(meta.size()),
+                        meta.size() + pad + kBlockHeaderSize + stored_len + kPagesTrailerSize, crc,
+                        kCompressedPagesVersion);
+    STASIS_RETURN_IF_ERROR(Write(header, sizeof(header)));
+    STASIS_RETURN_IF_ERROR(Write(meta.data(), meta.size()));
+    STASIS_RETURN_IF_ERROR(Write(kZeroPage, pad));
+    char block[kBlockHeaderSize];
+    StoreU32(block, static_cast<uint32_t>(job->raw_len));
+    StoreU32(block + 4, stored_len);
+    STASIS_RETURN_IF_ERROR(Write(block, sizeof(block)));
+    STASIS_RETURN_IF_ERROR(Write(data, stored_len));
+    crc = Crc32c(Crc32c(Crc32c(crc, kZeroPage, pad), block, sizeof(block)), data, stored_len);
+    char trailer[kPagesTrailerSize];
+    StoreU32(trailer, crc);
+    STASIS_RETURN_IF_ERROR(Write(trailer, sizeof(trailer)));
+    stored_bytes += stored_len;
+    spare.push_back(std::move(job->raw));
+    return Status::Ok();
+  }
+  // The next group's job, with a raw buffer.
+  void NextGroup(const PageOwner& owner) {
+    filling.reset();
+    if (group >= groups.size()) return;
+    filling = std::make_unique<CompressJob>();
+    filling->owner = owner;
+    filling->runs = groups[group];
+    if (!spare.empty()) {
+      filling->raw = std::move(spare.back());
+      spare.pop_back();
+    } else {
+      filling->raw.reset(new char[kGroupBytes]);
+    }
+  }
+  uint64_t stored_bytes = 0;
+  PageOwner c_owner;
+
   uint64_t Offset() const { return sink->Offset() - base; }
 
   // Makes `s` the final error of this writer.
@@ -132,15 +300,16 @@ struct ContextWriter::State {
     return Fail(Status::Error(
         EINVAL, std::string("write ") + SectionName(type) + " section: " + s.message()));
   }
-  // The common entry check of every call.
-  Status Usable(SectionType type) {
+  // The common entry check of every call; compressed sections still being
+  // compressed are written first.
+  Status Usable(SectionType type, bool drain = true) {
     if (!failed.ok()) return failed;
     if (in_pages) {
       return Refuse(type, Status::Error(EINVAL, "the Pages section is still open (" +
                                                     std::to_string(pages_left) +
                                                     " bytes of page data missing)"));
     }
-    return Status::Ok();
+    return drain ? Drain(0) : Status::Ok();
   }
   Status Write(const void* data, size_t n) {
     Status s = sink->Write(data, n);
@@ -187,6 +356,16 @@ ContextWriter::ContextWriter(ByteSink* sink) : state_(std::make_unique<State>())
 }
 
 ContextWriter::~ContextWriter() = default;
+
+void ContextWriter::SetCompression(PageCodec codec, int level, int threads) {
+  State& st = *state_;
+  st.codec = codec == kCodecLz4 || codec == kCodecZstd ? codec : kCodecNone;
+  st.level = level;
+  if (st.codec != kCodecNone && st.workers.empty())
+    for (int i = 0; i < threads && threads > 1; ++i) st.workers.emplace_back([&st] { st.Work(); });
+}
+
+uint64_t ContextWriter::stored_page_bytes() const { return state_->stored_bytes; }
 
 Status ContextWriter::Begin(const ImageInfo& image) {
   State& st = *state_;
@@ -239,10 +418,48 @@ Status ContextWriter::WriteThread(uint32_t pid, const ThreadInfo& thread) {
 Status ContextWriter::BeginPages(const PageOwner& owner, const std::vector<PageRun>& runs) {
   State& st = *state_;
   constexpr SectionType kType = SectionType::kPages;
-  STASIS_RETURN_IF_ERROR(st.Usable(kType));
+  // Compressed groups of earlier Pages sections may still be on their way:
+  // later ones queue behind them; anything written directly waits for them.
+  const bool compressing = st.codec != kCodecNone && !runs.empty();
+  STASIS_RETURN_IF_ERROR(st.Usable(kType, !compressing));
+  uint32_t no_codec = kCodecNone;
   STASIS_RETURN_IF_ERROR(
-      st.Encode(kType, [&](FieldWriter& w) { internal::PagesFields(w, owner, runs); }));
+      st.Encode(kType, [&](FieldWriter& w) { internal::PagesFields(w, owner, runs, no_codec); }));
   uint64_t data_bytes = 0;
+  if (compressing) {
+    // Groups of whole pages, at most kGroupBytes each, runs cut where needed.
+    st.groups.clear();
+    std::vector<PageRun> cur;
+    uint64_t in_cur = 0;
+    for (PageRun r : runs) {
+      while (r.npages > 0) {
+        uint64_t room = (kGroupBytes - in_cur) / kPageSize;
+        uint64_t take = std::min<uint64_t>(room, r.npages);
+        cur.push_back({r.start, take});
+        in_cur += take * kPageSize;
+        r.start += take * kPageSize;
+        r.npages -= take;
+        if (in_cur == kGroupBytes) {
+          st.groups.push_back(std::move(cur));
+          cur.clear();
+          in_cur = 0;
+        }
+      }
+    }
+    if (!cur.empty()) st.groups.push_back(std::move(cur));
+    for (const auto& g : st.groups) {
+      uint64_t bytes = 0;
+      Status s = st.validator.Pages(owner, g, &bytes);
+      if (!s.ok()) return st.Refuse(kType, s);
+      data_bytes += bytes;
+    }
+    st.group = 0;
+    st.c_owner = owner;
+    st.NextGroup(owner);
+    st.in_pages = true;
+    st.pages_left = data_bytes;
+    return Status::Ok();
+  }
   Status s = st.validator.Pages(owner, runs, &data_bytes);
   if (!s.ok()) return st.Refuse(kType, s);
   uint64_t pad = PaddingAt(st.Offset() + kSectionHeaderSize + st.meta.size());
@@ -270,9 +487,34 @@ Status ContextWriter::CheckAppend(size_t n, const char* what) {
   return Status::Ok();
 }
 
+// Compressed mode: the bytes go into the group being filled; a full group
+// is submitted.
+Status ContextWriter::AppendToGroups(const char* data, size_t n) {
+  State& st = *state_;
+  while (n > 0) {
+    CompressJob* job = st.filling.get();
+    uint64_t want = 0;
+    for (const PageRun& r : job->runs) want += r.npages * kPageSize;
+    size_t k = static_cast<size_t>(std::min<uint64_t>(n, want - job->raw_len));
+    std::memcpy(job->raw.get() + job->raw_len, data, k);
+    job->raw_len += k;
+    data += k;
+    n -= k;
+    st.pages_left -= k;
+    st.page_bytes += k;
+    if (job->raw_len == want) {
+      STASIS_RETURN_IF_ERROR(st.Submit(std::move(st.filling)));
+      ++st.group;
+      st.NextGroup(st.c_owner);
+    }
+  }
+  return Status::Ok();
+}
+
 Status ContextWriter::AppendPageData(const void* data, size_t n) {
   State& st = *state_;
   STASIS_RETURN_IF_ERROR(CheckAppend(n, "AppendPageData"));
+  if (st.filling) return AppendToGroups(static_cast<const char*>(data), n);
   STASIS_RETURN_IF_ERROR(st.Write(data, n));
   st.pages_crc = Crc32c(st.pages_crc, data, n);
   st.pages_left -= n;
@@ -283,6 +525,14 @@ Status ContextWriter::AppendPageData(const void* data, size_t n) {
 Status ContextWriter::AppendBorrowedPageData(char* buffer, size_t n) {
   State& st = *state_;
   STASIS_RETURN_IF_ERROR(CheckAppend(n, "AppendBorrowedPageData"));
+  if (st.filling) {
+    // Copied into a group; the buffer goes back to the sink unwritten.
+    Status s = AppendToGroups(buffer, n);
+    Status back = st.sink->WriteBorrowed(buffer, 0);
+    if (!s.ok()) return s;
+    if (!back.ok()) return st.Fail(back);
+    return Status::Ok();
+  }
   // Checksummed before the sink owns the buffer again.
   st.pages_crc = Crc32c(st.pages_crc, buffer, n);
   Status s = st.sink->WriteBorrowed(buffer, n);
@@ -304,6 +554,12 @@ Status ContextWriter::EndPages() {
     return st.Refuse(SectionType::kPages,
                      Status::Error(EINVAL, "EndPages with " + std::to_string(st.pages_left) +
                                                " bytes of page data missing"));
+  }
+  if (st.codec != kCodecNone && !st.groups.empty()) {
+    // Every group was submitted by the append that filled it.
+    st.groups.clear();
+    st.in_pages = false;
+    return Status::Ok();
   }
   char trailer[kPagesTrailerSize];
   StoreU32(trailer, st.pages_crc);
@@ -356,6 +612,22 @@ struct ContextReader::State {
   uint64_t pages_left = 0;
   uint32_t pages_crc = 0;
   std::unique_ptr<char[]> skip_buffer;
+  uint16_t version = kSectionVersion;  // of the section being read
+
+  // A compressed (version 2) Pages section: stored bytes not yet read, and
+  // the decompressed blocks. Two block buffers alternate, so a pointer
+  // ReadPageDataInPlace lent stays valid through the next read.
+  uint64_t stored_left = 0;
+  std::unique_ptr<char[]> blocks[2];
+  size_t block_cap[2] = {0, 0};
+  int cur = 0;
+  size_t block_len = 0, block_pos = 0;
+  std::unique_ptr<char[]> comp;
+  size_t comp_cap = 0;
+  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx{nullptr, ZSTD_freeDCtx};
+
+  Status LoadBlock();
+  Status ConsumedCompressed(size_t k);
 
   Status Fail(Status s) {
     if (failed.ok()) failed = std::move(s);
@@ -500,8 +772,8 @@ Status ContextReader::State::ReadSection() {
     return fail("unknown section type " + std::to_string(raw_type));
   }
   type = static_cast<SectionType>(raw_type);
-  uint16_t version = LoadU16(h + section_header::kVersion);
-  if (version != kSectionVersion) {
+  version = LoadU16(h + section_header::kVersion);
+  if (version != kSectionVersion && !(type == SectionType::kPages && version == kCompressedPagesVersion)) {
     return Corrupt("unsupported section version " + std::to_string(version) +
                    " (this stasis reads version " + std::to_string(kSectionVersion) + ")");
   }
@@ -596,11 +868,25 @@ Status ContextReader::State::DecodeAndCheck(uint64_t payload_length) {
     }
     case SectionType::kPages: {
       PagesHeader v;
-      s = DecodeFields(meta, [&](FieldReader& r) { internal::PagesFields(r, v.owner, v.runs); });
+      s = DecodeFields(meta, [&](FieldReader& r) { internal::PagesFields(r, v.owner, v.runs, v.codec); });
       if (s.ok()) s = validator.Pages(v.owner, v.runs, &v.data_bytes);
       if (!s.ok()) break;
       uint64_t pad = PaddingAt(offset);
+      const bool compressed = version == kCompressedPagesVersion;
+      if (compressed != (v.codec != kCodecNone))
+        return Corrupt(compressed ? "a compressed (version 2) section names no codec"
+                                  : "codec " + std::to_string(v.codec) + " in a version 1 section");
+      if (compressed && v.codec != kCodecLz4 && v.codec != kCodecZstd)
+        return Corrupt("unknown page codec " + std::to_string(v.codec));
       uint64_t want = meta.size() + pad + v.data_bytes + kPagesTrailerSize;
+      if (compressed) {
+        // Blocks of stored bytes: only their end is known here.
+        if (payload_length < meta.size() + pad + kPagesTrailerSize)
+          return Corrupt("payload length " + std::to_string(payload_length) + " is too short");
+        stored_left = payload_length - meta.size() - pad - kPagesTrailerSize;
+        want = payload_length;
+        block_len = block_pos = 0;
+      }
       if (payload_length != want) {
         return Corrupt("payload length " + std::to_string(payload_length) + " does not match " +
                        std::to_string(v.runs.size()) + " runs of " + std::to_string(v.data_bytes) +
@@ -614,7 +900,11 @@ Status ContextReader::State::DecodeAndCheck(uint64_t payload_length) {
       in_pages = true;
       pages_left = pages.data_bytes;
       pages_crc = Crc32c(Crc32c(0, meta.data(), meta.size()), padding, pad);
-      if (pages_left == 0) return FinishPages();
+      if (pages_left == 0) {
+        if (compressed && stored_left != 0)
+          return Corrupt(std::to_string(stored_left) + " stored bytes in a section without pages");
+        return FinishPages();
+      }
       break;
     }
     case SectionType::kEnd: {
@@ -638,6 +928,69 @@ Status ContextReader::State::DecodeAndCheck(uint64_t payload_length) {
   }
   if (!s.ok()) return Corrupt(s.message());
   return Status::Ok();
+}
+
+// The next block of a compressed section, decompressed into the block
+// buffer not lent last (checksummed as stored).
+Status ContextReader::State::LoadBlock() {
+  if (stored_left < kBlockHeaderSize)
+    return Corrupt("compressed page data ends with " + std::to_string(pages_left) +
+                   " bytes of pages missing");
+  char h[kBlockHeaderSize];
+  STASIS_RETURN_IF_ERROR(ReadExact(h, sizeof(h), "a compressed block header"));
+  pages_crc = Crc32c(pages_crc, h, sizeof(h));
+  stored_left -= sizeof(h);
+  const uint32_t raw_len = LoadU32(h), stored_len = LoadU32(h + 4);
+  if (raw_len == 0 || raw_len % kPageSize != 0 || raw_len > kMaxBlockBytes || raw_len > pages_left)
+    return Corrupt("compressed block of " + std::to_string(raw_len) + " bytes (whole pages, at most " +
+                   std::to_string(std::min<uint64_t>(kMaxBlockBytes, pages_left)) + ")");
+  if (stored_len == 0 || stored_len > raw_len || stored_len > stored_left)
+    return Corrupt("compressed block stores " + std::to_string(stored_len) + " bytes for " +
+                   std::to_string(raw_len));
+  const int next = 1 - cur;
+  if (block_cap[next] < raw_len) {
+    blocks[next].reset(new char[raw_len]);
+    block_cap[next] = raw_len;
+  }
+  if (stored_len == raw_len) {
+    STASIS_RETURN_IF_ERROR(ReadExact(blocks[next].get(), raw_len, "a stored block"));
+    pages_crc = Crc32c(pages_crc, blocks[next].get(), raw_len);
+  } else {
+    if (comp_cap < stored_len) {
+      comp.reset(new char[stored_len]);
+      comp_cap = stored_len;
+    }
+    STASIS_RETURN_IF_ERROR(ReadExact(comp.get(), stored_len, "a compressed block"));
+    pages_crc = Crc32c(pages_crc, comp.get(), stored_len);
+    size_t got = 0;
+    if (pages.codec == kCodecLz4) {
+      int r = LZ4_decompress_safe(comp.get(), blocks[next].get(), static_cast<int>(stored_len),
+                                  static_cast<int>(raw_len));
+      got = r < 0 ? 0 : static_cast<size_t>(r);
+    } else {
+      if (!dctx) dctx.reset(ZSTD_createDCtx());
+      if (!dctx) return Fail(Status::Error(ENOMEM, "create a zstd decompression context"));
+      size_t r = ZSTD_decompressDCtx(dctx.get(), blocks[next].get(), raw_len, comp.get(), stored_len);
+      got = ZSTD_isError(r) ? 0 : r;
+    }
+    if (got != raw_len)
+      return Corrupt("compressed block does not decompress to its " + std::to_string(raw_len) + " bytes");
+  }
+  stored_left -= stored_len;
+  cur = next;
+  block_len = raw_len;
+  block_pos = 0;
+  return Status::Ok();
+}
+
+// k bytes of the current block went to the caller.
+Status ContextReader::State::ConsumedCompressed(size_t k) {
+  block_pos += k;
+  pages_left -= k;
+  if (pages_left != 0) return Status::Ok();
+  if (stored_left != 0)
+    return Corrupt(std::to_string(stored_left) + " stored bytes after the last compressed block");
+  return FinishPages();
 }
 
 Status ContextReader::State::FinishPages() {
@@ -714,6 +1067,18 @@ Status ContextReader::ReadPageData(void* data, size_t n) {
     return st.Misuse("ContextReader::ReadPageData of " + std::to_string(n) + " bytes, " +
                      std::to_string(st.in_pages ? st.pages_left : 0) + " left");
   }
+  if (st.version == kCompressedPagesVersion) {
+    char* out = static_cast<char*>(data);
+    while (n > 0) {
+      if (st.block_pos == st.block_len) STASIS_RETURN_IF_ERROR(st.LoadBlock());
+      size_t k = std::min(n, st.block_len - st.block_pos);
+      std::memcpy(out, st.blocks[st.cur].get() + st.block_pos, k);
+      out += k;
+      n -= k;
+      STASIS_RETURN_IF_ERROR(st.ConsumedCompressed(k));
+    }
+    return Status::Ok();
+  }
   Result<size_t> got = st.ReadSome(data, n);
   if (!got) return st.SourceError("reading page data", got.error());
   if (*got < n) {
@@ -733,6 +1098,13 @@ Result<size_t> ContextReader::ReadPageDataInPlace(const char** data, size_t n) {
   if (!st.in_pages || n > st.pages_left || n == 0) {
     return st.Misuse("ContextReader::ReadPageDataInPlace of " + std::to_string(n) + " bytes, " +
                      std::to_string(st.in_pages ? st.pages_left : 0) + " left");
+  }
+  if (st.version == kCompressedPagesVersion) {
+    if (st.block_pos == st.block_len) STASIS_RETURN_IF_ERROR(st.LoadBlock());
+    size_t k = std::min(n, st.block_len - st.block_pos);
+    *data = st.blocks[st.cur].get() + st.block_pos;
+    STASIS_RETURN_IF_ERROR(st.ConsumedCompressed(k));
+    return k;
   }
   Result<size_t> got = st.source->ReadInPlace(data, n);
   if (!got) {

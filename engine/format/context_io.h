@@ -84,13 +84,23 @@ class ContextWriter {
   // Writes the End section. Does not sync: the caller owns durability.
   Status Finish();
 
+  // From now on page data is compressed (codec kCodecLz4 or kCodecZstd;
+  // kCodecNone turns it off): cut into groups of at most 4 MiB, each one
+  // version 2 Pages section with one block, compressed on `threads`
+  // threads (inline when threads <= 1) and written in order. A block that
+  // does not shrink is stored raw. `level`: zstd's level (0 = 1), lz4's
+  // acceleration (0 = 1). Call before the first BeginPages.
+  void SetCompression(PageCodec codec, int level, int threads);
+
   uint64_t bytes_written() const;
-  uint64_t page_bytes_written() const;
+  uint64_t page_bytes_written() const;   // raw page data, as the runs count it
+  uint64_t stored_page_bytes() const;    // compressed blocks as stored
 
  private:
   struct State;
   // The checks of every page data append (`what` names the call).
   Status CheckAppend(size_t n, const char* what);
+  Status AppendToGroups(const char* data, size_t n);
   std::unique_ptr<State> state_;
 };
 
@@ -99,6 +109,7 @@ struct PagesHeader {
   PageOwner owner;
   std::vector<PageRun> runs;
   uint64_t data_bytes = 0;  // sum(npages) * kPageSize
+  uint32_t codec = kCodecNone;  // how the data is stored (the reader decompresses)
   bool operator==(const PagesHeader&) const = default;
 };
 

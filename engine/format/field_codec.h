@@ -69,6 +69,7 @@ inline void PutU64(std::string* out, uint64_t v) {
 // error naming the field; the output is then garbage and must be dropped.
 class FieldWriter {
  public:
+  static constexpr bool kWrites = true;
   explicit FieldWriter(std::string* out) : out_(out) {}
 
   void U32(uint32_t tag, const char*, uint32_t v) {
@@ -190,6 +191,7 @@ class FieldWriter {
 // `seen` tracks singular tags of the enclosing message to refuse duplicates.
 class FieldReader {
  public:
+  static constexpr bool kWrites = false;
   FieldReader(uint32_t tag, std::string_view value, uint64_t* seen)
       : tag_(tag), value_(value), seen_(seen) {}
 

@@ -277,6 +277,7 @@ enum Pages : uint32_t {
   kPagesOwnerKind = 1,
   kPagesOwnerId = 2,
   kPagesRuns = 3,  // packed: kPageRunSize bytes per run
+  kPagesCodec = 4,  // u32 PageCodec; only in version 2 (compressed) sections
 };
 
 enum End : uint32_t {

@@ -276,10 +276,11 @@ void ThreadFields(V& v, Pid& pid, Thread& thread) {
 }
 
 template <class V, class Owner, class Runs>
-void PagesFields(V& v, Owner& owner, Runs& runs) {
+void PagesFields(V& v, Owner& owner, Runs& runs, uint32_t& codec) {
   v.U32(tag::kPagesOwnerKind, "owner_kind", owner.kind);
   v.U64(tag::kPagesOwnerId, "owner_id", owner.id);
   v.Runs(tag::kPagesRuns, "runs", runs);
+  if (codec != 0 || !V::kWrites) v.U32(tag::kPagesCodec, "codec", codec);
 }
 
 }  // namespace stasis::format::internal

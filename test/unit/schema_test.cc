@@ -375,8 +375,9 @@ TEST(FieldDecoder, RejectsTooManyRepeatedEntries) {
 TEST(FieldDecoder, RejectsRunsNotMultipleOfRecord) {
   PageOwner owner;
   std::vector<PageRun> runs;
+  uint32_t codec = 0;
   Status s = DecodeFields(Field(tag::kPagesRuns, std::string(17, '\0')),
-                          [&](FieldReader& r) { PagesFields(r, owner, runs); });
+                          [&](FieldReader& r) { PagesFields(r, owner, runs, codec); });
   EXPECT_EQ(s.message(), "runs length 17 is not a multiple of 16");
 }
 

@@ -339,8 +339,10 @@ Status WritePages(ContextWriter* w, const PageOwner& owner, const std::vector<Pa
 
 }  // namespace
 
-Status WriteContext(const Context& ctx, ByteSink* sink, size_t runs_per_section, size_t chunk) {
+Status WriteContext(const Context& ctx, ByteSink* sink, size_t runs_per_section, size_t chunk,
+                    PageCodec codec, int threads) {
   ContextWriter w(sink);
+  w.SetCompression(codec, 0, threads);
   STASIS_RETURN_IF_ERROR(w.Begin(ctx.image));
   STASIS_RETURN_IF_ERROR(w.WriteTree(ctx.tree));
   for (size_t i = 0; i < ctx.shared.size(); ++i) {

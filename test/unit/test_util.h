@@ -31,8 +31,10 @@ Context MakeTinyContext();
 // Writes `ctx` with ContextWriter: each process's runs split into Pages
 // sections of at most `runs_per_section` runs, page data appended in
 // `chunk`-byte pieces.
+// With a codec, page data is compressed (ContextWriter::SetCompression, on
+// `threads` threads).
 Status WriteContext(const Context& ctx, ByteSink* sink, size_t runs_per_section = 1000,
-                    size_t chunk = 1000);
+                    size_t chunk = 1000, PageCodec codec = kCodecNone, int threads = 1);
 
 // WriteContext into a string; aborts the test binary on error.
 std::string Encode(const Context& ctx, size_t runs_per_section = 1000);
