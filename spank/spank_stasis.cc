@@ -49,6 +49,7 @@ struct Site {
   std::string pmix_agent = STASIS_PMIX_AGENT;  // libstasis_pmix.so, "" = none
   std::string ticker_log;              // folder for ticker-<job>.log ("" = none)
   uint64_t final_lead = 120;           // final epoch this long before the time limit
+  std::string compress;                // page compression of epochs ("" = none)
 } g_site;
 
 // What the user asked for (option callbacks run twice in remote context:
@@ -127,6 +128,9 @@ bool ParseSiteArg(const std::string& arg) {
     g_site.socket = value;
   } else if (key == "tool" && !value.empty() && value[0] == '/') {
     g_site.tool = value;
+  } else if (key == "compress" && (value == "none" || value == "lz4" || value == "zstd" ||
+                                   value.rfind("lz4:", 0) == 0 || value.rfind("zstd:", 0) == 0)) {
+    g_site.compress = value == "none" ? "" : value;
   } else if (key == "pmix_agent" && (value == "none" || (!value.empty() && value[0] == '/'))) {
     g_site.pmix_agent = value == "none" ? "" : value;
   } else if (key == "final_lead") {
@@ -221,7 +225,7 @@ extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
     if (!ParseSiteArg(av[i])) {
       slurm_error("stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
                   "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME, "
-                  "pmix_agent=/abs|none)", av[i]);
+                  "pmix_agent=/abs|none, compress=none|lz4|zstd[:N])", av[i]);
       g_site_ok = false;
       return -1;
     }
@@ -245,6 +249,7 @@ extern "C" int slurm_spank_user_init(spank_t sp, int, char**) {
   std::string dir = !g_asked.dir.empty() ? g_asked.dir : g_site.default_dir;
   if (!dir.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_DIR", dir.c_str(), 1);
   spank_setenv(sp, "STASIS_CHECKPOINT_KEEP", std::to_string(g_site.keep).c_str(), 1);
+  if (!g_site.compress.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_COMPRESS", g_site.compress.c_str(), 1);
   if (g_asked.interval)
     spank_setenv(sp, "STASIS_CHECKPOINT_INTERVAL", std::to_string(g_asked.interval).c_str(), 1);
   if (!g_asked.restart_from.empty()) spank_setenv(sp, "STASIS_RESTART_FROM", g_asked.restart_from.c_str(), 1);

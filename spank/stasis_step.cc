@@ -61,6 +61,7 @@
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
 #include "engine/daemon/client.h"
+#include "engine/format/context_io.h"
 #include "engine/format/manifest.h"
 #include "engine/store/store.h"
 #include "spank/slurm_util.h"
@@ -666,6 +667,10 @@ int RunNode(NodeOptions opt) {
   // PMIX_JCTRL_CHECKPOINT handler cannot be restored anyway.
   copt.close_outside_sockets = true;
   copt.final = opt.final || opt.vacate;
+  // The site's page compression (plugstack.conf compress=), as the plugin
+  // exported it to the tasks; a value this build cannot read is ignored.
+  if (tenv.count("STASIS_CHECKPOINT_COMPRESS"))
+    (void)stasis::format::ParseCompression(tenv["STASIS_CHECKPOINT_COMPRESS"], &copt.compress, &copt.compress_level);
   if (tasks) copt.tasks = *tasks;
 
   store::NodeFileSink* sink = nullptr;

@@ -29,7 +29,7 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
+    "[--close-sockets] [--compress none|lz4|zstd[:N]] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
     "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]]] [--write direct|streaming|buffered] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
@@ -215,6 +215,11 @@ int main(int argc, char** argv) {
       opt.requester = static_cast<pid_t>(r);
     }
     else if (a == "--close-sockets") opt.close_outside_sockets = true;
+    else if (a == "--compress" || a.rfind("--compress=", 0) == 0) {
+      std::string v = a == "--compress" ? next() : a.substr(11);
+      if (stasis::Status s = stasis::format::ParseCompression(v, &opt.compress, &opt.compress_level); !s.ok())
+        Die("cr_checkpoint", s.message(), 2);
+    }
     else if (a == "--dir" || a == "-d") epoch_req.dir = next();
     else if (a.rfind("--dir=", 0) == 0) epoch_req.dir = a.substr(6);
     else if (a == "--keep") {

@@ -24,6 +24,8 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
               (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0) |
               (opt.final ? proto::kFlagFinal : 0);
   req.after_signal = static_cast<uint32_t>(opt.after_signal);
+  req.compress = opt.compress;
+  req.compress_level = static_cast<uint32_t>(opt.compress_level);
   req.requester = static_cast<uint32_t>(opt.requester);
   for (size_t i = 0; i < opt.tool_argv.size() && i < proto::kMaxArgs; ++i)
     req.argv.push_back(opt.tool_argv[i].substr(0, proto::kMaxArgLength));

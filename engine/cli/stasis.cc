@@ -89,8 +89,12 @@ void Show(const std::string& file, const format::Context& ctx) {
                 p.info.cwd.c_str(), p.info.creds.ruid, p.info.creds.rgid);
     std::printf("    %zu thread(s):", p.threads.size());
     for (const auto& t : p.threads) std::printf(" %u(%s)", t.tid, t.comm.c_str());
-    std::printf("\n    %zu mapping(s), %.1f MiB saved in %zu run(s):\n", p.mappings.size(),
-                p.page_bytes / 1048576.0, p.page_runs.size());
+    std::string codecs;
+    if (p.page_codecs & (1u << format::kCodecLz4)) codecs += " lz4";
+    if (p.page_codecs & (1u << format::kCodecZstd)) codecs += " zstd";
+    std::printf("\n    %zu mapping(s), %.1f MiB saved in %zu run(s)%s%s:\n", p.mappings.size(),
+                p.page_bytes / 1048576.0, p.page_runs.size(), codecs.empty() ? "" : ", compressed:",
+                codecs.c_str());
     for (const auto& m : p.mappings) {
       std::printf("      %012llx-%012llx %c%c%c%c %-6s %s\n",
                   static_cast<unsigned long long>(m.start), static_cast<unsigned long long>(m.end),

@@ -1767,6 +1767,11 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
     if (Status s = options.before_write(*estimate); !s.ok()) return fail(s);
   }
   format::ContextWriter writer(sink);
+  if (options.compress != format::kCodecNone) {
+    int threads = options.compress_threads > 0 ? options.compress_threads
+                                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    writer.SetCompression(options.compress, options.compress_level, threads);
+  }
   // With a snapshot the tree runs again as soon as the shared objects are
   // written; its pages are then read from the snapshots.
   std::function<Status()> release_early;

@@ -61,6 +61,11 @@ struct CheckpointOptions {
   // vacate/requeue): libcr agents see STASIS_AGENT_RQ_FINAL, and the PMIx
   // agent delivers PMIX_JCTRL_PREEMPT_ALERT before PMIX_JCTRL_CHECKPOINT.
   bool final = false;
+  // Page data compression (--compress): kCodecNone, kCodecLz4 or kCodecZstd,
+  // on compress_threads threads (0 = one per core).
+  format::PageCodec compress = format::kCodecNone;
+  int compress_level = 0;
+  int compress_threads = 0;
   // BLCR's --signal NUM: sent to every checkpointed process once the
   // context is complete (with after == kContinue).
   int after_signal = 0;

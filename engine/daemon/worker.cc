@@ -279,6 +279,8 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   opt.save_shared = req.flags & proto::kFlagSaveShared;
   opt.close_outside_sockets = req.flags & proto::kFlagCloseSockets;
   opt.final = req.flags & proto::kFlagFinal;
+  opt.compress = static_cast<format::PageCodec>(req.compress);
+  opt.compress_level = static_cast<int>(req.compress_level);
   opt.after_signal = static_cast<int>(req.after_signal);
   opt.tool_argv = req.argv;
   opt.owner_uid = peer.uid == 0 ? -1 : static_cast<int64_t>(peer.uid);

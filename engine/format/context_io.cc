@@ -1135,6 +1135,35 @@ Status ContextReader::SkipPageData() {
   return Status::Ok();
 }
 
+Status ParseCompression(std::string_view text, PageCodec* codec, int* level) {
+  std::string_view name = text.substr(0, text.find(':'));
+  std::string_view arg = name.size() < text.size() ? text.substr(name.size() + 1) : std::string_view();
+  auto bad = [&] {
+    return Status::Error(EINVAL, "--compress=" + std::string(text) +
+                                     ": want none, lz4, lz4:ACCELERATION (1-20), zstd or zstd:LEVEL (1-19)");
+  };
+  int n = 0;
+  if (!arg.empty()) {
+    for (char c : arg) {
+      if (c < '0' || c > '9' || n > 100000) return bad();
+      n = n * 10 + (c - '0');
+    }
+  } else if (name.size() < text.size()) {
+    return bad();
+  }
+  if (name == "none" && arg.empty() && name.size() == text.size()) {
+    *codec = kCodecNone;
+  } else if (name == "lz4" && (arg.empty() || (n >= 1 && n <= 20))) {
+    *codec = kCodecLz4;
+  } else if (name == "zstd" && (arg.empty() || (n >= 1 && n <= 19))) {
+    *codec = kCodecZstd;
+  } else {
+    return bad();
+  }
+  *level = n;
+  return Status::Ok();
+}
+
 // --- whole-file helpers --------------------------------------------------------
 
 Result<Context> ReadContext(ByteSource* source, bool load_pages) {
@@ -1175,6 +1204,7 @@ Result<Context> ReadContext(ByteSource* source, bool load_pages) {
             shared ? ctx.shared_runs.back() : ctx.processes.back().page_runs;
         runs.insert(runs.end(), pages.runs.begin(), pages.runs.end());
         if (!shared) ctx.processes.back().page_bytes += pages.data_bytes;
+        if (!shared) ctx.processes.back().page_codecs |= 1u << pages.codec;
         if (!load_pages) {
           STASIS_RETURN_IF_ERROR(reader.SkipPageData());
           break;

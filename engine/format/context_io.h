@@ -165,6 +165,7 @@ struct ProcessImage {
   std::vector<PageRun> page_runs;   // all runs of all Pages sections
   std::string page_data;            // only filled when load_pages is true
   uint64_t page_bytes = 0;
+  uint32_t page_codecs = 0;         // bit 1 << PageCodec of every Pages section
   bool operator==(const ProcessImage&) const = default;
 };
 
@@ -184,6 +185,10 @@ struct Context {
 // shmem ids exist). With load_pages false the page data is checked and
 // discarded.
 Result<Context> ReadContext(ByteSource* source, bool load_pages);
+
+// "none", "lz4", "lz4:N" (acceleration), "zstd", "zstd:N" (level 1..19):
+// what --compress takes. The error names the accepted forms.
+Status ParseCompression(std::string_view text, PageCodec* codec, int* level);
 
 // Do these first bytes of a file start a stasis context (the 8-byte magic)?
 // A cheap sniff for listings; it verifies nothing else.

@@ -25,7 +25,7 @@ inline constexpr uint32_t kTarget = 1, kScope = 2, kAfter = 3, kFlags = 4, kAfte
                           kRequester = 6, kWriteMode = 7, kAttached = 8, kRequestId = 9,
                           kTimeLimit = 10, kCallbackTimeout = 11, kPath = 12, kRelocate = 13,
                           kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17, kStep = 18,
-                          kTaskPid = 19, kTaskId = 20;
+                          kTaskPid = 19, kTaskId = 20, kCompress = 21, kCompressLevel = 22;
 inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kProcesses = 5,
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
@@ -72,6 +72,8 @@ void Fields(V& v, S& m) {
   v.Text(t::kStep, "step", m.step, kMaxNameLength);
   v.RepeatedU32(t::kTaskPid, "task_pid", m.task_pids, proto::kMaxTasks);
   v.RepeatedU32(t::kTaskId, "task_id", m.task_ids, proto::kMaxTasks);
+  v.U32(t::kCompress, "compress", m.compress);
+  v.U32(t::kCompressLevel, "compress_level", m.compress_level);
 }
 
 template <class V, class S>
@@ -213,6 +215,8 @@ Status CheckRequest(const Request& r) {
       if (r.scope > 3) return Status::Corrupt("checkpoint: unknown scope " + std::to_string(r.scope));
       if (r.after > 3) return Status::Corrupt("checkpoint: unknown after-action " + std::to_string(r.after));
       if (r.after_signal > 64) return Status::Corrupt("checkpoint: signal " + std::to_string(r.after_signal) + " is out of range");
+      if (r.compress > kCodecZstd) return Status::Corrupt("checkpoint: unknown page codec " + std::to_string(r.compress));
+      if (r.compress_level > 22) return Status::Corrupt("checkpoint: compression level " + std::to_string(r.compress_level) + " is out of range");
       if (r.write_mode > kWriteBackup) return Status::Corrupt("checkpoint: unknown write mode " + std::to_string(r.write_mode));
       if (r.attached & kAttachStdio) return Status::Corrupt("checkpoint: stdio fds are for restart");
       if (!(r.attached & kAttachDest) && r.path.empty()) return Status::Corrupt("checkpoint: no destination (path or fd)");

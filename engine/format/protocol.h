@@ -112,6 +112,8 @@ struct Request {
   // Checkpoint of a step's local tasks, one tree each, into one context:
   // task_pids[i] heads global task task_ids[i]; target = task_pids[0].
   std::vector<uint32_t> task_pids, task_ids;
+  uint32_t compress = 0;        // checkpoint: format::PageCodec of the page data
+  uint32_t compress_level = 0;  // zstd level / lz4 acceleration, 0 = the codec's fast default
   bool operator==(const Request&) const = default;
 };
 

@@ -329,7 +329,7 @@ def stop_stasisd(node):
     p.wait()
 
 
-def enable_stasis(min_interval="5s"):
+def enable_stasis(min_interval="5s", extra=""):
     """The plugin, stasis-step and one stasisd per node, as a site would."""
     plugin = install_tool("spank_stasis.so")
     tool = install_tool("stasis-step")
@@ -341,7 +341,7 @@ def enable_stasis(min_interval="5s"):
     with open(os.path.join(DIR, "plugstack.conf"), "w") as f:
         f.write(f"required {plugin} tool={tool} min_interval={min_interval} keep=3 "
                 f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK} final_lead=45s "
-                f"pmix_agent={agent}\n")
+                f"pmix_agent={agent}{' ' + extra if extra else ''}\n")
     ck = os.path.join(WORK, "ck")
     os.makedirs(ck, exist_ok=True)
     shutil.chown(ck, "stasis_ua", "stasis_ua")
@@ -411,7 +411,8 @@ def case_checkpoint():
     cancelled and restarted in a new job with srun --restart-from: every task
     continues its count in the new job's output, checks its memory, and the
     new job completes."""
-    ck = enable_stasis()
+    # The site compresses epochs with lz4 (plugstack.conf compress=lz4).
+    ck = enable_stasis(extra="compress=lz4")
     limit_file = os.path.join(WORK, "limit")
     script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100 {limit_file}\n")
     jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=5s", f"--checkpoint-dir={ck}",
@@ -435,6 +436,11 @@ def case_checkpoint():
     if not lines or not all("written from a snapshot" in l for l in lines):
         fail("periodic epochs were not written from snapshots: " + "; ".join(lines))
     print(f"OK stasis verify: {len(verified)} epochs, every node file's checksums verified")
+    _, shown, _ = run(stasis, "show", os.path.join(jobdir, str(epochs[-1]), "node1.ctx"), user="stasis_ua",
+                      quiet=True)
+    if "compressed: lz4" not in shown:
+        fail(f"epoch {epochs[-1]} of a compress=lz4 site is not compressed: {shown[:400]!r}")
+    print("OK the epochs' page data is lz4-compressed (plugstack.conf compress=lz4)")
 
     # scontrol checkpoint: another user is refused by Slurm; the owner gets an epoch.
     before = complete_epochs(jobdir)[-1]

@@ -250,9 +250,13 @@ def case_store():
     w = Workload("store_a", a)
     job = os.path.join(ckpt_dir(), "5150")
     before = w.wait_count(3)
-    for extra in ([], ["--kill"]):
+    # Epoch 2 compressed by stasisd's worker (--compress travels in the request).
+    for extra in ([], ["--kill", "--compress=zstd"]):
         run([tool("cr_checkpoint"), "--dir", job, *extra, str(w.pid)], user=a, sock=d.sock)
     w.reap()
+    shown = run([tool("stasis"), "show", os.path.join(job, "2", "node0.ctx")], user=a).stdout
+    if "compressed: zstd" not in shown:
+        fail(f"stasis show of epoch 2 (--compress=zstd through stasisd) names no zstd: {shown[:600]!r}")
     # Epoch 3: a copy of epoch 2, whose MANIFEST names epoch 2: corrupt.
     shutil.copytree(os.path.join(job, "2"), os.path.join(job, "3"))
     for root_dir, dirs, files in os.walk(os.path.join(job, "3")):

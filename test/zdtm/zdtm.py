@@ -620,6 +620,9 @@ PROGRAMS = {
     "threads32": Prog(["@zdtm_threads", "32"]),
     "mem64m": Prog(["@zdtm_mem", "64M"]),
     "mem64m_private": Prog(["@zdtm_mem", "64M", "private"], verdict="mem64m"),
+    # Compressed page data restores the same memory (issue 9).
+    "mem64m_lz4": Prog(["@zdtm_mem", "64M"], verdict="mem64m", ckpt_args=["--compress=lz4"]),
+    "mem64m_zstd": Prog(["@zdtm_mem", "64M"], verdict="mem64m", ckpt_args=["--compress", "zstd:3"]),
     "mem1g": Prog(["@zdtm_mem", "1G"], ready_timeout=180, cr_timeout=300),
     # For tests about something else than memory kinds: private memory only.
     "mem1g_private": Prog(["@zdtm_mem", "1G", "private"], ready_timeout=180, cr_timeout=300,
