@@ -18,6 +18,11 @@ Result<size_t> ByteSource::ReadInPlace(const char** data, size_t n) {
   return Status::Error(ENOTSUP, "this source has no buffers to lend");
 }
 
+Result<uint64_t> ByteSource::Skip(uint64_t n) {
+  (void)n;
+  return Status::Error(ENOTSUP, "this source cannot skip");
+}
+
 // --- PrefetchSource -------------------------------------------------------------
 
 PrefetchSource::PrefetchSource(UniqueFd fd, std::string name, size_t chunk, size_t depth)
@@ -293,6 +298,24 @@ Result<size_t> FdSource::Read(void* data, size_t n) {
   begin_ += take;
   offset_ += take;
   return take;
+}
+
+Result<uint64_t> FdSource::Skip(uint64_t n) {
+  struct stat st;
+  if (::fstat(fd_.get(), &st) != 0 || !S_ISREG(st.st_mode))
+    return Status::Error(ENOTSUP, name_ + " is not a regular file: cannot skip");
+  uint64_t buffered = std::min<uint64_t>(n, end_ - begin_);
+  begin_ += buffered;
+  uint64_t rest = n - buffered;
+  off_t here = ::lseek(fd_.get(), 0, SEEK_CUR);
+  if (here < 0) return Status::FromErrno(errno, "seek " + name_);
+  uint64_t room = static_cast<uint64_t>(st.st_size) > static_cast<uint64_t>(here)
+                      ? static_cast<uint64_t>(st.st_size) - static_cast<uint64_t>(here) : 0;
+  rest = std::min(rest, room);
+  if (rest && ::lseek(fd_.get(), static_cast<off_t>(rest), SEEK_CUR) < 0)
+    return Status::FromErrno(errno, "seek " + name_);
+  offset_ += buffered + rest;
+  return buffered + rest;
 }
 
 Result<size_t> MemorySource::Read(void* data, size_t n) {

@@ -58,6 +58,9 @@ class ByteSource {
   // valid through the next call too (so a reader may read a trailer before
   // it uses them), not longer. ENOTSUP: use Read.
   virtual Result<size_t> ReadInPlace(const char** data, size_t n);
+  // Moves past the next n bytes without reading them (a seek), when the
+  // source can; ENOTSUP otherwise. Short only at the end of the stream.
+  virtual Result<uint64_t> Skip(uint64_t n);
 };
 
 // Writes all n bytes to fd (retrying short writes and EINTR); errors name `name`.
@@ -103,6 +106,7 @@ class FdSource : public ByteSource {
  public:
   FdSource(UniqueFd fd, std::string name, size_t buffer_size = 4 << 20);
   Result<size_t> Read(void* data, size_t n) override;
+  Result<uint64_t> Skip(uint64_t n) override;  // lseek on a regular file
   uint64_t Offset() const override { return offset_; }
   const std::string& name() const { return name_; }
 

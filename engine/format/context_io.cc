@@ -1123,6 +1123,33 @@ Result<size_t> ContextReader::ReadPageDataInPlace(const char** data, size_t n) {
   return *got;
 }
 
+Result<SkippedPages> ContextReader::SkipPageDataUnverified() {
+  State& st = *state_;
+  if (!st.failed.ok()) return st.failed;
+  if (!st.in_pages || st.block_len != st.block_pos ||
+      (st.version != kCompressedPagesVersion && st.pages_left != st.pages.data_bytes))
+    return st.Misuse("ContextReader::SkipPageDataUnverified after page data was read");
+  SkippedPages out;
+  out.data_offset = st.offset;
+  out.crc_seed = st.pages_crc;
+  out.version = st.version;
+  const uint64_t data = st.version == kCompressedPagesVersion ? st.stored_left : st.pages_left;
+  out.trailer_offset = st.offset + data;
+  Result<uint64_t> skipped = st.source->Skip(data + kPagesTrailerSize);
+  if (!skipped) {
+    if (skipped.error().code() == ENOTSUP) return skipped.error();
+    return st.SourceError("skipping page data", skipped.error());
+  }
+  st.offset += *skipped;
+  if (*skipped < data + kPagesTrailerSize)
+    return st.Corrupt("truncated in page data (the file ends " +
+                      std::to_string(data + kPagesTrailerSize - *skipped) + " bytes early)");
+  st.in_pages = false;
+  st.pages_left = 0;
+  st.stored_left = 0;
+  return out;
+}
+
 Status ContextReader::SkipPageData() {
   State& st = *state_;
   if (!st.failed.ok()) return st.failed;
@@ -1204,7 +1231,7 @@ Result<Context> ReadContext(ByteSource* source, bool load_pages) {
             shared ? ctx.shared_runs.back() : ctx.processes.back().page_runs;
         runs.insert(runs.end(), pages.runs.begin(), pages.runs.end());
         if (!shared) ctx.processes.back().page_bytes += pages.data_bytes;
-        if (!shared) ctx.processes.back().page_codecs |= 1u << pages.codec;
+        if (!shared && pages.codec != kCodecNone) ctx.processes.back().page_codecs |= 1u << pages.codec;
         if (!load_pages) {
           STASIS_RETURN_IF_ERROR(reader.SkipPageData());
           break;

@@ -104,6 +104,19 @@ class ContextWriter {
   std::unique_ptr<State> state_;
 };
 
+// Where the page data of a Pages section that was skipped unread lies in
+// the stream (lazy restart serves it later by offset): the data (version 1:
+// the runs' bytes; version 2: the blocks) runs from data_offset to
+// trailer_offset, where the u32 trailer is; crc_seed is the CRC32C of the
+// metadata and padding, to be continued over the data and compared with
+// the trailer.
+struct SkippedPages {
+  uint64_t data_offset = 0;
+  uint64_t trailer_offset = 0;
+  uint32_t crc_seed = 0;
+  uint16_t version = 1;
+};
+
 // A Pages section header, as the reader hands it out.
 struct PagesHeader {
   PageOwner owner;
@@ -142,6 +155,10 @@ class ContextReader {
   // is returned from that call. Reading past the data is an error.
   Status ReadPageData(void* data, size_t n);
   Status SkipPageData();
+  // Moves past the current section's page data and trailer without reading
+  // them (the source must Skip: a regular file); their checksum is then the
+  // caller's to verify, from what this returns.
+  Result<SkippedPages> SkipPageDataUnverified();
   // ReadPageData without a copy, from a source that lends its buffers
   // (ByteSource::ReadInPlace): points *data at up to n next bytes of page
   // data (checksummed like ReadPageData), valid until the next read.
@@ -198,7 +215,8 @@ bool HasContextMagic(std::string_view first_bytes);
 // verifying everything ReadContext verifies and holding at most one
 // section's metadata and a 1 MiB page buffer in memory (staging a context
 // from local disk to the parallel file system). The copy has the same
-// sections; unknown fields of a newer writer are dropped. On error the sink
+// sections; unknown fields of a newer writer are dropped, and compressed
+// page data is written back uncompressed. On error the sink
 // holds a partial copy. Does not sync.
 Status CopyContext(ByteSource* source, ByteSink* sink);
 

@@ -72,8 +72,10 @@ void Fields(V& v, S& m) {
   v.Text(t::kStep, "step", m.step, kMaxNameLength);
   v.RepeatedU32(t::kTaskPid, "task_pid", m.task_pids, proto::kMaxTasks);
   v.RepeatedU32(t::kTaskId, "task_id", m.task_ids, proto::kMaxTasks);
-  v.U32(t::kCompress, "compress", m.compress);
-  v.U32(t::kCompressLevel, "compress_level", m.compress_level);
+  // Written only when set, so that requests without compression keep
+  // their bytes (and older daemons, which skip unknown tags, their meaning).
+  if (!V::kWrites || m.compress) v.U32(t::kCompress, "compress", m.compress);
+  if (!V::kWrites || m.compress_level) v.U32(t::kCompressLevel, "compress_level", m.compress_level);
 }
 
 template <class V, class S>

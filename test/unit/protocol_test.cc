@@ -81,6 +81,26 @@ Reply FullReply() {
   return r;
 }
 
+TEST(Protocol, CompressionTravelsOnlyWhenSet) {
+  Request r = FullCheckpoint();
+  auto plain = EncodeRequest(r);
+  ASSERT_TRUE(plain);
+  r.compress = 2;
+  r.compress_level = 3;
+  auto bytes = EncodeRequest(r);
+  ASSERT_TRUE(bytes);
+  EXPECT_GT(bytes->size(), plain->size());
+  auto back = DecodeRequest(*bytes);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(back->compress, 2u);
+  EXPECT_EQ(back->compress_level, 3u);
+  r.compress = 7;
+  auto bad = EncodeRequest(r);
+  if (bad) {
+    EXPECT_FALSE(DecodeRequest(*bad));
+  }
+}
+
 TEST(Protocol, RequestRoundTrip) {
   Request r = FullCheckpoint();
   auto bytes = EncodeRequest(r);

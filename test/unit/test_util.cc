@@ -116,6 +116,8 @@ ProcessInfo MakeProcess(uint32_t pid) {
   p.no_new_privs = 1;
   p.exit_signal = 10;
   p.child_subreaper = 1;
+  p.posix_timers = {{0, 1, 0, 35, 0xabc, 0, 300000000000ull, 200000000000ull},
+                    {4, 0, 4 | 0, 32, 0x7f0000002000, pid + 1, 1, 30000000}};
   return p;
 }
 

@@ -55,7 +55,7 @@ static char *alt_m, *alt_t1;
 static pthread_t t1, t2;
 static pid_t tid_t2;
 static int t2_pipe[2], go_t1[2];
-static atomic_int t2_handled, t2_ready;
+static atomic_int t2_handled, t2_ready, t1_ready;
 
 static void Record(int sig, const siginfo_t *si) {
   stack_t ss;
@@ -218,6 +218,7 @@ static void *RunT1(void *arg) {
   SetAltStack(alt_t1);
   sigset_t mask = Set(SIGUSR1, RT1, RT2, SIGUSR2, 0);
   pthread_sigmask(SIG_SETMASK, &mask, NULL);
+  atomic_store(&t1_ready, 1); /* M sends T1's signals only once they are blocked */
   char c;
   if (zdtm_read_full(go_t1[0], &c, 1, 600000) != 1) {
     zdtm_fail_note("T1: no go");
@@ -262,7 +263,7 @@ int main(void) {
   if (pipe(t2_pipe) != 0 || pipe(go_t1) != 0) zdtm_die("pipe: %s", strerror(errno));
   if (pthread_create(&t1, NULL, RunT1, NULL) || pthread_create(&t2, NULL, RunT2, NULL))
     zdtm_die("pthread_create failed");
-  while (!atomic_load(&t2_ready)) zdtm_sleep_ms(1);
+  while (!atomic_load(&t2_ready) || !atomic_load(&t1_ready)) zdtm_sleep_ms(1);
 
   union sigval v;
   v.sival_int = 0x1234;
