@@ -7,6 +7,7 @@
 // hands it its stdin/stdout/stderr, waits the same way and exits the same
 // way.
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,13 +23,14 @@
 #include "engine/cli/cli_common.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/core/lazy_pages.h"
 #include "engine/daemon/client.h"
 #include "engine/store/store.h"
 
 namespace {
 
 const char* kUsage =
-    "cr_restart [--no-restore-pid] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
+    "cr_restart [--no-restore-pid] [--lazy] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
     "[--omit-maybe|--omit-always|--omit-never] [--no-daemon|--socket PATH] [--node N] [-v] "
     "[-f] FILE|EPOCHDIR|JOBDIR";
 
@@ -118,7 +120,8 @@ void MarkOmit(unsigned omit) {
 int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string& file,
                    stasis::core::RestoreOptions opt, unsigned omit, bool verbose);
 int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
-                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose);
+                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose,
+                    stasis::core::LazyPages* lazy = nullptr);
 
 // A job folder or an epoch folder of the checkpoint store: restored here,
 // as the caller, with the manifest's checks (the node file's identity,
@@ -158,6 +161,7 @@ int main(int argc, char** argv) {
   // process of the tree.
   unsigned omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
   bool no_daemon = false;
+  bool lazy = false;
   std::string socket_option;
   std::optional<uint32_t> node;
   for (int i = 1; i < argc; ++i) {
@@ -190,6 +194,7 @@ int main(int argc, char** argv) {
       node = static_cast<uint32_t>(n);
     }
     else if (a == "--no-daemon") no_daemon = true;
+    else if (a == "--lazy") lazy = true;
     else if (a == "--socket") socket_option = next();
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
@@ -201,6 +206,24 @@ int main(int argc, char** argv) {
   if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
   struct stat st;
   const bool store = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  if (lazy) {
+    // Here, not through stasisd: this process serves the pages afterwards.
+    if (store)
+      Die("cr_restart", "--lazy restarts a context file, not a store folder (whose MANIFEST "
+                        "checksum covers the whole file before anything runs)", 2);
+    auto fd = stasis::OpenRegularNoFollow(AT_FDCWD, file, file);
+    auto fd2 = stasis::OpenRegularNoFollow(AT_FDCWD, file, file);
+    if (!fd) Die("cr_restart", fd.error().message());
+    if (!fd2) Die("cr_restart", fd2.error().message());
+    struct stat fst;
+    if (::fstat(fd->get(), &fst) == 0 && ::geteuid() != 0 && fst.st_uid != ::geteuid())
+      Die("cr_restart", file + " belongs to uid " + std::to_string(fst.st_uid) + ", not to you; refusing it");
+    opt.lazy = std::make_shared<stasis::core::LazyPages>(std::move(*fd2), file);
+    // A small buffer: the reader skips most of the file, reading only the
+    // metadata between page data (a big read-ahead would read it all).
+    return RestoreAndWait(std::unique_ptr<stasis::ByteSource>(new stasis::FdSource(std::move(*fd), file, 64 << 10)),
+                          file, opt, omit, verbose);
+  }
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
   if (!daemon.socket.empty() && !daemon.forced && !stasis::daemon::Client::Connect(daemon.socket))
     daemon.socket.clear();  // a stale socket: restore here
@@ -224,11 +247,12 @@ int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string
   opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
   MarkOmit(omit);
   auto result = stasis::core::Restore(source.get(), opt);
-  return WaitForRestored(std::move(result), std::move(source), file, verbose);
+  return WaitForRestored(std::move(result), std::move(source), file, verbose, opt.lazy.get());
 }
 
 int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
-                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose) {
+                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose,
+                    stasis::core::LazyPages* lazy) {
   using stasis::cli::Die;
   if (!result) Die("cr_restart", file + ": " + result.error().message());
   source.reset();  // nothing of the context stays open while we wait
@@ -238,6 +262,9 @@ int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
                  result->processes, result->threads, result->page_bytes / 1048576.0,
                  result->seconds,
                  result->in_new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
+  if (verbose && lazy && result->lazy_bytes)
+    std::fprintf(stderr, "cr_restart: running; %.1f MiB of pages follow lazily\n",
+                 result->lazy_bytes / 1048576.0);
   ForwardSignals();
   int status = 0;
   for (;;) {
@@ -246,6 +273,15 @@ int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
     if (r < 0) Die("cr_restart", std::string("wait for restored process: ") + std::strerror(errno));
     break;
   }
+  // The lazy server kills the tree when the page data fails its checksum;
+  // a tree that ended before every page was in is still checked to the end.
+  if (lazy && result->lazy_bytes) {
+    stasis::Status s = lazy->Wait();
+    if (!s.ok()) Die("cr_restart", s.message());
+  }
+  if (verbose && lazy && result->lazy_bytes)
+    std::fprintf(stderr, "cr_restart: lazy pages: %llu faults served, %.1f MiB streamed\n",
+                 static_cast<unsigned long long>(lazy->faults_served()), lazy->bytes_streamed() / 1048576.0);
   return ExitCodeOf(status);
 }
 

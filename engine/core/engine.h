@@ -150,6 +150,8 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
 
 enum class AfterRestore { kRun, kStop, kTerm, kKill };
 
+class LazyPages;
+
 struct RestoreOptions {
   bool restore_pids = true;      // false: --no-restore-pid
   AfterRestore after = AfterRestore::kRun;
@@ -184,6 +186,11 @@ struct RestoreOptions {
   // size and checksum against its manifest). An error kills the tree.
   std::function<Status(const format::ImageInfo&)> check_image;
   std::function<Status()> before_run;
+  // Lazy restart (cr_restart --lazy): the page data of private anonymous
+  // memory (but the stack) is not read now; the tree runs as soon as the
+  // rest is in place and this server brings the pages (lazy_pages.h). The
+  // source must be able to Skip (a regular file), else pages are read now.
+  std::shared_ptr<LazyPages> lazy;
 };
 
 struct RestoreResult {
@@ -196,6 +203,8 @@ struct RestoreResult {
   double seconds = 0;
   bool in_new_pid_namespace = false;
   std::vector<TaskRoot> tasks;   // each task's restored top-level process
+  uint64_t lazy_bytes = 0;       // page data left to the lazy server
+  std::vector<pid_t> pids;       // every restored process
 };
 
 // Reads a context from `source` and rebuilds its tree as children of the

@@ -24,6 +24,8 @@
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -47,6 +49,7 @@
 #include "engine/agent/agent_abi.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/engine.h"
+#include "engine/core/lazy_pages.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
 #include "engine/format/context_io.h"
@@ -129,6 +132,8 @@ class Restorer {
   Status MatchTasks(const format::ProcessTree& tree);
   Status RewriteEnvironment(RProc* p, uint64_t environ_addr);
   Status RestorePosixTimers(RProc* p);
+  bool LazyEligible(const RProc* p) const;
+  Status SetUpLazy(RProc* p);
   Result<UniqueFd> MakeSocket(const FileDesc& f);
   Status CreateThreads(RProc* p);
   Status CreateSharedMemory(const format::SharedMemory& shm);
@@ -1396,6 +1401,78 @@ Status Restorer::RestorePosixTimers(RProc* p) {
   return Status::Ok();
 }
 
+// Can the current Pages section of `p` be left to the lazy server? Version 1
+// data, every run in private anonymous memory other than the stack.
+bool Restorer::LazyEligible(const RProc* p) const {
+  if (!options_.lazy || !p->mm_built || (p->entry.flags & format::kProcZombie)) return false;
+  const format::PagesHeader& h = reader_.pages();
+  if (h.codec != format::kCodecNone || h.runs.empty()) return false;
+  for (const format::PageRun& run : h.runs) {
+    uint64_t end = run.start + run.npages * kPageSize;
+    bool inside = false;
+    for (const Mapping& m : p->mappings)
+      if (m.kind == format::kMapAnon && !(m.flags & format::kMapStack) && m.start <= run.start &&
+          end <= m.end)
+        inside = true;
+    if (!inside) return false;
+  }
+  return true;
+}
+
+// Before anything of `p` runs: its lazy pages that are present already
+// (the kernel wrote thread ids into them while threads were created) get
+// their saved content now, as an eager restore would; then a userfaultfd
+// made inside the process is registered on its private anonymous mappings
+// and handed to the server.
+Status Restorer::SetUpLazy(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  if (p->entry.flags & format::kProcZombie) return Status::Ok();
+  std::vector<LazyPages::Piece> pieces = options_.lazy->PiecesOf(static_cast<pid_t>(p->entry.pid));
+  if (pieces.empty()) return Status::Ok();
+  UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + who);
+  std::vector<uint64_t> pm;
+  std::vector<char> page(kPageSize);
+  for (const LazyPages::Piece& piece : pieces) {
+    pm.resize(piece.bytes / kPageSize);
+    ssize_t n = ::pread(pagemap.get(), pm.data(), pm.size() * 8, static_cast<off_t>(piece.addr / kPageSize * 8));
+    if (n != static_cast<ssize_t>(pm.size() * 8)) return Status::FromErrno(errno ? errno : EIO, "read pagemap of " + who);
+    for (size_t i = 0; i < pm.size(); ++i) {
+      if (!(pm[i] & (1ull << 63))) continue;
+      STASIS_RETURN_IF_ERROR(options_.lazy->ReadAt(piece.offset + i * kPageSize, page.data(), kPageSize));
+      STASIS_RETURN_IF_ERROR(p->mem.Write(piece.addr + i * kPageSize, page.data(), kPageSize));
+    }
+  }
+  STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (fd < 0)
+    return Status::FromErrno(static_cast<int>(-fd), "lazy restart: userfaultfd in " + who +
+                                                         " (needs root, or vm.unprivileged_userfaultfd=1)");
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p->pid, 0)));
+  UniqueFd uffd(pidfd ? static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), static_cast<int>(fd), 0)) : -1);
+  int saved = errno;
+  (void)Call(p, SYS_close, static_cast<uint64_t>(fd));
+  if (!uffd) return Status::FromErrno(saved, "lazy restart: take the userfaultfd of " + who);
+  struct uffdio_api api = {UFFD_API, LazyPages::Features(), 0};
+  if (::ioctl(uffd.get(), UFFDIO_API, &api) != 0)
+    return Status::FromErrno(errno, "lazy restart: UFFDIO_API for " + who);
+  for (const Mapping& m : p->mappings) {
+    if (m.kind != format::kMapAnon || (m.flags & format::kMapStack)) continue;
+    struct uffdio_register reg;
+    std::memset(&reg, 0, sizeof reg);
+    reg.range = {m.start, m.end - m.start};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (::ioctl(uffd.get(), UFFDIO_REGISTER, &reg) == 0) continue;
+    // Not registrable: its pages now, eagerly.
+    for (const LazyPages::Piece& piece : pieces) {
+      if (piece.addr < m.start || piece.addr >= m.end) continue;
+      std::vector<char> data(piece.bytes);
+      STASIS_RETURN_IF_ERROR(options_.lazy->ReadAt(piece.offset, data.data(), data.size()));
+      STASIS_RETURN_IF_ERROR(p->mem.Write(piece.addr, data.data(), data.size()));
+    }
+  }
+  return options_.lazy->Adopt(static_cast<pid_t>(p->entry.pid), std::move(uffd));
+}
+
 Status Restorer::FinishProcess(RProc* p) {
   const std::string who = Pid(p->entry.pid);
   if (p->entry.flags & format::kProcZombie) return Status::Ok();
@@ -1698,12 +1775,25 @@ Result<RestoreResult> Restorer::Run() {
         if (cur->threads.size() == cur->entry.tids.size())
           STASIS_RETURN_IF_ERROR(CreateThreads(cur));
         break;
-      case format::SectionType::kPages:
-        if (reader_.pages().owner.kind == format::PageOwner::kSharedMemory)
+      case format::SectionType::kPages: {
+        if (reader_.pages().owner.kind == format::PageOwner::kSharedMemory) {
           STASIS_RETURN_IF_ERROR(WriteSharedPages());
-        else
-          STASIS_RETURN_IF_ERROR(WritePages(find(static_cast<uint32_t>(reader_.pages().owner.id))));
+          break;
+        }
+        RProc* owner = find(static_cast<uint32_t>(reader_.pages().owner.id));
+        if (owner && LazyEligible(owner)) {
+          Result<format::SkippedPages> sk = reader_.SkipPageDataUnverified();
+          if (sk) {
+            options_.lazy->AddSection(static_cast<pid_t>(owner->entry.pid), reader_.pages().runs,
+                                      sk->data_offset, sk->trailer_offset, sk->crc_seed);
+            result_.lazy_bytes += reader_.pages().data_bytes;
+            break;
+          }
+          if (sk.error().code() != ENOTSUP) return sk.error();
+        }
+        STASIS_RETURN_IF_ERROR(WritePages(owner));
         break;
+      }
       case format::SectionType::kSharedMemory:
         STASIS_RETURN_IF_ERROR(CreateSharedMemory(reader_.shared_memory()));
         break;
@@ -1712,10 +1802,17 @@ Result<RestoreResult> Restorer::Run() {
                                std::string(format::SectionName(type)));
     }
   }
-  // The whole file is verified: finish and let the tree run.
+  // The whole file is verified (but lazy page data): finish and let the
+  // tree run.
   if (options_.before_run) STASIS_RETURN_IF_ERROR(options_.before_run());
+  if (options_.lazy && result_.lazy_bytes) {
+    for (auto& p : procs_) STASIS_RETURN_IF_ERROR(SetUpLazy(p.get()));
+    STASIS_RETURN_IF_ERROR(options_.lazy->Start());
+  }
   for (auto& p : procs_) STASIS_RETURN_IF_ERROR(FinishProcess(p.get()));
   STASIS_RETURN_IF_ERROR(Release());
+  for (auto& p : procs_) result_.pids.push_back(p->pid);
+  if (options_.lazy && result_.lazy_bytes) options_.lazy->StartStreaming(result_.pids);
   for (auto& p : procs_) {
     if (p->entry.ppid == 0 && !result_.root_pid) result_.root_pid = p->pid;
     if (p->entry.flags & format::kProcIsRoot) result_.root_pid = p->pid;

@@ -19,6 +19,10 @@ tools. Usage: run_speed.py BUILD_DIR CASE
               by the pid the process sees, so no child is left (root only).
   halfzero    a process with half of its pages zero gives a context of about
               half its memory; restarted, it checks every byte.
+  lazy        a program with 256 MiB is restarted with cr_restart --lazy: it
+              runs (prints) before its memory is in; then it and a forked child
+              read every page in random order, drop a MiB (zeros) and move
+              4 MiB (data kept) while the rest streams in (root only).
   bench       bench/checkpoint.py --small: every workload still runs and every
               restored program checks all of its memory.
 Exit 77 = skipped (prints SKIPPED and why).
@@ -255,8 +259,73 @@ def halfzero_case(work):
     print("restarted program: " + text.strip())
 
 
+def lazy_case(work):
+    if os.geteuid() != 0:
+        skip("cr_restart --lazy makes a userfaultfd in the restored process: needs root here "
+             "(vm.unprivileged_userfaultfd is 0)")
+    prog_path = os.path.join(BUILD, "test", "speed", "lazy_touch")
+    out = os.path.join(work, "out")
+    prog = subprocess.Popen([prog_path, "256", work], stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(work, "ready")), 60, "lazy_touch")
+        time.sleep(0.05)
+        ck = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "--kill", "-f", os.path.join(work, "ctx"),
+                             str(prog.pid)], capture_output=True, text=True)
+        if ck.returncode != 0:
+            fail("cr_checkpoint: " + ck.stderr.strip())
+    finally:
+        try:
+            os.killpg(prog.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        prog.wait()
+    ticks = lambda: len(re.findall(r"^tick \d+$", open(out).read(), re.M))
+    before = ticks()
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    t0 = time.monotonic()
+    rs = subprocess.Popen([os.path.join(CLI, "cr_restart"), "--lazy", "-v", os.path.join(work, "ctx")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: ticks() > before or rs.poll() is not None, 60, "the restored program's first tick")
+    running = time.monotonic() - t0
+    open(os.path.join(work, "check"), "w").close()
+    try:
+        _, err = rs.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        rs.kill()
+        fail("cr_restart --lazy did not end within 300 s")
+    text = open(out).read()
+    m = re.search(r"^(PASS|FAIL) .*$", text, re.M)
+    print(err.strip())
+    print(f"running {running:.3f} s after cr_restart --lazy started (cold cache); "
+          f"program says: {m.group(0) if m else text[-200:]}")
+    if rs.returncode != 0 or not m or m.group(1) != "PASS":
+        fail(f"the lazily restarted program (cr_restart exit {rs.returncode}): {text[-400:].strip()} {err.strip()}")
+    lazy = re.search(r"([\d.]+) MiB of pages follow lazily", err)
+    served = re.search(r"lazy pages: (\d+) faults served, ([\d.]+) MiB streamed", err)
+    if not lazy or float(lazy.group(1)) < 250 or not served or int(served.group(1)) == 0:
+        fail(f"cr_restart --lazy did not leave the big region to the page server: {err.strip()}")
+    # A damaged page deep in the file: the tree runs first (the damage is
+    # found by the stream), then it is killed and cr_restart says why.
+    ctx = os.path.join(work, "ctx")
+    bad = os.path.join(work, "bad.ctx")
+    shutil.copy(ctx, bad)
+    with open(bad, "r+b") as f:
+        f.seek(os.path.getsize(bad) * 3 // 4)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x20]))
+    os.remove(os.path.join(work, "check"))
+    rs = subprocess.run([os.path.join(CLI, "cr_restart"), "--lazy", bad], capture_output=True, text=True,
+                        timeout=120)
+    if rs.returncode == 0 or "checksum mismatch" not in rs.stderr:
+        fail(f"cr_restart --lazy of a damaged context: exit {rs.returncode}, {rs.stderr.strip()!r}: "
+             "want a failure naming the checksum mismatch")
+    print(f"damaged page data: cr_restart --lazy exit {rs.returncode}: {rs.stderr.strip()}")
+
+
 def main():
-    if CASE not in ("snapshot", "dontfork", "killed", "pidns", "halfzero", "bench"):
+    if CASE not in ("snapshot", "dontfork", "killed", "pidns", "halfzero", "lazy", "bench"):
         fail(f"unknown case '{CASE}'")
     if CASE == "bench":
         if os.geteuid() != 0:
@@ -276,6 +345,8 @@ def main():
     try:
         if CASE == "halfzero":
             halfzero_case(work)
+        elif CASE == "lazy":
+            lazy_case(work)
         elif CASE == "killed":
             killed_case(work)
         elif CASE == "pidns":
