@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <memory>
@@ -262,9 +263,19 @@ int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
                  result->processes, result->threads, result->page_bytes / 1048576.0,
                  result->seconds,
                  result->in_new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
-  if (verbose && lazy && result->lazy_bytes)
+  if (verbose && lazy && result->lazy_bytes) {
     std::fprintf(stderr, "cr_restart: running; %.1f MiB of pages follow lazily\n",
                  result->lazy_bytes / 1048576.0);
+    const double restore_s = result->seconds;
+    const auto since = std::chrono::steady_clock::now();
+    lazy->OnDone([lazy, restore_s, since](const stasis::Status& s) {
+      double t = restore_s + std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      if (s.ok())
+        std::fprintf(stderr, "cr_restart: all pages resident %.3f s after the restore began "
+                     "(%llu faults served, %.1f MiB streamed)\n", t,
+                     static_cast<unsigned long long>(lazy->faults_served()), lazy->bytes_streamed() / 1048576.0);
+    });
+  }
   ForwardSignals();
   int status = 0;
   for (;;) {
@@ -279,9 +290,6 @@ int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
     stasis::Status s = lazy->Wait();
     if (!s.ok()) Die("cr_restart", s.message());
   }
-  if (verbose && lazy && result->lazy_bytes)
-    std::fprintf(stderr, "cr_restart: lazy pages: %llu faults served, %.1f MiB streamed\n",
-                 static_cast<unsigned long long>(lazy->faults_served()), lazy->bytes_streamed() / 1048576.0);
   return ExitCodeOf(status);
 }
 

@@ -94,6 +94,7 @@ struct LazyPages::Impl {
   bool stream = false, stop = false, finished = false;
   std::vector<pid_t> tree;
   Status error;
+  std::function<void(const Status&)> on_done;
   std::atomic<uint64_t> faults{0}, streamed{0};
   std::vector<char> buf;
 
@@ -471,9 +472,29 @@ void LazyPages::Impl::Run() {
   }
   // Every page is in (or we failed): the registrations go with the fds.
   for (auto& sp : spaces) sp->uffd.reset();
-  std::lock_guard<std::mutex> lock(mu);
-  finished = true;
-  cv.notify_all();
+  std::function<void(const Status&)> fn;
+  Status result;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    finished = true;
+    cv.notify_all();
+    fn = on_done;
+    result = error;
+  }
+  if (fn) fn(result);
+}
+
+void LazyPages::OnDone(std::function<void(const Status&)> fn) {
+  Status result;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (!impl_->finished) {
+      impl_->on_done = std::move(fn);
+      return;
+    }
+    result = impl_->error;
+  }
+  fn(result);
 }
 
 Status LazyPages::Start() {

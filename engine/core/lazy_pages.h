@@ -21,6 +21,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +65,9 @@ class LazyPages {
   // Blocks until every page is in (or the server failed); the error, if any.
   Status Wait();
   bool done() const;
+  // Called once, from the server's thread, when every page is in (or the
+  // server failed); at once if that already happened.
+  void OnDone(std::function<void(const Status&)> fn);
   uint64_t faults_served() const;
   uint64_t bytes_streamed() const;
 

@@ -302,7 +302,7 @@ def lazy_case(work):
     if rs.returncode != 0 or not m or m.group(1) != "PASS":
         fail(f"the lazily restarted program (cr_restart exit {rs.returncode}): {text[-400:].strip()} {err.strip()}")
     lazy = re.search(r"([\d.]+) MiB of pages follow lazily", err)
-    served = re.search(r"lazy pages: (\d+) faults served, ([\d.]+) MiB streamed", err)
+    served = re.search(r"all pages resident .*\((\d+) faults served, ([\d.]+) MiB streamed\)", err)
     if not lazy or float(lazy.group(1)) < 250 or not served or int(served.group(1)) == 0:
         fail(f"cr_restart --lazy did not leave the big region to the page server: {err.strip()}")
     # A damaged page deep in the file: the tree runs first (the damage is
