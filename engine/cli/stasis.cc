@@ -54,6 +54,8 @@ const char* FileKindName(uint32_t kind) {
     case format::kFileUnixSocket: return "unix";
     case format::kFileEpoll: return "epoll";
     case format::kFileEventfd: return "eventfd";
+    case format::kFileSignalfd: return "signalfd";
+    case format::kFileTimerfd: return "timerfd";
   }
   return "other";
 }

@@ -946,6 +946,56 @@ Status Capturer::CaptureFiles(ProcState* p) {
       STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
       auto count = StatusField(text, "eventfd-count");
       if (count) f.pos = strtoull(count->c_str(), nullptr, 16);
+    } else if (link == "anon_inode:[signalfd]") {
+      f.kind = format::kFileSignalfd;
+      STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
+      auto mask = StatusField(text, "sigmask");
+      if (!mask) return Status::Error(EPROTO, "cannot checkpoint " + where + ": no sigmask in its fdinfo");
+      f.pos = strtoull(mask->c_str(), nullptr, 16);
+    } else if (link == "anon_inode:[timerfd]") {
+      // What fdinfo shows: the clock, expirations not yet read, the
+      // settime flags, the time left and the interval.
+      f.kind = format::kFileTimerfd;
+      STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
+      auto clock = StatusField(text, "clockid");
+      auto ticks = StatusField(text, "ticks");
+      auto flags = StatusField(text, "settime flags");
+      auto value = StatusField(text, "it_value");
+      auto interval = StatusField(text, "it_interval");
+      long long vs = 0, vn = 0, is = 0, in = 0;
+      if (!clock || !ticks || !flags || !value || !interval ||
+          sscanf(value->c_str(), "(%lld, %lld)", &vs, &vn) != 2 ||
+          sscanf(interval->c_str(), "(%lld, %lld)", &is, &in) != 2)
+        return Status::Error(EPROTO, "cannot checkpoint " + where + ": unreadable timerfd fdinfo");
+      struct {
+        int32_t clock;
+        uint32_t flags;
+        uint64_t ticks, value_ns, interval_ns;
+      } t = {static_cast<int32_t>(atoi(clock->c_str())), static_cast<uint32_t>(strtoul(flags->c_str(), nullptr, 8)),
+             strtoull(ticks->c_str(), nullptr, 10), static_cast<uint64_t>(vs * 1000000000LL + vn),
+             static_cast<uint64_t>(is * 1000000000LL + in)};
+      static_assert(sizeof t == 32);
+      if (t.ticks > 0) {
+        // A periodic timerfd counts one expiration (and shows no time left)
+        // until it is read, when it is forwarded over the ones it missed:
+        // read the real count in the process, and put it back.
+        constexpr uint64_t kTfdIocSetTicks = 0x40085400;  // _IOW('T', 0, u64)
+        Tracee* leader = p->threads[0].get();
+        STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_read, static_cast<uint64_t>(fd), p->scratch, 8));
+        if (r == 8) {
+          STASIS_RETURN_IF_ERROR(ReadScratch(p, &t.ticks, sizeof t.ticks));
+          STASIS_ASSIGN_OR_RETURN(r, Inject(p, leader, SYS_ioctl, static_cast<uint64_t>(fd), kTfdIocSetTicks,
+                                            p->scratch));
+          if (r != 0)
+            return Status::FromErrno(static_cast<int>(-r), "cannot checkpoint " + where +
+                                                                ": put back the expirations of its timerfd");
+          STASIS_ASSIGN_OR_RETURN(text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
+          value = StatusField(text, "it_value");
+          if (value && sscanf(value->c_str(), "(%lld, %lld)", &vs, &vn) == 2)
+            t.value_ns = static_cast<uint64_t>(vs * 1000000000LL + vn);
+        }
+      }
+      f.data.assign(reinterpret_cast<const char*>(&t), sizeof t);
     } else {
       return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + link +
                                         " is not supported yet");

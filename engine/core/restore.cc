@@ -919,6 +919,41 @@ Status Restorer::RestoreFiles(RProc* p) {
       STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_eventfd2, f.pos,
                                         (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
       STASIS_RETURN_IF_ERROR(SysErr(got, "create eventfd for fd " + std::to_string(f.fd) + " of " + who));
+    } else if (f.kind == format::kFileSignalfd) {
+      uint64_t mask = f.pos;
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &mask, sizeof mask));
+      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_signalfd4, static_cast<uint64_t>(-1), p->scratch + kOffArgs, 8,
+                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
+      STASIS_RETURN_IF_ERROR(SysErr(got, "create signalfd for fd " + std::to_string(f.fd) + " of " + who));
+    } else if (f.kind == format::kFileTimerfd) {
+      // Re-armed with the time it had left (relative: an absolute timer's
+      // TFD_TIMER_CANCEL_ON_SET is not kept); unread expirations are put
+      // back with TFD_IOC_SET_TICKS.
+      struct {
+        int32_t clock;
+        uint32_t flags;
+        uint64_t ticks, value_ns, interval_ns;
+      } t;
+      if (f.data.size() != sizeof t) return Status::Corrupt("bad timerfd state for fd " + std::to_string(f.fd));
+      std::memcpy(&t, f.data.data(), sizeof t);
+      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_timerfd_create, static_cast<uint64_t>(t.clock),
+                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
+      STASIS_RETURN_IF_ERROR(SysErr(got, "create timerfd for fd " + std::to_string(f.fd) + " of " + who));
+      if (!t.value_ns && t.interval_ns) t.value_ns = t.interval_ns;  // due now: next period
+      if (t.value_ns) {
+        int64_t its[4] = {static_cast<int64_t>(t.interval_ns / 1000000000), static_cast<int64_t>(t.interval_ns % 1000000000),
+                          static_cast<int64_t>(t.value_ns / 1000000000), static_cast<int64_t>(t.value_ns % 1000000000)};
+        STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, its, sizeof its));
+        STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_timerfd_settime, static_cast<uint64_t>(got), 0, p->scratch + kOffArgs, 0));
+        STASIS_RETURN_IF_ERROR(SysErr(r, "arm timerfd fd " + std::to_string(f.fd) + " of " + who));
+      }
+      if (t.ticks) {
+        constexpr uint64_t kTfdIocSetTicks = 0x40085400;  // _IOW('T', 0, u64)
+        STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &t.ticks, sizeof t.ticks));
+        STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_ioctl, static_cast<uint64_t>(got), kTfdIocSetTicks, p->scratch + kOffArgs));
+        STASIS_RETURN_IF_ERROR(SysErr(r, "put back " + std::to_string(t.ticks) + " unread expirations of timerfd fd " +
+                                             std::to_string(f.fd) + " of " + who));
+      }
     } else {
       STASIS_ASSIGN_OR_RETURN(int mine, RestorerFdFor(p, f));
       STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(pfd),

@@ -263,6 +263,9 @@ enum FileKind : uint32_t {
   kFileOther = 7,        // anything else: refused at checkpoint
   kFileEpoll = 8,        // data: packed {u32 tfd, u32 events, u64 data} records
   kFileEventfd = 9,      // pos: the counter
+  kFileSignalfd = 10,    // pos: the signal mask
+  kFileTimerfd = 11,     // data: {i32 clock, u32 settime flags, u64 ticks,
+                         //        u64 value_ns (left), u64 interval_ns}
 };
 
 enum FdFlags : uint32_t {

@@ -239,7 +239,9 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     const FileDesc& f = files[i];
     std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
     if (f.fd < 0) return Status::Corrupt(where + "negative fd");
-    if (f.kind > kFileEventfd) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
+    if (f.kind > kFileTimerfd) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
+    if (f.kind == kFileTimerfd && f.data.size() != 32)
+      return Status::Corrupt(where + "timerfd state of " + Str(f.data.size()) + " bytes, not 32");
     fds.push_back(f.fd);
   }
   std::sort(fds.begin(), fds.end());
