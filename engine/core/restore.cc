@@ -171,6 +171,8 @@ class Restorer {
   std::map<uint64_t, UniqueFd> shm_;           // shared memory id -> object
   std::map<uint64_t, UniqueFd> fifos_;         // FIFO inode -> read-write holder
   std::map<uint64_t, UniqueFd> sockets_;       // socket inode -> its restored end
+  std::map<std::string, UniqueFd> listeners_;  // bound name -> our listening socket there
+  Result<int> ListenerAt(const std::string& name, int type);
   std::map<uint64_t, int> sysv_ids_;           // saved shmid -> new shmid
   std::vector<int> sysv_remove_;               // marked for removal at the end
   std::map<uint64_t, uint64_t> shm_size_;
@@ -830,6 +832,26 @@ socklen_t UnixAddress(const std::string& name, sockaddr_un* addr) {
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n + (name[0] == '@' ? 0 : 1));
 }
 
+// Our listening socket at `name` (bound and listening once, shared by the
+// listener's own fd and the accepted connections restored through it).
+Result<int> Restorer::ListenerAt(const std::string& name, int type) {
+  auto it = listeners_.find(name);
+  if (it != listeners_.end()) return it->second.get();
+  UniqueFd l(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!l) return Status::FromErrno(errno, "create a listening socket at " + name);
+  sockaddr_un addr;
+  socklen_t len = UnixAddress(name, &addr);
+  struct stat st;
+  if (name[0] != '@' && ::lstat(name.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+    ::unlink(name.c_str());  // the old socket's name, left behind
+  if (::bind(l.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0)
+    return Status::FromErrno(errno, "cannot restore the socket at " + name + ": bind");
+  if (::listen(l.get(), 128) != 0) return Status::FromErrno(errno, "listen at " + name);
+  int raw = l.get();
+  listeners_[name] = std::move(l);
+  return raw;
+}
+
 Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
   const std::string what = "socket fd " + std::to_string(f.fd);
   int type = static_cast<int>(f.sock_type);
@@ -855,6 +877,26 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
   } else if (f.peer_id) {
     // A connected pair inside the checkpoint: one socketpair for both ends.
     auto it = sockets_.find(f.sock_inode);
+    if (it == sockets_.end() && !f.path.empty() && f.sock_state == 1 && type != SOCK_DGRAM) {
+      // An accepted connection (it carries its listener's name): connect a
+      // new client to a listener at that name and accept it, so both ends
+      // have their names again (getsockname, getpeername).
+      std::string name = f.path[0] == '@' ? f.path : Relocate(f.path);
+      Result<int> listener = ListenerAt(name, type);
+      if (listener) {
+        UniqueFd client(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+        sockaddr_un addr;
+        socklen_t len = UnixAddress(name, &addr);
+        if (client && ::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0) {
+          UniqueFd server(::accept4(*listener, nullptr, nullptr, SOCK_CLOEXEC));
+          if (server) {
+            sockets_[f.sock_inode] = std::move(server);
+            sockets_[f.peer_id] = std::move(client);
+            it = sockets_.find(f.sock_inode);
+          }
+        }
+      }
+    }
     if (it == sockets_.end()) {
       int sv[2];
       if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) != 0)
@@ -866,6 +908,18 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
     if (!f.data.empty())
       STASIS_RETURN_IF_ERROR(Refill(sockets_[f.peer_id].get(), f.data, nullptr, 0));
     mine.reset(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
+  } else if (f.sock_state == 10 && !f.path.empty()) {
+    // A listener: the one already made at its name for an accepted
+    // connection, or a new one.
+    std::string name = f.path[0] == '@' ? f.path : Relocate(f.path);
+    STASIS_ASSIGN_OR_RETURN(int l, ListenerAt(name, type));
+    mine.reset(::fcntl(l, F_DUPFD_CLOEXEC, 0));
+    if (!f.data.empty()) {
+      sockaddr_un addr;
+      socklen_t len = UnixAddress(name, &addr);
+      UniqueFd tmp(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+      STASIS_RETURN_IF_ERROR(Refill(tmp.get(), f.data, &addr, len));
+    }
   } else {
     mine.reset(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
     if (!mine) return Status::FromErrno(errno, "create " + what);
