@@ -18,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/base/io.h"
 #include "engine/format/crc32c.h"
 
 namespace stasis::core {
@@ -392,15 +393,42 @@ Status LazyPages::Impl::Stream() {
             [&](size_t a, size_t b) { return sections[a].data_offset < sections[b].data_offset; });
   if (buf.size() < kStreamChunk) buf.resize(kStreamChunk);
   std::vector<char> chunk(kStreamChunk);
+  // The file read ahead in order on a thread of its own (O_DIRECT, a new
+  // open file description: ours stays for pread), so that reading overlaps
+  // copying; what lies between the lazy sections is read and dropped.
+  std::unique_ptr<ByteSource> ahead;
+  UniqueFd again(::open(("/proc/self/fd/" + std::to_string(file.get())).c_str(), O_RDONLY | O_CLOEXEC));
+  if (again) ahead.reset(new PrefetchSource(std::move(again), name));
+  uint64_t ahead_pos = 0;
+  // Up to n bytes of the file at `off` (in order): a pointer into the
+  // read-ahead, or into `chunk` through pread.
+  auto fetch = [&](uint64_t off, size_t n, const char** data) -> Result<size_t> {
+    if (ahead && off >= ahead_pos) {
+      while (ahead_pos < off) {
+        size_t skip = static_cast<size_t>(std::min<uint64_t>(off - ahead_pos, chunk.size()));
+        STASIS_ASSIGN_OR_RETURN(size_t got, ahead->Read(chunk.data(), skip));
+        if (got == 0) return Status::Corrupt(name + ": truncated in page data (lazy restart)");
+        ahead_pos += got;
+      }
+      STASIS_ASSIGN_OR_RETURN(size_t got, ahead->ReadInPlace(data, n));
+      if (got == 0) return Status::Corrupt(name + ": truncated in page data (lazy restart)");
+      ahead_pos += got;
+      return got;
+    }
+    STASIS_RETURN_IF_ERROR(ReadAt(off, chunk.data(), n));
+    *data = chunk.data();
+    return n;
+  };
   for (size_t idx : order) {
     const Section& sec = sections[idx];
     uint32_t crc = sec.crc_seed;
     size_t run = 0;
     uint64_t run_off = 0, off = sec.data_offset;
     while (off < sec.trailer_offset) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kStreamChunk, sec.trailer_offset - off));
-      STASIS_RETURN_IF_ERROR(ReadAt(off, chunk.data(), n));
-      crc = format::Crc32c(crc, chunk.data(), n);
+      const char* data = nullptr;
+      STASIS_ASSIGN_OR_RETURN(size_t n, fetch(off, static_cast<size_t>(std::min<uint64_t>(kStreamChunk, sec.trailer_offset - off)),
+                                              &data));
+      crc = format::Crc32c(crc, data, n);
       size_t done = 0;
       while (done < n && run < sec.runs.size()) {
         const format::PageRun& r = sec.runs[run];
@@ -414,13 +442,13 @@ Status LazyPages::Impl::Stream() {
           // Page by page where memory moved or was removed; else in one go.
           if (s->remaps.empty() && !s->Removed(orig, take)) {
             bool exists = false;
-            STASIS_RETURN_IF_ERROR(CopyRetrying(s, orig, chunk.data() + done, take, &exists));
+            STASIS_RETURN_IF_ERROR(CopyRetrying(s, orig, data + done, take, &exists));
             continue;
           }
           for (uint64_t o = 0; o < take; o += kPage) {
             if (s->Removed(orig + o, kPage)) continue;
             bool exists = false;
-            STASIS_RETURN_IF_ERROR(CopyRetrying(s, s->ToCurrent(orig + o), chunk.data() + done + o, kPage, &exists));
+            STASIS_RETURN_IF_ERROR(CopyRetrying(s, s->ToCurrent(orig + o), data + done + o, kPage, &exists));
           }
         }
         done += take;
