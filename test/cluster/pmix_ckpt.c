@@ -15,7 +15,11 @@
  * change. Exits 0 once it printed the count in the file argv[2]; 3 on bad
  * memory, 4 on a PMIx failure. With argv[3] = "ignore" it never answers a
  * checkpoint event (it prints "rank R ignores the checkpoint event" and
- * counts on), so the checkpoint must fail after STASIS_PMIX_TIMEOUT. */
+ * counts on), so the checkpoint must fail after STASIS_PMIX_TIMEOUT. With
+ * argv[3] = "complete" it keeps its PMIx connection: it notifies
+ * PMIX_JCTRL_CHECKPOINT_COMPLETE, waits for the outcome (it can only
+ * continue: a connected PMIx client cannot be restarted) and prints "rank R
+ * continued connected", then fences as above. */
 #define _GNU_SOURCE /* pmix_common.h uses strdup, setenv, strncasecmp */
 #include <pmix.h>
 #include <stdint.h>
@@ -28,6 +32,7 @@
 #define WORDS ((4u << 20) / 8)
 
 static volatile int g_event;
+static int g_stay_connected;
 static volatile int g_alert;
 static volatile pmix_status_t g_outcome;
 static volatile int g_restarted_flag = -1;
@@ -110,6 +115,29 @@ static void checkpoint_event(void) {
   if (g_alert) printf("rank %llu preempt alert\n", (unsigned long long)g_rank);
   g_alert = 0;
   printf("rank %llu checkpoint event\n", (unsigned long long)g_rank);
+  if (g_stay_connected) {
+    g_event = 0;
+    g_outcome = 0;
+    g_restarted_flag = -1;
+    pmix_status_t rc = PMIx_Notify_event(PMIX_JCTRL_CHECKPOINT_COMPLETE, &g_me, PMIX_RANGE_PROC_LOCAL, NULL, 0,
+                                         NULL, NULL);
+    if (rc != PMIX_SUCCESS) die("notify PMIX_JCTRL_CHECKPOINT_COMPLETE", rc);
+    for (int i = 0; i < 1000 && !g_outcome; ++i) sleep_ms(10);
+    if (g_outcome != PMIX_ERR_PROC_CHECKPOINT || g_restarted_flag != 0) {
+      printf("rank %llu PMIX FAILED: outcome %d (restarted flag %d) while connected\n",
+             (unsigned long long)g_rank, (int)g_outcome, g_restarted_flag);
+      exit(4);
+    }
+    printf("rank %llu continued connected\n", (unsigned long long)g_rank);
+    pmix_proc_t all;
+    PMIX_PROC_CONSTRUCT(&all);
+    memcpy(all.nspace, g_me.nspace, sizeof(all.nspace));
+    all.rank = PMIX_RANK_WILDCARD;
+    rc = PMIx_Fence(&all, 1, NULL, 0);
+    if (rc != PMIX_SUCCESS) die("PMIx_Fence", rc);
+    printf("rank %llu of %u fence ok after continued connected\n", (unsigned long long)g_rank, job_size());
+    return;
+  }
   pmix_status_t rc = PMIx_Finalize(NULL, 0);
   if (rc != PMIX_SUCCESS) die("PMIx_Finalize", rc);
   g_event = 0;
@@ -148,6 +176,7 @@ int main(int argc, char **argv) {
   long step_ms = argc > 1 ? atol(argv[1]) : 100;
   const char *limit_file = argc > 2 ? argv[2] : NULL;
   const int ignore = argc > 3 && strcmp(argv[3], "ignore") == 0;
+  g_stay_connected = argc > 3 && strcmp(argv[3], "complete") == 0;
   setvbuf(stdout, NULL, _IOLBF, 0);
   init_and_register();
   g_rank = g_me.rank;

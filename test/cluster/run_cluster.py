@@ -817,6 +817,32 @@ def case_pmix():
           f"create failed after {took:.1f} s ({err.strip().splitlines()[-1] if err.strip() else rc}), "
           f"no epoch, every rank counts on")
 
+    # A program that stays connected: it answers PMIX_JCTRL_CHECKPOINT_COMPLETE
+    # and hears PMIX_ERR_PROC_CHECKPOINT without dropping PMIx.
+    script4 = write_script("pmix-complete.sh", f"#!/bin/sh\nsrun --mpi=pmix {prog} 100 '' complete\n")
+    job4 = submit(script4, "stasis_ua", "-N2", "-n2", f"--checkpoint-dir={ck}",
+                  "-o", os.path.join(WORK, "pmix-%j.out"))
+    out4 = os.path.join(WORK, f"pmix-{job4}.out")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not os.path.exists(out4) or len(counts(out4).get(1, [])) < 3):
+        time.sleep(0.2)
+    wrapped("checkpoint", "create", str(job4))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text4 = open(out4, errors="replace").read()
+        if all(f"rank {r} of 2 fence ok after continued connected" in text4 for r in range(2)):
+            break
+        time.sleep(0.2)
+    run("scancel", str(job4), user="stasis_ua")
+    wait_job_done(job4)
+    if "PMIX FAILED" in text4 or not all(f"rank {r} of 2 fence ok after continued connected" in text4
+                                         for r in range(2)):
+        fail(f"job {job4} (stays connected): {text4[-1500:]}")
+    if not complete_epochs(os.path.join(ck, str(job4))):
+        fail(f"job {job4}: no epoch after scontrol checkpoint create")
+    print(f"OK job {job4} (answers PMIX_JCTRL_CHECKPOINT_COMPLETE, keeps PMIx): epoch written, every rank "
+          f"heard PMIX_ERR_PROC_CHECKPOINT and fenced with both ranks")
+
 
 CASES = {
     "pmix": case_pmix,
