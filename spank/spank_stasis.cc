@@ -19,10 +19,14 @@ extern "C" {
 }
 
 #include <fcntl.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <string>
 
@@ -194,6 +198,43 @@ void StartTicker(spank_t sp) {
   ::_exit(127);
 }
 
+// Steps of a --checkpoint job that completed (every task of every node
+// exited 0) are marked in the job folder, one file per node:
+// <dir>/<job>/.step-<step>.node<i> holding the step's node count (the
+// store's listing ignores names that are not epoch numbers). A requeued job
+// whose script reaches such a step again does not run it a second time:
+// the job comes back where it stopped, not at its last epoch of a step that
+// had finished.
+std::string StepMarker(const std::string& dir, uint32_t job, uint32_t step, uint32_t node) {
+  return dir + "/" + std::to_string(job) + "/.step-" + std::to_string(step) + ".node" + std::to_string(node);
+}
+
+std::string JobDir(spank_t sp) {
+  char dir[4096] = {0};
+  if (spank_getenv(sp, "STASIS_CHECKPOINT_DIR", dir, sizeof dir) != ESPANK_SUCCESS &&
+      spank_getenv(sp, "SLURM_SUBMIT_DIR", dir, sizeof dir) != ESPANK_SUCCESS)
+    return "";
+  return dir;
+}
+
+// Were all nodes of `step` marked done (the count each marker names)?
+bool StepDone(const std::string& dir, uint32_t job, uint32_t step) {
+  int fd = ::open(StepMarker(dir, job, step, 0).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return false;
+  char buf[32] = {0};
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  long nodes = n > 0 ? std::strtol(buf, nullptr, 10) : 0;
+  if (nodes < 1 || nodes > 100000) return false;
+  for (long i = 1; i < nodes; ++i)
+    if (::access(StepMarker(dir, job, step, static_cast<uint32_t>(i)).c_str(), F_OK) != 0) return false;
+  return true;
+}
+
+struct TaskTally {
+  uint32_t exited = 0, failed = 0;
+} g_tally;
+
 // Tasks of `srun --mpi=pmix` steps get libstasis_pmix.so preloaded, so the
 // PMIx event handlers a program registers hear of each checkpoint
 // (pmix/include/stasis_pmix.h). A task that never calls PMIx_Init only
@@ -278,13 +319,12 @@ extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
   bool requeued = spank_getenv(sp, "SLURM_RESTART_COUNT", restarts, sizeof restarts) == ESPANK_SUCCESS &&
                   std::atoi(restarts) > 0;
   if (g_asked.restart_from.empty() && g_asked.interval && requeued && step != kBatchStep) {
-    char dir[4096] = {0};
-    if (spank_getenv(sp, "STASIS_CHECKPOINT_DIR", dir, sizeof dir) != ESPANK_SUCCESS &&
-        spank_getenv(sp, "SLURM_SUBMIT_DIR", dir, sizeof dir) != ESPANK_SUCCESS)
-      return 0;
-    std::string from = std::string(dir) + "/" + std::to_string(job);
+    std::string dir = JobDir(sp);
+    if (dir.empty()) return 0;
+    std::string from = dir + "/" + std::to_string(job);
     spank_setenv(sp, "STASIS_RESTART_FROM", from.c_str(), 1);
     spank_setenv(sp, "STASIS_RESTART_AUTO", "1", 1);
+    if (StepDone(dir, job, step)) spank_setenv(sp, "STASIS_RESTART_DONE", "1", 1);
   } else if (g_asked.restart_from.empty()) {
     return 0;
   }
@@ -302,5 +342,59 @@ extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
   spank_setenv(sp, "STASIS_RESTART_TASK", id.c_str(), 1);
   spank_setenv(sp, "STASIS_RESTART_ARGV0", argv[0], 1);
   argv[0] = strdup(g_site.tool.c_str());
+  return 0;
+}
+
+// Counts the local tasks of a step that ended, and how many did not exit 0.
+extern "C" int slurm_spank_task_exit(spank_t sp, int, char**) {
+  if (!spank_remote(sp) || !g_site_ok || !g_asked.interval) return 0;
+  int status = 0;
+  if (spank_get_item(sp, S_TASK_EXIT_STATUS, &status) != ESPANK_SUCCESS) return 0;
+  g_tally.exited++;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) g_tally.failed++;
+  return 0;
+}
+
+// At the end of a step of a --checkpoint job whose local tasks all exited
+// 0: this node's marker, written as the job's user.
+extern "C" int slurm_spank_exit(spank_t sp, int, char**) {
+  if (!spank_remote(sp) || !g_site_ok || !g_asked.interval) return 0;
+  uint32_t job = 0, step = 0, node = 0, nodes = 0, local = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_NODEID, &node) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_NNODES, &nodes) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &local) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_GID, &gid) != ESPANK_SUCCESS)
+    return 0;
+  if (step >= 0xfffffff0u || local == 0 || g_tally.exited != local || g_tally.failed != 0) return 0;
+  // Not our own helper steps (epochs, scontrol checkpoint enable/disable):
+  // they run stasis-step itself.
+  int argc = 0;
+  char** argv = nullptr;
+  if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1 || !argv || !argv[0] ||
+      std::strstr(argv[0], "stasis-step"))
+    return 0;
+  std::string dir = JobDir(sp);
+  if (dir.empty()) return 0;
+  std::string jobdir = dir + "/" + std::to_string(job), marker = StepMarker(dir, job, step, node);
+  std::string text = std::to_string(nodes) + "\n";
+  pid_t pid = ::fork();
+  if (pid < 0) return 0;
+  if (pid == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0)
+      ::_exit(1);
+    ::mkdir(jobdir.c_str(), 0700);
+    int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) ::_exit(1);
+    bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    ::_exit(ok && ::close(fd) == 0 ? 0 : 1);
+  }
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
   return 0;
 }

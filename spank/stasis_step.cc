@@ -1346,6 +1346,14 @@ int RunRestartProxy(const TaskEnv& t) {
 int RunRestartTask(char** argv) {
   auto t = ReadTaskEnv();
   if (!t) Die(t.error().message());
+  if (Env("STASIS_RESTART_AUTO") == "1" && Env("STASIS_RESTART_DONE") == "1") {
+    // The plugin found this step marked done on every node before the
+    // requeue: it is not run a second time.
+    if (t->global == 0)
+      std::fprintf(stderr, "%s: requeued job %s: step %s completed before the requeue; not run again\n",
+                   kTool, t->job.c_str(), t->step.c_str());
+    return 0;
+  }
   if (Env("STASIS_RESTART_AUTO") == "1") {
     // A requeued job's script runs its steps again: each resumes from the
     // newest complete epoch of the same step, or starts afresh.
