@@ -465,11 +465,30 @@ Status Capturer::CaptureProcess(ProcState* p) {
   if (pers) info.personality = static_cast<uint32_t>(strtoul(pers->c_str(), nullptr, 16));
   auto umask = StatusField(p->status_text, "Umask");
   if (umask) info.umask = static_cast<uint32_t>(strtoul(umask->c_str(), nullptr, 8));
+  // seccomp filters (mode 2) are saved, as root, when every thread has the
+  // same ones (TSYNC or inherited); strict mode (1) cannot be restored.
   auto seccomp = StatusField(p->status_text, "Seccomp");
-  if (seccomp && *seccomp != "0")
+  if (seccomp && *seccomp == "1")
     return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) +
-                                      ": it runs under seccomp (mode " + *seccomp +
-                                      "), which cannot be restored");
+                                      ": it runs in seccomp strict mode, which cannot be restored");
+  if (seccomp && *seccomp == "2") {
+    if (::geteuid() != 0)
+      return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) +
+                                      ": it runs under seccomp filters, which only root can read");
+    for (size_t i = 0; i < p->threads.size(); ++i) {
+      Tracee* t = p->threads[i].get();
+      auto text = ReadFileToString(proc + "/task/" + std::to_string(t->tid()) + "/status");
+      auto count = text ? StatusField(*text, "Seccomp_filters") : Result<std::string>(text.error());
+      if (!count) return Status::Error(EPROTO, "cannot checkpoint " + Pid(p->pid) + ": no Seccomp_filters in its status");
+      STASIS_ASSIGN_OR_RETURN(auto filters,
+                              t->SeccompFilters(static_cast<uint32_t>(std::strtoul(count->c_str(), nullptr, 10))));
+      if (i == 0)
+        info.seccomp_filters = std::move(filters);
+      else if (filters != info.seccomp_filters)
+        return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + ": its threads have different seccomp "
+                                                                             "filters (only filters shared by every thread are restored)");
+    }
+  }
   // POSIX timers: how each was created (their time left is read below,
   // with timer_gettime in the process).
   auto timers = ReadFileToString(proc + "/timers");
@@ -1631,12 +1650,12 @@ bool Capturer::Snapshot(std::string* why_not) {
   for (auto& p : procs_) {
     if (p->zombie || p->threads.empty()) continue;
     Tracee* t = p->threads[0].get();
-    const long trace = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK;
+    const long trace = SeizeOptions() | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK;
     pid_t child = 0;
     Result<long> r = Status::Error(EIO, "not run");
     if (::ptrace(PTRACE_SETOPTIONS, t->tid(), nullptr, reinterpret_cast<void*>(trace)) == 0) {
       r = t->Syscall(p->syscall_insn, SYS_clone, 0, 0, 0, 0, 0, 0, &child);
-      ::ptrace(PTRACE_SETOPTIONS, t->tid(), nullptr, reinterpret_cast<void*>(PTRACE_O_TRACESYSGOOD));
+      ::ptrace(PTRACE_SETOPTIONS, t->tid(), nullptr, reinterpret_cast<void*>(SeizeOptions()));
     }
     if (r && *r > 0 && child <= 0) child = static_cast<pid_t>(*r);
     if (!r || *r <= 0 || child <= 0) {

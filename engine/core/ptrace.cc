@@ -27,6 +27,9 @@ constexpr long kTraceOptions = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTR
 // Options for tracees seized at capture: no EXITKILL (a dying checkpointer
 // must leave its targets running), no fork tracing (they are frozen).
 constexpr long kSeizeOptions = PTRACE_O_TRACESYSGOOD;
+#ifndef PTRACE_O_SUSPEND_SECCOMP
+#define PTRACE_O_SUSPEND_SECCOMP (1 << 21)
+#endif
 
 std::string TidName(pid_t tid) { return "thread " + std::to_string(tid); }
 
@@ -88,8 +91,49 @@ Result<StopInfo> WaitThread(pid_t tid) {
   return s;
 }
 
+long SeizeOptions() {
+  // As root, a seized task's seccomp filters are suspended while we trace it,
+  // so that no injected call is filtered (PTRACE_O_SUSPEND_SECCOMP needs
+  // CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE).
+  static const long extra = ::geteuid() == 0 ? PTRACE_O_SUSPEND_SECCOMP : 0;
+  return kSeizeOptions | extra;
+}
+
+Status Tracee::SuspendSeccomp() const {
+  if (::ptrace(PTRACE_SETOPTIONS, tid_, nullptr,
+               reinterpret_cast<void*>(kTraceOptions | PTRACE_O_SUSPEND_SECCOMP)) != 0)
+    return Status::FromErrno(errno, "suspend the seccomp filters of " + TidName(tid_) +
+                                        " while restoring (needs CAP_SYS_ADMIN)");
+  return Status::Ok();
+}
+
+Result<std::vector<format::SeccompFilter>> Tracee::SeccompFilters(uint32_t count) const {
+  // Index 0 is the filter installed last: the list comes back oldest first.
+  std::vector<format::SeccompFilter> out;
+  for (long i = static_cast<long>(count) - 1; i >= 0; --i) {
+    long n = ::ptrace(PTRACE_SECCOMP_GET_FILTER, tid_, reinterpret_cast<void*>(i), nullptr);
+    if (n <= 0 || n > 4096)
+      return Status::FromErrno(n < 0 ? errno : EINVAL, "read seccomp filter " + std::to_string(i) + " of " +
+                                                           TidName(tid_) + " (needs CAP_SYS_ADMIN)");
+    format::SeccompFilter f;
+    f.program.resize(static_cast<size_t>(n) * 8);
+    if (::ptrace(PTRACE_SECCOMP_GET_FILTER, tid_, reinterpret_cast<void*>(i), f.program.data()) != n)
+      return Status::FromErrno(errno, "read seccomp filter " + std::to_string(i) + " of " + TidName(tid_));
+    struct {
+      uint64_t filter_off, flags;
+    } meta = {static_cast<uint64_t>(i), 0};
+    if (::ptrace(PTRACE_SECCOMP_GET_METADATA, tid_, reinterpret_cast<void*>(sizeof meta), &meta) > 0)
+      f.flags = meta.flags;
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
 Status Tracee::SeizeAndInterrupt() {
-  if (::ptrace(PTRACE_SEIZE, tid_, nullptr, reinterpret_cast<void*>(kSeizeOptions)) != 0)
+  long opts = SeizeOptions();
+  if (::ptrace(PTRACE_SEIZE, tid_, nullptr, reinterpret_cast<void*>(opts)) != 0 &&
+      (opts == kSeizeOptions ||
+       ::ptrace(PTRACE_SEIZE, tid_, nullptr, reinterpret_cast<void*>(kSeizeOptions)) != 0))
     return Status::FromErrno(errno, "ptrace seize " + TidName(tid_));
   attached_ = true;
   if (::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) != 0)

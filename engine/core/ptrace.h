@@ -23,6 +23,7 @@
 
 #include "engine/base/fd.h"
 #include "engine/base/status.h"
+#include "engine/format/context.h"
 
 namespace stasis::core {
 
@@ -64,6 +65,11 @@ class Tracee {
   // PTRACE_SEIZE with our options, then PTRACE_INTERRUPT. Call WaitForStop
   // after seizing every thread.
   Status SeizeAndInterrupt();
+  // Restore: seccomp filters installed in the task from now on do not apply
+  // to the calls we inject (PTRACE_O_SUSPEND_SECCOMP, root only).
+  Status SuspendSeccomp() const;
+  // Capture: the task's `count` seccomp filters, oldest first (root only).
+  Result<std::vector<format::SeccompFilter>> SeccompFilters(uint32_t count) const;
   // Waits for the first stop after SeizeAndInterrupt (or after an
   // auto-attach at clone/fork); records it as the thread's state.
   Status WaitForStop();
@@ -124,6 +130,10 @@ class Tracee {
 
 // /proc/PID/mem of a traced process: reads and writes ignore page
 // protections (FOLL_FORCE), so read-only and PROT_NONE memory is reachable.
+// The options a task is seized with: PTRACE_O_TRACESYSGOOD, and as root
+// PTRACE_O_SUSPEND_SECCOMP (injected calls are not filtered).
+long SeizeOptions();
+
 class ProcessMemory {
  public:
   ProcessMemory() = default;

@@ -1743,6 +1743,27 @@ Status Restorer::FinishProcess(RProc* p) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     (void)r;
   }
+  // seccomp filters after everything that sets state, oldest first, to
+  // every thread (TSYNC); the calls we still inject are not filtered
+  // (PTRACE_O_SUSPEND_SECCOMP until we detach).
+  if (!info.seccomp_filters.empty()) {
+    for (auto& t : p->tracees) STASIS_RETURN_IF_ERROR(t->SuspendSeccomp());
+    constexpr uint64_t kTsync = 1, kKeptFlags = 2 /* LOG */ | 4 /* SPEC_ALLOW */;
+    for (const format::SeccompFilter& f : info.seccomp_filters) {
+      if (f.program.empty() || f.program.size() % 8 != 0 || f.program.size() > kMaxPath)
+        return Status::Corrupt("bad seccomp filter for " + who);
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffPath, f.program.data(), f.program.size()));
+      struct {
+        uint16_t len;
+        uint16_t pad[3];
+        uint64_t filter;
+      } prog = {static_cast<uint16_t>(f.program.size() / 8), {0, 0, 0}, p->scratch + kOffPath};
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &prog, sizeof prog));
+      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */,
+                                           (f.flags & kKeptFlags) | kTsync, p->scratch + kOffArgs));
+      STASIS_RETURN_IF_ERROR(SysErr(r, "restore a seccomp filter of " + who));
+    }
+  }
   if (p->pidfd >= 0) {
     STASIS_ASSIGN_OR_RETURN(long c, Call(p, SYS_close, static_cast<uint64_t>(p->pidfd)));
     (void)c;

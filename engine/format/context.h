@@ -132,6 +132,14 @@ struct PosixTimer {
   bool operator==(const PosixTimer&) const = default;
 };
 
+// A seccomp filter: the classic BPF program (struct sock_filter, 8 bytes an
+// instruction) and the flags it was installed with.
+struct SeccompFilter {
+  std::string program;
+  uint64_t flags = 0;
+  bool operator==(const SeccompFilter&) const = default;
+};
+
 struct ProcessInfo {
   uint32_t pid = 0;
   std::string comm;               // /proc/PID/comm
@@ -158,6 +166,7 @@ struct ProcessInfo {
   uint32_t exit_signal = 17;      // SIGCHLD usually
   uint32_t child_subreaper = 0;   // PR_SET_CHILD_SUBREAPER
   std::vector<PosixTimer> posix_timers;
+  std::vector<SeccompFilter> seccomp_filters;  // oldest first; all threads share them
   bool operator==(const ProcessInfo&) const = default;
 };
 

@@ -72,6 +72,7 @@ inline constexpr size_t kMaxGroups = 65536;        // NGROUPS_MAX
 inline constexpr size_t kMaxRlimits = 64;
 inline constexpr size_t kMaxSigactions = 64;
 inline constexpr size_t kMaxPosixTimers = 4096;
+inline constexpr size_t kMaxSeccompFilters = 512;
 inline constexpr size_t kMaxMappings = 1u << 20;  // per process
 inline constexpr size_t kMaxFiles = 1u << 20;     // per process
 inline constexpr size_t kPageRunSize = 16;        // u64 start, u64 npages
@@ -142,7 +143,10 @@ enum Process : uint32_t {
   kProcessExitSignal = 25,
   kProcessChildSubreaper = 26,
   kProcessPosixTimer = 27,  // repeated PosixTimer
+  kProcessSeccompFilter = 28,  // repeated SeccompFilter, oldest first
 };
+
+enum SeccompFilter : uint32_t { kSeccompProgram = 1, kSeccompFlags = 2 };
 
 enum PosixTimer : uint32_t {
   kPosixTimerId = 1,

@@ -108,6 +108,13 @@ void Fields(V& v, S& m) {
 }
 
 template <class V, class S>
+requires Is<S, SeccompFilter>
+void Fields(V& v, S& m) {
+  v.Bytes(tag::kSeccompProgram, "program", m.program);
+  v.U64(tag::kSeccompFlags, "flags", m.flags);
+}
+
+template <class V, class S>
 requires Is<S, PosixTimer>
 void Fields(V& v, S& m) {
   v.I32(tag::kPosixTimerId, "id", m.id);
@@ -231,6 +238,7 @@ void Fields(V& v, S& m) {
   v.U32(tag::kProcessExitSignal, "exit_signal", m.exit_signal);
   v.U32(tag::kProcessChildSubreaper, "child_subreaper", m.child_subreaper);
   v.RepeatedMessage(tag::kProcessPosixTimer, "posix_timer", m.posix_timers, kMaxPosixTimers);
+  v.RepeatedMessage(tag::kProcessSeccompFilter, "seccomp_filter", m.seccomp_filters, kMaxSeccompFilters);
 }
 
 template <class V, class S>

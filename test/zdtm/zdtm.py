@@ -649,6 +649,7 @@ PROGRAMS = {
     "signals": Prog(["@zdtm_signals"]),
     "itimers": Prog(["@zdtm_itimers"]),
     "fd_timers": Prog(["@zdtm_fd_timers"]),
+    "seccomp": Prog(["@zdtm_seccomp"]),
     "posix_timer": Prog(["@zdtm_posix_timer"]),
     # Timer ids as kernels before PR_TIMER_CREATE_RESTORE_IDS give them
     # (Debian 12's 6.1): in increasing order, gaps used up by placeholders.
