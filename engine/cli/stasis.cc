@@ -56,6 +56,8 @@ const char* FileKindName(uint32_t kind) {
     case format::kFileEventfd: return "eventfd";
     case format::kFileSignalfd: return "signalfd";
     case format::kFileTimerfd: return "timerfd";
+    case format::kFilePtyMaster: return "ptmx";
+    case format::kFilePtySlave: return "pts";
   }
   return "other";
 }

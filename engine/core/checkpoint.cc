@@ -163,6 +163,7 @@ class Capturer {
   std::map<uint64_t, Shm> shms_;
   std::optional<std::map<uint64_t, UnixSocketInfo>> unix_;
   Status ClassifySockets();
+  void ClassifyPtys();
   Status PeekSocket(pid_t pid, FileDesc* f);
   Result<long> Inject(ProcState* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
                       uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
@@ -893,12 +894,29 @@ Status Capturer::CaptureFiles(ProcState* p) {
       f.kind = format::kFileDirectory;
     } else if (S_ISCHR(st.st_mode)) {
       unsigned maj = major(st.st_rdev);
-      if (link == "/dev/ptmx" || link.rfind("/dev/pts/ptmx", 0) == 0)
-        return Status::Error(ENOTSUP, "cannot checkpoint " + where +
-                                          ": pseudo-terminals created inside the job (pty "
-                                          "masters) are not supported yet");
+      if (link == "/dev/ptmx" || link.rfind("/dev/pts/ptmx", 0) == 0) {
+        // A pty master of the job: its index, and the terminal's settings
+        // and window size (asked of the master: they are the slave's).
+        STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
+        auto index = StatusField(text, "tty-index");
+        if (!index)
+          return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": this kernel does not show a pty's index");
+        f.kind = format::kFilePtyMaster;
+        f.pos = strtoull(index->c_str(), nullptr, 10);
+        Tracee* leader = p->threads[0].get();
+        char state[52] = {0};
+        STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_ioctl, static_cast<uint64_t>(fd), 0x802C542A /* TCGETS2 */,
+                                               p->scratch));
+        if (r != 0) return Status::FromErrno(static_cast<int>(-r), "cannot checkpoint " + where + ": TCGETS2");
+        STASIS_RETURN_IF_ERROR(ReadScratch(p, state, 44));
+        STASIS_ASSIGN_OR_RETURN(r, Inject(p, leader, SYS_ioctl, static_cast<uint64_t>(fd), 0x5413 /* TIOCGWINSZ */, p->scratch));
+        if (r != 0) return Status::FromErrno(static_cast<int>(-r), "cannot checkpoint " + where + ": TIOCGWINSZ");
+        STASIS_RETURN_IF_ERROR(ReadScratch(p, state + 44, 8));
+        f.data.assign(state, sizeof state);
+      } else {
       bool tty = maj == 136 || maj == 4 || maj == 5 || link.rfind("/dev/pts/", 0) == 0;
       f.kind = tty ? format::kFileTty : format::kFileCharDevice;
+      }
     } else if (S_ISFIFO(st.st_mode)) {
       if (link.rfind("pipe:[", 0) == 0) {
         f.kind = format::kFilePipe;
@@ -1283,6 +1301,7 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
   STASIS_RETURN_IF_ERROR(ClassifySockets());
+  ClassifyPtys();
   STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
   // Shared memory and pipe data are written; what follows comes from the
   // captured metadata and the snapshots, so the tree may run from here.
@@ -1508,6 +1527,40 @@ Status Capturer::ClassifyPipes() {
     }
   }
   return Status::Ok();
+}
+
+// Ptys whose master is in the checkpoint: their slave fds (and /dev/tty
+// opens of processes whose controlling terminal they are) come back as the
+// restored pty's slave; session leaders get it back as controlling terminal.
+void Capturer::ClassifyPtys() {
+  std::map<uint64_t, std::string> masters;  // index -> terminal state
+  for (auto& p : procs_)
+    for (const FileDesc& f : p->files)
+      if (f.kind == format::kFilePtyMaster) masters[f.pos] = f.data;
+  if (masters.empty()) return;
+  // /proc/PID/stat tty_nr: a pts is major 136..143, index = major's offset * 256 + minor.
+  auto pts_index = [](uint64_t dev) -> int64_t {
+    uint64_t major = (dev >> 8) & 0xfff, minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    if (major < 136 || major > 143) return -1;
+    return static_cast<int64_t>((major - 136) * 256 + minor);
+  };
+  for (auto& p : procs_) {
+    int64_t ctty = pts_index(p->stat.tty_nr);
+    for (FileDesc& f : p->files) {
+      if (f.kind != format::kFileTty) continue;
+      int64_t index = -1;
+      if (f.path.rfind("/dev/pts/", 0) == 0) index = static_cast<int64_t>(strtoull(f.path.c_str() + 9, nullptr, 10));
+      else if (f.path == "/dev/tty") index = ctty;
+      if (index < 0 || !masters.count(static_cast<uint64_t>(index))) continue;
+      f.kind = format::kFilePtySlave;
+      f.pos = static_cast<uint64_t>(index);
+      f.data = masters[f.pos];
+    }
+    if (ctty >= 0 && masters.count(static_cast<uint64_t>(ctty)) && p->stat.session == p->pid) {
+      p->info.ctty_pty = static_cast<uint32_t>(ctty + 1);
+      p->info.tty_pgrp = p->stat.tpgid > 0 ? static_cast<uint32_t>(p->stat.tpgid) : 0;
+    }
+  }
 }
 
 // Refuses sockets connected to processes outside the checkpoint, and saves

@@ -99,6 +99,8 @@ Result<ProcStat> ParseStat(const std::string& text) {
   st.ppid = static_cast<pid_t>(u(4));
   st.pgrp = static_cast<pid_t>(u(5));
   st.session = static_cast<pid_t>(u(6));
+  st.tty_nr = u(7);
+  st.tpgid = static_cast<pid_t>(strtoll(f[static_cast<size_t>(8 - 3)].c_str(), nullptr, 10));
   st.flags = u(9);
   st.num_threads = static_cast<int>(u(20));
   st.start_code = u(26);

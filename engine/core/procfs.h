@@ -39,6 +39,8 @@ struct ProcStat {
   std::string comm;
   char state = '?';
   pid_t ppid = 0, pgrp = 0, session = 0;
+  uint64_t tty_nr = 0;  // the controlling terminal's device, 0 = none
+  pid_t tpgid = 0;      // its foreground process group
   uint64_t flags = 0;
   uint64_t start_code = 0, end_code = 0, start_stack = 0;
   uint64_t start_data = 0, end_data = 0, start_brk = 0;

@@ -172,6 +172,8 @@ class Restorer {
   std::map<uint64_t, UniqueFd> fifos_;         // FIFO inode -> read-write holder
   std::map<uint64_t, UniqueFd> sockets_;       // socket inode -> its restored end
   std::map<std::string, UniqueFd> listeners_;  // bound name -> our listening socket there
+  std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> ptys_;  // index -> our master, slave
+  Result<int> PtyPair(const FileDesc& f);
   Result<int> ListenerAt(const std::string& name, int type);
   std::map<uint64_t, int> sysv_ids_;           // saved shmid -> new shmid
   std::vector<int> sysv_remove_;               // marked for removal at the end
@@ -712,6 +714,21 @@ Result<int> Restorer::RestorerFdFor(const RProc* p, const FileDesc& f) {
         return Status::FromErrno(errno, "seek " + path);
       break;
     }
+    case format::kFilePtyMaster: {
+      STASIS_ASSIGN_OR_RETURN(int m, PtyPair(f));
+      fd.reset(::fcntl(m, F_DUPFD_CLOEXEC, 0));
+      if (!fd) return Status::FromErrno(errno, "dup pty master");
+      ::fcntl(fd.get(), F_SETFL, static_cast<int>(f.open_flags) & O_NONBLOCK);
+      break;
+    }
+    case format::kFilePtySlave: {
+      STASIS_RETURN_IF_ERROR(PtyPair(f).status());
+      std::string path = "/dev/pts/" + std::to_string(f.pos);
+      int flags = static_cast<int>(f.open_flags) & (O_ACCMODE | O_NONBLOCK | O_APPEND);
+      fd.reset(::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY));
+      if (!fd) return Status::FromErrno(errno, "cannot restore fd " + std::to_string(f.fd) + ": open " + path);
+      break;
+    }
     case format::kFileTty: {
       int flags = static_cast<int>(f.open_flags) & (O_ACCMODE | O_NONBLOCK | O_APPEND);
       fd.reset(::open("/dev/tty", flags | O_CLOEXEC | O_NOCTTY));
@@ -830,6 +847,41 @@ socklen_t UnixAddress(const std::string& name, sockaddr_un* addr) {
   std::memcpy(addr->sun_path, name.data(), n);
   if (!name.empty() && name[0] == '@') addr->sun_path[0] = '\0';
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n + (name[0] == '@' ? 0 : 1));
+}
+
+// The pty of a checkpoint's master, at its index again: /dev/ptmx hands out
+// the lowest free index, so we open until we get it (the extra ones are
+// closed again); then unlocked, with the saved termios and window size.
+Result<int> Restorer::PtyPair(const FileDesc& f) {
+  auto it = ptys_.find(f.pos);
+  if (it != ptys_.end()) return it->second.first.get();
+  if (f.data.size() != 52) return Status::Corrupt("bad pty state for fd " + std::to_string(f.fd));
+  const int want = static_cast<int>(f.pos);
+  std::vector<UniqueFd> extra;
+  UniqueFd master;
+  for (int i = 0; i < 4096 && !master; ++i) {
+    UniqueFd m(::open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!m) return Status::FromErrno(errno, "open /dev/ptmx");
+    int n = -1;
+    if (::ioctl(m.get(), TIOCGPTN, &n) != 0) return Status::FromErrno(errno, "TIOCGPTN");
+    if (n == want) master = std::move(m);
+    else if (n > want) return Status::Error(EBUSY, "cannot restore pty " + std::to_string(want) + ": /dev/pts/" +
+                                                        std::to_string(want) + " is in use here");
+    else extra.push_back(std::move(m));
+  }
+  if (!master) return Status::Error(EBUSY, "cannot restore pty " + std::to_string(want));
+  int unlock = 0;
+  if (::ioctl(master.get(), TIOCSPTLCK, &unlock) != 0) return Status::FromErrno(errno, "unlock pty " + std::to_string(want));
+  std::string path = "/dev/pts/" + std::to_string(want);
+  UniqueFd slave(::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!slave) return Status::FromErrno(errno, "open " + path);
+  if (::ioctl(slave.get(), 0x402C542B /* TCSETS2 */, f.data.data()) != 0)
+    return Status::FromErrno(errno, "restore the terminal settings of " + path);
+  if (::ioctl(slave.get(), TIOCSWINSZ, f.data.data() + 44) != 0)
+    return Status::FromErrno(errno, "restore the window size of " + path);
+  int raw = master.get();
+  ptys_[f.pos] = {std::move(master), std::move(slave)};
+  return raw;
 }
 
 // Our listening socket at `name` (bound and listening once, shared by the
@@ -1701,6 +1753,23 @@ Status Restorer::FinishProcess(RProc* p) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigqueueinfo, static_cast<uint64_t>(self),
                                          static_cast<uint64_t>(signo), p->scratch + kOffArgs));
     STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
+  }
+  // Its controlling terminal, when that is a pty of the checkpoint: opened
+  // (without O_NOCTTY) by the session leader, made its terminal, given its
+  // foreground group.
+  if (info.ctty_pty && p->entry.sid == p->entry.pid && ptys_.count(info.ctty_pty - 1)) {
+    STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, "/dev/pts/" + std::to_string(info.ctty_pty - 1)));
+    STASIS_ASSIGN_OR_RETURN(long tfd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), a, O_RDWR | O_CLOEXEC));
+    STASIS_RETURN_IF_ERROR(SysErr(tfd, "open the controlling terminal of " + who));
+    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_ioctl, static_cast<uint64_t>(tfd), TIOCSCTTY, 0));
+    if (r == 0 && info.tty_pgrp) {
+      int32_t pg = static_cast<int32_t>(info.tty_pgrp);
+      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &pg, sizeof pg));
+      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_ioctl, static_cast<uint64_t>(tfd), TIOCSPGRP, p->scratch + kOffArgs));
+    }
+    (void)Call(p, SYS_close, static_cast<uint64_t>(tfd));
+    STASIS_RETURN_IF_ERROR(SysErr(r, "make /dev/pts/" + std::to_string(info.ctty_pty - 1) +
+                                         " the controlling terminal of " + who));
   }
   // Credentials last: they may take away our right to do the rest.
   if (::geteuid() == 0) {

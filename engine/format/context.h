@@ -167,6 +167,9 @@ struct ProcessInfo {
   uint32_t child_subreaper = 0;   // PR_SET_CHILD_SUBREAPER
   std::vector<PosixTimer> posix_timers;
   std::vector<SeccompFilter> seccomp_filters;  // oldest first; all threads share them
+  uint32_t ctty_pty = 0;  // session leader: 1 + the index of its controlling pty, when
+                          // that pty's master is in the checkpoint; else 0
+  uint32_t tty_pgrp = 0;  // then: the terminal's foreground process group
   bool operator==(const ProcessInfo&) const = default;
 };
 
@@ -275,6 +278,9 @@ enum FileKind : uint32_t {
   kFileSignalfd = 10,    // pos: the signal mask
   kFileTimerfd = 11,     // data: {i32 clock, u32 settime flags, u64 ticks,
                          //        u64 value_ns (left), u64 interval_ns}
+  kFilePtyMaster = 12,   // a pty master (/dev/ptmx) of the checkpoint: pos = its index,
+                         // data = struct termios2 (44 bytes) + struct winsize (8)
+  kFilePtySlave = 13,    // /dev/pts/<pos> whose master is in the checkpoint; data as above
 };
 
 enum FdFlags : uint32_t {

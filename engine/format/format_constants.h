@@ -144,6 +144,8 @@ enum Process : uint32_t {
   kProcessChildSubreaper = 26,
   kProcessPosixTimer = 27,  // repeated PosixTimer
   kProcessSeccompFilter = 28,  // repeated SeccompFilter, oldest first
+  kProcessCttyPty = 29,
+  kProcessTtyPgrp = 30,
 };
 
 enum SeccompFilter : uint32_t { kSeccompProgram = 1, kSeccompFlags = 2 };

@@ -239,6 +239,8 @@ void Fields(V& v, S& m) {
   v.U32(tag::kProcessChildSubreaper, "child_subreaper", m.child_subreaper);
   v.RepeatedMessage(tag::kProcessPosixTimer, "posix_timer", m.posix_timers, kMaxPosixTimers);
   v.RepeatedMessage(tag::kProcessSeccompFilter, "seccomp_filter", m.seccomp_filters, kMaxSeccompFilters);
+  v.U32(tag::kProcessCttyPty, "ctty_pty", m.ctty_pty);
+  v.U32(tag::kProcessTtyPgrp, "tty_pgrp", m.tty_pgrp);
 }
 
 template <class V, class S>

@@ -239,7 +239,9 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     const FileDesc& f = files[i];
     std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
     if (f.fd < 0) return Status::Corrupt(where + "negative fd");
-    if (f.kind > kFileTimerfd) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
+    if (f.kind > kFilePtySlave) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
+    if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && (f.data.size() != 52 || f.pos > (1u << 20)))
+      return Status::Corrupt(where + "pty of " + Str(f.data.size()) + " bytes of state, index " + Str(f.pos));
     if (f.kind == kFileTimerfd && f.data.size() != 32)
       return Status::Corrupt(where + "timerfd state of " + Str(f.data.size()) + " bytes, not 32");
     fds.push_back(f.fd);
