@@ -32,6 +32,7 @@ namespace {
 
 const char* kUsage =
     "cr_restart [--no-restore-pid] [--lazy] [--stop|--kill|--term|--cont] [--relocate OLD=NEW]... "
+    "[--stdin FILE] [--stdout FILE] [--stderr FILE] "
     "[--omit-maybe|--omit-always|--omit-never] [--no-daemon|--socket PATH] [--node N] [-v] "
     "[-f] FILE|EPOCHDIR|JOBDIR";
 
@@ -73,7 +74,7 @@ int ExitCodeOf(int status) {
   req.attached = proto::kAttachStdio;
   auto client = stasis::daemon::Client::Connect(socket);
   if (!client) Die("cr_restart", client.error().message());
-  stasis::Status sent = (*client)->Send(req, {0, 1, 2});
+  stasis::Status sent = (*client)->Send(req, {opt.stdin_fd, opt.stdout_fd, opt.stderr_fd});
   if (!sent.ok()) Die("cr_restart", sent.message());
   ForwardSignals();
   for (;;) {
@@ -196,6 +197,16 @@ int main(int argc, char** argv) {
     }
     else if (a == "--no-daemon") no_daemon = true;
     else if (a == "--lazy") lazy = true;
+    else if (a == "--stdin" || a == "--stdout" || a == "--stderr") {
+      // Where descriptors that led outside the checkpoint (pipes to
+      // processes not saved, the old stdio) are reattached, instead of our
+      // own stdin/stdout/stderr.
+      std::string path = next();
+      int flags = a == "--stdin" ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND;
+      int fd = ::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY, 0600);
+      if (fd < 0) Die("cr_restart", a + " " + path + ": " + std::strerror(errno), 2);
+      (a == "--stdin" ? opt.stdin_fd : a == "--stdout" ? opt.stdout_fd : opt.stderr_fd) = fd;
+    }
     else if (a == "--socket") socket_option = next();
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);

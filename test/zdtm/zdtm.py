@@ -938,6 +938,47 @@ def test_neg_no_such_pid(h):
     expect(problems)
 
 
+def test_stdio_targets(h):
+    """A counter whose stdout is a pipe to a process outside the checkpoint:
+    cr_restart --stdout FILE reattaches it to FILE (not to cr_restart's own
+    stdout), and the counts go on there from where they stopped."""
+    h.need_cli()
+    h.need_root("restoring the counter at its pid")
+    prog = PROGRAMS["counter"]
+    h.make_dir("stdio_targets")
+    pid = h.start(prog, [h.tool("cr_run")], pipe_out=True)
+    time.sleep(0.3)
+    ids = all_ids(snapshot(pid))
+    h.checkpoint(h.path("ctx"), pid, prog.cr_timeout)
+    wait_gone(ids, 20, "after cr_checkpoint --kill")
+    time.sleep(0.2)  # the logger has written what the pipe held
+    before = counts_in(h.path("test.log"))
+    target = h.path("elsewhere.out")
+    rpid = spawn([h.tool("cr_restart"), "--stdout", target, h.path("ctx")], h.dir, dict(os.environ),
+                 h.path("restart.out"), h.path("test.err"))
+    deadline = time.monotonic() + 30
+    while len(counts_in(target)) < 3 and time.monotonic() < deadline:
+        if REAPER.done(rpid) is not None:
+            break
+        time.sleep(0.02)
+    after = counts_in(target)
+    mine = counts_in(h.path("restart.out"))
+    kill_ours([pid])
+    REAPER.wait(rpid, 10)
+    problems = []
+    if len(after) < 3:
+        problems.append("the restored counter wrote %d counts to --stdout's file (stderr: %s)" % (
+            len(after), tail(h.path("test.err"), 3)))
+    elif not before or after[0] != before[-1] + 1:
+        problems.append("counts in the --stdout file start at %d, want %d (the next after %s)" % (
+            after[0], (before[-1] + 1) if before else -1, before[-3:]))
+    if mine:
+        problems.append("cr_restart's own stdout got %d counts: the pipe was not reattached to --stdout" % len(mine))
+    if not problems:
+        log("  counts %d..%d before, %d.. in the --stdout file" % (before[0], before[-1], after[0]))
+    expect(problems)
+
+
 def test_neg_net_socket(h):
     """A TCP socket leads outside the checkpoint: without --close-sockets
     cr_checkpoint refuses with one line naming the socket and the option,
@@ -1285,6 +1326,7 @@ SPECIAL = {
     "neg_missing_file": test_neg_missing_file,
     "neg_corrupt_file": test_neg_corrupt_file,
     "neg_net_socket": test_neg_net_socket,
+    "stdio_targets": test_stdio_targets,
     "neg_no_such_pid": test_neg_no_such_pid,
     "neg_other_user": test_neg_other_user,
     "unprivileged": test_unprivileged,
