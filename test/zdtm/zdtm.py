@@ -938,6 +938,99 @@ def test_neg_no_such_pid(h):
     expect(problems)
 
 
+def test_file_deps(h):
+    """Files a restart depends on, changed after the checkpoint: a vanished
+    open file, an open file replaced by another, a mapped file modified are
+    each refused with one line naming the file, nothing started; the folder
+    moved elsewhere restarts with --relocate OLD=NEW (open file, mapping and
+    working directory found there); with --save-all the program's executable
+    and mapped file are saved, and it restarts after both are deleted."""
+    h.need_cli()
+    h.need_root("restoring the program at its pid")
+    h.make_dir("file_deps")
+    a, b = h.path("a"), h.path("b")
+
+    def populate(folder):
+        os.makedirs(os.path.join(folder, "sub"), exist_ok=True)
+        open(os.path.join(folder, "sub", "here"), "w").close()
+        with open(os.path.join(folder, "data"), "w") as f:
+            f.write("abcdefghij")
+        with open(os.path.join(folder, "mapped"), "w") as f:
+            f.write("MAPPED" + "x" * 4090)
+        shutil.copy(os.path.join(h.testdir, "zdtm_file_deps"), os.path.join(folder, "prog"))
+
+    populate(a)
+    prog = Prog([os.path.join(a, "prog"), a])
+    pid = h.start(prog, [h.tool("cr_run")])
+    ids = all_ids(snapshot(pid))
+    ctx = h.path("ctx")
+    h.checkpoint(ctx, pid, 60)
+    wait_gone(ids, 20, "after cr_checkpoint --kill")
+    problems = []
+
+    def refused(what, mentions):
+        res = run_cmd([h.tool("cr_restart"), ctx], h.dir, 60)
+        problems.extend(one_line_failure("cr_restart with %s" % what, res, mentions))
+        if os.path.exists("/proc/%d" % pid) and ours(pid):
+            problems.append("cr_restart with %s left pid %d behind" % (what, pid))
+            kill_ours([pid])
+
+    data = os.path.join(a, "data")
+    os.rename(data, data + ".away")
+    refused("the open file gone", [data])
+    with open(data, "w") as f:
+        f.write("abcdefghij")
+    refused("the open file replaced by another", [data])
+    os.remove(data)
+    os.rename(data + ".away", data)
+    mapped = os.path.join(a, "mapped")
+    with open(mapped, "a") as f:
+        f.write("more")
+    refused("the mapped file modified", [mapped])
+    if problems:
+        expect(problems)
+    shutil.rmtree(a)
+
+    def fresh(folder):
+        for name in ("ready", "check"):
+            if os.path.exists(h.path(name)):
+                os.remove(h.path(name))
+        return h.start(Prog([os.path.join(folder, "prog"), folder]), [h.tool("cr_run")])
+
+    # Moved: checkpoint again from a fresh start, move the folder, relocate.
+    populate(a)
+    pid = fresh(a)
+    ids = all_ids(snapshot(pid))
+    h.checkpoint(ctx, pid, 60)
+    wait_gone(ids, 20, "after cr_checkpoint --kill")
+    os.rename(a, b)
+    open(h.path("check"), "w").close()
+    res = run_cmd([h.tool("cr_restart"), "--relocate", "%s=%s" % (a, b), ctx], h.dir, 60)
+    text = read_text(h.path("test.log"))
+    if res.returncode != 0 or "PASS file_deps" not in text:
+        problems.append("cr_restart --relocate %s=%s: exit %d, %s %s" % (
+            a, b, res.returncode, tail(h.path("test.log")), res.stderr.decode(errors="replace").strip()))
+    else:
+        log("  moved folder restarted with --relocate: PASS")
+    # --save-all: the executable and the mapped file come from the context.
+    pid = fresh(b)
+    ids = all_ids(snapshot(pid))
+    h.checkpoint(ctx, pid, 60, extra=("--kill", "--save-all"))
+    wait_gone(ids, 20, "after cr_checkpoint --kill --save-all")
+    os.remove(os.path.join(b, "prog"))
+    os.remove(os.path.join(b, "mapped"))
+    open(h.path("check"), "w").close()
+    res = run_cmd([h.tool("cr_restart"), ctx], h.dir, 60)
+    text = read_text(h.path("test.log"))
+    if res.returncode != 0 or text.count("PASS file_deps") < 2:
+        problems.append("cr_restart of a --save-all context after the executable and the mapped file were "
+                        "deleted: exit %d, %s %s" % (res.returncode, tail(h.path("test.log")),
+                                                     res.stderr.decode(errors="replace").strip()))
+    else:
+        log("  --save-all: restarted with its executable and mapped file deleted: PASS")
+    expect(problems)
+
+
 def test_stdio_targets(h):
     """A counter whose stdout is a pipe to a process outside the checkpoint:
     cr_restart --stdout FILE reattaches it to FILE (not to cr_restart's own
@@ -1327,6 +1420,7 @@ SPECIAL = {
     "neg_corrupt_file": test_neg_corrupt_file,
     "neg_net_socket": test_neg_net_socket,
     "stdio_targets": test_stdio_targets,
+    "file_deps": test_file_deps,
     "neg_no_such_pid": test_neg_no_such_pid,
     "neg_other_user": test_neg_other_user,
     "unprivileged": test_unprivileged,
