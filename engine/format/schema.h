@@ -31,6 +31,15 @@ struct EndCounts {
 
 // --- nested structs ----------------------------------------------------------
 
+// Is V the encoder (fields at their default may then be left out)?
+template <class V>
+constexpr bool WritesOnly() {
+  if constexpr (requires { V::kWrites; })
+    return V::kWrites;
+  else
+    return false;
+}
+
 template <class V, class S>
 requires Is<S, FileId>
 void Fields(V& v, S& m) {
@@ -239,8 +248,9 @@ void Fields(V& v, S& m) {
   v.U32(tag::kProcessChildSubreaper, "child_subreaper", m.child_subreaper);
   v.RepeatedMessage(tag::kProcessPosixTimer, "posix_timer", m.posix_timers, kMaxPosixTimers);
   v.RepeatedMessage(tag::kProcessSeccompFilter, "seccomp_filter", m.seccomp_filters, kMaxSeccompFilters);
-  v.U32(tag::kProcessCttyPty, "ctty_pty", m.ctty_pty);
-  v.U32(tag::kProcessTtyPgrp, "tty_pgrp", m.tty_pgrp);
+  // Written only when set: contexts without a pty keep their bytes.
+  if (!WritesOnly<V>() || m.ctty_pty) v.U32(tag::kProcessCttyPty, "ctty_pty", m.ctty_pty);
+  if (!WritesOnly<V>() || m.tty_pgrp) v.U32(tag::kProcessTtyPgrp, "tty_pgrp", m.tty_pgrp);
 }
 
 template <class V, class S>

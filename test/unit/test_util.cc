@@ -118,6 +118,9 @@ ProcessInfo MakeProcess(uint32_t pid) {
   p.child_subreaper = 1;
   p.posix_timers = {{0, 1, 0, 35, 0xabc, 0, 300000000000ull, 200000000000ull},
                     {4, 0, 4 | 0, 32, 0x7f0000002000, pid + 1, 1, 30000000}};
+  p.seccomp_filters = {{std::string("\x20\x00\x00\x00\x00\x00\x00\x00\x06\x00\x00\x00\x00\x00\xff\x7f", 16), 2}};
+  p.ctty_pty = 4;
+  p.tty_pgrp = pid;
   return p;
 }
 
