@@ -22,7 +22,10 @@
  *               127.0.0.1, a TCP connection to it (both ends, one with
  *               O_NONBLOCK), a bound UDP socket. Check: each fd is still a
  *               socket of its type with its FD_CLOEXEC and O_NONBLOCK; the
- *               connection's ends read EOF at once (their peer is gone). */
+ *               connection's ends read EOF at once (their peer is gone).
+ *               With ZDTM_OUTSIDE_SOCK, also a UNIX stream socket connected
+ *               to that path, a listener of the harness (outside the
+ *               checkpoint): after the restart it reads EOF too. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -304,6 +307,15 @@ static void NetClosed(void) {
   struct sockaddr_in u = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   int ufd = socket(AF_INET, SOCK_DGRAM, 0);
   if (ufd < 0 || bind(ufd, (struct sockaddr *)&u, sizeof(u)) != 0) zdtm_die("UDP socket: %s", strerror(errno));
+  int out = -1;
+  const char *outside = getenv("ZDTM_OUTSIDE_SOCK");
+  if (outside && *outside) {
+    struct sockaddr_un o = {.sun_family = AF_UNIX};
+    snprintf(o.sun_path, sizeof(o.sun_path), "%s", outside);
+    out = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (out < 0 || connect(out, (struct sockaddr *)&o, sizeof(o)) != 0)
+      zdtm_die("connect %s: %s", outside, strerror(errno));
+  }
   int half[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, half) != 0) zdtm_die("socketpair: %s", strerror(errno));
   Send(half[1], 500, kSeedC2P, "closed peer->survivor");
@@ -320,6 +332,12 @@ static void NetClosed(void) {
   if (n != 0) zdtm_fail_note("TCP client: recv gives %zd (%s), want 0 (EOF: the peer is gone)", n, n < 0 ? strerror(errno) : "");
   n = recv(afd, buf, sizeof(buf), 0);
   if (n != 0) zdtm_fail_note("TCP accepted: recv gives %zd (%s), want 0 (EOF)", n, n < 0 ? strerror(errno) : "");
+  if (out >= 0) {
+    ExpectSocket("UNIX socket that led outside", out, SOCK_STREAM);
+    n = recv(out, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n != 0) zdtm_fail_note("UNIX socket that led outside: recv gives %zd (%s), want 0 (EOF)", n,
+                               n < 0 ? strerror(errno) : "");
+  }
   /* A UNIX socket whose peer closed keeps what the peer sent, then EOF. */
   ExpectSocket("UNIX socket with a closed peer", half[0], SOCK_STREAM);
   Recv(half[0], 500, kSeedC2P, "closed peer->survivor");

@@ -567,6 +567,18 @@ def prereq_sysv_shm(h):
     h.undo.append(remove)
 
 
+def prereq_outside_socket(h):
+    """A UNIX listener of ours (outside the checkpoint) at outside.sock in
+    the test's folder: the program connects to it (the connection waits in
+    our backlog), so its socket leads outside."""
+    import socket
+    path = os.path.join(h.dir, "outside.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(4)
+    h.undo.append(s.close)
+
+
 def prereq_posix_shm(h):
     """The program makes /dev/shm/zdtm-pshm-<folder inode>[-gone]."""
     if not os.path.isdir("/dev/shm"):
@@ -640,7 +652,8 @@ PROGRAMS = {
     "socketpair": Prog(["@zdtm_unix_sock", "socketpair"]),
     "unix_listen": Prog(["@zdtm_unix_sock", "unix_listen"]),
     "unix_backlog": Prog(["@zdtm_unix_sock", "unix_backlog"]),
-    "net_closed": Prog(["@zdtm_unix_sock", "net_closed"], ckpt_args=["--close-sockets"]),
+    "net_closed": Prog(["@zdtm_unix_sock", "net_closed"], ckpt_args=["--close-sockets"],
+                       env={"ZDTM_OUTSIDE_SOCK": "outside.sock"}, prereq=prereq_outside_socket),
     "shm_fork": Prog(["@zdtm_shm_fork"]),
     "file_mmap": Prog(["@zdtm_file_mmap"]),
     "sysv_shm": Prog(["@zdtm_sysv_shm"], prereq=prereq_sysv_shm),
@@ -1079,6 +1092,7 @@ def test_neg_net_socket(h):
     h.need_cli()
     prog = PROGRAMS["net_closed"]
     h.make_dir("neg_net_socket")
+    prog.prereq(h)
     pid = h.start(prog, [h.tool("cr_run")])
     ctx = h.path("net.ctx")
     res = run_cmd([h.tool("cr_checkpoint"), "-f", ctx, str(pid)], h.dir, 60)
