@@ -66,6 +66,8 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
 
 Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid);
+// In what ReadVmFlags returns, never in a context: VM_UFFD_MISSING ("um").
+constexpr uint32_t kVmUffdMissing = 1u << 31;
 bool IsZeroPage(const char* page);
 bool IsDeleted(const std::string& path);
 
@@ -439,6 +441,15 @@ Status Capturer::CaptureProcess(ProcState* p) {
   } else {
     STASIS_ASSIGN_OR_RETURN(p->maps, ReadMaps(p->pid));
     STASIS_ASSIGN_OR_RETURN(p->vmflags, ReadVmFlags(p->pid));
+    // Memory a userfaultfd still has to fill (a lazy restart in progress):
+    // its missing pages would be taken for zero pages. Refuse until it is in.
+    for (uint32_t& f : p->vmflags) {
+      if (f & kVmUffdMissing)
+        return Status::Error(EAGAIN, "cannot checkpoint " + Pid(p->pid) +
+                                         ": its memory is still arriving from a lazy restart "
+                                         "(cr_restart --lazy); retry once every page is in");
+      f &= ~kVmUffdMissing;
+    }
   }
   STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
   STASIS_ASSIGN_OR_RETURN(p->syscall_insn, FindVdsoSyscall(p->pid, p->mem));
@@ -723,6 +734,7 @@ Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid) {
       else if (code == "nr") f |= format::kMapNoReserve;
       else if (code == "mg") f |= format::kMapMergeable;
       else if (code == "ht") f |= format::kMapHugetlb;
+      else if (code == "um") f |= kVmUffdMissing;
     }
     out.push_back(f);
     pos = eol;

@@ -288,6 +288,16 @@ def lazy_case(work):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: ticks() > before or rs.poll() is not None, 60, "the restored program's first tick")
     running = time.monotonic() - t0
+    # While its pages arrive, a checkpoint of it is refused (their absence
+    # would read as zero pages), with a line that says so.
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and
+            open(f"/proc/{p}/cmdline", "rb").read().startswith(prog_path.encode())]
+    early = subprocess.run([os.path.join(CLI, "cr_checkpoint"), "-f", os.path.join(work, "early.ctx"),
+                            str(max(pids))], capture_output=True, text=True) if pids else None
+    if early and early.returncode != 0 and "still arriving from a lazy restart" not in early.stderr:
+        fail(f"a checkpoint during the lazy restart failed otherwise: {early.stderr.strip()}")
+    if early:
+        print("checkpoint while pages arrive: " + (early.stderr.strip() or "taken (every page was in)"))
     open(os.path.join(work, "check"), "w").close()
     try:
         _, err = rs.communicate(timeout=300)

@@ -510,8 +510,10 @@ def tail(path, n=8):
 
 class Prog:
     def __init__(self, argv, counts=False, ready_timeout=30, cr_timeout=120, env=None,
-                 verdict=None, states=False, prereq=None, ckpt_args=(), restart_env=None):
+                 verdict=None, states=False, prereq=None, ckpt_args=(), restart_env=None,
+                 restart_args=()):
         self.argv = argv
+        self.restart_args = tuple(restart_args)  # more cr_restart options
         self.restart_env = restart_env or {}  # more environment for cr_restart
         self.ckpt_args = tuple(ckpt_args)  # more cr_checkpoint options
         # The tree holds stopped processes or zombies on purpose: /proc must
@@ -676,6 +678,11 @@ PROGRAMS = {
     "pty": Prog(["@zdtm_pty"]),
     "openmp": Prog(["@zdtm_openmp"]),
     "mixed": Prog(["@zdtm_mixed"]),
+    # Lazy restart of trees with threads, children, pipes, shared memory
+    # and an unlinked file, and of 32 threads (issue 9).
+    "mixed_lazy": Prog(["@zdtm_mixed"], verdict="mixed", restart_args=["--lazy"]),
+    "threads32_lazy": Prog(["@zdtm_threads", "32"], verdict="threads32", restart_args=["--lazy"]),
+    "mem64m_lazy": Prog(["@zdtm_mem", "64M"], verdict="mem64m", restart_args=["--lazy"]),
     "pipes_half_closed": Prog(["@zdtm_pipes_half_closed"]),
 }
 
@@ -779,8 +786,13 @@ class Harness:
 
     def checkpoint(self, ctx, pid, timeout, extra=("--kill",)):
         t0 = time.monotonic()
-        res = run_cmd([self.tool("cr_checkpoint")] + list(extra) + ["-f", ctx, str(pid)],
-                      self.dir, timeout)
+        for _ in range(300):
+            res = run_cmd([self.tool("cr_checkpoint")] + list(extra) + ["-f", ctx, str(pid)],
+                          self.dir, timeout)
+            # A lazily restarted tree is refused until its pages are in.
+            if res.returncode == 0 or b"still arriving from a lazy restart" not in res.stderr:
+                break
+            time.sleep(0.1)
         took = time.monotonic() - t0
         if res.returncode != 0:
             raise Fail("cr_checkpoint %s -f %s %d exited %d: %s" % (
@@ -861,7 +873,7 @@ class Harness:
                     raise Fail("cycle %d: the cr_restart whose tree cr_checkpoint --kill "
                                "killed exited %s, want %d (128+SIGKILL)" %
                                (cycle, code, 128 + signal.SIGKILL))
-            owner = self.restart(ctx, env=prog.restart_env)
+            owner = self.restart(ctx, extra=prog.restart_args, env=prog.restart_env)
             self.wait_restored(before, pid, owner, prog.cr_timeout, "restore %d" % cycle,
                                states=prog.states)
             if prog.counts:
