@@ -278,8 +278,9 @@ Status LazyPages::Impl::ServeFault(Space* s, uint64_t addr) {
   if (buf.size() < len) buf.resize(std::max<size_t>(len, kStreamChunk));
   STASIS_RETURN_IF_ERROR(ReadAt(orig - hit->addr + hit->offset, buf.data(), len));
   bool exists = false;
-  std::vector<char> data(buf.begin(), buf.begin() + static_cast<long>(len));  // buf may be reused by nested serving
-  STASIS_RETURN_IF_ERROR(CopyRetrying(s, cur, data.data(), len, &exists));
+  // No fault is served while this copy waits out EAGAIN (EventsOnly defers
+  // them), so buf stays ours.
+  STASIS_RETURN_IF_ERROR(CopyRetrying(s, cur, buf.data(), len, &exists));
   if (exists) Wake(s, cur, kPage);
   return Status::Ok();
 }

@@ -46,30 +46,22 @@ static uint64_t mix(uint64_t x) {
   return x;
 }
 
-static void on_checkpoint(size_t ref, pmix_status_t status, const pmix_proc_t *source,
-                          pmix_info_t info[], size_t ninfo, pmix_info_t *results, size_t nresults,
-                          pmix_event_notification_cbfunc_fn_t cbfunc, void *cbdata) {
-  (void)ref, (void)status, (void)source, (void)info, (void)ninfo, (void)results, (void)nresults;
-  g_event = 1;
-  if (cbfunc) cbfunc(PMIX_EVENT_ACTION_COMPLETE, NULL, 0, NULL, NULL, cbdata);
-}
-
-static void on_alert(size_t ref, pmix_status_t status, const pmix_proc_t *source,
+/* One handler for every event it registers for (each code separately, as a
+ * program would): the checkpoint, the preempt alert and the outcome. */
+static void on_event(size_t ref, pmix_status_t status, const pmix_proc_t *source,
                      pmix_info_t info[], size_t ninfo, pmix_info_t *results, size_t nresults,
                      pmix_event_notification_cbfunc_fn_t cbfunc, void *cbdata) {
-  (void)ref, (void)status, (void)source, (void)info, (void)ninfo, (void)results, (void)nresults;
-  g_alert = 1;
-  if (cbfunc) cbfunc(PMIX_EVENT_ACTION_COMPLETE, NULL, 0, NULL, NULL, cbdata);
-}
-
-static void on_outcome(size_t ref, pmix_status_t status, const pmix_proc_t *source,
-                       pmix_info_t info[], size_t ninfo, pmix_info_t *results, size_t nresults,
-                       pmix_event_notification_cbfunc_fn_t cbfunc, void *cbdata) {
   (void)ref, (void)source, (void)results, (void)nresults;
-  for (size_t i = 0; i < ninfo; ++i)
-    if (strcmp(info[i].key, "stasis.restarted") == 0 && info[i].value.type == PMIX_BOOL)
-      g_restarted_flag = info[i].value.data.flag;
-  g_outcome = status;
+  if (status == PMIX_JCTRL_CHECKPOINT) {
+    g_event = 1;
+  } else if (status == PMIX_JCTRL_PREEMPT_ALERT) {
+    g_alert = 1;
+  } else {
+    for (size_t i = 0; i < ninfo; ++i)
+      if (strcmp(info[i].key, "stasis.restarted") == 0 && info[i].value.type == PMIX_BOOL)
+        g_restarted_flag = info[i].value.data.flag;
+    g_outcome = status;
+  }
   if (cbfunc) cbfunc(PMIX_EVENT_ACTION_COMPLETE, NULL, 0, NULL, NULL, cbdata);
 }
 
@@ -82,13 +74,13 @@ static void init_and_register(void) {
   pmix_status_t rc = PMIx_Init(&g_me, NULL, 0);
   if (rc != PMIX_SUCCESS) die("PMIx_Init", rc);
   pmix_status_t ck = PMIX_JCTRL_CHECKPOINT;
-  rc = PMIx_Register_event_handler(&ck, 1, NULL, 0, on_checkpoint, NULL, NULL);
+  rc = PMIx_Register_event_handler(&ck, 1, NULL, 0, on_event, NULL, NULL);
   if (rc < 0) die("register PMIX_JCTRL_CHECKPOINT", rc);
   pmix_status_t alert = PMIX_JCTRL_PREEMPT_ALERT;
-  rc = PMIx_Register_event_handler(&alert, 1, NULL, 0, on_alert, NULL, NULL);
+  rc = PMIx_Register_event_handler(&alert, 1, NULL, 0, on_event, NULL, NULL);
   if (rc < 0) die("register PMIX_JCTRL_PREEMPT_ALERT", rc);
   pmix_status_t out[2] = {PMIX_ERR_PROC_CHECKPOINT, PMIX_ERR_PROC_RESTART};
-  rc = PMIx_Register_event_handler(out, 2, NULL, 0, on_outcome, NULL, NULL);
+  rc = PMIx_Register_event_handler(out, 2, NULL, 0, on_event, NULL, NULL);
   if (rc < 0) die("register the outcome", rc);
 }
 
