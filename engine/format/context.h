@@ -35,6 +35,15 @@ struct ImageInfo {
   std::string step;
   uint64_t epoch = 0;
   uint32_t node_index = 0;
+  // Incremental contexts (docs/format.md, "Incremental contexts"): `token`
+  // names this capture (random, non-zero when the capture set up dirty
+  // tracking, so that a later context can reference it); a context with
+  // ParentPages sections names its parent by `parent_token` (the parent's
+  // `token`) and `parent` (its path, relative to this file's folder unless
+  // absolute).
+  uint64_t token = 0;
+  uint64_t parent_token = 0;
+  std::string parent;
   bool operator==(const ImageInfo&) const = default;
 };
 

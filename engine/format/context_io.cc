@@ -61,6 +61,8 @@ const char* SectionName(SectionType type) {
       return "Pages";
     case SectionType::kEnd:
       return "End";
+    case SectionType::kParentPages:
+      return "ParentPages";
   }
   return "unknown";
 }
@@ -415,6 +417,12 @@ Status ContextWriter::WriteThread(uint32_t pid, const ThreadInfo& thread) {
       [&](FieldWriter& w) { internal::ThreadFields(w, pid, thread); });
 }
 
+Status ContextWriter::WriteParentPages(uint32_t pid, const std::vector<PageRun>& runs) {
+  return state_->Section(
+      SectionType::kParentPages, [&] { return state_->validator.ParentPages(pid, runs); },
+      [&](FieldWriter& w) { internal::ParentPagesFields(w, pid, runs); });
+}
+
 Status ContextWriter::BeginPages(const PageOwner& owner, const std::vector<PageRun>& runs) {
   State& st = *state_;
   constexpr SectionType kType = SectionType::kPages;
@@ -606,6 +614,7 @@ struct ContextReader::State {
   std::vector<FileDesc> files;
   ThreadInfo thread;
   PagesHeader pages;
+  std::vector<PageRun> parent_runs;
 
   // Page data of the current Pages section.
   bool in_pages = false;
@@ -866,6 +875,17 @@ Status ContextReader::State::DecodeAndCheck(uint64_t payload_length) {
       }
       break;
     }
+    case SectionType::kParentPages: {
+      uint32_t p = 0;
+      std::vector<PageRun> v;
+      s = DecodeFields(meta, [&](FieldReader& r) { internal::ParentPagesFields(r, p, v); });
+      if (s.ok()) s = validator.ParentPages(p, v);
+      if (s.ok()) {
+        pid = p;
+        parent_runs = std::move(v);
+      }
+      break;
+    }
     case SectionType::kPages: {
       PagesHeader v;
       s = DecodeFields(meta, [&](FieldReader& r) { internal::PagesFields(r, v.owner, v.runs, v.codec); });
@@ -1055,6 +1075,7 @@ const std::vector<Mapping>& ContextReader::mappings() const { return state_->map
 const std::vector<FileDesc>& ContextReader::files() const { return state_->files; }
 const ThreadInfo& ContextReader::thread() const { return state_->thread; }
 const PagesHeader& ContextReader::pages() const { return state_->pages; }
+const std::vector<PageRun>& ContextReader::parent_runs() const { return state_->parent_runs; }
 uint64_t ContextReader::page_data_remaining() const {
   return state_->in_pages ? state_->pages_left : 0;
 }
@@ -1224,6 +1245,9 @@ Result<Context> ReadContext(ByteSource* source, bool load_pages) {
       case SectionType::kThread:
         ctx.processes.back().threads.push_back(reader.thread());
         break;
+      case SectionType::kParentPages:
+        ctx.processes.back().parent_runs = reader.parent_runs();
+        break;
       case SectionType::kPages: {
         const PagesHeader& pages = reader.pages();
         bool shared = pages.owner.kind == PageOwner::kSharedMemory;
@@ -1282,6 +1306,9 @@ Status CopyContext(ByteSource* source, ByteSink* sink) {
         break;
       case SectionType::kThread:
         STASIS_RETURN_IF_ERROR(writer.WriteThread(reader.section_pid(), reader.thread()));
+        break;
+      case SectionType::kParentPages:
+        STASIS_RETURN_IF_ERROR(writer.WriteParentPages(reader.section_pid(), reader.parent_runs()));
         break;
       case SectionType::kPages:
         STASIS_RETURN_IF_ERROR(writer.BeginPages(reader.pages().owner, reader.pages().runs));

@@ -45,6 +45,7 @@ enum class SectionType : uint32_t {
   kSharedMemory = 7,
   kPages = 8,
   kEnd = 9,
+  kParentPages = 10,
 };
 const char* SectionName(SectionType type);
 
@@ -68,6 +69,12 @@ class ContextWriter {
   Status WriteMappings(uint32_t pid, const std::vector<Mapping>& mappings);
   Status WriteFiles(uint32_t pid, const std::vector<FileDesc>& files);
   Status WriteThread(uint32_t pid, const ThreadInfo& thread);
+
+  // An incremental context (the Image names a parent): the pages of `pid`
+  // whose content is the parent context's (there as page data, parent
+  // runs of its own, or absent = zero). Once per process, after its
+  // Threads and before its Pages, which must not overlap these runs.
+  Status WriteParentPages(uint32_t pid, const std::vector<PageRun>& runs);
 
   // Page data: BeginPages with the runs (sorted, non-overlapping, page
   // aligned), then exactly sum(npages) * kPageSize bytes through
@@ -149,6 +156,7 @@ class ContextReader {
   const std::vector<FileDesc>& files() const;
   const ThreadInfo& thread() const;
   const PagesHeader& pages() const;
+  const std::vector<PageRun>& parent_runs() const;  // of a ParentPages section
 
   // Reads the next n bytes of the current Pages section's data. The
   // section's checksum is verified when its last byte is read; a mismatch
@@ -183,6 +191,7 @@ struct ProcessImage {
   std::string page_data;            // only filled when load_pages is true
   uint64_t page_bytes = 0;
   uint32_t page_codecs = 0;         // bit 1 << PageCodec of every Pages section
+  std::vector<PageRun> parent_runs; // pages the parent context holds
   bool operator==(const ProcessImage&) const = default;
 };
 

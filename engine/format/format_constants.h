@@ -35,7 +35,7 @@ inline constexpr size_t kHeaderCrc = 60;          // u32, CRC32C of bytes [0, 60
 inline constexpr uint32_t kSectionHeaderSize = 32;
 inline constexpr uint32_t kSectionMagic = 0x54434553;  // "SECT" in file order
 inline constexpr uint16_t kSectionVersion = 1;         // of every v1 section type
-inline constexpr uint16_t kMaxSectionType = 9;         // SectionType::kEnd
+inline constexpr uint16_t kMaxSectionType = 10;        // SectionType::kParentPages
 
 namespace section_header {
 inline constexpr size_t kMagic = 0;           // u32, kSectionMagic
@@ -98,6 +98,9 @@ enum Image : uint32_t {
   kImageStep = 11,
   kImageEpoch = 12,
   kImageNodeIndex = 13,
+  kImageToken = 14,        // u64, left out when 0
+  kImageParentToken = 15,  // u64, left out when 0
+  kImageParent = 16,       // text, left out when empty
 };
 
 enum Tree : uint32_t {
@@ -284,6 +287,11 @@ enum Pages : uint32_t {
   kPagesOwnerId = 2,
   kPagesRuns = 3,  // packed: kPageRunSize bytes per run
   kPagesCodec = 4,  // u32 PageCodec; only in version 2 (compressed) sections
+};
+
+enum ParentPages : uint32_t {
+  kParentPagesPid = 1,
+  kParentPagesRuns = 2,  // packed like kPagesRuns
 };
 
 enum End : uint32_t {

@@ -209,6 +209,10 @@ void Fields(V& v, S& m) {
   v.Text(tag::kImageStep, "step", m.step, kMaxNameLength);
   v.U64(tag::kImageEpoch, "epoch", m.epoch);
   v.U32(tag::kImageNodeIndex, "node_index", m.node_index);
+  // Written only when set: contexts without tracking keep their bytes.
+  if (!WritesOnly<V>() || m.token) v.U64(tag::kImageToken, "token", m.token);
+  if (!WritesOnly<V>() || m.parent_token) v.U64(tag::kImageParentToken, "parent_token", m.parent_token);
+  if (!WritesOnly<V>() || !m.parent.empty()) v.Path(tag::kImageParent, "parent", m.parent);
 }
 
 template <class V, class S>
@@ -293,6 +297,12 @@ template <class V, class Pid, class Thread>
 void ThreadFields(V& v, Pid& pid, Thread& thread) {
   v.U32(tag::kThreadPid, "pid", pid);
   v.Message(tag::kThreadInfo, "thread", thread);
+}
+
+template <class V, class Pid, class Runs>
+void ParentPagesFields(V& v, Pid& pid, Runs& runs) {
+  v.U32(tag::kParentPagesPid, "pid", pid);
+  v.Runs(tag::kParentPagesRuns, "runs", runs);
 }
 
 template <class V, class Owner, class Runs>

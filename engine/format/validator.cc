@@ -105,6 +105,10 @@ bool ContextValidator::ProcessComplete() const {
 Status ContextValidator::Image(const ImageInfo& image) {
   if (stage_ != Stage::kImage) return Unexpected(SectionType::kImage);
   if (image.scope > kScopeSid) return Status::Corrupt("unknown scope " + Str(image.scope));
+  if ((image.parent_token != 0) != !image.parent.empty())
+    return Status::Corrupt(image.parent.empty() ? "a parent token without a parent path"
+                                                : "a parent path without a parent token");
+  has_parent_ = image.parent_token != 0;
   stage_ = Stage::kTree;
   counts_.section_count++;
   return Status::Ok();
@@ -189,6 +193,9 @@ Status ContextValidator::Process(const ProcessInfo& process) {
   threads_seen_ = 0;
   have_shm_ = false;
   ranges_.clear();
+  anon_ranges_.clear();
+  parent_seen_ = false;
+  parent_runs_.clear();
   stage_ = Stage::kMappings;
   counts_.section_count++;
   counts_.process_count++;
@@ -199,7 +206,7 @@ Status ContextValidator::Mappings(uint32_t pid, const std::vector<Mapping>& mapp
   if (stage_ != Stage::kMappings) return Unexpected(SectionType::kMappings);
   STASIS_RETURN_IF_ERROR(CheckCurrentPid(pid));
   uint64_t prev_end = 0;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges, anon;
   ranges.reserve(mappings.size());
   for (size_t i = 0; i < mappings.size(); ++i) {
     const Mapping& m = mappings[i];
@@ -223,8 +230,10 @@ Status ContextValidator::Mappings(uint32_t pid, const std::vector<Mapping>& mapp
     }
     prev_end = m.end;
     ranges.emplace_back(m.start, m.end);
+    if (m.kind == kMapAnon && !(m.flags & kMapShared)) anon.emplace_back(m.start, m.end);
   }
   ranges_ = std::move(ranges);
+  anon_ranges_ = std::move(anon);
   stage_ = Stage::kFiles;
   counts_.section_count++;
   return Status::Ok();
@@ -276,23 +285,25 @@ Status ContextValidator::Thread(uint32_t pid, const ThreadInfo& thread) {
   return Status::Ok();
 }
 
-Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs) const {
+Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs,
+                                             const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
+                                             const char* which) const {
   for (size_t i = 0; i < runs.size(); ++i) {
     uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
     // First mapping ending above start; it must begin at or below start and
     // be followed by adjacent mappings up to end.
     auto it = std::upper_bound(
-        ranges_.begin(), ranges_.end(), start,
+        ranges.begin(), ranges.end(), start,
         [](uint64_t a, const std::pair<uint64_t, uint64_t>& r) { return a < r.second; });
-    bool covered = it != ranges_.end() && it->first <= start;
+    bool covered = it != ranges.end() && it->first <= start;
     while (covered && it->second < end) {
       auto next = it + 1;
-      covered = next != ranges_.end() && next->first == it->second;
+      covered = next != ranges.end() && next->first == it->second;
       it = next;
     }
     if (!covered) {
       return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
-                             ") is not inside the mappings of pid " + Str(Current().pid));
+                             ") is not inside the " + which + "mappings of pid " + Str(Current().pid));
     }
   }
   return Status::Ok();
@@ -312,7 +323,8 @@ Status ContextValidator::Pages(const PageOwner& owner, const std::vector<PageRun
     if (!ProcessComplete()) return Unexpected(SectionType::kPages);
     STASIS_RETURN_IF_ERROR(CheckCurrentPid(owner.id));
     STASIS_RETURN_IF_ERROR(CheckRuns(runs, kUserSpaceEnd, &end, &pages));
-    STASIS_RETURN_IF_ERROR(CheckRunsInMappings(runs));
+    STASIS_RETURN_IF_ERROR(CheckRunsInMappings(runs, ranges_, ""));
+    STASIS_RETURN_IF_ERROR(CheckNotInParent(runs));
   } else {
     return Status::Corrupt("unknown page owner kind " + Str(owner.kind));
   }
@@ -320,6 +332,37 @@ Status ContextValidator::Pages(const PageOwner& owner, const std::vector<PageRun
   *data_bytes = pages * kPageSize;
   counts_.section_count++;
   counts_.page_bytes += *data_bytes;
+  return Status::Ok();
+}
+
+Status ContextValidator::ParentPages(uint32_t pid, const std::vector<PageRun>& runs) {
+  if (!ProcessComplete()) return Unexpected(SectionType::kParentPages);
+  STASIS_RETURN_IF_ERROR(CheckCurrentPid(pid));
+  if (!has_parent_) return Status::Corrupt("the Image names no parent context");
+  if (parent_seen_) return Status::Corrupt("a second ParentPages section for pid " + Str(pid));
+  if (pages_end_ != 0) return Status::Corrupt("follows Pages of pid " + Str(pid));
+  uint64_t end = 0, pages = 0;
+  STASIS_RETURN_IF_ERROR(CheckRuns(runs, kUserSpaceEnd, &end, &pages));
+  STASIS_RETURN_IF_ERROR(CheckRunsInMappings(runs, anon_ranges_, "private anonymous "));
+  parent_seen_ = true;
+  parent_runs_ = runs;
+  counts_.section_count++;
+  return Status::Ok();
+}
+
+// No run of a Pages section overlaps a run the parent holds.
+Status ContextValidator::CheckNotInParent(const std::vector<PageRun>& runs) const {
+  if (parent_runs_.empty()) return Status::Ok();
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
+    // First parent run ending above start.
+    auto it = std::upper_bound(parent_runs_.begin(), parent_runs_.end(), start,
+                               [](uint64_t a, const PageRun& r) { return a < r.start + r.npages * kPageSize; });
+    if (it != parent_runs_.end() && it->start < end)
+      return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
+                             ") overlaps pages the parent context holds (" + Hex(it->start) + ", " +
+                             Str(it->npages) + " pages)");
+  }
   return Status::Ok();
 }
 

@@ -36,6 +36,11 @@ class ContextValidator {
   Status Thread(uint32_t pid, const ThreadInfo& thread);
   // On success sets *data_bytes to sum(npages) * kPageSize.
   Status Pages(const PageOwner& owner, const std::vector<PageRun>& runs, uint64_t* data_bytes);
+  // Pages of the current process that the parent context holds (an
+  // incremental context): at most one section per process, before its
+  // Pages, inside its private anonymous mappings; its Pages must not
+  // overlap them. Only in a context that names a parent.
+  Status ParentPages(uint32_t pid, const std::vector<PageRun>& runs);
   // Checks that the context is complete; on success sets *counts to the
   // totals the End section carries.
   Status End(EndCounts* counts);
@@ -50,7 +55,9 @@ class ContextValidator {
   // The current process has all its threads (Pages/Process/End may follow).
   bool ProcessComplete() const;
   const ProcessEntry& Current() const { return tree_.processes[processes_seen_ - 1]; }
-  Status CheckRunsInMappings(const std::vector<PageRun>& runs) const;
+  Status CheckRunsInMappings(const std::vector<PageRun>& runs,
+                             const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
+                             const char* which) const;
 
   Stage stage_ = Stage::kImage;
   ProcessTree tree_;
@@ -63,6 +70,11 @@ class ContextValidator {
   uint64_t shm_id_ = 0, shm_limit_ = 0;  // its id, size rounded up to pages
   uint64_t pages_end_ = 0;               // end of the last run of the current owner
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // current mappings
+  std::vector<std::pair<uint64_t, uint64_t>> anon_ranges_;  // its private anonymous ones
+  bool has_parent_ = false;                  // the Image names a parent
+  bool parent_seen_ = false;                 // ParentPages of the current process
+  std::vector<PageRun> parent_runs_;         // ... and its runs
+  Status CheckNotInParent(const std::vector<PageRun>& runs) const;
 };
 
 }  // namespace stasis::format::internal

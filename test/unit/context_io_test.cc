@@ -174,8 +174,8 @@ TEST(ContextReader, StreamsSectionsInFileOrder) {
   }
   EXPECT_EQ(order, (std::vector<std::string>{"Tree", "SharedMemory", "Pages:1/7", "Process",
                                              "Mappings:100", "Files:100", "Thread:100",
-                                             "Thread:100", "Pages:0/100", "Process", "Mappings:102",
-                                             "Files:102", "Thread:102", "Pages:0/102", "End"}));
+                                             "Thread:100", "ParentPages", "Pages:0/100", "Process", "Mappings:102",
+                                             "Files:102", "Thread:102", "ParentPages", "Pages:0/102", "End"}));
   EXPECT_EQ(reader.offset(), bytes.size());
   Result<SectionType> after = reader.Next();
   ASSERT_FALSE(after);
@@ -445,6 +445,74 @@ TEST(ContextReader, ReportsSourceErrors) {
     EXPECT_NE(got.error().message().find("Input/output error"), std::string::npos)
         << got.error().message();
   }
+}
+
+// Incremental contexts: ParentPages names pages the parent context holds.
+Status TryParentPages(const std::vector<PageRun>& parent, const std::vector<PageRun>& own,
+                      bool has_parent = true, bool pages_first = false) {
+  Context ctx = SmallWithBigMapping();
+  if (has_parent) {
+    ctx.image.parent_token = 77;
+    ctx.image.parent = "../1/node0.ctx";
+  }
+  StringSink sink;
+  ContextWriter w(&sink);
+  WriteUpToProcessPages(&w, ctx);
+  std::string page(kPageSize * 4, 'p');
+  auto pages = [&]() -> Status {
+    if (own.empty()) return Status::Ok();
+    STASIS_RETURN_IF_ERROR(w.BeginPages({PageOwner::kProcess, 10}, own));
+    uint64_t n = 0;
+    for (const PageRun& r : own) n += r.npages;
+    STASIS_RETURN_IF_ERROR(w.AppendPageData(page.data(), n * kPageSize));
+    return w.EndPages();
+  };
+  if (pages_first) STASIS_RETURN_IF_ERROR(pages());
+  STASIS_RETURN_IF_ERROR(w.WriteParentPages(10, parent));
+  if (!pages_first) STASIS_RETURN_IF_ERROR(pages());
+  STASIS_RETURN_IF_ERROR(w.Finish());
+  // What was written reads back, parent runs included.
+  STASIS_ASSIGN_OR_RETURN(Context back, Read(sink.bytes()));
+  EXPECT_EQ(back.processes[0].parent_runs, parent);
+  EXPECT_EQ(back.image.parent, "../1/node0.ctx");
+  return Status::Ok();
+}
+
+TEST(ContextWriter, WritesAndRefusesParentPages) {
+  EXPECT_TRUE(TryParentPages({{0x100000, 2}, {0x104000, 1}}, {{0x102000, 2}, {0x105000, 1}}).ok());
+  EXPECT_TRUE(TryParentPages({{0x100000, 1}}, {}).ok());
+  struct Case {
+    std::vector<PageRun> parent, own;
+    bool has_parent, pages_first;
+    const char* message;
+  } cases[] = {
+      {{{0x100000, 2}}, {{0x101000, 1}}, true, false,
+       "write Pages section: run[0] (0x101000-0x102000) overlaps pages the parent context holds (0x100000, 2 pages)"},
+      {{{0x1ff000, 2}}, {}, true, false,
+       "write ParentPages section: run[0] (0x1ff000-0x201000) is not inside the private anonymous mappings of pid 10"},
+      {{{0x100000, 1}}, {}, false, false, "write ParentPages section: the Image names no parent context"},
+      {{{0x100000, 1}}, {{0x101000, 1}}, true, true, "write ParentPages section: follows Pages of pid 10"},
+      {{{0x102000, 1}, {0x100000, 1}}, {}, true, false, "starts below the end"},
+  };
+  for (const Case& c : cases) {
+    Status s = TryParentPages(c.parent, c.own, c.has_parent, c.pages_first);
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << s.message();
+  }
+  // A shared mapping cannot hold parent pages.
+  Context ctx = SmallWithBigMapping();
+  ctx.image.parent_token = 77;
+  ctx.image.parent = "p.ctx";
+  ctx.processes[0].mappings[0].flags = kMapShared;
+  StringSink sink;
+  ContextWriter w(&sink);
+  WriteUpToProcessPages(&w, ctx);
+  EXPECT_NE(w.WriteParentPages(10, {{0x100000, 1}}).message().find("private anonymous"), std::string::npos);
+  // The token and the path come together.
+  ImageInfo half;
+  half.parent_token = 5;
+  StringSink sink2;
+  ContextWriter w2(&sink2);
+  EXPECT_EQ(w2.Begin(half).message(), "write Image section: a parent token without a parent path");
 }
 
 }  // namespace

@@ -293,8 +293,8 @@ TEST(ContextReader, RejectsADroppedThreadSection) {
   std::string good = Encode(testing::MakeFullContext());
   RawSection second = FindSection(good, SectionType::kThread, 1);
   std::string bad = Replace(good, second, "");
-  EXPECT_EQ(Refusal(bad), "Pages section at byte " + std::to_string(second.offset) +
-                              ": out of order: expected Thread 101 of pid 100, found Pages");
+  EXPECT_EQ(Refusal(bad), "ParentPages section at byte " + std::to_string(second.offset) +
+                              ": out of order: expected Thread 101 of pid 100, found ParentPages");
 }
 
 TEST(ContextReader, RejectsADroppedPagesSection) {

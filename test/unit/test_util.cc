@@ -142,6 +142,9 @@ Context MakeFullContext() {
   img.step = "0";
   img.epoch = 7;
   img.node_index = 3;
+  img.token = 0x5eed5eed12345678ull;
+  img.parent_token = 0x0123456789abcdefull;
+  img.parent = "../6/node3.ctx";
 
   ProcessEntry root;
   root.pid = 100;
@@ -260,6 +263,8 @@ Context MakeFullContext() {
                     {0x602000, 3}, {0x60f000, 1}, {0x7ffc00020000, 1}};
     for (const PageRun& r : pi.page_runs) pi.page_bytes += r.npages * kPageSize;
     pi.page_data = PseudoRandomBytes(pi.page_bytes, e.pid);
+    // Heap pages the parent context holds, between the heap's own runs.
+    pi.parent_runs = {{0x601000, 1}, {0x605000, 4}};
     ctx.processes.push_back(std::move(pi));
   }
   return ctx;
@@ -364,6 +369,7 @@ Status WriteContext(const Context& ctx, ByteSink* sink, size_t runs_per_section,
     STASIS_RETURN_IF_ERROR(w.WriteMappings(pid, p.mappings));
     STASIS_RETURN_IF_ERROR(w.WriteFiles(pid, p.files));
     for (const ThreadInfo& t : p.threads) STASIS_RETURN_IF_ERROR(w.WriteThread(pid, t));
+    if (!p.parent_runs.empty()) STASIS_RETURN_IF_ERROR(w.WriteParentPages(pid, p.parent_runs));
     if (!p.page_runs.empty()) {
       STASIS_RETURN_IF_ERROR(WritePages(&w, {PageOwner::kProcess, pid}, p.page_runs, p.page_data,
                                         runs_per_section, chunk));
