@@ -29,7 +29,7 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--compress none|lz4|zstd[:N]] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
+    "[--close-sockets] [--compress none|lz4|zstd[:N]] [--track] [--parent FILE] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
     "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]]] [--write direct|streaming|buffered] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
@@ -148,6 +148,7 @@ int main(int argc, char** argv) {
   using stasis::cli::Die;
   stasis::core::CheckpointOptions opt;
   std::string file;
+  std::string parent_file;  // --parent
   stasis::core::WriteMode mode = stasis::core::WriteMode::kAtomic;
   long time_limit = 0;
   bool verbose = false;
@@ -215,6 +216,9 @@ int main(int argc, char** argv) {
       opt.requester = static_cast<pid_t>(r);
     }
     else if (a == "--close-sockets") opt.close_outside_sockets = true;
+    else if (a == "--track") opt.track = true;
+    else if (a == "--parent") parent_file = next();
+    else if (a.rfind("--parent=", 0) == 0) parent_file = a.substr(9);
     else if (a == "--compress" || a.rfind("--compress=", 0) == 0) {
       std::string v = a == "--compress" ? next() : a.substr(11);
       if (stasis::Status s = stasis::format::ParseCompression(v, &opt.compress, &opt.compress_level); !s.ok())
@@ -294,6 +298,31 @@ int main(int argc, char** argv) {
     char cwd[4096];
     opt.dest = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
   }
+  if (!parent_file.empty()) {
+    // An incremental checkpoint: only what changed since PARENT is stored.
+    if (!epoch_req.dir.empty())
+      Die("cr_checkpoint", "--parent is for a context file (-f); --dir chooses the parent epoch itself", 2);
+    auto image = stasis::core::ReadContextImage(parent_file);
+    if (!image) Fail("--parent: " + image.error().message(), image.error().code());
+    if (image->token == 0)
+      Fail("--parent " + parent_file + ": that context was not taken with --track or --parent, so nothing "
+           "tracked the changes since", EINVAL);
+    std::string child = opt.dest.empty() ? std::string(".") + "/x" : opt.dest;
+    auto ref = stasis::core::ParentReference(child, parent_file);
+    if (!ref) Fail("--parent: " + ref.error().message(), ref.error().code());
+    char* a = ::realpath(parent_file.c_str(), nullptr);
+    char* b = opt.dest.empty() ? nullptr : ::realpath(opt.dest.c_str(), nullptr);
+    const bool same = a && b && std::string(a) == b;
+    ::free(a);
+    ::free(b);
+    if (same) Fail("--parent " + parent_file + " is the file being written: the new context needs it", EINVAL);
+    opt.parent_token = image->token;
+    opt.parent = *ref;
+    opt.track = true;
+  }
+  // Tracking lives in the processes and the engine that set it up: the
+  // embedded engine does it (stasisd's protocol does not carry it yet).
+  if (opt.track) no_daemon = true;
   // The embedded engine honours --backend; stasisd uses its own
   // capture_backend setting: take the embedded path when one is asked for.
   if (backend_given) no_daemon = true;
@@ -341,6 +370,10 @@ int main(int argc, char** argv) {
                  stats->snapshot ? " (pages written from a snapshot)"
                  : stats->snapshot_note.empty() ? ""
                                                 : (" (no snapshot: " + stats->snapshot_note + ")").c_str());
+    if (stats->incremental)
+      std::fprintf(stderr, "cr_checkpoint: incremental: %u processes, %.1f MiB unchanged left to %s\n",
+                   stats->incremental_processes, stats->parent_page_bytes / 1048576.0, opt.parent.c_str());
+    if (!stats->track_note.empty()) std::fprintf(stderr, "cr_checkpoint: %s\n", stats->track_note.c_str());
   }
   return 0;
 }

@@ -16,9 +16,11 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <linux/userfaultfd.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -38,6 +40,7 @@
 
 #include "engine/base/fd.h"
 #include "engine/core/agent_client.h"
+#include "engine/core/dirty_track.h"
 #include "engine/format/format_constants.h"
 #include "engine/core/engine.h"
 #include "engine/core/kernel_capture.h"
@@ -68,6 +71,8 @@ std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
 Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid);
 // In what ReadVmFlags returns, never in a context: VM_UFFD_MISSING ("um").
 constexpr uint32_t kVmUffdMissing = 1u << 31;
+// ... nor VM_UFFD_WP ("uw"): registered for dirty tracking (dirty_track.h).
+constexpr uint32_t kVmUffdWp = 1u << 30;
 bool IsZeroPage(const char* page);
 bool IsDeleted(const std::string& path);
 
@@ -95,6 +100,15 @@ struct ProcState {
   pid_t snap = 0;
   pid_t snap_seen = 0;  // its pid as the process sees it (a tree may live in its own pid namespace)
   ProcessMemory snap_mem;
+  // Dirty tracking (dirty_track.h): VM_UFFD_WP of each maps entry, the
+  // stasis-track page (never part of the context) and what it said,
+  // and the pages an incremental context leaves to its parent.
+  std::vector<bool> vm_wp;
+  uint64_t track_area = 0;
+  TrackArea track{};
+  bool track_valid = false;  // the page holds a TrackArea
+  std::vector<PageRun> parent_runs;
+  bool incremental = false;  // its unchanged pages are the parent's
 };
 
 class Capturer {
@@ -124,6 +138,11 @@ class Capturer {
     extra_ = extra;
   }
   Status CaptureAll();
+  // Dirty tracking (options track/parent_token), while frozen: reads and
+  // resets what each process wrote since the last tracked capture, sets
+  // tracking up where it is missing. Never fails the checkpoint: a process
+  // it cannot track is stored whole (the reason in stats->track_note).
+  void Track(uint64_t token, CheckpointStats* stats);
   Status Write(format::ContextWriter* writer, CheckpointStats* stats,
                const std::function<Status()>& between = nullptr);
   Status Release(AfterCheckpoint after);
@@ -150,6 +169,8 @@ class Capturer {
   Status CaptureMappings(ProcState* p);
   Status CaptureFiles(ProcState* p);
   Status WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes);
+  // Track() for one process; false (with *why) when it stays untracked.
+  bool TrackProcess(ProcState* p, uint64_t token, std::string* why);
   Status ClassifyPipes();
   Status PeekPipe(int fd, FileDesc* f);
   Status NoteSysvSegment(uint64_t shmid, const std::string& where);
@@ -185,6 +206,7 @@ class Capturer {
   bool released_ = false;
   std::unique_ptr<KernelCapture> kernel_;  // null: /proc and ptrace only
   std::map<pid_t, std::vector<pid_t>> leftovers_;  // parent -> dead snapshots
+  uint64_t token_ = 0;  // of this capture, when it set tracking up
 };
 
 // A snapshot a killed checkpointer left behind (EXITKILL killed it, nobody
@@ -449,6 +471,8 @@ Status Capturer::CaptureProcess(ProcState* p) {
                                          ": its memory is still arriving from a lazy restart "
                                          "(cr_restart --lazy); retry once every page is in");
       f &= ~kVmUffdMissing;
+      p->vm_wp.push_back((f & kVmUffdWp) != 0);
+      f &= ~kVmUffdWp;
     }
   }
   STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
@@ -735,6 +759,7 @@ Result<std::vector<uint32_t>> ReadVmFlags(pid_t pid) {
       else if (code == "mg") f |= format::kMapMergeable;
       else if (code == "ht") f |= format::kMapHugetlb;
       else if (code == "um") f |= kVmUffdMissing;
+      else if (code == "uw") f |= kVmUffdWp;
     }
     out.push_back(f);
     pos = eol;
@@ -756,6 +781,14 @@ Status Capturer::CaptureMappings(ProcState* p) {
     m.flags = (e.shared ? format::kMapShared : format::kMapPrivate) | extra;
     m.pgoff = e.offset;
     const std::string where = Pid(p->pid) + " mapping " + ToHex(e.start) + "-" + ToHex(e.end);
+    if (e.path == kTrackAreaMaps && !e.shared && e.end - e.start == kTrackAreaSize) {
+      // stasis's own (dirty_track.h): never part of the context.
+      p->track_area = e.start;
+      p->track_valid = p->mem.Read(e.start, &p->track, sizeof p->track).ok() &&
+                       std::memcmp(p->track.magic, kTrackMagic, sizeof kTrackMagic) == 0 &&
+                       p->track.version == 1;
+      continue;
+    }
     if (e.path == "[vdso]") {
       m.kind = format::kMapVdso;
     } else if (e.path == "[vvar]") {
@@ -884,6 +917,9 @@ Status Capturer::CaptureFiles(ProcState* p) {
       if (::stat(link_path.c_str(), &st) != 0)
         return Status::FromErrno(errno, "cannot checkpoint " + where + ": stat " + link);
     }
+    // The userfaultfd of dirty tracking (dirty_track.h): stasis's own, as
+    // is an inherited one of a fork child's parent.
+    if (p->track_valid && fd == p->track.uffd && link == "anon_inode:[userfaultfd]") continue;
     f.open_flags = fi.flags & ~static_cast<uint32_t>(O_CLOEXEC);
     if (fi.flags & O_CLOEXEC) f.fd_flags |= format::kFdCloexec;
     f.pos = fi.pos;
@@ -1129,6 +1165,178 @@ Result<uint64_t> Capturer::EstimateBytes() {
   return bytes;
 }
 
+namespace {
+
+// Private writable anonymous memory that fork copies: what dirty tracking
+// covers. The rest of a tracked process is stored whole every time.
+bool Trackable(const Mapping& m, uint64_t scratch) {
+  return m.kind == format::kMapAnon && !(m.flags & format::kMapShared) && (m.prot & PROT_WRITE) &&
+         !(m.flags & (format::kMapDontFork | format::kMapWipeOnFork | format::kMapHugetlb)) &&
+         m.start != scratch;
+}
+
+}  // namespace
+
+bool Capturer::TrackProcess(ProcState* p, uint64_t token, std::string* why) {
+  const std::string pid = std::to_string(p->pid);
+  Tracee* leader = p->threads[0].get();
+  auto fail = [&](const std::string& w) {
+    *why = Pid(p->pid) + ": " + w;
+    return false;
+  };
+  auto is_uffd = [&](int fd) {
+    auto l = ReadLink("/proc/" + pid + "/fd/" + std::to_string(fd));
+    return l && *l == "anon_inode:[userfaultfd]";
+  };
+  // Its own page and its own userfaultfd (a fork child inherits both, but
+  // the fd is its parent's, tracking the parent's memory).
+  const bool mine = p->track_valid && p->track.pid == static_cast<uint64_t>(p->pid) &&
+                    p->track.starttime == p->stat.starttime;
+  const bool fd_ok = mine && p->track.uffd >= 0 && is_uffd(p->track.uffd);
+  const bool incremental = options_.parent_token != 0 && fd_ok && p->track.token == options_.parent_token;
+  if (options_.parent_token != 0 && !incremental)
+    *why = Pid(p->pid) + ": stored whole (" +
+           (!p->track_area  ? std::string("not tracked since the parent")
+            : !mine         ? std::string("a fork child, not tracked itself yet")
+            : !fd_ok        ? std::string("its tracking userfaultfd is gone")
+                            : std::string("tracked since another capture than the parent")) +
+           ")";
+  // Invalidate first: should anything below fail half way, no later
+  // capture takes what this one resets for changes since the parent.
+  if (p->track_area) {
+    const uint64_t zero = 0;
+    if (!p->mem.WriteThroughProc(p->track_area + offsetof(TrackArea, token), &zero, sizeof zero).ok())
+      return fail("cannot write its tracking page");
+  }
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p->pid, 0)));
+  if (!pidfd) return fail(std::string("pidfd_open: ") + strerror(errno));
+  UniqueFd uffd;
+  int target_fd = -1;
+  if (fd_ok) {
+    target_fd = p->track.uffd;
+    uffd.reset(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), target_fd, 0)));
+    if (!uffd) return fail(std::string("take its userfaultfd: ") + strerror(errno));
+  } else {
+    if (p->track_valid && p->track.uffd >= 0 && is_uffd(p->track.uffd))
+      (void)Inject(p, leader, SYS_close, static_cast<uint64_t>(p->track.uffd));
+    auto r = Inject(p, leader, SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (!r) return fail(r.error().message());
+    if (*r < 0) return fail(std::string("userfaultfd: ") + strerror(static_cast<int>(-*r)));
+    long fd = *r;
+    // Out of the way of the program's own fds (BLCR and DMTCP keep theirs
+    // high too), below its RLIMIT_NOFILE.
+    uint64_t limit = p->info.rlimits.size() > RLIMIT_NOFILE ? p->info.rlimits[RLIMIT_NOFILE].cur : 1024;
+    long base = limit >= 1024 ? 1000 : static_cast<long>(limit * 3 / 4);
+    if (base > fd) {
+      auto d = Inject(p, leader, SYS_fcntl, static_cast<uint64_t>(fd), F_DUPFD_CLOEXEC, static_cast<uint64_t>(base));
+      if (d && *d >= 0) {
+        (void)Inject(p, leader, SYS_close, static_cast<uint64_t>(fd));
+        fd = *d;
+      }
+    }
+    target_fd = static_cast<int>(fd);
+    uffd.reset(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), target_fd, 0)));
+    Status api = uffd ? EnableWpAsync(uffd.get()) : Status::FromErrno(errno, "take its userfaultfd");
+    if (!api.ok()) {
+      (void)Inject(p, leader, SYS_close, static_cast<uint64_t>(target_fd));
+      return fail(api.message());
+    }
+    if (!p->track_area) {
+      // A private mapping of a memfd of that name: found again by its name.
+      long area = -1;
+      if (p->mem.Write(p->scratch, kTrackAreaName, sizeof kTrackAreaName).ok()) {
+        auto m = Inject(p, leader, SYS_memfd_create, p->scratch, MFD_CLOEXEC);
+        if (m && *m >= 0) {
+          auto t = Inject(p, leader, SYS_ftruncate, static_cast<uint64_t>(*m), kTrackAreaSize);
+          auto a = t && *t == 0 ? Inject(p, leader, SYS_mmap, 0, kTrackAreaSize, PROT_READ, MAP_PRIVATE,
+                                         static_cast<uint64_t>(*m), 0)
+                                : Result<long>(-1L);
+          if (a && !(*a < 0 && *a > -4096)) area = *a;
+          (void)Inject(p, leader, SYS_close, static_cast<uint64_t>(*m));
+        }
+      }
+      if (area == -1) {
+        (void)Inject(p, leader, SYS_close, static_cast<uint64_t>(target_fd));
+        return fail("cannot map its tracking page");
+      }
+      p->track_area = static_cast<uint64_t>(area);
+    }
+  }
+  UniqueFd pagemap(::open(("/proc/" + pid + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return fail(std::string("open pagemap: ") + strerror(errno));
+  std::vector<PageRun> parent;
+  std::vector<uint64_t> pm;
+  for (const Mapping& m : p->mappings) {
+    if (!Trackable(m, p->scratch_address)) continue;
+    auto at = std::lower_bound(p->maps.begin(), p->maps.end(), m.start,
+                               [](const MapsEntry& e, uint64_t a) { return e.start < a; });
+    const size_t index = static_cast<size_t>(at - p->maps.begin());
+    const bool registered = fd_ok && index < p->vm_wp.size() && at->start == m.start && p->vm_wp[index];
+    if (!registered) {
+      // From now on; this time it is stored whole.
+      (void)RegisterAndProtect(uffd.get(), m.start, m.end);
+      continue;
+    }
+    auto written = ScanWrittenAndProtect(pagemap.get(), m.start, m.end);
+    if (!written || !incremental) continue;  // stored whole this time
+    const uint64_t npages = (m.end - m.start) / kPageSize;
+    pm.resize(npages);
+    ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
+    if (n != static_cast<ssize_t>(npages * 8)) return fail("read pagemap");
+    size_t w = 0;
+    for (uint64_t i = 0; i < npages; ++i) {
+      const uint64_t a = m.start + i * kPageSize;
+      while (w < written->size() && (*written)[w].second <= a) ++w;
+      const bool dirty = w < written->size() && (*written)[w].first <= a;
+      if (dirty || !PageWanted(pm[i], true)) continue;
+      if (!parent.empty() && parent.back().start + parent.back().npages * kPageSize == a)
+        parent.back().npages++;
+      else
+        parent.push_back({a, 1});
+    }
+  }
+  TrackArea area{};
+  std::memcpy(area.magic, kTrackMagic, sizeof area.magic);
+  area.version = 1;
+  area.uffd = target_fd;
+  area.pid = static_cast<uint64_t>(p->pid);
+  area.starttime = p->stat.starttime;
+  area.token = token;
+  if (!p->mem.WriteThroughProc(p->track_area, &area, sizeof area).ok())
+    return fail("cannot write its tracking page");
+  if (incremental) {
+    p->parent_runs = std::move(parent);
+    p->incremental = true;
+  }
+  return true;
+}
+
+void Capturer::Track(uint64_t token, CheckpointStats* stats) {
+  std::string why;
+  if (kernel_) {
+    stats->track_note = "no dirty tracking with the kernel backend: stored whole";
+    return;
+  }
+  if (!DirtyTrackingSupported(&why)) {
+    stats->track_note = "no dirty tracking (" + why + "): stored whole";
+    return;
+  }
+  token_ = token;
+  for (auto& p : procs_) {
+    if (p->zombie) continue;
+    std::string w;
+    bool ok = TrackProcess(p.get(), token, &w);
+    if (!w.empty()) stats->track_note += (stats->track_note.empty() ? "" : "; ") + w;
+    if (!ok) continue;
+    if (p->incremental) {
+      stats->incremental_processes++;
+      for (const PageRun& r : p->parent_runs) stats->parent_page_bytes += r.npages * kPageSize;
+    }
+  }
+  stats->token = token;
+  stats->incremental = stats->incremental_processes > 0;
+}
+
 Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_t* page_bytes) {
   if (kernel_)
     return kernel_->WritePages(
@@ -1139,6 +1347,17 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
   // at the moment it was taken while the process itself runs on.
   const pid_t src = p->snap ? p->snap : p->pid;
   const ProcessMemory& mem = p->snap ? p->snap_mem : p->mem;
+  // An incremental context: pages unchanged since the parent are named, not
+  // stored (Track() found them); the data below skips them.
+  if (p->incremental)
+    STASIS_RETURN_IF_ERROR(writer->WriteParentPages(static_cast<uint32_t>(p->pid), p->parent_runs));
+  size_t parent_at = 0;
+  auto in_parent = [&](uint64_t addr) {
+    const std::vector<PageRun>& runs = p->parent_runs;
+    while (parent_at < runs.size() && runs[parent_at].start + runs[parent_at].npages * kPageSize <= addr)
+      ++parent_at;
+    return parent_at < runs.size() && runs[parent_at].start <= addr;
+  };
   UniqueFd pagemap(::open(("/proc/" + std::to_string(src) + "/pagemap").c_str(),
                           O_RDONLY | O_CLOEXEC));
   if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(src));
@@ -1199,17 +1418,21 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
     ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
     if (n != static_cast<ssize_t>(npages * 8))
       return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
-    auto wanted = [&](uint64_t e) { return PageWanted(e, anon); };
+    // Page k of the mapping is stored: present (or swapped) and not the
+    // parent's. Addresses are asked in increasing order (in_parent's cursor).
+    auto wanted = [&](uint64_t k) {
+      return PageWanted(pm[k], anon) && !in_parent(m.start + k * kPageSize);
+    };
     uint64_t i = 0;
     while (i < npages) {
-      if (!wanted(pm[i])) {
+      if (!wanted(i)) {
         ++i;
         continue;
       }
       if (used == cap) STASIS_RETURN_IF_ERROR(flush());
       const uint64_t room = (cap - used) / kPageSize;
       uint64_t j = i;
-      while (j < npages && wanted(pm[j]) && j - i < room) ++j;
+      while (j < npages && wanted(j) && j - i < room) ++j;
       const uint64_t addr = m.start + i * kPageSize;
       char* dst = batch + used;
       STASIS_RETURN_IF_ERROR(mem.Read(addr, dst, (j - i) * kPageSize));
@@ -1258,6 +1481,12 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
       options_.tasks.empty() ? options_.target : options_.tasks.front().pid);
   image.scope = options_.scope;
   image.argv = options_.tool_argv;
+  image.token = token_;
+  for (auto& p : procs_) {
+    if (!p->incremental) continue;
+    image.parent_token = options_.parent_token;
+    image.parent = options_.parent;
+  }
   STASIS_RETURN_IF_ERROR(writer->Begin(image));
 
   // Parents before children (forwarded scopes may have added a parent late).
@@ -1891,6 +2120,12 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   if (Status s = cap.Freeze(); !s.ok()) return fail(s);
   stats.freeze_seconds = SecondsSince(t1);
   if (Status s = cap.CaptureAll(); !s.ok()) return fail(s);
+  if (options.track || options.parent_token) {
+    uint64_t token = 0;
+    while (token == 0)
+      if (::getrandom(&token, sizeof token, 0) != sizeof token) token = 0;
+    cap.Track(token, &stats);
+  }
   if (options.settle_before_write) {
     if (Status s = cap.Settle(); !s.ok()) return fail(s);
   }

@@ -1,6 +1,8 @@
 // Context files on disk; see context_file.h.
 #include "engine/core/context_file.h"
 
+#include "engine/format/context_io.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -105,6 +107,34 @@ Result<std::unique_ptr<ByteSource>> OpenContextForRead(const std::string& path) 
     return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
                                     ", not to you; refusing it");
   return std::unique_ptr<ByteSource>(new PrefetchSource(std::move(owned), path));
+}
+
+Result<format::ImageInfo> ReadContextImage(const std::string& path) {
+  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source, OpenContextForRead(path));
+  format::ContextReader reader(source.get());
+  auto image = reader.Begin();
+  if (!image) return Status::Error(image.error().code(), path + ": " + image.error().message());
+  return *image;
+}
+
+Result<std::string> ParentReference(const std::string& child, const std::string& parent) {
+  auto dir_of = [](const std::string& p) {
+    size_t slash = p.rfind('/');
+    return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : p.substr(0, slash);
+  };
+  char* c = ::realpath(dir_of(child).c_str(), nullptr);
+  char* q = ::realpath(parent.c_str(), nullptr);
+  if (!c || !q) {
+    int e = errno;
+    ::free(c);
+    ::free(q);
+    return Status::FromErrno(e, "resolve " + (q ? child : parent));
+  }
+  std::string cdir = c, full = q;
+  ::free(c);
+  ::free(q);
+  if (dir_of(full) == cdir) return full.substr(full.rfind('/') + 1);
+  return full;
 }
 
 }  // namespace stasis::core

@@ -15,6 +15,7 @@
 
 #include "engine/base/io.h"
 #include "engine/base/status.h"
+#include "engine/format/context.h"
 #include "engine/store/store.h"
 
 namespace stasis::core {
@@ -56,5 +57,13 @@ Status SyncFdSink(void* fd_sink);
 // Opens a context for reading: no symlinks, a regular file, owned by the
 // caller unless the caller is root.
 Result<std::unique_ptr<ByteSource>> OpenContextForRead(const std::string& path);
+
+// The Image of the context at `path` (opened as above; the rest unread).
+Result<format::ImageInfo> ReadContextImage(const std::string& path);
+
+// What a context written to `child` records as its parent `parent`
+// (ImageInfo::parent): the parent's name when both are in one folder, so
+// that the pair can be moved together, else its absolute path.
+Result<std::string> ParentReference(const std::string& child, const std::string& parent);
 
 }  // namespace stasis::core

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -121,6 +122,17 @@ struct CheckpointOptions {
   // snapshot was taken (`snapshot`; else `why_not`, empty when none was
   // asked for); an error aborts (the tree resumes untouched).
   std::function<Status(bool snapshot, const std::string& why_not)> before_release;
+  // Dirty tracking and incremental contexts (dirty_track.h). `track`: each
+  // process tracks its writes from this capture on, which the context's
+  // Image token names. With `parent_token` (the token of the context that
+  // `parent` names; parent is recorded as given, relative to the new
+  // file's folder unless absolute): pages unchanged since that capture are
+  // not stored but named as the parent's (ParentPages), in every process
+  // whose tracking is intact since then; the others are stored whole
+  // (CheckpointStats::track_note says why). Implies track.
+  bool track = false;
+  uint64_t parent_token = 0;
+  std::string parent;
 };
 
 struct CheckpointStats {
@@ -137,6 +149,11 @@ struct CheckpointStats {
   bool kernel_backend = false; // the capture went through /dev/stasis
   bool snapshot = false;       // pages were read from copy-on-write snapshots
   std::string snapshot_note;   // why no snapshot was taken, when one was asked
+  uint64_t token = 0;            // the Image token (tracking set up), or 0
+  bool incremental = false;      // the context names a parent
+  uint64_t parent_page_bytes = 0;  // memory left to the parent context
+  uint32_t incremental_processes = 0;  // processes whose unchanged pages are the parent's
+  std::string track_note;        // why tracking or an incremental capture was not (fully) done
   std::vector<pid_t> pids;
 };
 
@@ -191,6 +208,14 @@ struct RestoreOptions {
   // rest is in place and this server brings the pages (lazy_pages.h). The
   // source must be able to Skip (a regular file), else pages are read now.
   std::shared_ptr<LazyPages> lazy;
+  // An incremental context's parent, as its Image records it (`recorded`),
+  // for the context at `child` (source_path, then each parent in turn):
+  // sets *resolved to the file's path. Unset: `recorded` resolved against
+  // the child's folder unless absolute, opened like any context file (no
+  // symlinks, the caller's own unless root).
+  std::function<Result<std::unique_ptr<ByteSource>>(const std::string& child, const std::string& recorded,
+                                                    std::string* resolved)>
+      open_parent;
 };
 
 struct RestoreResult {
@@ -204,6 +229,8 @@ struct RestoreResult {
   bool in_new_pid_namespace = false;
   std::vector<TaskRoot> tasks;   // each task's restored top-level process
   uint64_t lazy_bytes = 0;       // page data left to the lazy server
+  uint64_t parent_bytes = 0;     // page data read from parent contexts
+  uint32_t parents = 0;          // parent contexts read (an incremental chain)
   std::vector<pid_t> pids;       // every restored process
 };
 

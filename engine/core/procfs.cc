@@ -103,6 +103,7 @@ Result<ProcStat> ParseStat(const std::string& text) {
   st.tpgid = static_cast<pid_t>(strtoll(f[static_cast<size_t>(8 - 3)].c_str(), nullptr, 10));
   st.flags = u(9);
   st.num_threads = static_cast<int>(u(20));
+  st.starttime = u(22);
   st.start_code = u(26);
   st.end_code = u(27);
   st.start_stack = u(28);

@@ -48,6 +48,7 @@ struct ProcStat {
   int exit_signal = 0;
   int exit_code = 0;
   int num_threads = 0;
+  uint64_t starttime = 0;  // clock ticks after boot: with the pid, names a process for good
 };
 Result<ProcStat> ParseStat(const std::string& text);
 Result<ProcStat> ReadStat(pid_t pid);

@@ -48,6 +48,7 @@
 #include "engine/base/fd.h"
 #include "engine/agent/agent_abi.h"
 #include "engine/core/agent_client.h"
+#include "engine/core/context_file.h"
 #include "engine/core/engine.h"
 #include "engine/core/lazy_pages.h"
 #include "engine/core/procfs.h"
@@ -141,6 +142,10 @@ class Restorer {
   Result<size_t> NextPageBytes(uint64_t left, std::vector<char>* buf, const char** data);
   bool in_place_ = true;
   Status WritePages(RProc* p);
+  // Incremental contexts: the pages ParentPages named, from the chain of
+  // parents (each read whole, every checksum verified).
+  Status ApplyParents(const format::ImageInfo& image);
+  std::map<uint32_t, std::vector<format::PageRun>> parent_needed_;
   Status FinishProcess(RProc* p);
   Status MakeZombie(RProc* p);
   Status FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti);
@@ -1325,6 +1330,114 @@ Status Restorer::WritePages(RProc* p) {
   return Status::Ok();
 }
 
+namespace {
+
+// The parts of sorted runs `a` that lie in sorted runs `b`.
+std::vector<format::PageRun> IntersectRuns(const std::vector<format::PageRun>& a,
+                                           const std::vector<format::PageRun>& b) {
+  std::vector<format::PageRun> out;
+  size_t j = 0;
+  for (const format::PageRun& r : a) {
+    const uint64_t rs = r.start, re = r.start + r.npages * kPageSize;
+    while (j < b.size() && b[j].start + b[j].npages * kPageSize <= rs) ++j;
+    for (size_t k = j; k < b.size() && b[k].start < re; ++k) {
+      const uint64_t s = std::max(rs, b[k].start), e = std::min(re, b[k].start + b[k].npages * kPageSize);
+      if (s < e) out.push_back({s, (e - s) / kPageSize});
+    }
+  }
+  return out;
+}
+
+std::string Dirname(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+Status Restorer::ApplyParents(const format::ImageInfo& image) {
+  std::map<uint32_t, std::vector<format::PageRun>> need = std::move(parent_needed_);
+  std::string child = options_.source_path, recorded = image.parent;
+  uint64_t token = image.parent_token;
+  std::vector<char> buf(8u << 20);
+  for (int depth = 1; !need.empty(); ++depth) {
+    if (depth > 1000) return Status::Corrupt("the chain of parent contexts is longer than 1000");
+    std::string path;
+    std::unique_ptr<ByteSource> source;
+    if (options_.open_parent) {
+      STASIS_ASSIGN_OR_RETURN(source, options_.open_parent(child, recorded, &path));
+    } else {
+      path = !recorded.empty() && recorded[0] == '/' ? recorded : Dirname(child) + "/" + recorded;
+      auto opened = OpenContextForRead(path);
+      if (!opened)
+        return Status::Error(opened.error().code(), "parent context of " + child + ": " + opened.error().message());
+      source = std::move(*opened);
+    }
+    const std::string what = "parent context " + path + " (of " + child + ")";
+    format::ContextReader r(source.get());
+    auto pimg = r.Begin();
+    if (!pimg) return Status::Error(pimg.error().code(), what + ": " + pimg.error().message());
+    if (pimg->token != token)
+      return Status::Error(EBADMSG, what + " is not the context this one was taken after (its token is " +
+                                        ToHex(pimg->token) + ", expected " + ToHex(token) +
+                                        "): replaced or taken again since");
+    result_.parents++;
+    std::map<uint32_t, std::vector<format::PageRun>> next;
+    for (;;) {
+      auto type = r.Next();
+      if (!type) return Status::Error(type.error().code(), what + ": " + type.error().message());
+      if (*type == format::SectionType::kEnd) break;
+      if (*type == format::SectionType::kParentPages) {
+        auto it = need.find(r.section_pid());
+        if (it != need.end()) {
+          std::vector<format::PageRun> still = IntersectRuns(it->second, r.parent_runs());
+          if (!still.empty()) next[it->first] = std::move(still);
+        }
+        continue;
+      }
+      if (*type != format::SectionType::kPages) continue;
+      const format::PagesHeader& h = r.pages();
+      auto it = h.owner.kind == format::PageOwner::kProcess ? need.find(static_cast<uint32_t>(h.owner.id))
+                                                             : need.end();
+      if (it == need.end()) {
+        Status s = r.SkipPageData();
+        if (!s.ok()) return Status::Error(s.code(), what + ": " + s.message());
+        continue;
+      }
+      RProc* p = by_pid_.at(it->first);
+      const std::vector<format::PageRun>& want = it->second;
+      size_t w = 0;
+      for (const format::PageRun& run : h.runs) {
+        const uint64_t end = run.start + run.npages * kPageSize;
+        for (uint64_t at = run.start; at < end;) {
+          const size_t n = static_cast<size_t>(std::min<uint64_t>(end - at, buf.size()));
+          Status s = r.ReadPageData(buf.data(), n);
+          if (!s.ok()) return Status::Error(s.code(), what + ": " + s.message());
+          // The wanted parts of [at, at + n).
+          while (w < want.size() && want[w].start + want[w].npages * kPageSize <= at) ++w;
+          for (size_t k = w; k < want.size() && want[k].start < at + n; ++k) {
+            const uint64_t s0 = std::max(at, want[k].start);
+            const uint64_t e0 = std::min(at + n, want[k].start + want[k].npages * kPageSize);
+            if (s0 >= e0) continue;
+            STASIS_RETURN_IF_ERROR(p->mem.Write(s0, buf.data() + (s0 - at), e0 - s0));
+            result_.parent_bytes += e0 - s0;
+            result_.page_bytes += e0 - s0;
+          }
+          at += n;
+        }
+      }
+    }
+    need = std::move(next);
+    child = path;
+    recorded = pimg->parent;
+    token = pimg->parent_token;
+    if (!need.empty() && token == 0)
+      return Status::Corrupt(what + " names no parent, yet holds parent pages");  // the validator prevents it
+  }
+  return Status::Ok();
+}
+
 Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti) {
   const std::string who = "thread " + std::to_string(ti.tid) + " of " + Pid(p->entry.pid);
   if (ti.gpregs.size() != sizeof(Regs)) return Status::Corrupt("bad register block for " + who);
@@ -1976,11 +2089,18 @@ Result<RestoreResult> Restorer::Run() {
       case format::SectionType::kSharedMemory:
         STASIS_RETURN_IF_ERROR(CreateSharedMemory(reader_.shared_memory()));
         break;
+      case format::SectionType::kParentPages: {
+        RProc* owner = find(reader_.section_pid());
+        if (!owner || !owner->mm_built) return Status::Corrupt("parent pages for a process whose memory map was not read");
+        if (!reader_.parent_runs().empty()) parent_needed_[owner->entry.pid] = reader_.parent_runs();
+        break;
+      }
       default:
         return Status::Corrupt("unexpected section " +
                                std::string(format::SectionName(type)));
     }
   }
+  if (!parent_needed_.empty()) STASIS_RETURN_IF_ERROR(ApplyParents(image));
   // The whole file is verified (but lazy page data): finish and let the
   // tree run.
   if (options_.before_run) STASIS_RETURN_IF_ERROR(options_.before_run());

@@ -23,6 +23,14 @@ tools. Usage: run_speed.py BUILD_DIR CASE
               runs (prints) before its memory is in; then it and a forked child
               read every page in random order, drop a MiB (zeros) and move
               4 MiB (data kept) while the rest streams in (root only).
+  incr        incremental epochs: a program (and from step 2 its fork child)
+              changes 5% of 32 MiB, drops pages, maps, unmaps and moves memory
+              between checkpoints; cr_checkpoint --track, then four
+              --parent checkpoints, each a fraction of the first; a restart
+              from each of the five finds memory exactly as at that epoch.
+              A capture whose context was lost (tracking reset, file gone)
+              makes the next one store whole; a missing, replaced or damaged
+              parent is refused by name (root only: fixed pids).
   bench       bench/checkpoint.py --small: every workload still runs and every
               restored program checks all of its memory.
 Exit 77 = skipped (prints SKIPPED and why).
@@ -334,8 +342,132 @@ def lazy_case(work):
     print(f"damaged page data: cr_restart --lazy exit {rs.returncode}: {rs.stderr.strip()}")
 
 
+def incr_case(work):
+    if os.geteuid() != 0:
+        skip("restarts with the original pids: run as root")
+    prog_path = os.path.join(BUILD, "test", "speed", "incr")
+    ck_bin = os.path.join(CLI, "cr_checkpoint")
+    out = open(os.path.join(work, "out"), "w")
+    prog = subprocess.Popen([prog_path, work], stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    ctx = lambda k: os.path.join(work, f"e{k}.ctx")
+
+    def put(name, text):
+        with open(os.path.join(work, name + ".tmp"), "w") as f:
+            f.write(text)
+        os.rename(os.path.join(work, name + ".tmp"), os.path.join(work, name))
+
+    def step(k):
+        put("step", str(k))
+        wait_for(lambda: os.path.exists(os.path.join(work, f"done.{k}")), 30, f"step {k}")
+        if k >= 3:
+            put("c.step", str(k))
+            wait_for(lambda: os.path.exists(os.path.join(work, f"c.done.{k}")), 30, f"child step {k}")
+
+    def checkpoint(k, parent=None):
+        args = [ck_bin, "-v", "-f", ctx(k)] + (["--parent", ctx(parent)] if parent else ["--track"])
+        r = subprocess.run(args + [str(prog.pid)], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            fail(f"cr_checkpoint e{k}: {r.stderr.strip()}")
+        m = re.search(r"incremental: (\d+) processes, ([\d.]+) MiB unchanged", r.stderr)
+        size = os.path.getsize(ctx(k))
+        print(f"e{k}: {size / 2**20:.1f} MiB" + (f", {m.group(1)} processes incremental, {m.group(2)} MiB left to e{parent}" if m else ", whole"))
+        return size, (int(m.group(1)) if m else 0), r.stderr
+
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(work, "ready")), 30, "incr")
+        full, _, _ = checkpoint(1)
+        sizes = {}
+        for k in range(1, 5):
+            step(k)
+            if k == 2:
+                wait_for(lambda: os.path.exists(os.path.join(work, "c.ready")), 30, "the child")
+            sizes[k + 1], nproc, err = checkpoint(k + 1, k)
+            # From e4 on the child is tracked too (e3 stored it whole: a fork
+            # child is not tracked until a capture sets it up).
+            want = 1 if k + 1 <= 3 else 2
+            if nproc != want:
+                fail(f"e{k + 1}: {nproc} processes incremental, expected {want}:\n{err}")
+            if k + 1 == 3 and "a fork child" not in err:
+                fail(f"e3 does not say why the fork child was stored whole:\n{err}")
+        # 5% of 32 MiB and the few new mappings, against everything.
+        for k in (2, 4, 5):
+            if sizes[k] > 0.3 * full:
+                fail(f"e{k} is {sizes[k]} bytes, not a fraction of the whole e1 ({full})")
+        # A capture whose context is lost still reset the tracking: the next
+        # one, against the older parent, must store whole, not reference it.
+        step(5)
+        checkpoint(6, 5)
+        os.unlink(ctx(6))
+        step(6)
+        size7, nproc, err = checkpoint(7, 5)
+        if nproc != 0 or "tracked since another capture than the parent" not in err:
+            fail(f"e7 after a lost e6 was incremental against e5 ({nproc} processes):\n{err}")
+    finally:
+        os.killpg(prog.pid, signal.SIGKILL)
+        prog.wait()
+    subprocess.run(["pkill", "-KILL", "-f", prog_path + " " + work], check=False)
+    time.sleep(0.2)
+
+    def restart(k, expect_main, expect_child):
+        for name in ("verify", "c.verify", "verify.out", "c.verify.out", "step", "c.step"):
+            if os.path.exists(os.path.join(work, name)):
+                os.unlink(os.path.join(work, name))
+        put("verify", "")
+        put("c.verify", "")
+        rs = subprocess.run([os.path.join(CLI, "cr_restart"), ctx(k)], capture_output=True, text=True, timeout=120)
+        # cr_restart waits for the restored root, which exits once verified.
+        if not os.path.exists(os.path.join(work, "verify.out")):
+            if rs.returncode == 0 or not rs.stderr.strip():
+                fail(f"restart of e{k}: no verdict and no error ({rs.returncode})")
+            return rs.stderr.strip()
+        wait_for(lambda: os.path.exists(os.path.join(work, "verify.out")), 30, f"the restored e{k} to verify")
+        got = open(os.path.join(work, "verify.out")).read().strip()
+        if got != f"PASS step {expect_main}":
+            fail(f"restart of e{k}: {got}")
+        if expect_child:
+            wait_for(lambda: os.path.exists(os.path.join(work, "c.verify.out")), 30, f"the restored child of e{k}")
+            cgot = open(os.path.join(work, "c.verify.out")).read().strip()
+            if cgot != f"PASS step {expect_child}":
+                fail(f"restart of e{k}, the child: {cgot}")
+        subprocess.run(["pkill", "-KILL", "-f", prog_path + " " + work], check=False)
+        time.sleep(0.2)
+        print(f"restart of e{k}: {got}" + (f", child {cgot}" if expect_child else ""))
+        return ""
+
+    for k, main_step, child_step in ((1, 0, 0), (2, 1, 0), (3, 2, 2), (4, 3, 3), (5, 4, 4), (7, 6, 6)):
+        err = restart(k, main_step, child_step)
+        if err:
+            fail(f"cr_restart e{k}: {err}")
+    # A damaged, replaced or missing parent is refused by name.
+    shutil.copy(ctx(3), ctx(3) + ".good")
+    with open(ctx(3), "r+b") as f:
+        f.seek(os.path.getsize(ctx(3)) - 8192)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xff]))
+    err = restart(5, 4, 4)
+    if "e3.ctx" not in err or "checksum" not in err:
+        fail(f"a damaged e3 under e5 was not refused by name: {err!r}")
+    print("damaged parent: " + err)
+    shutil.copy(ctx(1), ctx(3))
+    err = restart(5, 4, 4)
+    if "e3.ctx" not in err or "is not the context this one was taken after" not in err:
+        fail(f"e3 replaced by another context was not refused: {err!r}")
+    print("replaced parent: " + err)
+    os.unlink(ctx(3))
+    err = restart(5, 4, 4)
+    if "e3.ctx" not in err:
+        fail(f"a missing e3 under e5 was not named: {err!r}")
+    print("missing parent: " + err)
+    print("damaged, replaced, missing parent: refused by name")
+    r = subprocess.run([ck_bin, "--parent", ctx(1) + ".nope", "-f", ctx(9), "1"], capture_output=True, text=True)
+    if r.returncode == 0 or "e1.ctx.nope" not in r.stderr:
+        fail(f"--parent of a missing file: {r.stderr!r}")
+
+
 def main():
-    if CASE not in ("snapshot", "dontfork", "killed", "pidns", "halfzero", "lazy", "bench"):
+    if CASE not in ("snapshot", "dontfork", "killed", "pidns", "halfzero", "lazy", "incr", "bench"):
         fail(f"unknown case '{CASE}'")
     if CASE == "bench":
         if os.geteuid() != 0:
@@ -357,6 +489,8 @@ def main():
             halfzero_case(work)
         elif CASE == "lazy":
             lazy_case(work)
+        elif CASE == "incr":
+            incr_case(work)
         elif CASE == "killed":
             killed_case(work)
         elif CASE == "pidns":
