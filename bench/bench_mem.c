@@ -15,6 +15,9 @@
  *          DIR/ready  created once every process has filled its memory
  *          DIR/ping   when it appears, the first process creates DIR/pong
  *                     (polled every millisecond: "the program runs")
+ *          DIR/mutate when it appears, the first process rewrites every
+ *                     20th page of its memory (5%, another generation) and
+ *                     creates DIR/mutated (incremental checkpoints)
  *          DIR/check  when it appears, every process checks every byte;
  *                     the first prints "PASS ..." or "FAIL ..." and exits
  *                     with 0 when all passed.
@@ -95,11 +98,13 @@ static uint64_t ParseSize(const char *s) {
   return v / kPage * kPage;
 }
 
+static int mutated;  /* every 20th page has generation seed + 1 */
+
 /* Checks every page; returns the number of bad pages. */
 static uint64_t Check(char *mem, uint64_t size, uint64_t seed, enum Mix mix) {
   uint64_t bad = 0;
   for (uint64_t i = 0; i < size / kPage; ++i)
-    if (!Page(mem + i * kPage, seed, i, mix, 1)) ++bad;
+    if (!Page(mem + i * kPage, seed + (mutated && i % 20 == 0), i, mix, 1)) ++bad;
   return bad;
 }
 
@@ -167,6 +172,11 @@ int main(int argc, char **argv) {
       ponged = 1;
     }
     if (ponged && !Exists(dir, "ping")) ponged = 0;
+    if (!mutated && !shared && Exists(dir, "mutate")) {
+      for (uint64_t i = 0; i < size / kPage; i += 20) Page(mem + i * kPage, seed + 1, i, mix, 0);
+      mutated = 1;
+      Create(dir, "mutated");
+    }
     usleep(1000);
   }
   uint64_t bad = Check(mem, size, seed, mix);

@@ -4,6 +4,7 @@ folder measured in the same run.
 
   bench/checkpoint.py [--folder DIR] [--small] [--only NAME[,NAME]]
                       [--ckpt-opt OPT]... [--restart-opt OPT]... [--rounds N]
+                      [--incremental]
 
 Workloads (bench_mem.c; --small divides every size by 64, as CI does):
   1g-random 1g-halfzero 1g-compressible   one process, 1 GiB resident
@@ -24,7 +25,15 @@ conv=fsync (raw write) and a cold-cache dd read (raw read). Figures:
   size        context bytes                        ratio to memory held
   peak        cr_checkpoint's peak resident memory (ru_maxrss)
 The restored program then checks every byte of its memory; a failed check
-fails the benchmark. Needs root (drops the page cache, restores pids).
+fails the benchmark.
+
+--incremental (single-process workloads; 1g-random and 4g-random unless
+--only says): a full checkpoint with --track, then the program rewrites 5%
+of its pages (every 20th), then an incremental one (--parent the full one).
+Figures: both contexts' sizes, both checkpoint times and their ratio
+(issue 9's target: incremental <= 0.1 x full), the incremental pause, and
+the restart of the chain (cold cache) to the program running, as a ratio to
+the cold raw read of both files' bytes. Needs root (drops the page cache, restores pids).
 """
 import argparse
 import ctypes
@@ -197,6 +206,81 @@ def one_in(work, name, mib, mix, procs, sharing, args):
                 raw_write=raw_write, raw_read=raw_read)
 
 
+def one_incremental(work, name, mib, mix, args):
+    full, incr = os.path.join(work, "full.ctx"), os.path.join(work, "incr.ctx")
+    log = open(os.path.join(work, "program.log"), "w")
+    prog = subprocess.Popen([MEM, f"{mib}M", mix, "1", "private", work], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, start_new_session=True)
+    wait_file(os.path.join(work, "ready"), 600, prog, "bench_mem")
+    ck = os.path.join(CLI, "cr_checkpoint")
+    ck_full, err_full, _ = peak_of([ck, "-v", "--track"] + args.ckpt_opt + ["-f", full, str(prog.pid)])
+    open(os.path.join(work, "mutate"), "w").close()
+    wait_file(os.path.join(work, "mutated"), 600, prog, "bench_mem")
+    ck_incr, err_incr, peak_kib = peak_of([ck, "-v", "--parent", full] + args.ckpt_opt + ["-f", incr, str(prog.pid)])
+    m = re.search(r"incremental: 1 processes, ([\d.]+) MiB unchanged", err_incr)
+    p = re.search(r"paused ([\d.]+) s", err_incr)
+    if not m or not p:
+        die(f"the second checkpoint was not incremental: {err_incr.strip()}")
+    pause = float(p.group(1))
+    os.killpg(prog.pid, signal.SIGKILL)
+    prog.wait()
+    time.sleep(0.05)
+    reap()
+    full_bytes, incr_bytes = os.path.getsize(full), os.path.getsize(incr)
+    raw = os.path.join(work, "raw")
+    raw_write = dd_write(raw, max(1, (full_bytes + (1 << 20) - 1) >> 20))
+    os.unlink(raw)
+    dd_write(raw, max(1, (full_bytes + incr_bytes + (1 << 20) - 1) >> 20))
+    raw_read = dd_read(raw)
+    os.unlink(raw)
+    drop_caches()
+    open(os.path.join(work, "ping"), "w").close()
+    t0 = time.monotonic()
+    rs = subprocess.Popen([os.path.join(CLI, "cr_restart")] + args.restart_opt + [incr],
+                          stdin=subprocess.DEVNULL, stdout=log, stderr=open(os.path.join(work, "restart.err"), "w"),
+                          start_new_session=True)
+    t_run = wait_file(os.path.join(work, "pong"), 600, rs, "cr_restart") - t0
+    open(os.path.join(work, "check"), "w").close()
+    rc = rs.wait(timeout=600)
+    log.close()
+    out = open(os.path.join(work, "program.log")).read()
+    if rc != 0 or "PASS" not in out:
+        die(f"{name}: the program restored from the chain failed its check (exit {rc}): {out.strip()[-300:]}")
+    reap()
+    return dict(name=name, mib=mib, full_mib=full_bytes / 2**20, incr_mib=incr_bytes / 2**20, ck_full=ck_full,
+                ck_incr=ck_incr, pause=pause, run=t_run, raw_write=raw_write, raw_read=raw_read,
+                peak_mib=peak_kib / 1024)
+
+
+def run_incremental(args, only, folder):
+    print("workload          memory   full  incr   full ckpt    incr ckpt  incr/full  incr pause"
+          "   chain restart      peak   raw w/r s")
+    for name, mib, mix, procs, sharing in WORKLOADS:
+        if procs != 1 or sharing != "private":
+            continue
+        if (only and name not in only) or (not only and name not in ("1g-random", "4g-random")):
+            continue
+        if args.small:
+            mib = max(1, mib // 64)
+        for _ in range(args.rounds):
+            work = tempfile.mkdtemp(prefix=f"stasis-bench-incr-{name}.", dir=folder)
+            try:
+                r = one_incremental(work, name, mib, mix, args)
+            finally:
+                subprocess.run(["pkill", "-KILL", "-f", work], check=False)
+                reap()
+                shutil.rmtree(work, ignore_errors=True)
+            w, rd = r["raw_write"], r["raw_read"]
+            print(f"{name:<16} {r['mib']:6d}M {r['full_mib']:6.0f}M {r['incr_mib']:5.0f}M"
+                  f" {r['ck_full']:6.3f}s {r['ck_full'] / w:4.2f}w {r['ck_incr']:6.3f}s {r['ck_incr'] / w:4.2f}w"
+                  f"  {r['ck_incr'] / r['ck_full']:5.3f}    {r['pause']:6.3f}s {r['pause'] / w:5.3f}w"
+                  f"  {r['run']:6.3f}s {r['run'] / rd:4.2f}r {r['peak_mib']:7.1f}M  {w:.3f}/{rd:.3f}", flush=True)
+    print("incr/full = incremental checkpoint time / full checkpoint time (target <= 0.1); w = ratio "
+          "to the raw write of the full context's bytes; r = ratio to the cold raw read of both files; "
+          "peak = the incremental cr_checkpoint's ru_maxrss. The program restored from the chain "
+          "checked all its memory: PASS.")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--folder", default="/tmp")
@@ -205,6 +289,7 @@ def main():
     ap.add_argument("--ckpt-opt", action="append", default=[])
     ap.add_argument("--restart-opt", action="append", default=[])
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--incremental", action="store_true", help="full, 5%% change, incremental")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("run as root (drops the page cache, restores pids)")
@@ -221,6 +306,9 @@ def main():
     folder = os.path.realpath(args.folder)
     print(f"folder {folder}; checkpoint options {args.ckpt_opt or '(none)'}; "
           f"restart options {args.restart_opt or '(none)'}")
+    if args.incremental:
+        run_incremental(args, only, folder)
+        return
     hdr = ("workload          memory  context  size   checkpoint   pause        restart:run  "
            "resident      peak   raw w/r s")
     print(hdr)
