@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -108,6 +109,8 @@ struct ProcState {
   TrackArea track{};
   bool track_valid = false;  // the page holds a TrackArea
   std::vector<PageRun> parent_runs;
+  std::vector<PageRun> dirty_runs;      // the pages of incremental_maps to store
+  std::set<uint64_t> incremental_maps;  // mappings (by start) PAGEMAP_SCAN listed
   bool incremental = false;  // its unchanged pages are the parent's
 };
 
@@ -1264,8 +1267,8 @@ bool Capturer::TrackProcess(ProcState* p, uint64_t token, std::string* why) {
   }
   UniqueFd pagemap(::open(("/proc/" + pid + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
   if (!pagemap) return fail(std::string("open pagemap: ") + strerror(errno));
-  std::vector<PageRun> parent;
-  std::vector<uint64_t> pm;
+  std::vector<PageRun> parent, dirty;
+  std::set<uint64_t> incremental_maps;
   for (const Mapping& m : p->mappings) {
     if (!Trackable(m, p->scratch_address)) continue;
     auto at = std::lower_bound(p->maps.begin(), p->maps.end(), m.start,
@@ -1277,23 +1280,18 @@ bool Capturer::TrackProcess(ProcState* p, uint64_t token, std::string* why) {
       (void)RegisterAndProtect(uffd.get(), m.start, m.end);
       continue;
     }
-    auto written = ScanWrittenAndProtect(pagemap.get(), m.start, m.end);
-    if (!written || !incremental) continue;  // stored whole this time
-    const uint64_t npages = (m.end - m.start) / kPageSize;
-    pm.resize(npages);
-    ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
-    if (n != static_cast<ssize_t>(npages * 8)) return fail("read pagemap");
-    size_t w = 0;
-    for (uint64_t i = 0; i < npages; ++i) {
-      const uint64_t a = m.start + i * kPageSize;
-      while (w < written->size() && (*written)[w].second <= a) ++w;
-      const bool dirty = w < written->size() && (*written)[w].first <= a;
-      if (dirty || !PageWanted(pm[i], true)) continue;
-      if (!parent.empty() && parent.back().start + parent.back().npages * kPageSize == a)
-        parent.back().npages++;
+    // One walk: which pages are there, which were written since the last
+    // capture, and protect them all again.
+    auto scanned = ScanPresentAndProtect(pagemap.get(), m.start, m.end);
+    if (!scanned || !incremental) continue;  // stored whole this time
+    for (const ScannedRun& r : *scanned) {
+      std::vector<PageRun>& to = r.written ? dirty : parent;
+      if (!to.empty() && to.back().start + to.back().npages * kPageSize == r.start)
+        to.back().npages += (r.end - r.start) / kPageSize;
       else
-        parent.push_back({a, 1});
+        to.push_back({r.start, (r.end - r.start) / kPageSize});
     }
+    incremental_maps.insert(m.start);
   }
   TrackArea area{};
   std::memcpy(area.magic, kTrackMagic, sizeof area.magic);
@@ -1306,6 +1304,8 @@ bool Capturer::TrackProcess(ProcState* p, uint64_t token, std::string* why) {
     return fail("cannot write its tracking page");
   if (incremental) {
     p->parent_runs = std::move(parent);
+    p->dirty_runs = std::move(dirty);
+    p->incremental_maps = std::move(incremental_maps);
     p->incremental = true;
   }
   return true;
@@ -1409,52 +1409,115 @@ Status Capturer::WritePages(ProcState* p, format::ContextWriter* writer, uint64_
     }
   } give_back{sink, &batch, lent};
   std::vector<uint64_t> pm;
+  // Queued reads into the batch (from `used` to `read_end`), then settled:
+  // read, zero pages squeezed out, runs noted.
+  struct Seg {
+    uint64_t addr;
+    size_t off;
+    uint64_t npages;
+    bool anon;
+  };
+  std::vector<Seg> segs;
+  size_t read_end = used;
+  std::vector<struct iovec> local, remote;
+  auto settle = [&]() -> Status {
+    if (segs.empty()) return Status::Ok();
+    bool done = false;
+    if (segs.size() > 1) {
+      local.clear();
+      remote.clear();
+      size_t total = 0;
+      for (const Seg& g : segs) {
+        local.push_back({batch + g.off, g.npages * kPageSize});
+        remote.push_back({reinterpret_cast<void*>(g.addr), g.npages * kPageSize});
+        total += g.npages * kPageSize;
+      }
+      ssize_t r = ::process_vm_readv(src, local.data(), local.size(), remote.data(), remote.size(), 0);
+      done = r == static_cast<ssize_t>(total);
+    }
+    for (const Seg& g : segs)
+      if (!done) STASIS_RETURN_IF_ERROR(mem.Read(g.addr, batch + g.off, g.npages * kPageSize));
+    // Squeeze out zero pages: `keep` is where the next kept page goes.
+    char* keep = batch + used;
+    for (const Seg& g : segs) {
+      const char* dst = batch + g.off;
+      for (uint64_t k = 0; k < g.npages; ++k) {
+        const char* page = dst + k * kPageSize;
+        if (g.anon && IsZeroPage(page)) {
+          ++zero_skipped_;
+          continue;
+        }
+        if (keep != page) std::memmove(keep, page, kPageSize);
+        keep += kPageSize;
+        const uint64_t at = g.addr + k * kPageSize;
+        if (!runs.empty() && runs.back().start + runs.back().npages * kPageSize == at)
+          runs.back().npages++;
+        else
+          runs.push_back({at, 1});
+      }
+    }
+    used = static_cast<size_t>(keep - batch);
+    segs.clear();
+    return Status::Ok();
+  };
   for (const Mapping& m : p->mappings) {
     if (!MappingHasPages(m)) continue;  // shared: by reference or stored once
     if (m.start == p->scratch_address) continue;
     bool anon = m.kind == format::kMapAnon;
     uint64_t npages = (m.end - m.start) / kPageSize;
     pm.resize(npages);
-    ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
-    if (n != static_cast<ssize_t>(npages * 8))
-      return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
+    if (p->incremental_maps.count(m.start)) {
+      // Tracked: the written pages Track() listed (present at the freeze),
+      // not another walk of the page tables.
+      std::fill(pm.begin(), pm.end(), 0);
+      auto d = std::lower_bound(p->dirty_runs.begin(), p->dirty_runs.end(), m.start,
+                                [](const PageRun& r, uint64_t a) { return r.start + r.npages * kPageSize <= a; });
+      for (; d != p->dirty_runs.end() && d->start < m.end; ++d) {
+        const uint64_t s0 = std::max(d->start, m.start), e0 = std::min(d->start + d->npages * kPageSize, m.end);
+        for (uint64_t a = s0; a < e0; a += kPageSize) pm[(a - m.start) / kPageSize] = 1ull << 63;
+      }
+    } else {
+      ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
+      if (n != static_cast<ssize_t>(npages * 8))
+        return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
+    }
     // Page k of the mapping is stored: present (or swapped) and not the
     // parent's. Addresses are asked in increasing order (in_parent's cursor).
     auto wanted = [&](uint64_t k) {
       return PageWanted(pm[k], anon) && !in_parent(m.start + k * kPageSize);
     };
+    // Reads are queued and done together: contiguous ones through
+    // /proc/PID/mem one by one (see ProcessMemory::Read), and in a tracked
+    // mapping, where the written pages lie scattered, up to 1024 at a time
+    // with process_vm_readv, but only from the process itself: in a
+    // snapshot it would unshare every page it reads (measured: 207 MiB of
+    // scattered pages read in 0.72 s against 0.23 s one by one, 0.14 s
+    // batched from the frozen process).
+    const bool scattered = !p->snap && p->incremental_maps.count(m.start) != 0;
     uint64_t i = 0;
     while (i < npages) {
       if (!wanted(i)) {
         ++i;
         continue;
       }
-      if (used == cap) STASIS_RETURN_IF_ERROR(flush());
-      const uint64_t room = (cap - used) / kPageSize;
+      if (read_end == cap) {
+        STASIS_RETURN_IF_ERROR(settle());
+        if (used == cap) STASIS_RETURN_IF_ERROR(flush());
+        read_end = used;
+      }
+      const uint64_t room = (cap - read_end) / kPageSize;
       uint64_t j = i;
       while (j < npages && wanted(j) && j - i < room) ++j;
-      const uint64_t addr = m.start + i * kPageSize;
-      char* dst = batch + used;
-      STASIS_RETURN_IF_ERROR(mem.Read(addr, dst, (j - i) * kPageSize));
-      // Squeeze out zero pages: `keep` is where the next kept page goes.
-      char* keep = dst;
-      for (uint64_t k = 0; k < j - i; ++k) {
-        const char* page = dst + k * kPageSize;
-        if (anon && IsZeroPage(page)) {
-          ++zero_skipped_;
-          continue;
-        }
-        if (keep != page) std::memmove(keep, page, kPageSize);
-        keep += kPageSize;
-        const uint64_t at = addr + k * kPageSize;
-        if (!runs.empty() && runs.back().start + runs.back().npages * kPageSize == at)
-          runs.back().npages++;
-        else
-          runs.push_back({at, 1});
+      segs.push_back({m.start + i * kPageSize, read_end, j - i, anon});
+      read_end += (j - i) * kPageSize;
+      if (!scattered || segs.size() == 1024) {
+        STASIS_RETURN_IF_ERROR(settle());
+        read_end = used;
       }
-      used = static_cast<size_t>(keep - batch);
       i = j;
     }
+    STASIS_RETURN_IF_ERROR(settle());
+    read_end = used;
   }
   return flush();
 }
@@ -1929,6 +1992,41 @@ void Capturer::ResumeAll() {
 // are, or MADV_WIPEONFORK) cannot be read from a snapshot: such a process
 // makes the whole checkpoint stay frozen while it writes.
 bool Capturer::Snapshot(std::string* why_not) {
+  // An incremental capture with little to write: writing it frozen (and
+  // reading its scattered pages in batches) costs less than forking the
+  // tree's page tables and tearing them down again. Measured on a 4 GiB
+  // process with 5% written (bench/checkpoint.py --incremental): 0.24 s
+  // frozen throughout against 0.45 s with a snapshot that paused it 0.18 s.
+  uint64_t kFrozenWriteBytes = 256u << 20;
+  if (const char* e = std::getenv("STASIS_FROZEN_WRITE_BYTES")) kFrozenWriteBytes = std::strtoull(e, nullptr, 10);  // tests
+  bool incremental = false;
+  for (auto& p : procs_) incremental |= p->incremental;
+  if (incremental) {
+    uint64_t bytes = 0;
+    std::vector<uint64_t> pm;
+    for (auto& p : procs_) {
+      if (p->zombie || bytes > kFrozenWriteBytes) continue;
+      for (const PageRun& r : p->dirty_runs) bytes += r.npages * kPageSize;
+      UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+      for (const Mapping& m : p->mappings) {
+        if (!MappingHasPages(m) || m.start == p->scratch_address || p->incremental_maps.count(m.start)) continue;
+        pm.resize((m.end - m.start) / kPageSize);
+        if (!pagemap || ::pread(pagemap.get(), pm.data(), pm.size() * 8, static_cast<off_t>(m.start / kPageSize * 8)) !=
+                            static_cast<ssize_t>(pm.size() * 8)) {
+          bytes = UINT64_MAX;
+          break;
+        }
+        for (uint64_t e : pm)
+          if (PageWanted(e, m.kind == format::kMapAnon)) bytes += kPageSize;
+        if (bytes > kFrozenWriteBytes) break;
+      }
+    }
+    if (bytes <= kFrozenWriteBytes) {
+      *why_not = "an incremental capture with " + std::to_string(bytes >> 20) +
+                 " MiB to write is written frozen, faster than a snapshot";
+      return false;
+    }
+  }
   for (auto& p : procs_) {
     if (p->zombie) continue;
     for (const Mapping& m : p->mappings) {

@@ -110,8 +110,16 @@ Result<std::unique_ptr<ByteSource>> OpenContextForRead(const std::string& path) 
 }
 
 Result<format::ImageInfo> ReadContextImage(const std::string& path) {
-  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source, OpenContextForRead(path));
-  format::ContextReader reader(source.get());
+  // The same checks as OpenContextForRead, but a small buffer: no read-ahead
+  // of a file of gigabytes for its first section.
+  STASIS_ASSIGN_OR_RETURN(UniqueFd owned, OpenRegularNoFollow(AT_FDCWD, path, path));
+  struct stat st;
+  if (::fstat(owned.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (::geteuid() != 0 && st.st_uid != ::geteuid())
+    return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
+                                    ", not to you; refusing it");
+  FdSource source(std::move(owned), path, 64u << 10);
+  format::ContextReader reader(&source);
   auto image = reader.Begin();
   if (!image) return Status::Error(image.error().code(), path + ": " + image.error().message());
   return *image;

@@ -34,6 +34,7 @@ namespace uapi {
 inline constexpr uint64_t kUffdFeatureWpAsync = 1ull << 15;
 inline constexpr uint64_t kPageIsWritten = 1ull << 1;
 inline constexpr uint64_t kPageIsPresent = 1ull << 3;
+inline constexpr uint64_t kPageIsSwapped = 1ull << 4;
 inline constexpr uint64_t kPmScanWpMatching = 1ull << 0;
 inline constexpr uint64_t kPmScanCheckWpAsync = 1ull << 1;
 struct PageRegion {
@@ -74,5 +75,15 @@ Status RegisterAndProtect(int uffd, uint64_t start, uint64_t end);
 // (nothing to trust) when part of the range is not write-protect tracked.
 Result<std::vector<std::pair<uint64_t, uint64_t>>> ScanWrittenAndProtect(int pagemap_fd, uint64_t start,
                                                                          uint64_t end);
+
+// The present (or swapped) pages of [start, end), as sorted runs of
+// [start, end) with `written` telling whether they were written since they
+// were last protected; protects them all again in the same walk. Fails like
+// ScanWrittenAndProtect.
+struct ScannedRun {
+  uint64_t start, end;
+  bool written;
+};
+Result<std::vector<ScannedRun>> ScanPresentAndProtect(int pagemap_fd, uint64_t start, uint64_t end);
 
 }  // namespace stasis::core
