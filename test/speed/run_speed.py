@@ -31,8 +31,8 @@ tools. Usage: run_speed.py BUILD_DIR CASE
               A capture whose context was lost (tracking reset, file gone)
               makes the next one store whole; a missing, replaced or damaged
               parent is refused by name (root only: fixed pids).
-  bench       bench/checkpoint.py --small: every workload still runs and every
-              restored program checks all of its memory.
+  bench       bench/checkpoint.py --small (and --incremental): every workload
+              still runs and every restored program checks all of its memory.
 Exit 77 = skipped (prints SKIPPED and why).
 """
 import os
@@ -488,6 +488,12 @@ def main():
         rows = [l for l in r.stdout.splitlines() if re.match(r"^\S+\s+\d+M ", l)]
         if len(rows) != 8:
             fail(f"expected 8 workload rows, got {len(rows)}")
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "checkpoint.py"), "--small", "--incremental"],
+                           env=env, text=True, capture_output=True, timeout=600)
+        print(r.stdout + r.stderr)
+        rows = [l for l in r.stdout.splitlines() if re.match(r"^\S+\s+\d+M ", l)]
+        if r.returncode != 0 or "PASS" not in r.stdout or len(rows) != 2:
+            fail("bench/checkpoint.py --small --incremental failed")
         return
     work = tempfile.mkdtemp(prefix=f"stasis-speed-{CASE}.")
     os.chmod(work, 0o755)
