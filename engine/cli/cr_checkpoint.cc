@@ -30,7 +30,7 @@ const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
     "[--close-sockets] [--compress none|lz4|zstd[:N]] [--track] [--parent FILE] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
-    "[--dir JOBDIR [--keep N] [--bandwidth BYTES[K|M|G]]] [--write direct|streaming|buffered] [-v] ID";
+    "[--dir JOBDIR [--keep N] [--incremental[=N]] [--bandwidth BYTES[K|M|G]]] [--write direct|streaming|buffered] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -135,6 +135,7 @@ stasis::core::CheckpointStats ToEpoch(stasis::core::CheckpointOptions& opt,
     std::fprintf(stderr, "cr_checkpoint: epoch %llu is complete, but retention failed: %s\n",
                  static_cast<unsigned long long>(out->epoch), out->retention.message().c_str());
   g_epoch_note = "epoch " + std::to_string(out->epoch) + " complete: " + out->path;
+  if (!out->parent_note.empty()) g_epoch_note += " (" + out->parent_note + ")";
   if (!out->removed.empty()) {
     g_epoch_note += "; removed epoch";
     for (uint64_t e : out->removed) g_epoch_note += " " + std::to_string(e);
@@ -217,6 +218,13 @@ int main(int argc, char** argv) {
     }
     else if (a == "--close-sockets") opt.close_outside_sockets = true;
     else if (a == "--track") opt.track = true;
+    else if (a == "--incremental") epoch_req.full_every = 8;
+    else if (a.rfind("--incremental=", 0) == 0) {
+      long n = 0;
+      if (!stasis::cli::ParsePositive(a.substr(14), &n) || n < 2 || n > 1000)
+        Die("cr_checkpoint", "--incremental=N: N is the number of epochs per full one, 2 to 1000", 2);
+      epoch_req.full_every = static_cast<uint32_t>(n);
+    }
     else if (a == "--parent") parent_file = next();
     else if (a.rfind("--parent=", 0) == 0) parent_file = a.substr(9);
     else if (a == "--compress" || a.rfind("--compress=", 0) == 0) {
@@ -320,9 +328,11 @@ int main(int argc, char** argv) {
     opt.parent = *ref;
     opt.track = true;
   }
-  // Tracking lives in the processes and the engine that set it up: the
-  // embedded engine does it (stasisd's protocol does not carry it yet).
-  if (opt.track) no_daemon = true;
+  if (epoch_req.full_every && epoch_req.dir.empty())
+    Die("cr_checkpoint", "--incremental is for epochs (--dir); for a file use --track and --parent", 2);
+  // A single file's tracking: the embedded engine (stasisd takes it with
+  // --dir, where the epoch chooses its parent).
+  if (opt.track && epoch_req.dir.empty()) no_daemon = true;
   // The embedded engine honours --backend; stasisd uses its own
   // capture_backend setting: take the embedded path when one is asked for.
   if (backend_given) no_daemon = true;
@@ -372,7 +382,8 @@ int main(int argc, char** argv) {
                                                 : (" (no snapshot: " + stats->snapshot_note + ")").c_str());
     if (stats->incremental)
       std::fprintf(stderr, "cr_checkpoint: incremental: %u processes, %.1f MiB unchanged left to %s\n",
-                   stats->incremental_processes, stats->parent_page_bytes / 1048576.0, opt.parent.c_str());
+                   stats->incremental_processes, stats->parent_page_bytes / 1048576.0,
+                   opt.parent.empty() ? "the previous epoch" : opt.parent.c_str());
     if (!stats->track_note.empty()) std::fprintf(stderr, "cr_checkpoint: %s\n", stats->track_note.c_str());
   }
   return 0;

@@ -22,7 +22,9 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
   req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
               (opt.save_shared ? proto::kFlagSaveShared : 0) |
               (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0) |
-              (opt.final ? proto::kFlagFinal : 0);
+              (opt.final ? proto::kFlagFinal : 0) | (opt.track || opt.parent_token ? proto::kFlagTrack : 0);
+  req.parent_token = opt.parent_token;
+  req.parent = opt.parent;
   req.after_signal = static_cast<uint32_t>(opt.after_signal);
   req.compress = opt.compress;
   req.compress_level = static_cast<uint32_t>(opt.compress_level);
@@ -43,6 +45,9 @@ core::CheckpointStats StatsFromReply(const format::proto::Reply& reply) {
   stats.callbacks_seconds = reply.callbacks_us / 1e6;
   stats.snapshot = reply.snapshot != 0;
   stats.snapshot_note = reply.snapshot_note;
+  stats.parent_page_bytes = reply.parent_bytes;
+  stats.incremental = reply.parent_bytes != 0;
+  stats.track_note = reply.track_note;
   for (uint32_t p : reply.pids) stats.pids.push_back(static_cast<pid_t>(p));
   return stats;
 }
@@ -102,6 +107,18 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   opt.epoch = writer->epoch();
   opt.node_index = 0;
   opt.dest = writer->path() + "/" + store::EpochWriter::NodeFileName(0);
+  std::string parent_note;
+  if (req.full_every > 1) {
+    store::ParentChoice parent = store::ChooseParent(*job, writer->epoch(), 0, opt.step, req.full_every);
+    opt.track = true;
+    if (parent.epoch) {
+      opt.parent_token = parent.token;
+      opt.parent = parent.recorded;
+      parent_note = "incremental against epoch " + std::to_string(parent.epoch);
+    } else {
+      parent_note = "full (" + parent.why_full + ")";
+    }
+  }
   opt.before_write = [writer](uint64_t bytes) { return writer->CheckSpace(bytes); };
   // A checkpointer killed while writing (a time limit, a crash) must leave
   // processes that continue unharmed.
@@ -158,6 +175,7 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   out.stats = *stats;
   out.epoch = writer->epoch();
   out.path = writer->path();
+  out.parent_note = parent_note;
   auto removed = store::Prune(&*job, req.keep);
   if (removed) out.removed = *removed;
   else out.retention = removed.error();

@@ -32,6 +32,10 @@ struct EpochRequest {
   // MANIFEST is durable); the folders and the MANIFEST stay ours.
   std::string daemon_socket;
   uint64_t time_limit_ms = 0;  // for stasisd
+  // Incremental epochs (cr_checkpoint --incremental=N): every capture
+  // tracks; a full context every `full_every` epochs, the others against
+  // the previous epoch (store::ChooseParent). 0 or 1: off.
+  uint32_t full_every = 0;
 };
 
 // The engine protocol's checkpoint request for `opt` (no destination yet),
@@ -63,6 +67,7 @@ struct EpochOutcome {
   std::string path;               // the epoch folder
   std::vector<uint64_t> removed;  // by retention
   Status retention;               // retention's failure (the epoch is complete anyway)
+  std::string parent_note;        // incremental epochs: against which epoch, or why full
 };
 
 // `opt.dest` and the store identity (job, epoch, node) are filled in here.

@@ -1204,6 +1204,9 @@ bool Capturer::TrackProcess(ProcState* p, uint64_t token, std::string* why) {
             : !fd_ok        ? std::string("its tracking userfaultfd is gone")
                             : std::string("tracked since another capture than the parent")) +
            ")";
+  UniqueFd pagemap(::open(("/proc/" + pid + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return fail(std::string("open pagemap: ") + strerror(errno));
+  if (Status s = CheckPagemapScan(pagemap.get()); !s.ok()) return fail(s.message());
   // Invalidate first: should anything below fail half way, no later
   // capture takes what this one resets for changes since the parent.
   if (p->track_area) {
@@ -1265,8 +1268,6 @@ bool Capturer::TrackProcess(ProcState* p, uint64_t token, std::string* why) {
       p->track_area = static_cast<uint64_t>(area);
     }
   }
-  UniqueFd pagemap(::open(("/proc/" + pid + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
-  if (!pagemap) return fail(std::string("open pagemap: ") + strerror(errno));
   std::vector<PageRun> parent, dirty;
   std::set<uint64_t> incremental_maps;
   for (const Mapping& m : p->mappings) {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 
 #include "engine/base/fd.h"
@@ -27,18 +28,18 @@ bool DirtyTrackingSupported(std::string* why_not) {
       why = "the kernel has no asynchronous userfaultfd write protection (Linux 6.7+)";
       return;
     }
-    UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
-    uapi::PmScanArg a{};
-    a.size = sizeof a;
-    a.start = a.end = 0;
-    if (!pm || ::ioctl(pm.get(), uapi::kPagemapScan, &a) < 0) {
-      why = "the kernel has no PAGEMAP_SCAN (Linux 6.7+)";
-      return;
-    }
     ok = true;
   });
   if (!ok && why_not) *why_not = why;
   return ok;
+}
+
+Status CheckPagemapScan(int pagemap_fd) {
+  uapi::PmScanArg a{};
+  a.size = sizeof a;
+  if (::ioctl(pagemap_fd, uapi::kPagemapScan, &a) == 0) return Status::Ok();
+  if (errno == ENOTTY) return Status::Error(ENOTSUP, "the kernel has no PAGEMAP_SCAN (Linux 6.7+)");
+  return Status::FromErrno(errno, "PAGEMAP_SCAN");
 }
 
 Status EnableWpAsync(int uffd) {

@@ -62,9 +62,13 @@ inline constexpr char kTrackAreaName[] = "stasis-track";
 inline constexpr char kTrackAreaMaps[] = "/memfd:stasis-track (deleted)";
 inline constexpr uint64_t kTrackAreaSize = 4096;
 
-// Can this kernel track (PAGEMAP_SCAN and asynchronous write protection)?
-// Probed once in the calling process; false with the reason when not.
+// Has this kernel asynchronous userfaultfd write protection? Probed once in
+// the calling process; false with the reason when not.
 bool DirtyTrackingSupported(std::string* why_not);
+// Does PAGEMAP_SCAN work on this pagemap (a process's /proc/PID/pagemap,
+// which the capture can open where /proc/self/pagemap may be closed to a
+// daemon's worker that changed its identity)?
+Status CheckPagemapScan(int pagemap_fd);
 
 // Enables asynchronous write protection on a fresh userfaultfd.
 Status EnableWpAsync(int uffd);

@@ -279,6 +279,12 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   opt.save_shared = req.flags & proto::kFlagSaveShared;
   opt.close_outside_sockets = req.flags & proto::kFlagCloseSockets;
   opt.final = req.flags & proto::kFlagFinal;
+  // Recorded and compared with each process's own tracking page; a wrong
+  // claim only makes the user's own context store whole.
+  opt.track = req.flags & proto::kFlagTrack;
+  opt.parent_token = opt.track ? req.parent_token : 0;
+  opt.parent = opt.parent_token ? req.parent : "";
+  if (opt.parent_token && opt.parent.empty()) opt.parent_token = 0;
   opt.compress = static_cast<format::PageCodec>(req.compress);
   opt.compress_level = static_cast<int>(req.compress_level);
   opt.after_signal = static_cast<int>(req.after_signal);
@@ -344,6 +350,8 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   r.callbacks_us = static_cast<uint64_t>(stats->callbacks_seconds * 1e6);
   r.snapshot = stats->snapshot ? 1 : 0;
   r.snapshot_note = stats->snapshot_note;
+  r.parent_bytes = stats->parent_page_bytes;
+  r.track_note = stats->track_note.substr(0, 4000);
   for (pid_t p : stats->pids) r.pids.push_back(static_cast<uint32_t>(p));
   return r;
 }

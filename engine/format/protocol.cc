@@ -25,12 +25,14 @@ inline constexpr uint32_t kTarget = 1, kScope = 2, kAfter = 3, kFlags = 4, kAfte
                           kRequester = 6, kWriteMode = 7, kAttached = 8, kRequestId = 9,
                           kTimeLimit = 10, kCallbackTimeout = 11, kPath = 12, kRelocate = 13,
                           kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17, kStep = 18,
-                          kTaskPid = 19, kTaskId = 20, kCompress = 21, kCompressLevel = 22;
+                          kTaskPid = 19, kTaskId = 20, kCompress = 21, kCompressLevel = 22,
+                          kParentToken = 23, kParent = 24;
 inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kProcesses = 5,
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
                           kServer = 15, kPids = 16, kRequests = 17, kFiles = 18,
-                          kCrc32c = 19, kSnapshot = 20, kSnapshotNote = 21;
+                          kCrc32c = 19, kSnapshot = 20, kSnapshotNote = 21, kParentBytes = 22,
+                          kTrackNote = 23;
 inline constexpr uint32_t kInfoId = 1, kInfoOp = 2, kInfoState = 3, kInfoUid = 4,
                           kInfoClientPid = 5, kInfoTarget = 6, kInfoCode = 7, kInfoBytes = 8,
                           kInfoElapsed = 9, kInfoPath = 10, kInfoMessage = 11;
@@ -76,6 +78,8 @@ void Fields(V& v, S& m) {
   // their bytes (and older daemons, which skip unknown tags, their meaning).
   if (!V::kWrites || m.compress) v.U32(t::kCompress, "compress", m.compress);
   if (!V::kWrites || m.compress_level) v.U32(t::kCompressLevel, "compress_level", m.compress_level);
+  if (!V::kWrites || m.parent_token) v.U64(t::kParentToken, "parent_token", m.parent_token);
+  if (!V::kWrites || !m.parent.empty()) v.Path(t::kParent, "parent", m.parent);
 }
 
 template <class V, class S>
@@ -130,6 +134,8 @@ void Fields(V& v, S& m) {
   v.U32(t::kCrc32c, "crc32c", m.crc32c);
   v.U32(t::kSnapshot, "snapshot", m.snapshot);
   v.Text(t::kSnapshotNote, "snapshot_note", m.snapshot_note, proto::kMaxMessageText);
+  if (!V::kWrites || m.parent_bytes) v.U64(t::kParentBytes, "parent_bytes", m.parent_bytes);
+  if (!V::kWrites || !m.track_note.empty()) v.Text(t::kTrackNote, "track_note", m.track_note, proto::kMaxMessageText);
 }
 
 }  // namespace stasis::format::internal

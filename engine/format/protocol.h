@@ -73,7 +73,10 @@ inline constexpr uint32_t kFlagBarrier = 1u << 8;
 inline constexpr uint32_t kFlagSnapshot = 1u << 9;
 // checkpoint: the job is about to end (CheckpointOptions::final).
 inline constexpr uint32_t kFlagFinal = 1u << 10;
-inline constexpr uint32_t kKnownFlags = (1u << 11) - 1;
+// checkpoint: track writes from this capture on (core::CheckpointOptions::
+// track); with parent_token/parent, an incremental context.
+inline constexpr uint32_t kFlagTrack = 1u << 11;
+inline constexpr uint32_t kKnownFlags = (1u << 12) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there
@@ -114,6 +117,8 @@ struct Request {
   std::vector<uint32_t> task_pids, task_ids;
   uint32_t compress = 0;        // checkpoint: format::PageCodec of the page data
   uint32_t compress_level = 0;  // zstd level / lz4 acceleration, 0 = the codec's fast default
+  uint64_t parent_token = 0;    // checkpoint: incremental against this capture
+  std::string parent;           // ... whose file is recorded as this
   bool operator==(const Request&) const = default;
 };
 
@@ -174,6 +179,10 @@ struct Reply {
   // checkpoint: pages written from copy-on-write snapshots (1), or why not
   uint32_t snapshot = 0;
   std::string snapshot_note;
+  // checkpoint: memory left to the parent context, and what dirty tracking
+  // could not do (CheckpointStats::track_note)
+  uint64_t parent_bytes = 0;
+  std::string track_note;
   bool operator==(const Reply&) const = default;
 };
 

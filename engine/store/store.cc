@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <set>
 #include <thread>
 
 #include "engine/format/context_io.h"
@@ -574,6 +575,88 @@ Status RemoveEpoch(JobFolder* job, uint64_t epoch) {
   return env->SyncDir(job->fd());
 }
 
+uint64_t ParentEpochOf(const std::string& recorded) {
+  // "../<digits>/node<digits>.ctx"
+  if (recorded.rfind("../", 0) != 0) return 0;
+  size_t slash = recorded.find('/', 3);
+  if (slash == std::string::npos || slash == 3 || slash > 3 + 19) return 0;
+  uint64_t epoch = 0;
+  for (size_t i = 3; i < slash; ++i) {
+    if (recorded[i] < '0' || recorded[i] > '9') return 0;
+    epoch = epoch * 10 + static_cast<uint64_t>(recorded[i] - '0');
+  }
+  const std::string file = recorded.substr(slash + 1);
+  if (file.rfind("node", 0) != 0 || file.size() < 9 || file.compare(file.size() - 4, 4, ".ctx") != 0) return 0;
+  for (size_t i = 4; i + 4 < file.size(); ++i)
+    if (file[i] < '0' || file[i] > '9') return 0;
+  return epoch;
+}
+
+Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, const std::string& file) {
+  const std::string name = std::to_string(epoch) + "/" + file;
+  const std::string shown = JoinPath(job.path(), name);
+  STASIS_ASSIGN_OR_RETURN(UniqueFd fd, OpenOwnedFile(job.fd(), name, job.access(), shown));
+  FdSource source(std::move(fd), shown, 64u << 10);
+  format::ContextReader reader(&source);
+  auto image = reader.Begin();
+  if (!image) return image.error().Prefixed(shown);
+  return *image;
+}
+
+ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node, const std::string& step,
+                          uint32_t full_every) {
+  ParentChoice c;
+  if (full_every <= 1) {
+    c.why_full = "incremental epochs are off";
+    return c;
+  }
+  auto epochs = job.List();
+  if (!epochs) {
+    c.why_full = epochs.error().message();
+    return c;
+  }
+  const EpochInfo* prev = nullptr;
+  for (const EpochInfo& e : *epochs)
+    if (e.state == EpochState::kComplete && e.epoch < new_epoch) prev = &e;
+  if (!prev) {
+    c.why_full = "no complete epoch before it";
+    return c;
+  }
+  const std::string file = EpochWriter::NodeFileName(node);
+  auto image = ReadNodeImage(job, prev->epoch, file);
+  if (!image) {
+    c.why_full = image.error().message();
+    return c;
+  }
+  if (image->token == 0 || image->step != step) {
+    c.why_full = "epoch " + std::to_string(prev->epoch) +
+                 (image->token == 0 ? " was not taken tracking" : " is of step " + image->step);
+    return c;
+  }
+  // Links below the parent, down to a full context.
+  uint32_t links = 0;
+  format::ImageInfo at = *image;
+  uint64_t at_epoch = prev->epoch;
+  while (!at.parent.empty() && links < full_every) {
+    const uint64_t d = ParentEpochOf(at.parent);
+    if (d == 0 || d >= at_epoch) break;
+    auto up = ReadNodeImage(job, d, file);
+    if (!up) break;
+    ++links;
+    at = *up;
+    at_epoch = d;
+  }
+  // The new context would make the chain links + 2 long (full included).
+  if (links + 2 > full_every) {
+    c.why_full = "a full epoch every " + std::to_string(full_every);
+    return c;
+  }
+  c.epoch = prev->epoch;
+  c.recorded = "../" + std::to_string(prev->epoch) + "/" + file;
+  c.token = image->token;
+  return c;
+}
+
 Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep) {
   if (keep == 0) return Status::Error(EINVAL, "retention must keep at least one epoch");
   auto epochs = job->List();
@@ -584,11 +667,26 @@ Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep) {
   std::vector<uint64_t> removed;
   if (complete.empty()) return removed;
   uint64_t newest = complete.back();
-  size_t complete_seen = 0;
+  // The kept epochs and, down their chains, every parent they need.
+  std::set<uint64_t> needed(complete.end() - std::min<size_t>(keep, complete.size()), complete.end());
+  std::vector<uint64_t> todo(needed.begin(), needed.end());
+  while (!todo.empty()) {
+    const uint64_t e = todo.back();
+    todo.pop_back();
+    auto info = std::find_if(epochs->begin(), epochs->end(), [e](const EpochInfo& i) { return i.epoch == e; });
+    if (info == epochs->end() || !info->have_manifest) continue;
+    for (const format::ManifestFile& f : info->manifest.files) {
+      auto image = ReadNodeImage(*job, e, f.name);
+      const uint64_t d = image ? ParentEpochOf(image->parent) : 0;
+      if (d != 0 && d < e && needed.insert(d).second) todo.push_back(d);
+    }
+  }
   for (const auto& e : *epochs) {
     bool remove;
-    if (e.state == EpochState::kComplete)
-      remove = complete.size() - complete_seen++ > keep;
+    if (needed.count(e.epoch))
+      remove = false;
+    else if (e.state == EpochState::kComplete)
+      remove = true;
     else
       remove = e.epoch < newest;
     if (!remove) continue;

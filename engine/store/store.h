@@ -201,8 +201,38 @@ Status RemoveEpoch(JobFolder* job, uint64_t epoch);
 // Keeps the newest `keep` complete epochs and removes older ones, and every
 // incomplete or corrupt epoch older than the newest complete one (a newer
 // one may still be being written). Nothing is removed while no epoch is
-// complete. Returns the epochs removed.
+// complete, nor any epoch a kept epoch's node files need as parents (an
+// incremental chain is kept down to its full context). Returns the epochs
+// removed.
 Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep);
+
+// --- incremental epochs ---------------------------------------------------------
+// A node file of epoch E may be incremental: its Image names as parent the
+// same node's file of an older epoch D of the job, recorded as
+// "../D/node<i>.ctx" (relative, so the job folder can be moved whole).
+
+// D of such a recorded parent, or 0 when it names none or something else.
+uint64_t ParentEpochOf(const std::string& recorded);
+
+// The Image of <epoch>/<file> in the job folder (read as the job's access;
+// the rest of the file unread).
+Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, const std::string& file);
+
+// What node `node` of step `step` should write in the new epoch
+// `new_epoch`: incremental against the same node's file of the newest
+// complete epoch below it, when that file was taken tracking (it has a
+// token), by the same step, and the chain of parents below it is shorter
+// than `full_every - 1` (a full context every `full_every` epochs);
+// otherwise a full one, and why. The engine still checks, process by
+// process, that the tracking really goes back to that file.
+struct ParentChoice {
+  uint64_t epoch = 0;     // 0: write a full context
+  std::string recorded;   // "../<epoch>/node<i>.ctx"
+  uint64_t token = 0;
+  std::string why_full;
+};
+ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node, const std::string& step,
+                          uint32_t full_every);
 
 // Reads every file of a complete epoch: each context's section checksums
 // and structure, each file's size and CRC32C against the manifest, and

@@ -281,6 +281,53 @@ def case_store():
     d.stop()
 
 
+def case_store_incremental():
+    """Incremental epochs through stasisd (cr_checkpoint --dir --incremental=3):
+    a full epoch, two incremental ones, a full one again; retention with
+    --keep 1 keeps the newest epoch's parent; the job folder restarts
+    through stasisd from the chain, at the program's own pid, as the user."""
+    d = Daemon().start()
+    a = USERS[0]
+    w = Workload("store_incr_a", a, mib=64)
+    job = os.path.join(ckpt_dir(), "7170")
+    notes = []
+    for k in range(1, 6):
+        w.advancing()
+        p = run([tool("cr_checkpoint"), "-v", "--dir", job, "--keep", "1", "--incremental=3", str(w.pid)],
+                user=a, sock=d.sock)
+        m = re.search(r"epoch (\d+) complete: \S+ \(([^)]*\)?)\)", p.stderr)
+        if not m or int(m.group(1)) != k:
+            fail(f"epoch {k}: {p.stderr!r}")
+        notes.append(m.group(2))
+    want = ["full", "incremental against epoch 1", "incremental against epoch 2", "full", "incremental against epoch 4"]
+    for k, (got, exp) in enumerate(zip(notes, want), 1):
+        if not got.startswith(exp):
+            fail(f"epoch {k}: {got!r}, expected {exp!r}")
+    if len(re.findall(r"job 7170 epoch \d node 0, held\): ok", d.log())) != 5:
+        fail(f"stasisd did not take the five held checkpoints: {d.log()}")
+    listing = run([tool("stasis"), "ls", job], user=a).stdout
+    kept = sorted(int(e) for e, st in re.findall(r"^\S+\s+(\d+)\s+(\w+)", listing, re.M) if st == "complete")
+    if kept != [4, 5]:
+        fail(f"--keep 1 should keep epoch 5 and its parent 4, not {kept}: {listing}")
+    full = os.path.getsize(os.path.join(job, "4", "node0.ctx"))
+    incr = os.path.getsize(os.path.join(job, "5", "node0.ctx"))
+    print(f"epoch 4 (full) {full >> 20} MiB, epoch 5 (incremental) {incr >> 20} MiB")
+    if incr > full // 2:
+        fail(f"the incremental epoch 5 ({incr} bytes) is not much smaller than the full epoch 4 ({full})")
+    last = w.read()[1]
+    os.kill(w.pid, signal.SIGKILL)
+    w.reap()
+    r = restart_in_background(a, d.sock, job)
+    w.wait_count(last + 3, timeout=60, pid=w.pid)
+    os.kill(w.pid, signal.SIGKILL)
+    out, _ = r.communicate(timeout=30)
+    sys.stdout.write(out)
+    if not re.search(r"restarting from \S+/5/node0.ctx", out):
+        fail(f"the restart did not take epoch 5: {out!r}")
+    print("OK store_incremental: epochs 1-5 full, +1, +2, full, +1; the chain 5 <- 4 restarted through stasisd")
+    d.stop()
+
+
 def case_store_faults():
     """Held checkpoints into the store through stasisd, with the client's
     MANIFEST work failing or the client killed at every step: the program
@@ -704,6 +751,7 @@ CASES = {
     "client_gone": case_client_gone,
     "store": case_store,
     "store_faults": case_store_faults,
+    "store_incremental": case_store_incremental,
     "config": case_config,
 }
 
