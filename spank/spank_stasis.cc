@@ -54,6 +54,7 @@ struct Site {
   std::string ticker_log;              // folder for ticker-<job>.log ("" = none)
   uint64_t final_lead = 120;           // final epoch this long before the time limit
   std::string compress;                // page compression of epochs ("" = none)
+  uint32_t incremental = 0;            // a full epoch every N, the rest incremental (0 = off)
 } g_site;
 
 // What the user asked for (option callbacks run twice in remote context:
@@ -135,6 +136,11 @@ bool ParseSiteArg(const std::string& arg) {
   } else if (key == "compress" && (value == "none" || value == "lz4" || value == "zstd" ||
                                    value.rfind("lz4:", 0) == 0 || value.rfind("zstd:", 0) == 0)) {
     g_site.compress = value == "none" ? "" : value;
+  } else if (key == "incremental") {
+    char* end = nullptr;
+    long n = std::strtol(value.c_str(), &end, 10);
+    if (value.empty() || *end || n < 0 || n == 1 || n > 1000) return false;
+    g_site.incremental = static_cast<uint32_t>(n);
   } else if (key == "pmix_agent" && (value == "none" || (!value.empty() && value[0] == '/'))) {
     g_site.pmix_agent = value == "none" ? "" : value;
   } else if (key == "final_lead") {
@@ -266,7 +272,7 @@ extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
     if (!ParseSiteArg(av[i])) {
       slurm_error("stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
                   "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME, "
-                  "pmix_agent=/abs|none, compress=none|lz4|zstd[:N])", av[i]);
+                  "pmix_agent=/abs|none, compress=none|lz4|zstd[:N], incremental=0|2..1000)", av[i]);
       g_site_ok = false;
       return -1;
     }
@@ -291,6 +297,8 @@ extern "C" int slurm_spank_user_init(spank_t sp, int, char**) {
   if (!dir.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_DIR", dir.c_str(), 1);
   spank_setenv(sp, "STASIS_CHECKPOINT_KEEP", std::to_string(g_site.keep).c_str(), 1);
   if (!g_site.compress.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_COMPRESS", g_site.compress.c_str(), 1);
+  if (g_site.incremental)
+    spank_setenv(sp, "STASIS_CHECKPOINT_INCREMENTAL", std::to_string(g_site.incremental).c_str(), 1);
   if (g_asked.interval)
     spank_setenv(sp, "STASIS_CHECKPOINT_INTERVAL", std::to_string(g_asked.interval).c_str(), 1);
   if (!g_asked.restart_from.empty()) spank_setenv(sp, "STASIS_RESTART_FROM", g_asked.restart_from.c_str(), 1);

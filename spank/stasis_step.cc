@@ -672,6 +672,22 @@ int RunNode(NodeOptions opt) {
   if (tenv.count("STASIS_CHECKPOINT_COMPRESS"))
     (void)stasis::format::ParseCompression(tenv["STASIS_CHECKPOINT_COMPRESS"], &copt.compress, &copt.compress_level);
   if (tasks) copt.tasks = *tasks;
+  // Incremental epochs (plugstack.conf incremental=N): this node's file
+  // against its file of the previous epoch, a full one every N. Each node
+  // chooses for itself; the engine still checks each process's tracking.
+  std::string parent_note;
+  if (tenv.count("STASIS_CHECKPOINT_INCREMENTAL") && folder && local.ok()) {
+    const uint32_t every =
+        static_cast<uint32_t>(std::strtoul(tenv["STASIS_CHECKPOINT_INCREMENTAL"].c_str(), nullptr, 10));
+    if (every > 1) {
+      store::ParentChoice parent = store::ChooseParent(*folder, epoch, mine.node, opt.step, every);
+      copt.track = true;
+      copt.parent_token = parent.token;
+      copt.parent = parent.recorded;
+      parent_note = parent.epoch ? "incremental against epoch " + std::to_string(parent.epoch)
+                                 : "full: " + parent.why_full;
+    }
+  }
 
   store::NodeFileSink* sink = nullptr;
   if (local.ok()) {
@@ -764,12 +780,16 @@ int RunNode(NodeOptions opt) {
   }
   std::printf(
       "node %u (%s): epoch %llu: %u processes, %.1f MiB, paused %.3f s%s, trigger to resumed %.3f s; "
-      "froze %.3f s after the last of %u nodes quiesced\n",
+      "froze %.3f s after the last of %u nodes quiesced%s\n",
       mine.node, host.c_str(), static_cast<unsigned long long>(epoch), stats.processes,
       static_cast<double>(stats.bytes) / (1 << 20), stats.pause_seconds,
-      stats.snapshot ? " (written from a snapshot)" : "",
+      stats.snapshot                 ? " (written from a snapshot)"
+      : stats.snapshot_note.empty() ? ""
+                                     : (" (no snapshot: " + stats.snapshot_note + ")").c_str(),
       opt.t0 > 0 ? resumed_at - opt.t0 : stats.total_seconds, meet.proceed_after_last_quiesce(),
-      pmix.size());
+      pmix.size(), parent_note.empty() ? "" : ("; " + parent_note +
+                   (stats.incremental ? ", " + std::to_string(stats.parent_page_bytes >> 20) + " MiB left to it" : "") +
+                   (stats.track_note.empty() ? "" : " (" + stats.track_note + ")")).c_str());
   if (pmix.rank() == 0) {
     uint32_t keep = static_cast<uint32_t>(std::strtoul(ef["keep"].c_str(), nullptr, 10));
     auto removed = store::Prune(&*folder, keep ? keep : 2);

@@ -411,8 +411,9 @@ def case_checkpoint():
     cancelled and restarted in a new job with srun --restart-from: every task
     continues its count in the new job's output, checks its memory, and the
     new job completes."""
-    # The site compresses epochs with lz4 (plugstack.conf compress=lz4).
-    ck = enable_stasis(extra="compress=lz4")
+    # The site compresses epochs with lz4 (plugstack.conf compress=lz4) and
+    # takes a full epoch every 3, the others incremental (incremental=3).
+    ck = enable_stasis(extra="compress=lz4 incremental=3")
     limit_file = os.path.join(WORK, "limit")
     script = write_script("count.sh", f"#!/bin/sh\nsrun {install_tool('count_task')} 100 {limit_file}\n")
     jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=5s", f"--checkpoint-dir={ck}",
@@ -432,9 +433,12 @@ def case_checkpoint():
     for line in lines:
         print(f"    ticker: {line}")
     # The tasks continue: every node ran on after the "frozen" fence while
-    # its pages were written from copy-on-write snapshots.
-    if not lines or not all("written from a snapshot" in l for l in lines):
+    # its pages were written from copy-on-write snapshots, but for the
+    # incremental epochs with little to write, written frozen.
+    if not lines or not all("written from a snapshot" in l or "is written frozen" in l for l in lines):
         fail("periodic epochs were not written from snapshots: " + "; ".join(lines))
+    if not any(re.search(r"incremental against epoch \d+, \d+ MiB left to it", l) for l in lines):
+        fail("no periodic epoch was incremental (plugstack.conf incremental=3): " + "; ".join(lines))
     print(f"OK stasis verify: {len(verified)} epochs, every node file's checksums verified")
     _, shown, _ = run(stasis, "show", os.path.join(jobdir, str(epochs[-1]), "node1.ctx"), user="stasis_ua",
                       quiet=True)
