@@ -79,6 +79,11 @@ void Show(const std::string& file, const format::Context& ctx) {
               ctx.file_bytes / 1048576.0);
   std::printf("  written %s on %s (kernel %s) by uid %u, stasis %s\n", when, im.hostname.c_str(),
               im.kernel_release.c_str(), im.checkpoint_uid, im.stasis_version.c_str());
+  if (!im.parent.empty())
+    std::printf("  incremental: unchanged pages are in its parent %s (token %016llx)\n", im.parent.c_str(),
+                static_cast<unsigned long long>(im.parent_token));
+  if (im.token) std::printf("  tracking writes since this capture (token %016llx)\n",
+                            static_cast<unsigned long long>(im.token));
   std::printf("  %zu process(es), root pid %u\n", ctx.processes.size(), im.root_pid);
   for (size_t i = 0; i < ctx.processes.size(); ++i) {
     const auto& p = ctx.processes[i];
@@ -96,9 +101,14 @@ void Show(const std::string& file, const format::Context& ctx) {
     std::string codecs;
     if (p.page_codecs & (1u << format::kCodecLz4)) codecs += " lz4";
     if (p.page_codecs & (1u << format::kCodecZstd)) codecs += " zstd";
-    std::printf("\n    %zu mapping(s), %.1f MiB saved in %zu run(s)%s%s:\n", p.mappings.size(),
+    uint64_t parent_bytes = 0;
+    for (const auto& r : p.parent_runs) parent_bytes += r.npages * format::kPageSize;
+    std::printf("\n    %zu mapping(s), %.1f MiB saved in %zu run(s)%s%s", p.mappings.size(),
                 p.page_bytes / 1048576.0, p.page_runs.size(), codecs.empty() ? "" : ", compressed:",
                 codecs.c_str());
+    if (!p.parent_runs.empty())
+      std::printf(", %.1f MiB in the parent (%zu run(s))", parent_bytes / 1048576.0, p.parent_runs.size());
+    std::printf(":\n");
     for (const auto& m : p.mappings) {
       std::printf("      %012llx-%012llx %c%c%c%c %-6s %s\n",
                   static_cast<unsigned long long>(m.start), static_cast<unsigned long long>(m.end),
