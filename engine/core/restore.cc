@@ -1370,8 +1370,11 @@ Status Restorer::ApplyParents(const format::ImageInfo& image) {
     } else {
       path = !recorded.empty() && recorded[0] == '/' ? recorded : Dirname(child) + "/" + recorded;
       auto opened = OpenContextForRead(path);
+      // A missing parent makes this context unusable, like a damaged one
+      // (EBADMSG: a restart from a job folder then tries an older epoch).
       if (!opened)
-        return Status::Error(opened.error().code(), "parent context of " + child + ": " + opened.error().message());
+        return Status::Error(opened.error().code() == ENOENT ? EBADMSG : opened.error().code(),
+                             "parent context of " + child + ": " + opened.error().message());
       source = std::move(*opened);
     }
     const std::string what = "parent context " + path + " (of " + child + ")";

@@ -767,6 +767,30 @@ Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochIn
     }
     if (Status s = CheckContextIdentity(ctx->image, epoch.manifest, static_cast<uint32_t>(i), f.name); !s.ok())
       problems.push_back(s.message());
+    // An incremental file restarts only with its whole chain: each parent
+    // there, with the token it was taken after (their own checksums are
+    // verified with their epochs).
+    format::ImageInfo at = ctx->image;
+    uint64_t at_epoch = epoch.epoch;
+    for (int depth = 0; !at.parent.empty() && depth < 1000; ++depth) {
+      const uint64_t d = ParentEpochOf(at.parent);
+      if (d == 0 || d >= at_epoch) {
+        problems.push_back(f.name + ": names a parent outside its job folder: " + at.parent);
+        break;
+      }
+      auto up = ReadNodeImage(job, d, f.name);
+      if (!up) {
+        problems.push_back(f.name + ": its parent in epoch " + std::to_string(d) + ": " + up.error().message());
+        break;
+      }
+      if (up->token != at.parent_token) {
+        problems.push_back(f.name + ": its parent in epoch " + std::to_string(d) +
+                           " is not the file it was taken after (token mismatch)");
+        break;
+      }
+      at = *up;
+      at_epoch = d;
+    }
   }
   return problems;
 }

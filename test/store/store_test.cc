@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <cstring>
 #include <set>
@@ -58,11 +59,15 @@ Access Me() {
 }
 
 // A node's context: the small sample with the store identity set.
-std::string NodeContext(const std::string& job, uint64_t epoch, uint32_t node) {
+// `image` (when set) edits the Image: incremental chains.
+using ImageTweak = std::function<void(format::ImageInfo*)>;
+std::string NodeContext(const std::string& job, uint64_t epoch, uint32_t node,
+                        const ImageTweak& image = nullptr) {
   format::Context ctx = format::testing::MakeSmallContext();
   ctx.image.job = job;
   ctx.image.epoch = epoch;
   ctx.image.node_index = node;
+  if (image) image(&ctx.image);
   return format::testing::Encode(ctx);
 }
 
@@ -74,7 +79,7 @@ struct WriteResult {
 
 // What cr_checkpoint --dir does, for `nodes` nodes, through `env`.
 WriteResult WriteEpoch(Env* env, const std::string& job_path, uint32_t nodes, uint32_t keep,
-                       size_t chunk = 8u << 20) {
+                       size_t chunk = 8u << 20, const ImageTweak& image = nullptr) {
   WriteResult r;
   auto job = JobFolder::Open(env, job_path, true, Me());
   if (!job) return {job.error()};
@@ -88,7 +93,7 @@ WriteResult WriteEpoch(Env* env, const std::string& job_path, uint32_t nodes, ui
   for (uint32_t i = 0; i < nodes; ++i) {
     auto sink = (*w)->CreateNodeFile(i);
     if (!sink) return {sink.error(), false, r.epoch};
-    std::string bytes = NodeContext(job->job(), r.epoch, i);
+    std::string bytes = NodeContext(job->job(), r.epoch, i, image);
     if (Status s = (*w)->CheckSpace(bytes.size()); !s.ok()) return {s, false, r.epoch};
     if (Status s = (*sink)->Write(bytes.data(), bytes.size()); !s.ok()) return {s, false, r.epoch};
     auto file = (*sink)->Finish();
@@ -194,6 +199,68 @@ TEST(Store, RetentionKeepsTheNewestComplete) {
   EXPECT_EQ(*removed, (std::vector<uint64_t>{2, 3}));
   EXPECT_TRUE(fs::exists(job + "/5"));
   EXPECT_FALSE(Prune(&*jf, 0).has_value());
+}
+
+// Incremental epochs: each node file names the same node's file of an
+// older epoch ("../<epoch>/node<i>.ctx") and that file's token.
+TEST(Incremental, ChooseParentRetentionAndVerify) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  // 1 full, 2 <- 1, 3 <- 2, 4 full, 5 <- 4 (tokens 101..105); no pruning yet.
+  auto write = [&](uint64_t parent, uint32_t keep) {
+    return WriteEpoch(DefaultEnv(), job, 1, keep, 8u << 20, [&](format::ImageInfo* im) {
+      im->token = 100 + im->epoch;
+      im->step = "0";
+      if (parent) {
+        im->parent = "../" + std::to_string(parent) + "/node0.ctx";
+        im->parent_token = 100 + parent;
+      }
+    });
+  };
+  ASSERT_TRUE(write(0, 100).committed);
+  ASSERT_TRUE(write(1, 100).committed);
+  ASSERT_TRUE(write(2, 100).committed);
+  auto jf = JobFolder::Open(DefaultEnv(), job, false, Me());
+  ASSERT_TRUE(jf.has_value());
+  // After 3 (a chain of 3), a full one every 3 means full; every 4: against 3.
+  ParentChoice c = ChooseParent(*jf, 4, 0, "0", 3);
+  EXPECT_EQ(c.epoch, 0u);
+  EXPECT_EQ(c.why_full, "a full epoch every 3");
+  c = ChooseParent(*jf, 4, 0, "0", 4);
+  EXPECT_EQ(c.epoch, 3u);
+  EXPECT_EQ(c.recorded, "../3/node0.ctx");
+  EXPECT_EQ(c.token, 103u);
+  EXPECT_EQ(ChooseParent(*jf, 4, 0, "1", 4).why_full, "epoch 3 is of step 0");
+  EXPECT_EQ(ChooseParent(*jf, 4, 0, "0", 1).why_full, "incremental epochs are off");
+  EXPECT_EQ(ChooseParent(*jf, 1, 0, "0", 4).why_full, "no complete epoch before it");
+  EXPECT_NE(ChooseParent(*jf, 4, 1, "0", 4).why_full.find("node1.ctx"), std::string::npos);
+  // Retention keeps what the kept epochs need: keep 1 after epoch 3 keeps 1-3.
+  auto removed = Prune(&*jf, 1);
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_TRUE(removed->empty());
+  ASSERT_TRUE(write(0, 1).committed);  // 4, full: 1-3 go
+  ASSERT_TRUE(write(4, 1).committed);  // 5 <- 4: 4 stays
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(job)) left.insert(e.path().filename());
+  EXPECT_EQ(left, (std::set<std::string>{"4", "5"}));
+  // Verify follows the chain: a missing or replaced parent is named.
+  auto epochs = jf->List();
+  ASSERT_TRUE(epochs.has_value());
+  auto problems = VerifyEpoch(*jf, epochs->back());
+  ASSERT_TRUE(problems.has_value());
+  EXPECT_TRUE(problems->empty());
+  fs::rename(job + "/4/node0.ctx", job + "/x.ctx");
+  problems = VerifyEpoch(*jf, epochs->back());
+  ASSERT_EQ(problems->size(), 1u);
+  EXPECT_NE((*problems)[0].find("its parent in epoch 4"), std::string::npos) << (*problems)[0];
+  fs::rename(job + "/x.ctx", job + "/4/node0.ctx");
+  // The recorded form only: no absolute paths, no climbing out.
+  EXPECT_EQ(ParentEpochOf("../12/node3.ctx"), 12u);
+  EXPECT_EQ(ParentEpochOf("../x/node0.ctx"), 0u);
+  EXPECT_EQ(ParentEpochOf("/abs/4/node0.ctx"), 0u);
+  EXPECT_EQ(ParentEpochOf("../4/../../etc/node0.ctx"), 0u);
+  EXPECT_EQ(ParentEpochOf("../4/node0.ctx.bak"), 0u);
+  EXPECT_EQ(ParentEpochOf("../4/nodeX.ctx"), 0u);
 }
 
 TEST(StoreFaults, EveryOperationFailing) {
