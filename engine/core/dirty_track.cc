@@ -64,40 +64,6 @@ Status RegisterAndProtect(int uffd, uint64_t start, uint64_t end) {
   return Status::Ok();
 }
 
-Result<std::vector<std::pair<uint64_t, uint64_t>>> ScanWrittenAndProtect(int pagemap_fd, uint64_t start,
-                                                                         uint64_t end) {
-  std::vector<std::pair<uint64_t, uint64_t>> out;
-  std::vector<uapi::PageRegion> vec(512);
-  uint64_t at = start;
-  while (at < end) {
-    uapi::PmScanArg a{};
-    a.size = sizeof a;
-    a.flags = uapi::kPmScanWpMatching | uapi::kPmScanCheckWpAsync;
-    a.start = at;
-    a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec.data());
-    a.vec_len = vec.size();
-    a.category_mask = uapi::kPageIsWritten;
-    a.return_mask = uapi::kPageIsWritten;
-    long n = ::ioctl(pagemap_fd, uapi::kPagemapScan, &a);
-    if (n < 0) return Status::FromErrno(errno, "PAGEMAP_SCAN");
-    for (long i = 0; i < n; ++i) {
-      if (!out.empty() && out.back().second == vec[static_cast<size_t>(i)].start)
-        out.back().second = vec[static_cast<size_t>(i)].end;
-      else
-        out.emplace_back(vec[static_cast<size_t>(i)].start, vec[static_cast<size_t>(i)].end);
-    }
-    // Continue after the last region: 6.18 was seen to report regions
-    // (already protected again) past the walk_end it returns; scanning them
-    // again would find them unwritten.
-    uint64_t next = a.walk_end;
-    if (n > 0) next = std::max(next, vec[static_cast<size_t>(n - 1)].end);
-    if (next <= at) return Status::Error(EIO, "PAGEMAP_SCAN made no progress");
-    at = next;
-  }
-  return out;
-}
-
 Result<std::vector<ScannedRun>> ScanPresentAndProtect(int pagemap_fd, uint64_t start, uint64_t end) {
   std::vector<ScannedRun> out;
   std::vector<uapi::PageRegion> vec(4096);
@@ -124,7 +90,10 @@ Result<std::vector<ScannedRun>> ScanPresentAndProtect(int pagemap_fd, uint64_t s
       else
         out.push_back({rs, re, w});
     }
-    uint64_t next = a.walk_end;  // as above
+    // Continue after the last region: 6.18 was seen to report regions
+    // (already protected again) past the walk_end it returns; scanning them
+    // again would find them unwritten.
+    uint64_t next = a.walk_end;
     if (n > 0) next = std::max(next, vec[static_cast<size_t>(n - 1)].end);
     if (next <= at) return Status::Error(EIO, "PAGEMAP_SCAN made no progress");
     at = next;

@@ -74,16 +74,10 @@ Status CheckPagemapScan(int pagemap_fd);
 Status EnableWpAsync(int uffd);
 // Registers [start, end) for write protection and protects every page.
 Status RegisterAndProtect(int uffd, uint64_t start, uint64_t end);
-// The pages of [start, end) written since they were last protected, as
-// sorted [start, end) ranges; protects them again in the same walk. Fails
-// (nothing to trust) when part of the range is not write-protect tracked.
-Result<std::vector<std::pair<uint64_t, uint64_t>>> ScanWrittenAndProtect(int pagemap_fd, uint64_t start,
-                                                                         uint64_t end);
-
 // The present (or swapped) pages of [start, end), as sorted runs of
 // [start, end) with `written` telling whether they were written since they
-// were last protected; protects them all again in the same walk. Fails like
-// ScanWrittenAndProtect.
+// were last protected; protects them all again in the same walk. Fails
+// (nothing to trust) when part of the range is not write-protect tracked.
 struct ScannedRun {
   uint64_t start, end;
   bool written;
