@@ -326,17 +326,18 @@ extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
   char restarts[32] = {0};
   bool requeued = spank_getenv(sp, "SLURM_RESTART_COUNT", restarts, sizeof restarts) == ESPANK_SUCCESS &&
                   std::atoi(restarts) > 0;
-  if (g_asked.restart_from.empty() && g_asked.interval && requeued && step != kBatchStep) {
+  // The batch step too: its script's own processes resume from the newest
+  // complete epoch of step "batch" (taken when no srun ran in it).
+  if (g_asked.restart_from.empty() && g_asked.interval && requeued) {
     std::string dir = JobDir(sp);
     if (dir.empty()) return 0;
     std::string from = dir + "/" + std::to_string(job);
     spank_setenv(sp, "STASIS_RESTART_FROM", from.c_str(), 1);
     spank_setenv(sp, "STASIS_RESTART_AUTO", "1", 1);
-    if (StepDone(dir, job, step)) spank_setenv(sp, "STASIS_RESTART_DONE", "1", 1);
+    if (step != kBatchStep && StepDone(dir, job, step)) spank_setenv(sp, "STASIS_RESTART_DONE", "1", 1);
   } else if (g_asked.restart_from.empty()) {
     return 0;
-  }
-  if (step == kBatchStep) {
+  } else if (step == kBatchStep) {
     slurm_error("stasis: --restart-from restarts srun steps; the batch script itself starts afresh");
     return 0;
   }

@@ -76,6 +76,9 @@ namespace store = stasis::store;
 namespace core = stasis::core;
 
 const char* const kTool = "stasis-step";
+// Slurm's id of the batch step (SLURM_BATCH_SCRIPT in 22.05), as the plugin
+// writes it in STASIS_RESTART_TASK.
+const char* const kBatchStepId = "4294967291";
 
 [[noreturn]] void Die(const std::string& message, int code = 1) {
   stasis::cli::Die(kTool, message, code);
@@ -373,8 +376,9 @@ struct NodeOptions {
 // which restored process heads it.
 Result<std::vector<core::TaskRoot>> LocalTasks(const std::string& job, const std::string& step,
                                                std::map<std::string, std::string>* task_env) {
+  // scontrol takes no "J.batch": the batch step's lines come with the job's.
   STASIS_ASSIGN_OR_RETURN(std::string listed,
-                          RunCapture({"scontrol", "listpids", job + "." + step}));
+                          RunCapture({"scontrol", "listpids", step == "batch" ? job : job + "." + step}));
   STASIS_ASSIGN_OR_RETURN(std::vector<stasis::spank::ListedTask> tasks,
                           stasis::spank::ParseListPids(listed, job, step));
   if (tasks.empty())
@@ -397,6 +401,25 @@ Result<std::vector<core::TaskRoot>> LocalTasks(const std::string& job, const std
   }
   for (const auto& t : tasks) out.push_back({t.pid, t.global_id});
   return out;
+}
+
+// A Slurm client (srun, salloc, sbatch, sattach, scontrol...) in the tree of
+// `root`, as "srun (pid N)", or "".
+std::string SlurmClientIn(pid_t root) {
+  std::vector<pid_t> todo = {root};
+  for (size_t i = 0; i < todo.size() && i < 100000; ++i) {
+    const pid_t p = todo[i];
+    auto comm = ReadProcFile(p, "comm");
+    std::string c = comm ? comm->substr(0, comm->find('\n')) : "";
+    if (c == "srun" || c == "salloc" || c == "sbatch" || c == "sattach" || c == "scontrol" || c == "squeue")
+      return c + " (pid " + std::to_string(p) + ")";
+    auto kids = core::ReadFileToString("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
+    if (!kids) continue;
+    std::istringstream in(*kids);
+    long k = 0;
+    while (in >> k) todo.push_back(static_cast<pid_t>(k));
+  }
+  return "";
 }
 
 // One rank's outcome, as rank 0 reads it.
@@ -570,6 +593,18 @@ int RunNode(NodeOptions opt) {
   std::map<std::string, std::string> tenv;
   auto tasks = LocalTasks(opt.job, opt.step, &tenv);
   Status local = tasks ? Status::Ok() : tasks.error();
+  if (tasks && opt.step == "batch") {
+    // The batch script running srun (a step, checkpointed on its own) or
+    // another Slurm client: its connections cannot be restored; no epoch.
+    std::string client;
+    for (const auto& t : *tasks)
+      if (client.empty()) client = SlurmClientIn(t.pid);
+    if (!client.empty()) {
+      std::printf("step batch of job %s: not checkpointed now: the script runs %s (its steps have their own "
+                  "epochs)\n", opt.job.c_str(), client.c_str());
+      return 0;
+    }
+  }
   if (tasks) {
     mine.node = static_cast<uint32_t>(std::strtoul(tenv["SLURM_NODEID"].c_str(), nullptr, 10));
     for (const auto& t : *tasks) mine.tasks.push_back(t.task);
@@ -823,11 +858,16 @@ Result<std::vector<StepInfo>> RunningSteps(const std::string& job) {
       continue;
     std::string j, s;
     if (!stasis::spank::ParseJobStep(id, &j, &s) || j != job) continue;
-    // The batch script's own processes, the extern step and our own
-    // helper steps are not checkpointed here (docs/design.md says why).
-    if (s == "batch" || s == "extern" || s == "interactive" || name == "stasis-ckpt") continue;
+    // The extern step and our own helper steps are not checkpointed. The
+    // batch script's own processes are, when no srun runs in it (RunNode
+    // checks on its node; that step's own epochs cover it meanwhile).
+    if (s == "extern" || s == "interactive" || name == "stasis-ckpt") continue;
     steps.push_back({s, nodes});
   }
+  // The batch script first: a vacate or requeue kills the steps' tasks,
+  // and the script, no longer waiting in srun, would run on into its next
+  // command before its own epoch (it is skipped anyway while srun runs).
+  std::stable_partition(steps.begin(), steps.end(), [](const StepInfo& x) { return x.step == "batch"; });
   return steps;
 }
 
@@ -1107,6 +1147,15 @@ struct TaskEnv {
 
 Result<TaskEnv> ReadTaskEnv() {
   TaskEnv t;
+  if (Env("STASIS_RESTART_TASK") == Env("SLURM_JOB_ID") + "." + kBatchStepId) {
+    // The batch script: one task on the batch node, no step variables.
+    t.job = Env("SLURM_JOB_ID");
+    t.step = "batch";
+    t.dir = Env("STASIS_RESTART_FROM");
+    t.nnodes = t.ntasks = t.local_count = 1;
+    if (t.job.empty() || t.dir.empty()) return Status::Error(EINVAL, "not the batch step of a requeued job");
+    return t;
+  }
   t.job = Env("SLURM_JOB_ID");
   t.step = Env("SLURM_STEP_ID", Env("SLURM_STEPID"));
   t.dir = Env("STASIS_RESTART_FROM");
@@ -1238,6 +1287,17 @@ int RunRestorer(const TaskEnv& t) {
     s.env = ParseStepEnvironment(locals[k].env);
     ropt.task_stdio.push_back(s);
   }
+  // The batch script: Slurm wrote it anew into its spool for the requeued
+  // job (same path, same content, another inode); bash reads it on fd 255.
+  if (t.step == "batch" && !Env("STASIS_RESTART_ARGV0").empty())
+    ropt.rewritten_ok.push_back(Env("STASIS_RESTART_ARGV0"));
+  // Its output files, opened again by Slurm for the requeued job (per
+  // --open-mode): the restored processes write through the new open files.
+  if (t.step == "batch" && !locals.empty())
+    for (int i : {1, 2}) {
+      auto link = core::ReadLink("/proc/self/fd/" + std::to_string(i));
+      if (link && !link->empty() && (*link)[0] == '/') ropt.reattach_files.emplace_back(*link, locals[0].stdio[i].get());
+    }
   ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   Result<core::RestoreResult> restored = Status::Error(EIO, "not restored");
   Status s = store::RestoreFromFolder(
@@ -1415,7 +1475,8 @@ int main(int argc, char** argv) {
   // A task of a --restart-from step: spank_stasis.so rewrote its command.
   const std::string restart = Env("STASIS_RESTART_TASK");
   if (!restart.empty() &&
-      restart == Env("SLURM_JOB_ID") + "." + Env("SLURM_STEP_ID", Env("SLURM_STEPID")))
+      (restart == Env("SLURM_JOB_ID") + "." + Env("SLURM_STEP_ID", Env("SLURM_STEPID")) ||
+       restart == Env("SLURM_JOB_ID") + "." + kBatchStepId))
     return RunRestartTask(argv);
   if (argc < 2) stasis::cli::Usage(kTool, kUsage);
   std::string mode = argv[1];

@@ -216,6 +216,16 @@ struct RestoreOptions {
   std::function<Result<std::unique_ptr<ByteSource>>(const std::string& child, const std::string& recorded,
                                                     std::string* resolved)>
       open_parent;
+  // Files that may have been written again since the checkpoint with the
+  // same content (a requeued job's batch script, which Slurm writes anew
+  // into its spool): an fd's file with another inode is accepted at such a
+  // path when its size is the saved one, instead of being refused.
+  std::vector<std::string> rewritten_ok;
+  // Regular files the new job opened again for the restored processes (a
+  // requeued batch script's output file, which Slurm truncates or appends
+  // to per --open-mode): an fd of the context on one of these paths shares
+  // the given open file (a dup) instead of being reopened at its old offset.
+  std::vector<std::pair<std::string, int>> reattach_files;
 };
 
 struct RestoreResult {

@@ -702,16 +702,26 @@ Result<int> Restorer::RestorerFdFor(const RProc* p, const FileDesc& f) {
     case format::kFileDirectory:
     case format::kFileCharDevice: {
       std::string path = Relocate(f.path);
+      auto again = std::find_if(options_.reattach_files.begin(), options_.reattach_files.end(),
+                                [&](const auto& r) { return r.first == path; });
+      if (f.kind == format::kFileRegular && again != options_.reattach_files.end()) {
+        fd.reset(::fcntl(again->second, F_DUPFD_CLOEXEC, 0));
+        if (!fd) return Status::FromErrno(errno, "reattach fd " + std::to_string(f.fd) + " to " + path);
+        break;
+      }
       int flags = static_cast<int>(f.open_flags) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY);
       fd.reset(::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY));
       if (!fd) return Status::FromErrno(errno, "cannot restore fd " + std::to_string(f.fd) +
                                                    ": open " + path);
       struct stat st;
       if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+      const bool rewritten =
+          std::find(options_.rewritten_ok.begin(), options_.rewritten_ok.end(), path) != options_.rewritten_ok.end() &&
+          static_cast<uint64_t>(st.st_size) == f.file_id.size;
       if (f.kind == format::kFileRegular &&
           (static_cast<uint64_t>(st.st_ino) != f.file_id.ino ||
            static_cast<uint64_t>(st.st_dev) != f.file_id.dev) &&
-          options_.relocate.empty())
+          options_.relocate.empty() && !rewritten)
         return Status::Error(ESTALE, "cannot restore fd " + std::to_string(f.fd) + ": " + path +
                                          " was replaced by another file since the checkpoint");
       if (f.kind != format::kFileCharDevice && f.pos != 0 &&

@@ -662,6 +662,79 @@ def case_requeue():
           f"{took:.1f} s after submission, before the time limit")
 
 
+def case_batch():
+    """The batch script's own processes: a --checkpoint job whose bash script
+    runs a counting program directly (no srun), phase by phase in a loop, is
+    checkpointed as step "batch"; scontrol checkpoint requeue requeues it and
+    the script comes back where it stopped: the count goes on from the epoch,
+    the loop is not started again, and the job completes."""
+    ck = enable_stasis()
+    count = install_tool("count_task")
+    limits = [os.path.join(WORK, f"b-limit{i}") for i in (1, 2)]
+    for f in limits:
+        with open(f, "w") as fh:
+            fh.write("1000000\n")
+    script = write_script("batch.sh", "#!/bin/bash\n"
+                          "for phase in 1 2; do\n"
+                          "  echo \"phase $phase start\"\n"
+                          f"  {count} 100 {WORK}/b-limit$phase\n"
+                          "  echo \"phase $phase end\"\n"
+                          "done\n"
+                          "echo script done\n")
+    # --open-mode=append: what Slurm advises for requeued jobs (else it
+    # truncates the output file when the job starts again).
+    jobid = submit(script, "stasis_ua", "-N1", "-n1", "--checkpoint=1h", f"--checkpoint-dir={ck}",
+                   "--open-mode=append", "-o", os.path.join(WORK, "b-%j.out"))
+    out_path = os.path.join(WORK, f"b-{jobid}.out")
+    jobdir = os.path.join(ck, str(jobid))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and \
+            (not os.path.exists(out_path) or len(counts(out_path).get(0, [])) < 10):
+        time.sleep(0.2)
+    _, out, err = wrapped("checkpoint", "create", str(jobid))
+    epochs = complete_epochs(jobdir)
+    if not epochs:
+        fail(f"scontrol checkpoint create {jobid}: no epoch of the batch script: {out!r} {err!r}")
+    manifest = open(os.path.join(jobdir, str(epochs[-1]), "MANIFEST")).read()
+    if not re.search(r"\bstep\W+batch\b", manifest):
+        fail(f"epoch {epochs[-1]} is not of step batch: {manifest[:400]!r}")
+    print(f"OK scontrol checkpoint create {jobid}: epoch {epochs[-1]} of the batch script's processes")
+    _, out, err = wrapped("checkpoint", "requeue", str(jobid))
+    epoch = complete_epochs(jobdir)[-1]
+    before = counts(out_path)
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        state, _ = job_state(jobid)
+        text = open(out_path).read() if os.path.exists(out_path) else ""
+        if state == "RUNNING" and "resuming step batch" in text and \
+                len(counts(out_path).get(0, [])) >= len(before.get(0, [])) + 5:
+            break
+        time.sleep(0.3)
+    else:
+        fail(f"requeued job {jobid}: the batch script did not resume: {job_state(jobid)}, {text[-800:]!r}")
+    if f"/{epoch}/node0.ctx" not in text:
+        fail(f"requeued job {jobid} did not resume the batch script from epoch {epoch}: {text[-800:]!r}")
+    after = counts(out_path)
+    starts = check_continued(before, {0: after[0][len(before[0]):]}, 1, f"requeued job {jobid}")
+    # Phase 1 ends, phase 2 runs to 5, the script ends: each line once.
+    last = max(after[0])
+    with open(limits[0], "w") as f:
+        f.write(f"{last + 10}\n")
+    with open(limits[1], "w") as f:
+        f.write("5\n")
+    state, code = wait_job_done(jobid, timeout=60)
+    text = open(out_path).read()
+    if state != "COMPLETED" or code != "0:0":
+        fail(f"requeued job {jobid}: {state} {code}: {text[-1500:]!r}")
+    for line in ("phase 1 start", "phase 1 end", "phase 2 start", "phase 2 end", "script done"):
+        if len(re.findall(rf"^{line}$", text, re.M)) != 1:
+            fail(f"requeued job {jobid}: '{line}' appears {len(re.findall(rf'^{line}$', text, re.M))} times: "
+                 f"{text[-1500:]!r}")
+    print(f"OK scontrol checkpoint requeue {jobid}: the batch script resumed by itself from epoch {epoch} "
+          f"(its count at {starts[0]}), finished phase 1, ran phase 2, COMPLETED 0:0; each phase ran once")
+
+
 def case_share():
     """Two tasks per node that share a pipe (a named FIFO, then unlinked),
     POSIX shared memory (unlinked once both mapped it) and each an unlinked
@@ -857,6 +930,7 @@ CASES = {
     "spank": case_spank,
     "checkpoint": case_checkpoint,
     "requeue": case_requeue,
+    "batch": case_batch,
 }
 
 
