@@ -877,6 +877,10 @@ struct CheckpointArgs {
   bool vacate = false;
   bool final = false;
   int timeout = 300;
+  // The ticker, a sibling of the batch script on its node: the script's
+  // pid, to skip its helper step while a Slurm client runs in it (RunNode
+  // would find the same and take no epoch).
+  pid_t batch_script = 0;
 };
 
 // Runs one epoch of one step: the helper step on its nodes. Returns the
@@ -966,7 +970,10 @@ int RunCheckpoint(const CheckpointArgs& a) {
   auto running = RunningSteps(a.job);
   if (!running) Die(running.error().message());
   for (const auto& s : *running)
-    if (a.step.empty() || s.step == a.step) steps.push_back(s);
+    if (a.step.empty() || s.step == a.step) {
+      if (s.step == "batch" && a.batch_script > 0 && !SlurmClientIn(a.batch_script).empty()) continue;
+      steps.push_back(s);
+    }
   if (steps.empty()) {
     std::fprintf(stderr, "%s: job %s has no running step%s to checkpoint\n", kTool, a.job.c_str(),
                  a.step.empty() ? "" : (" " + a.step).c_str());
@@ -1077,6 +1084,18 @@ double JobEndTime(const std::string& job) {
   return static_cast<double>(::mktime(&tm));
 }
 
+// The batch script: the child of the batch step's slurmstepd `stepd` that
+// is not this ticker (0 when not found).
+pid_t BatchScript(pid_t stepd) {
+  auto kids = core::ReadFileToString("/proc/" + std::to_string(stepd) + "/task/" + std::to_string(stepd) + "/children");
+  if (!kids) return 0;
+  std::istringstream in(*kids);
+  long k = 0;
+  while (in >> k)
+    if (k != ::getpid()) return static_cast<pid_t>(k);
+  return 0;
+}
+
 int RunTicker(const std::string& job, uint64_t interval, uint64_t final_lead) {
   struct sigaction sa {};
   sa.sa_handler = OnWarn;
@@ -1106,6 +1125,7 @@ int RunTicker(const std::string& job, uint64_t interval, uint64_t final_lead) {
                               Now() >= end - static_cast<double>(final_lead));
     if (final) final_done = true;
     a.final = final;
+    a.batch_script = BatchScript(parent);
     std::fprintf(stderr, "%s: job %s: %s checkpoint\n", kTool, job.c_str(),
                  final ? "final" : "periodic");
     (void)RunCheckpoint(a);

@@ -683,10 +683,15 @@ def case_batch():
                           "echo script done\n")
     # --open-mode=append: what Slurm advises for requeued jobs (else it
     # truncates the output file when the job starts again).
-    jobid = submit(script, "stasis_ua", "-N1", "-n1", "--checkpoint=1h", f"--checkpoint-dir={ck}",
+    jobid = submit(script, "stasis_ua", "-N1", "-n1", "--checkpoint=5s", f"--checkpoint-dir={ck}",
                    "--open-mode=append", "-o", os.path.join(WORK, "b-%j.out"))
     out_path = os.path.join(WORK, f"b-{jobid}.out")
     jobdir = os.path.join(ck, str(jobid))
+    # The ticker's periodic epochs include the batch script.
+    first = wait_epochs(jobdir, 1, timeout=30)[0]
+    if "step batch" not in open(os.path.join(jobdir, str(first), "MANIFEST")).read():
+        fail(f"periodic epoch {first} is not of step batch")
+    print(f"OK periodic epoch {first} (--checkpoint=5s) of the batch script's processes")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and \
             (not os.path.exists(out_path) or len(counts(out_path).get(0, [])) < 10):
@@ -696,7 +701,7 @@ def case_batch():
     if not epochs:
         fail(f"scontrol checkpoint create {jobid}: no epoch of the batch script: {out!r} {err!r}")
     manifest = open(os.path.join(jobdir, str(epochs[-1]), "MANIFEST")).read()
-    if not re.search(r"\bstep\W+batch\b", manifest):
+    if "step batch" not in manifest:
         fail(f"epoch {epochs[-1]} is not of step batch: {manifest[:400]!r}")
     print(f"OK scontrol checkpoint create {jobid}: epoch {epochs[-1]} of the batch script's processes")
     _, out, err = wrapped("checkpoint", "requeue", str(jobid))
