@@ -259,10 +259,20 @@ int List(const std::string& path) {
         nodes = std::to_string(e.manifest.nodes.size());
         tasks = std::to_string(t);
       }
+      // Incremental epochs say which epoch their node files need (node 0's
+      // parent; every node of an epoch chooses the same one unless a node
+      // had to write full).
+      std::string note = e.problem;
+      if (e.have_manifest && !e.manifest.files.empty() && e.state == store::EpochState::kComplete) {
+        auto image = store::ReadNodeImage(*job, e.epoch, e.manifest.files[0].name);
+        if (image && store::ParentEpochOf(image->parent))
+          note = (e.manifest.step.empty() ? std::string() : "step " + e.manifest.step + ", ") +
+                 "incremental: needs epoch " + std::to_string(store::ParentEpochOf(image->parent));
+      }
       std::printf("%-12s %6llu  %-10s  %-19s  %5s  %5s  %10s  %s%s%s\n", job->job().c_str(),
                   static_cast<unsigned long long>(e.epoch), store::EpochStateName(e.state),
                   When(e.time_unix).c_str(), nodes.c_str(), tasks.c_str(), Size(e.bytes).c_str(),
-                  e.path.c_str(), e.problem.empty() ? "" : "  # ", e.problem.c_str());
+                  e.path.c_str(), note.empty() ? "" : "  # ", note.c_str());
     }
   }
   return rc;
