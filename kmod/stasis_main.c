@@ -26,6 +26,7 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/highmem.h>
+#include <linux/hrtimer.h>
 #include <linux/kdev_t.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -37,6 +38,7 @@
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
+#include <linux/sched/task_stack.h>
 #include <linux/signal.h>
 #include <linux/slab.h>
 #include <linux/stat.h>
@@ -1047,6 +1049,98 @@ out_free:
 	return err;
 }
 
+/* --- TASKSTATE ------------------------------------------------------------- */
+
+/*
+ * What the userspace core otherwise reads by calls injected into the
+ * process: handlers (do_sigaction is not exported, but sighand->action is
+ * a field, read under siglock), brk, the real itimer, prctl values, and
+ * each thread's altstack as sigaltstack(2) would report it.
+ */
+static long stasis_ioc_taskstate(void __user *arg)
+{
+	struct stasis_taskstate_rec *rec;
+	struct stasis_task_req req;
+	struct stasis_task st;
+	struct stasis_out out;
+	struct sighand_struct *sh;
+	struct signal_struct *sig;
+	unsigned long flags;
+	unsigned int i;
+	long err;
+
+	err = stasis_task_begin(arg, &req, &out, &st);
+	if (err)
+		return err;
+	rec = stasis_alloc(sizeof(*rec));
+	if (!rec) {
+		err = -ENOMEM;
+		goto out_task;
+	}
+	memset(rec, 0, sizeof(*rec));
+	rec->brk = READ_ONCE(st.mm->brk);
+	rec->timer_slack_ns = st.task->timer_slack_ns;
+	rec->pdeath_signal = st.task->pdeath_signal;
+	rec->dumpable = get_dumpable(st.mm);
+	sh = stasis_lock_sighand(st.task, &flags);
+	if (!sh) {
+		err = -ESRCH;
+		goto out_free;
+	}
+	sig = st.task->signal;
+	for (i = 0; i < 64; i++) {
+		const struct sigaction *sa = &sh->action[i].sa;
+
+		if (i + 1 == SIGKILL || i + 1 == SIGSTOP)
+			continue;	/* the core records them empty */
+		rec->action[i].handler = (u64)(unsigned long)sa->sa_handler;
+		rec->action[i].flags = sa->sa_flags & UAPI_SA_FLAGS;
+		rec->action[i].restorer = (u64)(unsigned long)sa->sa_restorer;
+		rec->action[i].mask = sa->sa_mask.sig[0];
+	}
+	rec->child_subreaper = sig->is_child_subreaper;
+	/* getitimer(ITIMER_REAL): what is left (at least 1 us while armed). */
+	if (hrtimer_active(&sig->real_timer)) {
+		ktime_t rem = hrtimer_expires_remaining(&sig->real_timer);
+
+		rec->itimer_real_value_ns = rem <= 0 ? NSEC_PER_USEC : (u64)rem;
+	}
+	rec->itimer_real_interval_ns = (u64)sig->it_real_incr;
+	/* The CPU itimers' remaining time needs an unexported sample. */
+	if (sig->it[0].expires || sig->it[1].expires)
+		rec->flags |= STASIS_TASKSTATE_CPU_ITIMERS;
+	spin_unlock_irqrestore(&sh->siglock, flags);
+	rec->nthreads = st.nthreads;
+	err = stasis_write(&out, rec, sizeof(*rec));
+	for (i = 0; !err && i < st.nthreads; i++) {
+		struct task_struct *t = st.threads[i];
+		struct stasis_threadstate_rec tr = {};
+		unsigned long sp = user_stack_pointer(task_pt_regs(t));
+
+		tr.tid = task_pid_vnr(t);
+		tr.altstack_sp = t->sas_ss_sp;
+		tr.altstack_size = t->sas_ss_size;
+		/* sas_ss_flags(sp) | (flags & SS_FLAG_BITS), for thread t. */
+		if (!t->sas_ss_size)
+			tr.altstack_flags = SS_DISABLE;
+		else if (!(t->sas_ss_flags & SS_AUTODISARM) &&
+			 sp > t->sas_ss_sp && sp - t->sas_ss_sp <= t->sas_ss_size)
+			tr.altstack_flags = SS_ONSTACK;
+		tr.altstack_flags |= t->sas_ss_flags & SS_FLAG_BITS;
+		err = stasis_write(&out, &tr, sizeof(tr));
+	}
+	req.count = 1 + st.nthreads;
+	req.bytes = out.bytes;
+	if (!err && copy_to_user(arg, &req, sizeof(req)))
+		err = -EFAULT;
+out_free:
+	stasis_free(rec);
+out_task:
+	stasis_task_put(&st);
+	stasis_out_close(&out);
+	return err;
+}
+
 /* --- device ---------------------------------------------------------------- */
 
 static long stasis_ioc_version(void __user *arg)
@@ -1078,6 +1172,8 @@ static long stasis_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return stasis_ioc_threads(uarg);
 	case STASIS_IOC_FILES:
 		return stasis_ioc_files(uarg);
+	case STASIS_IOC_TASKSTATE:
+		return stasis_ioc_taskstate(uarg);
 	default:
 		return -ENOTTY;
 	}

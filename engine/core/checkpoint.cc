@@ -597,10 +597,19 @@ Status Capturer::CaptureProcess(ProcState* p) {
   for (pid_t old : leftovers_[p->pid])
     (void)Inject(p, leader, SYS_wait4, static_cast<uint64_t>(old), 0, __WALL | WNOHANG, 0);
 
-  STASIS_ASSIGN_OR_RETURN(long brk, Inject(p, leader, SYS_brk, 0));
-  info.mm.brk = static_cast<uint64_t>(brk);
+  // With the module's TASKSTATE: handlers, brk, the real itimer and the
+  // prctl values come from the kernel, read before anything was injected
+  // (kmod_equivalent checks they equal what the injected calls give).
+  const KernelTaskState* ks = kernel_ && p->kernel.state.have ? &p->kernel.state : nullptr;
+  if (ks) {
+    info.mm.brk = ks->brk;
+    info.sigactions = ks->actions;
+  } else {
+    STASIS_ASSIGN_OR_RETURN(long brk, Inject(p, leader, SYS_brk, 0));
+    info.mm.brk = static_cast<uint64_t>(brk);
+  }
 
-  for (int sig = 1; sig <= 64; ++sig) {
+  for (int sig = 1; sig <= 64 && !ks; ++sig) {
     format::SigAction act;
     if (sig != SIGKILL && sig != SIGSTOP) {
       STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_rt_sigaction, static_cast<uint64_t>(sig), 0,
@@ -625,7 +634,8 @@ Status Capturer::CaptureProcess(ProcState* p) {
     t.interval_ns = static_cast<uint64_t>(v[0] * 1000000000 + v[1]);
     t.value_ns = static_cast<uint64_t>(v[2] * 1000000000 + v[3]);
   }
-  for (int which = 0; which < 3; ++which) {
+  if (ks) info.itimer_real = {ks->itimer_real_interval_ns / 1000, ks->itimer_real_value_ns / 1000};
+  for (int which = ks ? 1 : 0; which < 3 && (!ks || ks->cpu_itimers); ++which) {
     STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_getitimer, static_cast<uint64_t>(which),
                                            p->scratch));
     if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read itimer of " + Pid(p->pid));
@@ -635,7 +645,12 @@ Status Capturer::CaptureProcess(ProcState* p) {
                            static_cast<uint64_t>(v[2] * 1000000 + v[3])};
     (which == 0 ? info.itimer_real : which == 1 ? info.itimer_virtual : info.itimer_prof) = iv;
   }
-  {
+  if (ks) {
+    info.pdeathsig = ks->pdeath_signal;
+    info.child_subreaper = ks->child_subreaper;
+    info.dumpable = ks->dumpable;
+    info.timerslack_ns = ks->timer_slack_ns;
+  } else {
     STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_prctl, PR_GET_PDEATHSIG, p->scratch));
     if (r == 0) {
       int32_t v = 0;
@@ -687,24 +702,32 @@ Status Capturer::CaptureThreads(ProcState* p) {
                                  std::to_string(t->tid()) + "/comm");
     if (comm) ti.comm = comm->substr(0, comm->find('\n'));
 
-    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_sigaltstack, 0, p->scratch));
-    if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read altstack of thread " +
-                                                                    std::to_string(t->tid()));
     struct {
       uint64_t sp;
       int32_t flags;
       int32_t pad;
       uint64_t size;
-    } ss;
-    STASIS_RETURN_IF_ERROR(ReadScratch(p, &ss, sizeof ss));
+    } ss{};
+    auto kalt = kernel_ && p->kernel.state.have ? p->kernel.state.altstacks.find(ti.tid)
+                                                : p->kernel.state.altstacks.end();
+    if (kalt != p->kernel.state.altstacks.end()) {
+      ss.sp = kalt->second.sp;
+      ss.flags = kalt->second.flags;
+      ss.size = kalt->second.size;
+    } else {
+      STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_sigaltstack, 0, p->scratch));
+      if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read altstack of thread " +
+                                                                      std::to_string(t->tid()));
+      STASIS_RETURN_IF_ERROR(ReadScratch(p, &ss, sizeof ss));
+    }
     ti.altstack_sp = ss.sp;
     ti.altstack_flags = static_cast<uint32_t>(ss.flags);
     ti.altstack_size = ss.size;
 
     STASIS_ASSIGN_OR_RETURN(long slack, Inject(p, t.get(), SYS_prctl, PR_GET_TIMERSLACK));
     if (slack > 0) ti.timerslack_ns = static_cast<uint64_t>(slack);
-    STASIS_ASSIGN_OR_RETURN(r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
-                                      p->scratch));
+    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
+                                           p->scratch));
     if (r == 0) STASIS_RETURN_IF_ERROR(ReadScratch(p, &ti.clear_tid_address, 8));
 
     uint64_t head = 0;

@@ -29,6 +29,7 @@ const char* IoctlName(unsigned long request) {
     case STASIS_IOC_THREADS: return "threads";
     case STASIS_IOC_FILES: return "open files";
     case STASIS_IOC_PAGES: return "pages";
+    case STASIS_IOC_TASKSTATE: return "handlers, timers and altstacks";
     default: return "ioctl";
   }
 }
@@ -212,6 +213,15 @@ Result<KernelTask> KernelCapture::CaptureTask(pid_t pid) {
   STASIS_ASSIGN_OR_RETURN(std::string threads, ReadRecords(STASIS_IOC_THREADS, pid));
   STASIS_ASSIGN_OR_RETURN(std::string files, ReadRecords(STASIS_IOC_FILES, pid));
   STASIS_ASSIGN_OR_RETURN(KernelTask task, ParseKernelTask(pid, vmas, threads, files));
+  // Handlers, brk, the real itimer, prctl values and altstacks, read before
+  // any call is injected; a module without this ioctl leaves them to the
+  // injected calls.
+  auto state = ReadRecords(STASIS_IOC_TASKSTATE, pid);
+  if (state) {
+    STASIS_ASSIGN_OR_RETURN(task.state, ParseKernelTaskState(pid, *state));
+  } else if (state.error().code() != ENOTTY) {
+    return state.error();
+  }
   // The vsyscall page is the kernel's gate area, outside every mm's VMA
   // tree (get_gate_vma is not exported): when this kernel has one, every
   // process maps it at the same place, so our own map says where.
@@ -227,6 +237,31 @@ Result<KernelTask> KernelCapture::CaptureTask(pid_t pid) {
     task.vmflags.push_back(0);
   }
   return task;
+}
+
+Result<KernelTaskState> ParseKernelTaskState(pid_t pid, const std::string& records) {
+  KernelTaskState st;
+  const std::string bad = "kernel capture of " + Pid(pid) + ": malformed handlers, timers and altstacks";
+  Records r(records);
+  struct stasis_taskstate_rec rec;
+  if (!r.Take(&rec) || rec.nthreads > 4194304 || rec.pad != 0) return Status::Corrupt(bad);
+  st.have = true;
+  st.brk = rec.brk;
+  st.itimer_real_value_ns = rec.itimer_real_value_ns;
+  st.itimer_real_interval_ns = rec.itimer_real_interval_ns;
+  st.timer_slack_ns = rec.timer_slack_ns;
+  st.pdeath_signal = rec.pdeath_signal;
+  st.child_subreaper = rec.child_subreaper;
+  st.dumpable = rec.dumpable;
+  st.cpu_itimers = rec.flags & STASIS_TASKSTATE_CPU_ITIMERS;
+  for (const auto& a : rec.action) st.actions.push_back({a.handler, a.flags, a.restorer, a.mask});
+  for (uint32_t i = 0; i < rec.nthreads; ++i) {
+    struct stasis_threadstate_rec t;
+    if (!r.Take(&t) || t.tid <= 0) return Status::Corrupt(bad);
+    st.altstacks[static_cast<uint32_t>(t.tid)] = {t.altstack_sp, t.altstack_size, t.altstack_flags};
+  }
+  if (!r.done()) return Status::Corrupt(bad);
+  return st;
 }
 
 Result<KernelTask> ParseKernelTask(pid_t pid, const std::string& vmas, const std::string& threads,

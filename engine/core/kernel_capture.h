@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,8 +54,26 @@ struct KernelFile {
   uint64_t file_id = 0;            // equal for fds of one open file description
 };
 
+// What STASIS_IOC_TASKSTATE reports (modules that predate it: have = false,
+// and the userspace core injects its calls as before).
+struct KernelTaskState {
+  bool have = false;
+  uint64_t brk = 0;
+  uint64_t itimer_real_value_ns = 0, itimer_real_interval_ns = 0;
+  uint64_t timer_slack_ns = 0;
+  uint32_t pdeath_signal = 0, child_subreaper = 0, dumpable = 0;
+  bool cpu_itimers = false;  // ITIMER_VIRTUAL/PROF armed: read them by injection
+  std::vector<format::SigAction> actions;  // signal n at [n - 1], 64
+  struct Altstack {
+    uint64_t sp = 0, size = 0;
+    int32_t flags = 0;
+  };
+  std::map<uint32_t, Altstack> altstacks;  // by tid
+};
+
 // One stopped process as the module sees it.
 struct KernelTask {
+  KernelTaskState state;
   std::vector<MapsEntry> maps;     // as /proc/PID/maps
   std::vector<uint32_t> vmflags;   // MappingFlags, as smaps VmFlags (parallel)
   std::vector<KernelThread> threads;
@@ -69,6 +88,8 @@ struct KernelTask {
 // stream is an error naming the record kind.
 Result<KernelTask> ParseKernelTask(pid_t pid, const std::string& vmas, const std::string& threads,
                                    const std::string& files);
+// The same for STASIS_IOC_TASKSTATE's stream.
+Result<KernelTaskState> ParseKernelTaskState(pid_t pid, const std::string& records);
 
 // Puts the module's registers, xstate, mask and pending signals of thread
 // ti->tid into *ti, with the rules the ptrace path applies (RegsAsCaptured;

@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -344,6 +345,16 @@ int TestEquivalent() {
                      stasis::core::AfterCheckpoint::kContinue);
   auto u = CaptureTo(pid, CaptureBackend::kUser, &user_sink, stasis::core::AfterCheckpoint::kContinue);
   Check(w.has_value(), "first capture: " + (w.has_value() ? "" : w.error().message()));
+  // STASIS_IOC_TASKSTATE on its own: the handlers, brk, itimer, prctl
+  // values and altstacks the kernel capture above took from it instead of
+  // injected calls (compared with the user capture's below).
+  std::optional<stasis::core::KernelTaskState> state;
+  if (!control) {  // the target is still stopped: the captures left it so
+    auto kcap = stasis::core::KernelCapture::Open(CaptureBackend::kKernel);
+    auto recs = kcap ? (*kcap)->ReadRecords(STASIS_IOC_TASKSTATE, pid) : stasis::Result<std::string>(kcap.error());
+    auto parsed = recs ? stasis::core::ParseKernelTaskState(pid, *recs) : stasis::Result<stasis::core::KernelTaskState>(recs.error());
+    if (Check(parsed.has_value(), "TASKSTATE: " + (parsed ? "" : parsed.error().message()))) state = *parsed;
+  }
   KillTarget(pid);
   if (!Check(u.has_value(), "user capture: " + (u.has_value() ? "" : u.error().message())) ||
       !Check(k.has_value(), "kernel capture: " + (k.has_value() ? "" : k.error().message())))
@@ -422,6 +433,22 @@ int TestEquivalent() {
   Check(a.info.pending_shared == b.info.pending_shared, "shared pending signals differ");
   Check(!a.info.pending_shared.empty(), "the shared SIGUSR2 is not pending in the context");
   Check(a.info == b.info, "process info differs");
+  if (state) {
+    Check(state->have && state->actions == a.info.sigactions, "TASKSTATE handlers differ from the injected calls'");
+    Check(a.info.sigactions.size() > SIGUSR1 && a.info.sigactions[SIGUSR1 - 1].handler > 1,
+          "the program's SIGUSR1 handler is not in the context");
+    Check(state->brk == a.info.mm.brk && state->dumpable == a.info.dumpable &&
+              state->timer_slack_ns == a.info.timerslack_ns,
+          "TASKSTATE brk/dumpable/timerslack differ from the injected calls'");
+    for (const auto& t : a.threads) {
+      auto it = state->altstacks.find(t.tid);
+      Check(it != state->altstacks.end() && it->second.sp == t.altstack_sp && it->second.size == t.altstack_size &&
+                static_cast<uint32_t>(it->second.flags) == t.altstack_flags,
+            "TASKSTATE altstack of thread " + std::to_string(t.tid) + " differs");
+    }
+    std::printf("kmod_equivalent: TASKSTATE gave %zu handlers, brk %#llx, %zu altstacks, as the injected calls\n",
+                state->actions.size(), static_cast<unsigned long long>(state->brk), state->altstacks.size());
+  }
   Check(a.files.size() == b.files.size(), "fd count differs");
   for (size_t i = 0; i < a.files.size() && i < b.files.size(); ++i)
     Check(a.files[i] == b.files[i], "fd " + std::to_string(a.files[i].fd) + " differs");
@@ -534,6 +561,10 @@ int TestHostile() {
   usleep(100000);
   r = TaskReq(running, out);
   Expect(Ioctl(dev, STASIS_IOC_THREADS, &r), EBUSY, "running task (THREADS)");
+  r = TaskReq(running, out);
+  Expect(Ioctl(dev, STASIS_IOC_TASKSTATE, &r), EBUSY, "running task (TASKSTATE)");
+  r = TaskReq(running, -1);
+  Expect(Ioctl(dev, STASIS_IOC_TASKSTATE, &r), EBADF, "bad fd (TASKSTATE)");
   stasis_pages_req p{};
   p.size = sizeof p;
   p.pid = running;

@@ -20,6 +20,10 @@
  *                       for the shared (process-wide) pending signals.
  *   STASIS_IOC_FILES:   struct stasis_file_rec, then path_len bytes of path
  *                       padded to 8; per open fd, in fd order.
+ *   STASIS_IOC_TASKSTATE: struct stasis_taskstate_rec (process-wide: what
+ *                       the userspace core otherwise reads by calls injected
+ *                       into the process), then one struct
+ *                       stasis_threadstate_rec per thread.
  */
 #ifndef _UAPI_STASIS_KMOD_H
 #define _UAPI_STASIS_KMOD_H
@@ -145,11 +149,44 @@ struct stasis_file_rec {
 	__u64 file_id;		/* equal for fds sharing one open file description */
 };
 
+/* One signal's disposition, as rt_sigaction(2) reports it. */
+struct stasis_sigaction {
+	__u64 handler;
+	__u64 flags;
+	__u64 restorer;
+	__u64 mask;
+};
+
+/* STASIS_TASKSTATE_* flags of stasis_taskstate_rec.flags */
+#define STASIS_TASKSTATE_CPU_ITIMERS 1U	/* ITIMER_VIRTUAL/PROF armed: not reported */
+
+struct stasis_taskstate_rec {
+	__u64 brk;			/* mm->brk, what brk(0) returns */
+	__u64 itimer_real_value_ns;	/* as getitimer(ITIMER_REAL) */
+	__u64 itimer_real_interval_ns;
+	__u64 timer_slack_ns;		/* of the thread group leader */
+	__u32 pdeath_signal;		/* of the leader */
+	__u32 child_subreaper;
+	__u32 dumpable;
+	__u32 flags;			/* STASIS_TASKSTATE_* */
+	__u32 nthreads;			/* stasis_threadstate_rec records following */
+	__u32 pad;
+	struct stasis_sigaction action[64];	/* signal n at [n - 1] */
+};
+
+struct stasis_threadstate_rec {
+	__s32 tid;
+	__s32 altstack_flags;	/* as sigaltstack(2) reports them */
+	__u64 altstack_sp;
+	__u64 altstack_size;
+};
+
 #define STASIS_IOC_MAGIC 0xCE
 #define STASIS_IOC_VERSION _IOWR(STASIS_IOC_MAGIC, 0, struct stasis_version)
 #define STASIS_IOC_VMAS    _IOWR(STASIS_IOC_MAGIC, 1, struct stasis_task_req)
 #define STASIS_IOC_PAGES   _IOWR(STASIS_IOC_MAGIC, 2, struct stasis_pages_req)
 #define STASIS_IOC_THREADS _IOWR(STASIS_IOC_MAGIC, 3, struct stasis_task_req)
 #define STASIS_IOC_FILES   _IOWR(STASIS_IOC_MAGIC, 4, struct stasis_task_req)
+#define STASIS_IOC_TASKSTATE _IOWR(STASIS_IOC_MAGIC, 5, struct stasis_task_req)
 
 #endif /* _UAPI_STASIS_KMOD_H */
