@@ -40,6 +40,7 @@
 #include <linux/sched/task.h>
 #include <linux/sched/task_stack.h>
 #include <linux/signal.h>
+#include <linux/version.h>
 #include <linux/slab.h>
 #include <linux/stat.h>
 #include <linux/uaccess.h>
@@ -1127,6 +1128,17 @@ static long stasis_ioc_taskstate(void __user *arg)
 			 sp > t->sas_ss_sp && sp - t->sas_ss_sp <= t->sas_ss_size)
 			tr.altstack_flags = SS_ONSTACK;
 		tr.altstack_flags |= t->sas_ss_flags & SS_FLAG_BITS;
+		tr.timer_slack_ns = t->timer_slack_ns;
+		tr.clear_child_tid = (u64)(unsigned long)t->clear_child_tid;
+#ifdef CONFIG_RSEQ
+		tr.rseq = (u64)(unsigned long)t->rseq;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+		tr.rseq_len = t->rseq_len;
+#else
+		tr.rseq_len = sizeof(*t->rseq);	/* what ptrace reports on 6.1 */
+#endif
+		tr.rseq_sig = t->rseq_sig;
+#endif
 		err = stasis_write(&out, &tr, sizeof(tr));
 	}
 	req.count = 1 + st.nthreads;

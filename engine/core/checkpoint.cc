@@ -708,12 +708,13 @@ Status Capturer::CaptureThreads(ProcState* p) {
       int32_t pad;
       uint64_t size;
     } ss{};
-    auto kalt = kernel_ && p->kernel.state.have ? p->kernel.state.altstacks.find(ti.tid)
-                                                : p->kernel.state.altstacks.end();
-    if (kalt != p->kernel.state.altstacks.end()) {
-      ss.sp = kalt->second.sp;
-      ss.flags = kalt->second.flags;
-      ss.size = kalt->second.size;
+    auto kst = kernel_ && p->kernel.state.have ? p->kernel.state.threads.find(ti.tid)
+                                               : p->kernel.state.threads.end();
+    const KernelTaskState::ThreadState* kt = kst != p->kernel.state.threads.end() ? &kst->second : nullptr;
+    if (kt) {
+      ss.sp = kt->altstack_sp;
+      ss.flags = kt->altstack_flags;
+      ss.size = kt->altstack_size;
     } else {
       STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_sigaltstack, 0, p->scratch));
       if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read altstack of thread " +
@@ -724,11 +725,16 @@ Status Capturer::CaptureThreads(ProcState* p) {
     ti.altstack_flags = static_cast<uint32_t>(ss.flags);
     ti.altstack_size = ss.size;
 
-    STASIS_ASSIGN_OR_RETURN(long slack, Inject(p, t.get(), SYS_prctl, PR_GET_TIMERSLACK));
-    if (slack > 0) ti.timerslack_ns = static_cast<uint64_t>(slack);
-    STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
-                                           p->scratch));
-    if (r == 0) STASIS_RETURN_IF_ERROR(ReadScratch(p, &ti.clear_tid_address, 8));
+    if (kt) {
+      ti.timerslack_ns = kt->timer_slack_ns;
+      ti.clear_tid_address = kt->clear_child_tid;
+    } else {
+      STASIS_ASSIGN_OR_RETURN(long slack, Inject(p, t.get(), SYS_prctl, PR_GET_TIMERSLACK));
+      if (slack > 0) ti.timerslack_ns = static_cast<uint64_t>(slack);
+      STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
+                                             p->scratch));
+      if (r == 0) STASIS_RETURN_IF_ERROR(ReadScratch(p, &ti.clear_tid_address, 8));
+    }
 
     uint64_t head = 0;
     size_t len = 0;
@@ -743,8 +749,12 @@ Status Capturer::CaptureThreads(ProcState* p) {
       uint32_t flags;
       uint32_t pad;
     } rseq{};
-    if (::ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */),
-                 t->tid(), reinterpret_cast<void*>(sizeof rseq), &rseq) > 0) {
+    if (kt) {
+      ti.rseq_address = kt->rseq;
+      ti.rseq_length = kt->rseq_len;
+      ti.rseq_signature = kt->rseq_sig;
+    } else if (::ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */),
+                        t->tid(), reinterpret_cast<void*>(sizeof rseq), &rseq) > 0) {
       ti.rseq_address = rseq.ptr;
       ti.rseq_length = rseq.size;
       ti.rseq_signature = rseq.sig;

@@ -258,7 +258,9 @@ Result<KernelTaskState> ParseKernelTaskState(pid_t pid, const std::string& recor
   for (uint32_t i = 0; i < rec.nthreads; ++i) {
     struct stasis_threadstate_rec t;
     if (!r.Take(&t) || t.tid <= 0) return Status::Corrupt(bad);
-    st.altstacks[static_cast<uint32_t>(t.tid)] = {t.altstack_sp, t.altstack_size, t.altstack_flags};
+    st.threads[static_cast<uint32_t>(t.tid)] = {t.altstack_sp,     t.altstack_size, t.altstack_flags,
+                                                t.timer_slack_ns,  t.clear_child_tid, t.rseq,
+                                                t.rseq_len,        t.rseq_sig};
   }
   if (!r.done()) return Status::Corrupt(bad);
   return st;

@@ -64,11 +64,14 @@ struct KernelTaskState {
   uint32_t pdeath_signal = 0, child_subreaper = 0, dumpable = 0;
   bool cpu_itimers = false;  // ITIMER_VIRTUAL/PROF armed: read them by injection
   std::vector<format::SigAction> actions;  // signal n at [n - 1], 64
-  struct Altstack {
-    uint64_t sp = 0, size = 0;
-    int32_t flags = 0;
+  struct ThreadState {
+    uint64_t altstack_sp = 0, altstack_size = 0;
+    int32_t altstack_flags = 0;
+    uint64_t timer_slack_ns = 0, clear_child_tid = 0;
+    uint64_t rseq = 0;
+    uint32_t rseq_len = 0, rseq_sig = 0;
   };
-  std::map<uint32_t, Altstack> altstacks;  // by tid
+  std::map<uint32_t, ThreadState> threads;  // by tid
 };
 
 // One stopped process as the module sees it.

@@ -441,13 +441,19 @@ int TestEquivalent() {
               state->timer_slack_ns == a.info.timerslack_ns,
           "TASKSTATE brk/dumpable/timerslack differ from the injected calls'");
     for (const auto& t : a.threads) {
-      auto it = state->altstacks.find(t.tid);
-      Check(it != state->altstacks.end() && it->second.sp == t.altstack_sp && it->second.size == t.altstack_size &&
-                static_cast<uint32_t>(it->second.flags) == t.altstack_flags,
-            "TASKSTATE altstack of thread " + std::to_string(t.tid) + " differs");
+      auto it = state->threads.find(t.tid);
+      const bool same = it != state->threads.end() && it->second.altstack_sp == t.altstack_sp &&
+                        it->second.altstack_size == t.altstack_size &&
+                        static_cast<uint32_t>(it->second.altstack_flags) == t.altstack_flags &&
+                        it->second.timer_slack_ns == t.timerslack_ns &&
+                        it->second.clear_child_tid == t.clear_tid_address && it->second.rseq == t.rseq_address &&
+                        it->second.rseq_len == t.rseq_length && it->second.rseq_sig == t.rseq_signature;
+      Check(same, "TASKSTATE of thread " + std::to_string(t.tid) + " differs from the injected calls' and ptrace's");
+      if (it != state->threads.end() && t.rseq_address == 0) std::printf("  thread %u: no rseq\n", t.tid);
     }
-    std::printf("kmod_equivalent: TASKSTATE gave %zu handlers, brk %#llx, %zu altstacks, as the injected calls\n",
-                state->actions.size(), static_cast<unsigned long long>(state->brk), state->altstacks.size());
+    std::printf("kmod_equivalent: TASKSTATE gave %zu handlers, brk %#llx, %zu threads' altstack, timer slack, "
+                "tid address and rseq, as the injected calls and ptrace\n",
+                state->actions.size(), static_cast<unsigned long long>(state->brk), state->threads.size());
   }
   Check(a.files.size() == b.files.size(), "fd count differs");
   for (size_t i = 0; i < a.files.size() && i < b.files.size(); ++i)

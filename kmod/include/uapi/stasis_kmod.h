@@ -179,6 +179,11 @@ struct stasis_threadstate_rec {
 	__s32 altstack_flags;	/* as sigaltstack(2) reports them */
 	__u64 altstack_sp;
 	__u64 altstack_size;
+	__u64 timer_slack_ns;	/* PR_GET_TIMERSLACK */
+	__u64 clear_child_tid;	/* PR_GET_TID_ADDRESS */
+	__u64 rseq;		/* as PTRACE_GET_RSEQ_CONFIGURATION reports it */
+	__u32 rseq_len;
+	__u32 rseq_sig;
 };
 
 #define STASIS_IOC_MAGIC 0xCE
