@@ -167,7 +167,7 @@ strip --strip-debug -o "$root/bin/kmod_guest" "$guest"
 if [[ -n $bench ]]; then
   tests="bench"
 else
-  tests="kmod_hostile kmod_equivalent kmod_capture_restore kmod_load_unload"
+  tests="kmod_hostile kmod_equivalent kmod_capture_restore kmod_traced kmod_load_unload"
   [[ -n $dkms_ko ]] && tests="$tests kmod_dkms"
 fi
 cat >"$root/init" <<EOF
@@ -196,6 +196,7 @@ for t in $tests; do
     kmod_hostile) run \$t /bin/kmod_guest hostile ;;
     kmod_equivalent) run \$t /bin/kmod_guest equivalent ;;
     kmod_capture_restore) run \$t /bin/kmod_guest restore ;;
+    kmod_traced) run \$t /bin/kmod_guest traced ;;
     bench) run bench /bin/kmod_guest bench $bench ;;
     kmod_dkms)
       # The module as DKMS built it (after kmod_load_unload: nothing loaded).

@@ -88,6 +88,9 @@ struct ProcState {
   uint64_t scratch_address = 0;  // where it was: not part of the context
   bool was_stopped = false;
   bool zombie = false;
+  // Traced by someone else (a debugger) and stopped there: captured through
+  // the kernel module alone, no seize, no injected call, left as it was.
+  bool unseized = false;
   // Signals caught in delivery by our stop, to re-queue on resume.
   std::vector<std::pair<Tracee*, std::vector<uint8_t>>> in_flight;
   format::ProcessInfo info;
@@ -168,6 +171,9 @@ class Capturer {
   Result<std::vector<pid_t>> DiscoverScope();
   Status SeizeProcess(ProcState* p, bool* added);
   Status CaptureProcess(ProcState* p);
+  // The rest of CaptureProcess for a process stopped under someone else's
+  // ptrace: everything from the module, nothing injected.
+  Status CaptureUnseized(ProcState* p);
   Status CaptureThreads(ProcState* p);
   Status CaptureMappings(ProcState* p);
   Status CaptureFiles(ProcState* p);
@@ -311,6 +317,7 @@ Result<std::vector<pid_t>> Capturer::DiscoverOne(format::ScopeKind scope, pid_t 
 }
 
 Status Capturer::SeizeProcess(ProcState* p, bool* added) {
+  if (p->unseized) return Status::Ok();
   // Seize every thread we have not seized yet; a thread that appears while
   // we work is found by the caller's rescan.
   STASIS_ASSIGN_OR_RETURN(std::vector<pid_t> tids, ListTasks(p->pid));
@@ -324,9 +331,24 @@ Status Capturer::SeizeProcess(ProcState* p, bool* added) {
       if (s.code() == EPERM) {
         auto status = ReadFileToString("/proc/" + std::to_string(p->pid) + "/status");
         auto tracer = status ? StatusField(*status, "TracerPid") : Result<std::string>(Status::Error(ENOENT, ""));
-        if (tracer && *tracer != "0")
-          return Status::Error(EBUSY, "cannot checkpoint " + Pid(p->pid) + ": it is traced by pid " +
-                                          *tracer + " (a debugger?)");
+        if (tracer && *tracer != "0") {
+          // Stopped under a debugger: the module reads it as it is.
+          bool stopped = kernel_ && p->threads.empty();
+          for (pid_t other : tids) {
+            auto st = ReadFileToString("/proc/" + std::to_string(p->pid) + "/task/" + std::to_string(other) + "/stat");
+            size_t paren = st ? st->rfind(')') : std::string::npos;
+            char state = paren != std::string::npos && paren + 2 < st->size() ? (*st)[paren + 2] : '?';
+            stopped = stopped && (state == 't' || state == 'T');
+          }
+          if (stopped) {
+            p->unseized = true;
+            return Status::Ok();
+          }
+          return Status::Error(EBUSY, "cannot checkpoint " + Pid(p->pid) + ": it is traced by pid " + *tracer +
+                                          (kernel_ ? " (a debugger?) and not stopped there: stop it first"
+                                                   : " (a debugger?); with the kernel module (stasis.ko) a "
+                                                     "process stopped under a debugger can be captured"));
+        }
         return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) +
                                         ": permission denied (not your process?)");
       }
@@ -584,6 +606,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
   info.mm.env_start = p->stat.env_start;
   info.mm.env_end = p->stat.env_end;
 
+  if (p->unseized) return CaptureUnseized(p);
   // Injected queries run in the leader, with a scratch page for results.
   Tracee* leader = p->threads[0].get();
   STASIS_ASSIGN_OR_RETURN(long scratch, Inject(p, leader, SYS_mmap, 0, kScratchSize,
@@ -674,6 +697,60 @@ Status Capturer::CaptureProcess(ProcState* p) {
   STASIS_RETURN_IF_ERROR(CaptureMappings(p));
   STASIS_RETURN_IF_ERROR(CaptureFiles(p));
   return Status::Ok();
+}
+
+Status Capturer::CaptureUnseized(ProcState* p) {
+  const std::string who = Pid(p->pid);
+  auto refuse = [&](const std::string& why) {
+    return Status::Error(ENOTSUP, "cannot checkpoint " + who + " while its debugger holds it: " + why +
+                                      " needs a call in the process (detach the debugger and retry)");
+  };
+  const KernelTaskState& ks = p->kernel.state;
+  if (!ks.have) return refuse("this stasis.ko has no STASIS_IOC_TASKSTATE, so everything");
+  auto seccomp = StatusField(p->status_text, "Seccomp");
+  if (seccomp && *seccomp == "2") return refuse("reading its seccomp filters");
+  if (!p->info.posix_timers.empty()) return refuse("reading its POSIX timers");
+  if (ks.cpu_itimers) return refuse("reading its armed ITIMER_VIRTUAL/ITIMER_PROF");
+  format::ProcessInfo& info = p->info;
+  info.mm.brk = ks.brk;
+  info.sigactions = ks.actions;
+  info.itimer_real = {ks.itimer_real_interval_ns / 1000, ks.itimer_real_value_ns / 1000};
+  info.pdeathsig = ks.pdeath_signal;
+  info.child_subreaper = ks.child_subreaper;
+  info.dumpable = ks.dumpable;
+  info.timerslack_ns = ks.timer_slack_ns;
+  info.pending_shared = p->kernel.shared_pending;
+  // Stopped by its debugger's SIGSTOP or at a trap: a call a stop made fail
+  // with EINTR is recorded as restartable, as for our own group stop.
+  const StopInfo stop{StopInfo::kGroupStop, SIGSTOP, 0};
+  for (const KernelThread& kt : p->kernel.threads) {
+    format::ThreadInfo ti;
+    ti.tid = kt.tid;
+    STASIS_RETURN_IF_ERROR(ApplyKernelThread(p->kernel, stop, p->was_stopped, &ti));
+    auto comm = ReadFileToString("/proc/" + std::to_string(p->pid) + "/task/" + std::to_string(kt.tid) + "/comm");
+    if (comm) ti.comm = comm->substr(0, comm->find('\n'));
+    auto it = ks.threads.find(kt.tid);
+    if (it == ks.threads.end())
+      return Status::Error(EAGAIN, "thread " + std::to_string(kt.tid) + " of " + who + " is not in TASKSTATE");
+    const KernelTaskState::ThreadState& t = it->second;
+    ti.altstack_sp = t.altstack_sp;
+    ti.altstack_flags = static_cast<uint32_t>(t.altstack_flags);
+    ti.altstack_size = t.altstack_size;
+    ti.timerslack_ns = t.timer_slack_ns;
+    ti.clear_tid_address = t.clear_child_tid;
+    ti.rseq_address = t.rseq;
+    ti.rseq_length = t.rseq_len;
+    ti.rseq_signature = t.rseq_sig;
+    uint64_t head = 0;
+    size_t len = 0;
+    if (::syscall(SYS_get_robust_list, kt.tid, &head, &len) == 0) {
+      ti.robust_list = head;
+      ti.robust_list_len = len;
+    }
+    p->thread_infos.push_back(std::move(ti));
+  }
+  STASIS_RETURN_IF_ERROR(CaptureMappings(p));
+  return CaptureFiles(p);
 }
 
 Status Capturer::CaptureThreads(ProcState* p) {
@@ -987,6 +1064,9 @@ Status Capturer::CaptureFiles(ProcState* p) {
           return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": this kernel does not show a pty's index");
         f.kind = format::kFilePtyMaster;
         f.pos = strtoull(index->c_str(), nullptr, 10);
+        if (p->unseized)
+          return Status::Error(ENOTSUP, "cannot checkpoint " + where + " while its debugger holds the process: "
+                                            "reading its terminal settings needs a call in the process");
         Tracee* leader = p->threads[0].get();
         char state[52] = {0};
         STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_ioctl, static_cast<uint64_t>(fd), 0x802C542A /* TCGETS2 */,
@@ -1101,6 +1181,9 @@ Status Capturer::CaptureFiles(ProcState* p) {
         // until it is read, when it is forwarded over the ones it missed:
         // read the real count in the process, and put it back.
         constexpr uint64_t kTfdIocSetTicks = 0x40085400;  // _IOW('T', 0, u64)
+        if (p->unseized)
+          return Status::Error(ENOTSUP, "cannot checkpoint " + where + " while its debugger holds the process: "
+                                            "reading a timerfd's expirations needs a call in the process");
         Tracee* leader = p->threads[0].get();
         STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_read, static_cast<uint64_t>(fd), p->scratch, 8));
         if (r == 8) {
@@ -1358,6 +1441,11 @@ void Capturer::Track(uint64_t token, CheckpointStats* stats) {
   token_ = token;
   for (auto& p : procs_) {
     if (p->zombie) continue;
+    if (p->unseized) {
+      stats->track_note += (stats->track_note.empty() ? "" : "; ") + Pid(p->pid) +
+                           ": not tracked (its debugger holds it: no call can be injected)";
+      continue;
+    }
     std::string w;
     bool ok = TrackProcess(p.get(), token, &w);
     if (!w.empty()) stats->track_note += (stats->track_note.empty() ? "" : "; ") + w;
@@ -1626,6 +1714,8 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
       e.task = t.task;
     }
     for (auto& t : p->threads) e.tids.push_back(static_cast<uint32_t>(t->tid()));
+    if (p->unseized)
+      for (const auto& ti : p->thread_infos) e.tids.push_back(ti.tid);
     if (p->zombie) {
       e.flags |= format::kProcZombie;
       e.exit_code = p->stat.exit_code;
@@ -2188,6 +2278,7 @@ Status Capturer::Release(AfterCheckpoint after) {
     int sig = 0;
     if (after == AfterCheckpoint::kKill) ::kill(p->pid, SIGKILL);
     if (after == AfterCheckpoint::kTerm) sig = SIGTERM;
+    if (p->unseized && sig == SIGTERM) ::kill(p->pid, SIGTERM);  // no tracee of ours to send it
     if (after == AfterCheckpoint::kStop || p->was_stopped) sig = SIGSTOP;
     for (auto& t : p->threads) {
       Status s = t->RestoreAndDetach(t->tid() == p->pid ? sig : 0);

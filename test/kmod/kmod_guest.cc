@@ -15,12 +15,14 @@
 //
 // The test process ("target") is this same binary, forked.
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -39,6 +41,7 @@
 #include "engine/base/io.h"
 #include "engine/core/engine.h"
 #include "engine/core/kernel_capture.h"
+#include "engine/core/procfs.h"
 #include "engine/format/context_io.h"
 #include "kmod/include/uapi/stasis_kmod.h"
 
@@ -748,14 +751,84 @@ int Bench(uint64_t mib) {
 
 }  // namespace
 
+// --- a process under a debugger ----------------------------------------------
+
+// The target stopped and held by a "debugger" (a child that PTRACE_SEIZEs
+// every thread): the engine cannot seize it, so it captures it through the
+// module alone (no injected call), leaves it to its debugger, and the
+// context restores and passes the program's own checks.
+int TestTraced() {
+  pid_t pid = StartStoppedTarget();
+  int ready[2];
+  if (!Check(::pipe(ready) == 0, "pipe")) return Report("kmod_traced");
+  pid_t dbg = fork();
+  if (dbg == 0) {
+    std::vector<long> tids;
+    if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/task").c_str())) {
+      while (struct dirent* e = readdir(d))
+        if (e->d_name[0] != '.') tids.push_back(std::atol(e->d_name));
+      closedir(d);
+    }
+    bool ok = !tids.empty();
+    for (long t : tids) ok = ok && ::ptrace(PTRACE_SEIZE, t, nullptr, nullptr) == 0;
+    char c = ok ? 'y' : 'n';
+    if (::write(ready[1], &c, 1) != 1) _exit(1);
+    for (;;) pause();
+  }
+  char c = 0;
+  Check(::read(ready[0], &c, 1) == 1 && c == 'y', "the debugger could not seize the target");
+  usleep(100000);  // seized stopped threads move to their trap stop
+  stasis::StringSink sink;
+  auto stats = CaptureTo(pid, CaptureBackend::kKernel, &sink, stasis::core::AfterCheckpoint::kContinue);
+  // The debugger still holds it, stopped: nothing of ours was left in it.
+  auto status = stasis::core::ReadFileToString("/proc/" + std::to_string(pid) + "/status");
+  Check(status && status->find("TracerPid:\t" + std::to_string(dbg)) != std::string::npos,
+        "the debugger lost the target");
+  ::kill(dbg, SIGKILL);
+  ::waitpid(dbg, nullptr, 0);
+  KillTarget(pid);
+  if (!Check(stats.has_value(), "capture under a debugger: " + (stats ? "" : stats.error().message())))
+    return Report("kmod_traced");
+  Check(stats->kernel_backend && stats->threads == kThreads + 1,
+        "captured " + std::to_string(stats->threads) + " threads, kernel backend " +
+            std::to_string(stats->kernel_backend));
+  std::printf("kmod_traced: captured %u threads, %.1f MiB while pid %d's debugger held it\n", stats->threads,
+              stats->page_bytes / 1048576.0, pid);
+  stasis::MemorySource source(sink.bytes().data(), sink.bytes().size());
+  stasis::core::RestoreOptions ropt;
+  auto restored = stasis::core::Restore(&source, ropt);
+  if (!Check(restored.has_value(), "restore: " + (restored ? "" : restored.error().message())))
+    return Report("kmod_traced");
+  pid_t r = restored->wait_pid;
+  usleep(200000);
+  kill(r, SIGCONT);
+  kill(restored->root_pid, SIGUSR1);
+  int st = 0;
+  pid_t got = 0;
+  for (int i = 0; i < 600 && got == 0; ++i) {
+    got = waitpid(r, &st, WNOHANG);
+    if (got == 0) usleep(100000);
+  }
+  if (got == 0) {
+    kill(r, SIGKILL);
+    waitpid(r, &st, 0);
+    Check(false, "the restored program did not finish within 60 s of SIGUSR1");
+  } else {
+    Check(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "the restored program reports a broken state (wait status " + std::to_string(st) + ")");
+  }
+  return Report("kmod_traced");
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "restore") return TestRestore();
   if (cmd == "equivalent") return TestEquivalent();
   if (cmd == "hostile") return TestHostile();
+  if (cmd == "traced") return TestTraced();
   if (cmd == "capture-once") return CaptureOnce();
   if (cmd == "bench" && argc > 2) return Bench(std::strtoull(argv[2], nullptr, 10));
-  std::fprintf(stderr, "usage: kmod_guest restore|equivalent|hostile|capture-once|bench MIB\n");
+  std::fprintf(stderr, "usage: kmod_guest restore|equivalent|hostile|traced|capture-once|bench MIB\n");
   return 2;
 }
