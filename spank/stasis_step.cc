@@ -80,6 +80,7 @@ const char* const kTool = "stasis-step";
 // writes it in STASIS_RESTART_TASK.
 const char* const kBatchStepId = "4294967291";
 
+
 [[noreturn]] void Die(const std::string& message, int code = 1) {
   stasis::cli::Die(kTool, message, code);
 }
@@ -88,6 +89,9 @@ std::string Env(const char* name, const std::string& fallback = "") {
   const char* v = std::getenv(name);
   return v && *v ? std::string(v) : fallback;
 }
+
+// Is this the batch step's task that the plugin made a restart?
+bool IsBatchRestart() { return Env("STASIS_RESTART_TASK") == Env("SLURM_JOB_ID") + "." + kBatchStepId; }
 
 double Now() {
   struct timespec ts;
@@ -1167,7 +1171,7 @@ struct TaskEnv {
 
 Result<TaskEnv> ReadTaskEnv() {
   TaskEnv t;
-  if (Env("STASIS_RESTART_TASK") == Env("SLURM_JOB_ID") + "." + kBatchStepId) {
+  if (IsBatchRestart()) {
     // The batch script: one task on the batch node, no step variables.
     t.job = Env("SLURM_JOB_ID");
     t.step = "batch";
@@ -1495,8 +1499,7 @@ int main(int argc, char** argv) {
   // A task of a --restart-from step: spank_stasis.so rewrote its command.
   const std::string restart = Env("STASIS_RESTART_TASK");
   if (!restart.empty() &&
-      (restart == Env("SLURM_JOB_ID") + "." + Env("SLURM_STEP_ID", Env("SLURM_STEPID")) ||
-       restart == Env("SLURM_JOB_ID") + "." + kBatchStepId))
+      (restart == Env("SLURM_JOB_ID") + "." + Env("SLURM_STEP_ID", Env("SLURM_STEPID")) || IsBatchRestart()))
     return RunRestartTask(argv);
   if (argc < 2) stasis::cli::Usage(kTool, kUsage);
   std::string mode = argv[1];

@@ -77,6 +77,16 @@ constexpr uint32_t kVmUffdWp = 1u << 30;
 bool IsZeroPage(const char* page);
 bool IsDeleted(const std::string& path);
 
+// The robust futex list of thread ti->tid, read from outside (no call in it).
+void ReadRobustList(format::ThreadInfo* ti) {
+  uint64_t head = 0;
+  size_t len = 0;
+  if (::syscall(SYS_get_robust_list, ti->tid, &head, &len) == 0) {
+    ti->robust_list = head;
+    ti->robust_list_len = len;
+  }
+}
+
 struct ProcState {
   pid_t pid = 0;
   ProcStat stat;
@@ -166,6 +176,10 @@ class Capturer {
   // An upper bound of the context's size, from the captured mappings and
   // the pagemap (zero pages are not known yet, so they count).
   Result<uint64_t> EstimateBytes();
+  // Private page data this capture stores for `p` (written pages of its
+  // tracked mappings, present ones elsewhere; zero pages count), counted
+  // until it exceeds `enough`.
+  Result<uint64_t> PageBytesToStore(ProcState* p, uint64_t enough = UINT64_MAX);
 
  private:
   Result<std::vector<pid_t>> DiscoverScope();
@@ -625,8 +639,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
   // (kmod_equivalent checks they equal what the injected calls give).
   const KernelTaskState* ks = kernel_ && p->kernel.state.have ? &p->kernel.state : nullptr;
   if (ks) {
-    info.mm.brk = ks->brk;
-    info.sigactions = ks->actions;
+    ApplyKernelProcessState(*ks, &info);
   } else {
     STASIS_ASSIGN_OR_RETURN(long brk, Inject(p, leader, SYS_brk, 0));
     info.mm.brk = static_cast<uint64_t>(brk);
@@ -657,7 +670,6 @@ Status Capturer::CaptureProcess(ProcState* p) {
     t.interval_ns = static_cast<uint64_t>(v[0] * 1000000000 + v[1]);
     t.value_ns = static_cast<uint64_t>(v[2] * 1000000000 + v[3]);
   }
-  if (ks) info.itimer_real = {ks->itimer_real_interval_ns / 1000, ks->itimer_real_value_ns / 1000};
   for (int which = ks ? 1 : 0; which < 3 && (!ks || ks->cpu_itimers); ++which) {
     STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_getitimer, static_cast<uint64_t>(which),
                                            p->scratch));
@@ -668,12 +680,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
                            static_cast<uint64_t>(v[2] * 1000000 + v[3])};
     (which == 0 ? info.itimer_real : which == 1 ? info.itimer_virtual : info.itimer_prof) = iv;
   }
-  if (ks) {
-    info.pdeathsig = ks->pdeath_signal;
-    info.child_subreaper = ks->child_subreaper;
-    info.dumpable = ks->dumpable;
-    info.timerslack_ns = ks->timer_slack_ns;
-  } else {
+  if (!ks) {
     STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_prctl, PR_GET_PDEATHSIG, p->scratch));
     if (r == 0) {
       int32_t v = 0;
@@ -711,15 +718,8 @@ Status Capturer::CaptureUnseized(ProcState* p) {
   if (seccomp && *seccomp == "2") return refuse("reading its seccomp filters");
   if (!p->info.posix_timers.empty()) return refuse("reading its POSIX timers");
   if (ks.cpu_itimers) return refuse("reading its armed ITIMER_VIRTUAL/ITIMER_PROF");
-  format::ProcessInfo& info = p->info;
-  info.mm.brk = ks.brk;
-  info.sigactions = ks.actions;
-  info.itimer_real = {ks.itimer_real_interval_ns / 1000, ks.itimer_real_value_ns / 1000};
-  info.pdeathsig = ks.pdeath_signal;
-  info.child_subreaper = ks.child_subreaper;
-  info.dumpable = ks.dumpable;
-  info.timerslack_ns = ks.timer_slack_ns;
-  info.pending_shared = p->kernel.shared_pending;
+  ApplyKernelProcessState(ks, &p->info);
+  p->info.pending_shared = p->kernel.shared_pending;
   // Stopped by its debugger's SIGSTOP or at a trap: a call a stop made fail
   // with EINTR is recorded as restartable, as for our own group stop.
   const StopInfo stop{StopInfo::kGroupStop, SIGSTOP, 0};
@@ -729,24 +729,10 @@ Status Capturer::CaptureUnseized(ProcState* p) {
     STASIS_RETURN_IF_ERROR(ApplyKernelThread(p->kernel, stop, p->was_stopped, &ti));
     auto comm = ReadFileToString("/proc/" + std::to_string(p->pid) + "/task/" + std::to_string(kt.tid) + "/comm");
     if (comm) ti.comm = comm->substr(0, comm->find('\n'));
-    auto it = ks.threads.find(kt.tid);
-    if (it == ks.threads.end())
-      return Status::Error(EAGAIN, "thread " + std::to_string(kt.tid) + " of " + who + " is not in TASKSTATE");
-    const KernelTaskState::ThreadState& t = it->second;
-    ti.altstack_sp = t.altstack_sp;
-    ti.altstack_flags = static_cast<uint32_t>(t.altstack_flags);
-    ti.altstack_size = t.altstack_size;
-    ti.timerslack_ns = t.timer_slack_ns;
-    ti.clear_tid_address = t.clear_child_tid;
-    ti.rseq_address = t.rseq;
-    ti.rseq_length = t.rseq_len;
-    ti.rseq_signature = t.rseq_sig;
-    uint64_t head = 0;
-    size_t len = 0;
-    if (::syscall(SYS_get_robust_list, kt.tid, &head, &len) == 0) {
-      ti.robust_list = head;
-      ti.robust_list_len = len;
-    }
+    const KernelTaskState::ThreadState* t = ks.ThreadOf(kt.tid);
+    if (!t) return Status::Error(EAGAIN, "thread " + std::to_string(kt.tid) + " of " + who + " is not in TASKSTATE");
+    ApplyKernelThreadState(*t, &ti);
+    ReadRobustList(&ti);
     p->thread_infos.push_back(std::move(ti));
   }
   STASIS_RETURN_IF_ERROR(CaptureMappings(p));
@@ -779,63 +765,42 @@ Status Capturer::CaptureThreads(ProcState* p) {
                                  std::to_string(t->tid()) + "/comm");
     if (comm) ti.comm = comm->substr(0, comm->find('\n'));
 
-    struct {
-      uint64_t sp;
-      int32_t flags;
-      int32_t pad;
-      uint64_t size;
-    } ss{};
-    auto kst = kernel_ && p->kernel.state.have ? p->kernel.state.threads.find(ti.tid)
-                                               : p->kernel.state.threads.end();
-    const KernelTaskState::ThreadState* kt = kst != p->kernel.state.threads.end() ? &kst->second : nullptr;
+    const KernelTaskState::ThreadState* kt = kernel_ ? p->kernel.state.ThreadOf(ti.tid) : nullptr;
     if (kt) {
-      ss.sp = kt->altstack_sp;
-      ss.flags = kt->altstack_flags;
-      ss.size = kt->altstack_size;
+      ApplyKernelThreadState(*kt, &ti);
     } else {
+      struct {
+        uint64_t sp;
+        int32_t flags;
+        int32_t pad;
+        uint64_t size;
+      } ss{};
       STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_sigaltstack, 0, p->scratch));
       if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read altstack of thread " +
                                                                       std::to_string(t->tid()));
       STASIS_RETURN_IF_ERROR(ReadScratch(p, &ss, sizeof ss));
-    }
-    ti.altstack_sp = ss.sp;
-    ti.altstack_flags = static_cast<uint32_t>(ss.flags);
-    ti.altstack_size = ss.size;
-
-    if (kt) {
-      ti.timerslack_ns = kt->timer_slack_ns;
-      ti.clear_tid_address = kt->clear_child_tid;
-    } else {
+      ti.altstack_sp = ss.sp;
+      ti.altstack_flags = static_cast<uint32_t>(ss.flags);
+      ti.altstack_size = ss.size;
       STASIS_ASSIGN_OR_RETURN(long slack, Inject(p, t.get(), SYS_prctl, PR_GET_TIMERSLACK));
       if (slack > 0) ti.timerslack_ns = static_cast<uint64_t>(slack);
-      STASIS_ASSIGN_OR_RETURN(long r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */,
-                                             p->scratch));
+      STASIS_ASSIGN_OR_RETURN(r, Inject(p, t.get(), SYS_prctl, 40 /* PR_GET_TID_ADDRESS */, p->scratch));
       if (r == 0) STASIS_RETURN_IF_ERROR(ReadScratch(p, &ti.clear_tid_address, 8));
+      struct {
+        uint64_t ptr;
+        uint32_t size;
+        uint32_t sig;
+        uint32_t flags;
+        uint32_t pad;
+      } rseq{};
+      if (::ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */), t->tid(),
+                   reinterpret_cast<void*>(sizeof rseq), &rseq) > 0) {
+        ti.rseq_address = rseq.ptr;
+        ti.rseq_length = rseq.size;
+        ti.rseq_signature = rseq.sig;
+      }
     }
-
-    uint64_t head = 0;
-    size_t len = 0;
-    if (::syscall(SYS_get_robust_list, t->tid(), &head, &len) == 0) {
-      ti.robust_list = head;
-      ti.robust_list_len = len;
-    }
-    struct {
-      uint64_t ptr;
-      uint32_t size;
-      uint32_t sig;
-      uint32_t flags;
-      uint32_t pad;
-    } rseq{};
-    if (kt) {
-      ti.rseq_address = kt->rseq;
-      ti.rseq_length = kt->rseq_len;
-      ti.rseq_signature = kt->rseq_sig;
-    } else if (::ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */),
-                        t->tid(), reinterpret_cast<void*>(sizeof rseq), &rseq) > 0) {
-      ti.rseq_address = rseq.ptr;
-      ti.rseq_length = rseq.size;
-      ti.rseq_signature = rseq.sig;
-    }
+    ReadRobustList(&ti);
     p->thread_infos.push_back(std::move(ti));
   }
   return Status::Ok();
@@ -1258,28 +1223,35 @@ bool MappingHasPages(const Mapping& m) {
 
 }  // namespace
 
+Result<uint64_t> Capturer::PageBytesToStore(ProcState* p, uint64_t enough) {
+  uint64_t bytes = 0;
+  for (const PageRun& r : p->dirty_runs) bytes += r.npages * kPageSize;
+  UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(p->pid));
+  std::vector<uint64_t> pm;
+  for (const Mapping& m : p->mappings) {
+    if (bytes > enough) break;
+    if (!MappingHasPages(m) || m.start == p->scratch_address || p->incremental_maps.count(m.start)) continue;
+    pm.resize((m.end - m.start) / kPageSize);
+    ssize_t n = ::pread(pagemap.get(), pm.data(), pm.size() * 8, static_cast<off_t>(m.start / kPageSize * 8));
+    if (n != static_cast<ssize_t>(pm.size() * 8))
+      return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
+    for (uint64_t e : pm)
+      if (PageWanted(e, m.kind == format::kMapAnon)) bytes += kPageSize;
+  }
+  return bytes;
+}
+
 Result<uint64_t> Capturer::EstimateBytes() {
   // Metadata: a generous 64 KiB per process and 4 KiB per mapping.
   uint64_t bytes = 1u << 20;
   for (auto& [id, shm] : shms_) bytes += shm.info.size;
-  std::vector<uint64_t> pm;
   for (auto& p : procs_) {
     bytes += 64u << 10;
     if (p->zombie) continue;
-    UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(),
-                            O_RDONLY | O_CLOEXEC));
-    if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + Pid(p->pid));
-    for (const Mapping& m : p->mappings) {
-      bytes += 4096;
-      if (!MappingHasPages(m) || m.start == p->scratch_address) continue;
-      uint64_t npages = (m.end - m.start) / kPageSize;
-      pm.resize(npages);
-      ssize_t n = ::pread(pagemap.get(), pm.data(), npages * 8, static_cast<off_t>(m.start / kPageSize * 8));
-      if (n != static_cast<ssize_t>(npages * 8))
-        return Status::FromErrno(n < 0 ? errno : EIO, "read pagemap of " + Pid(p->pid));
-      for (uint64_t e : pm)
-        if (PageWanted(e, m.kind == format::kMapAnon)) bytes += kPageSize;
-    }
+    bytes += 4096 * p->mappings.size();
+    STASIS_ASSIGN_OR_RETURN(uint64_t pages, PageBytesToStore(p.get()));
+    bytes += pages;
   }
   return bytes;
 }
@@ -2127,23 +2099,10 @@ bool Capturer::Snapshot(std::string* why_not) {
   for (auto& p : procs_) incremental |= p->incremental;
   if (incremental) {
     uint64_t bytes = 0;
-    std::vector<uint64_t> pm;
     for (auto& p : procs_) {
       if (p->zombie || bytes > kFrozenWriteBytes) continue;
-      for (const PageRun& r : p->dirty_runs) bytes += r.npages * kPageSize;
-      UniqueFd pagemap(::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
-      for (const Mapping& m : p->mappings) {
-        if (!MappingHasPages(m) || m.start == p->scratch_address || p->incremental_maps.count(m.start)) continue;
-        pm.resize((m.end - m.start) / kPageSize);
-        if (!pagemap || ::pread(pagemap.get(), pm.data(), pm.size() * 8, static_cast<off_t>(m.start / kPageSize * 8)) !=
-                            static_cast<ssize_t>(pm.size() * 8)) {
-          bytes = UINT64_MAX;
-          break;
-        }
-        for (uint64_t e : pm)
-          if (PageWanted(e, m.kind == format::kMapAnon)) bytes += kPageSize;
-        if (bytes > kFrozenWriteBytes) break;
-      }
+      auto more = PageBytesToStore(p.get(), kFrozenWriteBytes);
+      bytes = more ? bytes + *more : UINT64_MAX;
     }
     if (bytes <= kFrozenWriteBytes) {
       *why_not = "an incremental capture with " + std::to_string(bytes >> 20) +

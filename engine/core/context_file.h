@@ -65,5 +65,8 @@ Result<format::ImageInfo> ReadContextImage(const std::string& path);
 // (ImageInfo::parent): the parent's name when both are in one folder, so
 // that the pair can be moved together, else its absolute path.
 Result<std::string> ParentReference(const std::string& child, const std::string& parent);
+// The other way: the path of the parent a context at `child` records as
+// `recorded` (relative to the child's folder unless absolute).
+std::string ResolveParent(const std::string& child, const std::string& recorded);
 
 }  // namespace stasis::core

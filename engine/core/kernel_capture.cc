@@ -239,6 +239,27 @@ Result<KernelTask> KernelCapture::CaptureTask(pid_t pid) {
   return task;
 }
 
+void ApplyKernelProcessState(const KernelTaskState& state, format::ProcessInfo* info) {
+  info->mm.brk = state.brk;
+  info->sigactions = state.actions;
+  info->itimer_real = {state.itimer_real_interval_ns / 1000, state.itimer_real_value_ns / 1000};
+  info->pdeathsig = state.pdeath_signal;
+  info->child_subreaper = state.child_subreaper;
+  info->dumpable = state.dumpable;
+  info->timerslack_ns = state.timer_slack_ns;
+}
+
+void ApplyKernelThreadState(const KernelTaskState::ThreadState& state, format::ThreadInfo* ti) {
+  ti->altstack_sp = state.altstack_sp;
+  ti->altstack_flags = static_cast<uint32_t>(state.altstack_flags);
+  ti->altstack_size = state.altstack_size;
+  ti->timerslack_ns = state.timer_slack_ns;
+  ti->clear_tid_address = state.clear_child_tid;
+  ti->rseq_address = state.rseq;
+  ti->rseq_length = state.rseq_len;
+  ti->rseq_signature = state.rseq_sig;
+}
+
 Result<KernelTaskState> ParseKernelTaskState(pid_t pid, const std::string& records) {
   KernelTaskState st;
   const std::string bad = "kernel capture of " + Pid(pid) + ": malformed handlers, timers and altstacks";

@@ -72,7 +72,17 @@ struct KernelTaskState {
     uint32_t rseq_len = 0, rseq_sig = 0;
   };
   std::map<uint32_t, ThreadState> threads;  // by tid
+  const ThreadState* ThreadOf(uint32_t tid) const {
+    auto it = have ? threads.find(tid) : threads.end();
+    return it == threads.end() ? nullptr : &it->second;
+  }
 };
+
+// Puts what TASKSTATE reported in place of the injected calls' answers:
+// brk, handlers, ITIMER_REAL (in us, truncated as getitimer does), and the
+// prctl values (process); altstack, timer slack, tid address, rseq (thread).
+void ApplyKernelProcessState(const KernelTaskState& state, format::ProcessInfo* info);
+void ApplyKernelThreadState(const KernelTaskState::ThreadState& state, format::ThreadInfo* ti);
 
 // One stopped process as the module sees it.
 struct KernelTask {

@@ -1358,12 +1358,6 @@ std::vector<format::PageRun> IntersectRuns(const std::vector<format::PageRun>& a
   return out;
 }
 
-std::string Dirname(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 }  // namespace
 
 Status Restorer::ApplyParents(const format::ImageInfo& image) {
@@ -1378,7 +1372,7 @@ Status Restorer::ApplyParents(const format::ImageInfo& image) {
     if (options_.open_parent) {
       STASIS_ASSIGN_OR_RETURN(source, options_.open_parent(child, recorded, &path));
     } else {
-      path = !recorded.empty() && recorded[0] == '/' ? recorded : Dirname(child) + "/" + recorded;
+      path = ResolveParent(child, recorded);
       auto opened = OpenContextForRead(path);
       // A missing parent makes this context unusable, like a damaged one
       // (EBADMSG: a restart from a job folder then tries an older epoch).

@@ -603,6 +603,25 @@ Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, co
   return *image;
 }
 
+Result<uint32_t> ParentLinks(const JobFolder& job, uint64_t epoch, const std::string& file,
+                             format::ImageInfo image, uint32_t limit) {
+  uint32_t links = 0;
+  while (!image.parent.empty() && links < limit) {
+    const uint64_t d = ParentEpochOf(image.parent);
+    if (d == 0 || d >= epoch)
+      return Status::Error(EBADMSG, file + " names a parent outside its job folder: " + image.parent);
+    auto up = ReadNodeImage(job, d, file);
+    if (!up) return up.error().Prefixed(file + ": its parent in epoch " + std::to_string(d));
+    if (up->token != image.parent_token)
+      return Status::Error(EBADMSG, file + ": its parent in epoch " + std::to_string(d) +
+                                        " is not the file it was taken after (token mismatch)");
+    ++links;
+    image = *up;
+    epoch = d;
+  }
+  return links;
+}
+
 ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node, const std::string& step,
                           uint32_t full_every) {
   ParentChoice c;
@@ -634,18 +653,12 @@ ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t nod
     return c;
   }
   // Links below the parent, down to a full context.
-  uint32_t links = 0;
-  format::ImageInfo at = *image;
-  uint64_t at_epoch = prev->epoch;
-  while (!at.parent.empty() && links < full_every) {
-    const uint64_t d = ParentEpochOf(at.parent);
-    if (d == 0 || d >= at_epoch) break;
-    auto up = ReadNodeImage(job, d, file);
-    if (!up) break;
-    ++links;
-    at = *up;
-    at_epoch = d;
+  auto below = ParentLinks(job, prev->epoch, file, *image, full_every);
+  if (!below) {
+    c.why_full = "the chain below epoch " + std::to_string(prev->epoch) + " is broken: " + below.error().message();
+    return c;
   }
+  const uint32_t links = *below;
   // The new context would make the chain links + 2 long (full included).
   if (links + 2 > full_every) {
     c.why_full = "a full epoch every " + std::to_string(full_every);
@@ -770,27 +783,8 @@ Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochIn
     // An incremental file restarts only with its whole chain: each parent
     // there, with the token it was taken after (their own checksums are
     // verified with their epochs).
-    format::ImageInfo at = ctx->image;
-    uint64_t at_epoch = epoch.epoch;
-    for (int depth = 0; !at.parent.empty() && depth < 1000; ++depth) {
-      const uint64_t d = ParentEpochOf(at.parent);
-      if (d == 0 || d >= at_epoch) {
-        problems.push_back(f.name + ": names a parent outside its job folder: " + at.parent);
-        break;
-      }
-      auto up = ReadNodeImage(job, d, f.name);
-      if (!up) {
-        problems.push_back(f.name + ": its parent in epoch " + std::to_string(d) + ": " + up.error().message());
-        break;
-      }
-      if (up->token != at.parent_token) {
-        problems.push_back(f.name + ": its parent in epoch " + std::to_string(d) +
-                           " is not the file it was taken after (token mismatch)");
-        break;
-      }
-      at = *up;
-      at_epoch = d;
-    }
+    auto chain = ParentLinks(job, epoch.epoch, f.name, ctx->image, 1000);
+    if (!chain) problems.push_back(chain.error().message());
   }
   return problems;
 }

@@ -218,6 +218,12 @@ uint64_t ParentEpochOf(const std::string& recorded);
 // the rest of the file unread).
 Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, const std::string& file);
 
+// How many parents the node file `file` of `epoch` whose Image is `image`
+// has, down to a full context (at most `limit` followed): each must be there
+// and be the file it was taken after (same token), else the error names it.
+Result<uint32_t> ParentLinks(const JobFolder& job, uint64_t epoch, const std::string& file,
+                             format::ImageInfo image, uint32_t limit);
+
 // What node `node` of step `step` should write in the new epoch
 // `new_epoch`: incremental against the same node's file of the newest
 // complete epoch below it, when that file was taken tracking (it has a
