@@ -13,10 +13,11 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
-#include <algorithm>
 #include <deque>
 #include <fstream>
 #include <map>
@@ -30,7 +31,6 @@
 #include "engine/format/context.h"
 #include "engine/format/context_io.h"
 #include "engine/format/protocol.h"
-
 
 namespace stasis::daemon {
 
@@ -158,6 +158,38 @@ class Server {
   bool stopping_ = false;
 };
 
+// A folder stasisd trusts (its socket's, its state folder) must be one no
+// user can swap or fill: every component of its resolved path is owned by
+// root and writable by nobody else, or sticky (/tmp: others may add
+// entries but not rename or remove root's). Otherwise a user who made
+// /tmp/stasisd-state first would write the records the next stasisd acts
+// on as root, or put their own socket where clients expect stasisd's.
+Status CheckTrustedFolder(const std::string& dir, const char* what) {
+  char real[PATH_MAX];
+  if (!::realpath(dir.c_str(), real))
+    return Status::FromErrno(errno, std::string(what) + " " + dir);
+  std::string path = real;
+  for (size_t end = 1; end <= path.size(); ++end) {
+    if (end < path.size() && path[end] != '/') continue;
+    const std::string part = path.substr(0, end);
+    struct stat st;
+    if (::lstat(part.c_str(), &st) != 0)
+      return Status::FromErrno(errno, std::string(what) + " " + part);
+    const bool last = end == path.size();
+    if (!S_ISDIR(st.st_mode))
+      return Status::Error(ENOTDIR,
+                           std::string(what) + " " + dir + ": " + part + " is not a folder");
+    if (st.st_uid != 0)
+      return Status::Error(EPERM, std::string(what) + " " + dir + ": " + part + " belongs to uid " +
+                                      std::to_string(st.st_uid) +
+                                      ", not to root; refusing to trust it");
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX) && !last)
+      return Status::Error(EPERM, std::string(what) + " " + dir + ": " + part +
+                                      " is writable by others than root; refusing to trust it");
+  }
+  return Status::Ok();
+}
+
 Status Server::Listen() {
   // Folders: the socket's (world-searchable), the state folder (root only).
   for (const std::string& dir : {config_.socket.substr(0, config_.socket.rfind('/')), config_.state_dir}) {
@@ -172,6 +204,10 @@ Status Server::Listen() {
         return Status::FromErrno(errno, "create folder " + partial);
     }
   }
+  if (!config_.socket.empty() && config_.socket.rfind('/') > 0)
+    STASIS_RETURN_IF_ERROR(
+        CheckTrustedFolder(config_.socket.substr(0, config_.socket.rfind('/')), "socket folder"));
+  STASIS_RETURN_IF_ERROR(CheckTrustedFolder(config_.state_dir, "state_dir"));
   ::chmod(config_.state_dir.c_str(), 0700);
   struct sockaddr_un addr;
   std::memset(&addr, 0, sizeof addr);

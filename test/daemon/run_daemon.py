@@ -713,6 +713,48 @@ def case_config():
     print("OK a good configuration passes --check-config")
 
 
+def case_attack_state_dir():
+    """Issue 23: a user who creates stasisd's state folder (or its socket
+    folder) before stasisd starts would own the records a later stasisd
+    acts on as root. stasisd refuses to start on a folder that is not
+    root's alone, naming it, and starts on a root folder in sticky /tmp."""
+    a = USERS[0]
+    uid = pwd.getpwnam(a).pw_uid
+    for what, key in (("state_dir", "state"), ("socket folder", "sockdir")):
+        base = os.path.join(WORK, "planted_" + key)
+        os.makedirs(base)
+        os.chmod(base, 0o1777)  # like /tmp: anyone may create entries
+        planted = os.path.join(base, "stasis")
+        subprocess.run(as_user(a, ["mkdir", "-m", "0777", planted]), check=True)
+        d = Daemon("planted_" + key)
+        with open(d.config, "w") as f:
+            sock = os.path.join(planted, "sock") if key == "sockdir" else d.sock
+            state = os.path.join(planted, "state") if key == "state" else d.state
+            f.write(f"socket: {sock}\nstate_dir: {state}\nallowed_roots: [{WORK}/ckpt]\n")
+        p = subprocess.run([tool("stasisd"), "-c", d.config], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=20)
+        if p.returncode == 0 or not re.search(rf"{what} .*belongs to uid {uid}, not to root", p.stdout):
+            fail(f"stasisd started on a {what} owned by {a}: rc {p.returncode}: {p.stdout!r}")
+        if os.path.exists(os.path.join(planted, "sock")):
+            fail(f"stasisd made its socket in {a}'s folder")
+        print(f"OK refused a {what} of {a}'s: {p.stdout.strip()}")
+    # A root-owned folder inside a sticky, world-writable one is fine.
+    sticky = os.path.join(WORK, "sticky")
+    os.makedirs(sticky)
+    os.chmod(sticky, 0o1777)
+    d = Daemon("sticky")
+    with open(d.config, "w") as f:
+        f.write(f"socket: {sticky}/sock\nstate_dir: {sticky}/state\nallowed_roots: [{WORK}/ckpt]\n")
+    d.sock = os.path.join(sticky, "sock")
+    d.start()
+    st = os.stat(os.path.join(sticky, "state"))
+    if st.st_uid != 0 or (st.st_mode & 0o777) != 0o700:
+        fail(f"state folder is {oct(st.st_mode)} uid {st.st_uid}, expected root's 0700")
+    run([tool("stasis"), "status"], user=a, sock=d.sock)
+    d.stop()
+    print("OK stasisd starts on root folders inside a sticky /tmp-like folder")
+
+
 def case_libcr():
     """BLCR's API through stasisd: libcr's cr_request_checkpoint runs
     cr_checkpoint, which hands the request to the daemon; cr_restart too."""
@@ -753,6 +795,7 @@ CASES = {
     "store_faults": case_store_faults,
     "store_incremental": case_store_incremental,
     "config": case_config,
+    "attack_state_dir": case_attack_state_dir,
 }
 
 
