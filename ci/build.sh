@@ -13,8 +13,11 @@ if [[ -f $build_dir/CMakeCache.txt ]] &&
   exit 1
 fi
 
-if [[ ! -f $build_dir/build.ninja || $# -gt 0 ]]; then
-  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@"
+# CI's builds treat warnings as errors (STASIS_WERROR; off for users and
+# packagers): also in a folder configured before the option existed.
+if [[ ! -f $build_dir/build.ninja || $# -gt 0 ]] ||
+   ! grep -qx 'STASIS_WERROR:BOOL=ON' "$build_dir/CMakeCache.txt"; then
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTASIS_WERROR=ON "$@"
 fi
 # Ninja re-runs CMake by itself when a CMakeLists.txt changed.
 cmake --build "$build_dir"

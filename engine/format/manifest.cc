@@ -268,7 +268,10 @@ Result<std::string> EncodeManifest(const Manifest& m) {
   for (const ManifestNode& n : m.nodes) {
     out += "node " + std::to_string(n.index) + " host=" + Escape(n.host) + " file=" + Escape(n.file) +
            " tasks=";
-    for (size_t i = 0; i < n.tasks.size(); ++i) out += (i ? "," : "") + std::to_string(n.tasks[i]);
+    for (size_t i = 0; i < n.tasks.size(); ++i) {
+      if (i) out += ',';
+      out += std::to_string(n.tasks[i]);
+    }
     out += "\n";
     out += "command " + std::to_string(n.index);
     for (const auto& a : n.argv) out += " " + Escape(a);
