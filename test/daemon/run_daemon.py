@@ -37,15 +37,17 @@ out = sys.argv[1]
 mib = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 data = bytearray(os.urandom(1 << 20)) * mib
 want = hashlib.sha256(data).hexdigest()
+# One descriptor, rewritten in place: the file the context names is the
+# one still there at restart (a temporary file renamed over it would not
+# be, when the checkpoint fell between its open and its rename).
+fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
 i = 0
 while True:
     i += 1
     state = "ok"
     if i % 5 == 0 and hashlib.sha256(data).hexdigest() != want:
         state = "CORRUPT"
-    with open(out + ".tmp", "w") as f:
-        f.write(f"{os.getpid()} {i} {state}\n")
-    os.rename(out + ".tmp", out)
+    os.pwrite(fd, f"{os.getpid()} {i} {state} {i}\n".ljust(63).encode() + b"\n", 0)
     time.sleep(0.05)
 '''
 
@@ -148,6 +150,8 @@ class Workload:
     def read(self):
         try:
             parts = open(self.out).read().split()
+            if parts[1] != parts[3]:
+                return None  # read while being rewritten
             return int(parts[0]), int(parts[1]), parts[2]
         except (OSError, ValueError, IndexError):
             return None
