@@ -14,7 +14,7 @@
 # first for the tests and the second for kmod_dkms.
 #   ci/kmod_vm.sh --guest ... --out DIR --bench MIB [--mem 1536M]
 #                                             capture time, both backends
-#   ci/kmod_vm.sh --guest ... --out DIR --only "kmod_hostile ..."
+#   ci/kmod_vm.sh --guest ... --out DIR --only "kmod_permission ..."
 #                                             boot, run only those guest tests
 #                                             (no DKMS build unless kmod_dkms)
 #
@@ -173,7 +173,7 @@ strip --strip-debug -o "$root/bin/kmod_guest" "$guest"
 if [[ -n $bench ]]; then
   tests="bench"
 else
-  tests="kmod_hostile kmod_equivalent kmod_capture_restore kmod_traced kmod_load_unload"
+  tests="kmod_hostile kmod_permission kmod_equivalent kmod_capture_restore kmod_traced kmod_load_unload"
   [[ -n $dkms_ko ]] && tests="$tests kmod_dkms"
   [[ -n $only ]] && tests=$only
 fi
@@ -201,6 +201,7 @@ fi
 for t in $tests; do
   case \$t in
     kmod_hostile) run \$t /bin/kmod_guest hostile ;;
+    kmod_permission) run \$t /bin/kmod_guest permission ;;
     kmod_equivalent) run \$t /bin/kmod_guest equivalent ;;
     kmod_capture_restore) run \$t /bin/kmod_guest restore ;;
     kmod_traced) run \$t /bin/kmod_guest traced ;;
