@@ -14,6 +14,9 @@
 # first for the tests and the second for kmod_dkms.
 #   ci/kmod_vm.sh --guest ... --out DIR --bench MIB [--mem 1536M]
 #                                             capture time, both backends
+#   ci/kmod_vm.sh --guest ... --out DIR --only "kmod_permission ..."
+#                                             boot, run only those guest tests
+#                                             (no DKMS build unless kmod_dkms)
 #
 # The kernel image (vmlinuz only, from the linux-image .deb) is cached in
 # $STASIS_KMOD_CACHE, else /var/cache/stasis-kmod (root) or
@@ -22,7 +25,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-guest="" out="" result="" bench="" mem=256M
+guest="" out="" result="" bench="" only="" mem=256M
 while [[ $# -gt 0 ]]; do
   case $1 in
     --guest) guest=$2; shift 2 ;;
@@ -30,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     --result) result=$2; shift 2 ;;
     --bench) bench=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "kmod_vm: unknown argument '$1' (see the header of ci/kmod_vm.sh)" >&2; exit 2 ;;
   esac
 done
@@ -129,7 +133,9 @@ fi
 # guest test says SKIPPED.
 dkms_ko=""
 rm -f "$out/dkms.skip"
-if command -v dkms >/dev/null; then
+if [[ -n $only && " $only " != *" kmod_dkms "* ]]; then
+  echo "not asked for (--only)" >"$out/dkms.skip"
+elif command -v dkms >/dev/null; then
   dver=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$here/kmod/dkms.conf")
   dk=$out/dkms
   rm -rf "$dk"
@@ -167,8 +173,9 @@ strip --strip-debug -o "$root/bin/kmod_guest" "$guest"
 if [[ -n $bench ]]; then
   tests="bench"
 else
-  tests="kmod_hostile kmod_equivalent kmod_capture_restore kmod_traced kmod_load_unload"
+  tests="kmod_hostile kmod_permission kmod_equivalent kmod_capture_restore kmod_traced kmod_load_unload"
   [[ -n $dkms_ko ]] && tests="$tests kmod_dkms"
+  [[ -n $only ]] && tests=$only
 fi
 cat >"$root/init" <<EOF
 #!/bin/sh
@@ -194,6 +201,7 @@ fi
 for t in $tests; do
   case \$t in
     kmod_hostile) run \$t /bin/kmod_guest hostile ;;
+    kmod_permission) run \$t /bin/kmod_guest permission ;;
     kmod_equivalent) run \$t /bin/kmod_guest equivalent ;;
     kmod_capture_restore) run \$t /bin/kmod_guest restore ;;
     kmod_traced) run \$t /bin/kmod_guest traced ;;

@@ -3,13 +3,14 @@
  * stasis.ko - ptrace-free capture of a stopped or frozen task.
  *
  * The module registers /dev/stasis (mode 0600). Each ioctl names a task
- * the caller may trace (same uids and gids, or CAP_SYS_PTRACE) whose every
- * thread is stopped (group stop or ptrace stop) or frozen, and a file
- * descriptor; it writes what the kernel knows of the task there as the
- * records described in include/uapi/stasis_kmod.h: the VMA list, the saved
- * pages of one range, the registers, masks and pending signals of every
- * thread, and the open file table. Restore stays in userspace (engine/core):
- * a module on 6.1 cannot swap an mm nor set signal handlers.
+ * the caller may trace by the kernel's ptrace rule for the identity it acts
+ * as (stasis_may_capture) whose every thread is stopped (group stop or
+ * ptrace stop) or frozen, and a file descriptor; it writes what the kernel
+ * knows of the task there as the records described in
+ * include/uapi/stasis_kmod.h: the VMA list, the saved pages of one range,
+ * the registers, masks and pending signals of every thread, and the open
+ * file table. Restore stays in userspace (engine/core): a module on 6.1
+ * cannot swap an mm nor set signal handlers.
  *
  * Only symbols the 6.1 kernel exports to modules are used: ptrace_may_access,
  * lock_task_sighand and wait_task_inactive are not, so the module has its
@@ -122,29 +123,99 @@ static int stasis_write_padded(struct stasis_out *out, const void *buf,
 /* --- the task ------------------------------------------------------------ */
 
 /*
- * What ptrace_may_access(PTRACE_MODE_ATTACH_REALCREDS) decides for the
- * common cases: the caller's real uid and gid match all of the target's
- * uids and gids and the target is dumpable, or the caller has
- * CAP_SYS_PTRACE.
+ * Is the caller acting for someone else through its file identity? A root
+ * tool or stasisd's worker takes a user's identity with setfsuid/setfsgid
+ * (and setgroups) and keeps its capabilities, CAP_SYS_PTRACE included: the
+ * kernel's rule with those capabilities would let it read anything, so
+ * while it acts for a user it gets exactly what that user would get.
+ */
+static bool stasis_acting_for_user(const struct cred *cred)
+{
+	return !uid_eq(cred->fsuid, cred->euid) ||
+	       !gid_eq(cred->fsgid, cred->egid);
+}
+
+/* ptrace_has_cap() for the identity the caller acts as. */
+static bool stasis_ptrace_cap(struct user_namespace *ns, bool acting)
+{
+	return !acting && ns_capable(ns, CAP_SYS_PTRACE);
+}
+
+/*
+ * May the caller read task (whose mm is mm)? The kernel's own rule, that
+ * is __ptrace_may_access() plus commoncap's cap_ptrace_access_check() in
+ * PTRACE_MODE_ATTACH_FSCREDS (what opening /proc/PID/mem checks), neither
+ * of which is exported:
+ *
+ *  - the caller's fsuid equals the target's uid, euid and suid and its
+ *    fsgid the target's gid, egid and sgid, or the caller has
+ *    CAP_SYS_PTRACE in the target's user namespace;
+ *  - the target is dumpable (SUID_DUMP_USER: not set-id, not made
+ *    non-dumpable), or the caller has CAP_SYS_PTRACE in the user namespace
+ *    the mm was created in;
+ *  - the target is in the caller's user namespace and its permitted
+ *    capabilities are a subset of the caller's effective ones (FSCREDS
+ *    compares against the effective set), or the caller has CAP_SYS_PTRACE
+ *    in the target's user namespace.
+ *
+ * Fs credentials, not real ones (ATTACH_REALCREDS, what the ptrace call
+ * checks): stasisd's worker and root tools act for a user through
+ * setfsuid/setfsgid, as file access does.
+ *
+ * A caller acting for a user (fsuid/fsgid other than its euid/egid) is
+ * judged as that user, so none of its own capabilities count:
+ *  - no CAP_SYS_PTRACE bypass in any namespace;
+ *  - the subset test is against an empty set: the target may hold no
+ *    permitted capability at all. The caller's effective set (root's minus
+ *    what setfsuid drops, CAP_FS_MASK) would still hold CAP_SYS_ADMIN,
+ *    CAP_NET_ADMIN etc., which the user it acts for does not have; the
+ *    capabilities of that user's own processes are not known here (a
+ *    socket peer gives uid, gid and groups), so the empty set is the only
+ *    sound choice, and the stricter one;
+ *  - for the same reason a target in another user namespace is refused,
+ *    even one the user owns (the kernel would let the user in through the
+ *    namespace's ownership; granting that here would need the caller's
+ *    credentials recomputed for the user, and refusing is safe).
+ *
+ * Not applied: LSM hooks (security_ptrace_access_check is not exported:
+ * Yama's ptrace_scope, AppArmor and SELinux ptrace rules), which only ever
+ * refuse more. Opening /dev/stasis (0600, root) needs root's file rights in
+ * the first place.
  */
 static bool stasis_may_capture(struct task_struct *task, struct mm_struct *mm)
 {
 	const struct cred *cred = current_cred();
 	const struct cred *tcred;
-	bool same;
+	bool acting = stasis_acting_for_user(cred);
+	bool ok;
 
-	if (capable(CAP_SYS_PTRACE))
-		return true;
 	rcu_read_lock();
 	tcred = __task_cred(task);
-	same = uid_eq(cred->uid, tcred->euid) &&
-	       uid_eq(cred->uid, tcred->suid) &&
-	       uid_eq(cred->uid, tcred->uid) &&
-	       gid_eq(cred->gid, tcred->egid) &&
-	       gid_eq(cred->gid, tcred->sgid) &&
-	       gid_eq(cred->gid, tcred->gid);
+	ok = (uid_eq(cred->fsuid, tcred->euid) &&
+	      uid_eq(cred->fsuid, tcred->suid) &&
+	      uid_eq(cred->fsuid, tcred->uid) &&
+	      gid_eq(cred->fsgid, tcred->egid) &&
+	      gid_eq(cred->fsgid, tcred->sgid) &&
+	      gid_eq(cred->fsgid, tcred->gid)) ||
+	     stasis_ptrace_cap(tcred->user_ns, acting);
+	if (ok)
+		ok = (cred->user_ns == tcred->user_ns &&
+		      (acting ? cap_isclear(tcred->cap_permitted) :
+				cap_issubset(tcred->cap_permitted,
+					     cred->cap_effective))) ||
+		     stasis_ptrace_cap(tcred->user_ns, acting);
 	rcu_read_unlock();
-	return same && get_dumpable(mm) == SUID_DUMP_USER;
+	if (!ok)
+		return false;
+	/*
+	 * Dumpability after the credentials, as __ptrace_may_access reads
+	 * them: pairs with the write barrier in commit_creds(), so a task
+	 * that dropped privileges and became non-dumpable is not seen with
+	 * the new credentials and the old dumpability.
+	 */
+	smp_rmb();
+	return get_dumpable(mm) == SUID_DUMP_USER ||
+	       stasis_ptrace_cap(mm->user_ns, acting);
 }
 
 static bool stasis_thread_quiet(struct task_struct *t)
@@ -260,6 +331,17 @@ static int stasis_task_get(struct stasis_task *st, pid_t nr)
 			err = -EBUSY;
 			goto out_put;
 		}
+	}
+	/*
+	 * Checked again now that no thread runs: only a task changes its own
+	 * credentials (commit_creds), so they and its mm stay as checked
+	 * until the request ends. A task that was still running at the first
+	 * check may have exec'd a set-id program meanwhile.
+	 */
+	if (READ_ONCE(st->task->mm) != st->mm ||
+	    !stasis_may_capture(st->task, st->mm)) {
+		err = -EPERM;
+		goto out_put;
 	}
 	return 0;
 

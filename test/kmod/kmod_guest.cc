@@ -10,6 +10,9 @@
 //   kmod_guest equivalent  the same stopped process captured by both backends:
 //                          same mappings, pages, registers, signals and fds
 //   kmod_guest hostile     bad ioctl arguments are refused with the right errno
+//   kmod_guest permission  who may capture whom: root, root acting for a user
+//                          through setfsuid/setfsgid (as stasisd's worker does)
+//                          and the user itself, against the kernel's own rule
 //   kmod_guest capture-once   one kernel capture (the load/unload loop uses it)
 //   kmod_guest bench MIB   capture time of a MIB-MiB process, both backends
 //
@@ -17,11 +20,14 @@
 #include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/fsuid.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -693,6 +699,242 @@ int TestHostile() {
   return Report("kmod_hostile");
 }
 
+// --- permission ---------------------------------------------------------------
+
+// The targets: stopped processes of uid 1000 (or not) that differ from
+// "uid 1000, gid 1000, dumpable, no capability" in one thing each.
+struct PermTarget {
+  const char* what;
+  uid_t uid, suid;
+  gid_t gid;
+  bool dumpable;
+  uint32_t permitted;   // capability bits (first word) kept in the permitted set
+  bool userns = false;  // then in a user namespace of its own (owned by uid)
+  pid_t pid = 0;
+  uint64_t start = 0, end = 0;  // its first mapping, for PAGES
+};
+
+constexpr uid_t kUser = 1000;
+constexpr uid_t kOtherUser = 2000;
+
+void StartPermTarget(PermTarget* t) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    // Capabilities survive the uid change only with keepcaps (or a root
+    // saved uid); capset then keeps just what the target should hold.
+    prctl(PR_SET_KEEPCAPS, 1);
+    if (setgroups(0, nullptr) != 0 || setresgid(t->gid, t->gid, t->gid) != 0 ||
+        setresuid(t->uid, t->uid, t->suid) != 0)
+      _exit(2);
+    __user_cap_header_struct h{};
+    h.version = _LINUX_CAPABILITY_VERSION_3;
+    __user_cap_data_struct d[2]{};
+    d[0].permitted = t->permitted;
+    if (syscall(SYS_capset, &h, d) != 0) _exit(3);
+    // A uid change made it non-dumpable; the targets set it as they want.
+    if (prctl(PR_SET_DUMPABLE, t->dumpable ? 1 : 0) != 0) _exit(4);
+    // All capabilities, in a namespace the user owns (dumpability stays).
+    if (t->userns && unshare(CLONE_NEWUSER) != 0) _exit(5);
+    raise(SIGSTOP);
+    for (;;) pause();
+  }
+  int st = 0;
+  waitpid(pid, &st, WUNTRACED);
+  if (!Check(WIFSTOPPED(st), std::string("target '") + t->what + "' did not start (wait status " +
+                                 std::to_string(st) + ")"))
+    return;
+  t->pid = pid;
+  auto maps = stasis::core::ReadFileToString("/proc/" + std::to_string(pid) + "/maps");
+  if (maps) std::sscanf(maps->c_str(), "%lx-%lx", &t->start, &t->end);
+  auto status = stasis::core::ReadFileToString("/proc/" + std::to_string(pid) + "/status");
+  std::string ids;
+  for (const char* key : {"Uid:", "Gid:", "CapPrm:"}) {
+    size_t at = status ? status->find(key) : std::string::npos;
+    if (at != std::string::npos) ids += " " + status->substr(at, status->find('\n', at) - at);
+  }
+  for (char& c : ids)
+    if (c == '\t') c = ' ';
+  std::printf("  target %d: %s:%s\n", pid, t->what, ids.c_str());
+}
+
+// Every per-task ioctl on t, as the calling process; their errno if they
+// all agree, else -2.
+int CaptureErrno(int dev, int out, const PermTarget& t) {
+  int first = -1;
+  for (unsigned long req :
+       {STASIS_IOC_VMAS, STASIS_IOC_THREADS, STASIS_IOC_FILES, STASIS_IOC_TASKSTATE}) {
+    stasis_task_req r = TaskReq(t.pid, out);
+    int e = Ioctl(dev, req, &r);
+    if (first >= 0 && e != first) return -2;
+    first = e;
+  }
+  stasis_pages_req p{};
+  p.size = sizeof p;
+  p.pid = t.pid;
+  p.fd = out;
+  p.start = t.start;
+  p.end = t.end;
+  p.max_bytes = 1 << 20;
+  int e = Ioctl(dev, STASIS_IOC_PAGES, &p);
+  return e == first ? first : -2;
+}
+
+// The kernel's own verdict for the calling process: /proc/PID/environ is
+// opened with PTRACE_MODE_READ_FSCREDS (same uids/gids/dumpable/capability
+// rule as ATTACH, and no Yama). 0 or the errno.
+int KernelVerdict(const PermTarget& t) {
+  int fd = open(("/proc/" + std::to_string(t.pid) + "/environ").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  close(fd);
+  return 0;
+}
+
+// Runs `become` then `body` in a child (keeping the open fds); returns
+// body's numbers, or an empty vector if `become` failed.
+template <typename Become, typename Body>
+std::vector<int> InChild(Become become, Body body) {
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return {};
+  pid_t c = fork();
+  if (c == 0) {
+    close(pipefd[0]);
+    std::vector<int> r;
+    if (become()) r = body();
+    (void)!write(pipefd[1], r.data(), r.size() * sizeof(int));
+    _exit(0);
+  }
+  close(pipefd[1]);
+  std::vector<int> r;
+  int v;
+  while (read(pipefd[0], &v, sizeof v) == sizeof v) r.push_back(v);
+  close(pipefd[0]);
+  waitpid(c, nullptr, 0);
+  return r;
+}
+
+bool HasEffectiveCap(int cap) {
+  __user_cap_header_struct h{};
+  h.version = _LINUX_CAPABILITY_VERSION_3;
+  __user_cap_data_struct d[2]{};
+  if (syscall(SYS_capget, &h, d) != 0) return false;
+  return d[cap / 32].effective & (1u << (cap % 32));
+}
+
+std::string ErrName(int e) {
+  return e == 0 ? "ok" : e == -2 ? "ioctls disagree" : e < 0 ? "no result" : strerror(e);
+}
+
+// Root, root acting for uid 1000 (setgroups + setfsgid + setfsuid, keeping
+// CAP_SYS_PTRACE: what stasisd's worker does) and uid 1000 itself, against
+// processes that differ from uid 1000's own in uid, gid, dumpability,
+// saved uid or capabilities. Root may capture all; the other two exactly
+// what the kernel lets uid 1000 trace: its own plain process.
+int TestPermission() {
+  signal(SIGPIPE, SIG_IGN);
+  int dev = open("/dev/stasis", O_RDWR | O_CLOEXEC);
+  if (!Check(dev >= 0, std::string("open /dev/stasis: ") + strerror(errno)))
+    return Report("kmod_permission");
+  int out = memfd_create("out", MFD_CLOEXEC);
+  PermTarget targets[] = {
+      {"uid 1000 gid 1000, dumpable (the user's own)", kUser, kUser, kUser, true, 0},
+      {"uid 1000, gid 2000 (setresgid)", kUser, kUser, kOtherUser, true, 0},
+      {"uid 1000 gid 1000, not dumpable (PR_SET_DUMPABLE 0)", kUser, kUser, kUser, false, 0},
+      {"uid 2000, gid 1000 (another user)", kOtherUser, kOtherUser, kUser, true, 0},
+      {"uid 1000 gid 1000, CAP_NET_RAW permitted (keepcaps)", kUser, kUser, kUser, true,
+       1u << CAP_NET_RAW},
+      {"uid 1000 gid 1000, saved uid 0 (a set-user-id program)", kUser, 0, kUser, true, 0},
+      {"uid 1000 gid 1000, in a user namespace uid 1000 owns", kUser, kUser, kUser, true, 0, true},
+  };
+  constexpr size_t kTargets = sizeof targets / sizeof targets[0];
+  for (PermTarget& t : targets) StartPermTarget(&t);
+  bool started = true;
+  for (const PermTarget& t : targets) started = started && t.pid > 0 && t.end > t.start;
+  if (!Check(started, "a target did not start or has no mapping")) {
+    for (const PermTarget& t : targets)
+      if (t.pid > 0) KillTarget(t.pid);
+    return Report("kmod_permission");
+  }
+
+  // Each caller: per target the ioctls' errno, then the kernel's verdict.
+  auto run_all = [&] {
+    std::vector<int> r;
+    for (const PermTarget& t : targets) {
+      r.push_back(CaptureErrno(dev, out, t));
+      r.push_back(KernelVerdict(t));
+    }
+    return r;
+  };
+  // want: root may capture everything; uid 1000 what the kernel lets it
+  // trace (its own process, also inside a user namespace it owns); root
+  // acting for uid 1000 only its own process outside user namespaces (the
+  // module does not recompute namespace ownership for it: refused, stricter).
+  enum Caller { kRoot, kActing, kUserItself };
+  auto report = [&](const char* caller, const std::vector<int>& r, Caller who, bool vs_kernel) {
+    std::printf(" %s:\n", caller);
+    if (!Check(r.size() == 2 * kTargets, std::string(caller) + ": could not take that identity"))
+      return;
+    for (size_t i = 0; i < kTargets; ++i) {
+      const bool may = who == kRoot || i == 0 || (who == kUserItself && targets[i].userns);
+      const int want = may ? 0 : EPERM;
+      const int got = r[2 * i], kernel = r[2 * i + 1];
+      std::printf("  %-56s %-16s (want %s; kernel: %s)\n", targets[i].what, ErrName(got).c_str(),
+                  ErrName(want).c_str(), kernel == 0 ? "may read" : "refuses");
+      Check(got == want, std::string(caller) + ", " + targets[i].what + ": got " + ErrName(got) +
+                             ", want " + ErrName(want));
+      if (vs_kernel)
+        Check((got == 0) == (kernel == 0), std::string(caller) + ", " + targets[i].what +
+                                               ": the module and the kernel disagree");
+    }
+  };
+
+  report("root (fsuid 0, CAP_SYS_PTRACE)", InChild([] { return true; }, run_all), kRoot, true);
+
+  // What stasisd's worker does before it captures (TakeFsIdentity).
+  int open_errno = -1;
+  std::vector<int> acting = InChild(
+      [&] {
+        gid_t groups[] = {kUser};
+        if (setgroups(1, groups) != 0) return false;
+        setfsgid(kUser);
+        setfsuid(kUser);
+        return setfsuid(static_cast<uid_t>(-1)) == static_cast<int>(kUser) &&
+               setfsgid(static_cast<gid_t>(-1)) == static_cast<int>(kUser) &&
+               HasEffectiveCap(CAP_SYS_PTRACE) && !HasEffectiveCap(CAP_DAC_OVERRIDE);
+      },
+      [&] {
+        std::vector<int> r = run_all();
+        // The device itself, opened in this state: setfsuid dropped
+        // CAP_DAC_OVERRIDE from the effective set, and it is 0600 root.
+        int fd = open("/dev/stasis", O_RDWR | O_CLOEXEC);
+        r.push_back(fd >= 0 ? 0 : errno);
+        if (fd >= 0) close(fd);
+        return r;
+      });
+  if (acting.size() == 2 * kTargets + 1) {
+    open_errno = acting.back();
+    acting.pop_back();
+  }
+  // The kernel's verdict is not compared here: its FSCREDS rule lets the
+  // held CAP_SYS_PTRACE through, which is exactly what the module must not.
+  report("root acting for uid 1000 (fsuid/fsgid 1000, CAP_SYS_PTRACE held)", acting, kActing,
+         false);
+  Expect(open_errno, EACCES, "open /dev/stasis with fsuid 1000 (as stasisd's worker)");
+
+  report("uid 1000 itself (no capability)",
+         InChild(
+             [] {
+               return setgroups(0, nullptr) == 0 && setresgid(kUser, kUser, kUser) == 0 &&
+                      setresuid(kUser, kUser, kUser) == 0;
+             },
+             run_all),
+         kUserItself, true);
+
+  for (const PermTarget& t : targets) KillTarget(t.pid);
+  close(out);
+  close(dev);
+  return Report("kmod_permission");
+}
+
 // --- one capture, benchmark ----------------------------------------------------
 
 int CaptureOnce() {
@@ -826,9 +1068,10 @@ int main(int argc, char** argv) {
   if (cmd == "restore") return TestRestore();
   if (cmd == "equivalent") return TestEquivalent();
   if (cmd == "hostile") return TestHostile();
+  if (cmd == "permission") return TestPermission();
   if (cmd == "traced") return TestTraced();
   if (cmd == "capture-once") return CaptureOnce();
   if (cmd == "bench" && argc > 2) return Bench(std::strtoull(argv[2], nullptr, 10));
-  std::fprintf(stderr, "usage: kmod_guest restore|equivalent|hostile|traced|capture-once|bench MIB\n");
+  std::fprintf(stderr, "usage: kmod_guest restore|equivalent|hostile|permission|traced|capture-once|bench MIB\n");
   return 2;
 }
