@@ -18,7 +18,6 @@
 #include <cstring>
 #include <algorithm>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -26,6 +25,7 @@
 #include "engine/base/fd.h"
 #include "engine/core/context_file.h"
 #include "engine/core/procfs.h"
+#include "engine/daemon/state_record.h"
 #include "engine/daemon/worker.h"
 #include "engine/format/context.h"
 #include "engine/format/context_io.h"
@@ -200,43 +200,146 @@ Status Server::Listen() {
   return Status::Ok();
 }
 
+// Opens the absolute folder `path` one component at a time, never following
+// a symbolic link (a component that is one fails with ENOTDIR/ELOOP).
+Result<UniqueFd> OpenFolderNoFollow(const std::string& path) {
+  UniqueFd cur(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!cur) return Status::FromErrno(errno, "open /");
+  std::stringstream parts(path);
+  std::string part;
+  while (std::getline(parts, part, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return Status::Error(EINVAL, path + " holds '..'");
+    int fd = ::openat(cur.get(), part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno(errno, "open " + path + " (at '" + part + "')");
+    cur.reset(fd);
+  }
+  return cur;
+}
+
+// In a child of stasisd, as the record's owner (groups, fsgid, fsuid: root's
+// file capabilities are gone): removes the file a killed worker left, only
+// if the folder, reached without symlinks, is the one the worker recorded
+// (device and inode), and the name in it is still that worker's file: the
+// worker's temporary name (or, for a clobber checkpoint, the destination
+// itself), a regular file of the owner's, the very inode the worker created.
+// Anything else is logged and left alone.
+int RemoveLeftoverAsOwner(const StateRecord& r) {
+  const std::string req = "request " + std::to_string(r.id) + " of a killed stasisd";
+  if (!r.has_file()) {
+    Log(LogLevel::kWarn, req + " (" + r.path + ") recorded no file; nothing to remove");
+    return 0;
+  }
+  std::string where = r.folder + "/" + r.name;
+  auto leave = [&](const std::string& why) {
+    Log(LogLevel::kWarn, "left " + where + " of " + req + " alone: " + why);
+    return 1;
+  };
+  // The name the worker's writer used (ContextFileWriter::TempPathFor), or
+  // the destination's own name for a clobber checkpoint.
+  std::string expect = r.mode == proto::kWriteClobber
+                           ? r.path
+                           : core::ContextFileWriter::TempPathFor(r.path, static_cast<pid_t>(r.worker));
+  expect = expect.substr(expect.rfind('/') + 1);
+  if (r.name != expect) return leave("not the name its worker writes");
+  Peer owner;
+  owner.uid = r.uid;
+  owner.gid = r.gid;
+  owner.groups.assign(r.groups.begin(), r.groups.end());
+  Status s = TakeFsIdentity(owner);
+  if (!s.ok()) return leave(s.message());
+  auto dir = OpenFolderNoFollow(r.folder);
+  if (!dir) return leave(dir.error().message());
+  struct stat st;
+  if (::fstat(dir->get(), &st) != 0) return leave(std::string("stat: ") + std::strerror(errno));
+  if (st.st_dev != r.folder_dev || st.st_ino != r.folder_ino)
+    return leave("the folder is not the one its worker wrote in");
+  if (::fstatat(dir->get(), r.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return 0;  // gone already
+    return leave(std::string("stat: ") + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) return leave("not a regular file");
+  if (st.st_uid != r.uid) return leave("it belongs to uid " + std::to_string(st.st_uid));
+  if (st.st_dev != r.file_dev || st.st_ino != r.file_ino)
+    return leave("not the file its worker created");
+  if (::unlinkat(dir->get(), r.name.c_str(), 0) != 0)
+    return leave(std::string("unlink: ") + std::strerror(errno));
+  Log(LogLevel::kWarn, "removed " + where + ", the partial context of " + req + " (as uid " +
+                           std::to_string(r.uid) + ")");
+  return 0;
+}
+
+// RemoveLeftoverAsOwner in a child: the owner's identity stays there, and a
+// folder on a hung file system holds the child, not stasisd (SIGALRM ends
+// it after 10 s; a FUSE wait gives way to a fatal signal).
+pid_t ForkRemoveLeftover(const StateRecord& r) {
+  pid_t child = ::fork();
+  if (child == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGALRM, SIG_DFL);
+    ::alarm(10);
+    std::_Exit(RemoveLeftoverAsOwner(r));
+  }
+  return child;
+}
+
 // Workers of a killed stasisd keep running until their request is done
 // (the targets are never left frozen); the state records of dead ones tell
-// which temporary context files to remove.
+// which partial context files to remove. A record that does not decode
+// (state_record.h) is logged and dropped, never acted on.
 void Server::CleanUpAfterKilledInstance() {
-  DIR* d = ::opendir(config_.state_dir.c_str());
-  if (!d) return;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name.size() < 5 || name.compare(name.size() - 4, 4, ".req") != 0) continue;
-    std::string path = config_.state_dir + "/" + name;
-    std::ifstream in(path);
-    std::map<std::string, std::string> kv;
-    std::string line;
-    while (std::getline(in, line)) {
-      size_t eq = line.find('=');
-      if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+  UniqueFd dir(::open(config_.state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir) return;
+  std::vector<std::string> names;
+  if (DIR* d = ::fdopendir(::fcntl(dir.get(), F_DUPFD_CLOEXEC, 3))) {
+    while (struct dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  auto ends = [](const std::string& n, const std::string& tail) {
+    return n.size() > tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const std::string& name : names) {
+    if (ends(name, ".req.tmp")) {  // a record being written when stasisd died
+      ::unlinkat(dir.get(), name.c_str(), 0);
+      continue;
     }
-    pid_t pid = static_cast<pid_t>(std::atol(kv["worker"].c_str()));
+    if (!ends(name, ".req")) continue;
+    auto r = ReadStateRecordFile(dir.get(), name);
+    if (!r) {
+      Log(LogLevel::kWarn, "refused the state record " + config_.state_dir + "/" + name + ": " +
+                               r.error().message() + "; not acting on it");
+      ::unlinkat(dir.get(), name.c_str(), 0);
+      continue;
+    }
+    pid_t pid = static_cast<pid_t>(r->worker);
     // Alive: a worker by name and not a zombie (nobody may reap an orphan).
-    auto worker = pid > 0 ? core::ReadStat(pid) : Result<core::ProcStat>(Status::Error(ESRCH, ""));
+    auto worker = core::ReadStat(pid);
     bool alive = worker && worker->comm == kWorkerComm && worker->state != 'Z' &&
                  worker->state != 'X';
     if (alive) {
-      Log(LogLevel::kWarn, "request " + kv["id"] + " of a previous stasisd is still being " +
-                               "finished by worker pid " + std::to_string(pid) + "; leaving it");
+      Log(LogLevel::kWarn, "request " + std::to_string(r->id) + " of a previous stasisd is still " +
+                               "being finished by worker pid " + std::to_string(pid) + "; leaving it");
       continue;
     }
-    const std::string& temp = kv["temp"];
-    struct stat st;
-    if (!temp.empty() && ::lstat(temp.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-      ::unlink(temp.c_str());
-      Log(LogLevel::kWarn, "removed " + temp + ", the partial context of request " + kv["id"] +
-                               " of a killed stasisd");
+    pid_t child = ForkRemoveLeftover(*r);
+    if (child > 0) {
+      int status;
+      auto until = Clock::now() + std::chrono::seconds(10);
+      while (::waitpid(child, &status, WNOHANG) == 0) {
+        if (Clock::now() > until) {
+          ::kill(child, SIGKILL);
+          ::waitpid(child, &status, 0);
+          Log(LogLevel::kWarn, "gave up removing the partial context of request " +
+                                   std::to_string(r->id) + " after 10 s");
+          break;
+        }
+        ::usleep(10000);
+      }
     }
-    ::unlink(path.c_str());
+    ::unlinkat(dir.get(), name.c_str(), 0);
   }
-  ::closedir(d);
 }
 
 void Server::Answer(int fd, proto::Reply r) {
@@ -527,15 +630,7 @@ void Server::Start(Job* job) {
   job->report.reset(sp[0]);
   job->worker = pid;
   workers_[pid] = job->id;
-  if (!job->state_file.empty()) {
-    std::ofstream out(job->state_file);
-    out << "id=" << job->id << "\nworker=" << pid << "\nuid=" << job->peer.uid
-        << "\npath=" << job->req.path << "\ntemp="
-        << (job->req.write_mode == proto::kWriteClobber
-                ? job->req.path
-                : core::ContextFileWriter::TempPathFor(job->req.path, pid))
-        << "\n";
-  }
+  // (The worker writes its state record itself once its file exists.)
   // The worker holds its own copies now.
   job->attached.clear();
   Log(LogLevel::kDebug, "req " + std::to_string(job->id) + ": worker pid " + std::to_string(pid));
@@ -637,7 +732,13 @@ void Server::Reap() {
     if (job->report) OnReport(job);
     it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    if (!job->state_file.empty()) ::unlink(job->state_file.c_str());
+    if (!job->state_file.empty()) {
+      // A worker that died with its file unfinished (killed, crashed) left
+      // its record: its file goes the same way as after a killed stasisd,
+      // in a child that Reap collects later.
+      if (auto rec = ReadStateRecordFile(AT_FDCWD, job->state_file)) ForkRemoveLeftover(*rec);
+      ::unlink(job->state_file.c_str());
+    }
     std::string how = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
                                           : "exited with status " + std::to_string(WEXITSTATUS(status));
     // The worker died without answering: the client still gets an answer.

@@ -26,6 +26,7 @@
 #include "engine/base/io.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/daemon/state_record.h"
 #include "engine/store/store.h"
 #include "engine/core/procfs.h"
 
@@ -155,6 +156,41 @@ Status AsRefusal(const Status& s, const Peer& peer) {
   if (s.code() == EACCES)
     return Status::Error(EPERM, s.message() + " (as uid " + std::to_string(peer.uid) + ")");
   return s;
+}
+
+// The state record of a checkpoint into a path (WorkerTask::state_file),
+// written once the file exists: whose it is, and the folder and file as the
+// kernel identifies them (resolved now, with the user's rights, the way the
+// writer just resolved them). A restarted stasisd removes that file, as its
+// owner, only if the same folder still holds the same file
+// (server.cc, CleanUpAfterKilledInstance). Nothing recorded: nothing removed.
+void RecordFileForCleanup(const WorkerTask& task) {
+  if (task.state_file.empty()) return;
+  const proto::Request& req = task.request;
+  std::string file = req.write_mode == proto::kWriteClobber
+                         ? req.path
+                         : core::ContextFileWriter::TempPathFor(req.path, ::getpid());
+  StateRecord r = NewStateRecord(task.id, ::getpid(), task.peer, req);
+  r.name = file.substr(file.rfind('/') + 1);
+  UniqueFd dir(::open(Dirname(file).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  struct stat dst, fst;
+  char link[PATH_MAX];
+  ssize_t n = dir ? ::readlink(("/proc/self/fd/" + std::to_string(dir.get())).c_str(), link,
+                               sizeof link - 1)
+                  : -1;
+  if (n <= 0 || link[0] != '/' || ::fstat(dir.get(), &dst) != 0 ||
+      ::fstatat(dir.get(), r.name.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0 ||
+      !S_ISREG(fst.st_mode) || fst.st_uid != task.peer.uid)
+    return;  // a folder or file changed under us: leave it to its owner
+  r.folder.assign(link, static_cast<size_t>(n));
+  r.folder_dev = dst.st_dev;
+  r.folder_ino = dst.st_ino;
+  r.file_dev = fst.st_dev;
+  r.file_ino = fst.st_ino;
+  // The state folder is root's.
+  if (!DropFsIdentity().ok()) return;
+  WriteStateRecordFile(task.state_file, r).ok();
+  TakeFsIdentity(task.peer).ok();
 }
 
 // A checkpoint into a store node file the client created (kFlagHold): the
@@ -334,6 +370,8 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
     if (!s.ok()) return Failure(AsRefusal(s, peer));
     auto writer = core::ContextFileWriter::Open(req.path, static_cast<core::WriteMode>(req.write_mode));
     if (!writer) return Failure(AsRefusal(writer.error(), peer));
+    // From here a killed worker leaves a file: say where, for the next stasisd.
+    RecordFileForCleanup(task);
     RequestSink sink((*writer)->sink(), config.bandwidth_limit, deadline);
     stats = core::Checkpoint(opt, &sink, core::CommitContextFile, writer->get());
     writer->reset();  // an uncommitted temporary file goes away here
@@ -516,6 +554,20 @@ Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::Rest
 
 }  // namespace
 
+StateRecord NewStateRecord(uint64_t id, pid_t worker, const Peer& peer,
+                           const proto::Request& req) {
+  StateRecord r;
+  r.id = id;
+  r.worker = static_cast<uint32_t>(worker);
+  r.uid = peer.uid;
+  r.gid = peer.gid;
+  r.groups.assign(peer.groups.begin(), peer.groups.end());
+  if (r.groups.size() > kMaxStateGroups) r.groups.resize(kMaxStateGroups);
+  r.mode = req.write_mode;
+  r.path = req.path;
+  return r;
+}
+
 bool UnderRoots(const std::string& path, const std::vector<std::string>& roots) {
   for (const std::string& r : roots) {
     if (r == "/") return true;
@@ -552,11 +604,12 @@ void RunWorker(const Config& config, const WorkerTask& task) {
   ::sigaction(SIGTERM, &sa, nullptr);
   if (task.request.op == proto::Op::kRestart) RunRestart(config, task);
   proto::Reply r = RunCheckpoint(config, task);
-  Reply(task, r);
-  // Our state record goes with us (stasisd removes it too when it reaps us;
-  // if stasisd was killed, nobody else would).
+  // The file is committed or removed by now: our state record goes first
+  // (stasisd removes it too when it reaps us; if stasisd was killed, nobody
+  // else would), so that a kill after this point leaves nothing to undo.
   DropFsIdentity().ok();
   if (!task.state_file.empty()) ::unlink(task.state_file.c_str());
+  Reply(task, r);
   std::_Exit(r.code == 0 ? 0 : 1);
 }
 

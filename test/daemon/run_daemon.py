@@ -741,6 +741,117 @@ def case_libcr():
     d.stop()
 
 
+# --- attacks of an unprivileged user (issue 23) ------------------------------
+
+def root_secret(name="rootdir", file="secret"):
+    """A 0600 file of root's in a 0700 folder of root's."""
+    d = os.path.join(WORK, name)
+    os.mkdir(d, 0o700)
+    f = os.path.join(d, file)
+    with open(f, "w") as out:
+        out.write("root's own\n")
+    os.chmod(f, 0o600)
+    return f
+
+
+def as_user_python(user, code, *args, stdin=None):
+    return subprocess.Popen(as_user(user, [sys.executable, "-c", code, *args]), stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, cwd=WORK)
+
+
+def run_as(user, code, *args):
+    p = as_user_python(user, code, *args)
+    out, _ = p.communicate(timeout=60)
+    if p.returncode != 0:
+        fail(f"helper as {user} failed: {out}")
+    return out
+
+
+def kill_daemon_and_worker(d, client):
+    """kill -9 of stasisd and of its worker while it writes; the client ends."""
+    deadline = time.time() + 10
+    while time.time() < deadline and not worker_pids():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    workers = worker_pids()
+    if not workers:
+        fail("no worker running 1 s into a slow checkpoint (test premise)")
+    d.proc.kill()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    d.proc.wait()
+    client.communicate(timeout=30)
+
+
+def case_attack_state_forge():
+    """A's checkpoint path holds newlines that, written verbatim into the
+    state record, forge temp=<root's file>; stasisd and the worker are
+    killed mid-write; the next stasisd must remove nothing of root's, and
+    still remove A's own partial file."""
+    a = USERS[0]
+    secret = root_secret()
+    d = Daemon(extra_config="bandwidth_limit: 16M\n").start()
+    w = Workload("forge", a, mib=64)
+    # In clobber mode the partial file is the destination: the record's
+    # path= and temp= lines both end in "\ntemp=<secret>".
+    evil_dir = os.path.join(ckpt_dir(), "q\ntemp=" + os.path.dirname(secret))
+    run_as(a, "import os, sys; os.makedirs(sys.argv[1])", evil_dir)
+    ctx = os.path.join(evil_dir, os.path.basename(secret))
+    c = subprocess.Popen(as_user(a, [tool("cr_checkpoint"), "--clobber", "-f", ctx, str(w.pid)]),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env_for(d.sock), start_new_session=True)
+    kill_daemon_and_worker(d, c)
+    if not os.path.exists(ctx):
+        fail("expected A's partial file after killing the worker (test premise)")
+    for name in os.listdir(d.state):
+        print(f"state record {name}: {open(os.path.join(d.state, name), 'rb').read()!r}")
+    d.start()
+    time.sleep(1.0)
+    if not os.path.exists(secret):
+        fail(f"the next stasisd removed root's {secret} (forged through A's path)")
+    if os.path.exists(ctx):
+        fail(f"the next stasisd left A's partial file {ctx!r}")
+    if "the partial context of request" not in d.log():
+        fail("the clean-up of A's partial file was not logged")
+    w.advancing()
+    print("OK forged state record: root's file kept, A's own partial file removed")
+    d.stop()
+
+
+def case_attack_state_symlink():
+    """A clobber checkpoint through a symlinked folder of A's; stasisd and
+    the worker are killed; A repoints the symlink at root's folder. The
+    next stasisd must not remove root's file of that name, and still remove
+    A's partial file where it really is."""
+    a = USERS[0]
+    secret = root_secret(file="f.ctx")
+    d = Daemon(extra_config="bandwidth_limit: 16M\n").start()
+    w = Workload("symlink", a, mib=64)
+    real = os.path.join(ckpt_dir(), "adir")
+    link = os.path.join(ckpt_dir(), "link")
+    run_as(a, "import os, sys; os.mkdir(sys.argv[1]); os.symlink(sys.argv[1], sys.argv[2])", real, link)
+    c = subprocess.Popen(as_user(a, [tool("cr_checkpoint"), "--clobber", "-f",
+                                     os.path.join(link, "f.ctx"), str(w.pid)]),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env_for(d.sock), start_new_session=True)
+    kill_daemon_and_worker(d, c)
+    partial = os.path.join(real, "f.ctx")
+    if not os.path.exists(partial):
+        fail("expected A's partial file after killing the worker (test premise)")
+    run_as(a, "import os, sys; os.unlink(sys.argv[2]); os.symlink(sys.argv[1], sys.argv[2])",
+           os.path.dirname(secret), link)
+    d.start()
+    time.sleep(1.0)
+    if not os.path.exists(secret):
+        fail(f"the next stasisd followed A's repointed symlink and removed root's {secret}")
+    if os.path.exists(partial):
+        fail(f"the next stasisd left A's partial file {partial}")
+    w.advancing()
+    print("OK repointed symlink: root's file kept, A's own partial file removed")
+    d.stop()
+
+
 CASES = {
     "libcr": case_libcr,
     "users": case_users,
@@ -753,6 +864,8 @@ CASES = {
     "store_faults": case_store_faults,
     "store_incremental": case_store_incremental,
     "config": case_config,
+    "attack_state_forge": case_attack_state_forge,
+    "attack_state_symlink": case_attack_state_symlink,
 }
 
 
