@@ -995,8 +995,54 @@ void InitLog(const Config& config) {
   if (g_target == LogTarget::kSyslog) ::openlog("stasisd", LOG_PID, LOG_DAEMON);
 }
 
-void Log(LogLevel level, const std::string& line) {
+std::string EscapeForLog(std::string_view in) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(in.size());
+  auto escape = [&](unsigned char c) {
+    out += "\\x";
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  };
+  const auto* p = reinterpret_cast<const unsigned char*>(in.data());
+  size_t n = in.size();
+  for (size_t i = 0; i < n;) {
+    unsigned char c = p[i];
+    if (c < 0x80) {
+      if (c < 0x20 || c == 0x7f) escape(c);
+      else if (c == '\\') out += "\\\\";
+      else out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    // A well-formed UTF-8 sequence (shortest form, no surrogates, at most
+    // U+10FFFF, no C1 control) is kept; any other byte is escaped alone.
+    size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    bool ok = len && i + len <= n;
+    for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xc0) == 0x80;
+    if (ok && len == 2 && c == 0xc2 && p[i + 1] < 0xa0) ok = false;  // C1 controls
+    if (ok && c == 0xe0 && p[i + 1] < 0xa0) ok = false;
+    if (ok && c == 0xed && p[i + 1] > 0x9f) ok = false;
+    if (ok && c == 0xf0 && p[i + 1] < 0x90) ok = false;
+    if (ok && c == 0xf4 && p[i + 1] > 0x8f) ok = false;
+    if (!ok) {
+      escape(c);
+      ++i;
+      continue;
+    }
+    out.append(in.substr(i, len));
+    i += len;
+  }
+  return out;
+}
+
+// One event, one line: every control byte (a newline, a carriage return, an
+// escape sequence) and every byte that is not UTF-8 is written as \xNN, and
+// a backslash as \\, here, so that no caller can forget it and no path or
+// message of a user's can forge a line or hide one.
+void Log(LogLevel level, const std::string& raw) {
   if (level > g_level) return;
+  const std::string line = EscapeForLog(raw);
   static const char* kNames[] = {"error", "warn", "info", "debug"};
   if (g_target == LogTarget::kSyslog) {
     static const int kPrio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};

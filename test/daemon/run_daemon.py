@@ -852,6 +852,27 @@ def case_attack_state_symlink():
     d.stop()
 
 
+def case_attack_log_forge():
+    """A path with a newline and terminal escapes must not make a log line."""
+    a = USERS[0]
+    d = Daemon().start()
+    w = Workload("logforge", a, mib=1)
+    forged = "stasisd[1]: info: req 99 uid 0 (pid 1): restart root.ctx: ok"
+    ctx = os.path.join(ckpt_dir(), "x.ctx\n" + forged + "\x1b[2K\r")
+    run([tool("cr_checkpoint"), "-f", ctx, str(w.pid)], user=a, sock=d.sock, expect_rc=None)
+    run([tool("stasis"), "delete", ctx], user=a, sock=d.sock, expect_rc=None)
+    d.stop()
+    log = d.log()
+    for line in log.splitlines():
+        if line.startswith("stasisd[1]:") or line.startswith(forged):
+            fail(f"forged log line: {line!r}")
+    if "\x1b" in log or "\r" in log:
+        fail("a terminal escape or carriage return reached the log")
+    if "x.ctx\\x0a" + forged not in log:
+        fail("the path is not in the log, escaped")
+    print("OK no forged log line; the path is logged escaped on one line")
+
+
 CASES = {
     "libcr": case_libcr,
     "users": case_users,
@@ -866,6 +887,7 @@ CASES = {
     "config": case_config,
     "attack_state_forge": case_attack_state_forge,
     "attack_state_symlink": case_attack_state_symlink,
+    "attack_log_forge": case_attack_log_forge,
 }
 
 
