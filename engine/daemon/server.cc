@@ -20,6 +20,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 
 #include "engine/base/fd.h"
@@ -100,7 +101,12 @@ struct Conn {
   UniqueFd fd;
   Peer peer;
   uint64_t active = 0;  // request in progress on this connection
+  Clock::time_point last_active;  // accepted, or its last request ended
 };
+
+// list and delete run in a worker too; one that takes longer than this (a
+// hung network or FUSE file system) is killed.
+constexpr auto kQuickOpLimit = std::chrono::seconds(30);
 
 struct Job {
   uint64_t id = 0;
@@ -115,6 +121,8 @@ struct Job {
   Clock::time_point queued_at, started_at;
   bool answered = false;  // the worker sent its final (or started) reply
   bool cancelled = false;
+  bool timed_out = false;
+  Clock::time_point kill_at;  // list/delete: the worker is killed then
   std::string state_file;
 };
 
@@ -138,13 +146,19 @@ class Server {
   void Finish(Job* job, int code, const std::string& message, uint64_t bytes);
   void Reap();
   void ClientGone(Conn* c);
-  bool Overlaps(const proto::Request& req) const;
+  bool Overlaps(const proto::Request& req, uid_t uid) const;
+  Status CheckGroupOwner(const proto::Request& req, const Peer& peer) const;
+  void CapTimeouts(uint64_t id, proto::Request* req);
   void HandleStatus(Conn* c, const proto::Request& req);
   void HandleCancel(Conn* c, const proto::Request& req);
-  void HandleList(Conn* c, const proto::Request& req);
-  void HandleDelete(Conn* c, const proto::Request& req);
   proto::RequestInfo Info(const Job& j) const;
   size_t Running() const;
+  bool Limited(uid_t uid) const { return uid != 0 || config_.limit_root; }
+  size_t RunningOf(uid_t uid) const;
+  size_t QueuedOf(uid_t uid) const;
+  size_t ConnectionsOf(uid_t uid) const;
+  void CloseConn(int fd);
+  int Housekeeping();  // idle connections, overdue workers; the next poll timeout
 
   const Config& config_;
   UniqueFd listen_;
@@ -156,6 +170,12 @@ class Server {
   std::deque<proto::RequestInfo> done_;
   uint64_t next_id_ = 1;
   bool stopping_ = false;
+  // accept4 failed with EMFILE/ENFILE: the listening socket is not watched
+  // until a connection closes or a second has passed (else poll spins).
+  bool accept_paused_ = false;
+  bool emfile_logged_ = false;  // until an accept succeeds again
+  Clock::time_point paused_at_;
+  std::set<uid_t> conn_cap_logged_;  // users told (in the log) about their cap
 };
 
 Status Server::Listen() {
@@ -363,9 +383,23 @@ void Server::Refuse(Conn* c, const proto::Request& req, int code, const std::str
 void Server::Accept() {
   for (;;) {
     int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: stop watching the socket (poll would report it
+        // readable forever) until a connection closes; logged once.
+        if (!emfile_logged_)
+          Log(LogLevel::kWarn, std::string("accept: ") + std::strerror(errno) + " with " +
+                                   std::to_string(conns_.size()) +
+                                   " connections open; not accepting until one closes");
+        accept_paused_ = emfile_logged_ = true;
+        paused_at_ = Clock::now();
+      }
+      return;
+    }
+    emfile_logged_ = false;
     auto c = std::make_unique<Conn>();
     c->fd.reset(fd);
+    c->last_active = Clock::now();
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
@@ -376,9 +410,55 @@ void Server::Accept() {
     socklen_t glen = sizeof groups;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
       c->peer.groups.assign(groups, groups + glen / sizeof(gid_t));
+    if (Limited(cred.uid) && ConnectionsOf(cred.uid) >= config_.max_connections_per_user) {
+      // Refused at once (EAGAIN), closed; logged once until it has fewer.
+      if (conn_cap_logged_.insert(cred.uid).second)
+        Log(LogLevel::kWarn, "refused connections of " + Who(c->peer) + ": it has " +
+                                 std::to_string(config_.max_connections_per_user) +
+                                 " open (max_connections_per_user)");
+      proto::Reply r;
+      r.code = EAGAIN;
+      r.message = "uid " + std::to_string(cred.uid) + " has " +
+                  std::to_string(config_.max_connections_per_user) +
+                  " connections to stasisd open already (max_connections_per_user)";
+      Answer(fd, r);
+      continue;
+    }
     Log(LogLevel::kDebug, "connection from " + Who(c->peer));
     conns_[fd] = std::move(c);
   }
+}
+
+size_t Server::ConnectionsOf(uid_t uid) const {
+  size_t n = 0;
+  for (const auto& [fd, c] : conns_)
+    if (c->peer.uid == uid) ++n;
+  return n;
+}
+
+size_t Server::RunningOf(uid_t uid) const {
+  size_t n = 0;
+  for (const auto& [id, j] : jobs_)
+    if (j->peer.uid == uid && j->state == proto::kStateRunning) ++n;
+  return n;
+}
+
+size_t Server::QueuedOf(uid_t uid) const {
+  size_t n = 0;
+  for (const auto& [id, j] : jobs_)
+    if (j->peer.uid == uid && j->state == proto::kStateQueued) ++n;
+  return n;
+}
+
+// Every connection goes through here: a descriptor is free again, so a
+// paused accept may resume.
+void Server::CloseConn(int fd) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  uid_t uid = it->second->peer.uid;
+  conns_.erase(it);
+  accept_paused_ = false;
+  if (ConnectionsOf(uid) < config_.max_connections_per_user) conn_cap_logged_.erase(uid);
 }
 
 void Server::ReadRequest(Conn* c) {
@@ -467,7 +547,10 @@ bool DescendsFrom(pid_t pid, pid_t ancestor) {
 // already covers is refused with EBUSY. A tree or pid scope is matched by
 // ancestry (a pid scope is a one-process tree); a process group or session
 // by its id, against the other side's id or its target's group/session.
-bool Server::Overlaps(const proto::Request& req) const {
+// A user's request is compared with that user's own requests only, so no
+// one's request (a tree reaching someone else's processes, say) gives
+// another user EBUSY; root's with everyone's.
+bool Server::Overlaps(const proto::Request& req, uid_t uid) const {
   auto grouped = [](const proto::Request& r) {
     return r.scope == format::kScopePgid || r.scope == format::kScopeSid;
   };
@@ -481,6 +564,7 @@ bool Server::Overlaps(const proto::Request& req) const {
   for (const auto& [id, j] : jobs_) {
     const proto::Request& o = j->req;
     if (o.op != proto::Op::kCheckpoint) continue;
+    if (uid != 0 && j->peer.uid != uid) continue;
     pid_t a = static_cast<pid_t>(req.target), b = static_cast<pid_t>(o.target);
     if (grouped(req) && grouped(o)) {
       if (req.scope == o.scope && a == b) return true;
@@ -497,6 +581,60 @@ bool Server::Overlaps(const proto::Request& req) const {
   return false;
 }
 
+// A process group or session is the caller's only if every process in it
+// is (the owner rule of the pid scope: the uid of /proc/PID); an empty one
+// is ESRCH. Checked before the request may take a slot or a queue place,
+// or make anyone's request EBUSY.
+Status Server::CheckGroupOwner(const proto::Request& req, const Peer& peer) const {
+  const bool session = req.scope == format::kScopeSid;
+  const std::string what = std::string(session ? "session " : "process group ") +
+                           std::to_string(req.target);
+  DIR* d = ::opendir("/proc");
+  if (!d) return Status::FromErrno(errno, "open /proc");
+  size_t members = 0;
+  Status s;
+  while (struct dirent* e = ::readdir(d)) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    pid_t pid = static_cast<pid_t>(std::atol(e->d_name));
+    auto st = core::ReadStat(pid);
+    if (!st || static_cast<uint32_t>(session ? st->session : st->pgrp) != req.target) continue;
+    ++members;
+    if (peer.uid == 0) continue;
+    struct stat ps;
+    if (::stat(("/proc/" + std::to_string(pid)).c_str(), &ps) != 0) continue;  // gone
+    if (ps.st_uid != peer.uid) {
+      s = Status::Error(EPERM, what + " holds pid " + std::to_string(pid) + " of uid " +
+                                   std::to_string(ps.st_uid) + ", not of uid " +
+                                   std::to_string(peer.uid));
+      break;
+    }
+  }
+  ::closedir(d);
+  if (!s.ok()) return s;
+  if (!members) return Status::Error(ESRCH, "no process in " + what);
+  return Status::Ok();
+}
+
+// The client's timeouts, capped by the configuration (config.h); a request
+// without one gets the cap. What was capped is logged.
+void Server::CapTimeouts(uint64_t id, proto::Request* req) {
+  auto cap = [&](uint64_t* ms, uint64_t default_ms, uint32_t max_s, const char* field,
+                 const char* key) {
+    uint64_t asked = *ms;
+    uint64_t v = asked ? asked : default_ms;
+    uint64_t max_ms = static_cast<uint64_t>(max_s) * 1000;
+    if (max_ms && (v == 0 || v > max_ms)) v = max_ms;
+    if (asked && v != asked)
+      Log(LogLevel::kInfo, "req " + std::to_string(id) + ": " + field + " " +
+                               std::to_string(asked) + " capped to " + std::to_string(v) + " (" +
+                               key + ")");
+    *ms = v;
+  };
+  cap(&req->callback_timeout_ms, static_cast<uint64_t>(config_.callback_timeout * 1000),
+      config_.max_callback_timeout, "callback_timeout_ms", "max_callback_timeout");
+  cap(&req->time_limit_ms, 0, config_.max_time_limit, "time_limit_ms", "max_time_limit");
+}
+
 void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
   switch (req.op) {
     case proto::Op::kPing: {
@@ -509,21 +647,29 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
     }
     case proto::Op::kStatus: return HandleStatus(c, req);
     case proto::Op::kCancel: return HandleCancel(c, req);
-    case proto::Op::kList: return HandleList(c, req);
-    case proto::Op::kDelete: return HandleDelete(c, req);
+    case proto::Op::kList:
+    case proto::Op::kDelete:
+      // In a worker (worker.cc RunList/RunDelete): a slow folder holds it,
+      // never this loop.
+      if (stopping_) return Refuse(c, req, ESHUTDOWN, "stasisd is stopping");
+      break;
     case proto::Op::kCheckpoint: {
       if (stopping_) return Refuse(c, req, ESHUTDOWN, "stasisd is stopping");
-      // The target's owner, early: the worker checks every process again.
-      struct stat st;
-      if (::stat(("/proc/" + std::to_string(req.target)).c_str(), &st) != 0 &&
-          req.scope != format::kScopePgid && req.scope != format::kScopeSid)
-        return Refuse(c, req, ESRCH, "no such process: " + std::to_string(req.target));
-      if (c->peer.uid != 0 && st.st_uid != c->peer.uid &&
-          req.scope != format::kScopePgid && req.scope != format::kScopeSid)
-        return Refuse(c, req, EPERM,
-                      "pid " + std::to_string(req.target) + " belongs to uid " +
-                          std::to_string(st.st_uid) + ", not to uid " + std::to_string(c->peer.uid));
-      if (Overlaps(req))
+      // The owner, early: the worker checks every process again.
+      if (req.scope == format::kScopePgid || req.scope == format::kScopeSid) {
+        Status s = CheckGroupOwner(req, c->peer);
+        if (!s.ok()) return Refuse(c, req, s.code(), s.message());
+      } else {
+        struct stat st;
+        if (::stat(("/proc/" + std::to_string(req.target)).c_str(), &st) != 0)
+          return Refuse(c, req, ESRCH, "no such process: " + std::to_string(req.target));
+        if (c->peer.uid != 0 && st.st_uid != c->peer.uid)
+          return Refuse(c, req, EPERM,
+                        "pid " + std::to_string(req.target) + " belongs to uid " +
+                            std::to_string(st.st_uid) + ", not to uid " +
+                            std::to_string(c->peer.uid));
+      }
+      if (Overlaps(req, c->peer.uid))
         return Refuse(c, req, EBUSY, "a checkpoint of these processes is already in progress");
       break;
     }
@@ -542,6 +688,7 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
   auto job = std::make_unique<Job>();
   job->id = next_id_++;
   job->req = std::move(req);
+  if (job->req.op == proto::Op::kCheckpoint) CapTimeouts(job->id, &job->req);
   job->peer = c->peer;
   job->attached = std::move(fds);
   job->conn_fd = c->fd.get();
@@ -552,7 +699,9 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
 
 void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
   Job* j = job.get();
-  if (Running() < config_.max_concurrent) {
+  const uid_t uid = j->peer.uid;
+  if (Running() < config_.max_concurrent &&
+      (!Limited(uid) || RunningOf(uid) < config_.RunningPerUser())) {
     c->active = j->id;
     jobs_[j->id] = std::move(job);
     Start(j);
@@ -561,6 +710,11 @@ void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
   if (queue_.size() >= config_.max_queued)
     return Refuse(c, j->req, EAGAIN, "stasisd's queue is full (" +
                                          std::to_string(config_.max_queued) + " requests)");
+  if (Limited(uid) && QueuedOf(uid) >= config_.max_queued_per_user)
+    return Refuse(c, j->req, EAGAIN,
+                  "uid " + std::to_string(uid) + " has " +
+                      std::to_string(config_.max_queued_per_user) +
+                      " requests queued already (max_queued_per_user)");
   c->active = j->id;
   queue_.push_back(j->id);
   proto::Reply r;
@@ -581,6 +735,8 @@ void Server::Start(Job* job) {
   }
   job->state = proto::kStateRunning;
   job->started_at = Clock::now();
+  if (job->req.op == proto::Op::kList || job->req.op == proto::Op::kDelete)
+    job->kill_at = job->started_at + kQuickOpLimit;
   if (job->req.op == proto::Op::kCheckpoint && !(job->req.attached & proto::kAttachDest))
     job->state_file = config_.state_dir + "/req-" + std::to_string(::getpid()) + "-" +
                       std::to_string(job->id) + ".req";
@@ -633,13 +789,38 @@ void Server::Start(Job* job) {
   // (The worker writes its state record itself once its file exists.)
   // The worker holds its own copies now.
   job->attached.clear();
-  Log(LogLevel::kDebug, "req " + std::to_string(job->id) + ": worker pid " + std::to_string(pid));
+  std::string limits;
+  if (job->req.op == proto::Op::kCheckpoint)
+    limits = " (callback timeout " + std::to_string(job->req.callback_timeout_ms) +
+             " ms, time limit " + std::to_string(job->req.time_limit_ms) + " ms, hold " +
+             std::to_string(config_.hold_timeout) + " s; 0 = none)";
+  Log(LogLevel::kDebug,
+      "req " + std::to_string(job->id) + ": worker pid " + std::to_string(pid) + limits);
 }
 
+// The next queued request: the oldest of the user with the fewest running
+// requests, among those below their max_running_per_user.
 void Server::StartQueued() {
   while (!queue_.empty() && Running() < config_.max_concurrent) {
-    uint64_t id = queue_.front();
-    queue_.pop_front();
+    std::map<uid_t, size_t> running;
+    for (const auto& [id, j] : jobs_)
+      if (j->state == proto::kStateRunning) ++running[j->peer.uid];
+    auto best = queue_.end();
+    size_t best_running = SIZE_MAX;
+    for (auto q = queue_.begin(); q != queue_.end(); ++q) {
+      auto it = jobs_.find(*q);
+      if (it == jobs_.end()) continue;
+      uid_t uid = it->second->peer.uid;
+      size_t r = running[uid];
+      if (Limited(uid) && r >= config_.RunningPerUser()) continue;
+      if (r < best_running) {
+        best = q;
+        best_running = r;
+      }
+    }
+    if (best == queue_.end()) return;
+    uint64_t id = *best;
+    queue_.erase(best);
     auto it = jobs_.find(id);
     if (it != jobs_.end()) Start(it->second.get());
   }
@@ -681,7 +862,11 @@ void Server::Finish(Job* job, int code, const std::string& message, uint64_t byt
   done_.push_back(info);
   while (done_.size() > 64) done_.pop_front();
   auto c = conns_.find(job->conn_fd);
-  if (c != conns_.end() && c->second->active == job->id) c->second->active = 0;
+  if (c != conns_.end() && c->second->active == job->id) {
+    c->second->active = 0;
+    c->second->last_active = Clock::now();
+  }
+  accept_paused_ = false;  // its descriptors are free
   if (job->worker == 0 && !job->answered) {
     // Never started: stasisd answers itself.
     proto::Reply r;
@@ -739,16 +924,20 @@ void Server::Reap() {
       if (auto rec = ReadStateRecordFile(AT_FDCWD, job->state_file)) ForkRemoveLeftover(*rec);
       ::unlink(job->state_file.c_str());
     }
-    std::string how = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
-                                          : "exited with status " + std::to_string(WEXITSTATUS(status));
+    std::string how = job->timed_out ? "was killed after " +
+                                           std::to_string(kQuickOpLimit.count()) + " s"
+                      : WIFSIGNALED(status)
+                          ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                          : "exited with status " + std::to_string(WEXITSTATUS(status));
     // The worker died without answering: the client still gets an answer.
     proto::Reply r;
-    r.code = EIO;
+    r.code = job->timed_out ? ETIMEDOUT : EIO;
     r.request_id = id;
-    r.message = "stasisd's worker " + how + " before finishing; the processes were left running";
+    r.message = "stasisd's worker " + how + " before finishing";
+    if (job->req.op == proto::Op::kCheckpoint) r.message += "; the processes were left running";
     if (job->client) Answer(job->client.get(), r);
     job->answered = true;
-    Finish(job, EIO, r.message, 0);
+    Finish(job, r.code, r.message, 0);
   }
 }
 
@@ -771,7 +960,7 @@ void Server::ClientGone(Conn* c) {
       }
     }
   }
-  conns_.erase(c->fd.get());
+  CloseConn(c->fd.get());
 }
 
 void Server::HandleStatus(Conn* c, const proto::Request& req) {
@@ -808,7 +997,7 @@ void Server::HandleCancel(Conn* c, const proto::Request& req) {
     queue_.erase(std::remove(queue_.begin(), queue_.end(), job->id), queue_.end());
     Finish(job, ECANCELED, "cancelled by " + Who(c->peer) + " while queued", 0);
     r.message = "cancelled request " + std::to_string(req.request_id);
-  } else if (job->req.op == proto::Op::kCheckpoint) {
+  } else if (job->req.op != proto::Op::kRestart) {
     job->cancelled = true;
     ::kill(job->worker, SIGTERM);
     r.message = "cancelling request " + std::to_string(req.request_id);
@@ -819,82 +1008,44 @@ void Server::HandleCancel(Conn* c, const proto::Request& req) {
   Answer(c->fd.get(), r);
 }
 
-bool IsContextFile(int dirfd, const char* name) {
-  int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return false;
-  char head[8];
-  ssize_t n = ::pread(fd, head, sizeof head, 0);
-  ::close(fd);
-  return n > 0 && format::HasContextMagic(std::string_view(head, static_cast<size_t>(n)));
-}
-
-void Server::HandleList(Conn* c, const proto::Request& req) {
-  if (req.path[0] != '/') return Refuse(c, req, EINVAL, "'" + req.path + "' is not an absolute path");
-  Status s = TakeFsIdentity(c->peer);
-  proto::Reply r;
-  DIR* d = s.ok() ? ::opendir(req.path.c_str()) : nullptr;
-  int err = errno;
-  if (!d) {
-    DropFsIdentity().ok();
-    if (!s.ok()) return Refuse(c, req, s.code(), s.message());
-    return Refuse(c, req, err == EACCES ? EPERM : err,
-                  "cannot list " + req.path + ": " + std::strerror(err));
+// Closes connections idle for longer than idle_timeout and kills list and
+// delete workers past their limit; returns the poll timeout until the next
+// such event (-1: none).
+int Server::Housekeeping() {
+  auto now = Clock::now();
+  Clock::time_point next = Clock::time_point::max();
+  if (config_.idle_timeout) {
+    auto idle = std::chrono::seconds(config_.idle_timeout);
+    std::vector<int> close_these;
+    for (auto& [fd, c] : conns_) {
+      if (c->active) continue;
+      if (now - c->last_active >= idle)
+        close_these.push_back(fd);
+      else
+        next = std::min(next, c->last_active + idle);
+    }
+    for (int fd : close_these) {
+      Log(LogLevel::kDebug, "closed the idle connection of " + Who(conns_[fd]->peer));
+      CloseConn(fd);
+    }
   }
-  while (struct dirent* e = ::readdir(d)) {
-    struct stat st;
-    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
-      continue;
-    if (c->peer.uid != 0 && st.st_uid != c->peer.uid) continue;
-    if (!IsContextFile(::dirfd(d), e->d_name)) continue;
-    if (r.files.size() >= proto::kMaxListed) break;
-    proto::FileEntry f;
-    f.path = req.path + "/" + e->d_name;
-    f.size = static_cast<uint64_t>(st.st_size);
-    f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    f.uid = st.st_uid;
-    r.files.push_back(f);
+  for (auto& [id, j] : jobs_) {
+    if (j->kill_at == Clock::time_point() || j->worker <= 0 || j->timed_out) continue;
+    if (now >= j->kill_at) {
+      j->timed_out = true;
+      ::kill(j->worker, SIGKILL);
+    } else {
+      next = std::min(next, j->kill_at);
+    }
   }
-  ::closedir(d);
-  DropFsIdentity().ok();
-  r.message = std::to_string(r.files.size()) + " context files";
-  Answer(c->fd.get(), r);
-}
-
-void Server::HandleDelete(Conn* c, const proto::Request& req) {
-  if (req.path[0] != '/') return Refuse(c, req, EINVAL, "'" + req.path + "' is not an absolute path");
-  Status s = TakeFsIdentity(c->peer);
-  std::string dir = req.path.substr(0, req.path.rfind('/'));
-  if (dir.empty()) dir = "/";
-  std::string base = req.path.substr(req.path.rfind('/') + 1);
-  UniqueFd dfd(s.ok() ? ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1);
-  struct stat st;
-  std::string why;
-  int code = 0;
-  if (!s.ok()) {
-    code = s.code();
-    why = s.message();
-  } else if (!dfd) {
-    code = errno == EACCES ? EPERM : errno;
-    why = "cannot open folder " + dir + ": " + std::strerror(errno);
-  } else if (::fstatat(dfd.get(), base.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-    code = errno == EACCES ? EPERM : errno;
-    why = req.path + ": " + std::strerror(errno);
-  } else if (!S_ISREG(st.st_mode) || !IsContextFile(dfd.get(), base.c_str())) {
-    code = EINVAL;
-    why = req.path + " is not a context file";
-  } else if (c->peer.uid != 0 && st.st_uid != c->peer.uid) {
-    code = EPERM;
-    why = req.path + " belongs to uid " + std::to_string(st.st_uid);
-  } else if (::unlinkat(dfd.get(), base.c_str(), 0) != 0) {
-    code = errno == EACCES ? EPERM : errno;
-    why = "delete " + req.path + ": " + std::strerror(errno);
+  if (accept_paused_) {
+    // Retry accepting once a second: a worker may have freed descriptors.
+    if (now - paused_at_ >= std::chrono::seconds(1)) accept_paused_ = false;
+    next = std::min(next, paused_at_ + std::chrono::seconds(1));
   }
-  DropFsIdentity().ok();
-  if (code) return Refuse(c, req, code, why);
-  Log(LogLevel::kInfo, Who(c->peer) + ": deleted " + req.path);
-  proto::Reply r;
-  r.message = "deleted " + req.path;
-  Answer(c->fd.get(), r);
+  if (next == Clock::time_point::max()) return -1;
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count() + 1;
+  return static_cast<int>(std::clamp<long long>(ms, 1, 60000));
 }
 
 int Server::Run() {
@@ -916,11 +1067,12 @@ int Server::Run() {
                            (config_.path.empty() ? "built-in defaults" : config_.path) + ")");
   for (;;) {
     if (stopping_ && jobs_.empty()) break;
+    int timeout = Housekeeping();
     std::vector<struct pollfd> pfds;
     std::vector<std::pair<int, uint64_t>> what;  // 0 listen, 1 signals, 2 conn, 3 report
     pfds.push_back({signals_.get(), POLLIN, 0});
     what.emplace_back(1, 0);
-    if (listen_) {
+    if (listen_ && !accept_paused_) {
       pfds.push_back({listen_.get(), POLLIN, 0});
       what.emplace_back(0, 0);
     }
@@ -934,7 +1086,7 @@ int Server::Run() {
       pfds.push_back({j->report.get(), POLLIN, 0});
       what.emplace_back(3, id);
     }
-    int n = ::poll(pfds.data(), pfds.size(), -1);
+    int n = ::poll(pfds.data(), pfds.size(), timeout);
     if (n < 0 && errno != EINTR) {
       Log(LogLevel::kError, std::string("poll: ") + std::strerror(errno));
       return 1;

@@ -1,6 +1,7 @@
 // stasisd's request workers; see worker.h.
 #include "engine/daemon/worker.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -27,6 +28,7 @@
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
 #include "engine/daemon/state_record.h"
+#include "engine/format/context_io.h"
 #include "engine/store/store.h"
 #include "engine/core/procfs.h"
 
@@ -193,6 +195,90 @@ void RecordFileForCleanup(const WorkerTask& task) {
   TakeFsIdentity(task.peer).ok();
 }
 
+bool IsContextFile(int dirfd, const char* name) {
+  int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  struct stat st;
+  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  char head[8];
+  ssize_t n = regular ? ::pread(fd, head, sizeof head, 0) : -1;
+  ::close(fd);
+  return n > 0 && format::HasContextMagic(std::string_view(head, static_cast<size_t>(n)));
+}
+
+// list: the user's context files in a folder, read with the user's rights.
+// In a worker, so that a huge, slow or hostile folder (a FUSE mount of the
+// user's) holds one worker, never stasisd; bounded in entries and time.
+proto::Reply RunList(const WorkerTask& task) {
+  const proto::Request& req = task.request;
+  const Peer& peer = task.peer;
+  constexpr size_t kMaxExamined = 200000;
+  constexpr auto kMaxTime = std::chrono::seconds(10);
+  if (req.path.empty() || req.path[0] != '/')
+    return Failure(Status::Error(EINVAL, "'" + req.path + "' is not an absolute path"));
+  Status s = TakeFsIdentity(peer);
+  if (!s.ok()) return Failure(s);
+  DIR* d = ::opendir(req.path.c_str());
+  if (!d) {
+    int err = errno;
+    return Failure(Status::Error(err == EACCES ? EPERM : err,
+                                 "cannot list " + req.path + ": " + std::strerror(err)));
+  }
+  proto::Reply r;
+  auto start = Clock::now();
+  size_t examined = 0;
+  std::string cut;
+  while (struct dirent* e = ::readdir(d)) {
+    if (++examined > kMaxExamined || Clock::now() - start > kMaxTime || g_cancel) {
+      cut = "; stopped after " + std::to_string(examined - 1) + " entries";
+      break;
+    }
+    struct stat st;
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    if (peer.uid != 0 && st.st_uid != peer.uid) continue;
+    if (!IsContextFile(::dirfd(d), e->d_name)) continue;
+    if (r.files.size() >= proto::kMaxListed) break;
+    proto::FileEntry f;
+    f.path = req.path + "/" + e->d_name;
+    f.size = static_cast<uint64_t>(st.st_size);
+    f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    f.uid = st.st_uid;
+    r.files.push_back(f);
+  }
+  ::closedir(d);
+  r.message = std::to_string(r.files.size()) + " context files" + cut;
+  return r;
+}
+
+// delete: one context file of the user's, through its folder, no symlink.
+proto::Reply RunDelete(const WorkerTask& task) {
+  const proto::Request& req = task.request;
+  const Peer& peer = task.peer;
+  if (req.path.empty() || req.path[0] != '/')
+    return Failure(Status::Error(EINVAL, "'" + req.path + "' is not an absolute path"));
+  Status s = TakeFsIdentity(peer);
+  if (!s.ok()) return Failure(s);
+  std::string dir = Dirname(req.path);
+  std::string base = req.path.substr(req.path.rfind('/') + 1);
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  struct stat st;
+  auto refused = [](int err, const std::string& what) {
+    return Failure(Status::Error(err == EACCES ? EPERM : err, what + ": " + std::strerror(err)));
+  };
+  if (!dfd) return refused(errno, "cannot open folder " + dir);
+  if (::fstatat(dfd.get(), base.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return refused(errno, req.path);
+  if (!S_ISREG(st.st_mode) || !IsContextFile(dfd.get(), base.c_str()))
+    return Failure(Status::Error(EINVAL, req.path + " is not a context file"));
+  if (peer.uid != 0 && st.st_uid != peer.uid)
+    return Failure(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid)));
+  if (::unlinkat(dfd.get(), base.c_str(), 0) != 0) return refused(errno, "delete " + req.path);
+  proto::Reply r;
+  r.message = "deleted " + req.path;
+  return r;
+}
+
 // A checkpoint into a store node file the client created (kFlagHold): the
 // context is written with the store's writer (streaming, CRC32C, the
 // bandwidth cap), fsynced, reported as kReplyWritten, and the processes stay
@@ -202,6 +288,7 @@ struct HeldCommit {
   const WorkerTask* task;
   store::NodeFileSink* sink;
   Clock::time_point deadline;
+  uint32_t hold_timeout;  // seconds one wait for the client may take (config)
 };
 
 // Sends `reply` to the client of a held checkpoint and waits for its `op`.
@@ -211,12 +298,21 @@ Status AskAndWait(HeldCommit* h, const proto::Reply& reply, proto::Op op) {
   Send(h->task->client_fd, *bytes);
   const std::string what = proto::OpName(op);
   std::string buf(proto::kMaxMessageSize + 1, '\0');
+  // The processes may be frozen meanwhile: never wait longer than the
+  // configured hold_timeout, whatever the client's own time limit.
+  Clock::time_point hold_end =
+      h->hold_timeout ? Clock::now() + std::chrono::seconds(h->hold_timeout) : Clock::time_point();
   for (;;) {
     int timeout = -1;
-    if (h->deadline != Clock::time_point()) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(h->deadline - Clock::now()).count();
-      if (left <= 0) return Status::Error(ETIMEDOUT, "the request's time limit was reached before the " + what);
-      timeout = static_cast<int>(std::min<long long>(left, 1000));
+    for (auto [end, why] :
+         {std::pair{h->deadline, "the request's time limit was reached before the " + what},
+          std::pair{hold_end, "no " + what + " from the client within " +
+                                  std::to_string(h->hold_timeout) + " s (hold_timeout)"}}) {
+      if (end == Clock::time_point()) continue;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
+      if (left <= 0) return Status::Error(ETIMEDOUT, why);
+      int ms = static_cast<int>(std::min<long long>(left, 1000));
+      timeout = timeout < 0 ? ms : std::min(timeout, ms);
     }
     struct pollfd p = {h->task->client_fd, POLLIN, 0};
     int r = ::poll(&p, 1, timeout);
@@ -275,7 +371,7 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
     return store::CheckFreeSpace(store::DefaultEnv(), fd, bytes, where);
   };
   RequestSink limited(&sink, 0, deadline);  // cancel and deadline; the sink throttles
-  HeldCommit hold{&task, &sink, deadline};
+  HeldCommit hold{&task, &sink, deadline, config.hold_timeout};
   if (req.flags & proto::kFlagBarrier) {
     // Every node's callbacks are done before any node freezes.
     opt.after_callbacks = [&hold, &task]() {
@@ -603,7 +699,9 @@ void RunWorker(const Config& config, const WorkerTask& task) {
   sa.sa_handler = OnCancel;
   ::sigaction(SIGTERM, &sa, nullptr);
   if (task.request.op == proto::Op::kRestart) RunRestart(config, task);
-  proto::Reply r = RunCheckpoint(config, task);
+  proto::Reply r = task.request.op == proto::Op::kList     ? RunList(task)
+                   : task.request.op == proto::Op::kDelete ? RunDelete(task)
+                                                           : RunCheckpoint(config, task);
   // The file is committed or removed by now: our state record goes first
   // (stasisd removes it too when it reaps us; if stasisd was killed, nobody
   // else would), so that a kill after this point leaves nothing to undo.

@@ -42,7 +42,8 @@ struct WorkerTask {
 StateRecord NewStateRecord(uint64_t id, pid_t worker, const Peer& peer,
                            const format::proto::Request& req);
 
-// Runs in the forked child; never returns.
+// Runs in the forked child (checkpoint, restart, list, delete); never
+// returns.
 [[noreturn]] void RunWorker(const Config& config, const WorkerTask& task);
 
 // The name workers give themselves (/proc/PID/comm), by which a restarted
