@@ -107,6 +107,7 @@ struct Conn {
 // list and delete run in a worker too; one that takes longer than this (a
 // hung network or FUSE file system) is killed.
 constexpr auto kQuickOpLimit = std::chrono::seconds(30);
+constexpr size_t kMaxQuickPerUser = 4;
 
 struct Job {
   uint64_t id = 0;
@@ -154,7 +155,12 @@ class Server {
   proto::RequestInfo Info(const Job& j) const;
   size_t Running() const;
   bool Limited(uid_t uid) const { return uid != 0 || config_.limit_root; }
-  size_t RunningOf(uid_t uid) const;
+  // list and delete: quick, in workers of their own beside the slots
+  // (kMaxQuickPerUser at a time per user).
+  static bool Quick(const proto::Request& r) {
+    return r.op == proto::Op::kList || r.op == proto::Op::kDelete;
+  }
+  size_t RunningOf(uid_t uid, bool quick = false) const;
   size_t QueuedOf(uid_t uid) const;
   size_t ConnectionsOf(uid_t uid) const;
   void CloseConn(int fd);
@@ -436,10 +442,10 @@ size_t Server::ConnectionsOf(uid_t uid) const {
   return n;
 }
 
-size_t Server::RunningOf(uid_t uid) const {
+size_t Server::RunningOf(uid_t uid, bool quick) const {
   size_t n = 0;
   for (const auto& [id, j] : jobs_)
-    if (j->peer.uid == uid && j->state == proto::kStateRunning) ++n;
+    if (j->peer.uid == uid && j->state == proto::kStateRunning && Quick(j->req) == quick) ++n;
   return n;
 }
 
@@ -528,7 +534,7 @@ void Server::ReadRequest(Conn* c) {
 size_t Server::Running() const {
   size_t n = 0;
   for (const auto& [id, j] : jobs_)
-    if (j->state == proto::kStateRunning) ++n;
+    if (j->state == proto::kStateRunning && !Quick(j->req)) ++n;
   return n;
 }
 
@@ -700,6 +706,16 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
 void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
   Job* j = job.get();
   const uid_t uid = j->peer.uid;
+  if (Quick(j->req)) {
+    if (Limited(uid) && RunningOf(uid, true) >= kMaxQuickPerUser)
+      return Refuse(c, j->req, EAGAIN,
+                    "uid " + std::to_string(uid) + " has " + std::to_string(kMaxQuickPerUser) +
+                        " list or delete requests in progress already");
+    c->active = j->id;
+    jobs_[j->id] = std::move(job);
+    Start(j);
+    return;
+  }
   if (Running() < config_.max_concurrent &&
       (!Limited(uid) || RunningOf(uid) < config_.RunningPerUser())) {
     c->active = j->id;
@@ -804,7 +820,7 @@ void Server::StartQueued() {
   while (!queue_.empty() && Running() < config_.max_concurrent) {
     std::map<uid_t, size_t> running;
     for (const auto& [id, j] : jobs_)
-      if (j->state == proto::kStateRunning) ++running[j->peer.uid];
+      if (j->state == proto::kStateRunning && !Quick(j->req)) ++running[j->peer.uid];
     auto best = queue_.end();
     size_t best_running = SIZE_MAX;
     for (auto q = queue_.begin(); q != queue_.end(); ++q) {

@@ -825,6 +825,25 @@ def case_attack_state_forge():
         fail("the clean-up of A's partial file was not logged")
     w.advancing()
     print("OK forged state record: root's file kept, A's own partial file removed")
+    # The worker alone killed (a crash) while stasisd runs on: stasisd
+    # removes the partial file the same way when it reaps the worker.
+    c = subprocess.Popen(as_user(a, [tool("cr_checkpoint"), "--clobber", "-f", ctx, str(w.pid)]),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env_for(d.sock), start_new_session=True)
+    deadline = time.time() + 10
+    while time.time() < deadline and not worker_pids():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    for pid in worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    c.communicate(timeout=30)
+    time.sleep(1.0)
+    if not os.path.exists(secret):
+        fail(f"stasisd removed root's {secret} after its worker was killed")
+    if os.path.exists(ctx):
+        fail(f"stasisd left A's partial file {ctx!r} of its killed worker")
+    w.advancing()
+    print("OK worker killed alone: root's file kept, A's partial file removed by the running stasisd")
     d.stop()
 
 
