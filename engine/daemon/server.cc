@@ -1079,7 +1079,10 @@ int Server::Run() {
   CleanUpAfterKilledInstance();
   Log(LogLevel::kInfo, std::string("stasisd ") + STASIS_VERSION + " listening on " +
                            config_.socket + " (max_concurrent " +
-                           std::to_string(config_.max_concurrent) + ", config " +
+                           std::to_string(config_.max_concurrent) + "; per user " +
+                           std::to_string(config_.max_connections_per_user) + " connections, " +
+                           std::to_string(config_.RunningPerUser()) + " running, " +
+                           std::to_string(config_.max_queued_per_user) + " queued; config " +
                            (config_.path.empty() ? "built-in defaults" : config_.path) + ")");
   for (;;) {
     if (stopping_ && jobs_.empty()) break;
