@@ -8,7 +8,7 @@
 #
 # Usage: ci/fuzz.sh [--build-only] [SECONDS] [FUZZER...]
 #   SECONDS  fuzzing time per fuzzer (default 60)
-#   FUZZER   context_reader, protocol, manifest (default: all three)
+#   FUZZER   context_reader, protocol, manifest, state_record (default: all)
 # Exits 77 (CTest's SKIP_RETURN_CODE), printing "SKIPPED: ...", when clang or
 # its libFuzzer/sanitizer runtimes (libclang-rt-14-dev) are not installed;
 # ci/setup.sh installs both. Configuring and building hold a lock, so that
@@ -30,13 +30,14 @@ if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then
   shift
 fi
 fuzzers=("$@")
-[[ ${#fuzzers[@]} -gt 0 ]] || fuzzers=(context_reader protocol manifest)
+[[ ${#fuzzers[@]} -gt 0 ]] || fuzzers=(context_reader protocol manifest state_record)
 
 # The committed corpus of each fuzzer.
 declare -A corpus=(
   [context_reader]=engine/format/fuzz/corpus
   [protocol]=engine/format/fuzz/protocol_corpus
   [manifest]=engine/format/fuzz/manifest_corpus
+  [state_record]=engine/format/fuzz/state_record_corpus
 )
 for f in "${fuzzers[@]}"; do
   if [[ -z ${corpus[$f]:-} ]]; then

@@ -155,6 +155,55 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
          c.callback_timeout = static_cast<double>(n);
          return Status::Ok();
        }},
+      {"max_connections_per_user", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 1, 65536, &n));
+         c.max_connections_per_user = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
+      {"max_running_per_user", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 1024, &n));
+         c.max_running_per_user = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
+      {"max_queued_per_user", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 65536, &n));
+         c.max_queued_per_user = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
+      {"limit_root", [&](const std::string& k, const YAML::Node& v) {
+         std::string s = v.IsScalar() ? v.Scalar() : "";
+         if (s == "true") c.limit_root = true;
+         else if (s == "false") c.limit_root = false;
+         else return Bad(path, v, k, "'" + s + "' is not true or false");
+         return Status::Ok();
+       }},
+      {"idle_timeout", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
+         c.idle_timeout = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
+      {"max_callback_timeout", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
+         c.max_callback_timeout = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
+      {"max_time_limit", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 31 * 86400, &n));
+         c.max_time_limit = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
+      {"hold_timeout", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 1, 86400, &n));
+         c.hold_timeout = static_cast<uint32_t>(n);
+         return Status::Ok();
+       }},
       {"capture_backend", [&](const std::string& k, const YAML::Node& v) {
          std::string s = v.IsScalar() ? v.Scalar() : "";
          if (s == "auto") c.capture_backend = core::CaptureBackend::kAuto;

@@ -29,11 +29,34 @@ struct Config {
   uint32_t max_queued = 256;
   uint64_t bandwidth_limit = 0;  // bytes/s per request, 0 = unlimited
   double callback_timeout = 60;  // seconds, 0 = unbounded
+  // What one user may hold (root is exempt unless limit_root): connections,
+  // running requests (0 = max_concurrent - 1, at least 1, so that one user
+  // never holds every slot), queued requests.
+  uint32_t max_connections_per_user = 32;
+  uint32_t max_running_per_user = 0;
+  uint32_t max_queued_per_user = 16;
+  bool limit_root = false;
+  // Seconds a connection with no request in progress stays open; 0 = forever.
+  uint32_t idle_timeout = 60;
+  // Caps on what a client may ask for, seconds (0 = no cap): its
+  // callback_timeout_ms, its time_limit_ms (also the limit of a request that
+  // names none), and how long a held checkpoint waits for the client's
+  // commit or proceed with its processes frozen (then they resume and the
+  // request fails with ETIMEDOUT).
+  uint32_t max_callback_timeout = 600;
+  uint32_t max_time_limit = 86400;
+  uint32_t hold_timeout = 300;
   // capture_backend: auto (the kernel module when /dev/stasis is there),
   // kernel (the module or fail), user (ptrace and /proc only).
   core::CaptureBackend capture_backend = core::CaptureBackend::kAuto;
   LogTarget log = LogTarget::kStderr;
   LogLevel log_level = LogLevel::kInfo;
+
+  // max_running_per_user with its default applied.
+  uint32_t RunningPerUser() const {
+    if (max_running_per_user) return max_running_per_user;
+    return max_concurrent > 1 ? max_concurrent - 1 : 1;
+  }
 };
 
 // Reads and validates `path`. A missing file is an error unless

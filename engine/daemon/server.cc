@@ -19,14 +19,15 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 
 #include "engine/base/fd.h"
 #include "engine/core/context_file.h"
 #include "engine/core/procfs.h"
+#include "engine/daemon/state_record.h"
 #include "engine/daemon/worker.h"
 #include "engine/format/context.h"
 #include "engine/format/context_io.h"
@@ -100,7 +101,13 @@ struct Conn {
   UniqueFd fd;
   Peer peer;
   uint64_t active = 0;  // request in progress on this connection
+  Clock::time_point last_active;  // accepted, or its last request ended
 };
+
+// list and delete run in a worker too; one that takes longer than this (a
+// hung network or FUSE file system) is killed.
+constexpr auto kQuickOpLimit = std::chrono::seconds(30);
+constexpr size_t kMaxQuickPerUser = 4;
 
 struct Job {
   uint64_t id = 0;
@@ -115,6 +122,8 @@ struct Job {
   Clock::time_point queued_at, started_at;
   bool answered = false;  // the worker sent its final (or started) reply
   bool cancelled = false;
+  bool timed_out = false;
+  Clock::time_point kill_at;  // list/delete: the worker is killed then
   std::string state_file;
 };
 
@@ -138,13 +147,24 @@ class Server {
   void Finish(Job* job, int code, const std::string& message, uint64_t bytes);
   void Reap();
   void ClientGone(Conn* c);
-  bool Overlaps(const proto::Request& req) const;
+  bool Overlaps(const proto::Request& req, uid_t uid) const;
+  Status CheckGroupOwner(const proto::Request& req, const Peer& peer) const;
+  void CapTimeouts(uint64_t id, proto::Request* req);
   void HandleStatus(Conn* c, const proto::Request& req);
   void HandleCancel(Conn* c, const proto::Request& req);
-  void HandleList(Conn* c, const proto::Request& req);
-  void HandleDelete(Conn* c, const proto::Request& req);
   proto::RequestInfo Info(const Job& j) const;
   size_t Running() const;
+  bool Limited(uid_t uid) const { return uid != 0 || config_.limit_root; }
+  // list and delete: quick, in workers of their own beside the slots
+  // (kMaxQuickPerUser at a time per user).
+  static bool Quick(const proto::Request& r) {
+    return r.op == proto::Op::kList || r.op == proto::Op::kDelete;
+  }
+  size_t RunningOf(uid_t uid, bool quick = false) const;
+  size_t QueuedOf(uid_t uid) const;
+  size_t ConnectionsOf(uid_t uid) const;
+  void CloseConn(int fd);
+  int Housekeeping();  // idle connections, overdue workers; the next poll timeout
 
   const Config& config_;
   UniqueFd listen_;
@@ -156,6 +176,12 @@ class Server {
   std::deque<proto::RequestInfo> done_;
   uint64_t next_id_ = 1;
   bool stopping_ = false;
+  // accept4 failed with EMFILE/ENFILE: the listening socket is not watched
+  // until a connection closes or a second has passed (else poll spins).
+  bool accept_paused_ = false;
+  bool emfile_logged_ = false;  // until an accept succeeds again
+  Clock::time_point paused_at_;
+  std::set<uid_t> conn_cap_logged_;  // users told (in the log) about their cap
 };
 
 // A folder stasisd trusts (its socket's, its state folder) must be one no
@@ -236,43 +262,146 @@ Status Server::Listen() {
   return Status::Ok();
 }
 
+// Opens the absolute folder `path` one component at a time, never following
+// a symbolic link (a component that is one fails with ENOTDIR/ELOOP).
+Result<UniqueFd> OpenFolderNoFollow(const std::string& path) {
+  UniqueFd cur(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!cur) return Status::FromErrno(errno, "open /");
+  std::stringstream parts(path);
+  std::string part;
+  while (std::getline(parts, part, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return Status::Error(EINVAL, path + " holds '..'");
+    int fd = ::openat(cur.get(), part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno(errno, "open " + path + " (at '" + part + "')");
+    cur.reset(fd);
+  }
+  return cur;
+}
+
+// In a child of stasisd, as the record's owner (groups, fsgid, fsuid: root's
+// file capabilities are gone): removes the file a killed worker left, only
+// if the folder, reached without symlinks, is the one the worker recorded
+// (device and inode), and the name in it is still that worker's file: the
+// worker's temporary name (or, for a clobber checkpoint, the destination
+// itself), a regular file of the owner's, the very inode the worker created.
+// Anything else is logged and left alone.
+int RemoveLeftoverAsOwner(const StateRecord& r) {
+  const std::string req = "request " + std::to_string(r.id) + " of a killed stasisd";
+  if (!r.has_file()) {
+    Log(LogLevel::kWarn, req + " (" + r.path + ") recorded no file; nothing to remove");
+    return 0;
+  }
+  std::string where = r.folder + "/" + r.name;
+  auto leave = [&](const std::string& why) {
+    Log(LogLevel::kWarn, "left " + where + " of " + req + " alone: " + why);
+    return 1;
+  };
+  // The name the worker's writer used (ContextFileWriter::TempPathFor), or
+  // the destination's own name for a clobber checkpoint.
+  std::string expect = r.mode == proto::kWriteClobber
+                           ? r.path
+                           : core::ContextFileWriter::TempPathFor(r.path, static_cast<pid_t>(r.worker));
+  expect = expect.substr(expect.rfind('/') + 1);
+  if (r.name != expect) return leave("not the name its worker writes");
+  Peer owner;
+  owner.uid = r.uid;
+  owner.gid = r.gid;
+  owner.groups.assign(r.groups.begin(), r.groups.end());
+  Status s = TakeFsIdentity(owner);
+  if (!s.ok()) return leave(s.message());
+  auto dir = OpenFolderNoFollow(r.folder);
+  if (!dir) return leave(dir.error().message());
+  struct stat st;
+  if (::fstat(dir->get(), &st) != 0) return leave(std::string("stat: ") + std::strerror(errno));
+  if (st.st_dev != r.folder_dev || st.st_ino != r.folder_ino)
+    return leave("the folder is not the one its worker wrote in");
+  if (::fstatat(dir->get(), r.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return 0;  // gone already
+    return leave(std::string("stat: ") + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) return leave("not a regular file");
+  if (st.st_uid != r.uid) return leave("it belongs to uid " + std::to_string(st.st_uid));
+  if (st.st_dev != r.file_dev || st.st_ino != r.file_ino)
+    return leave("not the file its worker created");
+  if (::unlinkat(dir->get(), r.name.c_str(), 0) != 0)
+    return leave(std::string("unlink: ") + std::strerror(errno));
+  Log(LogLevel::kWarn, "removed " + where + ", the partial context of " + req + " (as uid " +
+                           std::to_string(r.uid) + ")");
+  return 0;
+}
+
+// RemoveLeftoverAsOwner in a child: the owner's identity stays there, and a
+// folder on a hung file system holds the child, not stasisd (SIGALRM ends
+// it after 10 s; a FUSE wait gives way to a fatal signal).
+pid_t ForkRemoveLeftover(const StateRecord& r) {
+  pid_t child = ::fork();
+  if (child == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGALRM, SIG_DFL);
+    ::alarm(10);
+    std::_Exit(RemoveLeftoverAsOwner(r));
+  }
+  return child;
+}
+
 // Workers of a killed stasisd keep running until their request is done
 // (the targets are never left frozen); the state records of dead ones tell
-// which temporary context files to remove.
+// which partial context files to remove. A record that does not decode
+// (state_record.h) is logged and dropped, never acted on.
 void Server::CleanUpAfterKilledInstance() {
-  DIR* d = ::opendir(config_.state_dir.c_str());
-  if (!d) return;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name.size() < 5 || name.compare(name.size() - 4, 4, ".req") != 0) continue;
-    std::string path = config_.state_dir + "/" + name;
-    std::ifstream in(path);
-    std::map<std::string, std::string> kv;
-    std::string line;
-    while (std::getline(in, line)) {
-      size_t eq = line.find('=');
-      if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+  UniqueFd dir(::open(config_.state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir) return;
+  std::vector<std::string> names;
+  if (DIR* d = ::fdopendir(::fcntl(dir.get(), F_DUPFD_CLOEXEC, 3))) {
+    while (struct dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  auto ends = [](const std::string& n, const std::string& tail) {
+    return n.size() > tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const std::string& name : names) {
+    if (ends(name, ".req.tmp")) {  // a record being written when stasisd died
+      ::unlinkat(dir.get(), name.c_str(), 0);
+      continue;
     }
-    pid_t pid = static_cast<pid_t>(std::atol(kv["worker"].c_str()));
+    if (!ends(name, ".req")) continue;
+    auto r = ReadStateRecordFile(dir.get(), name);
+    if (!r) {
+      Log(LogLevel::kWarn, "refused the state record " + config_.state_dir + "/" + name + ": " +
+                               r.error().message() + "; not acting on it");
+      ::unlinkat(dir.get(), name.c_str(), 0);
+      continue;
+    }
+    pid_t pid = static_cast<pid_t>(r->worker);
     // Alive: a worker by name and not a zombie (nobody may reap an orphan).
-    auto worker = pid > 0 ? core::ReadStat(pid) : Result<core::ProcStat>(Status::Error(ESRCH, ""));
+    auto worker = core::ReadStat(pid);
     bool alive = worker && worker->comm == kWorkerComm && worker->state != 'Z' &&
                  worker->state != 'X';
     if (alive) {
-      Log(LogLevel::kWarn, "request " + kv["id"] + " of a previous stasisd is still being " +
-                               "finished by worker pid " + std::to_string(pid) + "; leaving it");
+      Log(LogLevel::kWarn, "request " + std::to_string(r->id) + " of a previous stasisd is still " +
+                               "being finished by worker pid " + std::to_string(pid) + "; leaving it");
       continue;
     }
-    const std::string& temp = kv["temp"];
-    struct stat st;
-    if (!temp.empty() && ::lstat(temp.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-      ::unlink(temp.c_str());
-      Log(LogLevel::kWarn, "removed " + temp + ", the partial context of request " + kv["id"] +
-                               " of a killed stasisd");
+    pid_t child = ForkRemoveLeftover(*r);
+    if (child > 0) {
+      int status;
+      auto until = Clock::now() + std::chrono::seconds(10);
+      while (::waitpid(child, &status, WNOHANG) == 0) {
+        if (Clock::now() > until) {
+          ::kill(child, SIGKILL);
+          ::waitpid(child, &status, 0);
+          Log(LogLevel::kWarn, "gave up removing the partial context of request " +
+                                   std::to_string(r->id) + " after 10 s");
+          break;
+        }
+        ::usleep(10000);
+      }
     }
-    ::unlink(path.c_str());
+    ::unlinkat(dir.get(), name.c_str(), 0);
   }
-  ::closedir(d);
 }
 
 void Server::Answer(int fd, proto::Reply r) {
@@ -296,9 +425,23 @@ void Server::Refuse(Conn* c, const proto::Request& req, int code, const std::str
 void Server::Accept() {
   for (;;) {
     int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: stop watching the socket (poll would report it
+        // readable forever) until a connection closes; logged once.
+        if (!emfile_logged_)
+          Log(LogLevel::kWarn, std::string("accept: ") + std::strerror(errno) + " with " +
+                                   std::to_string(conns_.size()) +
+                                   " connections open; not accepting until one closes");
+        accept_paused_ = emfile_logged_ = true;
+        paused_at_ = Clock::now();
+      }
+      return;
+    }
+    emfile_logged_ = false;
     auto c = std::make_unique<Conn>();
     c->fd.reset(fd);
+    c->last_active = Clock::now();
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
@@ -309,9 +452,55 @@ void Server::Accept() {
     socklen_t glen = sizeof groups;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
       c->peer.groups.assign(groups, groups + glen / sizeof(gid_t));
+    if (Limited(cred.uid) && ConnectionsOf(cred.uid) >= config_.max_connections_per_user) {
+      // Refused at once (EAGAIN), closed; logged once until it has fewer.
+      if (conn_cap_logged_.insert(cred.uid).second)
+        Log(LogLevel::kWarn, "refused connections of " + Who(c->peer) + ": it has " +
+                                 std::to_string(config_.max_connections_per_user) +
+                                 " open (max_connections_per_user)");
+      proto::Reply r;
+      r.code = EAGAIN;
+      r.message = "uid " + std::to_string(cred.uid) + " has " +
+                  std::to_string(config_.max_connections_per_user) +
+                  " connections to stasisd open already (max_connections_per_user)";
+      Answer(fd, r);
+      continue;
+    }
     Log(LogLevel::kDebug, "connection from " + Who(c->peer));
     conns_[fd] = std::move(c);
   }
+}
+
+size_t Server::ConnectionsOf(uid_t uid) const {
+  size_t n = 0;
+  for (const auto& [fd, c] : conns_)
+    if (c->peer.uid == uid) ++n;
+  return n;
+}
+
+size_t Server::RunningOf(uid_t uid, bool quick) const {
+  size_t n = 0;
+  for (const auto& [id, j] : jobs_)
+    if (j->peer.uid == uid && j->state == proto::kStateRunning && Quick(j->req) == quick) ++n;
+  return n;
+}
+
+size_t Server::QueuedOf(uid_t uid) const {
+  size_t n = 0;
+  for (const auto& [id, j] : jobs_)
+    if (j->peer.uid == uid && j->state == proto::kStateQueued) ++n;
+  return n;
+}
+
+// Every connection goes through here: a descriptor is free again, so a
+// paused accept may resume.
+void Server::CloseConn(int fd) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  uid_t uid = it->second->peer.uid;
+  conns_.erase(it);
+  accept_paused_ = false;
+  if (ConnectionsOf(uid) < config_.max_connections_per_user) conn_cap_logged_.erase(uid);
 }
 
 void Server::ReadRequest(Conn* c) {
@@ -381,7 +570,7 @@ void Server::ReadRequest(Conn* c) {
 size_t Server::Running() const {
   size_t n = 0;
   for (const auto& [id, j] : jobs_)
-    if (j->state == proto::kStateRunning) ++n;
+    if (j->state == proto::kStateRunning && !Quick(j->req)) ++n;
   return n;
 }
 
@@ -400,7 +589,10 @@ bool DescendsFrom(pid_t pid, pid_t ancestor) {
 // already covers is refused with EBUSY. A tree or pid scope is matched by
 // ancestry (a pid scope is a one-process tree); a process group or session
 // by its id, against the other side's id or its target's group/session.
-bool Server::Overlaps(const proto::Request& req) const {
+// A user's request is compared with that user's own requests only, so no
+// one's request (a tree reaching someone else's processes, say) gives
+// another user EBUSY; root's with everyone's.
+bool Server::Overlaps(const proto::Request& req, uid_t uid) const {
   auto grouped = [](const proto::Request& r) {
     return r.scope == format::kScopePgid || r.scope == format::kScopeSid;
   };
@@ -414,6 +606,7 @@ bool Server::Overlaps(const proto::Request& req) const {
   for (const auto& [id, j] : jobs_) {
     const proto::Request& o = j->req;
     if (o.op != proto::Op::kCheckpoint) continue;
+    if (uid != 0 && j->peer.uid != uid) continue;
     pid_t a = static_cast<pid_t>(req.target), b = static_cast<pid_t>(o.target);
     if (grouped(req) && grouped(o)) {
       if (req.scope == o.scope && a == b) return true;
@@ -430,6 +623,60 @@ bool Server::Overlaps(const proto::Request& req) const {
   return false;
 }
 
+// A process group or session is the caller's only if every process in it
+// is (the owner rule of the pid scope: the uid of /proc/PID); an empty one
+// is ESRCH. Checked before the request may take a slot or a queue place,
+// or make anyone's request EBUSY.
+Status Server::CheckGroupOwner(const proto::Request& req, const Peer& peer) const {
+  const bool session = req.scope == format::kScopeSid;
+  const std::string what = std::string(session ? "session " : "process group ") +
+                           std::to_string(req.target);
+  DIR* d = ::opendir("/proc");
+  if (!d) return Status::FromErrno(errno, "open /proc");
+  size_t members = 0;
+  Status s;
+  while (struct dirent* e = ::readdir(d)) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    pid_t pid = static_cast<pid_t>(std::atol(e->d_name));
+    auto st = core::ReadStat(pid);
+    if (!st || static_cast<uint32_t>(session ? st->session : st->pgrp) != req.target) continue;
+    ++members;
+    if (peer.uid == 0) continue;
+    struct stat ps;
+    if (::stat(("/proc/" + std::to_string(pid)).c_str(), &ps) != 0) continue;  // gone
+    if (ps.st_uid != peer.uid) {
+      s = Status::Error(EPERM, what + " holds pid " + std::to_string(pid) + " of uid " +
+                                   std::to_string(ps.st_uid) + ", not of uid " +
+                                   std::to_string(peer.uid));
+      break;
+    }
+  }
+  ::closedir(d);
+  if (!s.ok()) return s;
+  if (!members) return Status::Error(ESRCH, "no process in " + what);
+  return Status::Ok();
+}
+
+// The client's timeouts, capped by the configuration (config.h); a request
+// without one gets the cap. What was capped is logged.
+void Server::CapTimeouts(uint64_t id, proto::Request* req) {
+  auto cap = [&](uint64_t* ms, uint64_t default_ms, uint32_t max_s, const char* field,
+                 const char* key) {
+    uint64_t asked = *ms;
+    uint64_t v = asked ? asked : default_ms;
+    uint64_t max_ms = static_cast<uint64_t>(max_s) * 1000;
+    if (max_ms && (v == 0 || v > max_ms)) v = max_ms;
+    if (asked && v != asked)
+      Log(LogLevel::kInfo, "req " + std::to_string(id) + ": " + field + " " +
+                               std::to_string(asked) + " capped to " + std::to_string(v) + " (" +
+                               key + ")");
+    *ms = v;
+  };
+  cap(&req->callback_timeout_ms, static_cast<uint64_t>(config_.callback_timeout * 1000),
+      config_.max_callback_timeout, "callback_timeout_ms", "max_callback_timeout");
+  cap(&req->time_limit_ms, 0, config_.max_time_limit, "time_limit_ms", "max_time_limit");
+}
+
 void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
   switch (req.op) {
     case proto::Op::kPing: {
@@ -442,21 +689,29 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
     }
     case proto::Op::kStatus: return HandleStatus(c, req);
     case proto::Op::kCancel: return HandleCancel(c, req);
-    case proto::Op::kList: return HandleList(c, req);
-    case proto::Op::kDelete: return HandleDelete(c, req);
+    case proto::Op::kList:
+    case proto::Op::kDelete:
+      // In a worker (worker.cc RunList/RunDelete): a slow folder holds it,
+      // never this loop.
+      if (stopping_) return Refuse(c, req, ESHUTDOWN, "stasisd is stopping");
+      break;
     case proto::Op::kCheckpoint: {
       if (stopping_) return Refuse(c, req, ESHUTDOWN, "stasisd is stopping");
-      // The target's owner, early: the worker checks every process again.
-      struct stat st;
-      if (::stat(("/proc/" + std::to_string(req.target)).c_str(), &st) != 0 &&
-          req.scope != format::kScopePgid && req.scope != format::kScopeSid)
-        return Refuse(c, req, ESRCH, "no such process: " + std::to_string(req.target));
-      if (c->peer.uid != 0 && st.st_uid != c->peer.uid &&
-          req.scope != format::kScopePgid && req.scope != format::kScopeSid)
-        return Refuse(c, req, EPERM,
-                      "pid " + std::to_string(req.target) + " belongs to uid " +
-                          std::to_string(st.st_uid) + ", not to uid " + std::to_string(c->peer.uid));
-      if (Overlaps(req))
+      // The owner, early: the worker checks every process again.
+      if (req.scope == format::kScopePgid || req.scope == format::kScopeSid) {
+        Status s = CheckGroupOwner(req, c->peer);
+        if (!s.ok()) return Refuse(c, req, s.code(), s.message());
+      } else {
+        struct stat st;
+        if (::stat(("/proc/" + std::to_string(req.target)).c_str(), &st) != 0)
+          return Refuse(c, req, ESRCH, "no such process: " + std::to_string(req.target));
+        if (c->peer.uid != 0 && st.st_uid != c->peer.uid)
+          return Refuse(c, req, EPERM,
+                        "pid " + std::to_string(req.target) + " belongs to uid " +
+                            std::to_string(st.st_uid) + ", not to uid " +
+                            std::to_string(c->peer.uid));
+      }
+      if (Overlaps(req, c->peer.uid))
         return Refuse(c, req, EBUSY, "a checkpoint of these processes is already in progress");
       break;
     }
@@ -475,6 +730,7 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
   auto job = std::make_unique<Job>();
   job->id = next_id_++;
   job->req = std::move(req);
+  if (job->req.op == proto::Op::kCheckpoint) CapTimeouts(job->id, &job->req);
   job->peer = c->peer;
   job->attached = std::move(fds);
   job->conn_fd = c->fd.get();
@@ -485,7 +741,19 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
 
 void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
   Job* j = job.get();
-  if (Running() < config_.max_concurrent) {
+  const uid_t uid = j->peer.uid;
+  if (Quick(j->req)) {
+    if (Limited(uid) && RunningOf(uid, true) >= kMaxQuickPerUser)
+      return Refuse(c, j->req, EAGAIN,
+                    "uid " + std::to_string(uid) + " has " + std::to_string(kMaxQuickPerUser) +
+                        " list or delete requests in progress already");
+    c->active = j->id;
+    jobs_[j->id] = std::move(job);
+    Start(j);
+    return;
+  }
+  if (Running() < config_.max_concurrent &&
+      (!Limited(uid) || RunningOf(uid) < config_.RunningPerUser())) {
     c->active = j->id;
     jobs_[j->id] = std::move(job);
     Start(j);
@@ -494,6 +762,11 @@ void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
   if (queue_.size() >= config_.max_queued)
     return Refuse(c, j->req, EAGAIN, "stasisd's queue is full (" +
                                          std::to_string(config_.max_queued) + " requests)");
+  if (Limited(uid) && QueuedOf(uid) >= config_.max_queued_per_user)
+    return Refuse(c, j->req, EAGAIN,
+                  "uid " + std::to_string(uid) + " has " +
+                      std::to_string(config_.max_queued_per_user) +
+                      " requests queued already (max_queued_per_user)");
   c->active = j->id;
   queue_.push_back(j->id);
   proto::Reply r;
@@ -514,6 +787,8 @@ void Server::Start(Job* job) {
   }
   job->state = proto::kStateRunning;
   job->started_at = Clock::now();
+  if (job->req.op == proto::Op::kList || job->req.op == proto::Op::kDelete)
+    job->kill_at = job->started_at + kQuickOpLimit;
   if (job->req.op == proto::Op::kCheckpoint && !(job->req.attached & proto::kAttachDest))
     job->state_file = config_.state_dir + "/req-" + std::to_string(::getpid()) + "-" +
                       std::to_string(job->id) + ".req";
@@ -563,24 +838,41 @@ void Server::Start(Job* job) {
   job->report.reset(sp[0]);
   job->worker = pid;
   workers_[pid] = job->id;
-  if (!job->state_file.empty()) {
-    std::ofstream out(job->state_file);
-    out << "id=" << job->id << "\nworker=" << pid << "\nuid=" << job->peer.uid
-        << "\npath=" << job->req.path << "\ntemp="
-        << (job->req.write_mode == proto::kWriteClobber
-                ? job->req.path
-                : core::ContextFileWriter::TempPathFor(job->req.path, pid))
-        << "\n";
-  }
+  // (The worker writes its state record itself once its file exists.)
   // The worker holds its own copies now.
   job->attached.clear();
-  Log(LogLevel::kDebug, "req " + std::to_string(job->id) + ": worker pid " + std::to_string(pid));
+  std::string limits;
+  if (job->req.op == proto::Op::kCheckpoint)
+    limits = " (callback timeout " + std::to_string(job->req.callback_timeout_ms) +
+             " ms, time limit " + std::to_string(job->req.time_limit_ms) + " ms, hold " +
+             std::to_string(config_.hold_timeout) + " s; 0 = none)";
+  Log(LogLevel::kDebug,
+      "req " + std::to_string(job->id) + ": worker pid " + std::to_string(pid) + limits);
 }
 
+// The next queued request: the oldest of the user with the fewest running
+// requests, among those below their max_running_per_user.
 void Server::StartQueued() {
   while (!queue_.empty() && Running() < config_.max_concurrent) {
-    uint64_t id = queue_.front();
-    queue_.pop_front();
+    std::map<uid_t, size_t> running;
+    for (const auto& [id, j] : jobs_)
+      if (j->state == proto::kStateRunning && !Quick(j->req)) ++running[j->peer.uid];
+    auto best = queue_.end();
+    size_t best_running = SIZE_MAX;
+    for (auto q = queue_.begin(); q != queue_.end(); ++q) {
+      auto it = jobs_.find(*q);
+      if (it == jobs_.end()) continue;
+      uid_t uid = it->second->peer.uid;
+      size_t r = running[uid];
+      if (Limited(uid) && r >= config_.RunningPerUser()) continue;
+      if (r < best_running) {
+        best = q;
+        best_running = r;
+      }
+    }
+    if (best == queue_.end()) return;
+    uint64_t id = *best;
+    queue_.erase(best);
     auto it = jobs_.find(id);
     if (it != jobs_.end()) Start(it->second.get());
   }
@@ -622,7 +914,11 @@ void Server::Finish(Job* job, int code, const std::string& message, uint64_t byt
   done_.push_back(info);
   while (done_.size() > 64) done_.pop_front();
   auto c = conns_.find(job->conn_fd);
-  if (c != conns_.end() && c->second->active == job->id) c->second->active = 0;
+  if (c != conns_.end() && c->second->active == job->id) {
+    c->second->active = 0;
+    c->second->last_active = Clock::now();
+  }
+  accept_paused_ = false;  // its descriptors are free
   if (job->worker == 0 && !job->answered) {
     // Never started: stasisd answers itself.
     proto::Reply r;
@@ -673,17 +969,27 @@ void Server::Reap() {
     if (job->report) OnReport(job);
     it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    if (!job->state_file.empty()) ::unlink(job->state_file.c_str());
-    std::string how = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
-                                          : "exited with status " + std::to_string(WEXITSTATUS(status));
+    if (!job->state_file.empty()) {
+      // A worker that died with its file unfinished (killed, crashed) left
+      // its record: its file goes the same way as after a killed stasisd,
+      // in a child that Reap collects later.
+      if (auto rec = ReadStateRecordFile(AT_FDCWD, job->state_file)) ForkRemoveLeftover(*rec);
+      ::unlink(job->state_file.c_str());
+    }
+    std::string how = job->timed_out ? "was killed after " +
+                                           std::to_string(kQuickOpLimit.count()) + " s"
+                      : WIFSIGNALED(status)
+                          ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                          : "exited with status " + std::to_string(WEXITSTATUS(status));
     // The worker died without answering: the client still gets an answer.
     proto::Reply r;
-    r.code = EIO;
+    r.code = job->timed_out ? ETIMEDOUT : EIO;
     r.request_id = id;
-    r.message = "stasisd's worker " + how + " before finishing; the processes were left running";
+    r.message = "stasisd's worker " + how + " before finishing";
+    if (job->req.op == proto::Op::kCheckpoint) r.message += "; the processes were left running";
     if (job->client) Answer(job->client.get(), r);
     job->answered = true;
-    Finish(job, EIO, r.message, 0);
+    Finish(job, r.code, r.message, 0);
   }
 }
 
@@ -706,7 +1012,7 @@ void Server::ClientGone(Conn* c) {
       }
     }
   }
-  conns_.erase(c->fd.get());
+  CloseConn(c->fd.get());
 }
 
 void Server::HandleStatus(Conn* c, const proto::Request& req) {
@@ -743,7 +1049,7 @@ void Server::HandleCancel(Conn* c, const proto::Request& req) {
     queue_.erase(std::remove(queue_.begin(), queue_.end(), job->id), queue_.end());
     Finish(job, ECANCELED, "cancelled by " + Who(c->peer) + " while queued", 0);
     r.message = "cancelled request " + std::to_string(req.request_id);
-  } else if (job->req.op == proto::Op::kCheckpoint) {
+  } else if (job->req.op != proto::Op::kRestart) {
     job->cancelled = true;
     ::kill(job->worker, SIGTERM);
     r.message = "cancelling request " + std::to_string(req.request_id);
@@ -754,82 +1060,44 @@ void Server::HandleCancel(Conn* c, const proto::Request& req) {
   Answer(c->fd.get(), r);
 }
 
-bool IsContextFile(int dirfd, const char* name) {
-  int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return false;
-  char head[8];
-  ssize_t n = ::pread(fd, head, sizeof head, 0);
-  ::close(fd);
-  return n > 0 && format::HasContextMagic(std::string_view(head, static_cast<size_t>(n)));
-}
-
-void Server::HandleList(Conn* c, const proto::Request& req) {
-  if (req.path[0] != '/') return Refuse(c, req, EINVAL, "'" + req.path + "' is not an absolute path");
-  Status s = TakeFsIdentity(c->peer);
-  proto::Reply r;
-  DIR* d = s.ok() ? ::opendir(req.path.c_str()) : nullptr;
-  int err = errno;
-  if (!d) {
-    DropFsIdentity().ok();
-    if (!s.ok()) return Refuse(c, req, s.code(), s.message());
-    return Refuse(c, req, err == EACCES ? EPERM : err,
-                  "cannot list " + req.path + ": " + std::strerror(err));
+// Closes connections idle for longer than idle_timeout and kills list and
+// delete workers past their limit; returns the poll timeout until the next
+// such event (-1: none).
+int Server::Housekeeping() {
+  auto now = Clock::now();
+  Clock::time_point next = Clock::time_point::max();
+  if (config_.idle_timeout) {
+    auto idle = std::chrono::seconds(config_.idle_timeout);
+    std::vector<int> close_these;
+    for (auto& [fd, c] : conns_) {
+      if (c->active) continue;
+      if (now - c->last_active >= idle)
+        close_these.push_back(fd);
+      else
+        next = std::min(next, c->last_active + idle);
+    }
+    for (int fd : close_these) {
+      Log(LogLevel::kDebug, "closed the idle connection of " + Who(conns_[fd]->peer));
+      CloseConn(fd);
+    }
   }
-  while (struct dirent* e = ::readdir(d)) {
-    struct stat st;
-    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
-      continue;
-    if (c->peer.uid != 0 && st.st_uid != c->peer.uid) continue;
-    if (!IsContextFile(::dirfd(d), e->d_name)) continue;
-    if (r.files.size() >= proto::kMaxListed) break;
-    proto::FileEntry f;
-    f.path = req.path + "/" + e->d_name;
-    f.size = static_cast<uint64_t>(st.st_size);
-    f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    f.uid = st.st_uid;
-    r.files.push_back(f);
+  for (auto& [id, j] : jobs_) {
+    if (j->kill_at == Clock::time_point() || j->worker <= 0 || j->timed_out) continue;
+    if (now >= j->kill_at) {
+      j->timed_out = true;
+      ::kill(j->worker, SIGKILL);
+    } else {
+      next = std::min(next, j->kill_at);
+    }
   }
-  ::closedir(d);
-  DropFsIdentity().ok();
-  r.message = std::to_string(r.files.size()) + " context files";
-  Answer(c->fd.get(), r);
-}
-
-void Server::HandleDelete(Conn* c, const proto::Request& req) {
-  if (req.path[0] != '/') return Refuse(c, req, EINVAL, "'" + req.path + "' is not an absolute path");
-  Status s = TakeFsIdentity(c->peer);
-  std::string dir = req.path.substr(0, req.path.rfind('/'));
-  if (dir.empty()) dir = "/";
-  std::string base = req.path.substr(req.path.rfind('/') + 1);
-  UniqueFd dfd(s.ok() ? ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1);
-  struct stat st;
-  std::string why;
-  int code = 0;
-  if (!s.ok()) {
-    code = s.code();
-    why = s.message();
-  } else if (!dfd) {
-    code = errno == EACCES ? EPERM : errno;
-    why = "cannot open folder " + dir + ": " + std::strerror(errno);
-  } else if (::fstatat(dfd.get(), base.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-    code = errno == EACCES ? EPERM : errno;
-    why = req.path + ": " + std::strerror(errno);
-  } else if (!S_ISREG(st.st_mode) || !IsContextFile(dfd.get(), base.c_str())) {
-    code = EINVAL;
-    why = req.path + " is not a context file";
-  } else if (c->peer.uid != 0 && st.st_uid != c->peer.uid) {
-    code = EPERM;
-    why = req.path + " belongs to uid " + std::to_string(st.st_uid);
-  } else if (::unlinkat(dfd.get(), base.c_str(), 0) != 0) {
-    code = errno == EACCES ? EPERM : errno;
-    why = "delete " + req.path + ": " + std::strerror(errno);
+  if (accept_paused_) {
+    // Retry accepting once a second: a worker may have freed descriptors.
+    if (now - paused_at_ >= std::chrono::seconds(1)) accept_paused_ = false;
+    next = std::min(next, paused_at_ + std::chrono::seconds(1));
   }
-  DropFsIdentity().ok();
-  if (code) return Refuse(c, req, code, why);
-  Log(LogLevel::kInfo, Who(c->peer) + ": deleted " + req.path);
-  proto::Reply r;
-  r.message = "deleted " + req.path;
-  Answer(c->fd.get(), r);
+  if (next == Clock::time_point::max()) return -1;
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count() + 1;
+  return static_cast<int>(std::clamp<long long>(ms, 1, 60000));
 }
 
 int Server::Run() {
@@ -847,15 +1115,19 @@ int Server::Run() {
   CleanUpAfterKilledInstance();
   Log(LogLevel::kInfo, std::string("stasisd ") + STASIS_VERSION + " listening on " +
                            config_.socket + " (max_concurrent " +
-                           std::to_string(config_.max_concurrent) + ", config " +
+                           std::to_string(config_.max_concurrent) + "; per user " +
+                           std::to_string(config_.max_connections_per_user) + " connections, " +
+                           std::to_string(config_.RunningPerUser()) + " running, " +
+                           std::to_string(config_.max_queued_per_user) + " queued; config " +
                            (config_.path.empty() ? "built-in defaults" : config_.path) + ")");
   for (;;) {
     if (stopping_ && jobs_.empty()) break;
+    int timeout = Housekeeping();
     std::vector<struct pollfd> pfds;
     std::vector<std::pair<int, uint64_t>> what;  // 0 listen, 1 signals, 2 conn, 3 report
     pfds.push_back({signals_.get(), POLLIN, 0});
     what.emplace_back(1, 0);
-    if (listen_) {
+    if (listen_ && !accept_paused_) {
       pfds.push_back({listen_.get(), POLLIN, 0});
       what.emplace_back(0, 0);
     }
@@ -869,7 +1141,7 @@ int Server::Run() {
       pfds.push_back({j->report.get(), POLLIN, 0});
       what.emplace_back(3, id);
     }
-    int n = ::poll(pfds.data(), pfds.size(), -1);
+    int n = ::poll(pfds.data(), pfds.size(), timeout);
     if (n < 0 && errno != EINTR) {
       Log(LogLevel::kError, std::string("poll: ") + std::strerror(errno));
       return 1;
@@ -930,8 +1202,54 @@ void InitLog(const Config& config) {
   if (g_target == LogTarget::kSyslog) ::openlog("stasisd", LOG_PID, LOG_DAEMON);
 }
 
-void Log(LogLevel level, const std::string& line) {
+std::string EscapeForLog(std::string_view in) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(in.size());
+  auto escape = [&](unsigned char c) {
+    out += "\\x";
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  };
+  const auto* p = reinterpret_cast<const unsigned char*>(in.data());
+  size_t n = in.size();
+  for (size_t i = 0; i < n;) {
+    unsigned char c = p[i];
+    if (c < 0x80) {
+      if (c < 0x20 || c == 0x7f) escape(c);
+      else if (c == '\\') out += "\\\\";
+      else out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    // A well-formed UTF-8 sequence (shortest form, no surrogates, at most
+    // U+10FFFF, no C1 control) is kept; any other byte is escaped alone.
+    size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    bool ok = len && i + len <= n;
+    for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xc0) == 0x80;
+    if (ok && len == 2 && c == 0xc2 && p[i + 1] < 0xa0) ok = false;  // C1 controls
+    if (ok && c == 0xe0 && p[i + 1] < 0xa0) ok = false;
+    if (ok && c == 0xed && p[i + 1] > 0x9f) ok = false;
+    if (ok && c == 0xf0 && p[i + 1] < 0x90) ok = false;
+    if (ok && c == 0xf4 && p[i + 1] > 0x8f) ok = false;
+    if (!ok) {
+      escape(c);
+      ++i;
+      continue;
+    }
+    out.append(in.substr(i, len));
+    i += len;
+  }
+  return out;
+}
+
+// One event, one line: every control byte (a newline, a carriage return, an
+// escape sequence) and every byte that is not UTF-8 is written as \xNN, and
+// a backslash as \\, here, so that no caller can forget it and no path or
+// message of a user's can forge a line or hide one.
+void Log(LogLevel level, const std::string& raw) {
   if (level > g_level) return;
+  const std::string line = EscapeForLog(raw);
   static const char* kNames[] = {"error", "warn", "info", "debug"};
   if (g_target == LogTarget::kSyslog) {
     static const int kPrio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};

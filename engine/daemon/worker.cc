@@ -1,6 +1,7 @@
 // stasisd's request workers; see worker.h.
 #include "engine/daemon/worker.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -26,6 +27,8 @@
 #include "engine/base/io.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/daemon/state_record.h"
+#include "engine/format/context_io.h"
 #include "engine/store/store.h"
 #include "engine/core/procfs.h"
 
@@ -157,6 +160,125 @@ Status AsRefusal(const Status& s, const Peer& peer) {
   return s;
 }
 
+// The state record of a checkpoint into a path (WorkerTask::state_file),
+// written once the file exists: whose it is, and the folder and file as the
+// kernel identifies them (resolved now, with the user's rights, the way the
+// writer just resolved them). A restarted stasisd removes that file, as its
+// owner, only if the same folder still holds the same file
+// (server.cc, CleanUpAfterKilledInstance). Nothing recorded: nothing removed.
+void RecordFileForCleanup(const WorkerTask& task) {
+  if (task.state_file.empty()) return;
+  const proto::Request& req = task.request;
+  std::string file = req.write_mode == proto::kWriteClobber
+                         ? req.path
+                         : core::ContextFileWriter::TempPathFor(req.path, ::getpid());
+  StateRecord r = NewStateRecord(task.id, ::getpid(), task.peer, req);
+  r.name = file.substr(file.rfind('/') + 1);
+  UniqueFd dir(::open(Dirname(file).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  struct stat dst, fst;
+  char link[PATH_MAX];
+  ssize_t n = dir ? ::readlink(("/proc/self/fd/" + std::to_string(dir.get())).c_str(), link,
+                               sizeof link - 1)
+                  : -1;
+  if (n <= 0 || link[0] != '/' || ::fstat(dir.get(), &dst) != 0 ||
+      ::fstatat(dir.get(), r.name.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0 ||
+      !S_ISREG(fst.st_mode) || fst.st_uid != task.peer.uid)
+    return;  // a folder or file changed under us: leave it to its owner
+  r.folder.assign(link, static_cast<size_t>(n));
+  r.folder_dev = dst.st_dev;
+  r.folder_ino = dst.st_ino;
+  r.file_dev = fst.st_dev;
+  r.file_ino = fst.st_ino;
+  // The state folder is root's.
+  if (!DropFsIdentity().ok()) return;
+  WriteStateRecordFile(task.state_file, r).ok();
+  TakeFsIdentity(task.peer).ok();
+}
+
+bool IsContextFile(int dirfd, const char* name) {
+  int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  struct stat st;
+  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  char head[8];
+  ssize_t n = regular ? ::pread(fd, head, sizeof head, 0) : -1;
+  ::close(fd);
+  return n > 0 && format::HasContextMagic(std::string_view(head, static_cast<size_t>(n)));
+}
+
+// list: the user's context files in a folder, read with the user's rights.
+// In a worker, so that a huge, slow or hostile folder (a FUSE mount of the
+// user's) holds one worker, never stasisd; bounded in entries and time.
+proto::Reply RunList(const WorkerTask& task) {
+  const proto::Request& req = task.request;
+  const Peer& peer = task.peer;
+  constexpr size_t kMaxExamined = 200000;
+  constexpr auto kMaxTime = std::chrono::seconds(10);
+  if (req.path.empty() || req.path[0] != '/')
+    return Failure(Status::Error(EINVAL, "'" + req.path + "' is not an absolute path"));
+  Status s = TakeFsIdentity(peer);
+  if (!s.ok()) return Failure(s);
+  DIR* d = ::opendir(req.path.c_str());
+  if (!d) {
+    int err = errno;
+    return Failure(Status::Error(err == EACCES ? EPERM : err,
+                                 "cannot list " + req.path + ": " + std::strerror(err)));
+  }
+  proto::Reply r;
+  auto start = Clock::now();
+  size_t examined = 0;
+  std::string cut;
+  while (struct dirent* e = ::readdir(d)) {
+    if (++examined > kMaxExamined || Clock::now() - start > kMaxTime || g_cancel) {
+      cut = "; stopped after " + std::to_string(examined - 1) + " entries";
+      break;
+    }
+    struct stat st;
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    if (peer.uid != 0 && st.st_uid != peer.uid) continue;
+    if (!IsContextFile(::dirfd(d), e->d_name)) continue;
+    if (r.files.size() >= proto::kMaxListed) break;
+    proto::FileEntry f;
+    f.path = req.path + "/" + e->d_name;
+    f.size = static_cast<uint64_t>(st.st_size);
+    f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    f.uid = st.st_uid;
+    r.files.push_back(f);
+  }
+  ::closedir(d);
+  r.message = std::to_string(r.files.size()) + " context files" + cut;
+  return r;
+}
+
+// delete: one context file of the user's, through its folder, no symlink.
+proto::Reply RunDelete(const WorkerTask& task) {
+  const proto::Request& req = task.request;
+  const Peer& peer = task.peer;
+  if (req.path.empty() || req.path[0] != '/')
+    return Failure(Status::Error(EINVAL, "'" + req.path + "' is not an absolute path"));
+  Status s = TakeFsIdentity(peer);
+  if (!s.ok()) return Failure(s);
+  std::string dir = Dirname(req.path);
+  std::string base = req.path.substr(req.path.rfind('/') + 1);
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  struct stat st;
+  auto refused = [](int err, const std::string& what) {
+    return Failure(Status::Error(err == EACCES ? EPERM : err, what + ": " + std::strerror(err)));
+  };
+  if (!dfd) return refused(errno, "cannot open folder " + dir);
+  if (::fstatat(dfd.get(), base.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return refused(errno, req.path);
+  if (!S_ISREG(st.st_mode) || !IsContextFile(dfd.get(), base.c_str()))
+    return Failure(Status::Error(EINVAL, req.path + " is not a context file"));
+  if (peer.uid != 0 && st.st_uid != peer.uid)
+    return Failure(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid)));
+  if (::unlinkat(dfd.get(), base.c_str(), 0) != 0) return refused(errno, "delete " + req.path);
+  proto::Reply r;
+  r.message = "deleted " + req.path;
+  return r;
+}
+
 // A checkpoint into a store node file the client created (kFlagHold): the
 // context is written with the store's writer (streaming, CRC32C, the
 // bandwidth cap), fsynced, reported as kReplyWritten, and the processes stay
@@ -166,6 +288,7 @@ struct HeldCommit {
   const WorkerTask* task;
   store::NodeFileSink* sink;
   Clock::time_point deadline;
+  uint32_t hold_timeout;  // seconds one wait for the client may take (config)
 };
 
 // Sends `reply` to the client of a held checkpoint and waits for its `op`.
@@ -175,12 +298,21 @@ Status AskAndWait(HeldCommit* h, const proto::Reply& reply, proto::Op op) {
   Send(h->task->client_fd, *bytes);
   const std::string what = proto::OpName(op);
   std::string buf(proto::kMaxMessageSize + 1, '\0');
+  // The processes may be frozen meanwhile: never wait longer than the
+  // configured hold_timeout, whatever the client's own time limit.
+  Clock::time_point hold_end =
+      h->hold_timeout ? Clock::now() + std::chrono::seconds(h->hold_timeout) : Clock::time_point();
   for (;;) {
     int timeout = -1;
-    if (h->deadline != Clock::time_point()) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(h->deadline - Clock::now()).count();
-      if (left <= 0) return Status::Error(ETIMEDOUT, "the request's time limit was reached before the " + what);
-      timeout = static_cast<int>(std::min<long long>(left, 1000));
+    for (auto [end, why] :
+         {std::pair{h->deadline, "the request's time limit was reached before the " + what},
+          std::pair{hold_end, "no " + what + " from the client within " +
+                                  std::to_string(h->hold_timeout) + " s (hold_timeout)"}}) {
+      if (end == Clock::time_point()) continue;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
+      if (left <= 0) return Status::Error(ETIMEDOUT, why);
+      int ms = static_cast<int>(std::min<long long>(left, 1000));
+      timeout = timeout < 0 ? ms : std::min(timeout, ms);
     }
     struct pollfd p = {h->task->client_fd, POLLIN, 0};
     int r = ::poll(&p, 1, timeout);
@@ -239,7 +371,7 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
     return store::CheckFreeSpace(store::DefaultEnv(), fd, bytes, where);
   };
   RequestSink limited(&sink, 0, deadline);  // cancel and deadline; the sink throttles
-  HeldCommit hold{&task, &sink, deadline};
+  HeldCommit hold{&task, &sink, deadline, config.hold_timeout};
   if (req.flags & proto::kFlagBarrier) {
     // Every node's callbacks are done before any node freezes.
     opt.after_callbacks = [&hold, &task]() {
@@ -334,6 +466,8 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
     if (!s.ok()) return Failure(AsRefusal(s, peer));
     auto writer = core::ContextFileWriter::Open(req.path, static_cast<core::WriteMode>(req.write_mode));
     if (!writer) return Failure(AsRefusal(writer.error(), peer));
+    // From here a killed worker leaves a file: say where, for the next stasisd.
+    RecordFileForCleanup(task);
     RequestSink sink((*writer)->sink(), config.bandwidth_limit, deadline);
     stats = core::Checkpoint(opt, &sink, core::CommitContextFile, writer->get());
     writer->reset();  // an uncommitted temporary file goes away here
@@ -516,6 +650,20 @@ Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::Rest
 
 }  // namespace
 
+StateRecord NewStateRecord(uint64_t id, pid_t worker, const Peer& peer,
+                           const proto::Request& req) {
+  StateRecord r;
+  r.id = id;
+  r.worker = static_cast<uint32_t>(worker);
+  r.uid = peer.uid;
+  r.gid = peer.gid;
+  r.groups.assign(peer.groups.begin(), peer.groups.end());
+  if (r.groups.size() > kMaxStateGroups) r.groups.resize(kMaxStateGroups);
+  r.mode = req.write_mode;
+  r.path = req.path;
+  return r;
+}
+
 bool UnderRoots(const std::string& path, const std::vector<std::string>& roots) {
   for (const std::string& r : roots) {
     if (r == "/") return true;
@@ -551,12 +699,15 @@ void RunWorker(const Config& config, const WorkerTask& task) {
   sa.sa_handler = OnCancel;
   ::sigaction(SIGTERM, &sa, nullptr);
   if (task.request.op == proto::Op::kRestart) RunRestart(config, task);
-  proto::Reply r = RunCheckpoint(config, task);
-  Reply(task, r);
-  // Our state record goes with us (stasisd removes it too when it reaps us;
-  // if stasisd was killed, nobody else would).
+  proto::Reply r = task.request.op == proto::Op::kList     ? RunList(task)
+                   : task.request.op == proto::Op::kDelete ? RunDelete(task)
+                                                           : RunCheckpoint(config, task);
+  // The file is committed or removed by now: our state record goes first
+  // (stasisd removes it too when it reaps us; if stasisd was killed, nobody
+  // else would), so that a kill after this point leaves nothing to undo.
   DropFsIdentity().ok();
   if (!task.state_file.empty()) ::unlink(task.state_file.c_str());
+  Reply(task, r);
   std::_Exit(r.code == 0 ? 0 : 1);
 }
 

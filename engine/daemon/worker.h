@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/daemon/config.h"
+#include "engine/daemon/state_record.h"
 #include "engine/format/protocol.h"
 
 namespace stasis::daemon {
@@ -31,10 +32,18 @@ struct WorkerTask {
   int client_fd = -1;           // the client's connection
   int report_fd = -1;           // to stasisd
   std::vector<int> attached;    // fds that came with the request
-  std::string state_file;       // removed when the worker is done
+  // checkpoint into a path: the state record the worker writes once its
+  // file exists (state_record.h) and removes when it is done.
+  std::string state_file;
 };
 
-// Runs in the forked child; never returns.
+// The state record of request `id` run by `worker`, without the file's
+// fields (the worker adds them once its file exists).
+StateRecord NewStateRecord(uint64_t id, pid_t worker, const Peer& peer,
+                           const format::proto::Request& req);
+
+// Runs in the forked child (checkpoint, restart, list, delete); never
+// returns.
 [[noreturn]] void RunWorker(const Config& config, const WorkerTask& task);
 
 // The name workers give themselves (/proc/PID/comm), by which a restarted

@@ -15,6 +15,7 @@ import argparse
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -84,7 +85,8 @@ def env_for(sock):
 
 
 class Daemon:
-    def __init__(self, name="d", extra_config="", max_concurrent=2):
+    def __init__(self, name="d", extra_config="", max_concurrent=2, nofile=None):
+        self.nofile = nofile
         self.dir = os.path.join(WORK, name)
         os.makedirs(self.dir, exist_ok=True)
         self.sock = os.path.join(self.dir, "sock")
@@ -101,8 +103,11 @@ class Daemon:
 
     def start(self):
         log = open(self.log_path, "a")
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))) \
+            if self.nofile else None
         self.proc = subprocess.Popen([tool("stasisd"), "-c", self.config], stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=limit)
         for _ in range(200):
             if os.path.exists(self.sock):
                 return self
@@ -700,6 +705,10 @@ def case_config():
         ("log: [stderr]\n", r"bad.yaml:1: key 'log'"),
         ("allowed_roots: [relative/dir]\n", r"bad.yaml:1: key 'allowed_roots': 'relative/dir' is not an absolute path"),
         ("socket: [\n", r"bad.yaml:\d+: "),
+        ("hold_timeout: 0\n", r"bad.yaml:1: key 'hold_timeout': 0 is out of range \(1..86400\)"),
+        ("limit_root: maybe\n", r"bad.yaml:1: key 'limit_root': 'maybe' is not true or false"),
+        ("idle_timeout: -5\n", r"bad.yaml:1: key 'idle_timeout': '-5' is not a whole number"),
+        ("max_connections_per_user: 0\n", r"bad.yaml:1: key 'max_connections_per_user': 0 is out of range"),
     ]
     for text, want in checks:
         open(bad, "w").write(text)
@@ -787,6 +796,452 @@ def case_libcr():
     d.stop()
 
 
+# --- attacks of an unprivileged user (issue 23) ------------------------------
+
+def root_secret(name="rootdir", file="secret"):
+    """A 0600 file of root's in a 0700 folder of root's."""
+    d = os.path.join(WORK, name)
+    os.mkdir(d, 0o700)
+    f = os.path.join(d, file)
+    with open(f, "w") as out:
+        out.write("root's own\n")
+    os.chmod(f, 0o600)
+    return f
+
+
+def as_user_python(user, code, *args, stdin=None):
+    return subprocess.Popen(as_user(user, [sys.executable, "-c", code, *args]), stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, cwd=WORK)
+
+
+def run_as(user, code, *args):
+    p = as_user_python(user, code, *args)
+    out, _ = p.communicate(timeout=60)
+    if p.returncode != 0:
+        fail(f"helper as {user} failed: {out}")
+    return out
+
+
+def kill_daemon_and_worker(d, client):
+    """kill -9 of stasisd and of its worker while it writes; the client ends."""
+    deadline = time.time() + 10
+    while time.time() < deadline and not worker_pids():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    workers = worker_pids()
+    if not workers:
+        fail("no worker running 1 s into a slow checkpoint (test premise)")
+    d.proc.kill()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    d.proc.wait()
+    client.communicate(timeout=30)
+
+
+def case_attack_state_forge():
+    """A's checkpoint path holds newlines that, written verbatim into the
+    state record, forge temp=<root's file>; stasisd and the worker are
+    killed mid-write; the next stasisd must remove nothing of root's, and
+    still remove A's own partial file."""
+    a = USERS[0]
+    secret = root_secret()
+    d = Daemon(extra_config="bandwidth_limit: 16M\n").start()
+    w = Workload("forge", a, mib=64)
+    # In clobber mode the partial file is the destination: the record's
+    # path= and temp= lines both end in "\ntemp=<secret>".
+    evil_dir = os.path.join(ckpt_dir(), "q\ntemp=" + os.path.dirname(secret))
+    run_as(a, "import os, sys; os.makedirs(sys.argv[1])", evil_dir)
+    ctx = os.path.join(evil_dir, os.path.basename(secret))
+    c = subprocess.Popen(as_user(a, [tool("cr_checkpoint"), "--clobber", "-f", ctx, str(w.pid)]),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env_for(d.sock), start_new_session=True)
+    kill_daemon_and_worker(d, c)
+    if not os.path.exists(ctx):
+        fail("expected A's partial file after killing the worker (test premise)")
+    for name in os.listdir(d.state):
+        print(f"state record {name}: {open(os.path.join(d.state, name), 'rb').read()!r}")
+    d.start()
+    time.sleep(1.0)
+    if not os.path.exists(secret):
+        fail(f"the next stasisd removed root's {secret} (forged through A's path)")
+    if os.path.exists(ctx):
+        fail(f"the next stasisd left A's partial file {ctx!r}")
+    if "the partial context of request" not in d.log():
+        fail("the clean-up of A's partial file was not logged")
+    w.advancing()
+    print("OK forged state record: root's file kept, A's own partial file removed")
+    # The worker alone killed (a crash) while stasisd runs on: stasisd
+    # removes the partial file the same way when it reaps the worker.
+    c = subprocess.Popen(as_user(a, [tool("cr_checkpoint"), "--clobber", "-f", ctx, str(w.pid)]),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env_for(d.sock), start_new_session=True)
+    deadline = time.time() + 10
+    while time.time() < deadline and not worker_pids():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    for pid in worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    c.communicate(timeout=30)
+    time.sleep(1.0)
+    if not os.path.exists(secret):
+        fail(f"stasisd removed root's {secret} after its worker was killed")
+    if os.path.exists(ctx):
+        fail(f"stasisd left A's partial file {ctx!r} of its killed worker")
+    w.advancing()
+    print("OK worker killed alone: root's file kept, A's partial file removed by the running stasisd")
+    d.stop()
+
+
+def case_attack_state_symlink():
+    """A clobber checkpoint through a symlinked folder of A's; stasisd and
+    the worker are killed; A repoints the symlink at root's folder. The
+    next stasisd must not remove root's file of that name, and still remove
+    A's partial file where it really is."""
+    a = USERS[0]
+    secret = root_secret(file="f.ctx")
+    d = Daemon(extra_config="bandwidth_limit: 16M\n").start()
+    w = Workload("symlink", a, mib=64)
+    real = os.path.join(ckpt_dir(), "adir")
+    link = os.path.join(ckpt_dir(), "link")
+    run_as(a, "import os, sys; os.mkdir(sys.argv[1]); os.symlink(sys.argv[1], sys.argv[2])", real, link)
+    c = subprocess.Popen(as_user(a, [tool("cr_checkpoint"), "--clobber", "-f",
+                                     os.path.join(link, "f.ctx"), str(w.pid)]),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env_for(d.sock), start_new_session=True)
+    kill_daemon_and_worker(d, c)
+    partial = os.path.join(real, "f.ctx")
+    if not os.path.exists(partial):
+        fail("expected A's partial file after killing the worker (test premise)")
+    run_as(a, "import os, sys; os.unlink(sys.argv[2]); os.symlink(sys.argv[1], sys.argv[2])",
+           os.path.dirname(secret), link)
+    d.start()
+    time.sleep(1.0)
+    if not os.path.exists(secret):
+        fail(f"the next stasisd followed A's repointed symlink and removed root's {secret}")
+    if os.path.exists(partial):
+        fail(f"the next stasisd left A's partial file {partial}")
+    w.advancing()
+    print("OK repointed symlink: root's file kept, A's own partial file removed")
+    d.stop()
+
+
+def case_attack_log_forge():
+    """A path with a newline and terminal escapes must not make a log line."""
+    a = USERS[0]
+    d = Daemon().start()
+    w = Workload("logforge", a, mib=1)
+    forged = "stasisd[1]: info: req 99 uid 0 (pid 1): restart root.ctx: ok"
+    ctx = os.path.join(ckpt_dir(), "x.ctx\n" + forged + "\x1b[2K\r")
+    run([tool("cr_checkpoint"), "-f", ctx, str(w.pid)], user=a, sock=d.sock, expect_rc=None)
+    run([tool("stasis"), "delete", ctx], user=a, sock=d.sock, expect_rc=None)
+    d.stop()
+    log = d.log()
+    for line in log.splitlines():
+        if line.startswith("stasisd[1]:") or line.startswith(forged):
+            fail(f"forged log line: {line!r}")
+    if "\x1b" in log or "\r" in log:
+        fail("a terminal escape or carriage return reached the log")
+    if "x.ctx\\x0a" + forged not in log:
+        fail("the path is not in the log, escaped")
+    print("OK no forged log line; the path is logged escaped on one line")
+
+
+FLOOD = r"""
+import socket, struct, sys
+sock, count, op, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
+def field(tag, val): return struct.pack("<II", tag, len(val)) + val
+payload = field(12, path) if op else b""
+packet = struct.pack("<IHHI", 0x51525453, 1, op or 1, len(payload)) + payload
+held, codes = [], {}
+for i in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.settimeout(5)
+        s.connect(sock)
+        held.append(s)
+        if not op:
+            continue
+        s.send(packet)
+        r = s.recv(70000)
+        pos, code, kind = 12, 0, 0
+        while pos < len(r):
+            tag, ln = struct.unpack_from("<II", r, pos)
+            if tag == 1: code = struct.unpack_from("<i", r, pos + 8)[0]
+            if tag == 2: kind = struct.unpack_from("<I", r, pos + 8)[0]
+            pos += 8 + ln
+        key = "queued" if kind == 1 else str(code)
+    except OSError as e:
+        key = "oserror"
+    codes[key] = codes.get(key, 0) + 1
+print(" ".join(f"{k}={v}" for k, v in sorted(codes.items())), flush=True)
+sys.stdin.read()
+"""
+
+
+def flood(user, sock, count, op=0, path="/nonexistent"):
+    """`count` connections of `user`'s, each with a restart request (op 3)
+    or none (op 0); returns (helper, its summary line)."""
+    p = as_user_python(user, FLOOD, sock, str(count), str(op), path, stdin=subprocess.PIPE)
+    line = p.stdout.readline().strip()
+    print(f"{user}'s flood of {count}: {line}")
+    return p, dict(kv.split("=") for kv in line.split())
+
+
+def ping_within(sock, user, seconds):
+    """A ping as `user`, answered within `seconds`?"""
+    # A full backlog fails a connect with a timeout at once (EAGAIN): retry
+    # it, as a blocking client would wait.
+    code = ("import socket, struct, sys, time\n"
+            "end = time.time() + float(sys.argv[2])\n"
+            "while True:\n"
+            "    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(float(sys.argv[2]))\n"
+            "    try:\n"
+            "        s.connect(sys.argv[1]); break\n"
+            "    except BlockingIOError:\n"
+            "        s.close()\n"
+            "        if time.time() > end: raise\n"
+            "        time.sleep(0.05)\n"
+            "s.settimeout(max(end - time.time(), 0.1))\n"
+            "t0 = time.time(); s.send(struct.pack('<IHHI', 0x51525453, 1, 1, 0)); r = s.recv(70000)\n"
+            "print(('answered in %.3f s' % (time.time() - t0)) if r else 'closed')\n")
+    p = as_user_python(user, code, sock, str(seconds))
+    try:
+        out, _ = p.communicate(timeout=seconds + 10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    return "answered" in out, out.strip()
+
+
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def end(*procs):
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+
+
+def raw_checkpoint(sock, user, target, path, callback_ms, limit_ms):
+    code = r"""
+import socket, struct, sys
+def field(tag, val): return struct.pack("<II", tag, len(val)) + val
+sock, target, path, cb, tl = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), int(sys.argv[4]), int(sys.argv[5])
+payload = (field(1, struct.pack("<I", target)) + field(10, struct.pack("<Q", tl)) +
+           field(11, struct.pack("<Q", cb)) + field(12, path))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(60); s.connect(sock)
+s.send(struct.pack("<IHHI", 0x51525453, 1, 2, len(payload)) + payload)
+while True:
+    r = s.recv(70000); pos, code, kind, msg = 12, 0, 0, ""
+    while pos < len(r):
+        tag, ln = struct.unpack_from("<II", r, pos)
+        if tag == 1: code = struct.unpack_from("<i", r, pos + 8)[0]
+        if tag == 2: kind = struct.unpack_from("<I", r, pos + 8)[0]
+        if tag == 3: msg = r[pos + 8:pos + 8 + ln].decode(errors="replace")
+        pos += 8 + ln
+    if kind != 1: break
+print(code, msg)
+"""
+    return run_as(user, code, sock, str(target), path, str(callback_ms), str(limit_ms)).strip()
+
+
+def held_checkpoint(sock, user, target, node_file):
+    """A held checkpoint (flag 128) whose client never commits: the final
+    reply's code and message, and the kinds seen before it."""
+    code = r"""
+import os, socket, struct, sys, time
+def field(tag, val): return struct.pack("<II", tag, len(val)) + val
+sock, target, node = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+fd = os.open(node, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+payload = (field(1, struct.pack("<I", target)) + field(4, struct.pack("<I", 128)) +
+           field(8, struct.pack("<I", 1)) + field(16, b"4242") + field(17, struct.pack("<Q", 1)))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(60); s.connect(sock)
+s.sendmsg([struct.pack("<IHHI", 0x51525453, 1, 2, len(payload)) + payload],
+          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+kinds, t0 = [], time.time()
+while True:
+    r = s.recv(70000); pos, code, kind, msg = 12, 0, 0, ""
+    while pos < len(r):
+        tag, ln = struct.unpack_from("<II", r, pos)
+        if tag == 1: code = struct.unpack_from("<i", r, pos + 8)[0]
+        if tag == 2: kind = struct.unpack_from("<I", r, pos + 8)[0]
+        if tag == 3: msg = r[pos + 8:pos + 8 + ln].decode(errors="replace")
+        pos += 8 + ln
+    kinds.append(kind)
+    if kind in (0, 3): break
+print(code, round(time.time() - t0, 1), kinds, msg)
+"""
+    return run_as(user, code, sock, str(target), node_file).strip()
+
+
+def case_attack_dos():
+    """Denial of service by A: B is served through each. STASIS_DOS_PHASES
+    (e.g. "2,3") runs only some phases (phase 4 needs the new keys)."""
+    import errno
+    a, b = USERS
+    phases = os.environ.get("STASIS_DOS_PHASES", "1,2,3,4,5").split(",")
+    wa = [Workload(f"dos_a{i}", a, mib=64) for i in range(2)]
+    if "1" in phases:
+        dos_queue(a, b, wa)
+    if "2" in phases:
+        dos_group(a, b, wa)
+    if "3" in phases:
+        dos_connections(a, b)
+    if "4" in phases:
+        dos_timeouts(a, wa)
+    if "5" in phases:
+        dos_list(a, b)
+
+
+def dos_list(a, b):
+    """A lists a folder of 80000 entries: stasisd keeps answering B's pings
+    meanwhile (the listing runs in a worker), and A still gets its file."""
+    d = Daemon("l").start()
+    big = os.path.join(ckpt_dir(), "big")
+    run_as(a, "import os, sys\nos.mkdir(sys.argv[1])\n"
+              "for i in range(int(sys.argv[2])): open(os.path.join(sys.argv[1], '%06d' % i), 'w').close()",
+           big, "80000")
+    w = Workload("dos_list", a, mib=1)
+    run([tool("cr_checkpoint"), "-f", os.path.join(big, "real.ctx"), str(w.pid)], user=a, sock=d.sock)
+    pinger = as_user_python(b, r"""
+import socket, struct, sys, time
+worst, n, end = 0.0, 0, time.time() + float(sys.argv[2])
+while time.time() < end:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(10); s.connect(sys.argv[1])
+    t0 = time.time(); s.send(struct.pack('<IHHI', 0x51525453, 1, 1, 0)); s.recv(70000)
+    worst, n = max(worst, time.time() - t0), n + 1
+    s.close(); time.sleep(0.01)
+print(f"{n} pings, slowest {worst:.3f} s")
+""", d.sock, "3")
+    time.sleep(0.3)
+    lister = subprocess.Popen(as_user(a, [tool("stasis"), "list", big]), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env_for(d.sock),
+                              start_new_session=True)
+    listed, _ = lister.communicate(timeout=120)
+    pinged, _ = pinger.communicate(timeout=60)
+    print(f"B during A's listing: {pinged.strip()}; A's listing: {listed.strip()[-160:]!r}")
+    if lister.returncode != 0 or "real.ctx" not in listed:
+        fail(f"A's listing failed: {listed}")
+    m = re.search(r"slowest ([\d.]+) s", pinged)
+    if not m or float(m.group(1)) > 0.15:
+        fail(f"B waited for A's listing of a huge folder: {pinged.strip()}")
+    print(f"OK B answered within {m.group(1)} s throughout A's listing of 80000 entries")
+    d.stop()
+
+
+def dos_queue(a, b, wa):
+    """A fills the queue (default limits): B is still served."""
+    import errno
+    d = Daemon("q", extra_config="bandwidth_limit: 16M\n").start()
+    slow = [slow_checkpoint(d, w, os.path.join(ckpt_dir(), f"dos_a{i}.ctx"), a) for i, w in enumerate(wa)]
+    time.sleep(0.5)
+    helper, codes = flood(a, d.sock, 300, op=3, path=os.path.join(ckpt_dir(), "none.ctx"))
+    wb = Workload("dos_b", b, mib=1)
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "dos_b.ctx"), str(wb.pid)],
+            user=b, sock=d.sock, expect_rc=None, timeout=60)
+    if p.returncode != 0:
+        fail(f"B's checkpoint failed while A flooded stasisd's queue: {(p.stdout + p.stderr).strip()}")
+    refused = int(codes.get(str(errno.EAGAIN), 0)) + int(codes.get("oserror", 0))
+    if refused < 250 or int(codes.get("queued", 0)) > 16:
+        fail(f"A's requests beyond the per-user caps were not refused with EAGAIN: {codes}")
+    print(f"OK B served while A flooded the queue; A: {codes}")
+    end(helper, *slow)
+    d.stop()
+
+
+def dos_group(a, b, wa):
+    """A's request naming B's process group or session: refused, and B's
+    own checkpoint is not EBUSY."""
+    d = Daemon("g", extra_config="bandwidth_limit: 16M\n", max_concurrent=1).start()
+    wb = Workload("dos_b2", b, mib=1)
+    busy = slow_checkpoint(d, wa[0], os.path.join(ckpt_dir(), "dos_a0.ctx"), a)
+    time.sleep(0.5)
+    grabs = [subprocess.Popen(as_user(a, [tool("cr_checkpoint"), scope, "-f",
+                                          os.path.join(ckpt_dir(), f"steal{scope}.ctx"), str(wb.pid)]),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env_for(d.sock), start_new_session=True)
+             for scope in ("--pgid", "--sid")]
+    time.sleep(0.5)
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "dos_b2.ctx"), str(wb.pid)],
+            user=b, sock=d.sock, expect_rc=None, timeout=60)
+    if p.returncode != 0:
+        fail(f"B's own checkpoint failed after A named B's process group/session: "
+             f"{(p.stdout + p.stderr).strip()}")
+    for g in grabs:
+        try:
+            out, _ = g.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            fail("A's request for B's process group was not refused")
+        if g.returncode == 0 or "holds pid" not in out:
+            fail(f"A's request for B's process group/session was not refused as B's: {out!r}")
+        print(f"OK refused: {out.strip()}")
+    end(busy)
+    wb.advancing()
+    print("OK B's checkpoint not EBUSY through A's request for B's group or session")
+    d.stop()
+
+
+def dos_connections(a, b):
+    """Idle connections beyond stasisd's descriptors (nofile 64): B is still
+    served (A's beyond max_connections_per_user are refused)."""
+    d = Daemon("c", nofile=64).start()
+    helper, codes = flood(a, d.sock, 200)
+    t0, cpu0 = time.time(), cpu_seconds(d.proc.pid)
+    ok, out = ping_within(d.sock, b, 5)
+    if not ok:
+        fail(f"B was not served with A's 200 idle connections open: {out}")
+    print(f"OK B served within {time.time() - t0:.1f} s with A's 200 connections open")
+    end(helper)
+    d.stop()
+    # The same with no per-user cap to help: EMFILE does not make stasisd
+    # spin, and the idle timeout frees the descriptors.
+    d = Daemon("e", nofile=64, extra_config="max_connections_per_user: 1000\nidle_timeout: 3\n").start()
+    helper, codes = flood(a, d.sock, 200)
+    time.sleep(0.5)
+    cpu0 = cpu_seconds(d.proc.pid)
+    time.sleep(2)
+    spent = cpu_seconds(d.proc.pid) - cpu0
+    if spent > 0.5:
+        fail(f"stasisd spent {spent:.2f} s of CPU in 2 s out of descriptors: it spins")
+    ok, out = ping_within(d.sock, b, 15)
+    if not ok:
+        fail(f"B was not served after the idle timeout: {out}")
+    if d.log().count("not accepting until one closes") < 1:
+        fail("EMFILE not logged")
+    print(f"EMFILE logged {d.log().count('not accepting until one closes')} times")
+    print(f"OK out of descriptors: {spent:.2f} s CPU in 2 s, B served once idle connections closed")
+    end(helper)
+    d.stop()
+
+
+def dos_timeouts(a, wa):
+    """The client's timeouts are capped by the configuration."""
+    import errno
+    d = Daemon("t", extra_config="hold_timeout: 2\n").start()
+    wa1 = wa[1]
+    out = raw_checkpoint(d.sock, a, wa1.pid, os.path.join(ckpt_dir(), "capped.ctx"), 1 << 40, 1 << 50)
+    if not out.startswith("0 "):
+        fail(f"A's checkpoint with huge timeouts failed: {out}")
+    log = d.log()
+    if "callback_timeout_ms 1099511627776 capped to 600000 (max_callback_timeout)" not in log or \
+            "time_limit_ms 1125899906842624 capped to 86400000 (max_time_limit)" not in log:
+        fail("a huge callback_timeout_ms / time_limit_ms was not capped")
+    print("OK huge callback_timeout_ms and time_limit_ms capped to 600 s and 1 day")
+    # A held checkpoint whose client never commits resumes its processes.
+    out = held_checkpoint(d.sock, a, wa1.pid, os.path.join(ckpt_dir(), "held.node"))
+    print(f"held checkpoint without a commit: {out}")
+    code, took = out.split()[0], float(out.split()[1])
+    if int(code) != errno.ETIMEDOUT or took > 15 or "hold_timeout" not in out:
+        fail(f"a held checkpoint without a commit did not end with ETIMEDOUT after hold_timeout: {out}")
+    wa1.advancing()
+    print("OK a held checkpoint without its commit timed out and its processes run on")
+    d.stop()
+
+
 CASES = {
     "libcr": case_libcr,
     "users": case_users,
@@ -800,6 +1255,10 @@ CASES = {
     "store_incremental": case_store_incremental,
     "config": case_config,
     "attack_state_dir": case_attack_state_dir,
+    "attack_state_forge": case_attack_state_forge,
+    "attack_state_symlink": case_attack_state_symlink,
+    "attack_log_forge": case_attack_log_forge,
+    "attack_dos": case_attack_dos,
 }
 
 
