@@ -29,6 +29,10 @@ struct Config {
   uint32_t max_queued = 256;
   uint64_t bandwidth_limit = 0;  // bytes/s per request, 0 = unlimited
   double callback_timeout = 60;  // seconds, 0 = unbounded
+  // Seconds a restart may take until its tree runs (a context on a file
+  // that never answers, say); then the worker gives up with ETIMEDOUT.
+  // 0 = unbounded.
+  uint64_t restart_timeout = 1800;
   // capture_backend: auto (the kernel module when /dev/stasis is there),
   // kernel (the module or fail), user (ptrace and /proc only).
   core::CaptureBackend capture_backend = core::CaptureBackend::kAuto;
