@@ -416,7 +416,7 @@ Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer) {
   for (auto& [k, fd] : join) {
     if (::setns(fd.get(), k->flag) != 0)
       return Status::FromErrno(errno, std::string("enter the client's ") + k->name + " namespace");
-    out.joined.push_back(k->name);
+    out.joined.push_back(std::string(k->name) + " namespace");
     if (k->flag == CLONE_NEWPID) out.other_pid_namespace = true;
   }
   // The caller's root must be its mount namespace's (no chroot): request

@@ -595,6 +595,11 @@ void ForwardCancel(int) {
   started.total_us = static_cast<uint64_t>(result->seconds * 1e6);
   started.new_pid_namespace = result->in_new_pid_namespace;
   started.message = "restored " + std::to_string(result->processes) + " processes from " + source_path;
+  if (!sandbox->joined.empty()) {
+    std::string joined;
+    for (const auto& j : sandbox->joined) joined += (joined.empty() ? "" : ", ") + j;
+    started.message += " (in the client's " + joined + ")";
+  }
   if (!notes.empty()) {
     // A restart from the store: the lines cr_restart prints.
     started.message.clear();
