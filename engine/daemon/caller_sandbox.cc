@@ -160,11 +160,13 @@ Status JoinCgroups(const std::string& theirs_text, std::vector<std::string>* joi
 }
 
 // The pidfd of the connection's peer: SO_PEERPIDFD (Linux 6.5), else
-// pidfd_open of SO_PEERCRED's pid and a check that this process holds the
-// other end of the connection (so the number was not reused meanwhile).
-Result<UniqueFd> PeerPidfd(int conn, const Peer& peer, pid_t* pid) {
+// pidfd_open of SO_PEERCRED's pid, which may have been reused since the
+// connect: then *check_later is set, and HoldsConnection must confirm the
+// process before anything is done for it.
+Result<UniqueFd> PeerPidfd(int conn, const Peer& peer, pid_t* pid, bool* check_later) {
   int raw = -1;
   socklen_t len = sizeof raw;
+  *check_later = false;
   if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0 && raw >= 0) {
     UniqueFd fd(raw);
     ::fcntl(raw, F_SETFD, FD_CLOEXEC);
@@ -178,6 +180,16 @@ Result<UniqueFd> PeerPidfd(int conn, const Peer& peer, pid_t* pid) {
   if (errno != ENOPROTOOPT && errno != EINVAL) return Gone();
   UniqueFd fd(static_cast<int>(::syscall(SYS_pidfd_open, peer.pid, 0)));
   if (!fd) return Gone();
+  *pid = peer.pid;
+  *check_later = true;
+  return fd;
+}
+
+// Does the process of `proc` (a /proc/PID folder fd) hold the other end of
+// `conn`? Run in the client's network namespace: the kernel creates the
+// accepted end of a connection in the connecting socket's namespace, and
+// sock_diag shows only the current one.
+Status HoldsConnection(int conn, int proc, int pidfd) {
   struct stat self;
   if (::fstat(conn, &self) != 0) return Status::FromErrno(errno, "stat the connection");
   auto socks = core::ReadUnixSockets();
@@ -185,19 +197,21 @@ Result<UniqueFd> PeerPidfd(int conn, const Peer& peer, pid_t* pid) {
   auto it = socks->find(self.st_ino);
   if (it == socks->end() || !it->second.peer) return Gone();
   const std::string want = "socket:[" + std::to_string(it->second.peer) + "]";
-  const std::string dir = "/proc/" + std::to_string(peer.pid) + "/fd";
-  bool holds = false;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (struct dirent* e = ::readdir(d)) {
-      char link[64];
-      ssize_t n = ::readlinkat(::dirfd(d), e->d_name, link, sizeof link - 1);
-      if (n > 0 && std::string(link, static_cast<size_t>(n)) == want) holds = true;
-    }
-    ::closedir(d);
+  int fds = ::openat(proc, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = fds < 0 ? nullptr : ::fdopendir(fds);
+  if (!d) {
+    if (fds >= 0) ::close(fds);
+    return Gone();
   }
-  if (!holds || !Alive(fd.get())) return Gone();
-  *pid = peer.pid;
-  return fd;
+  bool holds = false;
+  while (struct dirent* e = ::readdir(d)) {
+    char link[64];
+    ssize_t n = ::readlinkat(::dirfd(d), e->d_name, link, sizeof link - 1);
+    if (n > 0 && std::string(link, static_cast<size_t>(n)) == want) holds = true;
+  }
+  ::closedir(d);
+  if (!holds || !Alive(pidfd)) return Gone();
+  return Status::Ok();
 }
 
 // The caller's seccomp filters, oldest first: it is seized and interrupted
@@ -336,7 +350,8 @@ Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer) {
                          "a restart worker must be single-threaded to enter the client's "
                          "namespaces (it has " +
                              std::to_string(threads) + " threads)");
-  STASIS_ASSIGN_OR_RETURN(UniqueFd pidfd, PeerPidfd(conn, peer, &out.pid));
+  bool check_later = false;
+  STASIS_ASSIGN_OR_RETURN(UniqueFd pidfd, PeerPidfd(conn, peer, &out.pid, &check_later));
   // /proc/PID as a folder fd stays the caller's: a reused number is another
   // task that this fd does not show.
   UniqueFd proc(
@@ -448,6 +463,7 @@ Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer) {
       return Status::FromErrno(errno, "set no_new_privs");
     out.no_new_privs = true;
   }
+  if (check_later) STASIS_RETURN_IF_ERROR(HoldsConnection(conn, proc.get(), pidfd.get()));
   if (!Alive(pidfd.get())) return Gone();
   return out;
 }
