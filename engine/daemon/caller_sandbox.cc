@@ -369,6 +369,24 @@ Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer) {
       return Status::Error(EPERM, "the client's process changed its user since it connected");
   }
   out.no_new_privs = Field(status, "NoNewPrivs") == "1";
+  // Capabilities: the restored tree never gets one the client could not
+  // have. A user's tree has none (the restorer drops them); its bounding
+  // set (what a setuid program may gain) is made the client's below. A
+  // root client with fewer capabilities than ours (a container without a
+  // user namespace, a confined service) would get a fully privileged tree:
+  // refused.
+  STASIS_ASSIGN_OR_RETURN(std::string own_status, ReadAt(AT_FDCWD, "/proc/self/status"));
+  const uint64_t their_bounding = std::strtoull(Field(status, "CapBnd").c_str(), nullptr, 16);
+  if (peer.uid == 0) {
+    for (const char* set : {"CapEff", "CapPrm", "CapBnd"}) {
+      uint64_t ours = std::strtoull(Field(own_status, set).c_str(), nullptr, 16);
+      uint64_t theirs = std::strtoull(Field(status, set).c_str(), nullptr, 16);
+      if (ours & ~theirs)
+        return Status::Error(EPERM,
+                             "the client runs as root with fewer capabilities than stasisd; run "
+                             "`cr_restart --no-daemon` inside its confinement");
+    }
+  }
   std::string mode = Field(status, "Seccomp");
   if (mode == "1")
     return Status::Error(EPERM,
@@ -455,6 +473,13 @@ Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer) {
                            std::min(limits[r].rlim_max, ours.rlim_max)};
     if (::prlimit64(0, res, &lim, nullptr) != 0)
       return Status::FromErrno(errno, "take the client's resource limit " + std::to_string(r));
+  }
+  for (int cap = 0; cap < 64; ++cap) {
+    if (their_bounding & (1ull << cap)) continue;
+    int has = ::prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+    if (has < 0) break;  // past the kernel's last capability
+    if (has && ::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
+      return Status::FromErrno(errno, "take the client's capability bounding set");
   }
   // A filter is installed in an unprivileged process only under
   // no_new_privs: a filtered client's tree gets it too.

@@ -254,9 +254,10 @@ def case_sandbox():
         f.write(SECCOMP_HELPER)
     os.chmod(helper, 0o755)
     enter = "".join(f'echo $$ > {c}/cgroup.procs && ' for c in cgs)
-    inner = as_user(a, ["setpriv", "--no-new-privs", "--",
-                        "prlimit", "--nofile=256:256", "--core=0:0", f"--nproc={nproc}:{nproc}", "--",
-                        "/usr/bin/python3", helper, tool("cr_restart"), "-v", ctx])
+    inner = ["setpriv", f"--reuid={a}", f"--regid={a}", "--init-groups",
+             "--bounding-set=-all,+net_bind_service", "--no-new-privs", "--",
+             "prlimit", "--nofile=256:256", "--core=0:0", f"--nproc={nproc}:{nproc}", "--",
+             "/usr/bin/python3", helper, tool("cr_restart"), "-v", ctx]
     cmd = ["sh", "-c", enter + 'exec unshare --net --uts -- sh -c \'hostname stasis-sandbox && exec "$@"\' sh "$@"',
            "sh"] + inner
     try:
@@ -273,6 +274,8 @@ def case_sandbox():
             problems.append(f"NoNewPrivs {s.get('NoNewPrivs')}")
         if s.get("Seccomp") != "2":
             problems.append(f"Seccomp {s.get('Seccomp')}")
+        if s.get("CapBnd") != rd.proc_status(caller).get("CapBnd"):
+            problems.append(f"CapBnd {s.get('CapBnd')}, the caller's {rd.proc_status(caller).get('CapBnd')}")
         lim = limits(pid)
         if lim["Max open files"] != ("256", "256"):
             problems.append(f"nofile {lim['Max open files']}")
@@ -298,7 +301,7 @@ def case_sandbox():
         if problems:
             fail(f"restored pid {pid} escaped the caller's sandbox: " + "; ".join(problems))
         print(f"OK restored pid {pid} in the caller's sandbox: NoNewPrivs 1, Seccomp 2 (the filter "
-              f"denies sched_getaffinity), nofile 256, core 0, {forked[0]} forks then EAGAIN under "
+              f"denies sched_getaffinity), CapBnd {s.get('CapBnd')}, nofile 256, core 0, {forked[0]} forks then EAGAIN under "
               f"nproc {nproc}, the caller's net/uts/ipc/mnt/cgroup/pid namespaces and cgroups {theirs.split()}")
         os.kill(pid, signal.SIGKILL)
         out, _ = p.communicate(timeout=30)
@@ -316,6 +319,63 @@ def case_sandbox():
                 except OSError:
                     time.sleep(0.1)
     d.stop()
+
+    # 3. Root with fewer capabilities than stasisd (a container without a
+    #    user namespace, say) is refused: its tree would be fully privileged.
+    d = rd.Daemon(name="d3").start()
+    w = rd.Workload("sandbox_root", None)
+    ctx = os.path.join(rd.WORK, "ckpt", "sandbox_root.ctx")
+    checkpoint(d, w, None, ctx)
+    p = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--", tool("cr_restart"), ctx],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=20,
+                       env=env_for(d.sock), start_new_session=True, cwd=rd.WORK)
+    sys.stdout.write(p.stdout)
+    if p.returncode == 0 or "fewer capabilities" not in p.stdout:
+        r = w.read()
+        if r and os.path.exists(f"/proc/{r[0]}"):
+            kill_quietly(r[0])
+        fail(f"root without CAP_SYS_ADMIN restarted through stasisd: rc {p.returncode}: {p.stdout!r}")
+    print("OK root with fewer capabilities refused: " + p.stdout.strip())
+    d.stop()
+
+    # 4. stasisd in UTS and network namespaces of its own (as the cluster
+    #    tier runs it, like a node's daemon): the restored program is in the
+    #    caller's, not the daemon's.
+    d = NsDaemon(name="d4").start()
+    w = Probe("sandbox_ns", a)
+    ctx = os.path.join(rd.WORK, "ckpt", "sandbox_ns.ctx")
+    checkpoint(d, w, a, ctx)
+    r = rd.restart_in_background(a, d.sock, ctx)
+    w.wait_count(w.read()[1] + 3, timeout=30, pid=w.pid)
+    for kind in ("uts", "net"):
+        if ns(w.pid, kind) != ns(os.getpid(), kind) or ns(w.pid, kind) == ns(d.proc.pid, kind):
+            kill_quietly(w.pid)
+            fail(f"restored pid {w.pid} in {kind} {ns(w.pid, kind)}; the caller's is "
+                 f"{ns(os.getpid(), kind)}, stasisd's {ns(d.proc.pid, kind)}")
+    kill_quietly(w.pid)
+    out, _ = r.communicate(timeout=30)
+    sys.stdout.write(out)
+    print(f"OK stasisd in its own UTS and network namespaces restored pid {w.pid} in the caller's")
+    d.stop()
+
+
+class NsDaemon(rd.Daemon):
+    """stasisd in UTS and network namespaces of its own."""
+
+    def start(self):
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(["unshare", "--uts", "--net", "--", "sh", "-c",
+                                      'hostname stasisd-node && exec "$0" -c "$1"', tool("stasisd"),
+                                      self.config], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                # The daemon itself, not the unshare/sh before its exec.
+                return self
+            if self.proc.poll() is not None:
+                fail(f"stasisd exited with {self.proc.returncode} at start")
+            time.sleep(0.02)
+        fail("stasisd did not create its socket")
 
 
 class TtyDaemon(rd.Daemon):
