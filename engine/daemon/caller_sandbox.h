@@ -7,7 +7,9 @@
 // the daemon lends is only what needs privilege: exact pids
 // (CAP_CHECKPOINT_RESTORE). A client whose confinement cannot be taken on
 // soundly (another user namespace, a chroot, a namespace owned by another
-// user namespace) is refused with one line.
+// user namespace, root with fewer capabilities than stasisd) is refused
+// with one line. Not carried over: LSM labels and Landlock domains (no
+// interface reads them from outside).
 #pragma once
 
 #include <sys/types.h>
@@ -34,9 +36,9 @@ struct CallerSandbox {
 // Run by a restart worker (root, single-threaded) on the client's connection
 // `conn` before anything else of the request: on success the calling
 // process is in the caller's mount, UTS, IPC, network, cgroup and time
-// namespaces (pid for its children), in its cgroup (v2), with its resource
-// limits and, when the caller has it or runs under a seccomp filter,
-// no_new_privs; the caller's seccomp filters are returned to be installed in
+// namespaces (pid for its children), in its cgroups (v2 and v1), with its
+// resource limits, its capability bounding set and, when the caller has it
+// or runs under a seccomp filter, no_new_privs; the caller's seccomp filters are returned to be installed in
 // the restored tree.
 Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer);
 
