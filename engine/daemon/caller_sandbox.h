@@ -38,8 +38,8 @@ struct CallerSandbox {
 // process is in the caller's mount, UTS, IPC, network, cgroup and time
 // namespaces (pid for its children), in its cgroups (v2 and v1), with its
 // resource limits, its capability bounding set and, when the caller has it
-// or runs under a seccomp filter, no_new_privs; the caller's seccomp filters are returned to be installed in
-// the restored tree.
+// or runs under a seccomp filter, no_new_privs; the caller's seccomp
+// filters are returned to be installed in the restored tree.
 Result<CallerSandbox> EnterCallerSandbox(int conn, const Peer& peer);
 
 }  // namespace stasis::daemon
