@@ -197,6 +197,16 @@ struct RestoreOptions {
   // (stasisd restoring for a user with CAP_CHECKPOINT_RESTORE only): every
   // restored thread's capability sets are cleared before it runs.
   bool drop_capabilities = false;
+  // Restoring for a client in its sandbox (stasisd): these seccomp filters
+  // (the client's, oldest first) are installed in every restored process
+  // before its own, so they are the outermost; and each process's limits
+  // from the context are clamped to the restorer's own hard limits (the
+  // client's): soft <= hard <= ours.
+  std::vector<format::SeccompFilter> outer_seccomp_filters;
+  bool clamp_limits = false;
+  // Called once every process is built, right before the tree is let go
+  // (nothing of it has run yet; after this, a failure leaves it running).
+  std::function<void()> before_release;
   // Called with the context's header before anything is built (a store
   // checks the context is the node and epoch it expects), and once the
   // whole context is read, before anything runs (a store checks the file's

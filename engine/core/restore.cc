@@ -1830,6 +1830,14 @@ Status Restorer::FinishProcess(RProc* p) {
   // Limits and prctl state.
   for (size_t res = 0; res < info.rlimits.size() && res < RLIM_NLIMITS; ++res) {
     struct rlimit64 lim = {info.rlimits[res].cur, info.rlimits[res].max};
+    struct rlimit64 ours;
+    if (options_.clamp_limits) {
+      // Never above the client's hard limit (the restorer took its limits).
+      if (::prlimit64(0, static_cast<__rlimit_resource>(res), nullptr, &ours) != 0)
+        return Status::FromErrno(errno, "read our limit " + std::to_string(res));
+      lim.rlim_max = std::min(lim.rlim_max, ours.rlim_max);
+      lim.rlim_cur = std::min(lim.rlim_cur, lim.rlim_max);
+    }
     if (::prlimit64(p->pid, static_cast<__rlimit_resource>(res), &lim, nullptr) != 0 &&
         errno != EPERM)
       return Status::FromErrno(errno, "restore limit " + std::to_string(res) + " of " + who);
@@ -1935,10 +1943,20 @@ Status Restorer::FinishProcess(RProc* p) {
   // seccomp filters after everything that sets state, oldest first, to
   // every thread (TSYNC); the calls we still inject are not filtered
   // (PTRACE_O_SUSPEND_SECCOMP until we detach).
-  if (!info.seccomp_filters.empty()) {
-    for (auto& t : p->tracees) STASIS_RETURN_IF_ERROR(t->SuspendSeccomp());
+  // The client's filters (a restart through stasisd for a sandboxed
+  // client) come first, the outermost. Without the right to suspend
+  // filters (stasisd for a user), they are installed anyway and the two
+  // calls still injected after them (close, munmap) must pass them: a
+  // filter that forbids those fails the restore, it is never skipped.
+  if (!info.seccomp_filters.empty() || !options_.outer_seccomp_filters.empty()) {
+    for (auto& t : p->tracees) {
+      Status suspended = t->SuspendSeccomp();
+      if (!suspended.ok() && !info.seccomp_filters.empty()) return suspended;
+    }
     constexpr uint64_t kTsync = 1, kKeptFlags = 2 /* LOG */ | 4 /* SPEC_ALLOW */;
-    for (const format::SeccompFilter& f : info.seccomp_filters) {
+    std::vector<format::SeccompFilter> filters = options_.outer_seccomp_filters;
+    filters.insert(filters.end(), info.seccomp_filters.begin(), info.seccomp_filters.end());
+    for (const format::SeccompFilter& f : filters) {
       if (f.program.empty() || f.program.size() % 8 != 0 || f.program.size() > kMaxPath)
         return Status::Corrupt("bad seccomp filter for " + who);
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffPath, f.program.data(), f.program.size()));
@@ -2116,6 +2134,7 @@ Result<RestoreResult> Restorer::Run() {
     STASIS_RETURN_IF_ERROR(options_.lazy->Start());
   }
   for (auto& p : procs_) STASIS_RETURN_IF_ERROR(FinishProcess(p.get()));
+  if (options_.before_release) options_.before_release();
   STASIS_RETURN_IF_ERROR(Release());
   for (auto& p : procs_) result_.pids.push_back(p->pid);
   if (options_.lazy && result_.lazy_bytes) options_.lazy->StartStreaming(result_.pids);

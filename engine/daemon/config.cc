@@ -204,6 +204,12 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
          c.hold_timeout = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
+      {"restart_timeout", [&](const std::string& k, const YAML::Node& v) {
+         uint64_t n;
+         STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
+         c.restart_timeout = n;
+         return Status::Ok();
+       }},
       {"capture_backend", [&](const std::string& k, const YAML::Node& v) {
          std::string s = v.IsScalar() ? v.Scalar() : "";
          if (s == "auto") c.capture_backend = core::CaptureBackend::kAuto;

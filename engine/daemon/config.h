@@ -46,6 +46,10 @@ struct Config {
   uint32_t max_callback_timeout = 600;
   uint32_t max_time_limit = 86400;
   uint32_t hold_timeout = 300;
+  // Seconds a restart may take until its tree runs (a context on a file
+  // that never answers, say); then the worker gives up with ETIMEDOUT.
+  // 0 = unbounded.
+  uint64_t restart_timeout = 1800;
   // capture_backend: auto (the kernel module when /dev/stasis is there),
   // kernel (the module or fail), user (ptrace and /proc only).
   core::CaptureBackend capture_backend = core::CaptureBackend::kAuto;

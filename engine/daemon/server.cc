@@ -831,7 +831,9 @@ void Server::Start(Job* job) {
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::signal(SIGPIPE, SIG_DFL);
     ::signal(SIGCHLD, SIG_DFL);
-    ::setpgid(0, 0);  // a terminal's ^C to stasisd does not reach workers
+    // A session of its own, without stasisd's terminal: a terminal's ^C to
+    // stasisd does not reach workers, and no restored process can read it.
+    ::setsid();
     RunWorker(config_, task);
   }
   ::close(sp[1]);

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@
 #include "engine/format/context_io.h"
 #include "engine/store/store.h"
 #include "engine/core/procfs.h"
+#include "engine/daemon/caller_sandbox.h"
 
 namespace stasis::daemon {
 
@@ -541,21 +543,120 @@ Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::Rest
   return Status::Ok();
 }
 
+// The restart's time bound: until the tree is let go, the worker answers
+// ETIMEDOUT and exits when it is reached; the processes it was building die
+// with it (PTRACE_O_EXITKILL). A tree already running is never touched.
+std::string g_timeout_reply;
+int g_timeout_fds[2] = {-1, -1};
+
+void OnRestartTimeout(int) {
+  for (int fd : g_timeout_fds)
+    if (fd >= 0) ::send(fd, g_timeout_reply.data(), g_timeout_reply.size(), MSG_NOSIGNAL);
+  std::_Exit(1);
+}
+
+void ArmRestartTimeout(const WorkerTask& task, Clock::time_point deadline, uint64_t seconds) {
+  if (deadline == Clock::time_point()) return;
+  proto::Reply r;
+  r.request_id = task.id;
+  r.code = ETIMEDOUT;
+  r.message = "the restart did not finish within its time limit (" + std::to_string(seconds) +
+              " s, restart_timeout in stasis.yaml); nothing of it runs";
+  auto bytes = proto::EncodeReply(r);
+  if (!bytes) return;
+  g_timeout_reply = *bytes;
+  g_timeout_fds[0] = task.client_fd;
+  g_timeout_fds[1] = task.report_fd;
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = OnRestartTimeout;
+  ::sigaction(SIGALRM, &sa, nullptr);
+  auto left =
+      std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+  if (left < 1000) left = 1000;
+  struct itimerval it = {
+      {0, 0}, {static_cast<time_t>(left / 1000000), static_cast<suseconds_t>(left % 1000000)}};
+  ::setitimer(ITIMER_REAL, &it, nullptr);
+}
+
+void DisarmRestartTimeout() {
+  sigset_t alrm;
+  sigemptyset(&alrm);
+  sigaddset(&alrm, SIGALRM);
+  ::sigprocmask(SIG_BLOCK, &alrm, nullptr);
+  struct itimerval off = {};
+  ::setitimer(ITIMER_REAL, &off, nullptr);
+}
+
+pid_t g_restorer = 0;
+void ForwardCancel(int) {
+  if (g_restorer > 0) ::kill(g_restorer, SIGTERM);
+}
+
 [[noreturn]] void RunRestart(const Config& config, const WorkerTask& task) {
   const proto::Request& req = task.request;
   const Peer& peer = task.peer;
   auto fail = [&](const Status& s) {
+    DisarmRestartTimeout();
     Reply(task, Failure(s));
     std::_Exit(1);
   };
+  // The time bound: the configured one, or the client's if shorter.
+  uint64_t limit_ms = config.restart_timeout * 1000;
+  if (req.time_limit_ms && (!limit_ms || req.time_limit_ms < limit_ms))
+    limit_ms = req.time_limit_ms;
+  Clock::time_point deadline;
+  if (limit_ms) deadline = Clock::now() + std::chrono::milliseconds(limit_ms);
   if (req.path.empty() || req.path[0] != '/')
     fail(Status::Error(EINVAL, "context file '" + req.path + "' is not an absolute path"));
+  // A session of our own, without a terminal: the restored tree never
+  // shares stasisd's session or controlling terminal (stasisd may run on
+  // one). Restored session leaders make their own below.
+  if (::getsid(0) != ::getpid() && ::setsid() < 0)
+    fail(Status::FromErrno(errno, "start a session for the restart"));
+  // The client's confinement, before any path of the request is looked at
+  // (they are in its view) and anything is forked.
+  auto sandbox = EnterCallerSandbox(task.client_fd, peer);
+  if (!sandbox) fail(sandbox.error());
+  // The restorer is a child: it is in the client's pid namespace (ours is
+  // the parent's) and never a session leader, so no terminal it opens can
+  // become the session's.
+  pid_t restorer = ::fork();
+  if (restorer < 0) fail(Status::FromErrno(errno, "fork the restorer"));
+  if (restorer > 0) {
+    ::close(task.client_fd);
+    ::close(task.report_fd);
+    for (int fd : task.attached) ::close(fd);
+    g_restorer = restorer;
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_handler = ForwardCancel;
+    ::sigaction(SIGTERM, &sa, nullptr);
+    int status = 0;
+    while (::waitpid(restorer, &status, 0) < 0 && errno == EINTR) {
+    }
+    std::_Exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+  }
+  ArmRestartTimeout(task, deadline, (limit_ms + 999) / 1000);
+  {
+    // /proc must show the pid namespace we live in (the restorer finds its
+    // processes there by number).
+    char self[32];
+    ssize_t n = ::readlink("/proc/self", self, sizeof self - 1);
+    if (n <= 0 || std::string(self, static_cast<size_t>(n)) != std::to_string(::getpid()))
+      fail(Status::Error(EPERM,
+                         "the client's /proc is not of its pid namespace; run `cr_restart "
+                         "--no-daemon` inside it"));
+  }
   Status s = TakeFsIdentity(peer);
   if (!s.ok()) fail(s);
   s = CheckUnderRoots(config, peer, req.path, "read");
   if (!s.ok()) fail(AsRefusal(s, peer));
   core::RestoreOptions opt;
   opt.restore_pids = !(req.flags & proto::kFlagNoRestorePid);
+  opt.outer_seccomp_filters = sandbox->seccomp_filters;
+  opt.clamp_limits = true;
+  opt.before_release = DisarmRestartTimeout;
   opt.after = static_cast<core::AfterRestore>(req.after);
   for (const std::string& r : req.relocate) {
     size_t eq = r.find('=');
@@ -598,14 +699,15 @@ Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::Rest
         });
     if (!s.ok()) fail(AsRefusal(s, peer));
   } else {
-    int raw = ::open(req.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (raw < 0) {
-      if (errno == ELOOP) fail(Status::Error(EPERM, req.path + " is a symbolic link; refusing it"));
-      fail(AsRefusal(Status::FromErrno(errno, "open " + req.path), peer));
+    // No symlink, and nothing but a regular file: a FIFO or a device is
+    // refused at once instead of blocking the worker (O_NONBLOCK open).
+    auto opened = OpenRegularNoFollow(AT_FDCWD, req.path, req.path);
+    if (!opened) {
+      if (opened.error().code() == ELOOP) fail(Status::Error(EPERM, opened.error().message()));
+      fail(AsRefusal(opened.error(), peer));
     }
-    UniqueFd file(raw);
-    if (::fstat(raw, &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
-    if (!S_ISREG(st.st_mode)) fail(Status::Error(EINVAL, req.path + " is not a regular file"));
+    UniqueFd file = std::move(*opened);
+    if (::fstat(file.get(), &st) != 0) fail(Status::FromErrno(errno, "stat " + req.path));
     if (peer.uid != 0 && st.st_uid != peer.uid)
       fail(Status::Error(EPERM, req.path + " belongs to uid " + std::to_string(st.st_uid) +
                                     ", not to uid " + std::to_string(peer.uid)));
@@ -627,6 +729,11 @@ Status BecomeFileOwner(uid_t owner, gid_t file_gid, const Peer& peer, core::Rest
   started.total_us = static_cast<uint64_t>(result->seconds * 1e6);
   started.new_pid_namespace = result->in_new_pid_namespace;
   started.message = "restored " + std::to_string(result->processes) + " processes from " + source_path;
+  if (!sandbox->joined.empty()) {
+    std::string joined;
+    for (const auto& j : sandbox->joined) joined += (joined.empty() ? "" : ", ") + j;
+    started.message += " (in the client's " + joined + ")";
+  }
   if (!notes.empty()) {
     // A restart from the store: the lines cr_restart prints.
     started.message.clear();

@@ -277,6 +277,8 @@ def install_tool(name):
            "stasis": ARGS.stasis, "scontrol": ARGS.scontrol_wrapper, "share_task": ARGS.share_task,
            "spank_stasis.so": ARGS.spank, "pmix_ckpt": ARGS.pmix_ckpt,
            "libstasis_pmix.so": ARGS.pmix_agent,
+           "cr_checkpoint": ARGS.stasis and os.path.join(os.path.dirname(ARGS.stasis), "cr_checkpoint"),
+           "cr_restart": ARGS.stasis and os.path.join(os.path.dirname(ARGS.stasis), "cr_restart"),
            "libcr.so.0": ARGS.pmix_agent and os.path.join(
                os.path.dirname(os.path.dirname(ARGS.pmix_agent)), "engine", "agent", "libcr.so.0"),
            }[name]
@@ -928,7 +930,70 @@ def case_pmix():
           f"heard PMIX_ERR_PROC_CHECKPOINT and fenced with both ranks")
 
 
+def case_daemon_restart():
+    """cr_restart through the node's stasisd from inside a step (issue 23):
+    the daemon runs in the node's network and a UTS namespace of its own,
+    the step in slurmd's; the restored task must be in the step's
+    namespaces and cgroups (the caller's), not the daemon's."""
+    enable_stasis()
+    count = install_tool("count_task")
+    ckpt, restart = install_tool("cr_checkpoint"), install_tool("cr_restart")
+    sock = os.path.join(DIR, "run", "stasisd-n1.sock")
+    ctx = os.path.join(WORK, "ck", "task.ctx")
+    limit_file = os.path.join(WORK, "limit")
+    script = write_script("one.sh", f"#!/bin/sh\nsrun -N1 -n1 {count} 100 {limit_file}\n")
+    job = submit(script, "stasis_ua", "-N1", "-w", "n1", "-o", os.path.join(WORK, "one-%j.out"))
+    wait_step_running(job, 0)
+    pid = 0
+    deadline = time.monotonic() + 20
+    while not pid and time.monotonic() < deadline:
+        out = subprocess.run(["pgrep", "-u", "stasis_ua", "-x", "count_task"], stdout=subprocess.PIPE,
+                             text=True).stdout.split()
+        pid = int(out[0]) if len(out) == 1 else 0
+        time.sleep(0.1)
+    if not pid:
+        fail("no count_task of job {job} found")
+    time.sleep(1)
+    run("env", f"STASIS_SOCKET={sock}", ckpt, "--kill", "-f", ctx, str(pid), user="stasis_ua")
+    wait_job_done(job)
+    script2 = write_script("one-restart.sh",
+                           f"#!/bin/sh\nsrun -N1 -n1 env STASIS_SOCKET={sock} {restart} {ctx}\n")
+    job2 = submit(script2, "stasis_ua", "-N1", "-w", "n1", "-o", os.path.join(WORK, "one-%j.out"))
+    caller = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = subprocess.run(["pgrep", "-u", "stasis_ua", "-x", "cr_restart"], stdout=subprocess.PIPE,
+                             text=True).stdout.split()
+        caller = int(out[0]) if len(out) == 1 else 0
+        if caller and os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.1)
+    if not caller or not os.path.exists(f"/proc/{pid}"):
+        fail(f"job {job2}: pid {pid} was not restored through stasisd ({job_state(job2)})")
+    daemon = STASISD["n1"].pid
+    problems = []
+    for kind in ("uts", "net", "mnt", "ipc", "cgroup", "pid"):
+        mine, theirs = os.readlink(f"/proc/{pid}/ns/{kind}"), os.readlink(f"/proc/{caller}/ns/{kind}")
+        if mine != theirs:
+            problems.append(f"{kind} {mine}, the step's {theirs}")
+    if os.readlink(f"/proc/{pid}/ns/uts") == os.readlink(f"/proc/{daemon}/ns/uts"):
+        problems.append("in stasisd's UTS namespace")
+    cg, step_cg = open(f"/proc/{pid}/cgroup").read(), open(f"/proc/{caller}/cgroup").read()
+    if cg != step_cg:
+        problems.append(f"cgroups {cg.split()}, the step's {step_cg.split()}")
+    if problems:
+        fail(f"job {job2}: the task restored through stasisd left the step: " + "; ".join(problems))
+    with open(limit_file, "w") as f:
+        f.write("1\n")  # any count: the task stops at its next line
+    state, code = wait_job_done(job2, timeout=60)
+    if state != "COMPLETED":
+        fail(f"job {job2} (cr_restart through stasisd in a step): {state} {code}")
+    print(f"OK job {job2}: cr_restart in a step restored pid {pid} through n1's stasisd into the "
+          f"step's namespaces and cgroups {step_cg.split()}, and it completed")
+
+
 CASES = {
+    "daemon_restart": case_daemon_restart,
     "pmix": case_pmix,
     "share": case_share,
     "smoke": case_smoke,
