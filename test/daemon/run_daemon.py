@@ -155,7 +155,7 @@ class Workload:
     def read(self):
         try:
             parts = open(self.out).read().split()
-            if parts[1] != parts[3]:
+            if len(parts) > 3 and parts[1] != parts[3]:
                 return None  # read while being rewritten
             return int(parts[0]), int(parts[1]), parts[2]
         except (OSError, ValueError, IndexError):
