@@ -346,7 +346,17 @@ Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64
   for (;;) {
     if (::ptrace(PTRACE_SYSCALL, tid_, nullptr, nullptr) != 0)
       return Status::FromErrno(errno, "ptrace syscall " + TidName(tid_));
-    STASIS_ASSIGN_OR_RETURN(StopInfo s, WaitThreadFor(tid_, timeout_seconds_));
+    auto waited = WaitThreadFor(tid_, timeout_seconds_);
+    if (!waited) {
+      // Stuck inside the call (or never scheduled): interrupt it so that the
+      // caller can still put the registers back and detach; if even that
+      // does not stop it, the kernel detaches it when we exit.
+      if (waited.error().code() == ETIMEDOUT &&
+          ::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) == 0)
+        (void)WaitThreadFor(tid_, 1.0);
+      return waited.error();
+    }
+    StopInfo s = *waited;
     switch (s.kind) {
       case StopInfo::kExited:
       case StopInfo::kKilled:
