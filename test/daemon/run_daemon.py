@@ -744,17 +744,23 @@ def case_libcr():
 
 # --- issue 23: an unprivileged attacker (A) against a root stasisd -----------
 
-def attack_tool(name):
+def attack_tool(name, libcr=False):
     """A C helper of test/daemon: from the build, else compiled here (a build
-    of an older tree lacks it, and each case must run against one)."""
+    of an older tree lacks it, and each case must run against one); with
+    libcr, linked with the build's libcr."""
     built = os.path.join(ARGS.bindir, "test", "daemon", name)
     if os.path.exists(built):
         return built
     out = os.path.join(WORK, name)
     if not os.path.exists(out):
         here = os.path.dirname(os.path.abspath(__file__))
-        subprocess.run(["cc", "-O1", "-Wall", "-I", os.path.join(here, "..", ".."), "-o", out,
-                        os.path.join(here, name + ".c")], check=True)
+        src = os.path.join(here, "..", "..")
+        cmd = ["cc", "-O1", "-Wall", "-I", src, "-o", out, os.path.join(here, name + ".c")]
+        if libcr:
+            lib = os.path.join(ARGS.bindir, "engine", "agent")
+            cmd += ["-I", os.path.join(src, "engine", "agent", "include"), "-L", lib, "-lcr",
+                    f"-Wl,-rpath,{lib}"]
+        subprocess.run(cmd, check=True)
     return out
 
 
@@ -1040,13 +1046,26 @@ def case_attack_agent_shrink():
     wait_for_line(log, r"shrink refused: Operation not permitted")
     if "killed by signal" in d.log():
         fail("stasisd's worker died")
+    # libcr's own block: sealed, so the callback's truncation fails and the
+    # checkpoint is normal.
+    z = subprocess.Popen(as_user(a, [attack_tool("libcr_shrink", libcr=True), log]), start_new_session=True)
+    wait_for_line(log, rf"ready {z.pid}")
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "shrink3.ctx"), str(z.pid)],
+            user=a, sock=d.sock, expect_rc=None, timeout=60)
+    if "killed by signal" in p.stdout + p.stderr or "killed by signal" in d.log():
+        fail("stasisd's worker died on the shrunk block of a libcr program")
+    if p.returncode != 0:
+        fail(f"the checkpoint of a libcr program failed: {p.stdout + p.stderr}")
+    wait_for_line(log, r"shrink: refused EPERM \d+\ncontinue 0")
+    if not alive(z):
+        fail("the libcr program died")
     run([tool("stasis"), "status"], user=a, sock=d.sock)
     if d.proc.poll() is not None:
         fail("stasisd exited")
     print("OK an unsealed agent block is refused by pid, a sealed one cannot shrink; stasisd serves on")
-    for z in (x, y):
-        z.kill()
-        z.wait()
+    for q in (x, y, z):
+        q.kill()
+        q.wait()
     d.stop()
 
 
