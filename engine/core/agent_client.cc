@@ -63,6 +63,7 @@ struct AgentSession::Agent {
   stasis_agent_block* blk = nullptr;
   bool posted = false;    // we sent it a request
   bool finished = false;  // and told it the outcome
+  TraceCreds creds;       // its credentials when we sent the request
   ~Agent() {
     if (blk) ::munmap(blk, STASIS_AGENT_BLOCK_SIZE);
   }
@@ -161,6 +162,11 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
                                         ": callbacks of its previous checkpoint are still running");
       WaitFor(&b->state, Load(&b->state), 10);
     }
+    // Its credentials bound what it may forward to: taken now, and its
+    // forwards refused if they differ when we read them (a setuid exec).
+    auto creds = ReadTraceCreds(pid);
+    if (!creds) continue;  // gone
+    agent->creds = *creds;
     b->requester = request_.requester;
     b->target = request_.target;
     b->scope = BlcrScope(request_.scope);
@@ -228,12 +234,21 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
     stasis_agent_block* b = a->blk;
     uint32_t n = std::min<uint32_t>(Load(&b->nforward), STASIS_AGENT_MAX_FORWARD);
     // What the forwarding process could trace itself bounds what it adds
-    // (the caller checks each added process against these credentials).
-    // Read while its agent waits in cr_checkpoint(), so the pid is its.
-    auto by = n ? ReadTraceCreds(a->pid) : Result<TraceCreds>(TraceCreds{});
-    if (!by)
-      return Status::Error(ESRCH, "pid " + std::to_string(a->pid) +
-                                      " exited while its checkpoint callbacks were waiting");
+    // (the caller checks each added process against these credentials):
+    // the ones it had when it got the request, and still has now (an exec
+    // of a setuid program in between would lend it root's reach).
+    if (n) {
+      auto now = ReadTraceCreds(a->pid);
+      if (!now)
+        return Status::Error(ESRCH, "pid " + std::to_string(a->pid) +
+                                        " exited while its checkpoint callbacks were waiting");
+      if (now->uid != a->creds.uid || now->gid != a->creds.gid ||
+          now->cap_permitted != a->creds.cap_permitted ||
+          now->cap_sys_ptrace != a->creds.cap_sys_ptrace)
+        return Status::Error(EPERM, "pid " + std::to_string(a->pid) +
+                                        " changed its credentials during its checkpoint callbacks; "
+                                        "its cr_forward_checkpoint() is refused");
+    }
     for (uint32_t i = 0; i < n; ++i) {
       format::ScopeKind kind;
       switch (b->forward[i].scope) {
@@ -242,7 +257,7 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
         case CR_SCOPE_SESS: kind = format::kScopeSid; break;
         default: kind = format::kScopeTree; break;
       }
-      forwarded_.push_back({kind, static_cast<pid_t>(b->forward[i].target), a->pid, *by});
+      forwarded_.push_back({kind, static_cast<pid_t>(b->forward[i].target), a->pid, a->creds});
     }
   }
   return Status::Ok();
