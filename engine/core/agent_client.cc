@@ -135,6 +135,11 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
     if (!found) return found.error();
     std::unique_ptr<Agent> agent = std::move(*found);
     if (!agent) continue;
+    // Opened through /proc/PID: still the checked process only while the
+    // pidfd taken before its check names a live process (a pid is reused
+    // only after its process is gone).
+    auto pinned = pidfds_for_perm.find(pid);
+    if (pinned == pidfds_for_perm.end() || !PidfdAlive(pinned->second.get())) continue;
     stasis_agent_block* b = agent->blk;
     uint32_t flags = b->flags;
     bool named = pid == request_.target &&

@@ -54,7 +54,9 @@ class AgentSession {
 
   // Runs the callback phase for `pids` (processes seen for the first time).
   // The caller has checked every one of them (may the requester trace it?)
-  // before: this opens, writes and wakes their agent blocks. On a callback's
+  // and pinned it by a pidfd in `pidfds_for_perm` before: this opens,
+  // writes and wakes their agent blocks (only while that pidfd is alive,
+  // so a pid reused since the check is not touched). On a callback's
   // TEMP/PERM failure returns CR_ETEMPFAIL/CR_EPERMFAIL (or the callback's
   // own code), having told every agent; on PERM the processes of
   // `pidfds_for_perm` (checked ones, each named by its pidfd so a reused
