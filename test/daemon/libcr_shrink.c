@@ -51,7 +51,9 @@ static int callback(void *arg) {
   if (fd >= 0 && ftruncate(fd, 0) == 0) {
     note("shrink: done", 0);
   } else {
-    note(fd < 0 ? "shrink: no block" : errno == EPERM ? "shrink: refused EPERM" : "shrink: failed",
+    note(fd < 0           ? "shrink: no block"
+         : errno == EPERM ? "shrink: refused EPERM"
+                          : "shrink: failed",
          errno);
   }
   int rc = cr_checkpoint(CR_CHECKPOINT_READY);
