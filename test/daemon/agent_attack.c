@@ -3,7 +3,7 @@
  * it owns a memfd named "stasis-agent" laid out as engine/agent/agent_abi.h
  * says and answers the checkpointer's requests itself.
  *
- *   agent_attack [--no-seal] LOG MODE [PID...]
+ *   agent_attack [--no-seal] [--become UID:GID] LOG MODE [PID...]
  *
  * MODE forward: answers READY, forwarding the checkpoint to each PID
  *               (CR_SCOPE_PROC).
@@ -14,15 +14,19 @@
  *                truncation failed (a sealed block) and nothing otherwise.
  * --no-seal leaves the memfd unsealed (an old or hostile agent); by default
  * it is sealed as libcr seals it, so the checkpointer uses it.
+ * --become (started as root): on a request, changes to UID:GID before
+ * answering, as a setuid exec changes credentials in the other direction.
  * Each event is appended to LOG as one line. Runs until killed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -44,12 +48,22 @@ static void store(volatile uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __A
 
 int main(int argc, char **argv) {
   int a = 1, seal = 1;
-  if (a < argc && strcmp(argv[a], "--no-seal") == 0) {
-    seal = 0;
-    ++a;
+  const char *become = NULL;
+  for (;;) {
+    if (a < argc && strcmp(argv[a], "--no-seal") == 0) {
+      seal = 0;
+      ++a;
+    } else if (a + 1 < argc && strcmp(argv[a], "--become") == 0) {
+      become = argv[a + 1];
+      a += 2;
+    } else {
+      break;
+    }
   }
   if (argc - a < 2) {
-    fprintf(stderr, "usage: agent_attack [--no-seal] LOG forward|permfail|shrink [PID...]\n");
+    fprintf(stderr,
+            "usage: agent_attack [--no-seal] [--become UID:GID] LOG forward|permfail|shrink "
+            "[PID...]\n");
     return 2;
   }
   g_log = argv[a];
@@ -83,6 +97,14 @@ int main(int argc, char **argv) {
     seen = b->seq;
     store(&b->state, STASIS_AGENT_ST_RUNNING);
     note("request from %s%ld", "pid ", (long)b->requester);
+    if (become) {
+      unsigned uid = 0, gid = 0;
+      if (sscanf(become, "%u:%u", &uid, &gid) != 2 || setgroups(0, NULL) != 0 ||
+          setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
+        return 1;
+      prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+      note("became %s%ld", "uid ", (long)uid);
+    }
     if (strcmp(mode, "forward") == 0) {
       int n = 0;
       for (int i = a + 2; i < argc && n < (int)STASIS_AGENT_MAX_FORWARD; ++i, ++n) {

@@ -821,10 +821,24 @@ def case_attack_agent_kill():
             fail(f"exit status {p.returncode}, expected 1 (EPERM)")
         if "answered CR_EPERMFAIL" in open(log).read():
             fail(f"A's failing agent was asked for its callbacks before the scope was checked: {open(log).read()}")
+    # A forwarder whose credentials change while its callbacks run (as a
+    # setuid exec would lend root's reach to A's forward list; here a root
+    # agent becomes A): its forwards are refused when root asks.
+    gid_a = pwd.getpwnam(a).pw_gid
+    turn = subprocess.Popen([agent, "--become", f"{uid_a}:{gid_a}", log, "forward", str(failer.pid),
+                             str(wb.pid), str(wr.pid)], start_new_session=True)
+    wait_for_line(log, rf"ready forward {turn.pid}")
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "kill_turn.ctx"), str(turn.pid)],
+            sock=d.sock, expect_rc=None, timeout=60)
+    time.sleep(0.3)
+    if not alive(wb.proc) or not alive(wr.proc) or not alive(failer):
+        fail("a forwarder that changed credentials had processes killed")
+    expect_refused(p, rf"pid {turn.pid} changed its credentials during its checkpoint callbacks",
+                   "root checkpoints an agent that changes credentials before forwarding")
     wb.advancing()
     wr.advancing()
     print(f"OK B's pid {wb.pid} and root's pid {wr.pid} survive; the forwarding was refused by pid")
-    for z in (fwd, failer):
+    for z in (fwd, failer, turn):
         z.kill()
         z.wait()
     d.stop()
