@@ -1,7 +1,10 @@
 /*
  * The agent block: the one piece of memory the in-process agent (libcr) and
  * the engine (engine/core) share. It lives in a memfd named "stasis-agent",
- * mapped MAP_SHARED by the process and held open at a high fd, so a
+ * sealed at its size (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: a
+ * checkpointer maps only a block that cannot shrink under it, and the
+ * restorer seals the blocks it recreates the same way), mapped
+ * MAP_SHARED by the process and held open at a high fd, so a
  * checkpointer that may trace the process can open it through
  * /proc/PID/fd (or /proc/PID/map_files as root), map it and talk to the
  * process with plain loads, stores and futexes. Nothing here runs while no

@@ -169,9 +169,12 @@ static int high_fd_base(void) {
 
 /* Creates this process's agent block (or a fresh one after fork). */
 static int block_create(uint32_t flags) {
-  int fd = (int)syscall(SYS_memfd_create, STASIS_AGENT_MEMFD_NAME, MFD_CLOEXEC);
+  int fd = (int)syscall(SYS_memfd_create, STASIS_AGENT_MEMFD_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
-  if (ftruncate(fd, STASIS_AGENT_BLOCK_SIZE) != 0) {
+  /* Sealed at its size: a checkpointer maps the block only when it cannot
+   * shrink under its mapping (agent_abi.h). */
+  if (ftruncate(fd, STASIS_AGENT_BLOCK_SIZE) != 0 ||
+      fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     close(fd);
     return -1;
   }

@@ -63,6 +63,7 @@ struct AgentSession::Agent {
   stasis_agent_block* blk = nullptr;
   bool posted = false;    // we sent it a request
   bool finished = false;  // and told it the outcome
+  TraceCreds creds;       // its credentials when we sent the request
   ~Agent() {
     if (blk) ::munmap(blk, STASIS_AGENT_BLOCK_SIZE);
   }
@@ -72,36 +73,56 @@ AgentSession::AgentSession(AgentRequest request) : request_(std::move(request)) 
 
 AgentSession::~AgentSession() { Finish(CR_ETEMPFAIL); }
 
+// A block is mapped only from a memfd sealed against shrinking: the process
+// owns the memfd and could otherwise truncate it while we hold the mapping,
+// and our next access would die of SIGBUS. With F_SEAL_SHRINK the size
+// checked here can only grow, so the whole mapping stays backed.
+namespace {
+Result<void*> MapSealedBlock(int fd) {
+  int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || !(seals & F_SEAL_SHRINK))
+    return Status::Error(EPERM, "its agent block is not sealed against shrinking (F_SEAL_SHRINK)");
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(STASIS_AGENT_BLOCK_SIZE))
+    return Status::Error(EPERM, "its agent block is smaller than " +
+                                    std::to_string(STASIS_AGENT_BLOCK_SIZE) + " bytes");
+  void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return Status::FromErrno(errno, "map its agent block");
+  return p;
+}
+}  // namespace
+
 // Opens the agent block of `pid`, if it has one that is its own (a raw
 // fork without libcr's atfork handler would share its parent's).
-std::unique_ptr<AgentSession::Agent> AgentSession::FindAgentBlock(pid_t pid) {
+Result<std::unique_ptr<AgentSession::Agent>> AgentSession::FindAgentBlock(pid_t pid) {
   auto fds = ListFds(pid);
-  if (!fds) return nullptr;
+  if (!fds) return std::unique_ptr<Agent>();
   const std::string proc = "/proc/" + std::to_string(pid) + "/fd/";
   for (int fd : *fds) {
     auto link = ReadLink(proc + std::to_string(fd));
     if (!link || *link != kAgentLink) continue;
     UniqueFd f(::open((proc + std::to_string(fd)).c_str(), O_RDWR | O_CLOEXEC));
-    if (!f) return nullptr;
-    struct stat st;
-    if (::fstat(f.get(), &st) != 0 || st.st_size < static_cast<off_t>(sizeof(stasis_agent_block)))
-      return nullptr;
-    void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, f.get(), 0);
-    if (p == MAP_FAILED) return nullptr;
+    if (!f) return std::unique_ptr<Agent>();
+    auto p = MapSealedBlock(f.get());
+    if (!p)
+      return Status::Error(p.error().code(),
+                           "cannot run the checkpoint callbacks of pid " + std::to_string(pid) +
+                               ": " + p.error().message() +
+                               " (a libcr older than this engine, or not libcr's)");
     auto a = std::make_unique<AgentSession::Agent>();
     a->pid = pid;
     a->fd = std::move(f);
-    a->blk = static_cast<stasis_agent_block*>(p);
+    a->blk = static_cast<stasis_agent_block*>(*p);
     if (a->blk->magic != STASIS_AGENT_MAGIC || a->blk->version != STASIS_AGENT_VERSION ||
         a->blk->pid != InnermostPid(pid))
-      return nullptr;
+      return std::unique_ptr<Agent>();
     return a;
   }
-  return nullptr;
+  return std::unique_ptr<Agent>();
 }
 
 Status AgentSession::Prepare(const std::vector<pid_t>& pids,
-                             const std::vector<pid_t>& pids_for_perm) {
+                             const std::map<pid_t, UniqueFd>& pidfds_for_perm) {
   const auto deadline =
       request_.timeout_seconds > 0
           ? Clock::now() + std::chrono::milliseconds(static_cast<long>(request_.timeout_seconds * 1000))
@@ -110,8 +131,15 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
   for (pid_t pid : pids) {
     auto st = ReadStat(pid);
     if (!st || st->state == 'Z') continue;
-    auto agent = FindAgentBlock(pid);
+    auto found = FindAgentBlock(pid);
+    if (!found) return found.error();
+    std::unique_ptr<Agent> agent = std::move(*found);
     if (!agent) continue;
+    // Opened through /proc/PID: still the checked process only while the
+    // pidfd taken before its check names a live process (a pid is reused
+    // only after its process is gone).
+    auto pinned = pidfds_for_perm.find(pid);
+    if (pinned == pidfds_for_perm.end() || !PidfdAlive(pinned->second.get())) continue;
     stasis_agent_block* b = agent->blk;
     uint32_t flags = b->flags;
     bool named = pid == request_.target &&
@@ -139,6 +167,11 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
                                         ": callbacks of its previous checkpoint are still running");
       WaitFor(&b->state, Load(&b->state), 10);
     }
+    // Its credentials bound what it may forward to: taken now, and its
+    // forwards refused if they differ when we read them (a setuid exec).
+    auto creds = ReadTraceCreds(pid);
+    if (!creds) continue;  // gone
+    agent->creds = *creds;
     b->requester = request_.requester;
     b->target = request_.target;
     b->scope = BlcrScope(request_.scope);
@@ -193,8 +226,10 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
   if (fail_code) {
     Finish(fail_code);
     if (perm) {
-      for (pid_t pid : pids_for_perm)
-        if (!omitted_.count(pid)) ::kill(pid, SIGKILL);
+      // Only checked processes, through the pidfd taken when they were
+      // checked: a pid reused since then is not touched.
+      for (const auto& [pid, pidfd] : pidfds_for_perm)
+        if (!omitted_.count(pid)) (void)PidfdSignal(pidfd.get(), SIGKILL);
     }
     return Status::Error(fail_code, std::string("checkpoint cancelled by a callback of pid ") +
                                         std::to_string(failed_pid) + " (" + CodeName(fail_code) +
@@ -203,6 +238,22 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
   for (Agent* a : waiting) {
     stasis_agent_block* b = a->blk;
     uint32_t n = std::min<uint32_t>(Load(&b->nforward), STASIS_AGENT_MAX_FORWARD);
+    // What the forwarding process could trace itself bounds what it adds
+    // (the caller checks each added process against these credentials):
+    // the ones it had when it got the request, and still has now (an exec
+    // of a setuid program in between would lend it root's reach).
+    if (n) {
+      auto now = ReadTraceCreds(a->pid);
+      if (!now)
+        return Status::Error(ESRCH, "pid " + std::to_string(a->pid) +
+                                        " exited while its checkpoint callbacks were waiting");
+      if (now->uid != a->creds.uid || now->gid != a->creds.gid ||
+          now->cap_permitted != a->creds.cap_permitted ||
+          now->cap_sys_ptrace != a->creds.cap_sys_ptrace)
+        return Status::Error(EPERM, "pid " + std::to_string(a->pid) +
+                                        " changed its credentials during its checkpoint callbacks; "
+                                        "its cr_forward_checkpoint() is refused");
+    }
     for (uint32_t i = 0; i < n; ++i) {
       format::ScopeKind kind;
       switch (b->forward[i].scope) {
@@ -211,7 +262,7 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
         case CR_SCOPE_SESS: kind = format::kScopeSid; break;
         default: kind = format::kScopeTree; break;
       }
-      forwarded_.emplace_back(kind, static_cast<pid_t>(b->forward[i].target));
+      forwarded_.push_back({kind, static_cast<pid_t>(b->forward[i].target), a->pid, a->creds});
     }
   }
   return Status::Ok();
@@ -230,16 +281,16 @@ void AgentSession::Finish(int code) {
 }
 
 void ReportRequestResult(int block_fd, int code, const std::string& message) {
-  void* p = ::mmap(nullptr, STASIS_AGENT_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, block_fd, 0);
-  if (p == MAP_FAILED) return;
-  auto* b = static_cast<stasis_agent_block*>(p);
+  auto p = MapSealedBlock(block_fd);
+  if (!p) return;
+  auto* b = static_cast<stasis_agent_block*>(*p);
   if (b->magic == STASIS_AGENT_MAGIC && b->version == STASIS_AGENT_VERSION) {
     b->req_result = code;
     std::snprintf(b->req_msg, sizeof b->req_msg, "%s", message.c_str());
     Store(&b->req_state, STASIS_AGENT_REQ_DONE);
     Wake(&b->req_state);
   }
-  ::munmap(p, STASIS_AGENT_BLOCK_SIZE);
+  ::munmap(*p, STASIS_AGENT_BLOCK_SIZE);
 }
 
 Status MarkRestarted(pid_t pid, ProcessMemory* mem, uint64_t start, pid_t requester,

@@ -8,18 +8,32 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "engine/base/fd.h"
 #include "engine/base/status.h"
+#include "engine/core/procfs.h"
 #include "engine/format/context.h"
 
 namespace stasis::core {
 
 class ProcessMemory;
+
+// A scope a callback added with cr_forward_checkpoint(), and the process
+// whose agent asked for it with its credentials then: the processes it
+// adds must be ones that process could trace itself (CheckMayTrace), so an
+// agent never widens a checkpoint beyond its own reach.
+struct ForwardedScope {
+  format::ScopeKind scope = format::kScopeTree;
+  pid_t target = 0;
+  pid_t by = 0;
+  TraceCreds by_creds;
+};
 
 struct AgentRequest {
   pid_t requester = 0;
@@ -39,15 +53,24 @@ class AgentSession {
   AgentSession& operator=(const AgentSession&) = delete;
 
   // Runs the callback phase for `pids` (processes seen for the first time).
-  // On a callback's TEMP/PERM failure returns CR_ETEMPFAIL/CR_EPERMFAIL (or
-  // the callback's own code), having told every agent; on PERM the
-  // processes in `pids_for_perm` were killed, as BLCR does.
-  Status Prepare(const std::vector<pid_t>& pids, const std::vector<pid_t>& pids_for_perm);
+  // The caller has checked every one of them (may the requester trace it?)
+  // and pinned it by a pidfd in `pidfds_for_perm` before: this opens,
+  // writes and wakes their agent blocks (only while that pidfd is alive,
+  // so a pid reused since the check is not touched). On a callback's
+  // TEMP/PERM failure returns CR_ETEMPFAIL/CR_EPERMFAIL (or the callback's
+  // own code), having told every agent; on PERM the processes of
+  // `pidfds_for_perm` (checked ones, each named by its pidfd so a reused
+  // pid is never hit) were killed, as BLCR does.
+  // An agent block is used only when its memfd is sealed against shrinking
+  // (F_SEAL_SHRINK, as libcr seals it): a block the process could shrink
+  // under our mapping would kill us with SIGBUS. An unsealed one refuses
+  // the checkpoint (EPERM naming the pid), docs/design.md.
+  Status Prepare(const std::vector<pid_t>& pids, const std::map<pid_t, UniqueFd>& pidfds_for_perm);
 
   // Processes that opted out, and scopes callbacks added with
   // cr_forward_checkpoint().
   const std::set<pid_t>& omitted() const { return omitted_; }
-  const std::vector<std::pair<format::ScopeKind, pid_t>>& forwarded() const { return forwarded_; }
+  const std::vector<ForwardedScope>& forwarded() const { return forwarded_; }
 
   // Ends the handshake: code 0 = the checkpoint is taken (callbacks return
   // 0), else it failed with that code (callbacks return -code).
@@ -55,11 +78,13 @@ class AgentSession {
 
  private:
   struct Agent;
-  static std::unique_ptr<Agent> FindAgentBlock(pid_t pid);
+  // Null when pid has no agent block of its own; an error when it has one
+  // that cannot be used safely (not sealed).
+  static Result<std::unique_ptr<Agent>> FindAgentBlock(pid_t pid);
   AgentRequest request_;
   std::vector<std::unique_ptr<Agent>> agents_;
   std::set<pid_t> omitted_;
-  std::vector<std::pair<format::ScopeKind, pid_t>> forwarded_;
+  std::vector<ForwardedScope> forwarded_;
 };
 
 // After a restore, before the process runs: if `pid` has an agent block
@@ -75,7 +100,7 @@ uint64_t AgentEnvironAddress(ProcessMemory* mem, uint64_t start);
 // For `cr_checkpoint --libcr-request`: writes the outcome of libcr's
 // cr_request_checkpoint() (0 or a positive error code, and a message) into
 // the requester's agent block, open at `block_fd`, and wakes its
-// cr_poll_checkpoint().
+// cr_poll_checkpoint(). Like the engine, only into a sealed block.
 void ReportRequestResult(int block_fd, int code, const std::string& message);
 
 // BLCR's cr_scope_t value for a scope.

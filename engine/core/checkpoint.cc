@@ -89,6 +89,16 @@ void ReadRobustList(format::ThreadInfo* ti) {
 
 struct ProcState {
   pid_t pid = 0;
+  // Taken before the process was checked and seized: names it for good, so
+  // every signal we send and every later seize (EndSnapshots) is for this
+  // process, never for one that reused its pid.
+  UniqueFd pidfd;
+  // AT_RANDOM (auxv) and the 16 bytes there, read at capture: every execve
+  // writes 16 fresh random bytes (get_random_bytes) on the new stack, so
+  // other bytes there, or a capture-time view of the memory (p->mem) that
+  // can no longer be read because its mm is gone, mean the process exec'd.
+  uint64_t at_random = 0;
+  uint8_t at_random_bytes[16] = {};
   ProcStat stat;
   std::string status_text;
   std::vector<std::unique_ptr<Tracee>> threads;  // threads[0] is the leader
@@ -141,18 +151,26 @@ class Capturer {
   // Kills the snapshots and has each process reap its own.
   void EndSnapshots();
   void IsolateSnapshot(ProcState* p, pid_t child);
+  // After Release: has p reap its snapshot `seen`, if p is still the
+  // process and image we captured (see the definition).
+  void ReapReleasedSnapshot(ProcState* p, pid_t seen);
+  // The 16 bytes at p's AT_RANDOM, read through `mem`, are the captured ones.
+  bool SameImage(ProcState* p, const ProcessMemory& mem);
   // Writes up to the processes' sections, calls `between` (release the
   // tree), then writes the rest.
 
   Status Freeze();
+  // May the requester have `pid` checkpointed (options_.owner_*), and, when
+  // a callback forwarded the checkpoint to it, may the forwarding process
+  // (procfs.h CheckMayTrace)? ESRCH when it is gone.
   Status CheckOwner(pid_t pid);
+  // Sends `sig` to every captured process through its pidfd.
+  void SignalAll(int sig);
   // The process that asked for the checkpoint: omitted from the scope.
   pid_t Self() const { return options_.checkpointer > 0 ? options_.checkpointer : ::getpid(); }
   Result<std::vector<pid_t>> Scope() { return DiscoverScope(); }
   void SetOmitted(const std::set<pid_t>& omit) { omit_ = omit; }
-  void SetExtraScopes(const std::vector<std::pair<format::ScopeKind, pid_t>>& extra) {
-    extra_ = extra;
-  }
+  void SetExtraScopes(const std::vector<ForwardedScope>& extra) { extra_ = extra; }
   Status CaptureAll();
   // Dirty tracking (options track/parent_token), while frozen: reads and
   // resets what each process wrote since the last tracked capture, sets
@@ -221,7 +239,9 @@ class Capturer {
 
   const CheckpointOptions& options_;
   std::set<pid_t> omit_;  // opted out (libcr, cr_run --omit)
-  std::vector<std::pair<format::ScopeKind, pid_t>> extra_;  // cr_forward_checkpoint()
+  std::vector<ForwardedScope> extra_;  // cr_forward_checkpoint()
+  // Processes only a forwarded scope brought in: index into extra_.
+  std::map<pid_t, size_t> forwarded_by_;
   std::vector<std::unique_ptr<ProcState>> procs_;
   std::map<pid_t, ProcState*> by_pid_;
   uint64_t next_object_id_ = 1;
@@ -261,11 +281,14 @@ Result<std::vector<pid_t>> Capturer::DiscoverScope() {
         if (std::find(out.begin(), out.end(), pid) == out.end()) out.push_back(pid);
     }
   }
-  for (const auto& [scope, target] : extra_) {
-    auto more = DiscoverOne(scope, target, false);
+  for (size_t i = 0; i < extra_.size(); ++i) {
+    auto more = DiscoverOne(extra_[i].scope, extra_[i].target, false);
     if (!more) continue;  // a forwarded target that has gone meanwhile
     for (pid_t pid : *more)
-      if (std::find(out.begin(), out.end(), pid) == out.end()) out.push_back(pid);
+      if (std::find(out.begin(), out.end(), pid) == out.end()) {
+        out.push_back(pid);
+        forwarded_by_.emplace(pid, i);
+      }
   }
   // Processes that opted out stay running and out of the context; their
   // children in a tree are still in it.
@@ -410,21 +433,36 @@ Status ReadLimitsFile(pid_t pid, std::vector<format::Rlimit>* out) {
   return Status::Ok();
 }
 
-// stasisd's check: the process is wholly the requesting user's (all four
-// uids), so a setuid program the user started is refused like any other's.
+// stasisd's check: the requesting user could ptrace the process itself
+// (all its uids and gids the user's, dumpable, no capability the user
+// lacks), so a setuid or setgid program the user started is refused like
+// any other's. A process that only a forwarded scope (a callback's
+// cr_forward_checkpoint) brought in must also be one the forwarding
+// process could trace: an agent never widens a checkpoint, root's
+// included, beyond its own reach.
 Status Capturer::CheckOwner(pid_t pid) {
-  auto text = ReadFileToString("/proc/" + std::to_string(pid) + "/status");
-  if (!text) return Status::Ok();  // exited meanwhile: nothing to protect
-  auto uids = StatusField(*text, "Uid");
-  if (!uids) return uids.error();
-  unsigned long v[4] = {0, 0, 0, 0};
-  if (std::sscanf(uids->c_str(), "%lu %lu %lu %lu", &v[0], &v[1], &v[2], &v[3]) != 4)
-    return Status::Corrupt("cannot read the uids of " + Pid(pid));
-  for (unsigned long u : v)
-    if (u != static_cast<unsigned long>(options_.owner_uid))
-      return Status::Error(EPERM, Pid(pid) + " belongs to uid " + std::to_string(u) +
-                                      ", not to uid " + std::to_string(options_.owner_uid));
+  if (options_.owner_uid >= 0) {
+    TraceCreds owner;
+    owner.uid = static_cast<uid_t>(options_.owner_uid);
+    owner.gid = static_cast<gid_t>(options_.owner_gid);  // -1 (unset) matches no process
+    owner.cap_permitted = options_.owner_caps;
+    STASIS_RETURN_IF_ERROR(CheckMayTrace(pid, owner));
+  }
+  auto by = forwarded_by_.find(pid);
+  if (by != forwarded_by_.end()) {
+    const ForwardedScope& f = extra_[by->second];
+    Status s = CheckMayTrace(pid, f.by_creds);
+    if (!s.ok() && s.code() == EPERM)
+      return Status::Error(EPERM, s.message() + " (the checkpoint was forwarded to it by pid " +
+                                      std::to_string(f.by) + ")");
+    STASIS_RETURN_IF_ERROR(s);
+  }
   return Status::Ok();
+}
+
+void Capturer::SignalAll(int sig) {
+  for (auto& p : procs_)
+    if (!p->zombie) (void)PidfdSignal(p->pidfd.get(), sig);
 }
 
 Status Capturer::Freeze() {
@@ -452,9 +490,20 @@ Status Capturer::Freeze() {
         if (st->state == 'Z' &&
             std::find(named.begin(), named.end(), pid) != named.end())
           return Status::Error(ESRCH, "cannot checkpoint " + Pid(pid) + ": it has exited");
-        if (options_.owner_uid >= 0) STASIS_RETURN_IF_ERROR(CheckOwner(pid));
         auto proc = std::make_unique<ProcState>();
         proc->pid = pid;
+        // The pidfd first: the check then describes the process it names
+        // (alive after the check: the pid was not reused in between).
+        proc->pidfd.reset(PidfdOpen(pid));
+        if (!proc->pidfd) {
+          if (errno == ESRCH) continue;  // exited meanwhile
+          return Status::FromErrno(errno, "pidfd_open " + Pid(pid));
+        }
+        if (Status s = CheckOwner(pid); !s.ok()) {
+          if (s.code() == ESRCH) continue;
+          return s;
+        }
+        if (!PidfdAlive(proc->pidfd.get())) continue;
         if (st->state == 'Z') {
           // A zombie: only its exit status and place in the tree remain.
           proc->zombie = true;
@@ -476,7 +525,17 @@ Status Capturer::Freeze() {
       if (p->zombie) continue;
       STASIS_RETURN_IF_ERROR(SeizeProcess(p, &added));
     }
-    if (!added) return Status::Ok();
+    if (added) continue;
+    // Everything is stopped: no credentials can change any more. Checked
+    // again, each process being still the one its pidfd names (while it
+    // lives its pid is not reused, so what we seized by pid is it).
+    for (auto& p : procs_) {
+      if (p->zombie) continue;  // nothing to read but its exit status
+      if (!PidfdAlive(p->pidfd.get()))
+        return Status::Error(ESRCH, Pid(p->pid) + " exited while being stopped");
+      if (Status s = CheckOwner(p->pid); !s.ok()) return s;
+    }
+    return Status::Ok();
   }
   return Status::Error(EAGAIN, "the process tree kept changing while it was being stopped");
 }
@@ -536,6 +595,12 @@ Status Capturer::CaptureProcess(ProcState* p) {
   STASIS_ASSIGN_OR_RETURN(info.cmdline, ReadFileToString(proc + "/cmdline"));
   STASIS_ASSIGN_OR_RETURN(info.environ, ReadFileToString(proc + "/environ"));
   STASIS_ASSIGN_OR_RETURN(info.auxv, ReadFileToString(proc + "/auxv"));
+  for (size_t i = 0; i + 16 <= info.auxv.size(); i += 16) {
+    uint64_t type, value;
+    std::memcpy(&type, info.auxv.data() + i, 8);
+    std::memcpy(&value, info.auxv.data() + i + 8, 8);
+    if (type == AT_RANDOM && p->mem.Read(value, p->at_random_bytes, 16).ok()) p->at_random = value;
+  }
   auto pers = ReadFileToString(proc + "/personality");
   if (pers) info.personality = static_cast<uint32_t>(strtoul(pers->c_str(), nullptr, 16));
   auto umask = StatusField(p->status_text, "Umask");
@@ -2177,6 +2242,54 @@ void Capturer::IsolateSnapshot(ProcState* p, pid_t child) {
   }
 }
 
+// The process ran on while its snapshot was written; it is seized again only
+// if it is still the very process we captured, with the image we captured:
+// - gone (its pidfd says ESRCH): its children, the snapshot zombie
+//   included, went to init (or a subreaper), which reaps it (reparenting
+//   gives it SIGCHLD as exit signal). Its pid may already be another
+//   process's: never seized by number.
+// - exec'd (a setuid program, or anything): the snapshot zombie stays its
+//   child, invisible to a plain wait() (exit signal 0), until the new image
+//   waits with __WALL or the process exits and init reaps it. Injecting
+//   into the new image would run at an address of the old one, under
+//   whatever credentials it now has.
+// Checked before the seize (pidfd alive, the capture-time view of its
+// memory still readable and AT_RANDOM's bytes unchanged), and again once
+// it is stopped, when nothing can change any more: its pidfd (a pid
+// reused between the check and the seize would be a stranger, released at
+// once with nothing injected), a fresh view of its memory, and the owner
+// rule. Every wait is bounded (Tracee timeouts).
+bool Capturer::SameImage(ProcState* p, const ProcessMemory& mem) {
+  if (!p->at_random) return false;
+  uint8_t now[16];
+  return mem.Read(p->at_random, now, sizeof now).ok() &&
+         std::memcmp(now, p->at_random_bytes, sizeof now) == 0;
+}
+
+void Capturer::ReapReleasedSnapshot(ProcState* p, pid_t seen) {
+  if (!PidfdAlive(p->pidfd.get()) || !SameImage(p, p->mem)) return;
+  // Stopped now (job control) stays stopped; a signal our interrupt
+  // caught in delivery is delivered.
+  auto st = ReadStat(p->pid);
+  const bool stopped = st && (st->state == 'T' || st->state == 't');
+  Tracee t(p->pid, p->pid);
+  if (!t.SeizeAndInterrupt().ok() || !t.WaitForStop().ok()) {
+    (void)t.Detach(0);
+    return;
+  }
+  auto now = ProcessMemory::Open(p->pid, false);
+  if (!PidfdAlive(p->pidfd.get()) || !now || !SameImage(p, *now) || !CheckOwner(p->pid).ok()) {
+    (void)t.Detach(0);  // nothing was changed in it
+    return;
+  }
+  (void)t.Syscall(p->syscall_insn, SYS_wait4, static_cast<uint64_t>(seen), 0, __WALL, 0);
+  int sig = stopped ? SIGSTOP : 0;
+  const StopInfo& first = t.first_stop();
+  if (first.kind == StopInfo::kSignal && first.signal != SIGSTOP && first.signal != SIGTRAP)
+    sig = first.signal;
+  (void)t.RestoreAndDetach(sig);
+}
+
 void Capturer::EndSnapshots() {
   for (auto& p : procs_) {
     if (!p->snap) continue;
@@ -2184,6 +2297,8 @@ void Capturer::EndSnapshots() {
     const pid_t seen = p->snap_seen > 0 ? p->snap_seen : child;
     p->snap = 0;
     p->snap_mem = ProcessMemory();
+    // Our tracee, never run, dies with us at worst: while we trace it its
+    // pid cannot be reaped, so this kill is for it.
     ::kill(child, SIGKILL);
     for (;;) {  // our tracer's view of its death first
       auto st = WaitThread(child);
@@ -2192,21 +2307,7 @@ void Capturer::EndSnapshots() {
     // Now a zombie of the process: have it reap the child (wait4 with
     // __WALL, injected in a brief second stop of one of its threads).
     if (released_) {
-      // Stopped now (job control) stays stopped; a signal our interrupt
-      // caught in delivery is delivered.
-      auto st = ReadStat(p->pid);
-      const bool stopped = st && (st->state == 'T' || st->state == 't');
-      Tracee t(p->pid, p->pid);
-      if (!t.SeizeAndInterrupt().ok() || !t.WaitForStop().ok()) {
-        (void)t.Detach(0);
-        continue;
-      }
-      (void)t.Syscall(p->syscall_insn, SYS_wait4, static_cast<uint64_t>(seen), 0, __WALL, 0);
-      int sig = stopped ? SIGSTOP : 0;
-      const StopInfo& first = t.first_stop();
-      if (first.kind == StopInfo::kSignal && first.signal != SIGSTOP && first.signal != SIGTRAP)
-        sig = first.signal;
-      (void)t.RestoreAndDetach(sig);
+      ReapReleasedSnapshot(p.get(), seen);
     } else if (!p->threads.empty()) {
       (void)Inject(p.get(), p->threads[0].get(), SYS_wait4, static_cast<uint64_t>(seen), 0, __WALL, 0);
     }
@@ -2235,9 +2336,10 @@ Status Capturer::Release(AfterCheckpoint after) {
       p->scratch = 0;
     }
     int sig = 0;
-    if (after == AfterCheckpoint::kKill) ::kill(p->pid, SIGKILL);
+    if (after == AfterCheckpoint::kKill) (void)PidfdSignal(p->pidfd.get(), SIGKILL);
     if (after == AfterCheckpoint::kTerm) sig = SIGTERM;
-    if (p->unseized && sig == SIGTERM) ::kill(p->pid, SIGTERM);  // no tracee of ours to send it
+    if (p->unseized && sig == SIGTERM)  // no tracee of ours to send it
+      (void)PidfdSignal(p->pidfd.get(), SIGTERM);
     if (after == AfterCheckpoint::kStop || p->was_stopped) sig = SIGSTOP;
     for (auto& t : p->threads) {
       Status s = t->RestoreAndDetach(t->tid() == p->pid ? sig : 0);
@@ -2278,7 +2380,13 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
 
   // libcr callbacks run before anything is frozen. Callbacks may forward
   // the checkpoint to more processes, whose callbacks then run too.
+  // Every process is checked (CheckOwner: the requester, and the process
+  // that forwarded to it, could trace it) before its agent block is opened,
+  // and pinned by a pidfd then: a callback's PERM failure kills only
+  // checked processes, through their pidfds. One that fails the check
+  // fails the checkpoint before any agent of this round is touched.
   std::set<pid_t> seen;
+  std::map<pid_t, UniqueFd> checked;
   for (int round = 0;; ++round) {
     auto scope = cap.Scope();
     if (!scope) return fail(scope.error());
@@ -2286,7 +2394,22 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
     for (pid_t pid : *scope)
       if (seen.insert(pid).second) fresh.push_back(pid);
     if (fresh.empty() || round == 16) break;
-    Status s = agents.Prepare(fresh, *scope);
+    std::vector<pid_t> ready;
+    for (pid_t pid : fresh) {
+      UniqueFd pidfd(PidfdOpen(pid));
+      if (!pidfd) {
+        if (errno == ESRCH) continue;  // gone: nothing to call back
+        return fail(Status::FromErrno(errno, "pidfd_open pid " + std::to_string(pid)));
+      }
+      if (Status s = cap.CheckOwner(pid); !s.ok()) {
+        if (s.code() == ESRCH) continue;
+        return fail(s);
+      }
+      if (!PidfdAlive(pidfd.get())) continue;  // the check may have read a successor
+      checked.emplace(pid, std::move(pidfd));
+      ready.push_back(pid);
+    }
+    Status s = agents.Prepare(ready, checked);
     if (!s.ok()) return fail(s);
     cap.SetOmitted(agents.omitted());
     cap.SetExtraScopes(agents.forwarded());
@@ -2350,7 +2473,7 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   cap.EndSnapshots();
   agents.Finish(0);
   if (options.after == AfterCheckpoint::kContinue && options.after_signal > 0)
-    for (pid_t pid : stats.pids) ::kill(pid, options.after_signal);
+    cap.SignalAll(options.after_signal);  // by pidfd: a pid reused meanwhile is not hit
   if (!stats.snapshot) stats.pause_seconds = SecondsSince(t1);
   if (options.after == AfterCheckpoint::kKill) {
     // Return once the tree is gone (dead, or a zombie for its parent to

@@ -76,11 +76,17 @@ struct CheckpointOptions {
   std::string dest;
   // How long the processes' checkpoint callbacks may take; 0 = unbounded.
   double callback_timeout_seconds = 0;
-  // When >= 0: every process of the scope must belong to this uid (real,
-  // effective, saved and fs uid), else EPERM naming the process. stasisd
-  // sets it to the requesting user's uid; the embedded engine relies on
-  // the kernel's ptrace checks instead.
+  // When owner_uid >= 0: every process of the scope, forwarded ones
+  // included, must be one this requester could ptrace itself (the kernel's
+  // rule, procfs.h CheckMayTrace: all its uids owner_uid, all its gids
+  // owner_gid, dumpable, no capability outside owner_caps), else EPERM
+  // naming the process; checked before any of its checkpoint callbacks is
+  // touched and again once it is frozen. stasisd sets them from its
+  // client (uid, gid and permitted capabilities); the embedded engine
+  // relies on the kernel's ptrace checks instead (-1).
   int64_t owner_uid = -1;
+  int64_t owner_gid = -1;
+  uint64_t owner_caps = 0;
   // The checkpointing tool, left out of the scope with what it started
   // (BLCR's behaviour). 0 = the calling process; stasisd names its client.
   pid_t checkpointer = 0;

@@ -3,9 +3,12 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <csignal>
 #include <cstdlib>
@@ -279,6 +282,112 @@ Result<uid_t> ProcessUid(pid_t pid) {
                           ReadFileToString("/proc/" + std::to_string(pid) + "/status"));
   STASIS_ASSIGN_OR_RETURN(std::string uid, StatusField(text, "Uid"));
   return static_cast<uid_t>(strtoul(uid.c_str(), nullptr, 10));
+}
+
+namespace {
+
+// The first `n` numbers of a status line ("Uid:\t1\t2\t3\t4").
+bool StatusNumbers(const std::string& status, const char* key, int base, uint64_t* out, int n) {
+  auto field = StatusField(status, key);
+  if (!field) return false;
+  const char* p = field->c_str();
+  for (int i = 0; i < n; ++i) {
+    char* end = nullptr;
+    errno = 0;
+    out[i] = std::strtoull(p, &end, base);
+    if (end == p || errno != 0) return false;
+    p = end;
+  }
+  return true;
+}
+
+constexpr int kCapSysPtrace = 19;
+
+}  // namespace
+
+Result<TraceCreds> ReadTraceCreds(pid_t pid) {
+  STASIS_ASSIGN_OR_RETURN(std::string text,
+                          ReadFileToString("/proc/" + std::to_string(pid) + "/status"));
+  uint64_t uids[4], gids[4], prm = 0, eff = 0;
+  if (!StatusNumbers(text, "Uid", 10, uids, 4) || !StatusNumbers(text, "Gid", 10, gids, 4) ||
+      !StatusNumbers(text, "CapPrm", 16, &prm, 1) || !StatusNumbers(text, "CapEff", 16, &eff, 1))
+    return Status::Corrupt("cannot read the credentials of pid " + std::to_string(pid));
+  TraceCreds c;
+  c.uid = static_cast<uid_t>(uids[0]);
+  c.gid = static_cast<gid_t>(gids[0]);
+  c.cap_permitted = prm;
+  c.cap_sys_ptrace = (eff >> kCapSysPtrace) & 1;
+  return c;
+}
+
+Status MayTraceFromStatus(pid_t pid, const std::string& status, uid_t file_uid, gid_t file_gid,
+                          const TraceCreds& requester) {
+  const std::string who = "pid " + std::to_string(pid);
+  if (requester.cap_sys_ptrace) return Status::Ok();
+  uint64_t uids[4], gids[4], prm = 0;
+  if (!StatusNumbers(status, "Uid", 10, uids, 4) || !StatusNumbers(status, "Gid", 10, gids, 4) ||
+      !StatusNumbers(status, "CapPrm", 16, &prm, 1))
+    return Status::Corrupt("cannot read the credentials of " + who);
+  const std::string want_uid = "uid " + std::to_string(requester.uid);
+  for (uint64_t u : uids)
+    if (u != requester.uid)
+      return Status::Error(EPERM,
+                           who + " belongs to uid " + std::to_string(u) + ", not to " + want_uid);
+  for (uint64_t g : gids)
+    if (g != requester.gid)
+      return Status::Error(EPERM, who + " (uid " + std::to_string(uids[0]) + ") runs with gid " +
+                                      std::to_string(g) + ", not gid " +
+                                      std::to_string(requester.gid) + " of " + want_uid);
+  // Not dumpable (PR_SET_DUMPABLE 0, a setuid/setgid exec, changed
+  // credentials): the kernel's /proc files of it are then root's.
+  if (file_uid != uids[1] || file_gid != gids[1])
+    return Status::Error(EPERM, who + " (uid " + std::to_string(uids[0]) +
+                                    ") is not dumpable (setuid/setgid program or "
+                                    "PR_SET_DUMPABLE 0), so " +
+                                    want_uid + " may not trace it");
+  if (prm & ~requester.cap_permitted)
+    return Status::Error(EPERM, who + " (uid " + std::to_string(uids[0]) +
+                                    ") holds capabilities (CapPrm " + ToHex(prm) + ") that " +
+                                    want_uid + " does not have");
+  return Status::Ok();
+}
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+int PidfdSignal(int pidfd, int sig) {
+  if (pidfd < 0) {
+    errno = EBADF;
+    return -1;
+  }
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+}
+
+bool PidfdAlive(int pidfd) { return PidfdSignal(pidfd, 0) == 0 || errno == EPERM; }
+
+Status CheckMayTrace(pid_t pid, const TraceCreds& requester) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/status";
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT || errno == ESRCH)
+      return Status::Error(ESRCH, "pid " + std::to_string(pid) + " has exited");
+    return Status::FromErrno(errno, "open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      if (errno == ESRCH) return Status::Error(ESRCH, "pid " + std::to_string(pid) + " has exited");
+      return Status::FromErrno(errno, "read " + path);
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  if (text.empty()) return Status::Error(ESRCH, "pid " + std::to_string(pid) + " has exited");
+  return MayTraceFromStatus(pid, text, st.st_uid, st.st_gid, requester);
 }
 
 }  // namespace stasis::core

@@ -83,6 +83,45 @@ Result<FdInfo> ReadFdInfo(pid_t pid, int fd);
 // The real uid of a process (from status), or an error if it is gone.
 Result<uid_t> ProcessUid(pid_t pid);
 
+// Who asks to trace (checkpoint) a process, as the kernel's
+// ptrace_may_access (PTRACE_MODE_ATTACH_REALCREDS) sees a caller: its real
+// uid and gid, its permitted capabilities, and whether it may trace anyone
+// (CAP_SYS_PTRACE effective; stasisd never sets that for a user).
+struct TraceCreds {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  uint64_t cap_permitted = 0;
+  bool cap_sys_ptrace = false;
+};
+// The credentials of process `pid` as a requester (from its status).
+Result<TraceCreds> ReadTraceCreds(pid_t pid);
+
+// The kernel's ptrace rule (kernel/ptrace.c __ptrace_may_access and
+// security/commoncap.c cap_ptrace_access_check) for a requester without
+// CAP_SYS_PTRACE: the target's real, effective, saved (and fs) uids all
+// equal the requester's uid, its real, effective, saved (and fs) gids all
+// equal the requester's gid, it is dumpable (SUID_DUMP_USER), and its
+// permitted capabilities are a subset of the requester's. A requester with
+// cap_sys_ptrace passes. `status` is the target's /proc/PID/status;
+// `file_uid`/`file_gid` the owner of that file, which the kernel sets to
+// the target's euid/egid when it is dumpable and to root when it is not
+// (task_dump_owner; verified on 6.18: /proc/PID/status flips to 0:0 on
+// PR_SET_DUMPABLE 0 and back on 1, while the /proc/PID directory does not).
+// EPERM names the pid and its owner; Corrupt on unreadable status.
+Status MayTraceFromStatus(pid_t pid, const std::string& status, uid_t file_uid, gid_t file_gid,
+                          const TraceCreds& requester);
+// The same for a live process: opens /proc/PID/status once (owner and
+// content come from the same open). ESRCH when it is gone.
+Status CheckMayTrace(pid_t pid, const TraceCreds& requester);
+
+// pidfds (Linux 5.3): a pidfd names one process for good, so a signal sent
+// through it never reaches a process that reused the pid. PidfdOpen and
+// PidfdSignal return -1 with errno like the system calls; PidfdAlive is
+// false once the process is gone (ESRCH; a zombie still counts as there).
+int PidfdOpen(pid_t pid);
+int PidfdSignal(int pidfd, int sig);
+bool PidfdAlive(int pidfd);
+
 }  // namespace stasis::core
 
 namespace stasis::core {

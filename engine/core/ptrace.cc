@@ -3,6 +3,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/uio.h>
@@ -10,6 +11,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "engine/core/procfs.h"
@@ -57,6 +60,10 @@ Regs FixupRestart(const Regs& in, bool reexecute_restartblock) {
   return r;
 }
 
+namespace {
+StopInfo DecodeWaitStatus(int status);
+}  // namespace
+
 Result<StopInfo> WaitThread(pid_t tid) {
   int status = 0;
   for (;;) {
@@ -65,6 +72,35 @@ Result<StopInfo> WaitThread(pid_t tid) {
     if (r < 0) return Status::FromErrno(errno, "wait for " + TidName(tid));
     break;
   }
+  return DecodeWaitStatus(status);
+}
+
+Result<StopInfo> WaitThreadFor(pid_t tid, double seconds) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::microseconds(static_cast<long>(seconds * 1e6));
+  long sleep_us = 20;
+  for (int i = 0;; ++i) {
+    int status = 0;
+    pid_t r = ::waitpid(tid, &status, __WALL | WNOHANG);
+    if (r == tid) return DecodeWaitStatus(status);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Status::FromErrno(errno, "wait for " + TidName(tid));
+    if (Clock::now() > deadline)
+      return Status::Error(ETIMEDOUT, TidName(tid) + " did not stop within " +
+                                          std::to_string(static_cast<long>(seconds)) + " s");
+    // A stop normally follows within microseconds: yield first, then sleep
+    // longer and longer (at most 2 ms) so a slow one costs little CPU.
+    if (i < 200) {
+      ::sched_yield();
+    } else {
+      ::usleep(static_cast<useconds_t>(sleep_us));
+      sleep_us = std::min<long>(sleep_us * 2, 2000);
+    }
+  }
+}
+
+namespace {
+StopInfo DecodeWaitStatus(int status) {
   StopInfo s;
   if (WIFEXITED(status)) {
     s.kind = StopInfo::kExited;
@@ -89,6 +125,16 @@ Result<StopInfo> WaitThread(pid_t tid) {
     }
   }
   return s;
+}
+}  // namespace
+
+double Tracee::DefaultTimeout() {
+  static const double seconds = [] {
+    const char* e = std::getenv("STASIS_PTRACE_TIMEOUT");
+    double v = e ? std::strtod(e, nullptr) : 0;
+    return v > 0 ? v : 60.0;
+  }();
+  return seconds;
 }
 
 long SeizeOptions() {
@@ -143,7 +189,7 @@ Status Tracee::SeizeAndInterrupt() {
 
 Status Tracee::WaitForStop() {
   for (;;) {
-    STASIS_ASSIGN_OR_RETURN(StopInfo s, WaitThread(tid_));
+    STASIS_ASSIGN_OR_RETURN(StopInfo s, WaitThreadFor(tid_, timeout_seconds_));
     if (s.kind == StopInfo::kExited || s.kind == StopInfo::kKilled) {
       attached_ = false;
       return Status::Error(ESRCH, TidName(tid_) + " exited while being stopped");
@@ -296,10 +342,21 @@ Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64
   r.r9 = a6;
   STASIS_RETURN_IF_ERROR(SetRegs(r));
   bool entered = false;
+  int signal_stops = 0;
   for (;;) {
     if (::ptrace(PTRACE_SYSCALL, tid_, nullptr, nullptr) != 0)
       return Status::FromErrno(errno, "ptrace syscall " + TidName(tid_));
-    STASIS_ASSIGN_OR_RETURN(StopInfo s, WaitThread(tid_));
+    auto waited = WaitThreadFor(tid_, timeout_seconds_);
+    if (!waited) {
+      // Stuck inside the call (or never scheduled): interrupt it so that the
+      // caller can still put the registers back and detach; if even that
+      // does not stop it, the kernel detaches it when we exit.
+      if (waited.error().code() == ETIMEDOUT &&
+          ::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) == 0)
+        (void)WaitThreadFor(tid_, 1.0);
+      return waited.error();
+    }
+    StopInfo s = *waited;
     switch (s.kind) {
       case StopInfo::kExited:
       case StopInfo::kKilled:
@@ -324,8 +381,22 @@ Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64
       }
       case StopInfo::kGroupStop:
       case StopInfo::kSignal:
+        // A fault at our instruction (the address is not a `syscall` in
+        // this image): the call cannot run, and resuming would fault again
+        // forever.
+        if (s.kind == StopInfo::kSignal && !entered &&
+            (s.signal == SIGSEGV || s.signal == SIGBUS || s.signal == SIGILL || s.signal == SIGFPE))
+          return Status::Error(EFAULT, TidName(tid_) + " faulted (signal " +
+                                           std::to_string(s.signal) +
+                                           ") at the injected system call " + std::to_string(nr));
         // Signals are blocked, so only SIGSTOP/SIGKILL-class stops reach
-        // here; they are not forwarded while we drive the thread.
+        // here; they are not forwarded while we drive the thread, but a
+        // process that keeps being stopped cannot keep us here.
+        if (++signal_stops > kMaxSignalStops)
+          return Status::Error(ETIMEDOUT, TidName(tid_) + " kept stopping (" +
+                                              std::to_string(signal_stops) +
+                                              " signal stops) during the injected system call " +
+                                              std::to_string(nr));
         continue;
     }
   }

@@ -55,6 +55,9 @@ struct StopInfo {
 Regs RegsAsCaptured(const Regs& raw, const StopInfo& first_stop);
 // waitpid(tid, __WALL) decoded. Retries EINTR.
 Result<StopInfo> WaitThread(pid_t tid);
+// The same, giving up with ETIMEDOUT after `seconds` (polled: a tracee that
+// never stops again, e.g. one in a frozen cgroup, cannot hold us forever).
+Result<StopInfo> WaitThreadFor(pid_t tid, double seconds);
 
 class Tracee {
  public:
@@ -76,6 +79,13 @@ class Tracee {
   // For a tracee that is our child and called PTRACE_TRACEME + SIGSTOP.
   Status AdoptTracedChild();
   void MarkAttached() { attached_ = true; }
+  // Bounds of every wait of WaitForStop and Syscall: `seconds` per wait
+  // (default 60, STASIS_PTRACE_TIMEOUT overrides) and at most
+  // kMaxSignalStops signal or group stops during one injected call; past
+  // either they fail with ETIMEDOUT (a process kept stopping, or never
+  // stopped: its detach then happens when we exit).
+  void SetTimeout(double seconds) { timeout_seconds_ = seconds; }
+  static constexpr int kMaxSignalStops = 1000;
   void MarkDetached() { attached_ = false; }
 
   // Saves the current registers and signal mask and blocks all signals:
@@ -123,6 +133,8 @@ class Tracee {
   pid_t tid_;
   bool attached_ = false;
   bool prepared_ = false;
+  double timeout_seconds_ = DefaultTimeout();
+  static double DefaultTimeout();
   StopInfo first_stop_;
   Regs saved_regs_{};
   uint64_t saved_sigmask_ = 0;

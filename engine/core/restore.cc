@@ -1117,14 +1117,16 @@ Status Restorer::RestoreFiles(RProc* p) {
 // MAP_SHARED|MAP_ANONYMOUS object (same "/dev/zero" identity in maps) when
 // /proc/self/map_files can be opened (root); otherwise as a memfd.
 Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
-  if ((shm.kind == 1 && shm.name == STASIS_AGENT_MEMFD_NAME) ||
-      (shm.kind == 4 && shm.name == "/memfd:" STASIS_AGENT_MEMFD_NAME))
-    agent_shm_ids_.insert(shm.id);
+  // libcr's agent block comes back as a memfd of its name, sealed at its
+  // size as libcr seals it (checkpointers map only sealed blocks).
+  const bool agent = (shm.kind == 1 && shm.name == STASIS_AGENT_MEMFD_NAME) ||
+                     (shm.kind == 4 && shm.name == "/memfd:" STASIS_AGENT_MEMFD_NAME);
+  if (agent) agent_shm_ids_.insert(shm.id);
   if (shm.size > (1ull << 46) ||
       ((shm.kind < 3 || shm.kind == 5) && (shm.size == 0 || shm.size % kPageSize != 0)))
     return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
   UniqueFd fd;
-  if (shm.kind == 4) {
+  if (shm.kind == 4 && !agent) {
     // An unlinked file: recreated under its old name (so /proc shows the same
     // "NAME (deleted)") and unlinked again; a temporary name if it is taken.
     std::string path = Relocate(shm.name);
@@ -1202,11 +1204,14 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
     ::munmap(m, shm.size);
   }
   if (!fd) {
-    std::string name = shm.kind == 1 ? shm.name : "stasis-shared";
-    fd.reset(static_cast<int>(::syscall(SYS_memfd_create, name.c_str(), MFD_CLOEXEC)));
+    std::string name = agent ? STASIS_AGENT_MEMFD_NAME : shm.kind == 1 ? shm.name : "stasis-shared";
+    fd.reset(static_cast<int>(
+        ::syscall(SYS_memfd_create, name.c_str(), MFD_CLOEXEC | (agent ? MFD_ALLOW_SEALING : 0))));
     if (!fd) return Status::FromErrno(errno, "create memfd " + name);
     if (::ftruncate(fd.get(), static_cast<off_t>(shm.size)) != 0)
       return Status::FromErrno(errno, "size memfd " + name);
+    if (agent && ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+      return Status::FromErrno(errno, "seal memfd " + name);
   }
   shm_size_[shm.id] = shm.size;
   shm_[shm.id] = std::move(fd);

@@ -423,7 +423,15 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   opt.compress_level = static_cast<int>(req.compress_level);
   opt.after_signal = static_cast<int>(req.after_signal);
   opt.tool_argv = req.argv;
+  // A user may have checkpointed only what it could ptrace itself: its
+  // uid and gid, and the permitted capabilities of the client (normally
+  // none), read while it waits for this answer; 0 if that pid no longer
+  // shows the peer's uid and gid (then no capability is granted).
   opt.owner_uid = peer.uid == 0 ? -1 : static_cast<int64_t>(peer.uid);
+  opt.owner_gid = static_cast<int64_t>(peer.gid);
+  if (auto client = core::ReadTraceCreds(peer.pid);
+      client && client->uid == peer.uid && client->gid == peer.gid)
+    opt.owner_caps = client->cap_permitted;
   opt.checkpointer = peer.pid;
   opt.capture_backend = config.capture_backend;
   opt.settle_before_write = true;  // a killed worker must leave running processes

@@ -143,10 +143,11 @@ def run(cmd, user=None, sock=None, expect_rc=0, timeout=120):
 class Workload:
     """A python3 program (as `user`) counting in <WORK>/ckpt/<name>.out."""
 
-    def __init__(self, name, user=None, mib=8):
+    def __init__(self, name, user=None, mib=8, prefix=None, script=WORKLOAD, extra=()):
         self.out = os.path.join(WORK, "ckpt", name + ".out")
         self.user = user
-        self.proc = subprocess.Popen(as_user(user, ["/usr/bin/python3", "-c", WORKLOAD, self.out, str(mib)]),
+        cmd = ["/usr/bin/python3", "-c", script, self.out, str(mib), *extra]
+        self.proc = subprocess.Popen(prefix + cmd if prefix else as_user(user, cmd),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
@@ -1239,6 +1240,345 @@ def dos_timeouts(a, wa):
         fail(f"a held checkpoint without a commit did not end with ETIMEDOUT after hold_timeout: {out}")
     wa1.advancing()
     print("OK a held checkpoint without its commit timed out and its processes run on")
+
+# --- issue 23: an unprivileged attacker (A) against a root stasisd -----------
+
+def attack_tool(name, libcr=False):
+    """A C helper of test/daemon: from the build, else compiled here (a build
+    of an older tree lacks it, and each case must run against one); with
+    libcr, linked with the build's libcr."""
+    built = os.path.join(ARGS.bindir, "test", "daemon", name)
+    if os.path.exists(built):
+        return built
+    out = os.path.join(WORK, name)
+    if not os.path.exists(out):
+        here = os.path.dirname(os.path.abspath(__file__))
+        src = os.path.join(here, "..", "..")
+        cmd = ["cc", "-O1", "-Wall", "-I", src, "-o", out, os.path.join(here, name + ".c")]
+        if libcr:
+            lib = os.path.join(ARGS.bindir, "engine", "agent")
+            cmd += ["-I", os.path.join(src, "engine", "agent", "include"), "-L", lib, "-lcr",
+                    f"-Wl,-rpath,{lib}"]
+        subprocess.run(cmd, check=True)
+    return out
+
+
+def wait_for_line(path, words, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path) and re.search(words, open(path).read()):
+            return
+        time.sleep(0.02)
+    fail(f"{path} never said {words!r}: {open(path).read() if os.path.exists(path) else '(missing)'}")
+
+
+def alive(proc):
+    return proc.poll() is None
+
+
+def tracer_of(pid):
+    try:
+        return int(proc_status(pid).get("TracerPid", "0"))
+    except OSError:
+        return 0
+
+
+def case_attack_agent_kill():
+    """Finding 1: A's hand-made agent forwards the checkpoint to B's and
+    root's processes and A's second agent answers CR_EPERMFAIL (BLCR: kill
+    the scope). Every forwarded process is checked before any agent of
+    its round runs: refused with EPERM naming the pid; nobody is killed;
+    A's failing agent is never even asked. The same when root asks."""
+    d = Daemon().start()
+    a, b = USERS
+    uid_a, uid_b = (pwd.getpwnam(u).pw_uid for u in USERS)
+    wb = Workload("kill_victim_b", b)
+    wr = Workload("kill_victim_root", None)
+    agent = attack_tool("agent_attack")
+    log = os.path.join(ckpt_dir(), "agents.log")
+    open(log, "w").close()
+    os.chmod(log, 0o666)
+    failer = subprocess.Popen(as_user(a, [agent, log, "permfail"]), start_new_session=True)
+    wait_for_line(log, rf"ready permfail {failer.pid}")
+    fwd = subprocess.Popen(as_user(a, [agent, log, "forward", str(failer.pid), str(wb.pid), str(wr.pid)]),
+                           start_new_session=True)
+    wait_for_line(log, rf"ready forward {fwd.pid}")
+    for who, user in (("A", a), ("root", None)):
+        p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), f"kill_{who}.ctx"), str(fwd.pid)],
+                user=user, sock=d.sock, expect_rc=None, timeout=60)
+        time.sleep(0.3)
+        dead = [n for n, w in (("B's", wb.proc), ("root's", wr.proc), ("A's forwarding agent's", fwd),
+                               ("A's failing agent's", failer)) if not alive(w)]
+        if dead:
+            fail(f"{who} asked: stasisd killed {', '.join(dead)} process on a callback's CR_EPERMFAIL")
+        # A is refused at B's process already; root at it, for A's forwarder.
+        words = (rf"pid {wb.pid} belongs to uid {uid_b}, not to uid {uid_a}" if user else
+                 rf"pid {wb.pid} belongs to uid {uid_b}, not to uid {uid_a} "
+                 rf"\(the checkpoint was forwarded to it by pid {fwd.pid}\)")
+        expect_refused(p, words, f"{who} checkpoints A's agent that forwards to B's and root's processes")
+        if p.returncode != 1:  # EPERM
+            fail(f"exit status {p.returncode}, expected 1 (EPERM)")
+        if "answered CR_EPERMFAIL" in open(log).read():
+            fail(f"A's failing agent was asked for its callbacks before the scope was checked: {open(log).read()}")
+    # A forwarder whose credentials change while its callbacks run (as a
+    # setuid exec would lend root's reach to A's forward list; here a root
+    # agent becomes A): its forwards are refused when root asks.
+    gid_a = pwd.getpwnam(a).pw_gid
+    turn = subprocess.Popen([agent, "--become", f"{uid_a}:{gid_a}", log, "forward", str(failer.pid),
+                             str(wb.pid), str(wr.pid)], start_new_session=True)
+    wait_for_line(log, rf"ready forward {turn.pid}")
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "kill_turn.ctx"), str(turn.pid)],
+            sock=d.sock, expect_rc=None, timeout=60)
+    time.sleep(0.3)
+    if not alive(wb.proc) or not alive(wr.proc) or not alive(failer):
+        fail("a forwarder that changed credentials had processes killed")
+    expect_refused(p, rf"pid {turn.pid} changed its credentials during its checkpoint callbacks",
+                   "root checkpoints an agent that changes credentials before forwarding")
+    wb.advancing()
+    wr.advancing()
+    print(f"OK B's pid {wb.pid} and root's pid {wr.pid} survive; the forwarding was refused by pid")
+    for z in (fwd, failer, turn):
+        z.kill()
+        z.wait()
+    d.stop()
+
+
+SLEEPER = r'''
+import ctypes, os, sys, time
+out = sys.argv[1]
+if "nodump" in sys.argv[3:]:
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)  # rewritten in place
+i = 0
+while True:
+    i += 1
+    os.pwrite(fd, f"{os.getpid()} {i} ok {i}\n".ljust(63).encode() + b"\n", 0)
+    time.sleep(0.05)
+'''
+
+
+def case_attack_setgid_process():
+    """Finding 4: processes of uid A that A could not ptrace (a group A is
+    not in, not dumpable, a capability A lacks) are refused for A."""
+    import grp
+    d = Daemon().start()
+    a, b = USERS
+    uid_a = pwd.getpwnam(a).pw_uid
+    gid_b = grp.getgrnam(b).gr_gid
+    if gid_b in os.getgrouplist(a, pwd.getpwnam(a).pw_gid):
+        skip(f"{a} is in group {b}")
+    variants = [
+        ("setgid", ["setpriv", f"--reuid={a}", f"--regid={gid_b}", "--clear-groups", "--"], (),
+         rf"runs with gid {gid_b}, not gid \d+ of uid {uid_a}"),
+        ("nodump", as_user(a, []), ("nodump",), r"is not dumpable"),
+        ("cap", ["setpriv", f"--reuid={a}", f"--regid={a}", "--init-groups", "--inh-caps=+net_raw",
+                 "--ambient-caps=+net_raw", "--"], (), r"holds capabilities \(CapPrm 2000\)"),
+    ]
+    for name, prefix, extra, words in variants:
+        w = Workload("gid_" + name, a, prefix=prefix, script=SLEEPER, extra=extra)
+        st = proc_status(w.pid)
+        print(f"{name}: pid {w.pid} Uid {st['Uid']} Gid {st['Gid']} CapPrm {st['CapPrm']}")
+        ctx = os.path.join(ckpt_dir(), f"gid_{name}.ctx")
+        p = run([tool("cr_checkpoint"), "-f", ctx, str(w.pid)], user=a, sock=d.sock, expect_rc=None)
+        expect_refused(p, rf"pid {w.pid} .*{words}", f"A checkpoints its {name} process")
+        if p.returncode != 1:
+            fail(f"exit status {p.returncode}, expected 1 (EPERM)")
+        if os.path.exists(ctx):
+            fail(f"{ctx} was written")
+        w.advancing()
+        os.kill(w.pid, signal.SIGKILL)
+        w.reap()
+    d.stop()
+
+
+RESEIZE = r'''
+import hashlib, os, signal, sys, time
+out, mib, canary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+data = bytearray(os.urandom(1 << 20)) * mib
+def to_canary(*_):
+    os.execv("/usr/bin/python3", ["/usr/bin/python3", "-c", open(canary).read(), out + ".canary"])
+signal.signal(signal.SIGUSR1, to_canary)
+fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)  # rewritten in place
+i = 0
+while True:
+    i += 1
+    os.pwrite(fd, f"{os.getpid()} {i} ok {i}\n".ljust(63).encode() + b"\n", 0)
+    time.sleep(0.02)
+'''
+
+CANARY = r'''
+import os, sys, time
+out = sys.argv[1]
+traced = 0
+while True:
+    for line in open("/proc/self/status"):
+        if line.startswith("TracerPid:") and int(line.split()[1]):
+            traced += 1
+    with open(out + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} traced {traced}\n")
+    os.rename(out + ".tmp", out)
+    time.sleep(0.001)
+'''
+
+
+def wait_released(pid, timeout=20):
+    """Until pid runs again, no longer traced, with its snapshot child
+    ("stasis-snap") beside it: the checkpoint released it and is writing
+    from the snapshot. (Running but still traced is an injected call of
+    the release itself.)"""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+            snaps = [k for k in kids if open(f"/proc/{k}/comm").read().strip() == "stasis-snap"]
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            snaps, state = [], "?"
+        if snaps and state not in ("t", "T") and tracer_of(pid) == 0:
+            return int(snaps[0])
+        time.sleep(0.005)
+    fail(f"pid {pid} was not released with a snapshot within {timeout} s")
+
+
+def wait_file(path, timeout=10):
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+    if not os.path.exists(path):
+        fail(f"{path} did not appear")
+
+
+def finish_checkpoint(c, what, pid):
+    try:
+        out, _ = c.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        fail(f"the checkpoint never finished after {what} (stasisd's worker stuck; pid {pid} "
+             f"traced by {tracer_of(pid)})")
+    print(out.strip())
+    time.sleep(0.3)
+
+
+def case_attack_reseize():
+    """Finding 5: after a snapshot release, while stasisd writes the pages,
+    A's process execs (1) or exits and B's process takes its pid (2).
+    stasisd's worker must not ptrace the new image or B's process, must
+    not hang, and B's process runs on unharmed."""
+    # 32 MiB at 16 MiB/s: about 2 s of writing after the release.
+    d = Daemon(extra_config="bandwidth_limit: 16M\ncapture_backend: user\n").start()
+    a, b = USERS
+    canary = os.path.join(WORK, "canary.py")
+    open(canary, "w").write(CANARY)
+    os.chmod(canary, 0o644)
+    # ATTACK_RESEIZE=exit runs part 2 alone (to see it fail by itself).
+    parts = os.environ.get("ATTACK_RESEIZE", "exec,exit").split(",")
+    if "exec" in parts:
+        reseize_exec(d, a, canary)
+    if "exit" in parts:
+        reseize_exit(d, a, b, canary)
+    run([tool("stasis"), "status"], user=a, sock=d.sock)
+    d.stop()
+
+
+def reseize_exec(d, a, canary):
+    """1. exec after the release."""
+    w = Workload("reseize_exec", a, mib=32, script=RESEIZE, extra=(canary,))
+    c = slow_checkpoint(d, w, os.path.join(ckpt_dir(), "reseize_exec.ctx"), a)
+    wait_released(w.pid)
+    os.kill(w.pid, signal.SIGUSR1)
+    canary_out = w.out + ".canary"
+    wait_file(canary_out)
+    finish_checkpoint(c, "its process exec'd", w.pid)
+    seen = open(canary_out).read().split()
+    if not alive(w.proc) or int(seen[2]) or tracer_of(w.pid):
+        fail(f"the exec'd image of pid {w.pid} was traced after the release: {seen}, alive {alive(w.proc)}")
+    print(f"OK exec after the release: pid {w.pid}'s new image never traced; checkpoint rc {c.returncode}")
+    os.kill(w.pid, signal.SIGKILL)
+    w.reap()
+
+
+def reseize_exit(d, a, b, canary):
+    """2. exit after the release; B's process takes the pid (ns_last_pid)."""
+    w = Workload("reseize_exit", a, mib=32, script=RESEIZE, extra=(canary,))
+    pid = w.pid
+    c = slow_checkpoint(d, w, os.path.join(ckpt_dir(), "reseize_exit.ctx"), a)
+    wait_released(pid)
+    os.kill(pid, signal.SIGKILL)
+    w.reap()
+    canary_b = os.path.join(ckpt_dir(), "reuse_b")
+    wb = None
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(as_user(b, ["/usr/bin/python3", "-c", CANARY, canary_b]),
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        if p.pid == pid:
+            wb = p
+            break
+        p.kill()
+        p.wait()
+        if os.path.exists(f"/proc/{pid}"):
+            break  # another process took it
+    if wb is None:
+        fail(f"could not give B's process the pid {pid} (another fork took it); rerun")
+    wait_file(canary_b)
+    print(f"B's process now holds pid {pid}")
+    finish_checkpoint(c, "its process exited and B's took the pid", pid)
+    seen = open(canary_b).read().split()
+    if not alive(wb) or int(seen[2]) or tracer_of(pid):
+        fail(f"B's process at the reused pid {pid} was traced by stasisd's worker: {seen}, alive {alive(wb)}")
+    print(f"OK exit after the release: B's process at pid {pid} never traced, still running; "
+          f"checkpoint rc {c.returncode}")
+    wb.kill()
+    wb.wait()
+
+
+def case_attack_agent_shrink():
+    """Finding 8: A truncates its agent memfd while stasisd's worker waits
+    for its callbacks. An unsealed block is refused before it is mapped
+    (the worker does not die of SIGBUS); a sealed one cannot shrink and
+    the checkpoint is normal; stasisd keeps serving."""
+    d = Daemon().start()
+    a = USERS[0]
+    agent = attack_tool("agent_attack")
+    log = os.path.join(ckpt_dir(), "shrink.log")
+    open(log, "w").close()
+    os.chmod(log, 0o666)
+    x = subprocess.Popen(as_user(a, [agent, "--no-seal", log, "shrink"]), start_new_session=True)
+    wait_for_line(log, rf"ready shrink {x.pid}")
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "shrink1.ctx"), str(x.pid)],
+            user=a, sock=d.sock, expect_rc=None, timeout=60)
+    if "killed by signal" in p.stdout + p.stderr or "killed by signal" in d.log():
+        fail("stasisd's worker died on A's shrunk agent block")
+    expect_refused(p, rf"pid {x.pid}: its agent block is not sealed", "an unsealed agent block")
+    if not alive(x):
+        fail("A's agent process was killed")
+    y = subprocess.Popen(as_user(a, [agent, log, "shrink"]), start_new_session=True)
+    wait_for_line(log, rf"ready shrink {y.pid}")
+    run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "shrink2.ctx"), str(y.pid)],
+        user=a, sock=d.sock, timeout=60)
+    wait_for_line(log, r"shrink refused: Operation not permitted")
+    if "killed by signal" in d.log():
+        fail("stasisd's worker died")
+    # libcr's own block: sealed, so the callback's truncation fails and the
+    # checkpoint is normal.
+    z = subprocess.Popen(as_user(a, [attack_tool("libcr_shrink", libcr=True), log]), start_new_session=True)
+    wait_for_line(log, rf"ready {z.pid}")
+    p = run([tool("cr_checkpoint"), "-f", os.path.join(ckpt_dir(), "shrink3.ctx"), str(z.pid)],
+            user=a, sock=d.sock, expect_rc=None, timeout=60)
+    if "killed by signal" in p.stdout + p.stderr or "killed by signal" in d.log():
+        fail("stasisd's worker died on the shrunk block of a libcr program")
+    if p.returncode != 0:
+        fail(f"the checkpoint of a libcr program failed: {p.stdout + p.stderr}")
+    wait_for_line(log, r"shrink: refused EPERM \d+\ncontinue 0")
+    if not alive(z):
+        fail("the libcr program died")
+    run([tool("stasis"), "status"], user=a, sock=d.sock)
+    if d.proc.poll() is not None:
+        fail("stasisd exited")
+    print("OK an unsealed agent block is refused by pid, a sealed one cannot shrink; stasisd serves on")
+    for q in (x, y, z):
+        q.kill()
+        q.wait()
     d.stop()
 
 
@@ -1259,6 +1599,10 @@ CASES = {
     "attack_state_symlink": case_attack_state_symlink,
     "attack_log_forge": case_attack_log_forge,
     "attack_dos": case_attack_dos,
+    "attack_agent_kill": case_attack_agent_kill,
+    "attack_setgid_process": case_attack_setgid_process,
+    "attack_reseize": case_attack_reseize,
+    "attack_agent_shrink": case_attack_agent_shrink,
 }
 
 
