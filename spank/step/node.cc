@@ -32,6 +32,8 @@
 #include "engine/store/store.h"
 #include "spank/slurm_util.h"
 #include "spank/step/common.h"
+#include "spank/step/epoch.h"
+#include "spank/step/epoch_table.h"
 #include "spank/step/epoch_wire.h"
 #include "spank/step/pmix_client.h"
 #include "spank/step/restorer_socket.h"
@@ -72,117 +74,6 @@ Result<std::vector<core::TaskRoot>> LocalTasks(const std::string& job, const std
   for (const auto& t : tasks) out.push_back({t.pid, t.global_id});
   return out;
 }
-
-// The two fences after every node has written (or failed): every rank
-// reports, rank 0 commits the MANIFEST if all are good, every rank learns
-// the verdict. Returns Ok when the epoch is committed.
-class Rendezvous {
- public:
-  Rendezvous(Pmix* pmix, const NodeOptions& opt, store::EpochWriter** writer,
-             const std::string& job_id)
-      : pmix_(pmix), opt_(opt), writer_(writer), job_id_(job_id) {}
-  bool done() const { return done_; }
-  bool quiesced() const { return quiesce_done_; }
-  double proceed_after_last_quiesce() const { return lag_; }
-  // The barrier before any node freezes: every rank says whether its
-  // processes' callbacks are done; all must be, or the epoch aborts.
-  Status Quiesce(bool ok, const std::string& why) {
-    quiesce_done_ = true;
-    char t[64];
-    std::snprintf(t, sizeof t, "%.6f", Now());
-    STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.quiesce", ok ? std::string("1 ") + t : "0 " + why));
-    STASIS_RETURN_IF_ERROR(pmix_->Fence(opt_.timeout));
-    double last = 0;
-    for (uint32_t r = 0; r < pmix_->size(); ++r) {
-      STASIS_ASSIGN_OR_RETURN(std::string v, pmix_->Get(r, "stasis.quiesce"));
-      if (v.rfind("1 ", 0) != 0)
-        return Status::Error(ECANCELED,
-                             "helper rank " + std::to_string(r) +
-                                 " could not quiesce: " + (v.size() > 2 ? v.substr(2) : v));
-      last = std::max(last, std::strtod(v.c_str() + 2, nullptr));
-    }
-    lag_ = Now() - last;
-    return Status::Ok();
-  }
-  // The barrier before any node runs on after its snapshot: every rank says
-  // whether its processes are frozen and captured; all must be, or the epoch
-  // aborts (a node that ran on early could send what a node not yet frozen
-  // receives before its cut).
-  bool frozen() const { return frozen_done_; }
-  Status Frozen(bool ok, const std::string& why) {
-    frozen_done_ = true;
-    STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.frozen", ok ? std::string("1") : "0 " + why));
-    STASIS_RETURN_IF_ERROR(pmix_->Fence(opt_.timeout));
-    for (uint32_t r = 0; r < pmix_->size(); ++r) {
-      auto v = pmix_->Get(r, "stasis.frozen");
-      if (!v) return v.error();
-      if (*v != "1")
-        return Status::Error(ECANCELED, "helper rank " + std::to_string(r) + " could not freeze: " +
-                                            (v->size() > 2 ? v->substr(2) : *v));
-    }
-    return Status::Ok();
-  }
-  Status Meet(const NodeReport& mine) {
-    done_ = true;
-    STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.report", EncodeReport(mine)));
-    STASIS_RETURN_IF_ERROR(pmix_->Fence(opt_.timeout));
-    if (pmix_->rank() == 0) {
-      Status verdict = Decide();
-      std::string v = verdict.ok() ? "commit" : "abort " + verdict.message();
-      STASIS_RETURN_IF_ERROR(pmix_->Put("stasis.verdict", v));
-    }
-    STASIS_RETURN_IF_ERROR(pmix_->Fence(opt_.timeout));
-    STASIS_ASSIGN_OR_RETURN(std::string v, pmix_->Get(0, "stasis.verdict"));
-    if (v != "commit") return Status::Error(ECANCELED, v.size() > 6 ? v.substr(6) : v);
-    return Status::Ok();
-  }
-
- private:
-  Status Decide() {
-    std::vector<NodeReport> reports;
-    for (uint32_t r = 0; r < pmix_->size(); ++r) {
-      auto text = pmix_->Get(r, "stasis.report");
-      if (!text) return text.error();
-      reports.push_back(DecodeReport(*text));
-    }
-    for (const auto& r : reports)
-      if (!r.ok)
-        return Status::Error(EIO,
-                             "node " + std::to_string(r.node) + " (" + r.host + "): " + r.message);
-    std::sort(reports.begin(), reports.end(),
-              [](const NodeReport& a, const NodeReport& b) { return a.node < b.node; });
-    stasis::format::Manifest m;
-    m.job = job_id_;
-    m.step = opt_.step;
-    m.uid = ::geteuid();
-    for (size_t i = 0; i < reports.size(); ++i) {
-      if (reports[i].node != i)
-        return Status::Error(
-            EINVAL, "node indexes of the step are not 0.." + std::to_string(reports.size() - 1));
-      stasis::format::ManifestNode n;
-      n.index = reports[i].node;
-      n.host = reports[i].host;
-      n.file = store::EpochWriter::NodeFileName(n.index);
-      n.tasks = reports[i].tasks;
-      n.argv = reports[i].argv;
-      m.nodes.push_back(n);
-      stasis::format::ManifestFile f;
-      f.name = n.file;
-      f.size = reports[i].size;
-      f.crc32c = reports[i].crc;
-      m.files.push_back(f);
-    }
-    return (*writer_)->Commit(&m);
-  }
-  Pmix* pmix_;
-  const NodeOptions& opt_;
-  store::EpochWriter** writer_;
-  std::string job_id_;
-  bool done_ = false;
-  bool quiesce_done_ = false;
-  bool frozen_done_ = false;
-  double lag_ = 0;
-};
 
 }  // namespace
 
@@ -226,6 +117,29 @@ int RunNode(NodeOptions opt) {
   std::optional<store::JobFolder> folder;
   std::unique_ptr<store::EpochWriter> writer;
   store::EpochWriter* writer_raw = nullptr;
+  // Rank 0 commits with every node's report (epoch.h checked them).
+  EpochProtocol meet(&pmix, opt.timeout, [&](const std::vector<NodeReport>& reports) {
+    stasis::format::Manifest m;
+    m.job = opt.job;
+    m.step = opt.step;
+    m.uid = ::geteuid();
+    for (const auto& r : reports) {
+      stasis::format::ManifestNode n;
+      n.index = r.node;
+      n.host = r.host;
+      n.file = store::EpochWriter::NodeFileName(n.index);
+      n.tasks = r.tasks;
+      n.argv = r.argv;
+      m.nodes.push_back(n);
+      stasis::format::ManifestFile f;
+      f.name = n.file;
+      f.size = r.size;
+      f.crc32c = r.crc;
+      m.files.push_back(f);
+    }
+    return writer_raw->Commit(&m);
+  });
+  std::string rank0_value;
   if (pmix.rank() == 0) {
     Fields f;
     Status s = local;
@@ -263,12 +177,11 @@ int RunNode(NodeOptions opt) {
     f["error"] = s.ok() ? "" : "node 0 (" + host + "): " + s.message();
     f["jobdir"] = jobdir;
     f["keep"] = std::to_string(keep);
-    if (Status p = pmix.Put("stasis.epoch", EncodeFields(f)); !p.ok()) Die(p.message());
+    rank0_value = EncodeFields(f);
   }
-  if (Status s = pmix.Fence(opt.timeout); !s.ok()) Die(s.message());
-  auto epoch_text = pmix.Get(0, "stasis.epoch");
-  if (!epoch_text) Die(epoch_text.error().message());
-  Fields ef = DecodeFields(*epoch_text);
+  auto allocated = meet.Allocate(rank0_value);
+  if (!allocated) Die(allocated.error().message());
+  Fields ef = *allocated;
   uint64_t epoch = std::strtoull(ef["epoch"].c_str(), nullptr, 10);
   if (epoch == 0) {
     if (pmix.rank() == 0) {
@@ -296,7 +209,6 @@ int RunNode(NodeOptions opt) {
     writer->Keep();  // rank 0 commits or removes the epoch, not our destructor
     writer_raw = writer.get();
   }
-  Rendezvous meet(&pmix, opt, &writer_raw, opt.job);
 
   core::CheckpointOptions copt;
   copt.job = opt.job;
@@ -351,10 +263,10 @@ int RunNode(NodeOptions opt) {
     // Through the node's stasisd: a held checkpoint into our node file,
     // with the barrier between quiesce and freeze.
     stasis::cli::HeldHooks hooks;
-    hooks.on_quiesced = [&meet]() { return meet.Quiesce(true, ""); };
+    hooks.on_quiesced = [&meet]() { return meet.Reached(EpochState::kQuiescing); };
     // With a snapshot the tasks run again as soon as "proceed" is sent.
     hooks.on_frozen = [&meet, &resumed_at]() {
-      Status s = meet.Frozen(true, "");
+      Status s = meet.Reached(EpochState::kFrozen);
       resumed_at = Now();
       return s;
     };
@@ -362,7 +274,7 @@ int RunNode(NodeOptions opt) {
       mine.ok = true;
       mine.size = bytes;
       mine.crc = crc32c;
-      return meet.Meet(mine);
+      return meet.Reached(EpochState::kWriting, &mine);
     };
     auto st = stasis::cli::HeldThroughDaemon(copt, daemon.socket, sink->fd(),
                                              static_cast<uint64_t>(opt.timeout) * 1000, hooks);
@@ -378,12 +290,12 @@ int RunNode(NodeOptions opt) {
     struct Ctx {
       store::NodeFileSink* sink;
       NodeReport* mine;
-      Rendezvous* meet;
+      EpochProtocol* meet;
     } ctx{sink, &mine, &meet};
-    copt.after_callbacks = [&meet]() { return meet.Quiesce(true, ""); };
+    copt.after_callbacks = [&meet]() { return meet.Reached(EpochState::kQuiescing); };
     // As through stasisd: every node frozen before any runs on.
     copt.before_release = [&meet, &resumed_at](bool snapshot, const std::string&) {
-      Status s = meet.Frozen(true, "");
+      Status s = meet.Reached(EpochState::kFrozen);
       if (snapshot) resumed_at = Now();
       return s;
     };
@@ -396,7 +308,7 @@ int RunNode(NodeOptions opt) {
           c->mine->ok = true;
           c->mine->size = file->size;
           c->mine->crc = file->crc32c;
-          return c->meet->Meet(*c->mine);
+          return c->meet->Reached(EpochState::kWriting, c->mine);
         },
         &ctx);
     if (st) {
@@ -406,13 +318,8 @@ int RunNode(NodeOptions opt) {
       outcome = st.error();
     }
   }
-  if (!meet.quiesced()) (void)meet.Quiesce(false, outcome.ok() ? "no result" : outcome.message());
-  if (!meet.frozen()) (void)meet.Frozen(false, outcome.ok() ? "no result" : outcome.message());
-  if (!meet.done()) {
-    mine.ok = false;
-    mine.message = outcome.message();
-    (void)meet.Meet(mine);
-  }
+  // Whatever happened, this node answers every fence left (epoch_table.h).
+  outcome = meet.Finish(outcome, mine);
   if (!outcome.ok()) {
     std::fprintf(stderr, "%s: node %u (%s): epoch %llu aborted: %s\n", kTool, mine.node,
                  host.c_str(), static_cast<unsigned long long>(epoch), outcome.message().c_str());
