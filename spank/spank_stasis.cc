@@ -28,12 +28,15 @@ extern "C" {
 #include <cstdlib>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "spank/interval.h"
 
 // SPANK_PLUGIN(stasis, 1), spelled out: in C++ a const at namespace scope
-// has internal linkage, and slurmstepd must find these by name.
+// has internal linkage, and slurmstepd must find these by name. Slurm reads
+// plugin_name/type/version; spank_plugin_version (which it never looks up)
+// stays local like everything else but the hooks (spank_stasis.lds).
 extern "C" {
 extern const char plugin_name[] = "stasis";
 extern const char plugin_type[] = "spank";
@@ -67,7 +70,23 @@ struct Asked {
 
 bool g_site_ok = true;
 
-int OnCheckpoint(int, const char* optarg, int) {
+// Runs the body of a hook or option callback: no C++ exception (a
+// std::bad_alloc from a std::string, say) crosses into slurmstepd, srun or
+// slurmd, which are C. It is logged with the plugin's prefix and the hook
+// fails instead.
+template <typename Body>
+int Guarded(const char* where, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    slurm_error("stasis: %s: %s", where, e.what());
+  } catch (...) {
+    slurm_error("stasis: %s: unknown exception", where);
+  }
+  return -1;
+}
+
+int OnCheckpointBody(const char* optarg) {
   auto seconds = stasis::spank::ParseInterval(optarg ? optarg : "");
   if (!seconds) {
     slurm_error("stasis: --checkpoint: %s", seconds.error().message().c_str());
@@ -82,7 +101,7 @@ int OnCheckpoint(int, const char* optarg, int) {
   return 0;
 }
 
-int OnCheckpointDir(int, const char* optarg, int) {
+int OnCheckpointDirBody(const char* optarg) {
   if (!optarg || !*optarg) {
     slurm_error("stasis: --checkpoint-dir needs a folder");
     return -1;
@@ -91,13 +110,23 @@ int OnCheckpointDir(int, const char* optarg, int) {
   return 0;
 }
 
-int OnRestartFrom(int, const char* optarg, int) {
+int OnRestartFromBody(const char* optarg) {
   if (!optarg || !*optarg) {
     slurm_error("stasis: --restart-from needs a job or epoch folder");
     return -1;
   }
   g_asked.restart_from = optarg;
   return 0;
+}
+
+int OnCheckpoint(int, const char* optarg, int) {
+  return Guarded("--checkpoint", [&] { return OnCheckpointBody(optarg); });
+}
+int OnCheckpointDir(int, const char* optarg, int) {
+  return Guarded("--checkpoint-dir", [&] { return OnCheckpointDirBody(optarg); });
+}
+int OnRestartFrom(int, const char* optarg, int) {
+  return Guarded("--restart-from", [&] { return OnRestartFromBody(optarg); });
 }
 
 struct spank_option g_options[] = {
@@ -265,9 +294,7 @@ void PreloadPmixAgent(spank_t sp, uint32_t step) {
   spank_setenv(sp, "LD_PRELOAD", preload.c_str(), 1);
 }
 
-}  // namespace
-
-extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
+int Init(spank_t sp, int ac, char** av) {
   for (int i = 0; i < ac; ++i) {
     if (!ParseSiteArg(av[i])) {
       slurm_error("stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
@@ -289,7 +316,7 @@ extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
 
 // In each step (slurmstepd, as the user's job): the options become the
 // environment the stasis tools in the step read.
-extern "C" int slurm_spank_user_init(spank_t sp, int, char**) {
+int UserInit(spank_t sp) {
   if (!spank_remote(sp) || !g_site_ok) return 0;
   // The folder and retention also serve `scontrol checkpoint` of a job
   // submitted without --checkpoint.
@@ -313,7 +340,7 @@ extern "C" int slurm_spank_user_init(spank_t sp, int, char**) {
 // In each task, as the user, just before exec: a task of a step started
 // with --restart-from becomes stasis-step's restart of that task (argv[0]
 // replaced: argc cannot change; stasis-step ignores the rest).
-extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
+int TaskInit(spank_t sp) {
   if (!spank_remote(sp) || !g_site_ok) return 0;
   uint32_t job = 0, step = 0;
   if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
@@ -355,7 +382,7 @@ extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
 }
 
 // Counts the local tasks of a step that ended, and how many did not exit 0.
-extern "C" int slurm_spank_task_exit(spank_t sp, int, char**) {
+int TaskExit(spank_t sp) {
   if (!spank_remote(sp) || !g_site_ok || !g_asked.interval) return 0;
   int status = 0;
   if (spank_get_item(sp, S_TASK_EXIT_STATUS, &status) != ESPANK_SUCCESS) return 0;
@@ -366,7 +393,7 @@ extern "C" int slurm_spank_task_exit(spank_t sp, int, char**) {
 
 // At the end of a step of a --checkpoint job whose local tasks all exited
 // 0: this node's marker, written as the job's user.
-extern "C" int slurm_spank_exit(spank_t sp, int, char**) {
+int Exit(spank_t sp) {
   if (!spank_remote(sp) || !g_site_ok || !g_asked.interval) return 0;
   uint32_t job = 0, step = 0, node = 0, nodes = 0, local = 0;
   uid_t uid = 0;
@@ -406,4 +433,28 @@ extern "C" int slurm_spank_exit(spank_t sp, int, char**) {
   while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
   }
   return 0;
+}
+
+}  // namespace
+
+// The entry points slurmstepd, srun and slurmd find by name (the only
+// symbols spank_stasis.lds exports, with plugin_name/type/version).
+extern "C" int slurm_spank_init(spank_t sp, int ac, char** av) {
+  return Guarded("slurm_spank_init", [&] { return Init(sp, ac, av); });
+}
+
+extern "C" int slurm_spank_user_init(spank_t sp, int, char**) {
+  return Guarded("slurm_spank_user_init", [&] { return UserInit(sp); });
+}
+
+extern "C" int slurm_spank_task_init(spank_t sp, int, char**) {
+  return Guarded("slurm_spank_task_init", [&] { return TaskInit(sp); });
+}
+
+extern "C" int slurm_spank_task_exit(spank_t sp, int, char**) {
+  return Guarded("slurm_spank_task_exit", [&] { return TaskExit(sp); });
+}
+
+extern "C" int slurm_spank_exit(spank_t sp, int, char**) {
+  return Guarded("slurm_spank_exit", [&] { return Exit(sp); });
 }
