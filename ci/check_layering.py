@@ -11,6 +11,11 @@ daemon, the commands, spank and pmix may include the agent's ABI headers
 (its .h files, never libcr.c); core may include the kernel module's uapi
 header (kmod/include/uapi/). pmix/ includes only itself and the agent ABI.
 
+The build holds the same direction another way: each engine library
+publishes only its own include folder (engine/CMakeLists.txt), so a header
+of a layer a target does not link is not found; this check also covers
+headers, spank/ and pmix/, and says which rule an include breaks.
+
 Usage: ci/check_layering.py [--selftest] [SOURCE_DIR]
   SOURCE_DIR  the tree to check (default: this repository)
   --selftest  first prove on a made-up tree that the check can fail
