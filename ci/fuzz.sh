@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets of engine/format with clang into build-fuzz/
-# (its own build folder: the main build uses gcc) and runs each fuzzer for a
-# bounded time over a temporary copy of its committed corpus, so the
-# repository stays clean. Fails if a fuzzer finds a crash, a leak, a slow
-# input or a broken property, and prints where the input was saved
-# (build-fuzz/artifacts/<fuzzer>/).
+# Builds the libFuzzer targets (engine/format/fuzz, engine/daemon/fuzz) with
+# clang into build-fuzz/ (its own build folder: the main build uses gcc) and
+# runs each fuzzer for a bounded time over a temporary copy of its committed
+# corpus, so the repository stays clean. Fails if a fuzzer finds a crash, a
+# leak, a slow input or a broken property, and prints where the input was
+# saved (build-fuzz/artifacts/<fuzzer>/).
 #
 # Usage: ci/fuzz.sh [--build-only] [SECONDS] [FUZZER...]
 #   SECONDS  fuzzing time per fuzzer (default 60)
@@ -37,7 +37,14 @@ declare -A corpus=(
   [context_reader]=engine/format/fuzz/corpus
   [protocol]=engine/format/fuzz/protocol_corpus
   [manifest]=engine/format/fuzz/manifest_corpus
-  [state_record]=engine/format/fuzz/state_record_corpus
+  [state_record]=engine/daemon/fuzz/state_record_corpus
+)
+# Where each fuzzer is built (beside its corpus, below the build folder).
+declare -A bindir=(
+  [context_reader]=engine/format/fuzz
+  [protocol]=engine/format/fuzz
+  [manifest]=engine/format/fuzz
+  [state_record]=engine/daemon/fuzz
 )
 for f in "${fuzzers[@]}"; do
   if [[ -z ${corpus[$f]:-} ]]; then
@@ -96,7 +103,7 @@ for f in "${fuzzers[@]}"; do
   artifacts=$fuzz_dir/artifacts/$f
   mkdir -p "$artifacts"
   rc=0
-  "$fuzz_dir/engine/format/fuzz/${f}_fuzzer" -max_total_time="$seconds" -print_final_stats=1 \
+  "$fuzz_dir/${bindir[$f]}/${f}_fuzzer" -max_total_time="$seconds" -print_final_stats=1 \
     -timeout=30 -rss_limit_mb=2048 -artifact_prefix="$artifacts/" "$work/$f" \
     </dev/null >"$work/$f.log" 2>&1 || rc=$?
   # The start, what it found, and the final stats; not every new coverage line.
@@ -105,7 +112,7 @@ for f in "${fuzzers[@]}"; do
     failed+=("$f")
     echo "fuzz: ${f}_fuzzer FAILED (exit $rc)"
     grep -h 'Test unit written to' "$work/$f.log" | sed 's/^/fuzz: /' || true
-    echo "fuzz: reproduce with $fuzz_dir/engine/format/fuzz/${f}_fuzzer <input>;" \
+    echo "fuzz: reproduce with $fuzz_dir/${bindir[$f]}/${f}_fuzzer <input>;" \
       "add the input to ${corpus[$f]}/ once fixed"
   else
     echo "fuzz: ${f}_fuzzer ok ($(find "$work/$f" -type f | wc -l) inputs in the corpus copy)"

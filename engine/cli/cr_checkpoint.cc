@@ -21,7 +21,7 @@
 #include "engine/core/kernel_capture.h"
 #include "engine/daemon/client.h"
 #include "engine/daemon/config.h"
-#include "engine/cli/epoch_checkpoint.h"
+#include "engine/epoch/epoch_checkpoint.h"
 #include "engine/store/store.h"
 
 namespace {

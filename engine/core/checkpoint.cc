@@ -1177,6 +1177,8 @@ Status Capturer::CaptureFiles(ProcState* p) {
       STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));
       auto count = StatusField(text, "eventfd-count");
       if (count) f.pos = strtoull(count->c_str(), nullptr, 16);
+      auto semaphore = StatusField(text, "eventfd-semaphore");  // Linux 6.5+
+      if (semaphore && atoi(semaphore->c_str()) == 1) f.data.assign(1, '\1');
     } else if (link == "anon_inode:[signalfd]") {
       f.kind = format::kFileSignalfd;
       STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(proc + "/fdinfo/" + std::to_string(fd)));

@@ -25,6 +25,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <linux/userfaultfd.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -791,6 +792,17 @@ Result<int> Restorer::RestorerFdFor(const RProc* p, const FileDesc& f) {
       STASIS_ASSIGN_OR_RETURN(fd, MakeSocket(f));
       break;
     }
+    case format::kFileEventfd: {
+      // Made here and handed over like a pipe, so that processes and fds
+      // that shared one eventfd share it again; the counter is written, as
+      // eventfd() takes only 32 bits of it.
+      const bool semaphore = f.data.size() == 1 && f.data[0] == 1;
+      fd.reset(::eventfd(0, EFD_CLOEXEC | ((f.open_flags & O_NONBLOCK) ? EFD_NONBLOCK : 0) |
+                                (semaphore ? EFD_SEMAPHORE : 0)));
+      if (!fd || (f.pos && ::write(fd.get(), &f.pos, sizeof f.pos) != sizeof f.pos))
+        return Status::FromErrno(errno, "cannot restore eventfd fd " + std::to_string(f.fd));
+      break;
+    }
     case format::kFileFifo: {
       auto fit = fifos_.find(f.peer_id);
       if (fit == fifos_.end()) {
@@ -1036,10 +1048,6 @@ Status Restorer::RestoreFiles(RProc* p) {
       STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_epoll_create1, O_CLOEXEC));
       STASIS_RETURN_IF_ERROR(SysErr(got, "create epoll for fd " + std::to_string(f.fd) + " of " + who));
       epolls.push_back(&f);
-    } else if (f.kind == format::kFileEventfd) {
-      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_eventfd2, f.pos,
-                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
-      STASIS_RETURN_IF_ERROR(SysErr(got, "create eventfd for fd " + std::to_string(f.fd) + " of " + who));
     } else if (f.kind == format::kFileSignalfd) {
       uint64_t mask = f.pos;
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &mask, sizeof mask));

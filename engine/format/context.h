@@ -283,7 +283,7 @@ enum FileKind : uint32_t {
   kFileUnixSocket = 6,
   kFileOther = 7,        // anything else: refused at checkpoint
   kFileEpoll = 8,        // data: packed {u32 tfd, u32 events, u64 data} records
-  kFileEventfd = 9,      // pos: the counter
+  kFileEventfd = 9,      // pos: the counter; data: "\1" if EFD_SEMAPHORE
   kFileSignalfd = 10,    // pos: the signal mask
   kFileTimerfd = 11,     // data: {i32 clock, u32 settime flags, u64 ticks,
                          //        u64 value_ns (left), u64 interval_ns}

@@ -23,10 +23,10 @@
 
 #include "engine/base/fd.h"
 #include "engine/base/status.h"
-#include "engine/cli/epoch_checkpoint.h"
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
 #include "engine/daemon/client.h"
+#include "engine/epoch/epoch_checkpoint.h"
 #include "engine/format/context_io.h"
 #include "engine/format/manifest.h"
 #include "engine/store/store.h"

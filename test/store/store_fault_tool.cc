@@ -14,7 +14,7 @@
 #include <cstring>
 #include <string>
 
-#include "engine/cli/epoch_checkpoint.h"
+#include "engine/epoch/epoch_checkpoint.h"
 #include "test/store/fault_env.h"
 
 int main(int argc, char** argv) {

@@ -664,6 +664,7 @@ PROGRAMS = {
     "signals": Prog(["@zdtm_signals"]),
     "itimers": Prog(["@zdtm_itimers"]),
     "fd_timers": Prog(["@zdtm_fd_timers"]),
+    "eventfd": Prog(["@zdtm_eventfd"]),
     "seccomp": Prog(["@zdtm_seccomp"]),
     "posix_timer": Prog(["@zdtm_posix_timer"]),
     # Timer ids as kernels before PR_TIMER_CREATE_RESTORE_IDS give them
@@ -1466,7 +1467,7 @@ SELFTEST = [
     ("files", {}), ("unlinked", {}), ("pipes", {}), ("fifo", {}), ("socketpair", {}),
     ("unix_listen", {}), ("unix_backlog", {}), ("shm_fork", {}), ("file_mmap", {}),
     ("sysv_shm", {}), ("posix_shm", {}), ("hugetlb", {}), ("signals", {}), ("itimers", {}),
-    ("posix_timer", {}), ("prctl", {}),
+    ("posix_timer", {}), ("eventfd", {}), ("prctl", {}),
     ("rseq", {}), ("robust_futex", {}), ("stopped", {}), ("zombie", {}), ("pty", {}),
     ("openmp", {}), ("mixed", {}), ("pipes_half_closed", {}),
 ]

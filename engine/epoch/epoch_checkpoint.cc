@@ -1,5 +1,5 @@
 // cr_checkpoint --dir; see epoch_checkpoint.h.
-#include "engine/cli/epoch_checkpoint.h"
+#include "engine/epoch/epoch_checkpoint.h"
 
 #include <unistd.h>
 

@@ -5,7 +5,7 @@
 // a record that decodes to the same value, and its paths and name must be
 // what cleanup relies on (absolute paths, a plain name, no NUL).
 //
-// Run: state_record_fuzzer -max_total_time=60 engine/format/fuzz/state_record_corpus
+// Run: state_record_fuzzer -max_total_time=60 engine/daemon/fuzz/state_record_corpus
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
