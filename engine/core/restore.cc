@@ -22,9 +22,9 @@
 // Any error kills every process built so far (they never ran).
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <linux/userfaultfd.h>
 #include <sched.h>
 #include <signal.h>
-#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -32,9 +32,9 @@
 #include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,155 +42,22 @@
 #include <chrono>
 #include <cstring>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 
-#include "engine/base/fd.h"
 #include "engine/agent/agent_abi.h"
+#include "engine/base/fd.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
 #include "engine/core/lazy_pages.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
+#include "engine/core/restore_internal.h"
 #include "engine/format/context_io.h"
 
 namespace stasis::core {
-namespace {
-
-using format::FileDesc;
-using format::Mapping;
-
-constexpr uint64_t kPageSize = 4096;
-constexpr size_t kScratchSize = 16 * 4096;
-// Layout of the scratch area, shared by the restorer and the processes.
-constexpr uint64_t kOffSyscall = 0;         // "syscall" instruction
-constexpr uint64_t kOffArgs = 0x1000;       // structs passed to calls
-constexpr uint64_t kOffAuxv = 0x2000;       // auxv for PR_SET_MM_MAP
-constexpr uint64_t kOffPath = 0x4000;       // NUL-terminated paths
-constexpr size_t kMaxPath = 0x8000;
-constexpr uint64_t kUserTop = 0x7ffffffff000ull;
-
-std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
-
-Status SysErr(long r, const std::string& what) {
-  if (r >= 0 || r < -4095) return Status::Ok();
-  return Status::FromErrno(static_cast<int>(-r), what);
-}
-
-struct Interval {
-  uint64_t lo, hi;
-};
-
-// Lowest gap of `size` bytes at or above `base` not touching any interval.
-uint64_t FindFree(std::vector<Interval> busy, uint64_t size, uint64_t base) {
-  std::sort(busy.begin(), busy.end(), [](auto& a, auto& b) { return a.lo < b.lo; });
-  uint64_t cand = base;
-  for (const Interval& iv : busy) {
-    if (iv.hi <= cand) continue;
-    if (iv.lo >= cand + size + kPageSize) break;
-    cand = (iv.hi + kPageSize + 0xffff) & ~0xffffull;
-  }
-  return cand + size < kUserTop ? cand : 0;
-}
-
-struct RProc {
-  format::ProcessEntry entry;
-  format::ProcessInfo info;
-  bool have_info = false;
-  std::vector<Mapping> mappings;
-  std::vector<FileDesc> files;
-  std::vector<format::ThreadInfo> threads;
-  std::vector<std::unique_ptr<Tracee>> tracees;  // [0] leader
-  ProcessMemory mem;
-  pid_t pid = 0;  // real pid
-  uint64_t scratch = 0;
-  bool mm_built = false;
-  bool files_done = false;
-  long pidfd = -1;  // the restorer's pidfd inside the process, while building
-  const RestoreOptions::TaskStdio* stdio = nullptr;  // its task's, if any
-};
-
-class Restorer {
- public:
-  Restorer(ByteSource* source, const RestoreOptions& options)
-      : source_(source), options_(options), reader_(source) {}
-  ~Restorer();
-  Result<RestoreResult> Run();
-
- private:
-  Status SetUpScratch();
-  Status CreateTree(const format::ProcessTree& tree);
-  Status CreateProcess(RProc* p, RProc* parent);
-  Status CreateNamespaceInit(pid_t root_in_ns);
-  Result<pid_t> InjectClone3(RProc* in, uint64_t flags, int exit_signal, pid_t want,
-                             const std::string& what);
-  Status UnregisterInheritedRseq(RProc* p);
-  Status BuildAddressSpace(RProc* p);
-  Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
-  Status RestoreFiles(RProc* p);
-  Result<int> RestorerFdFor(const RProc* p, const FileDesc& f);
-  Status MatchTasks(const format::ProcessTree& tree);
-  Status RewriteEnvironment(RProc* p, uint64_t environ_addr);
-  Status RestorePosixTimers(RProc* p);
-  bool LazyEligible(const RProc* p) const;
-  Status SetUpLazy(RProc* p);
-  Result<UniqueFd> MakeSocket(const FileDesc& f);
-  Status CreateThreads(RProc* p);
-  Status CreateSharedMemory(const format::SharedMemory& shm);
-  Status WriteSharedPages();
-  Result<size_t> NextPageBytes(uint64_t left, std::vector<char>* buf, const char** data);
-  bool in_place_ = true;
-  Status WritePages(RProc* p);
-  // Incremental contexts: the pages ParentPages named, from the chain of
-  // parents (each read whole, every checksum verified).
-  Status ApplyParents(const format::ImageInfo& image);
-  std::map<uint32_t, std::vector<format::PageRun>> parent_needed_;
-  Status FinishProcess(RProc* p);
-  Status MakeZombie(RProc* p);
-  Status FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti);
-  Status Release();
-  void KillAll();
-
-  Result<long> Call(RProc* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
-                    uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0,
-                    pid_t* new_task = nullptr) {
-    return t->Syscall(p->scratch + kOffSyscall, nr, a1, a2, a3, a4, a5, a6, new_task);
-  }
-  Result<long> Call(RProc* p, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
-                    uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0) {
-    return Call(p, p->tracees[0].get(), nr, a1, a2, a3, a4, a5, a6);
-  }
-  Result<uint64_t> PutPath(RProc* p, const std::string& path);
-  std::string Relocate(const std::string& path) const;
-
-  ByteSource* source_;
-  const RestoreOptions& options_;
-  format::ContextReader reader_;
-  std::vector<std::unique_ptr<RProc>> procs_;  // tree order
-  std::set<uint64_t> agent_shm_ids_;  // libcr agent blocks (memfd "stasis-agent")
-  std::map<uint32_t, RProc*> by_pid_;          // by saved pid
-  uint64_t scratch_ = 0;                       // in the restorer
-  UniqueFd self_pidfd_;                        // inherited by every process
-  std::map<uint64_t, UniqueFd> objects_;       // object id -> restorer fd
-  std::map<uint64_t, UniqueFd> shm_;           // shared memory id -> object
-  std::map<uint64_t, UniqueFd> fifos_;         // FIFO inode -> read-write holder
-  std::map<uint64_t, UniqueFd> sockets_;       // socket inode -> its restored end
-  std::map<std::string, UniqueFd> listeners_;  // bound name -> our listening socket there
-  std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> ptys_;  // index -> our master, slave
-  Result<int> PtyPair(const FileDesc& f);
-  Result<int> ListenerAt(const std::string& name, int type);
-  std::map<uint64_t, int> sysv_ids_;           // saved shmid -> new shmid
-  std::vector<int> sysv_remove_;               // marked for removal at the end
-  std::map<uint64_t, uint64_t> shm_size_;
-  std::map<uint64_t, std::pair<void*, uint64_t>> shm_maps_;  // written through memory
-  std::map<uint64_t, std::pair<UniqueFd, UniqueFd>> pipes_;  // peer id -> ends
-  RestoreResult result_;
-  bool released_ = false;
-  // Set when pids are taken here: the tree is restored with its own pids in
-  // a fresh pid namespace whose init (a fork of the restorer) reaps it.
-  std::unique_ptr<RProc> init_;
-};
+namespace restore {
 
 Restorer::~Restorer() {
   if (!released_) KillAll();
@@ -326,8 +193,9 @@ Status Restorer::CreateTree(const format::ProcessTree& tree) {
       // Inside the tree's own pid space the saved numbers are the real ones.
       pid_t pgid = leader ? 0 : options_.restore_pids ? static_cast<pid_t>(p->entry.pgid)
                                                       : it->second->pid;
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p.get(), SYS_setpgid, 0, static_cast<uint64_t>(pgid)));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "set process group of " + Pid(p->pid)));
+      STASIS_RETURN_IF_ERROR(Checked(Call(p.get(), SYS_setpgid, 0, static_cast<uint64_t>(pgid)),
+                                     "set process group of " + Pid(p->pid))
+                                 .status());
     }
   }
   return Status::Ok();
@@ -342,9 +210,10 @@ Status Restorer::UnregisterInheritedRseq(RProc* p) {
   if (::ptrace(static_cast<__ptrace_request>(0x420f), t->tid(),
                reinterpret_cast<void*>(sizeof rseq), &rseq) > 0 &&
       rseq.ptr != 0) {
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rseq, rseq.ptr, rseq.size, 1 /* UNREGISTER */,
-                                         rseq.sig));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "unregister inherited rseq in " + Pid(p->pid)));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_rseq, rseq.ptr, rseq.size, 1 /* UNREGISTER */, rseq.sig),
+                "unregister inherited rseq in " + Pid(p->pid))
+            .status());
   }
   return Status::Ok();
 }
@@ -365,9 +234,10 @@ Result<pid_t> Restorer::InjectClone3(RProc* in, uint64_t flags, int exit_signal,
   STASIS_RETURN_IF_ERROR(in->mem.Write(in->scratch + kOffArgs, &args, sizeof args));
   STASIS_RETURN_IF_ERROR(in->mem.Write(tid_addr, &want, sizeof want));
   pid_t created = 0;
-  STASIS_ASSIGN_OR_RETURN(long r, Call(in, in->tracees[0].get(), SYS_clone3,
-                                       in->scratch + kOffArgs, sizeof args, 0, 0, 0, 0, &created));
-  STASIS_RETURN_IF_ERROR(SysErr(r, "create " + what + " in " + Pid(in->pid)));
+  STASIS_RETURN_IF_ERROR(Checked(Call(in, in->tracees[0].get(), SYS_clone3, in->scratch + kOffArgs,
+                                      sizeof args, 0, 0, 0, 0, &created),
+                                 "create " + what + " in " + Pid(in->pid))
+                             .status());
   if (created <= 0) return Status::Error(ECHILD, "no fork/clone event for " + what);
   return created;
 }
@@ -451,8 +321,8 @@ Status Restorer::CreateProcess(RProc* p, RProc* parent) {
   }
   STASIS_ASSIGN_OR_RETURN(p->mem, ProcessMemory::Open(p->pid, true));
   if (p->entry.sid == p->entry.pid) {
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_setsid));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "create session for " + Pid(p->pid)));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_setsid), "create session for " + Pid(p->pid)).status());
   }
   return Status::Ok();
 }
@@ -477,8 +347,9 @@ Status Restorer::MoveVdso(RProc* p, const std::vector<MapsEntry>& current) {
   }
   if (want.empty()) {
     for (auto& [k, iv] : cur) {
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, iv.lo, iv.hi - iv.lo));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "unmap vDSO of " + Pid(p->pid)));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, SYS_munmap, iv.lo, iv.hi - iv.lo), "unmap vDSO of " + Pid(p->pid))
+              .status());
     }
     return Status::Ok();
   }
@@ -498,22 +369,24 @@ Status Restorer::MoveVdso(RProc* p, const std::vector<MapsEntry>& current) {
   if (!tmp) return Status::Error(ENOMEM, "no room to move the vDSO of " + Pid(p->pid));
   std::map<int, uint64_t> at;
   for (auto& [k, iv] : cur) {
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mremap, iv.lo, iv.hi - iv.lo, iv.hi - iv.lo,
-                                         MREMAP_MAYMOVE | MREMAP_FIXED, tmp));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "move vDSO of " + Pid(p->pid)));
+    STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_mremap, iv.lo, iv.hi - iv.lo, iv.hi - iv.lo,
+                                        MREMAP_MAYMOVE | MREMAP_FIXED, tmp),
+                                   "move vDSO of " + Pid(p->pid))
+                               .status());
     at[k] = tmp;
     tmp += iv.hi - iv.lo;
   }
   for (auto& [k, iv] : cur) {
     if (!want.count(k)) {
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, at[k], iv.hi - iv.lo));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "unmap vDSO part of " + Pid(p->pid)));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, SYS_munmap, at[k], iv.hi - iv.lo), "unmap vDSO part of " + Pid(p->pid))
+              .status());
       continue;
     }
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mremap, at[k], iv.hi - iv.lo, iv.hi - iv.lo,
-                                         MREMAP_MAYMOVE | MREMAP_FIXED, want[k].lo));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "move vDSO of " + Pid(p->pid) + " to 0x" +
-                                         ToHex(want[k].lo)));
+    STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_mremap, at[k], iv.hi - iv.lo, iv.hi - iv.lo,
+                                        MREMAP_MAYMOVE | MREMAP_FIXED, want[k].lo),
+                                   "move vDSO of " + Pid(p->pid) + " to 0x" + ToHex(want[k].lo))
+                               .status());
   }
   return Status::Ok();
 }
@@ -539,9 +412,10 @@ Status Restorer::BuildAddressSpace(RProc* p) {
     for (const MapsEntry& e : current) busy.push_back({e.start, e.end});
     uint64_t to = FindFree(busy, kScratchSize, 0x100000000ull);
     if (!to) return Status::Error(ENOMEM, "no room for the restorer in " + who);
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mremap, p->scratch, kScratchSize, kScratchSize,
-                                         MREMAP_MAYMOVE | MREMAP_FIXED, to));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "move restorer scratch in " + who));
+    STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_mremap, p->scratch, kScratchSize, kScratchSize,
+                                        MREMAP_MAYMOVE | MREMAP_FIXED, to),
+                                   "move restorer scratch in " + who)
+                               .status());
     p->scratch = to;
     STASIS_ASSIGN_OR_RETURN(current, ReadMaps(p->pid));
   }
@@ -550,8 +424,9 @@ Status Restorer::BuildAddressSpace(RProc* p) {
     if (e.start == p->scratch || e.path == "[vdso]" || e.path == "[vvar]" ||
         e.path == "[vvar_vclock]" || e.path == "[vsyscall]")
       continue;
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, e.start, e.end - e.start));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "unmap inherited memory of " + who));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_munmap, e.start, e.end - e.start), "unmap inherited memory of " + who)
+            .status());
   }
   STASIS_RETURN_IF_ERROR(MoveVdso(p, current));
   // 3. Map every saved VMA.
@@ -568,11 +443,12 @@ Status Restorer::BuildAddressSpace(RProc* p) {
       case format::kMapVsyscall:
         continue;
       case format::kMapAnon: {
-        STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
-                                             static_cast<uint64_t>(flags | MAP_ANONYMOUS),
-                                             static_cast<uint64_t>(-1), 0));
-        STASIS_RETURN_IF_ERROR(SysErr(r, "map memory " + ToHex(m.start) + "-" + ToHex(m.end) +
-                                             " of " + who));
+        STASIS_RETURN_IF_ERROR(
+            Checked(
+                Call(p, SYS_mmap, m.start, len, m.prot,
+                     static_cast<uint64_t>(flags | MAP_ANONYMOUS), static_cast<uint64_t>(-1), 0),
+                "map memory " + ToHex(m.start) + "-" + ToHex(m.end) + " of " + who)
+                .status());
         break;
       }
       case format::kMapFile: {
@@ -588,9 +464,10 @@ Status Restorer::BuildAddressSpace(RProc* p) {
                                            " changed since the checkpoint (size or mtime)");
         STASIS_ASSIGN_OR_RETURN(uint64_t path_addr, PutPath(p, path));
         bool rw = (m.flags & format::kMapShared) && (m.prot & PROT_WRITE);
-        STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD),
-                                              path_addr, rw ? O_RDWR : O_RDONLY));
-        STASIS_RETURN_IF_ERROR(SysErr(fd, "open " + path + " in " + who));
+        STASIS_ASSIGN_OR_RETURN(
+            long fd, Checked(Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), path_addr,
+                                  rw ? O_RDWR : O_RDONLY),
+                             "open " + path + " in " + who));
         STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
                                              static_cast<uint64_t>(flags),
                                              static_cast<uint64_t>(fd), m.pgoff));
@@ -604,16 +481,16 @@ Status Restorer::BuildAddressSpace(RProc* p) {
         if (it == sysv_ids_.end()) return Status::Corrupt("mapping of unknown SysV segment in " + who);
         uint64_t shmflg = (m.prot & PROT_WRITE) ? 0 : SHM_RDONLY;
         if (m.prot & PROT_EXEC) shmflg |= SHM_EXEC;
-        STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_shmat, static_cast<uint64_t>(it->second), m.start,
-                                             shmflg));
-        STASIS_RETURN_IF_ERROR(SysErr(r, "attach SysV segment at " + ToHex(m.start) + " in " + who));
+        STASIS_ASSIGN_OR_RETURN(
+            long r, Checked(Call(p, SYS_shmat, static_cast<uint64_t>(it->second), m.start, shmflg),
+                            "attach SysV segment at " + ToHex(m.start) + " in " + who));
         if (static_cast<uint64_t>(r) != m.start || m.pgoff != 0)
           return Status::Error(ENOTSUP, "cannot restore " + who + ": partial SysV attachment");
         // The segment may be larger than this (split) mapping: trim the rest.
         uint64_t seg = (shm_size_[m.shmem_id] + kPageSize - 1) & ~(kPageSize - 1);
         if (seg > len) (void)Call(p, SYS_munmap, m.end, seg - len);
-        STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_mprotect, m.start, len, m.prot));
-        STASIS_RETURN_IF_ERROR(SysErr(r, "protect SysV segment in " + who));
+        STASIS_ASSIGN_OR_RETURN(r, Checked(Call(p, SYS_mprotect, m.start, len, m.prot),
+                                           "protect SysV segment in " + who));
         break;
       }
       case format::kMapSharedAnon:
@@ -632,10 +509,10 @@ Status Restorer::BuildAddressSpace(RProc* p) {
           if (!ro) return Status::FromErrno(errno, "reopen saved copy of " + m.path);
           give = ro.get();
         }
-        STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_pidfd_getfd,
-                                              static_cast<uint64_t>(self_pidfd_.get()),
-                                              static_cast<uint64_t>(give), 0));
-        STASIS_RETURN_IF_ERROR(SysErr(fd, "hand shared memory to " + who));
+        STASIS_ASSIGN_OR_RETURN(
+            long fd, Checked(Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(self_pidfd_.get()),
+                                  static_cast<uint64_t>(give), 0),
+                             "hand shared memory to " + who));
         STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, m.start, len, m.prot,
                                              static_cast<uint64_t>(flags),
                                              static_cast<uint64_t>(fd), m.pgoff));
@@ -655,12 +532,15 @@ Status Restorer::BuildAddressSpace(RProc* p) {
                    {format::kMapDontFork, MADV_DONTFORK},     {format::kMapMergeable, MADV_MERGEABLE}};
     for (const auto& a : kAdvice) {
       if (!(m.flags & a.flag)) continue;
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_madvise, m.start, len, static_cast<uint64_t>(a.advice)));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "restore memory advice of " + ToHex(m.start) + " in " + who));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, SYS_madvise, m.start, len, static_cast<uint64_t>(a.advice)),
+                  "restore memory advice of " + ToHex(m.start) + " in " + who)
+              .status());
     }
     if (m.flags & format::kMapLocked) {
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mlock, m.start, len));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "lock memory " + ToHex(m.start) + " in " + who));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, SYS_mlock, m.start, len), "lock memory " + ToHex(m.start) + " in " + who)
+              .status());
     }
   }
   p->mm_built = true;
@@ -1022,30 +902,35 @@ Status Restorer::RestoreFiles(RProc* p) {
   }
   // The process fetches each fd from us with pidfd_getfd, through the pidfd
   // of the restorer that it inherited (it may not see our pid: new pid ns).
-  STASIS_ASSIGN_OR_RETURN(long pfd, Call(p, SYS_fcntl, static_cast<uint64_t>(self_pidfd_.get()),
-                                         F_DUPFD_CLOEXEC, static_cast<uint64_t>(max_fd + 1)));
-  STASIS_RETURN_IF_ERROR(SysErr(pfd, "move restorer pidfd in " + who));
-  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_close_range, 0, static_cast<uint64_t>(pfd - 1), 0));
-  STASIS_RETURN_IF_ERROR(SysErr(r, "close inherited fds of " + who));
-  STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close_range, static_cast<uint64_t>(pfd + 1), ~0u, 0));
-  STASIS_RETURN_IF_ERROR(SysErr(r, "close inherited fds of " + who));
+  STASIS_ASSIGN_OR_RETURN(long pfd,
+                          Checked(Call(p, SYS_fcntl, static_cast<uint64_t>(self_pidfd_.get()),
+                                       F_DUPFD_CLOEXEC, static_cast<uint64_t>(max_fd + 1)),
+                                  "move restorer pidfd in " + who));
+  STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_close_range, 0, static_cast<uint64_t>(pfd - 1), 0),
+                                 "close inherited fds of " + who)
+                             .status());
+  STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_close_range, static_cast<uint64_t>(pfd + 1), ~0u, 0),
+                                 "close inherited fds of " + who)
+                             .status());
   std::vector<const FileDesc*> epolls;
   for (const FileDesc& f : p->files) {
     long got = 0;
     if (f.kind == format::kFileEpoll) {
-      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_epoll_create1, O_CLOEXEC));
-      STASIS_RETURN_IF_ERROR(SysErr(got, "create epoll for fd " + std::to_string(f.fd) + " of " + who));
+      STASIS_ASSIGN_OR_RETURN(
+          got, Checked(Call(p, SYS_epoll_create1, O_CLOEXEC),
+                       "create epoll for fd " + std::to_string(f.fd) + " of " + who));
       epolls.push_back(&f);
     } else if (f.kind == format::kFileEventfd) {
-      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_eventfd2, f.pos,
-                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
-      STASIS_RETURN_IF_ERROR(SysErr(got, "create eventfd for fd " + std::to_string(f.fd) + " of " + who));
+      STASIS_ASSIGN_OR_RETURN(
+          got, Checked(Call(p, SYS_eventfd2, f.pos, (f.open_flags & O_NONBLOCK) | O_CLOEXEC),
+                       "create eventfd for fd " + std::to_string(f.fd) + " of " + who));
     } else if (f.kind == format::kFileSignalfd) {
       uint64_t mask = f.pos;
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &mask, sizeof mask));
-      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_signalfd4, static_cast<uint64_t>(-1), p->scratch + kOffArgs, 8,
-                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
-      STASIS_RETURN_IF_ERROR(SysErr(got, "create signalfd for fd " + std::to_string(f.fd) + " of " + who));
+      STASIS_ASSIGN_OR_RETURN(
+          got, Checked(Call(p, SYS_signalfd4, static_cast<uint64_t>(-1), p->scratch + kOffArgs, 8,
+                            (f.open_flags & O_NONBLOCK) | O_CLOEXEC),
+                       "create signalfd for fd " + std::to_string(f.fd) + " of " + who));
     } else if (f.kind == format::kFileTimerfd) {
       // Re-armed with the time it had left (relative: an absolute timer's
       // TFD_TIMER_CANCEL_ON_SET is not kept); unread expirations are put
@@ -1057,39 +942,47 @@ Status Restorer::RestoreFiles(RProc* p) {
       } t;
       if (f.data.size() != sizeof t) return Status::Corrupt("bad timerfd state for fd " + std::to_string(f.fd));
       std::memcpy(&t, f.data.data(), sizeof t);
-      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_timerfd_create, static_cast<uint64_t>(t.clock),
-                                        (f.open_flags & O_NONBLOCK) | O_CLOEXEC));
-      STASIS_RETURN_IF_ERROR(SysErr(got, "create timerfd for fd " + std::to_string(f.fd) + " of " + who));
+      STASIS_ASSIGN_OR_RETURN(
+          got, Checked(Call(p, SYS_timerfd_create, static_cast<uint64_t>(t.clock),
+                            (f.open_flags & O_NONBLOCK) | O_CLOEXEC),
+                       "create timerfd for fd " + std::to_string(f.fd) + " of " + who));
       if (!t.value_ns && t.interval_ns) t.value_ns = t.interval_ns;  // due now: next period
       if (t.value_ns) {
         int64_t its[4] = {static_cast<int64_t>(t.interval_ns / 1000000000), static_cast<int64_t>(t.interval_ns % 1000000000),
                           static_cast<int64_t>(t.value_ns / 1000000000), static_cast<int64_t>(t.value_ns % 1000000000)};
         STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, its, sizeof its));
-        STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_timerfd_settime, static_cast<uint64_t>(got), 0, p->scratch + kOffArgs, 0));
-        STASIS_RETURN_IF_ERROR(SysErr(r, "arm timerfd fd " + std::to_string(f.fd) + " of " + who));
+        STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_timerfd_settime, static_cast<uint64_t>(got), 0,
+                                            p->scratch + kOffArgs, 0),
+                                       "arm timerfd fd " + std::to_string(f.fd) + " of " + who)
+                                   .status());
       }
       if (t.ticks) {
         constexpr uint64_t kTfdIocSetTicks = 0x40085400;  // _IOW('T', 0, u64)
         STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &t.ticks, sizeof t.ticks));
-        STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_ioctl, static_cast<uint64_t>(got), kTfdIocSetTicks, p->scratch + kOffArgs));
-        STASIS_RETURN_IF_ERROR(SysErr(r, "put back " + std::to_string(t.ticks) + " unread expirations of timerfd fd " +
-                                             std::to_string(f.fd) + " of " + who));
+        STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_ioctl, static_cast<uint64_t>(got),
+                                            kTfdIocSetTicks, p->scratch + kOffArgs),
+                                       "put back " + std::to_string(t.ticks) +
+                                           " unread expirations of timerfd fd " +
+                                           std::to_string(f.fd) + " of " + who)
+                                   .status());
       }
     } else {
       STASIS_ASSIGN_OR_RETURN(int mine, RestorerFdFor(p, f));
-      STASIS_ASSIGN_OR_RETURN(got, Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(pfd),
-                                        static_cast<uint64_t>(mine), 0));
-      STASIS_RETURN_IF_ERROR(SysErr(got, "hand fd " + std::to_string(f.fd) + " to " + who));
+      STASIS_ASSIGN_OR_RETURN(got, Checked(Call(p, SYS_pidfd_getfd, static_cast<uint64_t>(pfd),
+                                                static_cast<uint64_t>(mine), 0),
+                                           "hand fd " + std::to_string(f.fd) + " to " + who));
     }
     bool cloexec = f.fd_flags & format::kFdCloexec;
     if (got != f.fd) {
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_dup3, static_cast<uint64_t>(got),
-                                      static_cast<uint64_t>(f.fd), cloexec ? O_CLOEXEC : 0));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "place fd " + std::to_string(f.fd) + " in " + who));
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_close, static_cast<uint64_t>(got)));
+      STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_dup3, static_cast<uint64_t>(got),
+                                          static_cast<uint64_t>(f.fd), cloexec ? O_CLOEXEC : 0),
+                                     "place fd " + std::to_string(f.fd) + " in " + who)
+                                 .status());
+      STASIS_RETURN_IF_ERROR(Call(p, SYS_close, static_cast<uint64_t>(got)).status());
     } else {
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_fcntl, static_cast<uint64_t>(f.fd), F_SETFD,
-                                      cloexec ? FD_CLOEXEC : 0));
+      STASIS_RETURN_IF_ERROR(
+          Call(p, SYS_fcntl, static_cast<uint64_t>(f.fd), F_SETFD, cloexec ? FD_CLOEXEC : 0)
+              .status());
     }
   }
   p->pidfd = pfd;  // closed by FinishProcess, the last user
@@ -1102,10 +995,11 @@ Status Restorer::RestoreFiles(RProc* p) {
         uint64_t data;
       } __attribute__((packed)) ev = {rec[1], rec[2] | (static_cast<uint64_t>(rec[3]) << 32)};
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &ev, sizeof ev));
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_epoll_ctl, static_cast<uint64_t>(e->fd),
-                                      1 /* EPOLL_CTL_ADD */, rec[0], p->scratch + kOffArgs));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "re-register fd " + std::to_string(rec[0]) +
-                                           " in epoll fd " + std::to_string(e->fd) + " of " + who));
+      STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_epoll_ctl, static_cast<uint64_t>(e->fd),
+                                          1 /* EPOLL_CTL_ADD */, rec[0], p->scratch + kOffArgs),
+                                     "re-register fd " + std::to_string(rec[0]) + " in epoll fd " +
+                                         std::to_string(e->fd) + " of " + who)
+                                 .status());
     }
   }
   p->files_done = true;
@@ -1467,23 +1361,27 @@ Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti)
   if (!(ti.altstack_flags & SS_DISABLE)) {
     ss.flags &= ~SS_ONSTACK;
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &ss, sizeof ss));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_sigaltstack, p->scratch + kOffArgs, 0));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "restore alternate signal stack of " + who));
+    STASIS_RETURN_IF_ERROR(Checked(Call(p, t, SYS_sigaltstack, p->scratch + kOffArgs, 0),
+                                   "restore alternate signal stack of " + who)
+                               .status());
   }
   if (ti.timerslack_ns) {
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_prctl, PR_SET_TIMERSLACK, ti.timerslack_ns));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "restore timer slack of " + who));
+    STASIS_RETURN_IF_ERROR(Checked(Call(p, t, SYS_prctl, PR_SET_TIMERSLACK, ti.timerslack_ns),
+                                   "restore timer slack of " + who)
+                               .status());
   }
   if (ti.robust_list) {
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_set_robust_list, ti.robust_list,
-                                         ti.robust_list_len));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "restore robust futex list of " + who));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, t, SYS_set_robust_list, ti.robust_list, ti.robust_list_len),
+                "restore robust futex list of " + who)
+            .status());
   }
-  STASIS_ASSIGN_OR_RETURN(long r, Call(p, t, SYS_set_tid_address, ti.clear_tid_address));
+  STASIS_RETURN_IF_ERROR(Call(p, t, SYS_set_tid_address, ti.clear_tid_address).status());
   if (ti.rseq_address) {
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, t, SYS_rseq, ti.rseq_address, ti.rseq_length, 0,
-                                    ti.rseq_signature));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "register rseq of " + who));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, t, SYS_rseq, ti.rseq_address, ti.rseq_length, 0, ti.rseq_signature),
+                "register rseq of " + who)
+            .status());
   }
   // Per-thread pending signals, queued by the thread to itself.
   STASIS_ASSIGN_OR_RETURN(long self_tgid, Call(p, t, SYS_getpid));
@@ -1493,10 +1391,12 @@ Status Restorer::FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti)
     std::memcpy(&signo, ti.pending.data() + off, 4);
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, ti.pending.data() + off, 128));
     // Ids as the process sees them (it may live in a fresh pid namespace).
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, t, SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(self_tgid),
-                                    static_cast<uint64_t>(self_tid), static_cast<uint64_t>(signo),
-                                    p->scratch + kOffArgs));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, t, SYS_rt_tgsigqueueinfo, static_cast<uint64_t>(self_tgid),
+                     static_cast<uint64_t>(self_tid), static_cast<uint64_t>(signo),
+                     p->scratch + kOffArgs),
+                "re-queue signal " + std::to_string(signo) + " of " + who)
+            .status());
   }
   return Status::Ok();
 }
@@ -1516,13 +1416,16 @@ Status Restorer::MakeZombie(RProc* p) {
     int sig = WTERMSIG(status);
     uint64_t dfl[4] = {0, 0, 0, 0};
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, dfl, sizeof dfl));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigaction, static_cast<uint64_t>(sig),
-                                         p->scratch + kOffArgs, 0, 8));
+    STASIS_RETURN_IF_ERROR(
+        Call(p, SYS_rt_sigaction, static_cast<uint64_t>(sig), p->scratch + kOffArgs, 0, 8)
+            .status());
     // Unblocked before it is queued, so the kernel notices it on the way out.
     STASIS_RETURN_IF_ERROR(t->SetSigmask(0));
     STASIS_ASSIGN_OR_RETURN(long self, Call(p, SYS_getpid));  // its own view (pid ns)
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_kill, static_cast<uint64_t>(self), static_cast<uint64_t>(sig)));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "signal zombie " + Pid(p->entry.pid)));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_kill, static_cast<uint64_t>(self), static_cast<uint64_t>(sig)),
+                "signal zombie " + Pid(p->entry.pid))
+            .status());
     int deliver = 0;
     for (int i = 0; i < 100; ++i) {
       if (::ptrace(PTRACE_CONT, t->tid(), nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) != 0)
@@ -1593,9 +1496,10 @@ Status Restorer::RewriteEnvironment(RProc* p, uint64_t environ_addr) {
     scan(heap_envp, false);
   if (patches.empty()) return Status::Ok();
   const uint64_t len = (block.size() + format::kPageSize - 1) / format::kPageSize * format::kPageSize;
-  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_mmap, 0, len, PROT_READ | PROT_WRITE,
-                                       MAP_PRIVATE | MAP_ANONYMOUS, static_cast<uint64_t>(-1), 0));
-  STASIS_RETURN_IF_ERROR(SysErr(r, "map the new environment of " + Pid(p->entry.pid)));
+  STASIS_ASSIGN_OR_RETURN(
+      long r, Checked(Call(p, SYS_mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                           static_cast<uint64_t>(-1), 0),
+                      "map the new environment of " + Pid(p->entry.pid)));
   const uint64_t at = static_cast<uint64_t>(r);
   STASIS_RETURN_IF_ERROR(p->mem.Write(at, block.data(), block.size()));
   for (const auto& [where, off] : patches) {
@@ -1645,8 +1549,10 @@ Status Restorer::RestorePosixTimers(RProc* p) {
     for (long tries = 0;; ++tries) {
       int32_t want = t->id;
       STASIS_RETURN_IF_ERROR(p->mem.Write(id_at, &want, sizeof want));
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_timer_create, static_cast<uint64_t>(t->clock), ev_at, id_at));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "restore " + what));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, SYS_timer_create, static_cast<uint64_t>(t->clock), ev_at, id_at),
+                  "restore " + what)
+              .status());
       STASIS_RETURN_IF_ERROR(p->mem.Read(id_at, &got, sizeof got));
       if (got == t->id) break;
       (void)Call(p, SYS_timer_delete, static_cast<uint64_t>(static_cast<uint32_t>(got)));
@@ -1658,9 +1564,11 @@ Status Restorer::RestorePosixTimers(RProc* p) {
       int64_t its[4] = {static_cast<int64_t>(t->interval_ns / 1000000000), static_cast<int64_t>(t->interval_ns % 1000000000),
                         static_cast<int64_t>(t->value_ns / 1000000000), static_cast<int64_t>(t->value_ns % 1000000000)};
       STASIS_RETURN_IF_ERROR(p->mem.Write(its_at, its, sizeof its));
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_timer_settime, static_cast<uint64_t>(static_cast<uint32_t>(got)), 0,
-                                           its_at, 0));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "arm " + what));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, SYS_timer_settime, static_cast<uint64_t>(static_cast<uint32_t>(got)), 0,
+                       its_at, 0),
+                  "arm " + what)
+              .status());
     }
   }
   if (by_id) (void)Call(p, SYS_prctl, kPrTimerCreateRestoreIds, 0, 0, 0, 0);
@@ -1764,19 +1672,20 @@ Status Restorer::FinishProcess(RProc* p) {
     const format::SigAction& a = info.sigactions[i];
     uint64_t k[4] = {a.handler, a.flags, a.restorer, a.mask};
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, k, sizeof k));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigaction, static_cast<uint64_t>(sig),
-                                         p->scratch + kOffArgs, 0, 8));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "restore handler of signal " + std::to_string(sig) +
-                                         " of " + who));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_rt_sigaction, static_cast<uint64_t>(sig), p->scratch + kOffArgs, 0, 8),
+                "restore handler of signal " + std::to_string(sig) + " of " + who)
+            .status());
   }
   // Working directory, umask, personality.
   {
     std::string cwd = Relocate(info.cwd);
     STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, cwd));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_chdir, a));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "cannot restore " + who + ": working directory " + cwd));
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_umask, info.umask));
-    STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_personality, info.personality));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_chdir, a), "cannot restore " + who + ": working directory " + cwd)
+            .status());
+    STASIS_RETURN_IF_ERROR(Call(p, SYS_umask, info.umask).status());
+    STASIS_RETURN_IF_ERROR(Call(p, SYS_personality, info.personality).status());
   }
   // mm fields, auxv and /proc/PID/exe.
   {
@@ -1850,11 +1759,12 @@ Status Restorer::FinishProcess(RProc* p) {
   {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_PDEATHSIG, info.pdeathsig));
     if (info.child_subreaper) {
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_CHILD_SUBREAPER, 1));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "make " + who + " a child subreaper again"));
+      STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_prctl, PR_SET_CHILD_SUBREAPER, 1),
+                                     "make " + who + " a child subreaper again")
+                                 .status());
     }
     if (info.timerslack_ns) {
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_prctl, PR_SET_TIMERSLACK, info.timerslack_ns));
+      STASIS_RETURN_IF_ERROR(Call(p, SYS_prctl, PR_SET_TIMERSLACK, info.timerslack_ns).status());
     }
     (void)r;
   }
@@ -1869,9 +1779,10 @@ Status Restorer::FinishProcess(RProc* p) {
                      static_cast<int64_t>(v.value_us / 1000000),
                      static_cast<int64_t>(v.value_us % 1000000)};
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, it, sizeof it));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_setitimer, static_cast<uint64_t>(which),
-                                         p->scratch + kOffArgs, 0));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "restore interval timer of " + who));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_setitimer, static_cast<uint64_t>(which), p->scratch + kOffArgs, 0),
+                "restore interval timer of " + who)
+            .status());
   }
   // Per-thread state.
   for (size_t i = 0; i < p->threads.size(); ++i)
@@ -1883,22 +1794,26 @@ Status Restorer::FinishProcess(RProc* p) {
     std::memcpy(&signo, info.pending_shared.data() + off, 4);
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, info.pending_shared.data() + off, 128));
     STASIS_ASSIGN_OR_RETURN(long self, Call(p, SYS_getpid));
-    STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_rt_sigqueueinfo, static_cast<uint64_t>(self),
-                                         static_cast<uint64_t>(signo), p->scratch + kOffArgs));
-    STASIS_RETURN_IF_ERROR(SysErr(r, "re-queue signal " + std::to_string(signo) + " of " + who));
+    STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_rt_sigqueueinfo, static_cast<uint64_t>(self),
+                                        static_cast<uint64_t>(signo), p->scratch + kOffArgs),
+                                   "re-queue signal " + std::to_string(signo) + " of " + who)
+                               .status());
   }
   // Its controlling terminal, when that is a pty of the checkpoint: opened
   // (without O_NOCTTY) by the session leader, made its terminal, given its
   // foreground group.
   if (info.ctty_pty && p->entry.sid == p->entry.pid && ptys_.count(info.ctty_pty - 1)) {
     STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, "/dev/pts/" + std::to_string(info.ctty_pty - 1)));
-    STASIS_ASSIGN_OR_RETURN(long tfd, Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD), a, O_RDWR | O_CLOEXEC));
-    STASIS_RETURN_IF_ERROR(SysErr(tfd, "open the controlling terminal of " + who));
+    STASIS_ASSIGN_OR_RETURN(long tfd, Checked(Call(p, SYS_openat, static_cast<uint64_t>(AT_FDCWD),
+                                                   a, O_RDWR | O_CLOEXEC),
+                                              "open the controlling terminal of " + who));
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_ioctl, static_cast<uint64_t>(tfd), TIOCSCTTY, 0));
     if (r == 0 && info.tty_pgrp) {
       int32_t pg = static_cast<int32_t>(info.tty_pgrp);
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &pg, sizeof pg));
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, SYS_ioctl, static_cast<uint64_t>(tfd), TIOCSPGRP, p->scratch + kOffArgs));
+      STASIS_RETURN_IF_ERROR(
+          Call(p, SYS_ioctl, static_cast<uint64_t>(tfd), TIOCSPGRP, p->scratch + kOffArgs)
+              .status());
     }
     (void)Call(p, SYS_close, static_cast<uint64_t>(tfd));
     STASIS_RETURN_IF_ERROR(SysErr(r, "make /dev/pts/" + std::to_string(info.ctty_pty - 1) +
@@ -1911,13 +1826,16 @@ Status Restorer::FinishProcess(RProc* p) {
       if (c.groups.size() > 65536) return Status::Corrupt("too many groups for " + who);
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, c.groups.data(),
                                           c.groups.size() * sizeof(uint32_t)));
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, t.get(), SYS_setgroups, c.groups.size(),
-                                           p->scratch + kOffArgs));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "restore groups of " + who));
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, t.get(), SYS_setresgid, c.rgid, c.egid, c.sgid));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "restore gids of " + who));
-      STASIS_ASSIGN_OR_RETURN(r, Call(p, t.get(), SYS_setresuid, c.ruid, c.euid, c.suid));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "restore uids of " + who));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, t.get(), SYS_setgroups, c.groups.size(), p->scratch + kOffArgs),
+                  "restore groups of " + who)
+              .status());
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, t.get(), SYS_setresgid, c.rgid, c.egid, c.sgid), "restore gids of " + who)
+              .status());
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, t.get(), SYS_setresuid, c.ruid, c.euid, c.suid), "restore uids of " + who)
+              .status());
     }
   }
   // A restorer running as the context's owner with only
@@ -1931,9 +1849,10 @@ Status Restorer::FinishProcess(RProc* p) {
     } caps{0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0, {}};
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &caps, sizeof caps));
     for (auto& t : p->tracees) {
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, t.get(), SYS_capset, p->scratch + kOffArgs,
-                                           p->scratch + kOffArgs + 8));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "drop the restorer's capabilities from " + who));
+      STASIS_RETURN_IF_ERROR(
+          Checked(Call(p, t.get(), SYS_capset, p->scratch + kOffArgs, p->scratch + kOffArgs + 8),
+                  "drop the restorer's capabilities from " + who)
+              .status());
     }
   }
   // After the credentials: changing them resets the dumpable flag.
@@ -1971,9 +1890,10 @@ Status Restorer::FinishProcess(RProc* p) {
         uint64_t filter;
       } prog = {static_cast<uint16_t>(f.program.size() / 8), {0, 0, 0}, p->scratch + kOffPath};
       STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &prog, sizeof prog));
-      STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */,
-                                           (f.flags & kKeptFlags) | kTsync, p->scratch + kOffArgs));
-      STASIS_RETURN_IF_ERROR(SysErr(r, "restore a seccomp filter of " + who));
+      STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */,
+                                          (f.flags & kKeptFlags) | kTsync, p->scratch + kOffArgs),
+                                     "restore a seccomp filter of " + who)
+                                 .status());
     }
   }
   if (p->pidfd >= 0) {
@@ -1982,8 +1902,9 @@ Status Restorer::FinishProcess(RProc* p) {
     p->pidfd = -1;
   }
   // The last injected call: the scratch area goes away. Then registers.
-  STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_munmap, p->scratch, kScratchSize));
-  STASIS_RETURN_IF_ERROR(SysErr(r, "unmap restorer scratch of " + who));
+  STASIS_RETURN_IF_ERROR(
+      Checked(Call(p, SYS_munmap, p->scratch, kScratchSize), "unmap restorer scratch of " + who)
+          .status());
   for (size_t i = 0; i < p->threads.size(); ++i) {
     const format::ThreadInfo& ti = p->threads[i];
     Tracee* t = p->tracees[i].get();
@@ -2156,7 +2077,9 @@ Result<RestoreResult> Restorer::Run() {
   return result_;
 }
 
-}  // namespace
+}  // namespace restore
+
+using restore::Restorer;
 
 Result<RestoreResult> Restore(ByteSource* source, const RestoreOptions& options) {
   Restorer restorer(source, options);
