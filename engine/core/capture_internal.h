@@ -177,7 +177,10 @@ class Capturer {
   // until it exceeds `enough`.
   Result<uint64_t> PageBytesToStore(ProcState* p, uint64_t enough = UINT64_MAX);
 
- private:
+  // Internal to engine/core: the rest is shared with the files of each kind
+  // of object (fd_table.cc, fd/*.cc, ...), which implement and use it.
+  // The UNIX sockets of the host (sock_diag), read once per capture.
+  Result<std::map<uint64_t, UnixSocketInfo>*> UnixSockets();
   Result<std::vector<pid_t>> DiscoverScope();
   Status SeizeProcess(ProcState* p, bool* added);
   Status CaptureProcess(ProcState* p);

@@ -80,7 +80,8 @@ class Restorer {
   ~Restorer();
   Result<RestoreResult> Run();
 
- private:
+  // Internal to engine/core: the rest is shared with the files of each kind
+  // of object (fd_table.cc, fd/*.cc, ...), which implement and use it.
   Status SetUpScratch();
   Status CreateTree(const format::ProcessTree& tree);
   Status CreateProcess(RProc* p, RProc* parent);
@@ -92,6 +93,8 @@ class Restorer {
   Status MoveVdso(RProc* p, const std::vector<MapsEntry>& current);
   Status RestoreFiles(RProc* p);
   Result<int> RestorerFdFor(const RProc* p, const FileDesc& f);
+  // The stdio an fd leading outside the checkpoint is reattached to.
+  int StdioFor(const RProc* p, const FileDesc& f) const;
   Status MatchTasks(const format::ProcessTree& tree);
   Status RewriteEnvironment(RProc* p, uint64_t environ_addr);
   Status RestorePosixTimers(RProc* p);
