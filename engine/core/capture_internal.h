@@ -54,6 +54,10 @@ constexpr uint32_t kVmUffdMissing = 1u << 31;
 constexpr uint32_t kVmUffdWp = 1u << 30;
 bool IsZeroPage(const char* page);
 bool IsDeleted(const std::string& path);
+// Whether a mapping's private pages are stored (pages.cc).
+bool MappingHasPages(const format::Mapping& m);
+// A copy-on-write snapshot a killed checkpointer left behind (snapshot.cc).
+bool IsLeftoverSnapshot(pid_t pid, pid_t parent);
 
 // The robust futex list of thread ti->tid, read from outside (no call in it).
 inline void ReadRobustList(format::ThreadInfo* ti) {
