@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -236,23 +237,59 @@ Result<RestoreResult> Restorer::Run() {
         break;
       }
       default:
-        return Status::Corrupt("unexpected section " +
-                               std::string(format::SectionName(type)));
+        return Status::Corrupt("unexpected section " + std::string(format::SectionName(type)));
     }
   }
-  if (!parent_needed_.empty()) STASIS_RETURN_IF_ERROR(ApplyParents(image));
-  // The whole file is verified (but lazy page data): finish and let the
-  // tree run.
-  if (options_.before_run) STASIS_RETURN_IF_ERROR(options_.before_run());
-  if (options_.lazy && result_.lazy_bytes) {
-    for (auto& p : procs_) STASIS_RETURN_IF_ERROR(SetUpLazy(p.get()));
-    STASIS_RETURN_IF_ERROR(options_.lazy->Start());
-  }
-  for (auto& p : procs_) STASIS_RETURN_IF_ERROR(FinishProcess(p.get()));
-  if (options_.before_release) options_.before_release();
-  STASIS_RETURN_IF_ERROR(Release());
-  for (auto& p : procs_) result_.pids.push_back(p->pid);
-  if (options_.lazy && result_.lazy_bytes) options_.lazy->StartStreaming(result_.pids);
+  // The finishing steps, in this order. When the first one starts, every
+  // section has been read and its checksum verified (but lazy page data),
+  // and every process is built but has run no instruction of its own.
+  const struct {
+    const char* step;
+    std::function<Status()> run;
+  } finish_steps[] = {
+      // The pages an incremental context leaves to its parents: read from
+      // each parent (whole, every checksum verified) before anything runs.
+      {"parent pages", [&] { return parent_needed_.empty() ? Status::Ok() : ApplyParents(image); }},
+      // The caller's last word on the whole file (a store compares size and
+      // checksum with its manifest). Nothing has run: an error kills the tree.
+      {"before run", [&] { return options_.before_run ? options_.before_run() : Status::Ok(); }},
+      // Lazy pages: every process's missing memory is registered and the
+      // server started before any process is finished, so the first fault
+      // of the tree always finds a server.
+      {"lazy pages",
+       [&] {
+         if (!options_.lazy || !result_.lazy_bytes) return Status::Ok();
+         for (auto& p : procs_) STASIS_RETURN_IF_ERROR(SetUpLazy(p.get()));
+         return options_.lazy->Start();
+       }},
+      // Each process, in tree order, by its own table (task_state.cc
+      // FinishProcess): handlers, cwd, mm fields, limits, timers, threads,
+      // pending signals, terminal, credentials, seccomp, the scratch page
+      // unmapped, registers last. Still stopped and traced.
+      {"finish processes",
+       [&] {
+         for (auto& p : procs_) STASIS_RETURN_IF_ERROR(FinishProcess(p.get()));
+         return Status::Ok();
+       }},
+      // The caller's hook on the complete, still stopped tree.
+      {"before release",
+       [&] {
+         if (options_.before_release) options_.before_release();
+         return Status::Ok();
+       }},
+      // Zombies made, every thread detached (leaders first): the tree runs.
+      // From here a failure leaves it running (released_).
+      {"release", [&] { return Release(); }},
+      // Lazy pages streamed in the background, now that the real pids are
+      // known (result_.pids).
+      {"stream lazy pages",
+       [&] {
+         for (auto& p : procs_) result_.pids.push_back(p->pid);
+         if (options_.lazy && result_.lazy_bytes) options_.lazy->StartStreaming(result_.pids);
+         return Status::Ok();
+       }},
+  };
+  for (const auto& finish : finish_steps) STASIS_RETURN_IF_ERROR(finish.run());
   for (auto& p : procs_) {
     if (p->entry.ppid == 0 && !result_.root_pid) result_.root_pid = p->pid;
     if (p->entry.flags & format::kProcIsRoot) result_.root_pid = p->pid;

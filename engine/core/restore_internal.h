@@ -112,6 +112,23 @@ class Restorer {
   Status ApplyParents(const format::ImageInfo& image);
   std::map<uint32_t, std::vector<format::PageRun>> parent_needed_;
   Status FinishProcess(RProc* p);
+  // The steps of FinishProcess (task_state.cc), in the order its table gives.
+  Status FinishEnvironment(RProc* p);
+  Status FinishAgentBlock(RProc* p);
+  Status FinishSignalHandlers(RProc* p);
+  Status FinishCwd(RProc* p);
+  Status FinishMm(RProc* p);
+  Status FinishLimits(RProc* p);
+  Status FinishItimers(RProc* p);
+  Status FinishEachThread(RProc* p);
+  Status FinishPendingSignals(RProc* p);
+  Status FinishTerminal(RProc* p);
+  Status FinishCredentials(RProc* p);
+  Status FinishCapabilities(RProc* p);
+  Status FinishDumpable(RProc* p);
+  Status FinishSeccomp(RProc* p);
+  Status FinishPidfd(RProc* p);
+  Status FinishRegisters(RProc* p);
   Status MakeZombie(RProc* p);
   Status FinishThread(RProc* p, Tracee* t, const format::ThreadInfo& ti);
   Status Release();

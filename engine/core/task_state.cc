@@ -434,12 +434,7 @@ Status Restorer::RewriteEnvironment(RProc* p, uint64_t environ_addr) {
   return Status::Ok();
 }
 
-Status Restorer::FinishProcess(RProc* p) {
-  const std::string who = Pid(p->entry.pid);
-  if (p->entry.flags & format::kProcZombie) return Status::Ok();
-  const format::ProcessInfo& info = p->info;
-  if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
-    return Status::Corrupt("context holds incomplete state for " + who);
+Status Restorer::FinishEnvironment(RProc* p) {
   if (p->stdio && !p->stdio->env.empty()) {
     uint64_t environ_addr = 0;
     for (const Mapping& m : p->mappings)
@@ -447,12 +442,20 @@ Status Restorer::FinishProcess(RProc* p) {
         environ_addr = AgentEnvironAddress(&p->mem, m.start);
     STASIS_RETURN_IF_ERROR(RewriteEnvironment(p, environ_addr));
   }
-  // libcr's agent block: callbacks waiting in cr_checkpoint() return >0.
+  return Status::Ok();
+}
+
+Status Restorer::FinishAgentBlock(RProc* p) {
   for (const Mapping& m : p->mappings)
     if (m.kind == format::kMapSharedAnon && agent_shm_ids_.count(m.shmem_id))
       STASIS_RETURN_IF_ERROR(
           MarkRestarted(p->pid, &p->mem, m.start, ::getpid(), options_.source_path));
-  // Signal handlers.
+  return Status::Ok();
+}
+
+Status Restorer::FinishSignalHandlers(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   for (size_t i = 0; i < info.sigactions.size() && i < 64; ++i) {
     int sig = static_cast<int>(i) + 1;
     if (sig == SIGKILL || sig == SIGSTOP) continue;
@@ -464,7 +467,12 @@ Status Restorer::FinishProcess(RProc* p) {
                 "restore handler of signal " + std::to_string(sig) + " of " + who)
             .status());
   }
-  // Working directory, umask, personality.
+  return Status::Ok();
+}
+
+Status Restorer::FinishCwd(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   {
     std::string cwd = Relocate(info.cwd);
     STASIS_ASSIGN_OR_RETURN(uint64_t a, PutPath(p, cwd));
@@ -474,7 +482,12 @@ Status Restorer::FinishProcess(RProc* p) {
     STASIS_RETURN_IF_ERROR(Call(p, SYS_umask, info.umask).status());
     STASIS_RETURN_IF_ERROR(Call(p, SYS_personality, info.personality).status());
   }
-  // mm fields, auxv and /proc/PID/exe.
+  return Status::Ok();
+}
+
+Status Restorer::FinishMm(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   {
     std::string exe = Relocate(info.exe_path);
     long exe_fd = -1;
@@ -539,7 +552,12 @@ Status Restorer::FinishProcess(RProc* p) {
     if (exe_fd >= 0) (void)Call(p, SYS_close, static_cast<uint64_t>(exe_fd));
     STASIS_RETURN_IF_ERROR(SysErr(r, "restore memory layout fields of " + who));
   }
-  // Limits and prctl state.
+  return Status::Ok();
+}
+
+Status Restorer::FinishLimits(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   for (size_t res = 0; res < info.rlimits.size() && res < RLIM_NLIMITS; ++res) {
     struct rlimit64 lim = {info.rlimits[res].cur, info.rlimits[res].max};
     struct rlimit64 ours;
@@ -566,7 +584,12 @@ Status Restorer::FinishProcess(RProc* p) {
     }
     (void)r;
   }
-  // Interval timers.
+  return Status::Ok();
+}
+
+Status Restorer::FinishItimers(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   const format::ItimerValue* timers[3] = {&info.itimer_real, &info.itimer_virtual,
                                           &info.itimer_prof};
   for (int which = 0; which < 3; ++which) {
@@ -582,11 +605,19 @@ Status Restorer::FinishProcess(RProc* p) {
                 "restore interval timer of " + who)
             .status());
   }
-  // Per-thread state.
+  return Status::Ok();
+}
+
+Status Restorer::FinishEachThread(RProc* p) {
   for (size_t i = 0; i < p->threads.size(); ++i)
     STASIS_RETURN_IF_ERROR(FinishThread(p, p->tracees[i].get(), p->threads[i]));
   STASIS_RETURN_IF_ERROR(RestorePosixTimers(p));
-  // Process-wide pending signals.
+  return Status::Ok();
+}
+
+Status Restorer::FinishPendingSignals(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   for (size_t off = 0; off + 128 <= info.pending_shared.size(); off += 128) {
     int32_t signo;
     std::memcpy(&signo, info.pending_shared.data() + off, 4);
@@ -598,9 +629,12 @@ Status Restorer::FinishProcess(RProc* p) {
                                    "re-queue signal " + std::to_string(signo) + " of " + who)
                                .status());
   }
-  // Its controlling terminal, when that is a pty of the checkpoint: opened
-  // (without O_NOCTTY) by the session leader, made its terminal, given its
-  // foreground group.
+  return Status::Ok();
+}
+
+Status Restorer::FinishTerminal(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   if (info.ctty_pty && p->entry.sid == p->entry.pid && ptys_.count(info.ctty_pty - 1)) {
     STASIS_ASSIGN_OR_RETURN(uint64_t a,
                             PutPath(p, "/dev/pts/" + std::to_string(info.ctty_pty - 1)));
@@ -619,7 +653,12 @@ Status Restorer::FinishProcess(RProc* p) {
     STASIS_RETURN_IF_ERROR(SysErr(r, "make /dev/pts/" + std::to_string(info.ctty_pty - 1) +
                                          " the controlling terminal of " + who));
   }
-  // Credentials last: they may take away our right to do the rest.
+  return Status::Ok();
+}
+
+Status Restorer::FinishCredentials(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   if (::geteuid() == 0) {
     const format::Credentials& c = info.creds;
     for (auto& t : p->tracees) {
@@ -638,9 +677,11 @@ Status Restorer::FinishProcess(RProc* p) {
               .status());
     }
   }
-  // A restorer running as the context's owner with only
-  // CAP_CHECKPOINT_RESTORE (stasisd for a user) lent that capability to the
-  // tree it forked: take it back from every thread.
+  return Status::Ok();
+}
+
+Status Restorer::FinishCapabilities(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
   if (options_.drop_capabilities) {
     struct {
       uint32_t version;
@@ -655,7 +696,11 @@ Status Restorer::FinishProcess(RProc* p) {
               .status());
     }
   }
-  // After the credentials: changing them resets the dumpable flag.
+  return Status::Ok();
+}
+
+Status Restorer::FinishDumpable(RProc* p) {
+  const format::ProcessInfo& info = p->info;
   {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_DUMPABLE, info.dumpable));
     (void)r;
@@ -664,14 +709,12 @@ Status Restorer::FinishProcess(RProc* p) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     (void)r;
   }
-  // seccomp filters after everything that sets state, oldest first, to
-  // every thread (TSYNC); the calls we still inject are not filtered
-  // (PTRACE_O_SUSPEND_SECCOMP until we detach).
-  // The client's filters (a restart through stasisd for a sandboxed
-  // client) come first, the outermost. Without the right to suspend
-  // filters (stasisd for a user), they are installed anyway and the two
-  // calls still injected after them (close, munmap) must pass them: a
-  // filter that forbids those fails the restore, it is never skipped.
+  return Status::Ok();
+}
+
+Status Restorer::FinishSeccomp(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
   if (!info.seccomp_filters.empty() || !options_.outer_seccomp_filters.empty()) {
     for (auto& t : p->tracees) {
       Status suspended = t->SuspendSeccomp();
@@ -697,12 +740,20 @@ Status Restorer::FinishProcess(RProc* p) {
                                  .status());
     }
   }
+  return Status::Ok();
+}
+
+Status Restorer::FinishPidfd(RProc* p) {
   if (p->pidfd >= 0) {
     STASIS_ASSIGN_OR_RETURN(long c, Call(p, SYS_close, static_cast<uint64_t>(p->pidfd)));
     (void)c;
     p->pidfd = -1;
   }
-  // The last injected call: the scratch area goes away. Then registers.
+  return Status::Ok();
+}
+
+Status Restorer::FinishRegisters(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
   STASIS_RETURN_IF_ERROR(
       Checked(Call(p, SYS_munmap, p->scratch, kScratchSize), "unmap restorer scratch of " + who)
           .status());
@@ -715,6 +766,69 @@ Status Restorer::FinishProcess(RProc* p) {
     if (!ti.xsave.empty()) STASIS_RETURN_IF_ERROR(t->SetXstate(ti.xsave));
     STASIS_RETURN_IF_ERROR(t->SetSigmask(ti.sigmask));
   }
+  return Status::Ok();
+}
+
+Status Restorer::FinishProcess(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  if (p->entry.flags & format::kProcZombie) return Status::Ok();
+  if (!p->have_info || !p->mm_built || !p->files_done || p->tracees.size() != p->threads.size())
+    return Status::Corrupt("context holds incomplete state for " + who);
+  // The finishing steps of one built process, in this order: the whole
+  // context is read and verified, the process has its memory, fds and
+  // threads and has run no instruction of its own; it stays stopped and
+  // traced until Release. Each step is one injected-call sequence (above).
+  static constexpr Status (Restorer::*kSteps[])(RProc*) = {
+      // The task's environment for the new step (RestoreOptions::TaskStdio::env),
+      // written where libcr's agent block says environ is.
+      &Restorer::FinishEnvironment,
+      // libcr's agent block: callbacks waiting in cr_checkpoint() return >0.
+      &Restorer::FinishAgentBlock,
+      // Signal handlers: before anything below can raise a signal (timers,
+      // re-queued pending signals).
+      &Restorer::FinishSignalHandlers,
+      // Working directory, umask, personality.
+      &Restorer::FinishCwd,
+      // mm fields, auxv and /proc/PID/exe.
+      &Restorer::FinishMm,
+      // Limits and prctl state.
+      &Restorer::FinishLimits,
+      // Interval timers.
+      &Restorer::FinishItimers,
+      // Per-thread state (FinishThread: name, altstack, timer slack, robust
+      // list, tid address, rseq, its pending signals), then the POSIX timers
+      // (timers.cc).
+      &Restorer::FinishEachThread,
+      // Process-wide pending signals: after the handlers, queued by the
+      // process to itself.
+      &Restorer::FinishPendingSignals,
+      // Its controlling terminal, when that is a pty of the checkpoint: opened
+      // (without O_NOCTTY) by the session leader, made its terminal, given its
+      // foreground group.
+      &Restorer::FinishTerminal,
+      // Credentials last: they may take away our right to do the rest.
+      &Restorer::FinishCredentials,
+      // A restorer running as the context's owner with only
+      // CAP_CHECKPOINT_RESTORE (stasisd for a user) lent that capability to the
+      // tree it forked: take it back from every thread.
+      &Restorer::FinishCapabilities,
+      // After the credentials: changing them resets the dumpable flag.
+      &Restorer::FinishDumpable,
+      // seccomp filters after everything that sets state, oldest first, to
+      // every thread (TSYNC); the calls we still inject are not filtered
+      // (PTRACE_O_SUSPEND_SECCOMP until we detach).
+      // The client's filters (a restart through stasisd for a sandboxed
+      // client) come first, the outermost. Without the right to suspend
+      // filters (stasisd for a user), they are installed anyway and the two
+      // calls still injected after them (close, munmap) must pass them: a
+      // filter that forbids those fails the restore, it is never skipped.
+      &Restorer::FinishSeccomp,
+      // The restorer's pidfd in the process (RestoreFiles): its last user is done.
+      &Restorer::FinishPidfd,
+      // The last injected call: the scratch area goes away. Then registers.
+      &Restorer::FinishRegisters,
+  };
+  for (auto step : kSteps) STASIS_RETURN_IF_ERROR((this->*step)(p));
   return Status::Ok();
 }
 
