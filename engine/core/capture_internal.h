@@ -191,6 +191,11 @@ class Capturer {
   // The rest of CaptureProcess for a process stopped under someone else's
   // ptrace: everything from the module, nothing injected.
   Status CaptureUnseized(ProcState* p);
+  // Parts of CaptureProcess: seccomp filters (seccomp.cc), the POSIX timers
+  // listed and then read with the interval timers in the process (timers.cc).
+  Status CaptureSeccomp(ProcState* p);
+  Status ListPosixTimers(ProcState* p);
+  Status ReadTimers(ProcState* p, Tracee* leader, const KernelTaskState* ks);
   Status CaptureThreads(ProcState* p);
   Status CaptureMappings(ProcState* p);
   Status CaptureFiles(ProcState* p);

@@ -2,53 +2,20 @@
 // zero pages, incremental parents) and writes; at restore, the pages written
 // through /proc/PID/mem and the pages an incremental context leaves to its
 // parents.
-#include <elf.h>
 #include <fcntl.h>
-#include <linux/kcmp.h>
-#include <linux/sched.h>
-#include <linux/userfaultfd.h>
-#include <sched.h>
-#include <signal.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/ptrace.h>
-#include <sys/random.h>
-#include <sys/resource.h>
-#include <sys/shm.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/sysmacros.h>
 #include <sys/uio.h>
-#include <sys/un.h>
-#include <sys/utsname.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <cstring>
 #include <map>
 #include <memory>
-#include <optional>
-#include <set>
 
-#include "engine/agent/agent_abi.h"
 #include "engine/base/fd.h"
-#include "engine/core/agent_client.h"
 #include "engine/core/capture_internal.h"
 #include "engine/core/context_file.h"
-#include "engine/core/dirty_track.h"
-#include "engine/core/engine.h"
-#include "engine/core/kernel_capture.h"
-#include "engine/core/lazy_pages.h"
-#include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
 #include "engine/core/restore_internal.h"
-#include "engine/core/unix_diag.h"
 #include "engine/format/context_io.h"
-#include "engine/format/format_constants.h"
 
 namespace stasis::core {
 namespace capture {

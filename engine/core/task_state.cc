@@ -5,51 +5,28 @@
 // each process.
 #include <elf.h>
 #include <fcntl.h>
-#include <linux/kcmp.h>
-#include <linux/sched.h>
-#include <linux/userfaultfd.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/ptrace.h>
-#include <sys/random.h>
 #include <sys/resource.h>
-#include <sys/shm.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/sysmacros.h>
-#include <sys/uio.h>
-#include <sys/un.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <map>
-#include <memory>
-#include <optional>
-#include <set>
 
 #include "engine/agent/agent_abi.h"
 #include "engine/base/fd.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/capture_internal.h"
-#include "engine/core/context_file.h"
-#include "engine/core/dirty_track.h"
-#include "engine/core/engine.h"
 #include "engine/core/kernel_capture.h"
-#include "engine/core/lazy_pages.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
 #include "engine/core/restore_internal.h"
-#include "engine/core/unix_diag.h"
-#include "engine/format/context_io.h"
-#include "engine/format/format_constants.h"
 
 namespace stasis::core {
 namespace capture {
@@ -148,46 +125,8 @@ Status Capturer::CaptureProcess(ProcState* p) {
   if (pers) info.personality = static_cast<uint32_t>(strtoul(pers->c_str(), nullptr, 16));
   auto umask = StatusField(p->status_text, "Umask");
   if (umask) info.umask = static_cast<uint32_t>(strtoul(umask->c_str(), nullptr, 8));
-  // seccomp filters (mode 2) are saved, as root, when every thread has the
-  // same ones (TSYNC or inherited); strict mode (1) cannot be restored.
-  auto seccomp = StatusField(p->status_text, "Seccomp");
-  if (seccomp && *seccomp == "1")
-    return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) +
-                                      ": it runs in seccomp strict mode, which cannot be restored");
-  if (seccomp && *seccomp == "2") {
-    if (::geteuid() != 0)
-      return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) +
-                                      ": it runs under seccomp filters, which only root can read");
-    for (size_t i = 0; i < p->threads.size(); ++i) {
-      Tracee* t = p->threads[i].get();
-      auto text = ReadFileToString(proc + "/task/" + std::to_string(t->tid()) + "/status");
-      auto count = text ? StatusField(*text, "Seccomp_filters") : Result<std::string>(text.error());
-      if (!count)
-        return Status::Error(
-            EPROTO, "cannot checkpoint " + Pid(p->pid) + ": no Seccomp_filters in its status");
-      STASIS_ASSIGN_OR_RETURN(
-          auto filters,
-          t->SeccompFilters(static_cast<uint32_t>(std::strtoul(count->c_str(), nullptr, 10))));
-      if (i == 0)
-        info.seccomp_filters = std::move(filters);
-      else if (filters != info.seccomp_filters)
-        return Status::Error(ENOTSUP,
-                             "cannot checkpoint " + Pid(p->pid) +
-                                 ": its threads have different seccomp "
-                                 "filters (only filters shared by every thread are restored)");
-    }
-  }
-  // POSIX timers: how each was created (their time left is read below,
-  // with timer_gettime in the process).
-  auto timers = ReadFileToString(proc + "/timers");
-  if (timers && !timers->empty()) {
-    STASIS_ASSIGN_OR_RETURN(info.posix_timers, ParsePosixTimers(*timers));
-    if (info.posix_timers.size() > format::kMaxPosixTimers)
-      return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + ": it has " +
-                                        std::to_string(info.posix_timers.size()) +
-                                        " POSIX timers (at most " +
-                                        std::to_string(format::kMaxPosixTimers) + ")");
-  }
+  STASIS_RETURN_IF_ERROR(CaptureSeccomp(p));
+  STASIS_RETURN_IF_ERROR(ListPosixTimers(p));
   auto nnp = StatusField(p->status_text, "NoNewPrivs");
   if (nnp) info.no_new_privs = static_cast<uint32_t>(atoi(nnp->c_str()));
   {
@@ -273,28 +212,7 @@ Status Capturer::CaptureProcess(ProcState* p) {
     }
     info.sigactions.push_back(act);
   }
-  for (format::PosixTimer& t : info.posix_timers) {
-    STASIS_ASSIGN_OR_RETURN(long r,
-                            Inject(p, leader, SYS_timer_gettime,
-                                   static_cast<uint64_t>(static_cast<uint32_t>(t.id)), p->scratch));
-    if (r != 0)
-      return Status::FromErrno(static_cast<int>(-r),
-                               "read POSIX timer " + std::to_string(t.id) + " of " + Pid(p->pid));
-    int64_t v[4];  // struct itimerspec: interval, value
-    STASIS_RETURN_IF_ERROR(ReadScratch(p, v, sizeof v));
-    t.interval_ns = static_cast<uint64_t>(v[0] * 1000000000 + v[1]);
-    t.value_ns = static_cast<uint64_t>(v[2] * 1000000000 + v[3]);
-  }
-  for (int which = ks ? 1 : 0; which < 3 && (!ks || ks->cpu_itimers); ++which) {
-    STASIS_ASSIGN_OR_RETURN(
-        long r, Inject(p, leader, SYS_getitimer, static_cast<uint64_t>(which), p->scratch));
-    if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read itimer of " + Pid(p->pid));
-    int64_t v[4];
-    STASIS_RETURN_IF_ERROR(ReadScratch(p, v, sizeof v));
-    format::ItimerValue iv{static_cast<uint64_t>(v[0] * 1000000 + v[1]),
-                           static_cast<uint64_t>(v[2] * 1000000 + v[3])};
-    (which == 0 ? info.itimer_real : which == 1 ? info.itimer_virtual : info.itimer_prof) = iv;
-  }
+  STASIS_RETURN_IF_ERROR(ReadTimers(p, leader, ks));
   if (!ks) {
     STASIS_ASSIGN_OR_RETURN(long r, Inject(p, leader, SYS_prctl, PR_GET_PDEATHSIG, p->scratch));
     if (r == 0) {
@@ -587,27 +505,6 @@ Status Restorer::FinishLimits(RProc* p) {
   return Status::Ok();
 }
 
-Status Restorer::FinishItimers(RProc* p) {
-  const std::string who = Pid(p->entry.pid);
-  const format::ProcessInfo& info = p->info;
-  const format::ItimerValue* timers[3] = {&info.itimer_real, &info.itimer_virtual,
-                                          &info.itimer_prof};
-  for (int which = 0; which < 3; ++which) {
-    const format::ItimerValue& v = *timers[which];
-    if (!v.value_us && !v.interval_us) continue;
-    int64_t it[4] = {static_cast<int64_t>(v.interval_us / 1000000),
-                     static_cast<int64_t>(v.interval_us % 1000000),
-                     static_cast<int64_t>(v.value_us / 1000000),
-                     static_cast<int64_t>(v.value_us % 1000000)};
-    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, it, sizeof it));
-    STASIS_RETURN_IF_ERROR(
-        Checked(Call(p, SYS_setitimer, static_cast<uint64_t>(which), p->scratch + kOffArgs, 0),
-                "restore interval timer of " + who)
-            .status());
-  }
-  return Status::Ok();
-}
-
 Status Restorer::FinishEachThread(RProc* p) {
   for (size_t i = 0; i < p->threads.size(); ++i)
     STASIS_RETURN_IF_ERROR(FinishThread(p, p->tracees[i].get(), p->threads[i]));
@@ -708,37 +605,6 @@ Status Restorer::FinishDumpable(RProc* p) {
   if (info.no_new_privs) {
     STASIS_ASSIGN_OR_RETURN(long r, Call(p, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     (void)r;
-  }
-  return Status::Ok();
-}
-
-Status Restorer::FinishSeccomp(RProc* p) {
-  const std::string who = Pid(p->entry.pid);
-  const format::ProcessInfo& info = p->info;
-  if (!info.seccomp_filters.empty() || !options_.outer_seccomp_filters.empty()) {
-    for (auto& t : p->tracees) {
-      Status suspended = t->SuspendSeccomp();
-      if (!suspended.ok() && !info.seccomp_filters.empty()) return suspended;
-    }
-    constexpr uint64_t kTsync = 1, kKeptFlags = 2 /* LOG */ | 4 /* SPEC_ALLOW */;
-    std::vector<format::SeccompFilter> filters = options_.outer_seccomp_filters;
-    filters.insert(filters.end(), info.seccomp_filters.begin(), info.seccomp_filters.end());
-    for (const format::SeccompFilter& f : filters) {
-      if (f.program.empty() || f.program.size() % 8 != 0 || f.program.size() > kMaxPath)
-        return Status::Corrupt("bad seccomp filter for " + who);
-      STASIS_RETURN_IF_ERROR(
-          p->mem.Write(p->scratch + kOffPath, f.program.data(), f.program.size()));
-      struct {
-        uint16_t len;
-        uint16_t pad[3];
-        uint64_t filter;
-      } prog = {static_cast<uint16_t>(f.program.size() / 8), {0, 0, 0}, p->scratch + kOffPath};
-      STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, &prog, sizeof prog));
-      STASIS_RETURN_IF_ERROR(Checked(Call(p, SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */,
-                                          (f.flags & kKeptFlags) | kTsync, p->scratch + kOffArgs),
-                                     "restore a seccomp filter of " + who)
-                                 .status());
-    }
   }
   return Status::Ok();
 }

@@ -1,54 +1,71 @@
-// POSIX timers at restore (their capture is part of the process state in
-// task_state.cc): recreated with their ids and re-armed.
-#include <elf.h>
-#include <fcntl.h>
-#include <linux/kcmp.h>
-#include <linux/sched.h>
-#include <linux/userfaultfd.h>
-#include <sched.h>
+// Timers, both directions: interval timers (setitimer) and POSIX timers
+// (how each was created, from /proc/PID/timers, and the time left, read in
+// the process), recreated with their ids and re-armed at restore.
 #include <signal.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/ptrace.h>
-#include <sys/random.h>
-#include <sys/resource.h>
-#include <sys/shm.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/sysmacros.h>
-#include <sys/uio.h>
-#include <sys/un.h>
-#include <sys/utsname.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
-#include <map>
-#include <memory>
-#include <optional>
-#include <set>
 
-#include "engine/agent/agent_abi.h"
-#include "engine/base/fd.h"
-#include "engine/core/agent_client.h"
 #include "engine/core/capture_internal.h"
-#include "engine/core/context_file.h"
-#include "engine/core/dirty_track.h"
-#include "engine/core/engine.h"
 #include "engine/core/kernel_capture.h"
-#include "engine/core/lazy_pages.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
 #include "engine/core/restore_internal.h"
-#include "engine/core/unix_diag.h"
-#include "engine/format/context_io.h"
 #include "engine/format/format_constants.h"
 
 namespace stasis::core {
+namespace capture {
+
+// POSIX timers: how each was created (their time left is read below,
+// with timer_gettime in the process).
+Status Capturer::ListPosixTimers(ProcState* p) {
+  const std::string proc = "/proc/" + std::to_string(p->pid);
+  format::ProcessInfo& info = p->info;
+  auto timers = ReadFileToString(proc + "/timers");
+  if (timers && !timers->empty()) {
+    STASIS_ASSIGN_OR_RETURN(info.posix_timers, ParsePosixTimers(*timers));
+    if (info.posix_timers.size() > format::kMaxPosixTimers)
+      return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + ": it has " +
+                                        std::to_string(info.posix_timers.size()) +
+                                        " POSIX timers (at most " +
+                                        std::to_string(format::kMaxPosixTimers) + ")");
+  }
+  return Status::Ok();
+}
+
+// The time left of each POSIX timer and the interval timers, read in the
+// process (with the module's TASKSTATE `ks`, the real itimer came from the
+// kernel already).
+Status Capturer::ReadTimers(ProcState* p, Tracee* leader, const KernelTaskState* ks) {
+  format::ProcessInfo& info = p->info;
+  for (format::PosixTimer& t : info.posix_timers) {
+    STASIS_ASSIGN_OR_RETURN(long r,
+                            Inject(p, leader, SYS_timer_gettime,
+                                   static_cast<uint64_t>(static_cast<uint32_t>(t.id)), p->scratch));
+    if (r != 0)
+      return Status::FromErrno(static_cast<int>(-r),
+                               "read POSIX timer " + std::to_string(t.id) + " of " + Pid(p->pid));
+    int64_t v[4];  // struct itimerspec: interval, value
+    STASIS_RETURN_IF_ERROR(ReadScratch(p, v, sizeof v));
+    t.interval_ns = static_cast<uint64_t>(v[0] * 1000000000 + v[1]);
+    t.value_ns = static_cast<uint64_t>(v[2] * 1000000000 + v[3]);
+  }
+  for (int which = ks ? 1 : 0; which < 3 && (!ks || ks->cpu_itimers); ++which) {
+    STASIS_ASSIGN_OR_RETURN(
+        long r, Inject(p, leader, SYS_getitimer, static_cast<uint64_t>(which), p->scratch));
+    if (r != 0) return Status::FromErrno(static_cast<int>(-r), "read itimer of " + Pid(p->pid));
+    int64_t v[4];
+    STASIS_RETURN_IF_ERROR(ReadScratch(p, v, sizeof v));
+    format::ItimerValue iv{static_cast<uint64_t>(v[0] * 1000000 + v[1]),
+                           static_cast<uint64_t>(v[2] * 1000000 + v[3])};
+    (which == 0 ? info.itimer_real : which == 1 ? info.itimer_virtual : info.itimer_prof) = iv;
+  }
+  return Status::Ok();
+}
+
+}  // namespace capture
+
 namespace restore {
 
 using format::FileDesc;
@@ -123,5 +140,25 @@ Status Restorer::RestorePosixTimers(RProc* p) {
   return Status::Ok();
 }
 
+Status Restorer::FinishItimers(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  const format::ProcessInfo& info = p->info;
+  const format::ItimerValue* timers[3] = {&info.itimer_real, &info.itimer_virtual,
+                                          &info.itimer_prof};
+  for (int which = 0; which < 3; ++which) {
+    const format::ItimerValue& v = *timers[which];
+    if (!v.value_us && !v.interval_us) continue;
+    int64_t it[4] = {static_cast<int64_t>(v.interval_us / 1000000),
+                     static_cast<int64_t>(v.interval_us % 1000000),
+                     static_cast<int64_t>(v.value_us / 1000000),
+                     static_cast<int64_t>(v.value_us % 1000000)};
+    STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + kOffArgs, it, sizeof it));
+    STASIS_RETURN_IF_ERROR(
+        Checked(Call(p, SYS_setitimer, static_cast<uint64_t>(which), p->scratch + kOffArgs, 0),
+                "restore interval timer of " + who)
+            .status());
+  }
+  return Status::Ok();
+}
 }  // namespace restore
 }  // namespace stasis::core
