@@ -65,13 +65,7 @@ BELOW = {
 # who removes it: (including file, included file), both relative to the
 # source folder. Delete an entry when its include goes away; an entry that
 # matches nothing is reported, so the list cannot go stale silently.
-ALLOWED_EXCEPTIONS = {
-    # core -> store: context_file.h writes lone context files through the
-    # store's pipelined sink (store::WriteOptions, NodeFileSink); the
-    # engine/core re-layout (issue 19, item 1) removes this include and
-    # stasis_core's link to stasis_store.
-    ("engine/core/context_file.h", "engine/store/store.h"),
-}
+ALLOWED_EXCEPTIONS = {}
 
 
 def layer_of(rel):

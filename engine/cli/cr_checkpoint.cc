@@ -22,6 +22,7 @@
 #include "engine/daemon/client.h"
 #include "engine/daemon/config.h"
 #include "engine/epoch/epoch_checkpoint.h"
+#include "engine/store/context_file.h"
 #include "engine/store/store.h"
 
 namespace {
@@ -87,12 +88,12 @@ std::string g_epoch_note;  // what --dir did, for -v
 // The same checkpoint, done by stasisd. Returns when it has answered.
 stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daemon,
                                         const stasis::core::CheckpointOptions& opt,
-                                        stasis::core::WriteMode mode, long time_limit,
+                                        stasis::store::WriteMode mode, long time_limit,
                                         long out_fd, const std::string& dest) {
   namespace proto = stasis::format::proto;
   proto::Request req = stasis::cli::CheckpointRequest(opt);
-  req.write_mode = mode == stasis::core::WriteMode::kClobber  ? proto::kWriteClobber
-                   : mode == stasis::core::WriteMode::kBackup ? proto::kWriteBackup
+  req.write_mode = mode == stasis::store::WriteMode::kClobber  ? proto::kWriteClobber
+                   : mode == stasis::store::WriteMode::kBackup ? proto::kWriteBackup
                                                               : proto::kWriteAtomic;
   req.time_limit_ms = static_cast<uint64_t>(time_limit) * 1000;
   req.callback_timeout_ms = req.time_limit_ms;
@@ -150,7 +151,7 @@ int main(int argc, char** argv) {
   stasis::core::CheckpointOptions opt;
   std::string file;
   std::string parent_file;  // --parent
-  stasis::core::WriteMode mode = stasis::core::WriteMode::kAtomic;
+  stasis::store::WriteMode mode = stasis::store::WriteMode::kAtomic;
   long time_limit = 0;
   bool verbose = false;
   long out_fd = -1;
@@ -176,9 +177,9 @@ int main(int argc, char** argv) {
     else if (a == "--no-snapshot") opt.snapshot = false;
     else if (a == "--stop") opt.after = stasis::core::AfterCheckpoint::kStop;
     else if (a == "--cont") opt.after = stasis::core::AfterCheckpoint::kContinue;
-    else if (a == "--clobber") mode = stasis::core::WriteMode::kClobber;
-    else if (a == "--backup") mode = stasis::core::WriteMode::kBackup;
-    else if (a == "--atomic") mode = stasis::core::WriteMode::kAtomic;
+    else if (a == "--clobber") mode = stasis::store::WriteMode::kClobber;
+    else if (a == "--backup") mode = stasis::store::WriteMode::kBackup;
+    else if (a == "--atomic") mode = stasis::store::WriteMode::kAtomic;
     else if (a == "--time" || a == "-t") {
       if (!stasis::cli::ParsePositive(next(), &time_limit))
         Die("cr_checkpoint", "--time needs a positive number of seconds", 2);
@@ -358,10 +359,10 @@ int main(int argc, char** argv) {
     stats = stasis::core::Checkpoint(opt, &sink, stasis::core::SyncFdSink, &fd_sink);
     if (!stats) Fail(failure_message(stats.error()), stats.error().code());
   } else {
-    auto writer = stasis::core::ContextFileWriter::Open(file, mode, epoch_req.write);
+    auto writer = stasis::store::ContextFileWriter::Open(file, mode, epoch_req.write);
     if (!writer) Fail(writer.error().message(), writer.error().code());
     DeadlineSink sink((*writer)->sink());
-    stats = stasis::core::Checkpoint(opt, &sink, stasis::core::CommitContextFile, writer->get());
+    stats = stasis::core::Checkpoint(opt, &sink, stasis::store::CommitContextFile, writer->get());
     if (!stats) {
       writer->reset();  // removes the partial file
       Fail(failure_message(stats.error()), stats.error().code());

@@ -1,11 +1,8 @@
-// Context files on disk: created so that a failed or interrupted checkpoint
-// never leaves a half-written file under the target name and never harms a
-// previous file of that name; opened for restore without following
-// symlinks and only when the caller owns them (or is root).
-//
-// ContextFileWriter is single-use: Open, write through sink(), then Commit
-// (fsync, rename, fsync folder) or let the destructor abort (unlink the
-// temporary file).
+// Context files on disk, the reading side: opened for restore without
+// following symlinks and only when the caller owns them (or is root), and
+// the references from a context to its parent. Writing one into place
+// (temp file, rename, backups) is store::ContextFileWriter
+// (engine/store/context_file.h), so that core does not depend on the store.
 #pragma once
 
 #include <sys/types.h>
@@ -16,42 +13,12 @@
 #include "engine/base/io.h"
 #include "engine/base/status.h"
 #include "engine/format/context.h"
-#include "engine/store/store.h"
 
 namespace stasis::core {
 
-enum class WriteMode {
-  kAtomic,   // temp file + rename (default)
-  kClobber,  // write the target in place; removed again on failure
-  kBackup,   // like kAtomic, but an existing target is kept as NAME.~N~
-};
-
-class ContextFileWriter {
- public:
-  // Written through the store's pipelined sink (store::NodeFileSink).
-  static Result<std::unique_ptr<ContextFileWriter>> Open(const std::string& path, WriteMode mode,
-                                                         const store::WriteOptions& write = {});
-  ~ContextFileWriter();
-  ByteSink* sink() { return sink_.get(); }
-  // Makes the file durable under its final name.
-  Status Commit();
-  const std::string& path() const { return path_; }
-  // The temporary name a writer in process `pid` uses for `path` (kAtomic,
-  // kBackup): what stasisd removes after a killed worker.
-  static std::string TempPathFor(const std::string& path, pid_t pid);
-
- private:
-  ContextFileWriter() = default;
-  std::string path_, temp_, dir_, base_;
-  WriteMode mode_ = WriteMode::kAtomic;
-  std::unique_ptr<store::NodeFileSink> sink_;
-  bool committed_ = false;
-};
-
-// FinalizeFn adapters for core::Checkpoint: `arg` is a ContextFileWriter
-// (fsync, rename, fsync folder), or an FdSink given by the caller (flush,
-// and fsync when the fd can be: a pipe or socket cannot).
-Status CommitContextFile(void* writer);
+// FinalizeFn adapter for core::Checkpoint: `arg` is an FdSink given by the
+// caller (flush, and fsync when the fd can be: a pipe or socket cannot). The
+// adapter for a context file written into place is store::CommitContextFile.
 Status SyncFdSink(void* fd_sink);
 
 // Opens a context for reading: no symlinks, a regular file, owned by the

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "engine/base/io.h"
+#include "engine/core/restore_internal.h"
 #include "engine/format/crc32c.h"
 
 namespace stasis::core {
@@ -556,5 +557,88 @@ bool LazyPages::done() const {
 
 uint64_t LazyPages::faults_served() const { return impl_->faults; }
 uint64_t LazyPages::bytes_streamed() const { return impl_->streamed; }
+
+namespace restore {
+
+// Can the current Pages section of `p` be left to the lazy server? Version 1
+// data, every run in private anonymous memory other than the stack.
+bool Restorer::LazyEligible(const RProc* p) const {
+  if (!options_.lazy || !p->mm_built || (p->entry.flags & format::kProcZombie)) return false;
+  const format::PagesHeader& h = reader_.pages();
+  if (h.codec != format::kCodecNone || h.runs.empty()) return false;
+  for (const format::PageRun& run : h.runs) {
+    uint64_t end = run.start + run.npages * kPageSize;
+    bool inside = false;
+    for (const Mapping& m : p->mappings)
+      if (m.kind == format::kMapAnon && !(m.flags & format::kMapStack) && m.start <= run.start &&
+          end <= m.end)
+        inside = true;
+    if (!inside) return false;
+  }
+  return true;
+}
+
+// Before anything of `p` runs: its lazy pages that are present already
+// (the kernel wrote thread ids into them while threads were created) get
+// their saved content now, as an eager restore would; then a userfaultfd
+// made inside the process is registered on its private anonymous mappings
+// and handed to the server.
+Status Restorer::SetUpLazy(RProc* p) {
+  const std::string who = Pid(p->entry.pid);
+  if (p->entry.flags & format::kProcZombie) return Status::Ok();
+  std::vector<LazyPages::Piece> pieces = options_.lazy->PiecesOf(static_cast<pid_t>(p->entry.pid));
+  if (pieces.empty()) return Status::Ok();
+  UniqueFd pagemap(
+      ::open(("/proc/" + std::to_string(p->pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return Status::FromErrno(errno, "open pagemap of " + who);
+  std::vector<uint64_t> pm;
+  std::vector<char> page(kPageSize);
+  for (const LazyPages::Piece& piece : pieces) {
+    pm.resize(piece.bytes / kPageSize);
+    ssize_t n = ::pread(pagemap.get(), pm.data(), pm.size() * 8,
+                        static_cast<off_t>(piece.addr / kPageSize * 8));
+    if (n != static_cast<ssize_t>(pm.size() * 8))
+      return Status::FromErrno(errno ? errno : EIO, "read pagemap of " + who);
+    for (size_t i = 0; i < pm.size(); ++i) {
+      if (!(pm[i] & (1ull << 63))) continue;
+      STASIS_RETURN_IF_ERROR(
+          options_.lazy->ReadAt(piece.offset + i * kPageSize, page.data(), kPageSize));
+      STASIS_RETURN_IF_ERROR(p->mem.Write(piece.addr + i * kPageSize, page.data(), kPageSize));
+    }
+  }
+  STASIS_ASSIGN_OR_RETURN(long fd, Call(p, SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (fd < 0)
+    return Status::FromErrno(
+        static_cast<int>(-fd),
+        "lazy restart: userfaultfd in " + who + " (needs root, or vm.unprivileged_userfaultfd=1)");
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p->pid, 0)));
+  UniqueFd uffd(
+      pidfd ? static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), static_cast<int>(fd), 0))
+            : -1);
+  int saved = errno;
+  (void)Call(p, SYS_close, static_cast<uint64_t>(fd));
+  if (!uffd) return Status::FromErrno(saved, "lazy restart: take the userfaultfd of " + who);
+  struct uffdio_api api = {UFFD_API, LazyPages::Features(), 0};
+  if (::ioctl(uffd.get(), UFFDIO_API, &api) != 0)
+    return Status::FromErrno(errno, "lazy restart: UFFDIO_API for " + who);
+  for (const Mapping& m : p->mappings) {
+    if (m.kind != format::kMapAnon || (m.flags & format::kMapStack)) continue;
+    struct uffdio_register reg;
+    std::memset(&reg, 0, sizeof reg);
+    reg.range = {m.start, m.end - m.start};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (::ioctl(uffd.get(), UFFDIO_REGISTER, &reg) == 0) continue;
+    // Not registrable: its pages now, eagerly.
+    for (const LazyPages::Piece& piece : pieces) {
+      if (piece.addr < m.start || piece.addr >= m.end) continue;
+      std::vector<char> data(piece.bytes);
+      STASIS_RETURN_IF_ERROR(options_.lazy->ReadAt(piece.offset, data.data(), data.size()));
+      STASIS_RETURN_IF_ERROR(p->mem.Write(piece.addr, data.data(), data.size()));
+    }
+  }
+  return options_.lazy->Adopt(static_cast<pid_t>(p->entry.pid), std::move(uffd));
+}
+
+}  // namespace restore
 
 }  // namespace stasis::core

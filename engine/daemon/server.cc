@@ -25,13 +25,13 @@
 #include <sstream>
 
 #include "engine/base/fd.h"
-#include "engine/core/context_file.h"
 #include "engine/core/procfs.h"
 #include "engine/daemon/state_record.h"
 #include "engine/daemon/worker.h"
 #include "engine/format/context.h"
 #include "engine/format/context_io.h"
 #include "engine/format/protocol.h"
+#include "engine/store/context_file.h"
 
 namespace stasis::daemon {
 
@@ -301,7 +301,7 @@ int RemoveLeftoverAsOwner(const StateRecord& r) {
   // the destination's own name for a clobber checkpoint.
   std::string expect = r.mode == proto::kWriteClobber
                            ? r.path
-                           : core::ContextFileWriter::TempPathFor(r.path, static_cast<pid_t>(r.worker));
+                           : store::ContextFileWriter::TempPathFor(r.path, static_cast<pid_t>(r.worker));
   expect = expect.substr(expect.rfind('/') + 1);
   if (r.name != expect) return leave("not the name its worker writes");
   Peer owner;

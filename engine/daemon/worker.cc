@@ -30,6 +30,7 @@
 #include "engine/core/engine.h"
 #include "engine/daemon/state_record.h"
 #include "engine/format/context_io.h"
+#include "engine/store/context_file.h"
 #include "engine/store/store.h"
 #include "engine/core/procfs.h"
 #include "engine/daemon/caller_sandbox.h"
@@ -173,7 +174,7 @@ void RecordFileForCleanup(const WorkerTask& task) {
   const proto::Request& req = task.request;
   std::string file = req.write_mode == proto::kWriteClobber
                          ? req.path
-                         : core::ContextFileWriter::TempPathFor(req.path, ::getpid());
+                         : store::ContextFileWriter::TempPathFor(req.path, ::getpid());
   StateRecord r = NewStateRecord(task.id, ::getpid(), task.peer, req);
   r.name = file.substr(file.rfind('/') + 1);
   UniqueFd dir(::open(Dirname(file).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -474,12 +475,12 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
       return Failure(Status::Error(EINVAL, "destination '" + req.path + "' is not an absolute path"));
     s = CheckUnderRoots(config, peer, req.path, "write");
     if (!s.ok()) return Failure(AsRefusal(s, peer));
-    auto writer = core::ContextFileWriter::Open(req.path, static_cast<core::WriteMode>(req.write_mode));
+    auto writer = store::ContextFileWriter::Open(req.path, static_cast<store::WriteMode>(req.write_mode));
     if (!writer) return Failure(AsRefusal(writer.error(), peer));
     // From here a killed worker leaves a file: say where, for the next stasisd.
     RecordFileForCleanup(task);
     RequestSink sink((*writer)->sink(), config.bandwidth_limit, deadline);
-    stats = core::Checkpoint(opt, &sink, core::CommitContextFile, writer->get());
+    stats = core::Checkpoint(opt, &sink, store::CommitContextFile, writer->get());
     writer->reset();  // an uncommitted temporary file goes away here
   }
   if (!stats) return Failure(stats.error());

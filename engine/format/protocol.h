@@ -83,7 +83,7 @@ inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes t
 inline constexpr uint32_t kAttachStdio = 1u << 1;  // three fds: restart's stdin/out/err
 int AttachedFdCount(uint32_t attached);
 
-// Request::write_mode (core::WriteMode)
+// Request::write_mode (store::WriteMode)
 inline constexpr uint32_t kWriteAtomic = 0, kWriteClobber = 1, kWriteBackup = 2;
 
 inline constexpr size_t kMaxRelocations = 256;
