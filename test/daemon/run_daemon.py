@@ -745,8 +745,11 @@ def case_attack_state_dir():
             sock = os.path.join(planted, "sock") if key == "sockdir" else d.sock
             state = os.path.join(planted, "state") if key == "state" else d.state
             f.write(f"socket: {sock}\nstate_dir: {state}\nallowed_roots: [{WORK}/ckpt]\n")
-        p = subprocess.run([tool("stasisd"), "-c", d.config], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=20)
+        try:
+            p = subprocess.run([tool("stasisd"), "-c", d.config], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=20)
+        except subprocess.TimeoutExpired as e:
+            fail(f"stasisd started and served on a {what} owned by {a}: {e.output!r}")
         if p.returncode == 0 or not re.search(rf"{what} .*belongs to uid {uid}, not to root", p.stdout):
             fail(f"stasisd started on a {what} owned by {a}: rc {p.returncode}: {p.stdout!r}")
         if os.path.exists(os.path.join(planted, "sock")):
