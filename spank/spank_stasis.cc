@@ -21,12 +21,12 @@ extern "C" {
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -52,12 +52,12 @@ struct Site {
   uint64_t min_interval = 60;
   uint32_t keep = 2;
   std::string socket;
-  std::string tool = STASIS_STEP_TOOL;  // stasis-step
+  std::string tool = STASIS_STEP_TOOL;         // stasis-step
   std::string pmix_agent = STASIS_PMIX_AGENT;  // libstasis_pmix.so, "" = none
-  std::string ticker_log;              // folder for ticker-<job>.log ("" = none)
-  uint64_t final_lead = 120;           // final epoch this long before the time limit
-  std::string compress;                // page compression of epochs ("" = none)
-  uint32_t incremental = 0;            // a full epoch every N, the rest incremental (0 = off)
+  std::string ticker_log;                      // folder for ticker-<job>.log ("" = none)
+  uint64_t final_lead = 120;                   // final epoch this long before the time limit
+  std::string compress;                        // page compression of epochs ("" = none)
+  uint32_t incremental = 0;  // a full epoch every N, the rest incremental (0 = off)
 } g_site;
 
 // What the user asked for (option callbacks run twice in remote context:
@@ -131,17 +131,21 @@ int OnRestartFrom(int, const char* optarg, int) {
 
 struct spank_option g_options[] = {
     {const_cast<char*>("checkpoint"), const_cast<char*>("interval"),
-     const_cast<char*>("Checkpoint every step of the job at this interval (30, 30:00, 1:00:00, 1-0, "
-                       "30m, 2h) and before preemption or the time limit [stasis]"),
+     const_cast<char*>(
+         "Checkpoint every step of the job at this interval (30, 30:00, 1:00:00, 1-0, "
+         "30m, 2h) and before preemption or the time limit [stasis]"),
      1, 0, OnCheckpoint},
     {const_cast<char*>("checkpoint-dir"), const_cast<char*>("dir"),
-     const_cast<char*>("Write checkpoints under <dir>/<jobid>/<epoch>/ [stasis]"), 1, 0, OnCheckpointDir},
+     const_cast<char*>("Write checkpoints under <dir>/<jobid>/<epoch>/ [stasis]"), 1, 0,
+     OnCheckpointDir},
     {const_cast<char*>("restart-from"), const_cast<char*>("dir"),
-     const_cast<char*>("Restart the step's tasks from the newest complete epoch of a job folder, or "
-                       "from an epoch folder [stasis]"),
+     const_cast<char*>(
+         "Restart the step's tasks from the newest complete epoch of a job folder, or "
+         "from an epoch folder [stasis]"),
      1, 0, OnRestartFrom},
     {const_cast<char*>("restart-dir"), const_cast<char*>("dir"),
-     const_cast<char*>("The same as --restart-from (Slurm's old name) [stasis]"), 1, 0, OnRestartFrom},
+     const_cast<char*>("The same as --restart-from (Slurm's old name) [stasis]"), 1, 0,
+     OnRestartFrom},
     SPANK_OPTIONS_TABLE_END};
 
 bool ParseSiteArg(const std::string& arg) {
@@ -203,11 +207,14 @@ std::string ExpandHost(std::string path) {
 void StartTicker(spank_t sp) {
   uint32_t job = 0;
   char** env = nullptr;
-  if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
+  if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
+      spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
     return;
   uid_t uid = ::geteuid();
   gid_t gid = ::getegid();
-  std::string log = g_site.ticker_log.empty() ? "/dev/null" : g_site.ticker_log + "/ticker-" + std::to_string(job) + ".log";
+  std::string log = g_site.ticker_log.empty()
+                        ? "/dev/null"
+                        : g_site.ticker_log + "/ticker-" + std::to_string(job) + ".log";
   std::string interval = std::to_string(g_asked.interval), jobid = std::to_string(job);
   std::string lead = std::to_string(g_site.final_lead);
   pid_t pid = ::fork();
@@ -217,7 +224,8 @@ void StartTicker(spank_t sp) {
   }
   if (pid > 0) return;
   // The child: become the user for good, then stasis-step.
-  if (::seteuid(0) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0) ::_exit(126);
+  if (::seteuid(0) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0)
+    ::_exit(126);
   int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   int null = ::open("/dev/null", O_RDONLY);
   if (null >= 0) ::dup2(null, 0);
@@ -227,8 +235,9 @@ void StartTicker(spank_t sp) {
   }
   for (int i = 3; i < 1024; ++i) ::close(i);
   ::setpgid(0, 0);
-  const char* args[] = {g_site.tool.c_str(), "ticker", "--job", jobid.c_str(), "--interval", interval.c_str(),
-                        "--final-lead", lead.c_str(), nullptr};
+  const char* args[] = {g_site.tool.c_str(), "ticker",     "--job",
+                        jobid.c_str(),       "--interval", interval.c_str(),
+                        "--final-lead",      lead.c_str(), nullptr};
   ::execve(args[0], const_cast<char* const*>(args), env);
   ::_exit(127);
 }
@@ -241,7 +250,8 @@ void StartTicker(spank_t sp) {
 // the job comes back where it stopped, not at its last epoch of a step that
 // had finished.
 std::string StepMarker(const std::string& dir, uint32_t job, uint32_t step, uint32_t node) {
-  return dir + "/" + std::to_string(job) + "/.step-" + std::to_string(step) + ".node" + std::to_string(node);
+  return dir + "/" + std::to_string(job) + "/.step-" + std::to_string(step) + ".node" +
+         std::to_string(node);
 }
 
 std::string JobDir(spank_t sp) {
@@ -262,7 +272,8 @@ bool StepDone(const std::string& dir, uint32_t job, uint32_t step) {
   long nodes = n > 0 ? std::strtol(buf, nullptr, 10) : 0;
   if (nodes < 1 || nodes > 100000) return false;
   for (long i = 1; i < nodes; ++i)
-    if (::access(StepMarker(dir, job, step, static_cast<uint32_t>(i)).c_str(), F_OK) != 0) return false;
+    if (::access(StepMarker(dir, job, step, static_cast<uint32_t>(i)).c_str(), F_OK) != 0)
+      return false;
   return true;
 }
 
@@ -297,9 +308,11 @@ void PreloadPmixAgent(spank_t sp, uint32_t step) {
 int Init(spank_t sp, int ac, char** av) {
   for (int i = 0; i < ac; ++i) {
     if (!ParseSiteArg(av[i])) {
-      slurm_error("stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
-                  "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME, "
-                  "pmix_agent=/abs|none, compress=none|lz4|zstd[:N], incremental=0|2..1000)", av[i]);
+      slurm_error(
+          "stasis: plugstack.conf: bad argument '%s' (default_dir=/abs, min_interval=TIME, "
+          "keep=1..1000, socket=/abs, tool=/abs, ticker_log=/abs, final_lead=TIME, "
+          "pmix_agent=/abs|none, compress=none|lz4|zstd[:N], incremental=0|2..1000)",
+          av[i]);
       g_site_ok = false;
       return -1;
     }
@@ -323,13 +336,17 @@ int UserInit(spank_t sp) {
   std::string dir = !g_asked.dir.empty() ? g_asked.dir : g_site.default_dir;
   if (!dir.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_DIR", dir.c_str(), 1);
   spank_setenv(sp, "STASIS_CHECKPOINT_KEEP", std::to_string(g_site.keep).c_str(), 1);
-  if (!g_site.compress.empty()) spank_setenv(sp, "STASIS_CHECKPOINT_COMPRESS", g_site.compress.c_str(), 1);
+  if (!g_site.compress.empty())
+    spank_setenv(sp, "STASIS_CHECKPOINT_COMPRESS", g_site.compress.c_str(), 1);
   if (g_site.incremental)
-    spank_setenv(sp, "STASIS_CHECKPOINT_INCREMENTAL", std::to_string(g_site.incremental).c_str(), 1);
+    spank_setenv(sp, "STASIS_CHECKPOINT_INCREMENTAL", std::to_string(g_site.incremental).c_str(),
+                 1);
   if (g_asked.interval)
     spank_setenv(sp, "STASIS_CHECKPOINT_INTERVAL", std::to_string(g_asked.interval).c_str(), 1);
-  if (!g_asked.restart_from.empty()) spank_setenv(sp, "STASIS_RESTART_FROM", g_asked.restart_from.c_str(), 1);
-  if (!g_site.socket.empty()) spank_setenv(sp, "STASIS_SOCKET", ExpandHost(g_site.socket).c_str(), 1);
+  if (!g_asked.restart_from.empty())
+    spank_setenv(sp, "STASIS_RESTART_FROM", g_asked.restart_from.c_str(), 1);
+  if (!g_site.socket.empty())
+    spank_setenv(sp, "STASIS_SOCKET", ExpandHost(g_site.socket).c_str(), 1);
   uint32_t step = 0;
   if (g_asked.interval && spank_get_item(sp, S_JOB_STEPID, &step) == ESPANK_SUCCESS &&
       step == kBatchStep)
@@ -351,8 +368,9 @@ int TaskInit(spank_t sp) {
   // steps resumes from the job's newest complete epoch when there is one.
   if (g_asked.restart_from.empty()) PreloadPmixAgent(sp, step);
   char restarts[32] = {0};
-  bool requeued = spank_getenv(sp, "SLURM_RESTART_COUNT", restarts, sizeof restarts) == ESPANK_SUCCESS &&
-                  std::atoi(restarts) > 0;
+  bool requeued =
+      spank_getenv(sp, "SLURM_RESTART_COUNT", restarts, sizeof restarts) == ESPANK_SUCCESS &&
+      std::atoi(restarts) > 0;
   // The batch step too: its script's own processes resume from the newest
   // complete epoch of step "batch" (taken when no srun ran in it).
   if (g_asked.restart_from.empty() && g_asked.interval && requeued) {
@@ -361,11 +379,13 @@ int TaskInit(spank_t sp) {
     std::string from = dir + "/" + std::to_string(job);
     spank_setenv(sp, "STASIS_RESTART_FROM", from.c_str(), 1);
     spank_setenv(sp, "STASIS_RESTART_AUTO", "1", 1);
-    if (step != kBatchStep && StepDone(dir, job, step)) spank_setenv(sp, "STASIS_RESTART_DONE", "1", 1);
+    if (step != kBatchStep && StepDone(dir, job, step))
+      spank_setenv(sp, "STASIS_RESTART_DONE", "1", 1);
   } else if (g_asked.restart_from.empty()) {
     return 0;
   } else if (step == kBatchStep) {
-    slurm_error("stasis: --restart-from restarts srun steps; the batch script itself starts afresh");
+    slurm_error(
+        "stasis: --restart-from restarts srun steps; the batch script itself starts afresh");
     return 0;
   }
   int argc = 0;
@@ -411,8 +431,8 @@ int Exit(spank_t sp) {
   // they run stasis-step itself.
   int argc = 0;
   char** argv = nullptr;
-  if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1 || !argv || !argv[0] ||
-      std::strstr(argv[0], "stasis-step"))
+  if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1 || !argv ||
+      !argv[0] || std::strstr(argv[0], "stasis-step"))
     return 0;
   std::string dir = JobDir(sp);
   if (dir.empty()) return 0;
@@ -421,7 +441,8 @@ int Exit(spank_t sp) {
   pid_t pid = ::fork();
   if (pid < 0) return 0;
   if (pid == 0) {
-    if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0)
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 ||
+        ::setresuid(uid, uid, uid) != 0)
       ::_exit(1);
     ::mkdir(jobdir.c_str(), 0700);
     int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);

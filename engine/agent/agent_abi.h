@@ -37,9 +37,9 @@
 #define STASIS_AGENT_BLOCK_SIZE 8192u
 
 /* flags */
-#define STASIS_AGENT_F_ACTIVE 0x1u              /* an agent thread answers requests */
-#define STASIS_AGENT_F_OMIT 0x2u                /* never checkpoint this process */
-#define STASIS_AGENT_F_OMIT_UNLESS_TARGET 0x4u  /* omit unless it is the request's target */
+#define STASIS_AGENT_F_ACTIVE 0x1u             /* an agent thread answers requests */
+#define STASIS_AGENT_F_OMIT 0x2u               /* never checkpoint this process */
+#define STASIS_AGENT_F_OMIT_UNLESS_TARGET 0x4u /* omit unless it is the request's target */
 
 /* cmd (checkpointer -> agent), a futex word */
 #define STASIS_AGENT_CMD_NONE 0u
@@ -50,10 +50,10 @@
 
 /* state (agent -> checkpointer), a futex word */
 #define STASIS_AGENT_ST_IDLE 0u
-#define STASIS_AGENT_ST_RUNNING 1u  /* request seen: critical sections, callbacks */
-#define STASIS_AGENT_ST_READY 2u    /* every callback is inside cr_checkpoint() */
-#define STASIS_AGENT_ST_OMIT 3u     /* CR_CHECKPOINT_OMIT: leave this process out */
-#define STASIS_AGENT_ST_FAILED 4u   /* TEMP/PERM failure: state_code, state_perm */
+#define STASIS_AGENT_ST_RUNNING 1u /* request seen: critical sections, callbacks */
+#define STASIS_AGENT_ST_READY 2u   /* every callback is inside cr_checkpoint() */
+#define STASIS_AGENT_ST_OMIT 3u    /* CR_CHECKPOINT_OMIT: leave this process out */
+#define STASIS_AGENT_ST_FAILED 4u  /* TEMP/PERM failure: state_code, state_perm */
 
 /* req_state: libcr's own cr_request_checkpoint(), a futex word */
 #define STASIS_AGENT_REQ_NONE 0u

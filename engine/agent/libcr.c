@@ -22,6 +22,8 @@
  *   the code after cr_checkpoint() runs in reverse order, like atexit().
  */
 #define _GNU_SOURCE
+#include "libcr.h"
+
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -49,7 +51,6 @@
 
 #include "engine/agent/agent_abi.h"
 #include "engine/agent/stasis_agent.h"
-#include "libcr.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -93,9 +94,9 @@ struct cr_thread {
 
 /* A group of callbacks run one inside the other (see the top comment). */
 struct chain {
-  int is_thread;   /* thread-context group (else signal-context) */
-  struct cb *cbs;  /* in registration order; run last to first */
-  int *ids;        /* their registration ids, for cr_replace_self */
+  int is_thread;  /* thread-context group (else signal-context) */
+  struct cb *cbs; /* in registration order; run last to first */
+  int *ids;       /* their registration ids, for cr_replace_self */
   int n, pos;
   int result;
 };
@@ -124,7 +125,7 @@ static int g_agent_running;
 static pid_t g_agent_tid;
 static int g_signum;
 static int g_handler_installed;
-static volatile uint32_t g_cs;  /* CS_PENDING | count: a futex word */
+static volatile uint32_t g_cs; /* CS_PENDING | count: a futex word */
 static atomic_int g_status = CR_STATE_IDLE;
 static atomic_int g_next_id = 1;
 static cr_hook_fn_t g_hooks[CR_NUM_HOOKS];
@@ -134,7 +135,7 @@ static int g_hold_flags[3] = {CR_HOLD_DFLT, CR_HOLD_NONE, CR_HOLD_NONE};
 static atomic_int g_ready, g_expected, g_active;
 static atomic_int g_abort_code; /* positive code of a local TEMP/PERM failure */
 static atomic_int g_omitted;
-static atomic_int g_outcome;    /* 0 continue, 1 restart, -1 failed */
+static atomic_int g_outcome;     /* 0 continue, 1 restart, -1 failed */
 static atomic_int g_sig_purpose; /* 1: run signal chains, 2: run a hook */
 static atomic_int g_hook_event;
 
@@ -943,19 +944,32 @@ EXPORT int cr_spinlock_trylock(cr_spinlock_t *l) {
 
 EXPORT const char *cr_strerror(int errnum) {
   switch (errnum) {
-    case CR_ETEMPFAIL: return "Temporary error: checkpoint cancelled";
-    case CR_EPERMFAIL: return "Permanent failure: checkpoint cancelled and job killed";
-    case CR_ENOSUPPORT: return "Checkpoint support not linked into one or more processes";
-    case CR_EVERSION: return "Requested interface version is not supported";
-    case CR_EOMITTED: return "Process omitted from checkpoint at a callback's request";
-    case CR_EBADARCH: return "Context file does not match this architecture";
-    case CR_EPTRACED: return "One or more target processes is being ptraced";
-    case CR_EPTRACER: return "One or more target processes has ptrace children";
-    case CR_ERSTRTABRT: return "Restart aborted: restart cancelled and job killed";
-    case CR_ERESTARTED: return "Request is invalid across a restart";
-    case CR_ENOTCB: return "Call is only valid from a checkpoint callback";
-    case CR_ENOINIT: return "Calling thread has not called cr_init()";
-    default: return strerror(errnum);
+    case CR_ETEMPFAIL:
+      return "Temporary error: checkpoint cancelled";
+    case CR_EPERMFAIL:
+      return "Permanent failure: checkpoint cancelled and job killed";
+    case CR_ENOSUPPORT:
+      return "Checkpoint support not linked into one or more processes";
+    case CR_EVERSION:
+      return "Requested interface version is not supported";
+    case CR_EOMITTED:
+      return "Process omitted from checkpoint at a callback's request";
+    case CR_EBADARCH:
+      return "Context file does not match this architecture";
+    case CR_EPTRACED:
+      return "One or more target processes is being ptraced";
+    case CR_EPTRACER:
+      return "One or more target processes has ptrace children";
+    case CR_ERSTRTABRT:
+      return "Restart aborted: restart cancelled and job killed";
+    case CR_ERESTARTED:
+      return "Request is invalid across a restart";
+    case CR_ENOTCB:
+      return "Call is only valid from a checkpoint callback";
+    case CR_ENOINIT:
+      return "Calling thread has not called cr_init()";
+    default:
+      return strerror(errnum);
   }
 }
 
@@ -1159,7 +1173,8 @@ static void reap_helper(int block) {
     if (load32(&g_blk->req_state) == STASIS_AGENT_REQ_PENDING) {
       /* The helper died without reporting. */
       g_blk->req_result = (r > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 127) ? ENOENT : EIO;
-      snprintf(g_blk->req_msg, sizeof g_blk->req_msg, "cr_checkpoint helper ended without a result");
+      snprintf(g_blk->req_msg, sizeof g_blk->req_msg,
+               "cr_checkpoint helper ended without a result");
       store32(&g_blk->req_state, STASIS_AGENT_REQ_DONE);
     }
   }
@@ -1266,7 +1281,8 @@ EXPORT int cr_poll_checkpoint_msg(cr_checkpoint_handle_t *handle, struct timeval
     *msg_p = malloc((size_t)(len > 0 ? len : 1));
     if (!*msg_p) return CR_POLL_CHKPT_ERR_LOG;
     (*msg_p)[0] = 0;
-    if (len > 0 && cr_log_checkpoint(handle, (unsigned)len, *msg_p) < 0) return CR_POLL_CHKPT_ERR_LOG;
+    if (len > 0 && cr_log_checkpoint(handle, (unsigned)len, *msg_p) < 0)
+      return CR_POLL_CHKPT_ERR_LOG;
   }
   if (cr_reap_checkpoint(handle) < 0) return CR_POLL_CHKPT_ERR_POST;
   return 1;

@@ -8,17 +8,17 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "engine/cli/cli_common.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/context_file.h"
-#include "engine/core/procfs.h"
 #include "engine/core/engine.h"
 #include "engine/core/kernel_capture.h"
+#include "engine/core/procfs.h"
 #include "engine/daemon/client.h"
 #include "engine/daemon/config.h"
 #include "engine/epoch/epoch_checkpoint.h"
@@ -30,8 +30,10 @@ namespace {
 const char* kUsage =
     "cr_checkpoint [--tree|--pid|--pgid|--sid] [-f FILE] [--term|--kill|--stop|--cont] "
     "[--clobber|--backup|--atomic] [--save-exe|--save-private|--save-shared|--save-all] "
-    "[--close-sockets] [--compress none|lz4|zstd[:N]] [--track] [--parent FILE] [--no-snapshot] [--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
-    "[--dir JOBDIR [--keep N] [--incremental[=N]] [--bandwidth BYTES[K|M|G]]] [--write direct|streaming|buffered] [-v] ID";
+    "[--close-sockets] [--compress none|lz4|zstd[:N]] [--track] [--parent FILE] [--no-snapshot] "
+    "[--backend auto|kernel|user] [--signal NUM] [--time SEC] [-F FD] [--no-daemon|--socket PATH] "
+    "[--dir JOBDIR [--keep N] [--incremental[=N]] [--bandwidth BYTES[K|M|G]]] [--write "
+    "direct|streaming|buffered] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
 
@@ -88,13 +90,13 @@ std::string g_epoch_note;  // what --dir did, for -v
 // The same checkpoint, done by stasisd. Returns when it has answered.
 stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daemon,
                                         const stasis::core::CheckpointOptions& opt,
-                                        stasis::store::WriteMode mode, long time_limit,
-                                        long out_fd, const std::string& dest) {
+                                        stasis::store::WriteMode mode, long time_limit, long out_fd,
+                                        const std::string& dest) {
   namespace proto = stasis::format::proto;
   proto::Request req = stasis::cli::CheckpointRequest(opt);
   req.write_mode = mode == stasis::store::WriteMode::kClobber  ? proto::kWriteClobber
                    : mode == stasis::store::WriteMode::kBackup ? proto::kWriteBackup
-                                                              : proto::kWriteAtomic;
+                                                               : proto::kWriteAtomic;
   req.time_limit_ms = static_cast<uint64_t>(time_limit) * 1000;
   req.callback_timeout_ms = req.time_limit_ms;
   std::vector<int> fds;
@@ -111,9 +113,10 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
   for (;;) {
     auto reply = (*client)->Receive();
     if (!reply && reply.error().code() == EINTR) {
-      if (g_timed_out) Fail("checkpoint of " + std::to_string(opt.target) +
-                            " did not finish within " + std::to_string(time_limit) +
-                            " s; processes left running", ETIMEDOUT);
+      if (g_timed_out)
+        Fail("checkpoint of " + std::to_string(opt.target) + " did not finish within " +
+                 std::to_string(time_limit) + " s; processes left running",
+             ETIMEDOUT);
       continue;
     }
     if (!reply) Fail(reply.error().message(), reply.error().code());
@@ -124,9 +127,9 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
 }
 
 // --dir: the checkpoint becomes the next epoch of a job folder.
-stasis::core::CheckpointStats ToEpoch(stasis::core::CheckpointOptions& opt,
-                                      const stasis::cli::EpochRequest& req,
-                                      const std::function<std::string(const stasis::Status&)>& why) {
+stasis::core::CheckpointStats ToEpoch(
+    stasis::core::CheckpointOptions& opt, const stasis::cli::EpochRequest& req,
+    const std::function<std::string(const stasis::Status&)>& why) {
   stasis::cli::EpochRequest r = req;
   r.wrap_sink = [](stasis::ByteSink* inner) { return std::make_unique<DeadlineSink>(inner); };
   auto out = stasis::cli::CheckpointToEpoch(opt, r);
@@ -166,20 +169,34 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) stasis::cli::Usage("cr_checkpoint", kUsage);
       return argv[++i];
     };
-    if (a == "--tree" || a == "-T") opt.scope = stasis::format::kScopeTree;
-    else if (a == "--pid" || a == "-p") opt.scope = stasis::format::kScopePid;
-    else if (a == "--pgid" || a == "-g") opt.scope = stasis::format::kScopePgid;
-    else if (a == "--sid" || a == "-s") opt.scope = stasis::format::kScopeSid;
-    else if (a == "-f" || a == "--file") file = next();
-    else if (a.rfind("--file=", 0) == 0) file = a.substr(7);
-    else if (a == "--term") opt.after = stasis::core::AfterCheckpoint::kTerm;
-    else if (a == "--kill") opt.after = stasis::core::AfterCheckpoint::kKill;
-    else if (a == "--no-snapshot") opt.snapshot = false;
-    else if (a == "--stop") opt.after = stasis::core::AfterCheckpoint::kStop;
-    else if (a == "--cont") opt.after = stasis::core::AfterCheckpoint::kContinue;
-    else if (a == "--clobber") mode = stasis::store::WriteMode::kClobber;
-    else if (a == "--backup") mode = stasis::store::WriteMode::kBackup;
-    else if (a == "--atomic") mode = stasis::store::WriteMode::kAtomic;
+    if (a == "--tree" || a == "-T")
+      opt.scope = stasis::format::kScopeTree;
+    else if (a == "--pid" || a == "-p")
+      opt.scope = stasis::format::kScopePid;
+    else if (a == "--pgid" || a == "-g")
+      opt.scope = stasis::format::kScopePgid;
+    else if (a == "--sid" || a == "-s")
+      opt.scope = stasis::format::kScopeSid;
+    else if (a == "-f" || a == "--file")
+      file = next();
+    else if (a.rfind("--file=", 0) == 0)
+      file = a.substr(7);
+    else if (a == "--term")
+      opt.after = stasis::core::AfterCheckpoint::kTerm;
+    else if (a == "--kill")
+      opt.after = stasis::core::AfterCheckpoint::kKill;
+    else if (a == "--no-snapshot")
+      opt.snapshot = false;
+    else if (a == "--stop")
+      opt.after = stasis::core::AfterCheckpoint::kStop;
+    else if (a == "--cont")
+      opt.after = stasis::core::AfterCheckpoint::kContinue;
+    else if (a == "--clobber")
+      mode = stasis::store::WriteMode::kClobber;
+    else if (a == "--backup")
+      mode = stasis::store::WriteMode::kBackup;
+    else if (a == "--atomic")
+      mode = stasis::store::WriteMode::kAtomic;
     else if (a == "--time" || a == "-t") {
       if (!stasis::cli::ParsePositive(next(), &time_limit))
         Die("cr_checkpoint", "--time needs a positive number of seconds", 2);
@@ -188,15 +205,22 @@ int main(int argc, char** argv) {
       if (!b) Die("cr_checkpoint", "--backend: " + b.error().message(), 2);
       opt.capture_backend = *b;
       backend_given = true;
-    } else if (a == "--save-exe") opt.save_exe = true;
-    else if (a == "--save-private") opt.save_private = true;
-    else if (a == "--save-shared") opt.save_shared = true;
-    else if (a == "--save-all") opt.save_exe = opt.save_private = opt.save_shared = true;
-    else if (a == "--save-none") opt.save_exe = opt.save_private = opt.save_shared = false;
-    else if (a == "-v" || a == "--verbose") verbose = true;
+    } else if (a == "--save-exe")
+      opt.save_exe = true;
+    else if (a == "--save-private")
+      opt.save_private = true;
+    else if (a == "--save-shared")
+      opt.save_shared = true;
+    else if (a == "--save-all")
+      opt.save_exe = opt.save_private = opt.save_shared = true;
+    else if (a == "--save-none")
+      opt.save_exe = opt.save_private = opt.save_shared = false;
+    else if (a == "-v" || a == "--verbose")
+      verbose = true;
     else if (a == "-F" || a == "--fd") {
       std::string v = next();
-      if (v == "0") out_fd = 0;
+      if (v == "0")
+        out_fd = 0;
       else if (!stasis::cli::ParsePositive(v, &out_fd))
         Die("cr_checkpoint", "--fd needs a file descriptor number", 2);
     } else if (a == "-S" || a == "--signal") {
@@ -211,30 +235,38 @@ int main(int argc, char** argv) {
     } else if (a == "--run") {
       opt.after = stasis::core::AfterCheckpoint::kContinue;
       opt.after_signal = 0;
-    } else if (a == "--libcr-request") g_libcr_request = true;
+    } else if (a == "--libcr-request")
+      g_libcr_request = true;
     else if (a == "--requester") {
       long r = 0;
       if (!stasis::cli::ParsePositive(next(), &r)) Die("cr_checkpoint", "bad --requester", 2);
       opt.requester = static_cast<pid_t>(r);
-    }
-    else if (a == "--close-sockets") opt.close_outside_sockets = true;
-    else if (a == "--track") opt.track = true;
-    else if (a == "--incremental") epoch_req.full_every = 8;
+    } else if (a == "--close-sockets")
+      opt.close_outside_sockets = true;
+    else if (a == "--track")
+      opt.track = true;
+    else if (a == "--incremental")
+      epoch_req.full_every = 8;
     else if (a.rfind("--incremental=", 0) == 0) {
       long n = 0;
       if (!stasis::cli::ParsePositive(a.substr(14), &n) || n < 2 || n > 1000)
-        Die("cr_checkpoint", "--incremental=N: N is the number of epochs per full one, 2 to 1000", 2);
+        Die("cr_checkpoint", "--incremental=N: N is the number of epochs per full one, 2 to 1000",
+            2);
       epoch_req.full_every = static_cast<uint32_t>(n);
-    }
-    else if (a == "--parent") parent_file = next();
-    else if (a.rfind("--parent=", 0) == 0) parent_file = a.substr(9);
+    } else if (a == "--parent")
+      parent_file = next();
+    else if (a.rfind("--parent=", 0) == 0)
+      parent_file = a.substr(9);
     else if (a == "--compress" || a.rfind("--compress=", 0) == 0) {
       std::string v = a == "--compress" ? next() : a.substr(11);
-      if (stasis::Status s = stasis::format::ParseCompression(v, &opt.compress, &opt.compress_level); !s.ok())
+      if (stasis::Status s =
+              stasis::format::ParseCompression(v, &opt.compress, &opt.compress_level);
+          !s.ok())
         Die("cr_checkpoint", s.message(), 2);
-    }
-    else if (a == "--dir" || a == "-d") epoch_req.dir = next();
-    else if (a.rfind("--dir=", 0) == 0) epoch_req.dir = a.substr(6);
+    } else if (a == "--dir" || a == "-d")
+      epoch_req.dir = next();
+    else if (a.rfind("--dir=", 0) == 0)
+      epoch_req.dir = a.substr(6);
     else if (a == "--keep") {
       long keep = 0;
       if (!stasis::cli::ParsePositive(next(), &keep))
@@ -244,23 +276,32 @@ int main(int argc, char** argv) {
     } else if (a == "--bandwidth") {
       std::string v = next();
       if (!stasis::daemon::ParseBytes(v, &epoch_req.write.bandwidth))
-        Die("cr_checkpoint", "--bandwidth needs bytes per second (like 200M, 0 = unlimited), got '" + v + "'", 2);
+        Die("cr_checkpoint",
+            "--bandwidth needs bytes per second (like 200M, 0 = unlimited), got '" + v + "'", 2);
       bandwidth_given = true;
     } else if (a == "--write") {
       std::string v = next();
-      if (v == "buffered") epoch_req.write.strategy = stasis::store::WriteStrategy::kBuffered;
-      else if (v == "streaming") epoch_req.write.strategy = stasis::store::WriteStrategy::kStreaming;
-      else if (v == "direct") epoch_req.write.strategy = stasis::store::WriteStrategy::kDirect;
-      else Die("cr_checkpoint", "--write is buffered, streaming or direct, not '" + v + "'", 2);
-    }
-    else if (a == "--no-daemon") no_daemon = true;
-    else if (a == "--socket") socket_option = next();
+      if (v == "buffered")
+        epoch_req.write.strategy = stasis::store::WriteStrategy::kBuffered;
+      else if (v == "streaming")
+        epoch_req.write.strategy = stasis::store::WriteStrategy::kStreaming;
+      else if (v == "direct")
+        epoch_req.write.strategy = stasis::store::WriteStrategy::kDirect;
+      else
+        Die("cr_checkpoint", "--write is buffered, streaming or direct, not '" + v + "'", 2);
+    } else if (a == "--no-daemon")
+      no_daemon = true;
+    else if (a == "--socket")
+      socket_option = next();
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
-    } else if (a[0] == '-') stasis::cli::Usage("cr_checkpoint", kUsage);
-    else if (id.empty()) id = a;
-    else stasis::cli::Usage("cr_checkpoint", kUsage);
+    } else if (a[0] == '-')
+      stasis::cli::Usage("cr_checkpoint", kUsage);
+    else if (id.empty())
+      id = a;
+    else
+      stasis::cli::Usage("cr_checkpoint", kUsage);
   }
   long target = 0;
   if (id.empty()) stasis::cli::Usage("cr_checkpoint", kUsage);
@@ -279,8 +320,9 @@ int main(int argc, char** argv) {
   }
   auto failure_message = [&](const stasis::Status& s) {
     std::string msg = s.message();
-    if (g_timed_out) msg = "checkpoint of " + id + " did not finish within " +
-                           std::to_string(time_limit) + " s; processes left running";
+    if (g_timed_out)
+      msg = "checkpoint of " + id + " did not finish within " + std::to_string(time_limit) +
+            " s; processes left running";
     return msg;
   };
   stasis::Result<stasis::core::CheckpointStats> stats = stasis::Status::Ok();
@@ -310,12 +352,15 @@ int main(int argc, char** argv) {
   if (!parent_file.empty()) {
     // An incremental checkpoint: only what changed since PARENT is stored.
     if (!epoch_req.dir.empty())
-      Die("cr_checkpoint", "--parent is for a context file (-f); --dir chooses the parent epoch itself", 2);
+      Die("cr_checkpoint",
+          "--parent is for a context file (-f); --dir chooses the parent epoch itself", 2);
     auto image = stasis::core::ReadContextImage(parent_file);
     if (!image) Fail("--parent: " + image.error().message(), image.error().code());
     if (image->token == 0)
-      Fail("--parent " + parent_file + ": that context was not taken with --track or --parent, so nothing "
-           "tracked the changes since", EINVAL);
+      Fail("--parent " + parent_file +
+               ": that context was not taken with --track or --parent, so nothing "
+               "tracked the changes since",
+           EINVAL);
     std::string child = opt.dest.empty() ? std::string(".") + "/x" : opt.dest;
     auto ref = stasis::core::ParentReference(child, parent_file);
     if (!ref) Fail("--parent: " + ref.error().message(), ref.error().code());
@@ -324,13 +369,16 @@ int main(int argc, char** argv) {
     const bool same = a && b && std::string(a) == b;
     ::free(a);
     ::free(b);
-    if (same) Fail("--parent " + parent_file + " is the file being written: the new context needs it", EINVAL);
+    if (same)
+      Fail("--parent " + parent_file + " is the file being written: the new context needs it",
+           EINVAL);
     opt.parent_token = image->token;
     opt.parent = *ref;
     opt.track = true;
   }
   if (epoch_req.full_every && epoch_req.dir.empty())
-    Die("cr_checkpoint", "--incremental is for epochs (--dir); for a file use --track and --parent", 2);
+    Die("cr_checkpoint", "--incremental is for epochs (--dir); for a file use --track and --parent",
+        2);
   // A single file's tracking: the embedded engine (stasisd takes it with
   // --dir, where the epoch chooses its parent).
   if (opt.track && epoch_req.dir.empty()) no_daemon = true;
@@ -369,23 +417,26 @@ int main(int argc, char** argv) {
     }
   }
   if (g_libcr_request) stasis::core::ReportRequestResult(4, 0, "");
-  if (verbose && !g_epoch_note.empty()) std::fprintf(stderr, "cr_checkpoint: %s\n", g_epoch_note.c_str());
+  if (verbose && !g_epoch_note.empty())
+    std::fprintf(stderr, "cr_checkpoint: %s\n", g_epoch_note.c_str());
   if (verbose) {
-    std::fprintf(stderr,
-                 "cr_checkpoint: %s: %u processes, %u threads, %.1f MiB memory, %.1f MiB file, "
-                 "%llu zero pages skipped, callbacks %.3f s, paused %.3f s%s\n",
-                 opt.dest.c_str(), stats->processes, stats->threads,
-                 stats->page_bytes / 1048576.0, stats->bytes / 1048576.0,
-                 static_cast<unsigned long long>(stats->zero_pages_skipped),
-                 stats->callbacks_seconds, stats->pause_seconds,
-                 stats->snapshot ? " (pages written from a snapshot)"
-                 : stats->snapshot_note.empty() ? ""
-                                                : (" (no snapshot: " + stats->snapshot_note + ")").c_str());
+    std::fprintf(
+        stderr,
+        "cr_checkpoint: %s: %u processes, %u threads, %.1f MiB memory, %.1f MiB file, "
+        "%llu zero pages skipped, callbacks %.3f s, paused %.3f s%s\n",
+        opt.dest.c_str(), stats->processes, stats->threads, stats->page_bytes / 1048576.0,
+        stats->bytes / 1048576.0, static_cast<unsigned long long>(stats->zero_pages_skipped),
+        stats->callbacks_seconds, stats->pause_seconds,
+        stats->snapshot                ? " (pages written from a snapshot)"
+        : stats->snapshot_note.empty() ? ""
+                                       : (" (no snapshot: " + stats->snapshot_note + ")").c_str());
     if (stats->incremental)
-      std::fprintf(stderr, "cr_checkpoint: incremental: %u processes, %.1f MiB unchanged left to %s\n",
+      std::fprintf(stderr,
+                   "cr_checkpoint: incremental: %u processes, %.1f MiB unchanged left to %s\n",
                    stats->incremental_processes, stats->parent_page_bytes / 1048576.0,
                    opt.parent.empty() ? "the previous epoch" : opt.parent.c_str());
-    if (!stats->track_note.empty()) std::fprintf(stderr, "cr_checkpoint: %s\n", stats->track_note.c_str());
+    if (!stats->track_note.empty())
+      std::fprintf(stderr, "cr_checkpoint: %s\n", stats->track_note.c_str());
   }
   return 0;
 }

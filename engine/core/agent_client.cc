@@ -39,9 +39,12 @@ void WaitFor(volatile uint32_t* p, uint32_t seen, int ms) {
 
 std::string CodeName(int code) {
   switch (code) {
-    case CR_ETEMPFAIL: return "CR_ETEMPFAIL";
-    case CR_EPERMFAIL: return "CR_EPERMFAIL";
-    default: return "code " + std::to_string(code);
+    case CR_ETEMPFAIL:
+      return "CR_ETEMPFAIL";
+    case CR_EPERMFAIL:
+      return "CR_EPERMFAIL";
+    default:
+      return "code " + std::to_string(code);
   }
 }
 
@@ -49,10 +52,14 @@ std::string CodeName(int code) {
 
 int BlcrScope(format::ScopeKind scope) {
   switch (scope) {
-    case format::kScopePid: return CR_SCOPE_PROC;
-    case format::kScopePgid: return CR_SCOPE_PGRP;
-    case format::kScopeSid: return CR_SCOPE_SESS;
-    case format::kScopeTree: return CR_SCOPE_TREE;
+    case format::kScopePid:
+      return CR_SCOPE_PROC;
+    case format::kScopePgid:
+      return CR_SCOPE_PGRP;
+    case format::kScopeSid:
+      return CR_SCOPE_SESS;
+    case format::kScopeTree:
+      return CR_SCOPE_TREE;
   }
   return CR_SCOPE_TREE;
 }
@@ -123,10 +130,10 @@ Result<std::unique_ptr<AgentSession::Agent>> AgentSession::FindAgentBlock(pid_t 
 
 Status AgentSession::Prepare(const std::vector<pid_t>& pids,
                              const std::map<pid_t, UniqueFd>& pidfds_for_perm) {
-  const auto deadline =
-      request_.timeout_seconds > 0
-          ? Clock::now() + std::chrono::milliseconds(static_cast<long>(request_.timeout_seconds * 1000))
-          : Clock::time_point::max();
+  const auto deadline = request_.timeout_seconds > 0
+                            ? Clock::now() + std::chrono::milliseconds(
+                                                 static_cast<long>(request_.timeout_seconds * 1000))
+                            : Clock::time_point::max();
   std::vector<Agent*> waiting;
   for (pid_t pid : pids) {
     auto st = ReadStat(pid);
@@ -157,8 +164,8 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
       if (!locked) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (!locked)
-      return Status::Error(EBUSY, "pid " + std::to_string(pid) +
-                                      " is already being checkpointed; retry later");
+      return Status::Error(
+          EBUSY, "pid " + std::to_string(pid) + " is already being checkpointed; retry later");
     // The previous checkpoint's callbacks may still be finishing.
     auto idle_by = Clock::now() + std::chrono::seconds(10);
     while (Load(&b->state) != STASIS_AGENT_ST_IDLE) {
@@ -257,10 +264,18 @@ Status AgentSession::Prepare(const std::vector<pid_t>& pids,
     for (uint32_t i = 0; i < n; ++i) {
       format::ScopeKind kind;
       switch (b->forward[i].scope) {
-        case CR_SCOPE_PROC: kind = format::kScopePid; break;
-        case CR_SCOPE_PGRP: kind = format::kScopePgid; break;
-        case CR_SCOPE_SESS: kind = format::kScopeSid; break;
-        default: kind = format::kScopeTree; break;
+        case CR_SCOPE_PROC:
+          kind = format::kScopePid;
+          break;
+        case CR_SCOPE_PGRP:
+          kind = format::kScopePgid;
+          break;
+        case CR_SCOPE_SESS:
+          kind = format::kScopeSid;
+          break;
+        default:
+          kind = format::kScopeTree;
+          break;
       }
       forwarded_.push_back({kind, static_cast<pid_t>(b->forward[i].target), a->pid, a->creds});
     }

@@ -39,8 +39,8 @@ struct AgentRequest {
   pid_t requester = 0;
   pid_t target = 0;
   format::ScopeKind scope = format::kScopeTree;
-  int signal = 0;          // sent after the checkpoint, 0 if none
-  std::string dest;        // context file path, for cr_get_checkpoint_info
+  int signal = 0;              // sent after the checkpoint, 0 if none
+  std::string dest;            // context file path, for cr_get_checkpoint_info
   double timeout_seconds = 0;  // for the callbacks; 0 = unbounded (BLCR)
   bool final = false;          // the job is about to end (STASIS_AGENT_RQ_FINAL)
 };

@@ -81,13 +81,13 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
   image.hostname = host;
   struct utsname u;
   if (::uname(&u) == 0) image.kernel_release = u.release;
-  image.created_unix_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  image.created_unix_ns =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
   image.checkpoint_uid = ::getuid();
-  image.root_pid = static_cast<uint32_t>(
-      options_.tasks.empty() ? options_.target : options_.tasks.front().pid);
+  image.root_pid =
+      static_cast<uint32_t>(options_.tasks.empty() ? options_.target : options_.tasks.front().pid);
   image.scope = options_.scope;
   image.argv = options_.tool_argv;
   image.token = token_;
@@ -216,10 +216,18 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   request.timeout_seconds = options.callback_timeout_seconds;
   request.final = options.final;
   switch (options.after) {
-    case AfterCheckpoint::kKill: request.signal = SIGKILL; break;
-    case AfterCheckpoint::kTerm: request.signal = SIGTERM; break;
-    case AfterCheckpoint::kStop: request.signal = SIGSTOP; break;
-    case AfterCheckpoint::kContinue: request.signal = options.after_signal; break;
+    case AfterCheckpoint::kKill:
+      request.signal = SIGKILL;
+      break;
+    case AfterCheckpoint::kTerm:
+      request.signal = SIGTERM;
+      break;
+    case AfterCheckpoint::kStop:
+      request.signal = SIGSTOP;
+      break;
+    case AfterCheckpoint::kContinue:
+      request.signal = options.after_signal;
+      break;
   }
   // Declared before the capturer: on an early return the processes are
   // resumed first, then their callbacks learn that the checkpoint failed.
@@ -295,8 +303,9 @@ Result<CheckpointStats> Checkpoint(const CheckpointOptions& options, ByteSink* s
   }
   format::ContextWriter writer(sink);
   if (options.compress != format::kCodecNone) {
-    int threads = options.compress_threads > 0 ? options.compress_threads
-                                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    int threads = options.compress_threads > 0
+                      ? options.compress_threads
+                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     writer.SetCompression(options.compress, options.compress_level, threads);
   }
   // With a snapshot the tree runs again as soon as the shared objects are

@@ -1,13 +1,12 @@
 // Context files on disk; see context_file.h.
 #include "engine/core/context_file.h"
 
-#include "engine/format/context_io.h"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/base/fd.h"
+#include "engine/format/context_io.h"
 
 namespace stasis::core {
 
@@ -28,14 +27,16 @@ Result<UniqueFd> OpenOwnContext(const std::string& path) {
   struct stat st;
   if (::fstat(owned.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
   if (::geteuid() != 0 && st.st_uid != ::geteuid())
-    return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
-                                    ", not to you; refusing it");
+    return Status::Error(
+        EPERM, path + " belongs to uid " + std::to_string(st.st_uid) + ", not to you; refusing it");
   return owned;
 }
 
 std::string DirName(const std::string& p) {
   size_t slash = p.rfind('/');
-  return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : p.substr(0, slash);
+  return slash == std::string::npos ? std::string(".")
+         : slash == 0               ? std::string("/")
+                                    : p.substr(0, slash);
 }
 
 }  // namespace

@@ -22,7 +22,8 @@ bool DirtyTrackingSupported(std::string* why_not) {
   static bool ok = false;
   static std::string why;
   std::call_once(once, [] {
-    UniqueFd uffd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)));
+    UniqueFd uffd(
+        static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)));
     if (!uffd) {
       why = std::string("userfaultfd: ") + strerror(errno);
       return;
@@ -49,7 +50,8 @@ Status EnableWpAsync(int uffd) {
   struct uffdio_api api = {};
   api.api = UFFD_API;
   api.features = uapi::kUffdFeatureWpAsync;
-  if (::ioctl(uffd, UFFDIO_API, &api) != 0) return Status::FromErrno(errno, "userfaultfd API with WP_ASYNC");
+  if (::ioctl(uffd, UFFDIO_API, &api) != 0)
+    return Status::FromErrno(errno, "userfaultfd API with WP_ASYNC");
   return Status::Ok();
 }
 
@@ -58,7 +60,8 @@ Status RegisterAndProtect(int uffd, uint64_t start, uint64_t end) {
   r.range.start = start;
   r.range.len = end - start;
   r.mode = UFFDIO_REGISTER_MODE_WP;
-  if (::ioctl(uffd, UFFDIO_REGISTER, &r) != 0) return Status::FromErrno(errno, "register for write protection");
+  if (::ioctl(uffd, UFFDIO_REGISTER, &r) != 0)
+    return Status::FromErrno(errno, "register for write protection");
   struct uffdio_writeprotect w = {};
   w.range.start = start;
   w.range.len = end - start;
@@ -67,7 +70,8 @@ Status RegisterAndProtect(int uffd, uint64_t start, uint64_t end) {
   return Status::Ok();
 }
 
-Result<std::vector<ScannedRun>> ScanPresentAndProtect(int pagemap_fd, uint64_t start, uint64_t end) {
+Result<std::vector<ScannedRun>> ScanPresentAndProtect(int pagemap_fd, uint64_t start,
+                                                      uint64_t end) {
   std::vector<ScannedRun> out;
   std::vector<uapi::PageRegion> vec(4096);
   uint64_t at = start;

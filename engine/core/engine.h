@@ -144,22 +144,22 @@ struct CheckpointOptions {
 struct CheckpointStats {
   uint32_t processes = 0;
   uint32_t threads = 0;
-  uint64_t bytes = 0;        // context bytes written
-  uint64_t page_bytes = 0;   // memory bytes saved
+  uint64_t bytes = 0;       // context bytes written
+  uint64_t page_bytes = 0;  // memory bytes saved
   uint64_t zero_pages_skipped = 0;
   uint64_t estimated_bytes = 0;  // what before_write was told
   double callbacks_seconds = 0;  // libcr callbacks, before anything is frozen
-  double freeze_seconds = 0;  // from the first seize to all stopped
-  double pause_seconds = 0;   // from the first seize to resumed (or killed)
+  double freeze_seconds = 0;     // from the first seize to all stopped
+  double pause_seconds = 0;      // from the first seize to resumed (or killed)
   double total_seconds = 0;
-  bool kernel_backend = false; // the capture went through /dev/stasis
-  bool snapshot = false;       // pages were read from copy-on-write snapshots
-  std::string snapshot_note;   // why no snapshot was taken, when one was asked
-  uint64_t token = 0;            // the Image token (tracking set up), or 0
-  bool incremental = false;      // the context names a parent
-  uint64_t parent_page_bytes = 0;  // memory left to the parent context
+  bool kernel_backend = false;         // the capture went through /dev/stasis
+  bool snapshot = false;               // pages were read from copy-on-write snapshots
+  std::string snapshot_note;           // why no snapshot was taken, when one was asked
+  uint64_t token = 0;                  // the Image token (tracking set up), or 0
+  bool incremental = false;            // the context names a parent
+  uint64_t parent_page_bytes = 0;      // memory left to the parent context
   uint32_t incremental_processes = 0;  // processes whose unchanged pages are the parent's
-  std::string track_note;        // why tracking or an incremental capture was not (fully) done
+  std::string track_note;  // why tracking or an incremental capture was not (fully) done
   std::vector<pid_t> pids;
 };
 
@@ -176,7 +176,7 @@ enum class AfterRestore { kRun, kStop, kTerm, kKill };
 class LazyPages;
 
 struct RestoreOptions {
-  bool restore_pids = true;      // false: --no-restore-pid
+  bool restore_pids = true;  // false: --no-restore-pid
   AfterRestore after = AfterRestore::kRun;
   // --relocate OLD=NEW: path prefixes rewritten for files, exe, cwd.
   std::vector<std::pair<std::string, std::string>> relocate;
@@ -229,8 +229,8 @@ struct RestoreOptions {
   // sets *resolved to the file's path. Unset: `recorded` resolved against
   // the child's folder unless absolute, opened like any context file (no
   // symlinks, the caller's own unless root).
-  std::function<Result<std::unique_ptr<ByteSource>>(const std::string& child, const std::string& recorded,
-                                                    std::string* resolved)>
+  std::function<Result<std::unique_ptr<ByteSource>>(
+      const std::string& child, const std::string& recorded, std::string* resolved)>
       open_parent;
   // Files that may have been written again since the checkpoint with the
   // same content (a requeued job's batch script, which Slurm writes anew
@@ -245,19 +245,19 @@ struct RestoreOptions {
 };
 
 struct RestoreResult {
-  pid_t root_pid = 0;            // the restored root (pid in our namespace)
-  pid_t wait_pid = 0;            // our child to wait for: the root, or the
-                                 // init of the fresh pid namespace
+  pid_t root_pid = 0;  // the restored root (pid in our namespace)
+  pid_t wait_pid = 0;  // our child to wait for: the root, or the
+                       // init of the fresh pid namespace
   uint32_t processes = 0;
   uint32_t threads = 0;
   uint64_t page_bytes = 0;
   double seconds = 0;
   bool in_new_pid_namespace = false;
-  std::vector<TaskRoot> tasks;   // each task's restored top-level process
-  uint64_t lazy_bytes = 0;       // page data left to the lazy server
-  uint64_t parent_bytes = 0;     // page data read from parent contexts
-  uint32_t parents = 0;          // parent contexts read (an incremental chain)
-  std::vector<pid_t> pids;       // every restored process
+  std::vector<TaskRoot> tasks;  // each task's restored top-level process
+  uint64_t lazy_bytes = 0;      // page data left to the lazy server
+  uint64_t parent_bytes = 0;    // page data read from parent contexts
+  uint32_t parents = 0;         // parent contexts read (an incremental chain)
+  std::vector<pid_t> pids;      // every restored process
 };
 
 // Reads a context from `source` and rebuilds its tree as children of the

@@ -27,8 +27,8 @@ namespace stasis::core {
 namespace {
 
 constexpr uint64_t kPage = 4096;
-constexpr size_t kFaultChunk = 16 * kPage;     // read around a fault
-constexpr size_t kStreamChunk = 4u << 20;      // background reads
+constexpr size_t kFaultChunk = 16 * kPage;  // read around a fault
+constexpr size_t kStreamChunk = 4u << 20;   // background reads
 
 struct Section {
   pid_t pid;
@@ -160,7 +160,8 @@ void LazyPages::AddSection(pid_t pid, std::vector<format::PageRun> runs, uint64_
     list.push_back({r.start, r.npages * kPage, off});
     off += r.npages * kPage;
   }
-  std::sort(list.begin(), list.end(), [](const Piece& a, const Piece& b) { return a.addr < b.addr; });
+  std::sort(list.begin(), list.end(),
+            [](const Piece& a, const Piece& b) { return a.addr < b.addr; });
   impl_->sections.push_back({pid, std::move(runs), data_offset, trailer_offset, crc_seed});
 }
 
@@ -213,7 +214,8 @@ Status LazyPages::Impl::Copy(Space* s, uint64_t dst, const char* src, uint64_t l
         c.dst = dst + o;
         c.src = reinterpret_cast<uint64_t>(src + o);
         c.len = kPage;
-        if (::ioctl(s->uffd.get(), UFFDIO_COPY, &c) == 0 || errno == EEXIST || errno == ENOENT) break;
+        if (::ioctl(s->uffd.get(), UFFDIO_COPY, &c) == 0 || errno == EEXIST || errno == ENOENT)
+          break;
         if (errno == EAGAIN) {
           // The address space is changing (fork, mremap, madvise): its
           // event must be read before anything can be copied.
@@ -224,7 +226,8 @@ Status LazyPages::Impl::Copy(Space* s, uint64_t dst, const char* src, uint64_t l
           s->gone = true;
           return Status::Ok();
         }
-        return Status::FromErrno(errno, "lazy restart: copy a page into pid " + std::to_string(s->pid));
+        return Status::FromErrno(errno,
+                                 "lazy restart: copy a page into pid " + std::to_string(s->pid));
       }
     }
     return Status::Ok();
@@ -261,10 +264,13 @@ Status LazyPages::Impl::ServeFault(Space* s, uint64_t addr) {
         STASIS_RETURN_IF_ERROR(EventsOnly(s));
         continue;
       }
-      if (errno == EEXIST) Wake(s, cur, kPage);
-      else if (errno == ESRCH) s->gone = true;
+      if (errno == EEXIST)
+        Wake(s, cur, kPage);
+      else if (errno == ESRCH)
+        s->gone = true;
       else if (errno != ENOENT)
-        return Status::FromErrno(errno, "lazy restart: map a zero page into pid " + std::to_string(s->pid));
+        return Status::FromErrno(
+            errno, "lazy restart: map a zero page into pid " + std::to_string(s->pid));
       break;
     }
     return Status::Ok();
@@ -375,7 +381,8 @@ Status LazyPages::Impl::PollOnce(int timeout_ms) {
   size_t count = spaces.size();
   for (size_t i = 0, k = 1; i < count && k < fds.size(); ++i) {
     if (spaces[i]->gone) continue;
-    if (fds[k].revents & (POLLIN | POLLERR | POLLHUP)) STASIS_RETURN_IF_ERROR(Drain(spaces[i].get()));
+    if (fds[k].revents & (POLLIN | POLLERR | POLLHUP))
+      STASIS_RETURN_IF_ERROR(Drain(spaces[i].get()));
     ++k;
   }
   while (!deferred.empty()) {
@@ -399,7 +406,8 @@ Status LazyPages::Impl::Stream() {
   // open file description: ours stays for pread), so that reading overlaps
   // copying; what lies between the lazy sections is read and dropped.
   std::unique_ptr<ByteSource> ahead;
-  UniqueFd again(::open(("/proc/self/fd/" + std::to_string(file.get())).c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd again(
+      ::open(("/proc/self/fd/" + std::to_string(file.get())).c_str(), O_RDONLY | O_CLOEXEC));
   if (again) ahead.reset(new PrefetchSource(std::move(again), name));
   uint64_t ahead_pos = 0;
   // Up to n bytes of the file at `off` (in order): a pointer into the
@@ -428,8 +436,11 @@ Status LazyPages::Impl::Stream() {
     uint64_t run_off = 0, off = sec.data_offset;
     while (off < sec.trailer_offset) {
       const char* data = nullptr;
-      STASIS_ASSIGN_OR_RETURN(size_t n, fetch(off, static_cast<size_t>(std::min<uint64_t>(kStreamChunk, sec.trailer_offset - off)),
-                                              &data));
+      STASIS_ASSIGN_OR_RETURN(
+          size_t n,
+          fetch(off,
+                static_cast<size_t>(std::min<uint64_t>(kStreamChunk, sec.trailer_offset - off)),
+                &data));
       crc = format::Crc32c(crc, data, n);
       size_t done = 0;
       while (done < n && run < sec.runs.size()) {
@@ -450,7 +461,8 @@ Status LazyPages::Impl::Stream() {
           for (uint64_t o = 0; o < take; o += kPage) {
             if (s->Removed(orig + o, kPage)) continue;
             bool exists = false;
-            STASIS_RETURN_IF_ERROR(CopyRetrying(s, s->ToCurrent(orig + o), data + done + o, kPage, &exists));
+            STASIS_RETURN_IF_ERROR(
+                CopyRetrying(s, s->ToCurrent(orig + o), data + done + o, kPage, &exists));
           }
         }
         done += take;
@@ -470,7 +482,8 @@ Status LazyPages::Impl::Stream() {
     std::memcpy(&stored, trailer, 4);
     if (stored != crc)
       return Status::Corrupt(name + ": checksum mismatch in the page data at byte " +
-                             std::to_string(sec.data_offset) + " (lazy restart: the tree is killed)");
+                             std::to_string(sec.data_offset) +
+                             " (lazy restart: the tree is killed)");
   }
   return Status::Ok();
 }

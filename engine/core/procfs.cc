@@ -97,7 +97,9 @@ Result<ProcStat> ParseStat(const std::string& text) {
   std::string tok;
   while (in >> tok) f.push_back(tok);
   if (f.size() < 50) return Status::Error(EINVAL, "short stat line");
-  auto u = [&](int field) { return strtoull(f[static_cast<size_t>(field - 3)].c_str(), nullptr, 10); };
+  auto u = [&](int field) {
+    return strtoull(f[static_cast<size_t>(field - 3)].c_str(), nullptr, 10);
+  };
   st.state = f[0][0];
   st.ppid = static_cast<pid_t>(u(4));
   st.pgrp = static_cast<pid_t>(u(5));
@@ -170,9 +172,12 @@ Result<std::vector<format::PosixTimer>> ParsePosixTimers(const std::string& text
       size_t slash = value.find('/'), dot = value.find('.');
       if (slash == std::string::npos || dot == std::string::npos) return bad("no '/' or '.'");
       std::string how = value.substr(0, slash), whom = value.substr(slash + 1, dot - slash - 1);
-      if (how == "signal") t.notify = SIGEV_SIGNAL;
-      else if (how == "none") t.notify = SIGEV_NONE;
-      else return bad("notification '" + how + "' cannot be restored");
+      if (how == "signal")
+        t.notify = SIGEV_SIGNAL;
+      else if (how == "none")
+        t.notify = SIGEV_NONE;
+      else
+        return bad("notification '" + how + "' cannot be restored");
       if (whom == "tid") {
         t.notify |= SIGEV_THREAD_ID;
         t.tid = static_cast<uint32_t>(std::strtoul(value.c_str() + dot + 1, nullptr, 10));
@@ -185,9 +190,9 @@ Result<std::vector<format::PosixTimer>> ParsePosixTimers(const std::string& text
 }
 
 Result<ProcStat> ReadThreadStat(pid_t pid, pid_t tid) {
-  STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString("/proc/" + std::to_string(pid) +
-                                                             "/task/" + std::to_string(tid) +
-                                                             "/stat"));
+  STASIS_ASSIGN_OR_RETURN(
+      std::string text,
+      ReadFileToString("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat"));
   return ParseStat(text);
 }
 
@@ -247,7 +252,8 @@ Result<std::vector<pid_t>> ListChildren(pid_t pid) {
 }
 
 Result<std::vector<std::string>> ReadArgv(pid_t pid) {
-  STASIS_ASSIGN_OR_RETURN(std::string raw, ReadFileToString("/proc/" + std::to_string(pid) + "/cmdline"));
+  STASIS_ASSIGN_OR_RETURN(std::string raw,
+                          ReadFileToString("/proc/" + std::to_string(pid) + "/cmdline"));
   std::vector<std::string> argv;
   for (size_t i = 0; i < raw.size();) {
     size_t end = raw.find('\0', i);
@@ -264,9 +270,8 @@ Result<std::vector<int>> ListFds(pid_t pid) {
 }
 
 Result<FdInfo> ReadFdInfo(pid_t pid, int fd) {
-  STASIS_ASSIGN_OR_RETURN(std::string text,
-                          ReadFileToString("/proc/" + std::to_string(pid) + "/fdinfo/" +
-                                           std::to_string(fd)));
+  STASIS_ASSIGN_OR_RETURN(std::string text, ReadFileToString("/proc/" + std::to_string(pid) +
+                                                             "/fdinfo/" + std::to_string(fd)));
   FdInfo info;
   STASIS_ASSIGN_OR_RETURN(std::string pos, StatusField(text, "pos"));
   STASIS_ASSIGN_OR_RETURN(std::string flags, StatusField(text, "flags"));

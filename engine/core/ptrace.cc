@@ -159,16 +159,20 @@ Result<std::vector<format::SeccompFilter>> Tracee::SeccompFilters(uint32_t count
   for (long i = static_cast<long>(count) - 1; i >= 0; --i) {
     long n = ::ptrace(PTRACE_SECCOMP_GET_FILTER, tid_, reinterpret_cast<void*>(i), nullptr);
     if (n <= 0 || n > 4096)
-      return Status::FromErrno(n < 0 ? errno : EINVAL, "read seccomp filter " + std::to_string(i) + " of " +
-                                                           TidName(tid_) + " (needs CAP_SYS_ADMIN)");
+      return Status::FromErrno(n < 0 ? errno : EINVAL, "read seccomp filter " + std::to_string(i) +
+                                                           " of " + TidName(tid_) +
+                                                           " (needs CAP_SYS_ADMIN)");
     format::SeccompFilter f;
     f.program.resize(static_cast<size_t>(n) * 8);
-    if (::ptrace(PTRACE_SECCOMP_GET_FILTER, tid_, reinterpret_cast<void*>(i), f.program.data()) != n)
-      return Status::FromErrno(errno, "read seccomp filter " + std::to_string(i) + " of " + TidName(tid_));
+    if (::ptrace(PTRACE_SECCOMP_GET_FILTER, tid_, reinterpret_cast<void*>(i), f.program.data()) !=
+        n)
+      return Status::FromErrno(errno,
+                               "read seccomp filter " + std::to_string(i) + " of " + TidName(tid_));
     struct {
       uint64_t filter_off, flags;
     } meta = {static_cast<uint64_t>(i), 0};
-    if (::ptrace(PTRACE_SECCOMP_GET_METADATA, tid_, reinterpret_cast<void*>(sizeof meta), &meta) > 0)
+    if (::ptrace(PTRACE_SECCOMP_GET_METADATA, tid_, reinterpret_cast<void*>(sizeof meta), &meta) >
+        0)
       f.flags = meta.flags;
     out.push_back(std::move(f));
   }
@@ -278,8 +282,8 @@ Status Tracee::PeekSiginfo(bool shared, std::vector<uint8_t>* records) const {
   } args = {0, shared ? 1u : 0u, 32};
   for (;;) {
     uint8_t buf[32 * 128];
-    long n = ::ptrace(static_cast<__ptrace_request>(0x4209 /* PTRACE_PEEKSIGINFO */), tid_, &args,
-                      buf);
+    long n =
+        ::ptrace(static_cast<__ptrace_request>(0x4209 /* PTRACE_PEEKSIGINFO */), tid_, &args, buf);
     if (n < 0) return Status::FromErrno(errno, "read pending signals of " + TidName(tid_));
     if (n == 0) break;
     records->insert(records->end(), buf, buf + n * 128);
@@ -326,9 +330,8 @@ Status Tracee::PrepareForInjection() {
   return Status::Ok();
 }
 
-Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64_t a2,
-                             uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6,
-                             pid_t* new_task) {
+Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
+                             uint64_t a4, uint64_t a5, uint64_t a6, pid_t* new_task) {
   STASIS_RETURN_IF_ERROR(PrepareForInjection());
   Regs r = saved_regs_;
   r.rip = syscall_insn;
@@ -361,8 +364,8 @@ Result<long> Tracee::Syscall(uint64_t syscall_insn, long nr, uint64_t a1, uint64
       case StopInfo::kExited:
       case StopInfo::kKilled:
         attached_ = false;
-        return Status::Error(ESRCH, TidName(tid_) + " died during an injected system call " +
-                                        std::to_string(nr));
+        return Status::Error(
+            ESRCH, TidName(tid_) + " died during an injected system call " + std::to_string(nr));
       case StopInfo::kSyscall:
         if (!entered) {
           entered = true;
@@ -483,7 +486,8 @@ Status ProcessMemory::Write(uint64_t addr, const void* buf, size_t n) const {
   return Status::Ok();
 }
 
-Status ProcessMemory::WriteScattered(const char* data, const std::vector<struct iovec>& remote) const {
+Status ProcessMemory::WriteScattered(const char* data,
+                                     const std::vector<struct iovec>& remote) const {
   size_t total = 0;
   for (const struct iovec& v : remote) total += v.iov_len;
   struct iovec local = {const_cast<char*>(data), total};
@@ -500,8 +504,8 @@ Status ProcessMemory::WriteScattered(const char* data, const std::vector<struct 
     size_t end = at + v.iov_len;
     if (end > done) {
       size_t skip = done > at ? done - at : 0;
-      STASIS_RETURN_IF_ERROR(Write(reinterpret_cast<uint64_t>(v.iov_base) + skip, data + at + skip,
-                                   v.iov_len - skip));
+      STASIS_RETURN_IF_ERROR(
+          Write(reinterpret_cast<uint64_t>(v.iov_base) + skip, data + at + skip, v.iov_len - skip));
     }
     at = end;
   }
@@ -514,9 +518,8 @@ Status ProcessMemory::WriteThroughProc(uint64_t addr, const void* buf, size_t n)
     ssize_t r = ::pwrite(fd_.get(), p, n, static_cast<off_t>(addr));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0)
-      return Status::FromErrno(r < 0 ? errno : EIO, "write memory of pid " +
-                                                        std::to_string(pid_) + " at 0x" +
-                                                        ToHex(addr));
+      return Status::FromErrno(r < 0 ? errno : EIO, "write memory of pid " + std::to_string(pid_) +
+                                                        " at 0x" + ToHex(addr));
     p += r;
     addr += static_cast<uint64_t>(r);
     n -= static_cast<size_t>(r);
@@ -534,8 +537,8 @@ Result<uint64_t> FindVdsoSyscall(pid_t pid, const ProcessMemory& mem) {
       if (text[i] == 0x0f && text[i + 1] == 0x05) return e.start + i;
     }
   }
-  return Status::Error(ENOEXEC, "pid " + std::to_string(pid) +
-                                    " has no vDSO with a syscall instruction");
+  return Status::Error(ENOEXEC,
+                       "pid " + std::to_string(pid) + " has no vDSO with a syscall instruction");
 }
 
 }  // namespace stasis::core

@@ -109,7 +109,8 @@ Status Restorer::SetUpScratch() {
 
 // Waits (up to 2 s) until task `tid` of `pid` is in a stopped state.
 void WaitTaskStopped(pid_t pid, pid_t tid) {
-  const std::string path = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat";
+  const std::string path =
+      "/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat";
   for (int i = 0; i < 2000; ++i) {
     auto text = ReadFileToString(path);
     if (!text) return;
@@ -232,8 +233,10 @@ Result<RestoreResult> Restorer::Run() {
         break;
       case format::SectionType::kParentPages: {
         RProc* owner = find(reader_.section_pid());
-        if (!owner || !owner->mm_built) return Status::Corrupt("parent pages for a process whose memory map was not read");
-        if (!reader_.parent_runs().empty()) parent_needed_[owner->entry.pid] = reader_.parent_runs();
+        if (!owner || !owner->mm_built)
+          return Status::Corrupt("parent pages for a process whose memory map was not read");
+        if (!reader_.parent_runs().empty())
+          parent_needed_[owner->entry.pid] = reader_.parent_runs();
         break;
       }
       default:
@@ -298,8 +301,7 @@ Result<RestoreResult> Restorer::Run() {
   }
   result_.wait_pid = init_ ? init_->pid : result_.root_pid;
   result_.processes = static_cast<uint32_t>(procs_.size());
-  result_.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return result_;
 }
 

@@ -17,8 +17,8 @@ namespace {
 // "FILE:LINE: key 'K': what"
 Status Bad(const std::string& file, const YAML::Node& node, const std::string& key,
            const std::string& what) {
-  return Status::Error(EINVAL, file + ":" + std::to_string(node.Mark().line + 1) + ": key '" +
-                                   key + "': " + what);
+  return Status::Error(
+      EINVAL, file + ":" + std::to_string(node.Mark().line + 1) + ": key '" + key + "': " + what);
 }
 
 Status AbsolutePath(const std::string& file, const std::string& key, const YAML::Node& v,
@@ -57,12 +57,18 @@ bool ParseBytes(const std::string& text, uint64_t* out) {
   if (!unit.empty() && (unit.back() == 'B' || unit.back() == 'b')) unit.pop_back();
   if (!unit.empty() && unit.back() == 'i') unit.pop_back();
   int shift = 0;
-  if (unit.empty()) shift = 0;
-  else if (unit == "K" || unit == "k") shift = 10;
-  else if (unit == "M" || unit == "m") shift = 20;
-  else if (unit == "G" || unit == "g") shift = 30;
-  else if (unit == "T" || unit == "t") shift = 40;
-  else return false;
+  if (unit.empty())
+    shift = 0;
+  else if (unit == "K" || unit == "k")
+    shift = 10;
+  else if (unit == "M" || unit == "m")
+    shift = 20;
+  else if (unit == "G" || unit == "g")
+    shift = 30;
+  else if (unit == "T" || unit == "t")
+    shift = 40;
+  else
+    return false;
   uint64_t n = std::stoull(num);
   if (n > (UINT64_MAX >> shift)) return false;
   *out = n << shift;
@@ -105,16 +111,16 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
   bool roots_given = false;
   using Setter = std::function<Status(const std::string&, const YAML::Node&)>;
   const std::map<std::string, Setter> keys = {
-      {"socket", [&](const std::string& k, const YAML::Node& v) {
-         return AbsolutePath(path, k, v, &c.socket);
-       }},
-      {"state_dir", [&](const std::string& k, const YAML::Node& v) {
-         return AbsolutePath(path, k, v, &c.state_dir);
-       }},
-      {"checkpoint_root", [&](const std::string& k, const YAML::Node& v) {
+      {"socket", [&](const std::string& k,
+                     const YAML::Node& v) { return AbsolutePath(path, k, v, &c.socket); }},
+      {"state_dir", [&](const std::string& k,
+                        const YAML::Node& v) { return AbsolutePath(path, k, v, &c.state_dir); }},
+      {"checkpoint_root",
+       [&](const std::string& k, const YAML::Node& v) {
          return AbsolutePath(path, k, v, &c.checkpoint_root);
        }},
-      {"allowed_roots", [&](const std::string& k, const YAML::Node& v) {
+      {"allowed_roots",
+       [&](const std::string& k, const YAML::Node& v) {
          if (!v.IsSequence()) return Bad(path, v, k, "expected a list of absolute folders");
          c.allowed_roots.clear();
          for (const YAML::Node& e : v) {
@@ -125,107 +131,135 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
          roots_given = true;
          return Status::Ok();
        }},
-      {"retention", [&](const std::string& k, const YAML::Node& v) {
+      {"retention",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 1, 1000, &n));
          c.retention = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"max_concurrent", [&](const std::string& k, const YAML::Node& v) {
+      {"max_concurrent",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 1, 1024, &n));
          c.max_concurrent = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"max_queued", [&](const std::string& k, const YAML::Node& v) {
+      {"max_queued",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 65536, &n));
          c.max_queued = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"bandwidth_limit", [&](const std::string& k, const YAML::Node& v) {
+      {"bandwidth_limit",
+       [&](const std::string& k, const YAML::Node& v) {
          if (!v.IsScalar() || !ParseBytes(v.Scalar(), &c.bandwidth_limit))
-           return Bad(path, v, k, "'" + (v.IsScalar() ? v.Scalar() : std::string("?")) +
-                                      "' is not a byte rate (like 500M, 2G or 0)");
+           return Bad(path, v, k,
+                      "'" + (v.IsScalar() ? v.Scalar() : std::string("?")) +
+                          "' is not a byte rate (like 500M, 2G or 0)");
          return Status::Ok();
        }},
-      {"callback_timeout", [&](const std::string& k, const YAML::Node& v) {
+      {"callback_timeout",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
          c.callback_timeout = static_cast<double>(n);
          return Status::Ok();
        }},
-      {"max_connections_per_user", [&](const std::string& k, const YAML::Node& v) {
+      {"max_connections_per_user",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 1, 65536, &n));
          c.max_connections_per_user = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"max_running_per_user", [&](const std::string& k, const YAML::Node& v) {
+      {"max_running_per_user",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 1024, &n));
          c.max_running_per_user = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"max_queued_per_user", [&](const std::string& k, const YAML::Node& v) {
+      {"max_queued_per_user",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 65536, &n));
          c.max_queued_per_user = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"limit_root", [&](const std::string& k, const YAML::Node& v) {
+      {"limit_root",
+       [&](const std::string& k, const YAML::Node& v) {
          std::string s = v.IsScalar() ? v.Scalar() : "";
-         if (s == "true") c.limit_root = true;
-         else if (s == "false") c.limit_root = false;
-         else return Bad(path, v, k, "'" + s + "' is not true or false");
+         if (s == "true")
+           c.limit_root = true;
+         else if (s == "false")
+           c.limit_root = false;
+         else
+           return Bad(path, v, k, "'" + s + "' is not true or false");
          return Status::Ok();
        }},
-      {"idle_timeout", [&](const std::string& k, const YAML::Node& v) {
+      {"idle_timeout",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
          c.idle_timeout = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"max_callback_timeout", [&](const std::string& k, const YAML::Node& v) {
+      {"max_callback_timeout",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
          c.max_callback_timeout = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"max_time_limit", [&](const std::string& k, const YAML::Node& v) {
+      {"max_time_limit",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 31 * 86400, &n));
          c.max_time_limit = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"hold_timeout", [&](const std::string& k, const YAML::Node& v) {
+      {"hold_timeout",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 1, 86400, &n));
          c.hold_timeout = static_cast<uint32_t>(n);
          return Status::Ok();
        }},
-      {"restart_timeout", [&](const std::string& k, const YAML::Node& v) {
+      {"restart_timeout",
+       [&](const std::string& k, const YAML::Node& v) {
          uint64_t n;
          STASIS_RETURN_IF_ERROR(Integer(path, k, v, 0, 86400, &n));
          c.restart_timeout = n;
          return Status::Ok();
        }},
-      {"capture_backend", [&](const std::string& k, const YAML::Node& v) {
+      {"capture_backend",
+       [&](const std::string& k, const YAML::Node& v) {
          std::string s = v.IsScalar() ? v.Scalar() : "";
-         if (s == "auto") c.capture_backend = core::CaptureBackend::kAuto;
-         else if (s == "kernel") c.capture_backend = core::CaptureBackend::kKernel;
-         else if (s == "user") c.capture_backend = core::CaptureBackend::kUser;
-         else return Bad(path, v, k, "'" + s + "' is not auto, kernel or user");
+         if (s == "auto")
+           c.capture_backend = core::CaptureBackend::kAuto;
+         else if (s == "kernel")
+           c.capture_backend = core::CaptureBackend::kKernel;
+         else if (s == "user")
+           c.capture_backend = core::CaptureBackend::kUser;
+         else
+           return Bad(path, v, k, "'" + s + "' is not auto, kernel or user");
          return Status::Ok();
        }},
-      {"log", [&](const std::string& k, const YAML::Node& v) {
+      {"log",
+       [&](const std::string& k, const YAML::Node& v) {
          std::string s = v.IsScalar() ? v.Scalar() : "";
-         if (s == "stderr") c.log = LogTarget::kStderr;
-         else if (s == "syslog") c.log = LogTarget::kSyslog;
-         else return Bad(path, v, k, "'" + s + "' is not stderr or syslog");
+         if (s == "stderr")
+           c.log = LogTarget::kStderr;
+         else if (s == "syslog")
+           c.log = LogTarget::kSyslog;
+         else
+           return Bad(path, v, k, "'" + s + "' is not stderr or syslog");
          return Status::Ok();
        }},
-      {"log_level", [&](const std::string& k, const YAML::Node& v) {
+      {"log_level",
+       [&](const std::string& k, const YAML::Node& v) {
          bool ok = false;
          c.log_level = ParseLogLevelOr(v.IsScalar() ? v.Scalar() : "", c.log_level, &ok);
          if (!ok) return Bad(path, v, k, "expected error, warn, info or debug");
@@ -240,8 +274,7 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
     std::string key = it->first.Scalar();
     if (!seen.insert(key).second) return Bad(path, it->first, key, "appears twice");
     auto k = keys.find(key);
-    if (k == keys.end())
-      return Bad(path, it->first, key, "unknown key (see stasis.yaml(5))");
+    if (k == keys.end()) return Bad(path, it->first, key, "unknown key (see stasis.yaml(5))");
     if (it->second.IsNull()) return Bad(path, it->first, key, "has no value");
     STASIS_RETURN_IF_ERROR(k->second(key, it->second));
   }

@@ -55,9 +55,10 @@ std::string Describe(const proto::Request& r) {
       return std::string("checkpoint ") + (r.scope < 4 ? kScopes[r.scope] : "?") + " " +
              std::to_string(r.target) + " -> " +
              ((r.attached & proto::kAttachDest) ? std::string("fd") : r.path) +
-             ((r.flags & proto::kFlagHold) ? " (job " + r.job + " epoch " + std::to_string(r.epoch) +
-                                                 " node " + std::to_string(r.node) + ", held)"
-                                           : std::string());
+             ((r.flags & proto::kFlagHold)
+                  ? " (job " + r.job + " epoch " + std::to_string(r.epoch) + " node " +
+                        std::to_string(r.node) + ", held)"
+                  : std::string());
     case proto::Op::kRestart:
       return "restart " + r.path;
     case proto::Op::kCancel:
@@ -73,21 +74,36 @@ std::string Describe(const proto::Request& r) {
 
 std::string ErrName(int code) {
   switch (code) {
-    case 0: return "ok";
-    case EPERM: return "EPERM";
-    case EACCES: return "EACCES";
-    case EBUSY: return "EBUSY";
-    case EAGAIN: return "EAGAIN";
-    case ECANCELED: return "ECANCELED";
-    case ETIMEDOUT: return "ETIMEDOUT";
-    case ESRCH: return "ESRCH";
-    case EINVAL: return "EINVAL";
-    case EBADMSG: return "EBADMSG";
-    case EPROTO: return "EPROTO";
-    case EMSGSIZE: return "EMSGSIZE";
-    case ENOENT: return "ENOENT";
-    case ENOSPC: return "ENOSPC";
-    default: return "errno " + std::to_string(code);
+    case 0:
+      return "ok";
+    case EPERM:
+      return "EPERM";
+    case EACCES:
+      return "EACCES";
+    case EBUSY:
+      return "EBUSY";
+    case EAGAIN:
+      return "EAGAIN";
+    case ECANCELED:
+      return "ECANCELED";
+    case ETIMEDOUT:
+      return "ETIMEDOUT";
+    case ESRCH:
+      return "ESRCH";
+    case EINVAL:
+      return "EINVAL";
+    case EBADMSG:
+      return "EBADMSG";
+    case EPROTO:
+      return "EPROTO";
+    case EMSGSIZE:
+      return "EMSGSIZE";
+    case ENOENT:
+      return "ENOENT";
+    case ENOSPC:
+      return "ENOSPC";
+    default:
+      return "errno " + std::to_string(code);
   }
 }
 
@@ -100,7 +116,7 @@ std::string Mib(uint64_t bytes) {
 struct Conn {
   UniqueFd fd;
   Peer peer;
-  uint64_t active = 0;  // request in progress on this connection
+  uint64_t active = 0;            // request in progress on this connection
   Clock::time_point last_active;  // accepted, or its last request ended
 };
 
@@ -218,7 +234,8 @@ Status CheckTrustedFolder(const std::string& dir, const char* what) {
 
 Status Server::Listen() {
   // Folders: the socket's (world-searchable), the state folder (root only).
-  for (const std::string& dir : {config_.socket.substr(0, config_.socket.rfind('/')), config_.state_dir}) {
+  for (const std::string& dir :
+       {config_.socket.substr(0, config_.socket.rfind('/')), config_.state_dir}) {
     if (dir.empty()) continue;
     std::string partial;
     std::stringstream parts(dir);
@@ -258,7 +275,8 @@ Status Server::Listen() {
     return Status::FromErrno(errno, "bind " + config_.socket);
   // Everyone may connect; who they are is the kernel's answer (SO_PEERCRED).
   ::chmod(config_.socket.c_str(), 0666);
-  if (::listen(listen_.get(), 128) != 0) return Status::FromErrno(errno, "listen " + config_.socket);
+  if (::listen(listen_.get(), 128) != 0)
+    return Status::FromErrno(errno, "listen " + config_.socket);
   return Status::Ok();
 }
 
@@ -299,9 +317,9 @@ int RemoveLeftoverAsOwner(const StateRecord& r) {
   };
   // The name the worker's writer used (ContextFileWriter::TempPathFor), or
   // the destination's own name for a clobber checkpoint.
-  std::string expect = r.mode == proto::kWriteClobber
-                           ? r.path
-                           : store::ContextFileWriter::TempPathFor(r.path, static_cast<pid_t>(r.worker));
+  std::string expect = r.mode == proto::kWriteClobber ? r.path
+                                                      : store::ContextFileWriter::TempPathFor(
+                                                            r.path, static_cast<pid_t>(r.worker));
   expect = expect.substr(expect.rfind('/') + 1);
   if (r.name != expect) return leave("not the name its worker writes");
   Peer owner;
@@ -378,11 +396,12 @@ void Server::CleanUpAfterKilledInstance() {
     pid_t pid = static_cast<pid_t>(r->worker);
     // Alive: a worker by name and not a zombie (nobody may reap an orphan).
     auto worker = core::ReadStat(pid);
-    bool alive = worker && worker->comm == kWorkerComm && worker->state != 'Z' &&
-                 worker->state != 'X';
+    bool alive =
+        worker && worker->comm == kWorkerComm && worker->state != 'Z' && worker->state != 'X';
     if (alive) {
       Log(LogLevel::kWarn, "request " + std::to_string(r->id) + " of a previous stasisd is still " +
-                               "being finished by worker pid " + std::to_string(pid) + "; leaving it");
+                               "being finished by worker pid " + std::to_string(pid) +
+                               "; leaving it");
       continue;
     }
     pid_t child = ForkRemoveLeftover(*r);
@@ -560,8 +579,8 @@ void Server::ReadRequest(Conn* c) {
   }
   if (static_cast<int>(fds.size()) != proto::AttachedFdCount(req->attached)) {
     Refuse(c, *req, EBADMSG,
-           "request announces " + std::to_string(proto::AttachedFdCount(req->attached)) +
-               " fds, " + std::to_string(fds.size()) + " came with it");
+           "request announces " + std::to_string(proto::AttachedFdCount(req->attached)) + " fds, " +
+               std::to_string(fds.size()) + " came with it");
     return;
   }
   Dispatch(c, std::move(*req), std::move(fds));
@@ -629,8 +648,8 @@ bool Server::Overlaps(const proto::Request& req, uid_t uid) const {
 // or make anyone's request EBUSY.
 Status Server::CheckGroupOwner(const proto::Request& req, const Peer& peer) const {
   const bool session = req.scope == format::kScopeSid;
-  const std::string what = std::string(session ? "session " : "process group ") +
-                           std::to_string(req.target);
+  const std::string what =
+      std::string(session ? "session " : "process group ") + std::to_string(req.target);
   DIR* d = ::opendir("/proc");
   if (!d) return Status::FromErrno(errno, "open /proc");
   size_t members = 0;
@@ -681,14 +700,16 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
   switch (req.op) {
     case proto::Op::kPing: {
       proto::Reply r;
-      r.server = std::string("stasisd ") + STASIS_VERSION + " protocol " +
-                 std::to_string(proto::kVersion);
+      r.server =
+          std::string("stasisd ") + STASIS_VERSION + " protocol " + std::to_string(proto::kVersion);
       r.message = r.server;
       Answer(c->fd.get(), r);
       return;
     }
-    case proto::Op::kStatus: return HandleStatus(c, req);
-    case proto::Op::kCancel: return HandleCancel(c, req);
+    case proto::Op::kStatus:
+      return HandleStatus(c, req);
+    case proto::Op::kCancel:
+      return HandleCancel(c, req);
     case proto::Op::kList:
     case proto::Op::kDelete:
       // In a worker (worker.cc RunList/RunDelete): a slow folder holds it,
@@ -724,8 +745,8 @@ void Server::Dispatch(Conn* c, proto::Request req, std::vector<UniqueFd> fds) {
     case proto::Op::kProceed:
       // Only the worker of a held checkpoint reads a commit, on the
       // connection it holds; one arriving here has nothing to commit.
-      return Refuse(c, req, EPROTO, std::string(proto::OpName(req.op)) +
-                                        ": no held checkpoint on this connection");
+      return Refuse(c, req, EPROTO,
+                    std::string(proto::OpName(req.op)) + ": no held checkpoint on this connection");
   }
   auto job = std::make_unique<Job>();
   job->id = next_id_++;
@@ -760,8 +781,8 @@ void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
     return;
   }
   if (queue_.size() >= config_.max_queued)
-    return Refuse(c, j->req, EAGAIN, "stasisd's queue is full (" +
-                                         std::to_string(config_.max_queued) + " requests)");
+    return Refuse(c, j->req, EAGAIN,
+                  "stasisd's queue is full (" + std::to_string(config_.max_queued) + " requests)");
   if (Limited(uid) && QueuedOf(uid) >= config_.max_queued_per_user)
     return Refuse(c, j->req, EAGAIN,
                   "uid " + std::to_string(uid) + " has " +
@@ -774,8 +795,8 @@ void Server::StartOrQueue(Conn* c, std::unique_ptr<Job> job) {
   r.request_id = j->id;
   r.message = "queued behind " + std::to_string(queue_.size() - 1) + " requests";
   Answer(c->fd.get(), r);
-  Log(LogLevel::kInfo, "req " + std::to_string(j->id) + " " + Who(j->peer) + ": " +
-                           Describe(j->req) + ": queued");
+  Log(LogLevel::kInfo,
+      "req " + std::to_string(j->id) + " " + Who(j->peer) + ": " + Describe(j->req) + ": queued");
   jobs_[j->id] = std::move(job);
 }
 
@@ -944,8 +965,8 @@ void Server::OnReport(Job* job) {
   buf.resize(static_cast<size_t>(n));
   auto r = proto::DecodeReply(buf);
   if (!r) {
-    Log(LogLevel::kError, "req " + std::to_string(job->id) + ": bad report from worker: " +
-                              r.error().message());
+    Log(LogLevel::kError,
+        "req " + std::to_string(job->id) + ": bad report from worker: " + r.error().message());
     return;
   }
   if (r->kind == proto::kReplyQueued) return;
@@ -978,11 +999,10 @@ void Server::Reap() {
       if (auto rec = ReadStateRecordFile(AT_FDCWD, job->state_file)) ForkRemoveLeftover(*rec);
       ::unlink(job->state_file.c_str());
     }
-    std::string how = job->timed_out ? "was killed after " +
-                                           std::to_string(kQuickOpLimit.count()) + " s"
-                      : WIFSIGNALED(status)
-                          ? "was killed by signal " + std::to_string(WTERMSIG(status))
-                          : "exited with status " + std::to_string(WEXITSTATUS(status));
+    std::string how =
+        job->timed_out        ? "was killed after " + std::to_string(kQuickOpLimit.count()) + " s"
+        : WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                              : "exited with status " + std::to_string(WEXITSTATUS(status));
     // The worker died without answering: the client still gets an answer.
     proto::Reply r;
     r.code = job->timed_out ? ETIMEDOUT : EIO;
@@ -1008,8 +1028,8 @@ void Server::ClientGone(Conn* c) {
         // Cancel: the worker stops writing, resumes the processes and removes
         // its partial file.
         job->cancelled = true;
-        Log(LogLevel::kInfo, "req " + std::to_string(job->id) +
-                                 ": the client went away; cancelling the checkpoint");
+        Log(LogLevel::kInfo,
+            "req " + std::to_string(job->id) + ": the client went away; cancelling the checkpoint");
         ::kill(job->worker, SIGTERM);
       }
     }
@@ -1032,20 +1052,22 @@ void Server::HandleStatus(Conn* c, const proto::Request& req) {
     r.code = ESRCH;
     r.message = "no request " + std::to_string(req.request_id) + " of yours";
   }
-  r.message = r.message.empty() ? std::to_string(Running()) + " running, " +
-                                      std::to_string(queue_.size()) + " queued, limit " +
-                                      std::to_string(config_.max_concurrent)
-                                : r.message;
+  r.message = r.message.empty()
+                  ? std::to_string(Running()) + " running, " + std::to_string(queue_.size()) +
+                        " queued, limit " + std::to_string(config_.max_concurrent)
+                  : r.message;
   Answer(c->fd.get(), r);
 }
 
 void Server::HandleCancel(Conn* c, const proto::Request& req) {
   auto it = jobs_.find(req.request_id);
-  if (it == jobs_.end()) return Refuse(c, req, ESRCH, "no request " + std::to_string(req.request_id) + " in progress");
+  if (it == jobs_.end())
+    return Refuse(c, req, ESRCH, "no request " + std::to_string(req.request_id) + " in progress");
   Job* job = it->second.get();
   if (c->peer.uid != 0 && job->peer.uid != c->peer.uid)
-    return Refuse(c, req, EPERM, "request " + std::to_string(job->id) + " belongs to uid " +
-                                     std::to_string(job->peer.uid));
+    return Refuse(
+        c, req, EPERM,
+        "request " + std::to_string(job->id) + " belongs to uid " + std::to_string(job->peer.uid));
   proto::Reply r;
   if (job->state == proto::kStateQueued) {
     queue_.erase(std::remove(queue_.begin(), queue_.end(), job->id), queue_.end());
@@ -1218,15 +1240,21 @@ std::string EscapeForLog(std::string_view in) {
   for (size_t i = 0; i < n;) {
     unsigned char c = p[i];
     if (c < 0x80) {
-      if (c < 0x20 || c == 0x7f) escape(c);
-      else if (c == '\\') out += "\\\\";
-      else out += static_cast<char>(c);
+      if (c < 0x20 || c == 0x7f)
+        escape(c);
+      else if (c == '\\')
+        out += "\\\\";
+      else
+        out += static_cast<char>(c);
       ++i;
       continue;
     }
     // A well-formed UTF-8 sequence (shortest form, no surrogates, at most
     // U+10FFFF, no C1 control) is kept; any other byte is escaped alone.
-    size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    size_t len = c >= 0xc2 && c <= 0xdf   ? 2
+                 : c >= 0xe0 && c <= 0xef ? 3
+                 : c >= 0xf0 && c <= 0xf4 ? 4
+                                          : 0;
     bool ok = len && i + len <= n;
     for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xc0) == 0x80;
     if (ok && len == 2 && c == 0xc2 && p[i + 1] < 0xa0) ok = false;  // C1 controls

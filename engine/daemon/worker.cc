@@ -4,8 +4,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <pwd.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
@@ -28,12 +28,12 @@
 #include "engine/base/io.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
+#include "engine/core/procfs.h"
+#include "engine/daemon/caller_sandbox.h"
 #include "engine/daemon/state_record.h"
 #include "engine/format/context_io.h"
 #include "engine/store/context_file.h"
 #include "engine/store/store.h"
-#include "engine/core/procfs.h"
-#include "engine/daemon/caller_sandbox.h"
 
 namespace stasis::daemon {
 
@@ -148,11 +148,12 @@ Status CheckUnderRoots(const Config& config, const Peer& peer, const std::string
   if (peer.uid == 0) return Status::Ok();
   std::string dir = Dirname(path);
   char buf[PATH_MAX];
-  if (!::realpath(dir.c_str(), buf)) return Status::FromErrno(errno, std::string(what) + " folder " + dir);
+  if (!::realpath(dir.c_str(), buf))
+    return Status::FromErrno(errno, std::string(what) + " folder " + dir);
   if (!UnderRoots(buf, ResolvedRoots(config)))
-    return Status::Error(EPERM, "uid " + std::to_string(peer.uid) + " may not " + what + " " +
-                                    path + ": " + buf + " is outside the allowed checkpoint roots (" +
-                                    JoinRoots(config) + ")");
+    return Status::Error(
+        EPERM, "uid " + std::to_string(peer.uid) + " may not " + what + " " + path + ": " + buf +
+                   " is outside the allowed checkpoint roots (" + JoinRoots(config) + ")");
   return Status::Ok();
 }
 
@@ -348,7 +349,8 @@ Status WaitForCommit(void* arg) {
 }
 
 Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerTask& task,
-                                             core::CheckpointOptions& opt, Clock::time_point deadline) {
+                                             core::CheckpointOptions& opt,
+                                             Clock::time_point deadline) {
   const proto::Request& req = task.request;
   int fd = task.attached.at(0);
   char link[PATH_MAX];
@@ -365,10 +367,10 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
   opt.node_index = req.node;
   store::WriteOptions wo;
   wo.bandwidth = config.bandwidth_limit;
-  store::NodeFileSink sink(store::WrapFd(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)),
-                                         opt.dest.empty() ? "the node file" : opt.dest,
-                                         wo.strategy),
-                           wo);
+  store::NodeFileSink sink(
+      store::WrapFd(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)),
+                    opt.dest.empty() ? "the node file" : opt.dest, wo.strategy),
+      wo);
   std::string where = opt.dest.empty() ? "the node file's file system" : opt.dest;
   opt.before_write = [fd, where](uint64_t bytes) {
     return store::CheckFreeSpace(store::DefaultEnv(), fd, bytes, where);
@@ -391,9 +393,10 @@ Result<core::CheckpointStats> HeldCheckpoint(const Config& config, const WorkerT
       frozen.kind = proto::kReplyFrozen;
       frozen.request_id = task.id;
       // (The final reply's snapshot fields say it to the client.)
-      frozen.message = snapshot          ? "frozen, snapshot taken; waiting to proceed"
-                       : why_not.empty() ? "frozen; waiting to proceed"
-                                         : "frozen, no snapshot (" + why_not + "); waiting to proceed";
+      frozen.message = snapshot ? "frozen, snapshot taken; waiting to proceed"
+                       : why_not.empty()
+                           ? "frozen; waiting to proceed"
+                           : "frozen, no snapshot (" + why_not + "); waiting to proceed";
       return AskAndWait(&hold, frozen, proto::Op::kProceed);
     };
   }
@@ -440,10 +443,11 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   opt.requester = peer.pid;
   if (req.requester) {
     auto uid = core::ProcessUid(static_cast<pid_t>(req.requester));
-    if (uid && (peer.uid == 0 || *uid == peer.uid)) opt.requester = static_cast<pid_t>(req.requester);
+    if (uid && (peer.uid == 0 || *uid == peer.uid))
+      opt.requester = static_cast<pid_t>(req.requester);
   }
-  opt.callback_timeout_seconds = req.callback_timeout_ms ? req.callback_timeout_ms / 1000.0
-                                                         : config.callback_timeout;
+  opt.callback_timeout_seconds =
+      req.callback_timeout_ms ? req.callback_timeout_ms / 1000.0 : config.callback_timeout;
   Clock::time_point deadline;
   if (req.time_limit_ms) deadline = Clock::now() + std::chrono::milliseconds(req.time_limit_ms);
 
@@ -472,10 +476,12 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   } else {
     dest = opt.dest = req.path;
     if (req.path.empty() || req.path[0] != '/')
-      return Failure(Status::Error(EINVAL, "destination '" + req.path + "' is not an absolute path"));
+      return Failure(
+          Status::Error(EINVAL, "destination '" + req.path + "' is not an absolute path"));
     s = CheckUnderRoots(config, peer, req.path, "write");
     if (!s.ok()) return Failure(AsRefusal(s, peer));
-    auto writer = store::ContextFileWriter::Open(req.path, static_cast<store::WriteMode>(req.write_mode));
+    auto writer =
+        store::ContextFileWriter::Open(req.path, static_cast<store::WriteMode>(req.write_mode));
     if (!writer) return Failure(AsRefusal(writer.error(), peer));
     // From here a killed worker leaves a file: say where, for the next stasisd.
     RecordFileForCleanup(task);
@@ -692,13 +698,15 @@ void ForwardCancel(int) {
     access.any_owner = peer.uid == 0;
     std::optional<uid_t> owner;
     s = store::RestoreFromFolder(
-        store::DefaultEnv(), req.path, node, access, [&](const std::string& n) { notes.push_back(n); },
+        store::DefaultEnv(), req.path, node, access,
+        [&](const std::string& n) { notes.push_back(n); },
         [&](store::PreparedRestart& prep) -> Status {
           if (!owner) {
             STASIS_RETURN_IF_ERROR(BecomeFileOwner(prep.owner, prep.group, peer, &opt));
             owner = prep.owner;
           } else if (prep.owner != *owner) {
-            return Status::Error(EPERM, prep.path + " has another owner than the damaged epoch's file");
+            return Status::Error(EPERM,
+                                 prep.path + " has another owner than the damaged epoch's file");
           }
           opt.check_image = prep.check_image;
           opt.before_run = prep.before_run;
@@ -737,7 +745,8 @@ void ForwardCancel(int) {
   started.page_bytes = result->page_bytes;
   started.total_us = static_cast<uint64_t>(result->seconds * 1e6);
   started.new_pid_namespace = result->in_new_pid_namespace;
-  started.message = "restored " + std::to_string(result->processes) + " processes from " + source_path;
+  started.message =
+      "restored " + std::to_string(result->processes) + " processes from " + source_path;
   if (!sandbox->joined.empty()) {
     std::string joined;
     for (const auto& j : sandbox->joined) joined += (joined.empty() ? "" : ", ") + j;
@@ -766,8 +775,7 @@ void ForwardCancel(int) {
 
 }  // namespace
 
-StateRecord NewStateRecord(uint64_t id, pid_t worker, const Peer& peer,
-                           const proto::Request& req) {
+StateRecord NewStateRecord(uint64_t id, pid_t worker, const Peer& peer, const proto::Request& req) {
   StateRecord r;
   r.id = id;
   r.worker = static_cast<uint32_t>(worker);

@@ -29,9 +29,9 @@ struct WorkerTask {
   uint64_t id = 0;
   format::proto::Request request;
   Peer peer;
-  int client_fd = -1;           // the client's connection
-  int report_fd = -1;           // to stasisd
-  std::vector<int> attached;    // fds that came with the request
+  int client_fd = -1;         // the client's connection
+  int report_fd = -1;         // to stasisd
+  std::vector<int> attached;  // fds that came with the request
   // checkpoint into a path: the state record the worker writes once its
   // file exists (state_record.h) and removes when it is done.
   std::string state_file;

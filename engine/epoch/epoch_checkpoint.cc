@@ -19,10 +19,11 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
     req.task_ids.push_back(t.task);
   }
   req.after = static_cast<uint32_t>(opt.after);
-  req.flags = (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
-              (opt.save_shared ? proto::kFlagSaveShared : 0) |
-              (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0) |
-              (opt.final ? proto::kFlagFinal : 0) | (opt.track || opt.parent_token ? proto::kFlagTrack : 0);
+  req.flags =
+      (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
+      (opt.save_shared ? proto::kFlagSaveShared : 0) |
+      (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0) |
+      (opt.final ? proto::kFlagFinal : 0) | (opt.track || opt.parent_token ? proto::kFlagTrack : 0);
   req.parent_token = opt.parent_token;
   req.parent = opt.parent;
   req.after_signal = static_cast<uint32_t>(opt.after_signal);
@@ -109,7 +110,8 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   opt.dest = writer->path() + "/" + store::EpochWriter::NodeFileName(0);
   std::string parent_note;
   if (req.full_every > 1) {
-    store::ParentChoice parent = store::ChooseParent(*job, writer->epoch(), 0, opt.step, req.full_every);
+    store::ParentChoice parent =
+        store::ChooseParent(*job, writer->epoch(), 0, opt.step, req.full_every);
     opt.track = true;
     if (parent.epoch) {
       opt.parent_token = parent.token;
@@ -177,8 +179,10 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
   out.path = writer->path();
   out.parent_note = parent_note;
   auto removed = store::Prune(&*job, req.keep);
-  if (removed) out.removed = *removed;
-  else out.retention = removed.error();
+  if (removed)
+    out.removed = *removed;
+  else
+    out.retention = removed.error();
   return out;
 }
 

@@ -20,14 +20,14 @@ inline constexpr uint64_t kPageSize = 4096;
 // --- whole image -----------------------------------------------------------
 
 struct ImageInfo {
-  std::string stasis_version;   // "0.1.0"
-  std::string hostname;         // node that wrote the context
-  std::string kernel_release;   // uname -r of the checkpointing kernel
+  std::string stasis_version;  // "0.1.0"
+  std::string hostname;        // node that wrote the context
+  std::string kernel_release;  // uname -r of the checkpointing kernel
   uint64_t created_unix_ns = 0;
-  uint32_t checkpoint_uid = 0;  // who took the checkpoint
-  uint32_t root_pid = 0;        // pid of the root of the tree (its own ns)
-  uint32_t scope = 0;           // ScopeKind
-  uint64_t cpu_xfeatures = 0;   // XCR0 of the checkpointing CPU
+  uint32_t checkpoint_uid = 0;    // who took the checkpoint
+  uint32_t root_pid = 0;          // pid of the root of the tree (its own ns)
+  uint32_t scope = 0;             // ScopeKind
+  uint64_t cpu_xfeatures = 0;     // XCR0 of the checkpointing CPU
   std::vector<std::string> argv;  // command line of the checkpointing tool
   // Where the context belongs in a checkpoint store (engine/store): job,
   // step, epoch (0 = a lone context file, not part of an epoch) and node.
@@ -52,19 +52,19 @@ enum ScopeKind : uint32_t { kScopeTree = 0, kScopePid = 1, kScopePgid = 2, kScop
 // --- process tree ----------------------------------------------------------
 
 enum ProcessFlags : uint32_t {
-  kProcStopped = 1u << 0,   // was in group stop (SIGSTOP) at checkpoint
-  kProcZombie = 1u << 1,    // exited, not yet reaped by its parent
-  kProcIsRoot = 1u << 2,    // root of the checkpointed tree
-  kProcTask = 1u << 3,      // root of one task's tree; `task` says which
+  kProcStopped = 1u << 0,  // was in group stop (SIGSTOP) at checkpoint
+  kProcZombie = 1u << 1,   // exited, not yet reaped by its parent
+  kProcIsRoot = 1u << 2,   // root of the checkpointed tree
+  kProcTask = 1u << 3,     // root of one task's tree; `task` says which
 };
 
 struct ProcessEntry {
   uint32_t pid = 0;
-  uint32_t ppid = 0;   // 0 when the parent is outside the checkpoint
+  uint32_t ppid = 0;  // 0 when the parent is outside the checkpoint
   uint32_t pgid = 0;
   uint32_t sid = 0;
-  uint32_t flags = 0;  // ProcessFlags
-  int32_t exit_code = 0;  // for zombies: wait status
+  uint32_t flags = 0;          // ProcessFlags
+  int32_t exit_code = 0;       // for zombies: wait status
   std::vector<uint32_t> tids;  // tids[0] == pid
   // With kProcTask: the task (a Slurm step's global task id) whose tree
   // this top-level process heads. A context may hold several tasks' trees.
@@ -86,8 +86,8 @@ struct Rlimit {
 };
 
 struct SigAction {
-  uint64_t handler = 0;   // SIG_DFL (0), SIG_IGN (1) or an address
-  uint64_t flags = 0;     // SA_* as the kernel keeps them
+  uint64_t handler = 0;  // SIG_DFL (0), SIG_IGN (1) or an address
+  uint64_t flags = 0;    // SA_* as the kernel keeps them
   uint64_t restorer = 0;
   uint64_t mask = 0;
   bool operator==(const SigAction&) const = default;
@@ -101,7 +101,7 @@ struct MmFields {
   bool operator==(const MmFields&) const = default;
 };
 
-struct FileId {             // identity of a file to detect changes
+struct FileId {  // identity of a file to detect changes
   uint64_t dev = 0;
   uint64_t ino = 0;
   uint64_t size = 0;
@@ -136,7 +136,7 @@ struct PosixTimer {
   uint32_t signo = 0;
   uint64_t sigval = 0;
   uint32_t tid = 0;
-  uint64_t value_ns = 0;     // 0: disarmed
+  uint64_t value_ns = 0;  // 0: disarmed
   uint64_t interval_ns = 0;
   bool operator==(const PosixTimer&) const = default;
 };
@@ -151,29 +151,29 @@ struct SeccompFilter {
 
 struct ProcessInfo {
   uint32_t pid = 0;
-  std::string comm;               // /proc/PID/comm
-  std::string exe_path;           // /proc/PID/exe target
+  std::string comm;      // /proc/PID/comm
+  std::string exe_path;  // /proc/PID/exe target
   FileId exe_id;
   std::string cwd;
-  std::string root;               // chroot, "/" usually
+  std::string root;  // chroot, "/" usually
   uint32_t umask = 022;
   uint32_t personality = 0;
-  std::vector<Rlimit> rlimits;    // RLIM_NLIMITS entries
-  std::string cmdline;            // raw /proc/PID/cmdline bytes (NUL separated)
-  std::string environ;            // raw /proc/PID/environ bytes
-  std::string auxv;               // raw /proc/PID/auxv bytes
+  std::vector<Rlimit> rlimits;  // RLIM_NLIMITS entries
+  std::string cmdline;          // raw /proc/PID/cmdline bytes (NUL separated)
+  std::string environ;          // raw /proc/PID/environ bytes
+  std::string auxv;             // raw /proc/PID/auxv bytes
   MmFields mm;
   Credentials creds;
-  std::vector<SigAction> sigactions;  // index 0 is signal 1 ... 63 entries
+  std::vector<SigAction> sigactions;    // index 0 is signal 1 ... 63 entries
   std::vector<uint8_t> pending_shared;  // siginfo_t records, 128 bytes each
-  uint64_t blocked_unused = 0;    // reserved
+  uint64_t blocked_unused = 0;          // reserved
   ItimerValue itimer_real, itimer_virtual, itimer_prof;
   uint32_t pdeathsig = 0;
   uint32_t dumpable = 1;
   uint64_t timerslack_ns = 0;
   uint32_t no_new_privs = 0;
-  uint32_t exit_signal = 17;      // SIGCHLD usually
-  uint32_t child_subreaper = 0;   // PR_SET_CHILD_SUBREAPER
+  uint32_t exit_signal = 17;     // SIGCHLD usually
+  uint32_t child_subreaper = 0;  // PR_SET_CHILD_SUBREAPER
   std::vector<PosixTimer> posix_timers;
   std::vector<SeccompFilter> seccomp_filters;  // oldest first; all threads share them
   uint32_t ctty_pty = 0;  // session leader: 1 + the index of its controlling pty, when
@@ -193,7 +193,7 @@ enum MappingKind : uint32_t {
   kMapVvarVclock = 5,
   kMapVsyscall = 6,
   kMapSysvShm = 7,
-  kMapFileByValue = 8, // file content saved in the context (unlinked, --save-*)
+  kMapFileByValue = 8,  // file content saved in the context (unlinked, --save-*)
 };
 
 enum MappingFlags : uint32_t {
@@ -218,11 +218,11 @@ enum MappingFlags : uint32_t {
 struct Mapping {
   uint64_t start = 0;
   uint64_t end = 0;
-  uint32_t prot = 0;      // PROT_READ|PROT_WRITE|PROT_EXEC
-  uint32_t flags = 0;     // MappingFlags
+  uint32_t prot = 0;   // PROT_READ|PROT_WRITE|PROT_EXEC
+  uint32_t flags = 0;  // MappingFlags
   uint32_t kind = kMapAnon;
-  uint64_t pgoff = 0;     // offset in the file, bytes
-  std::string path;       // backing file ("" for anonymous)
+  uint64_t pgoff = 0;  // offset in the file, bytes
+  std::string path;    // backing file ("" for anonymous)
   FileId file_id;
   uint64_t shmem_id = 0;  // kMapSharedAnon/kMapSysvShm: SharedMemory id
   bool operator==(const Mapping&) const = default;
@@ -237,12 +237,12 @@ struct PageRun {
 
 // A segment of memory shared between processes, stored once per context.
 struct SharedMemory {
-  uint64_t id = 0;        // referenced by Mapping::shmem_id
+  uint64_t id = 0;  // referenced by Mapping::shmem_id
   uint64_t size = 0;
-  uint32_t kind = 0;      // 0 anon shared, 1 memfd, 2 posix shm, 3 SysV,
-                          // 4 unlinked file (content by value; name = old path),
-                          // 5 MAP_SHARED|MAP_HUGETLB anonymous memory
-  std::string name;       // memfd name, /dev/shm path, or SysV key text
+  uint32_t kind = 0;  // 0 anon shared, 1 memfd, 2 posix shm, 3 SysV,
+                      // 4 unlinked file (content by value; name = old path),
+                      // 5 MAP_SHARED|MAP_HUGETLB anonymous memory
+  std::string name;   // memfd name, /dev/shm path, or SysV key text
   int64_t sysv_key = 0;
   uint32_t sysv_mode = 0;
   bool operator==(const SharedMemory&) const = default;
@@ -252,22 +252,22 @@ struct SharedMemory {
 
 struct ThreadInfo {
   uint32_t tid = 0;
-  std::string comm;                // thread name
-  std::vector<uint8_t> gpregs;     // struct user_regs_struct (x86-64)
-  std::vector<uint8_t> xsave;      // NT_X86_XSTATE buffer
+  std::string comm;             // thread name
+  std::vector<uint8_t> gpregs;  // struct user_regs_struct (x86-64)
+  std::vector<uint8_t> xsave;   // NT_X86_XSTATE buffer
   uint64_t sigmask = 0;
-  std::vector<uint8_t> pending;    // siginfo_t records, 128 bytes each
+  std::vector<uint8_t> pending;  // siginfo_t records, 128 bytes each
   uint64_t altstack_sp = 0;
   uint64_t altstack_size = 0;
   uint32_t altstack_flags = 0;     // SS_DISABLE etc.
   uint64_t clear_tid_address = 0;  // set_tid_address
   uint64_t robust_list = 0;
   uint64_t robust_list_len = 0;
-  uint64_t rseq_address = 0;       // 0 when not registered
+  uint64_t rseq_address = 0;  // 0 when not registered
   uint32_t rseq_length = 0;
   uint32_t rseq_signature = 0;
-  uint32_t state = 0;              // reserved
-  uint64_t timerslack_ns = 0;      // per-thread timer slack (0: not saved)
+  uint32_t state = 0;          // reserved
+  uint64_t timerslack_ns = 0;  // per-thread timer slack (0: not saved)
   bool operator==(const ThreadInfo&) const = default;
 };
 
@@ -276,45 +276,45 @@ struct ThreadInfo {
 enum FileKind : uint32_t {
   kFileRegular = 0,
   kFileDirectory = 1,
-  kFileCharDevice = 2,   // /dev/null, /dev/zero, /dev/urandom, ...
-  kFileTty = 3,          // a terminal: reattached to /dev/tty or stdio
+  kFileCharDevice = 2,  // /dev/null, /dev/zero, /dev/urandom, ...
+  kFileTty = 3,         // a terminal: reattached to /dev/tty or stdio
   kFilePipe = 4,
   kFileFifo = 5,
   kFileUnixSocket = 6,
-  kFileOther = 7,        // anything else: refused at checkpoint
-  kFileEpoll = 8,        // data: packed {u32 tfd, u32 events, u64 data} records
-  kFileEventfd = 9,      // pos: the counter; data: "\1" if EFD_SEMAPHORE
-  kFileSignalfd = 10,    // pos: the signal mask
-  kFileTimerfd = 11,     // data: {i32 clock, u32 settime flags, u64 ticks,
-                         //        u64 value_ns (left), u64 interval_ns}
-  kFilePtyMaster = 12,   // a pty master (/dev/ptmx) of the checkpoint: pos = its index,
-                         // data = struct termios2 (44 bytes) + struct winsize (8)
-  kFilePtySlave = 13,    // /dev/pts/<pos> whose master is in the checkpoint; data as above
+  kFileOther = 7,       // anything else: refused at checkpoint
+  kFileEpoll = 8,       // data: packed {u32 tfd, u32 events, u64 data} records
+  kFileEventfd = 9,     // pos: the counter; data: "\1" if EFD_SEMAPHORE
+  kFileSignalfd = 10,   // pos: the signal mask
+  kFileTimerfd = 11,    // data: {i32 clock, u32 settime flags, u64 ticks,
+                        //        u64 value_ns (left), u64 interval_ns}
+  kFilePtyMaster = 12,  // a pty master (/dev/ptmx) of the checkpoint: pos = its index,
+                        // data = struct termios2 (44 bytes) + struct winsize (8)
+  kFilePtySlave = 13,   // /dev/pts/<pos> whose master is in the checkpoint; data as above
 };
 
 enum FdFlags : uint32_t {
   kFdCloexec = 1u << 0,
-  kFdOutside = 1u << 1,  // pipe/socket whose peer is outside the checkpoint
-  kFdUnlinked = 1u << 2, // file was deleted: data saved by value
-  kFdPeerClosed = 1u << 3, // pipe whose other end no process holds
+  kFdOutside = 1u << 1,     // pipe/socket whose peer is outside the checkpoint
+  kFdUnlinked = 1u << 2,    // file was deleted: data saved by value
+  kFdPeerClosed = 1u << 3,  // pipe whose other end no process holds
 };
 
 struct FileDesc {
   int32_t fd = 0;
-  uint32_t fd_flags = 0;      // FdFlags
-  uint32_t kind = kFileOther; // FileKind
-  uint32_t open_flags = 0;    // O_* from fdinfo
+  uint32_t fd_flags = 0;       // FdFlags
+  uint32_t kind = kFileOther;  // FileKind
+  uint32_t open_flags = 0;     // O_* from fdinfo
   uint64_t pos = 0;
   std::string path;
   FileId file_id;
-  uint64_t object_id = 0;     // same open file description => same id
-  uint64_t peer_id = 0;       // pipes/sockets: the shared object (pipe inode)
+  uint64_t object_id = 0;  // same open file description => same id
+  uint64_t peer_id = 0;    // pipes/sockets: the shared object (pipe inode)
   uint32_t pipe_size = 0;
-  std::string data;           // buffered pipe/FIFO data; for sockets the
-                              // receive queue ({u32 length, bytes} records)
-  uint32_t sock_type = 0;     // SOCK_STREAM/SOCK_DGRAM/SOCK_SEQPACKET
-  uint32_t sock_state = 0;    // as sock_diag reports it (1 connected, 10 listening)
-  uint64_t sock_inode = 0;    // the socket's own inode (peer_id is its peer's)
+  std::string data;         // buffered pipe/FIFO data; for sockets the
+                            // receive queue ({u32 length, bytes} records)
+  uint32_t sock_type = 0;   // SOCK_STREAM/SOCK_DGRAM/SOCK_SEQPACKET
+  uint32_t sock_state = 0;  // as sock_diag reports it (1 connected, 10 listening)
+  uint64_t sock_inode = 0;  // the socket's own inode (peer_id is its peer's)
   bool operator==(const FileDesc&) const = default;
 };
 

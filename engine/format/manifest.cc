@@ -215,17 +215,23 @@ Status CheckManifest(const Manifest& m, int* line) {
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     const ManifestNode& n = m.nodes[i];
     *line = kFirstNodeLine + 2 * static_cast<int>(i);
-    if (n.index != i) return Status::Corrupt("node " + std::to_string(i) + " has index " + std::to_string(n.index));
-    if (n.host.empty() || !SafeText(n.host)) return Status::Corrupt("bad host of node " + std::to_string(i));
-    if (!IsSafeEpochFileName(n.file)) return Status::Corrupt("bad file name for node " + std::to_string(i));
-    if (!names.insert(n.file).second) return Status::Corrupt("file " + n.file + " named by two nodes");
+    if (n.index != i)
+      return Status::Corrupt("node " + std::to_string(i) + " has index " + std::to_string(n.index));
+    if (n.host.empty() || !SafeText(n.host))
+      return Status::Corrupt("bad host of node " + std::to_string(i));
+    if (!IsSafeEpochFileName(n.file))
+      return Status::Corrupt("bad file name for node " + std::to_string(i));
+    if (!names.insert(n.file).second)
+      return Status::Corrupt("file " + n.file + " named by two nodes");
     if (n.tasks.empty()) return Status::Corrupt("node " + std::to_string(i) + " has no task");
     total_tasks += n.tasks.size();
     if (total_tasks > kMaxManifestTasks) return Status::Corrupt("too many tasks");
     for (uint32_t t : n.tasks)
-      if (!tasks.insert(t).second) return Status::Corrupt("task " + std::to_string(t) + " on two nodes");
+      if (!tasks.insert(t).second)
+        return Status::Corrupt("task " + std::to_string(t) + " on two nodes");
     *line = kFirstNodeLine + 2 * static_cast<int>(i) + 1;
-    if (n.argv.size() > kMaxArgs) return Status::Corrupt("command of node " + std::to_string(i) + " too long");
+    if (n.argv.size() > kMaxArgs)
+      return Status::Corrupt("command of node " + std::to_string(i) + " too long");
     for (const auto& a : n.argv)
       if (a.size() > kMaxToken) return Status::Corrupt("argument too long");
     const ManifestFile& f = m.files[i];
@@ -266,8 +272,8 @@ Result<std::string> EncodeManifest(const Manifest& m) {
   out += "format-version " + std::to_string(m.format_version) + "\n";
   out += "nodes " + std::to_string(m.nodes.size()) + "\n";
   for (const ManifestNode& n : m.nodes) {
-    out += "node " + std::to_string(n.index) + " host=" + Escape(n.host) + " file=" + Escape(n.file) +
-           " tasks=";
+    out += "node " + std::to_string(n.index) + " host=" + Escape(n.host) +
+           " file=" + Escape(n.file) + " tasks=";
     for (size_t i = 0; i < n.tasks.size(); ++i) {
       if (i) out += ',';
       out += std::to_string(n.tasks[i]);
@@ -278,7 +284,8 @@ Result<std::string> EncodeManifest(const Manifest& m) {
     out += "\n";
   }
   for (const ManifestFile& f : m.files)
-    out += "file " + Escape(f.name) + " size=" + std::to_string(f.size) + " crc32c=" + Hex32(f.crc32c) + "\n";
+    out += "file " + Escape(f.name) + " size=" + std::to_string(f.size) +
+           " crc32c=" + Hex32(f.crc32c) + "\n";
   out += "end crc32c=" + Hex32(Crc32c(0, out.data(), out.size())) + "\n";
   if (out.size() > kMaxManifestBytes) return Status::Error(EINVAL, "manifest too large");
   return out;
@@ -316,7 +323,8 @@ Result<Manifest> ParseManifest(std::string_view bytes) {
   auto number = [&](const char* key, uint64_t* out, uint64_t max) -> Status {
     auto v = p.Value(key);
     if (!v) return v.error();
-    if (!ParseU64(*v, out) || *out > max) return p.Error(std::string("bad number for '") + key + "'");
+    if (!ParseU64(*v, out) || *out > max)
+      return p.Error(std::string("bad number for '") + key + "'");
     return Status::Ok();
   };
   uint64_t n64;
@@ -338,8 +346,10 @@ Result<Manifest> ParseManifest(std::string_view bytes) {
   for (uint64_t i = 0; i < nodes; ++i) {
     ManifestNode n;
     if (!p.Next(&t, &raw)) return p.Error("ends before node " + std::to_string(i));
-    if (t[0] != "node" || t.size() != 5) return p.Error("expected 'node " + std::to_string(i) + "'");
-    if (!ParseU32(t[1], &n.index) || n.index != i) return p.Error("expected node " + std::to_string(i));
+    if (t[0] != "node" || t.size() != 5)
+      return p.Error("expected 'node " + std::to_string(i) + "'");
+    if (!ParseU32(t[1], &n.index) || n.index != i)
+      return p.Error("expected node " + std::to_string(i));
     if (!KeyValue(t[2], "host", &n.host) || !KeyValue(t[3], "file", &n.file))
       return p.Error("node " + std::to_string(i) + " needs host= and file=");
     if (t[4].substr(0, 6) != "tasks=" || t[4].size() == 6)
@@ -369,8 +379,8 @@ Result<Manifest> ParseManifest(std::string_view bytes) {
     ManifestFile f;
     if (!p.Next(&t, &raw)) return p.Error("ends before file " + std::to_string(i));
     std::string size, crc;
-    if (t[0] != "file" || t.size() != 4 || !Unescape(t[1], &f.name) || !KeyValue(t[2], "size", &size) ||
-        !KeyValue(t[3], "crc32c", &crc))
+    if (t[0] != "file" || t.size() != 4 || !Unescape(t[1], &f.name) ||
+        !KeyValue(t[2], "size", &size) || !KeyValue(t[3], "crc32c", &crc))
       return p.Error("expected 'file NAME size=N crc32c=X'");
     if (!ParseU64(size, &f.size) || !ParseHex32(crc, &f.crc32c))
       return p.Error("bad size or crc32c of " + Escape(f.name));
@@ -387,8 +397,8 @@ Result<Manifest> ParseManifest(std::string_view bytes) {
   uint32_t got = Crc32c(0, bytes.data(), covered);
 #if !defined(STASIS_FORMAT_FUZZING)
   if (got != want)
-    return p.Error("checksum mismatch (manifest " + Hex32(want) + ", content " +
-                   Hex32(got) + "): the manifest was changed");
+    return p.Error("checksum mismatch (manifest " + Hex32(want) + ", content " + Hex32(got) +
+                   "): the manifest was changed");
 #else
   (void)got;
 #endif

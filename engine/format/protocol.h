@@ -55,7 +55,7 @@ inline constexpr uint32_t kFlagSaveShared = 1u << 2;
 inline constexpr uint32_t kFlagCloseSockets = 1u << 3;
 inline constexpr uint32_t kFlagNoRestorePid = 1u << 4;
 inline constexpr uint32_t kFlagNoWait = 1u << 5;  // checkpoint: reply once queued
-inline constexpr uint32_t kFlagNode = 1u << 6;    // restart from a store folder: Request::node given
+inline constexpr uint32_t kFlagNode = 1u << 6;  // restart from a store folder: Request::node given
 // checkpoint into a store node file (attached dest): once the context is
 // durable, reply kReplyWritten (size, CRC32C) and hold the processes frozen
 // until the client sends kCommit (its MANIFEST is durable); a hang-up instead
@@ -111,7 +111,7 @@ struct Request {
                                       // node a held checkpoint is (its store identity)
   std::string job;                    // held checkpoint: store identity (job, epoch)
   uint64_t epoch = 0;
-  std::string step;                   // held checkpoint: the Slurm step ("0", "batch")
+  std::string step;  // held checkpoint: the Slurm step ("0", "batch")
   // Checkpoint of a step's local tasks, one tree each, into one context:
   // task_pids[i] heads global task task_ids[i]; target = task_pids[0].
   std::vector<uint32_t> task_pids, task_ids;
@@ -154,9 +154,11 @@ inline constexpr uint32_t kReplyFinal = 0;
 inline constexpr uint32_t kReplyQueued = 1;   // waiting for a free slot
 inline constexpr uint32_t kReplyStarted = 2;  // restart: the tree runs (root_pid)
 inline constexpr uint32_t kReplyExited = 3;   // restart: the root ended (exit_status)
-inline constexpr uint32_t kReplyWritten = 4;  // held checkpoint: durable (bytes, crc32c); send kCommit
-inline constexpr uint32_t kReplyQuiesced = 5;  // kFlagBarrier: callbacks done, nothing frozen; send kProceed
-inline constexpr uint32_t kReplyFrozen = 6;    // kFlagSnapshot: frozen and snapshotted; send kProceed
+inline constexpr uint32_t kReplyWritten =
+    4;  // held checkpoint: durable (bytes, crc32c); send kCommit
+inline constexpr uint32_t kReplyQuiesced =
+    5;  // kFlagBarrier: callbacks done, nothing frozen; send kProceed
+inline constexpr uint32_t kReplyFrozen = 6;  // kFlagSnapshot: frozen and snapshotted; send kProceed
 
 inline constexpr size_t kMaxListed = 1024;
 
@@ -175,7 +177,7 @@ struct Reply {
   std::vector<uint32_t> pids;
   std::vector<RequestInfo> requests;
   std::vector<FileEntry> files;
-  uint32_t crc32c = 0;      // kReplyWritten: of the whole context written
+  uint32_t crc32c = 0;  // kReplyWritten: of the whole context written
   // checkpoint: pages written from copy-on-write snapshots (1), or why not
   uint32_t snapshot = 0;
   std::string snapshot_note;

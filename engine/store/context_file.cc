@@ -84,8 +84,6 @@ Status ContextFileWriter::Commit() {
   return SyncDir(dir_);
 }
 
-Status CommitContextFile(void* writer) {
-  return static_cast<ContextFileWriter*>(writer)->Commit();
-}
+Status CommitContextFile(void* writer) { return static_cast<ContextFileWriter*>(writer)->Commit(); }
 
 }  // namespace stasis::store

@@ -17,17 +17,17 @@
 //   kmod_guest bench MIB   capture time of a MIB-MiB process, both backends
 //
 // The test process ("target") is this same binary, forked.
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/fsuid.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -147,8 +147,8 @@ void* Spin(void* arg) {
   for (int t = 1; t <= kThreads; ++t) sigaddset(&mask, SIGRTMIN + t);
   sigaddset(&mask, SIGUSR1);  // only main takes SIGUSR1: it must leave pause()
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
-  auto* mem = static_cast<uint64_t*>(mmap(nullptr, kPatternBytes, PROT_READ | PROT_WRITE,
-                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  auto* mem = static_cast<uint64_t*>(
+      mmap(nullptr, kPatternBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (mem == MAP_FAILED) _exit(3);
   for (size_t i = 0; i < kPatternBytes / 8; i += 3) mem[i] = Pattern(i);  // some zero pages stay
   // A regular file open at an offset and mapped privately with one page
@@ -163,16 +163,17 @@ void* Spin(void* arg) {
   auto* fmap = static_cast<volatile char*>(
       mmap(nullptr, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, dfd, 0));
   if (fmap == MAP_FAILED) _exit(3);
-  fmap[4096] = 'Z';              // copied: saved as a page of the mapping
-  char first = fmap[0];          // present, but the file's: not saved
+  fmap[4096] = 'Z';      // copied: saved as a page of the mapping
+  char first = fmap[0];  // present, but the file's: not saved
   int pfd[2];
   if (pipe(pfd) != 0 || write(pfd[1], "stasis-pipe-data", 16) != 16) _exit(3);
-  auto* shm = static_cast<uint32_t*>(mmap(nullptr, 64 << 10, PROT_READ | PROT_WRITE,
-                                          MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* shm = static_cast<uint32_t*>(
+      mmap(nullptr, 64 << 10, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   if (shm == MAP_FAILED) _exit(3);
   for (uint32_t i = 0; i < (64 << 10) / 4; ++i) shm[i] = i * 2654435761u;
   for (int t = 0; t < kThreads; ++t)
-    pthread_create(&g_tids[t], nullptr, Spin, reinterpret_cast<void*>(static_cast<uintptr_t>(t + 1)));
+    pthread_create(&g_tids[t], nullptr, Spin,
+                   reinterpret_cast<void*>(static_cast<uintptr_t>(t + 1)));
   while (g_started.load() < kThreads) sched_yield();
   sigset_t usr1;
   sigemptyset(&usr1);
@@ -191,8 +192,7 @@ void* Spin(void* arg) {
   while (!g_stop.load()) usleep(2000);
   for (int t = 0; t < kThreads; ++t) pthread_join(g_tids[t], nullptr);
   bool ok = g_thread_ok.load() == kThreads;
-  for (size_t i = 0; ok && i < kPatternBytes / 8; ++i)
-    ok = mem[i] == (i % 3 == 0 ? Pattern(i) : 0);
+  for (size_t i = 0; ok && i < kPatternBytes / 8; ++i) ok = mem[i] == (i % 3 == 0 ? Pattern(i) : 0);
   const bool mem_ok = ok;
   sigset_t pending;
   sigpending(&pending);
@@ -204,9 +204,11 @@ void* Spin(void* arg) {
   bool shm_ok = true;
   for (uint32_t i = 0; i < (64 << 10) / 4; ++i) shm_ok = shm_ok && shm[i] == i * 2654435761u;
   ok = mem_ok && sig_ok && file_ok && pipe_ok && shm_ok;
-  std::printf("kmod_target: %s (threads ok %d/%d, memory %d, signals %d, file %d, pipe %d, "
-              "shared %d)\n", ok ? "state intact" : "STATE BROKEN", g_thread_ok.load(), kThreads,
-              mem_ok, sig_ok, file_ok, pipe_ok, shm_ok);
+  std::printf(
+      "kmod_target: %s (threads ok %d/%d, memory %d, signals %d, file %d, pipe %d, "
+      "shared %d)\n",
+      ok ? "state intact" : "STATE BROKEN", g_thread_ok.load(), kThreads, mem_ok, sig_ok, file_ok,
+      pipe_ok, shm_ok);
   std::fflush(stdout);
   _exit(ok ? 0 : 1);
 }
@@ -256,10 +258,12 @@ pid_t CaptureKillRestore(pid_t pid, bool user, int cycle) {
     if (r == pid || (r < 0 && errno == ECHILD)) break;
   }
   const std::string c = "cycle " + std::to_string(cycle) + ": ";
-  if (!Check(stats.has_value(), c + "capture: " + (stats.has_value() ? "" : stats.error().message())))
+  if (!Check(stats.has_value(),
+             c + "capture: " + (stats.has_value() ? "" : stats.error().message())))
     return 0;
   Check(stats->kernel_backend != user, c + "the capture did not use the backend asked for");
-  Check(stats->threads == kThreads + 1, c + "captured " + std::to_string(stats->threads) + " threads");
+  Check(stats->threads == kThreads + 1,
+        c + "captured " + std::to_string(stats->threads) + " threads");
   std::printf("kmod_capture_restore: cycle %d: captured %u threads, %.1f MiB in %.3f s (%s)\n",
               cycle, stats->threads, stats->page_bytes / 1048576.0, stats->total_seconds,
               stats->kernel_backend ? "kernel" : "user");
@@ -273,10 +277,12 @@ pid_t CaptureKillRestore(pid_t pid, bool user, int cycle) {
   stasis::MemorySource source(sink.bytes().data(), sink.bytes().size());
   stasis::core::RestoreOptions ropt;
   auto restored = stasis::core::Restore(&source, ropt);
-  if (!Check(restored.has_value(), c + "restore: " + (restored.has_value() ? "" : restored.error().message())))
+  if (!Check(restored.has_value(),
+             c + "restore: " + (restored.has_value() ? "" : restored.error().message())))
     return 0;
-  if (!Check(restored->root_pid == pid && restored->wait_pid == pid && !restored->in_new_pid_namespace,
-             c + "restored under another pid " + std::to_string(restored->root_pid))) {
+  if (!Check(
+          restored->root_pid == pid && restored->wait_pid == pid && !restored->in_new_pid_namespace,
+          c + "restored under another pid " + std::to_string(restored->root_pid))) {
     kill(restored->wait_pid, SIGKILL);
     waitpid(restored->wait_pid, nullptr, 0);
     return 0;
@@ -346,13 +352,15 @@ int TestEquivalent() {
   // the same program state, other register bytes. So one capture settles
   // that, and the two compared captures see identical tasks.
   stasis::StringSink warmup_sink, user_sink, kernel_sink;
-  auto w = CaptureTo(pid, CaptureBackend::kUser, &warmup_sink, stasis::core::AfterCheckpoint::kContinue);
+  auto w =
+      CaptureTo(pid, CaptureBackend::kUser, &warmup_sink, stasis::core::AfterCheckpoint::kContinue);
   // STASIS_KMOD_BACKEND=user: a control run, user against user.
   const char* env = std::getenv("STASIS_KMOD_BACKEND");
   const bool control = env && std::string(env) == "user";
   auto k = CaptureTo(pid, control ? CaptureBackend::kUser : CaptureBackend::kKernel, &kernel_sink,
                      stasis::core::AfterCheckpoint::kContinue);
-  auto u = CaptureTo(pid, CaptureBackend::kUser, &user_sink, stasis::core::AfterCheckpoint::kContinue);
+  auto u =
+      CaptureTo(pid, CaptureBackend::kUser, &user_sink, stasis::core::AfterCheckpoint::kContinue);
   Check(w.has_value(), "first capture: " + (w.has_value() ? "" : w.error().message()));
   // STASIS_IOC_TASKSTATE on its own: the handlers, brk, itimer, prctl
   // values and altstacks the kernel capture above took from it instead of
@@ -360,15 +368,19 @@ int TestEquivalent() {
   std::optional<stasis::core::KernelTaskState> state;
   if (!control) {  // the target is still stopped: the captures left it so
     auto kcap = stasis::core::KernelCapture::Open(CaptureBackend::kKernel);
-    auto recs = kcap ? (*kcap)->ReadRecords(STASIS_IOC_TASKSTATE, pid) : stasis::Result<std::string>(kcap.error());
-    auto parsed = recs ? stasis::core::ParseKernelTaskState(pid, *recs) : stasis::Result<stasis::core::KernelTaskState>(recs.error());
-    if (Check(parsed.has_value(), "TASKSTATE: " + (parsed ? "" : parsed.error().message()))) state = *parsed;
+    auto recs = kcap ? (*kcap)->ReadRecords(STASIS_IOC_TASKSTATE, pid)
+                     : stasis::Result<std::string>(kcap.error());
+    auto parsed = recs ? stasis::core::ParseKernelTaskState(pid, *recs)
+                       : stasis::Result<stasis::core::KernelTaskState>(recs.error());
+    if (Check(parsed.has_value(), "TASKSTATE: " + (parsed ? "" : parsed.error().message())))
+      state = *parsed;
   }
   KillTarget(pid);
   if (!Check(u.has_value(), "user capture: " + (u.has_value() ? "" : u.error().message())) ||
       !Check(k.has_value(), "kernel capture: " + (k.has_value() ? "" : k.error().message())))
     return Report("kmod_equivalent");
-  Check(!u->kernel_backend && k->kernel_backend != control, "the backends were not the ones asked for");
+  Check(!u->kernel_backend && k->kernel_backend != control,
+        "the backends were not the ones asked for");
   stasis::MemorySource us(user_sink.bytes().data(), user_sink.bytes().size());
   stasis::MemorySource ks(kernel_sink.bytes().data(), kernel_sink.bytes().size());
   auto uc = stasis::format::ReadContext(&us, true);
@@ -395,11 +407,13 @@ int TestEquivalent() {
   if (!g_failure.empty()) return Report("kmod_equivalent");
   const auto& a = uc->processes[0];
   const auto& b = kc->processes[0];
-  Check(a.mappings.size() == b.mappings.size(),
-        "mapping count " + std::to_string(a.mappings.size()) + " vs " + std::to_string(b.mappings.size()));
+  Check(a.mappings.size() == b.mappings.size(), "mapping count " +
+                                                    std::to_string(a.mappings.size()) + " vs " +
+                                                    std::to_string(b.mappings.size()));
   for (size_t i = 0; i < a.mappings.size() && i < b.mappings.size(); ++i)
-    Check(a.mappings[i] == b.mappings[i],
-          "mapping " + std::to_string(i) + " differs (" + a.mappings[i].path + " / " + b.mappings[i].path + ")");
+    Check(a.mappings[i] == b.mappings[i], "mapping " + std::to_string(i) + " differs (" +
+                                              a.mappings[i].path + " / " + b.mappings[i].path +
+                                              ")");
   Check(Merge(a.page_runs) == Merge(b.page_runs), "page runs differ");
   if (a.page_data != b.page_data && a.page_data.size() == b.page_data.size()) {
     // Name the first differing byte by its address in the process.
@@ -430,8 +444,8 @@ int TestEquivalent() {
     Check(x.xsave == y.xsave, t + "xsave state differs");
     Check(x.sigmask == y.sigmask, t + "signal mask differs");
     if (x.pending != y.pending) {
-      std::printf("  thread %u: pending %zu bytes (user) vs %zu (kernel)\n", x.tid, x.pending.size(),
-                  y.pending.size());
+      std::printf("  thread %u: pending %zu bytes (user) vs %zu (kernel)\n", x.tid,
+                  x.pending.size(), y.pending.size());
       for (size_t off = 0; off < x.pending.size() && off < y.pending.size(); ++off)
         if (x.pending[off] != y.pending[off])
           std::printf("    byte %zu: %02x vs %02x\n", off, x.pending[off], y.pending[off]);
@@ -443,7 +457,8 @@ int TestEquivalent() {
   Check(!a.info.pending_shared.empty(), "the shared SIGUSR2 is not pending in the context");
   Check(a.info == b.info, "process info differs");
   if (state) {
-    Check(state->have && state->actions == a.info.sigactions, "TASKSTATE handlers differ from the injected calls'");
+    Check(state->have && state->actions == a.info.sigactions,
+          "TASKSTATE handlers differ from the injected calls'");
     Check(a.info.sigactions.size() > SIGUSR1 && a.info.sigactions[SIGUSR1 - 1].handler > 1,
           "the program's SIGUSR1 handler is not in the context");
     Check(state->brk == a.info.mm.brk && state->dumpable == a.info.dumpable &&
@@ -455,14 +470,19 @@ int TestEquivalent() {
                         it->second.altstack_size == t.altstack_size &&
                         static_cast<uint32_t>(it->second.altstack_flags) == t.altstack_flags &&
                         it->second.timer_slack_ns == t.timerslack_ns &&
-                        it->second.clear_child_tid == t.clear_tid_address && it->second.rseq == t.rseq_address &&
-                        it->second.rseq_len == t.rseq_length && it->second.rseq_sig == t.rseq_signature;
-      Check(same, "TASKSTATE of thread " + std::to_string(t.tid) + " differs from the injected calls' and ptrace's");
-      if (it != state->threads.end() && t.rseq_address == 0) std::printf("  thread %u: no rseq\n", t.tid);
+                        it->second.clear_child_tid == t.clear_tid_address &&
+                        it->second.rseq == t.rseq_address && it->second.rseq_len == t.rseq_length &&
+                        it->second.rseq_sig == t.rseq_signature;
+      Check(same, "TASKSTATE of thread " + std::to_string(t.tid) +
+                      " differs from the injected calls' and ptrace's");
+      if (it != state->threads.end() && t.rseq_address == 0)
+        std::printf("  thread %u: no rseq\n", t.tid);
     }
-    std::printf("kmod_equivalent: TASKSTATE gave %zu handlers, brk %#llx, %zu threads' altstack, timer slack, "
-                "tid address and rseq, as the injected calls and ptrace\n",
-                state->actions.size(), static_cast<unsigned long long>(state->brk), state->threads.size());
+    std::printf(
+        "kmod_equivalent: TASKSTATE gave %zu handlers, brk %#llx, %zu threads' altstack, timer "
+        "slack, "
+        "tid address and rseq, as the injected calls and ptrace\n",
+        state->actions.size(), static_cast<unsigned long long>(state->brk), state->threads.size());
   }
   Check(a.files.size() == b.files.size(), "fd count differs");
   for (size_t i = 0; i < a.files.size() && i < b.files.size(); ++i)
@@ -519,7 +539,8 @@ int AsUser(uid_t uid, Fn fn) {
 int TestHostile() {
   signal(SIGPIPE, SIG_IGN);
   int dev = open("/dev/stasis", O_RDWR | O_CLOEXEC);
-  if (!Check(dev >= 0, std::string("open /dev/stasis: ") + strerror(errno))) return Report("kmod_hostile");
+  if (!Check(dev >= 0, std::string("open /dev/stasis: ") + strerror(errno)))
+    return Report("kmod_hostile");
   struct stat st;
   fstat(dev, &st);
   Check((st.st_mode & 0777) == 0600, "/dev/stasis is not mode 0600");
@@ -678,20 +699,23 @@ int TestHostile() {
     _exit(0);
   }
   waitpid(other, nullptr, WUNTRACED);
-  Expect(AsUser(2000, [&] {
-           stasis_task_req q = TaskReq(other, out);
-           return Ioctl(dev, STASIS_IOC_THREADS, &q);
-         }),
+  Expect(AsUser(2000,
+                [&] {
+                  stasis_task_req q = TaskReq(other, out);
+                  return Ioctl(dev, STASIS_IOC_THREADS, &q);
+                }),
          EPERM, "pid of another user (uid 2000 -> uid 1000)");
-  Expect(AsUser(1000, [&] {
-           stasis_task_req q = TaskReq(other, out);
-           return Ioctl(dev, STASIS_IOC_THREADS, &q);
-         }),
+  Expect(AsUser(1000,
+                [&] {
+                  stasis_task_req q = TaskReq(other, out);
+                  return Ioctl(dev, STASIS_IOC_THREADS, &q);
+                }),
          0, "the owner's own stopped process (uid 1000)");
-  Expect(AsUser(2000, [&] {
-           stasis_task_req q = TaskReq(stopped, out);
-           return Ioctl(dev, STASIS_IOC_FILES, &q);
-         }),
+  Expect(AsUser(2000,
+                [&] {
+                  stasis_task_req q = TaskReq(stopped, out);
+                  return Ioctl(dev, STASIS_IOC_FILES, &q);
+                }),
          EPERM, "root's process from uid 2000");
   KillTarget(other);
   KillTarget(stopped);
@@ -954,8 +978,8 @@ int Bench(uint64_t mib) {
   pid_t pid = fork();
   if (pid == 0) {
     size_t n = mib << 20;
-    auto* m = static_cast<uint8_t*>(mmap(nullptr, n, PROT_READ | PROT_WRITE,
-                                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    auto* m = static_cast<uint8_t*>(
+        mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     if (m == MAP_FAILED) _exit(2);
     for (size_t i = 0; i < n; i += 512) m[i] = static_cast<uint8_t>(i >> 12 | 1);
     char c = 1;
@@ -978,11 +1002,11 @@ int Bench(uint64_t mib) {
         rc = 1;
         continue;
       }
-      std::printf("bench: %s backend: %llu MiB process, %.1f MiB of pages, total %.3f s "
-                  "(pause %.3f s), %.0f MiB/s\n",
-                  name, static_cast<unsigned long long>(mib), s->page_bytes / 1048576.0,
-                  s->total_seconds, s->pause_seconds,
-                  s->page_bytes / 1048576.0 / s->total_seconds);
+      std::printf(
+          "bench: %s backend: %llu MiB process, %.1f MiB of pages, total %.3f s "
+          "(pause %.3f s), %.0f MiB/s\n",
+          name, static_cast<unsigned long long>(mib), s->page_bytes / 1048576.0, s->total_seconds,
+          s->pause_seconds, s->page_bytes / 1048576.0 / s->total_seconds);
       times[name].push_back(s->total_seconds);
     }
   }
@@ -1021,7 +1045,8 @@ int TestTraced() {
   Check(::read(ready[0], &c, 1) == 1 && c == 'y', "the debugger could not seize the target");
   usleep(100000);  // seized stopped threads move to their trap stop
   stasis::StringSink sink;
-  auto stats = CaptureTo(pid, CaptureBackend::kKernel, &sink, stasis::core::AfterCheckpoint::kContinue);
+  auto stats =
+      CaptureTo(pid, CaptureBackend::kKernel, &sink, stasis::core::AfterCheckpoint::kContinue);
   // The debugger still holds it, stopped: nothing of ours was left in it.
   auto status = stasis::core::ReadFileToString("/proc/" + std::to_string(pid) + "/status");
   Check(status && status->find("TracerPid:\t" + std::to_string(dbg)) != std::string::npos,
@@ -1029,13 +1054,14 @@ int TestTraced() {
   ::kill(dbg, SIGKILL);
   ::waitpid(dbg, nullptr, 0);
   KillTarget(pid);
-  if (!Check(stats.has_value(), "capture under a debugger: " + (stats ? "" : stats.error().message())))
+  if (!Check(stats.has_value(),
+             "capture under a debugger: " + (stats ? "" : stats.error().message())))
     return Report("kmod_traced");
   Check(stats->kernel_backend && stats->threads == kThreads + 1,
         "captured " + std::to_string(stats->threads) + " threads, kernel backend " +
             std::to_string(stats->kernel_backend));
-  std::printf("kmod_traced: captured %u threads, %.1f MiB while pid %d's debugger held it\n", stats->threads,
-              stats->page_bytes / 1048576.0, pid);
+  std::printf("kmod_traced: captured %u threads, %.1f MiB while pid %d's debugger held it\n",
+              stats->threads, stats->page_bytes / 1048576.0, pid);
   stasis::MemorySource source(sink.bytes().data(), sink.bytes().size());
   stasis::core::RestoreOptions ropt;
   auto restored = stasis::core::Restore(&source, ropt);
@@ -1072,6 +1098,8 @@ int main(int argc, char** argv) {
   if (cmd == "traced") return TestTraced();
   if (cmd == "capture-once") return CaptureOnce();
   if (cmd == "bench" && argc > 2) return Bench(std::strtoull(argv[2], nullptr, 10));
-  std::fprintf(stderr, "usage: kmod_guest restore|equivalent|hostile|permission|traced|capture-once|bench MIB\n");
+  std::fprintf(
+      stderr,
+      "usage: kmod_guest restore|equivalent|hostile|permission|traced|capture-once|bench MIB\n");
   return 2;
 }

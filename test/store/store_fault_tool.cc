@@ -25,23 +25,32 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (a == "--dir") dir = next();
-    else if (a == "--keep") keep = std::atol(next().c_str());
-    else if (a == "--count") mode = "count";
+    if (a == "--dir")
+      dir = next();
+    else if (a == "--keep")
+      keep = std::atol(next().c_str());
+    else if (a == "--count")
+      mode = "count";
     else if (a == "--fail-at") {
       mode = "fail";
       std::string v = next();
       n = std::atoi(v.c_str());
       err = std::atoi(v.substr(v.find(':') + 1).c_str());
-    } else if (a == "--crash-at") mode = "crash", n = std::atoi(next().c_str());
-    else if (a == "--kill-at") mode = "kill", n = std::atoi(next().c_str());
-    else if (a == "--power-loss") power_loss = true;
-    else if (a == "--socket") socket = next();
-    else pid = std::atol(a.c_str());
+    } else if (a == "--crash-at")
+      mode = "crash", n = std::atoi(next().c_str());
+    else if (a == "--kill-at")
+      mode = "kill", n = std::atoi(next().c_str());
+    else if (a == "--power-loss")
+      power_loss = true;
+    else if (a == "--socket")
+      socket = next();
+    else
+      pid = std::atol(a.c_str());
   }
   if (dir.empty() || mode.empty() || pid <= 0 || keep <= 0) {
-    std::fprintf(stderr, "usage: store_fault_tool --dir JOB [--keep N] --count|--fail-at N:ERR|"
-                         "--crash-at N [--power-loss]|--kill-at N PID\n");
+    std::fprintf(stderr,
+                 "usage: store_fault_tool --dir JOB [--keep N] --count|--fail-at N:ERR|"
+                 "--crash-at N [--power-loss]|--kill-at N PID\n");
     return 2;
   }
   stasis::test::FaultEnv env(stasis::store::DefaultEnv());
