@@ -24,8 +24,8 @@ class PosixFile : public WritableFile {
     if (strategy_ == WriteStrategy::kDirect) {
       // Whole aligned blocks from an aligned buffer go around the cache; a
       // tail (the end of the file) goes through it.
-      bool aligned = reinterpret_cast<uintptr_t>(p) % kDirectAlign == 0 &&
-                     offset_ % kDirectAlign == 0;
+      bool aligned =
+          reinterpret_cast<uintptr_t>(p) % kDirectAlign == 0 && offset_ % kDirectAlign == 0;
       size_t direct = aligned ? n / kDirectAlign * kDirectAlign : 0;
       if (direct) {
         STASIS_RETURN_IF_ERROR(SetDirect(true));
@@ -48,9 +48,9 @@ class PosixFile : public WritableFile {
       ::sync_file_range(fd_.get(), static_cast<off_t>(start), static_cast<off_t>(n),
                         SYNC_FILE_RANGE_WRITE);
       if (start > 0) {
-        ::sync_file_range(fd_.get(), static_cast<off_t>(synced_), static_cast<off_t>(start - synced_),
-                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                              SYNC_FILE_RANGE_WAIT_AFTER);
+        ::sync_file_range(
+            fd_.get(), static_cast<off_t>(synced_), static_cast<off_t>(start - synced_),
+            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
         ::posix_fadvise(fd_.get(), static_cast<off_t>(synced_), static_cast<off_t>(start - synced_),
                         POSIX_FADV_DONTNEED);
         synced_ = start;
@@ -111,12 +111,14 @@ class PosixEnv : public Env {
     return UniqueFd(fd);
   }
   Status MakeDir(int dirfd, const std::string& name) override {
-    if (::mkdirat(dirfd, name.c_str(), 0700) != 0) return Status::FromErrno(errno, "create folder " + name);
+    if (::mkdirat(dirfd, name.c_str(), 0700) != 0)
+      return Status::FromErrno(errno, "create folder " + name);
     return Status::Ok();
   }
   Result<std::unique_ptr<WritableFile>> NewFile(int dirfd, const std::string& name,
                                                 WriteStrategy strategy) override {
-    int fd = ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd =
+        ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return Status::FromErrno(errno, "create " + name);
     return std::unique_ptr<WritableFile>(new PosixFile(UniqueFd(fd), name, strategy));
   }

@@ -52,13 +52,13 @@ const char* EpochStateName(EpochState state);
 
 struct EpochInfo {
   uint64_t epoch = 0;
-  std::string path;          // <job folder>/<epoch>
+  std::string path;  // <job folder>/<epoch>
   EpochState state = EpochState::kIncomplete;
-  std::string problem;       // why it is incomplete or corrupt
+  std::string problem;        // why it is incomplete or corrupt
   format::Manifest manifest;  // valid when state != kIncomplete and the MANIFEST parsed
   bool have_manifest = false;
-  uint64_t bytes = 0;        // sizes of the files present
-  int64_t time_unix = 0;     // the manifest's time, else the folder's mtime
+  uint64_t bytes = 0;     // sizes of the files present
+  int64_t time_unix = 0;  // the manifest's time, else the folder's mtime
 };
 
 // The folder of one job's epochs.
@@ -93,9 +93,9 @@ struct WriteOptions {
   // the page-cache copy of streaming costs the capture thread more than
   // O_DIRECT's synchronous chunks cost the writer thread (docs/design.md).
   WriteStrategy strategy = WriteStrategy::kDirect;
-  uint64_t bandwidth = 0;        // bytes per second, 0 = unlimited
-  size_t chunk = 8u << 20;       // bytes per write(2), aligned
-  size_t depth = 3;              // chunks in flight (pipelined writer)
+  uint64_t bandwidth = 0;   // bytes per second, 0 = unlimited
+  size_t chunk = 8u << 20;  // bytes per write(2), aligned
+  size_t depth = 3;         // chunks in flight (pipelined writer)
 };
 
 // One node's context file being written: buffered into aligned chunks,
@@ -127,10 +127,10 @@ class NodeFileSink : public ByteSink {
     char* data = nullptr;
     size_t used = 0;
   };
-  Status Submit();      // hands `current_` to the writer thread
+  Status Submit();                 // hands `current_` to the writer thread
   Status TakeFree(char** buffer);  // waits for a free buffer
-  Status Drain();       // waits until every submitted chunk is written
-  Status Failed();      // the writer's first error, if any
+  Status Drain();                  // waits until every submitted chunk is written
+  Status Failed();                 // the writer's first error, if any
   void WriterLoop();
   std::unique_ptr<WritableFile> file_;
   WriteOptions options_;
@@ -216,7 +216,8 @@ uint64_t ParentEpochOf(const std::string& recorded);
 
 // The Image of <epoch>/<file> in the job folder (read as the job's access;
 // the rest of the file unread).
-Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, const std::string& file);
+Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch,
+                                        const std::string& file);
 
 // How many parents the node file `file` of `epoch` whose Image is `image`
 // has, down to a full context (at most `limit` followed): each must be there
@@ -232,13 +233,13 @@ Result<uint32_t> ParentLinks(const JobFolder& job, uint64_t epoch, const std::st
 // otherwise a full one, and why. The engine still checks, process by
 // process, that the tracking really goes back to that file.
 struct ParentChoice {
-  uint64_t epoch = 0;     // 0: write a full context
-  std::string recorded;   // "../<epoch>/node<i>.ctx"
+  uint64_t epoch = 0;    // 0: write a full context
+  std::string recorded;  // "../<epoch>/node<i>.ctx"
   uint64_t token = 0;
   std::string why_full;
 };
-ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node, const std::string& step,
-                          uint32_t full_every);
+ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node,
+                          const std::string& step, uint32_t full_every);
 
 // Reads every file of a complete epoch: each context's section checksums
 // and structure, each file's size and CRC32C against the manifest, and
@@ -253,9 +254,9 @@ struct RestartSelection {
   format::ManifestNode node;
   format::ManifestFile file;
   std::string file_path;
-  bool chose_newest = false;  // path was a job folder
+  bool chose_newest = false;       // path was a job folder
   std::vector<EpochInfo> skipped;  // newer epochs passed over (incomplete/corrupt)
-  UniqueFd fd;  // the node's context file, opened without following links
+  UniqueFd fd;                     // the node's context file, opened without following links
 };
 // `node` empty: the only node of the epoch (refused if there are several).
 // `older_than` (job folders only): pass over epochs from this one up (the
@@ -286,7 +287,8 @@ Status CheckContextIdentity(const format::ImageInfo& image, const format::Manife
 // wraps its source in it and calls Finish before anything runs.
 class VerifyingSource : public ByteSource {
  public:
-  VerifyingSource(std::unique_ptr<ByteSource> inner, std::string name, uint64_t size, uint32_t crc32c);
+  VerifyingSource(std::unique_ptr<ByteSource> inner, std::string name, uint64_t size,
+                  uint32_t crc32c);
   Result<size_t> Read(void* data, size_t n) override;
   Result<size_t> ReadInPlace(const char** data, size_t n) override;
   uint64_t Offset() const override { return inner_->Offset(); }
@@ -310,10 +312,10 @@ struct PreparedRestart {
   std::function<Status(const format::ImageInfo&)> check_image;
   std::function<Status()> before_run;
   std::vector<std::string> notes;
-  std::string path;     // the node file
+  std::string path;  // the node file
   uint64_t epoch = 0;
   bool from_job_folder = false;  // a damaged epoch may fall back to an older one
-  uid_t owner = 0;      // of the node file
+  uid_t owner = 0;               // of the node file
   gid_t group = 0;
 };
 Result<PreparedRestart> PrepareRestart(RestartSelection selection);
@@ -325,8 +327,8 @@ Result<PreparedRestart> PrepareRestart(RestartSelection selection);
 // found damaged while being read; nothing of it ran) is noted and the next
 // older complete epoch is tried. Returns the selection's or `restore`'s
 // status.
-Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node, Access access,
-                         const std::function<void(const std::string&)>& note,
+Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node,
+                         Access access, const std::function<void(const std::string&)>& note,
                          const std::function<Status(PreparedRestart&)>& restore);
 
 // Opens a regular file in `dirfd` for reading: no symlink, owned per `access`.

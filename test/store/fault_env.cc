@@ -12,13 +12,20 @@ namespace stasis::test {
 
 const char* OpKindName(OpKind kind) {
   switch (kind) {
-    case OpKind::kMkdir: return "mkdir";
-    case OpKind::kCreate: return "create";
-    case OpKind::kWrite: return "write";
-    case OpKind::kSync: return "fsync";
-    case OpKind::kSyncDir: return "fsync-folder";
-    case OpKind::kRename: return "rename";
-    case OpKind::kRemove: return "remove";
+    case OpKind::kMkdir:
+      return "mkdir";
+    case OpKind::kCreate:
+      return "create";
+    case OpKind::kWrite:
+      return "write";
+    case OpKind::kSync:
+      return "fsync";
+    case OpKind::kSyncDir:
+      return "fsync-folder";
+    case OpKind::kRename:
+      return "rename";
+    case OpKind::kRemove:
+      return "remove";
   }
   return "?";
 }
@@ -74,7 +81,8 @@ Status FaultEnv::Before(OpKind kind, const std::string& what) {
   log_.push_back(std::to_string(ops_) + " " + OpKindName(kind) + " " + what);
   if (kill_at_ && ops_ >= kill_at_) ::kill(::getpid(), SIGKILL);
   if (crash_at_ && ops_ >= crash_at_) crashed_ = true;
-  if (crashed_) return Status::Error(EIO, std::string("simulated crash before ") + OpKindName(kind));
+  if (crashed_)
+    return Status::Error(EIO, std::string("simulated crash before ") + OpKindName(kind));
   if (fail_at_ == ops_ || (fail_kind_ && *fail_kind_ == kind && fail_kind_n_ == nth))
     return Status::FromErrno(fail_err_, std::string("injected ") + OpKindName(kind) + " " + what);
   return Status::Ok();

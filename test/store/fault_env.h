@@ -32,7 +32,9 @@ class FaultEnv : public store::Env {
   explicit FaultEnv(store::Env* base);
 
   void FailAt(int n, int err) { fail_at_ = n, fail_err_ = err; }
-  void FailNth(OpKind kind, int n, int err) { fail_kind_ = kind, fail_kind_n_ = n, fail_err_ = err; }
+  void FailNth(OpKind kind, int n, int err) {
+    fail_kind_ = kind, fail_kind_n_ = n, fail_err_ = err;
+  }
   void CrashAt(int n) { crash_at_ = n; }
   void KillAt(int n) { kill_at_ = n; }
   void SetFreeBytes(uint64_t b) { free_bytes_ = b; }
@@ -74,8 +76,8 @@ class FaultEnv : public store::Env {
   bool crashed_ = false;
   std::optional<uint64_t> free_bytes_;
   std::vector<std::string> log_;
-  std::map<std::string, FileState> files_;                     // by path
-  std::map<std::string, std::vector<PendingName>> pending_;    // by folder path
+  std::map<std::string, FileState> files_;                   // by path
+  std::map<std::string, std::vector<PendingName>> pending_;  // by folder path
 };
 
 // The path an fd refers to (/proc/self/fd).

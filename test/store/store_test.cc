@@ -4,22 +4,22 @@
 // write failing), corruption of every kind, and symlink and permission
 // attacks on the folders. The contexts are real encoded contexts
 // (test/unit/test_util) carrying their store identity.
+#include "engine/store/store.h"
+
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <filesystem>
-#include <functional>
-#include <fstream>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <set>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "engine/format/context_io.h"
 #include "engine/format/crc32c.h"
-#include "engine/store/store.h"
 #include "test/store/fault_env.h"
 #include "test/unit/test_util.h"
 
@@ -116,14 +116,16 @@ WriteResult WriteEpoch(Env* env, const std::string& job_path, uint32_t nodes, ui
 
 // The invariants after any fault: no epoch is corrupt, the newest complete
 // epoch verifies, and a restart selects it.
-void ExpectRecoverable(const std::string& job_path, uint64_t want_newest, const std::string& context) {
+void ExpectRecoverable(const std::string& job_path, uint64_t want_newest,
+                       const std::string& context) {
   auto job = JobFolder::Open(DefaultEnv(), job_path, false, Me());
   ASSERT_TRUE(job.has_value()) << context << ": " << job.error().message();
   auto epochs = job->List();
   ASSERT_TRUE(epochs.has_value()) << context;
   uint64_t newest = 0;
   for (const auto& e : *epochs) {
-    EXPECT_NE(e.state, EpochState::kCorrupt) << context << ": epoch " << e.epoch << ": " << e.problem;
+    EXPECT_NE(e.state, EpochState::kCorrupt)
+        << context << ": epoch " << e.epoch << ": " << e.problem;
     if (e.state == EpochState::kComplete) {
       newest = e.epoch;
       auto problems = VerifyEpoch(*job, e);
@@ -133,8 +135,10 @@ void ExpectRecoverable(const std::string& job_path, uint64_t want_newest, const 
   }
   // want_newest 0: either (a crash after the rename, before the folder's
   // fsync, with no power loss: the kernel still has the new name).
-  if (want_newest) EXPECT_EQ(newest, want_newest) << context;
-  else EXPECT_TRUE(newest == 1 || newest == 2) << context;
+  if (want_newest)
+    EXPECT_EQ(newest, want_newest) << context;
+  else
+    EXPECT_TRUE(newest == 1 || newest == 2) << context;
   auto sel = SelectForRestart(DefaultEnv(), job_path, 0, Me());
   ASSERT_TRUE(sel.has_value()) << context << ": " << sel.error().message();
   EXPECT_EQ(sel->epoch.epoch, newest) << context;
@@ -165,8 +169,8 @@ TEST(Store, CommitListSelectRestart) {
   EXPECT_EQ(sel->epoch.epoch, 2u);
   EXPECT_EQ(sel->file_path, job + "/2/node1.ctx");
   EXPECT_EQ(sel->epoch.manifest.job, "1234");
-  VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "n"), "node1.ctx", sel->file.size,
-                         sel->file.crc32c);
+  VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "n"), "node1.ctx",
+                         sel->file.size, sel->file.crc32c);
   auto ctx = format::ReadContext(&source, false);
   ASSERT_TRUE(ctx.has_value()) << ctx.error().message();
   EXPECT_TRUE(CheckContextIdentity(ctx->image, sel->epoch.manifest, 1, "node1.ctx").ok());
@@ -301,7 +305,8 @@ TEST(StoreFaults, CrashBeforeEveryOperationThenPowerLoss) {
         env.CrashAt(n);
         WriteResult r = WriteEpoch(&env, job, 2, keep);
         std::string what = std::string(power_loss ? "power loss" : "crash") + " before " +
-                           env.log()[static_cast<size_t>(n) - 1] + " (keep " + std::to_string(keep) + ")";
+                           env.log()[static_cast<size_t>(n) - 1] + " (keep " +
+                           std::to_string(keep) + ")";
         EXPECT_FALSE(r.status.ok()) << what;
         if (power_loss) {
           ASSERT_TRUE(env.DropUnsyncedData().ok()) << what;
@@ -372,11 +377,12 @@ class Corruption : public ::testing::Test {
   std::string Restart(uint32_t node) {
     auto sel = SelectForRestart(DefaultEnv(), job_ + "/2", node, Me());
     if (!sel) return sel.error().message();
-    VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "f"), sel->file.name, sel->file.size,
-                           sel->file.crc32c);
+    VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "f"), sel->file.name,
+                           sel->file.size, sel->file.crc32c);
     auto ctx = format::ReadContext(&source, false);
     if (!ctx) return sel->file.name + ": " + ctx.error().message();
-    if (Status s = CheckContextIdentity(ctx->image, sel->epoch.manifest, node, sel->file.name); !s.ok())
+    if (Status s = CheckContextIdentity(ctx->image, sel->epoch.manifest, node, sel->file.name);
+        !s.ok())
       return s.message();
     if (Status s = source.Finish(); !s.ok()) return s.message();
     return "";
@@ -567,7 +573,8 @@ TEST(StoreAttacks, OtherOwnersAreRefused) {
   Access strict = Me();  // root, but acting for uid 0 only
   auto sel = SelectForRestart(DefaultEnv(), job + "/2", 0, strict);
   ASSERT_FALSE(sel.has_value());
-  EXPECT_NE(sel.error().message().find("belongs to uid 4321"), std::string::npos) << sel.error().message();
+  EXPECT_NE(sel.error().message().find("belongs to uid 4321"), std::string::npos)
+      << sel.error().message();
   auto fallback = SelectForRestart(DefaultEnv(), job, 0, strict);
   ASSERT_TRUE(fallback.has_value());
   EXPECT_EQ(fallback->epoch.epoch, 1u);
@@ -683,17 +690,16 @@ using format::Context;
 using format::ContextReader;
 using format::SectionType;
 
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    Status s_ = (expr);                              \
-    ASSERT_TRUE(s_.ok()) << s_.ToString();           \
+#define ASSERT_OK(expr)                    \
+  do {                                     \
+    Status s_ = (expr);                    \
+    ASSERT_TRUE(s_.ok()) << s_.ToString(); \
   } while (0)
-#define EXPECT_OK(expr)                              \
-  do {                                               \
-    Status s_ = (expr);                              \
-    EXPECT_TRUE(s_.ok()) << s_.ToString();           \
+#define EXPECT_OK(expr)                    \
+  do {                                     \
+    Status s_ = (expr);                    \
+    EXPECT_TRUE(s_.ok()) << s_.ToString(); \
   } while (0)
-
 
 std::string TempFile(const char* tag) {
   const char* tmp = getenv("TMPDIR");
@@ -724,7 +730,8 @@ std::string AllPageData(ByteSource* source, bool in_place) {
     while (left > 0) {
       if (in_place) {
         const char* data = nullptr;
-        auto got = reader.ReadPageDataInPlace(&data, static_cast<size_t>(std::min<uint64_t>(left, 20000)));
+        auto got =
+            reader.ReadPageDataInPlace(&data, static_cast<size_t>(std::min<uint64_t>(left, 20000)));
         EXPECT_TRUE(got) << got.error().ToString();
         if (!got) return out;
         out.append(data, *got);
@@ -746,7 +753,8 @@ TEST(Pipelined, SinkWritesEveryChunkInOrderWithItsChecksum) {
   WriteOptions wo;
   wo.chunk = 16384;
   wo.depth = 2;
-  for (WriteStrategy strategy : {WriteStrategy::kDirect, WriteStrategy::kStreaming, WriteStrategy::kBuffered}) {
+  for (WriteStrategy strategy :
+       {WriteStrategy::kDirect, WriteStrategy::kStreaming, WriteStrategy::kBuffered}) {
     want.clear();
     wo.strategy = strategy;
     int fd = open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
@@ -771,12 +779,12 @@ TEST(Pipelined, SinkWritesEveryChunkInOrderWithItsChecksum) {
     put(format::testing::PseudoRandomBytes(4096, 1));
     lend(3 * 4096, 2);
     put(format::testing::PseudoRandomBytes(100, 3));  // leaves the file unaligned
-    lend(0, 4);                             // given back unused
+    lend(0, 4);                                       // given back unused
     put(format::testing::PseudoRandomBytes(4096 - 100, 5));
     for (uint32_t i = 0; i < 20; ++i) lend(8192, 10 + i);  // more than the buffers
-    put(format::testing::PseudoRandomBytes(50000, 6));                   // several chunks
+    put(format::testing::PseudoRandomBytes(50000, 6));     // several chunks
     lend(4096, 7);
-    put(format::testing::PseudoRandomBytes(77, 8));                      // an unaligned end
+    put(format::testing::PseudoRandomBytes(77, 8));  // an unaligned end
     auto f = sink.Finish();
     ASSERT_TRUE(f) << f.error().ToString();
     EXPECT_EQ(f->size, want.size());
