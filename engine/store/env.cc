@@ -7,6 +7,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <mutex>
+#include <set>
+
 #include "engine/base/io.h"
 
 namespace stasis::store {
@@ -127,8 +130,21 @@ class PosixEnv : public Env {
     return Status::Ok();
   }
   Status Rename(int dirfd, const std::string& from, const std::string& to) override {
-    if (::renameat2(dirfd, from.c_str(), dirfd, to.c_str(), RENAME_NOREPLACE) != 0)
-      return Status::FromErrno(errno, "rename " + from + " to " + to);
+    struct stat st;
+    const bool known = ::fstat(dirfd, &st) == 0;
+    if (known && Refuses(st.st_dev))
+      return Status::Error(EINVAL, "rename " + from + " to " + to +
+                                       ": this file system has no RENAME_NOREPLACE (found before)");
+    if (::renameat2(dirfd, from.c_str(), dirfd, to.c_str(), RENAME_NOREPLACE) != 0) {
+      int e = errno;
+      if (known && RenameFlagsRefused(e)) Remember(st.st_dev);
+      return Status::FromErrno(e, "rename " + from + " to " + to);
+    }
+    return Status::Ok();
+  }
+  Status Link(int dirfd, const std::string& from, const std::string& to) override {
+    if (::linkat(dirfd, from.c_str(), dirfd, to.c_str(), 0) != 0)
+      return Status::FromErrno(errno, "link " + from + " to " + to);
     return Status::Ok();
   }
   Status Remove(int dirfd, const std::string& name, bool is_dir) override {
@@ -141,9 +157,24 @@ class PosixEnv : public Env {
     if (::fstatvfs(fd, &sv) != 0) return Status::FromErrno(errno, "statvfs");
     return static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
   }
+
+ private:
+  // File systems that refused rename flags (a process meets few).
+  bool Refuses(dev_t dev) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return no_flags_.count(dev) != 0;
+  }
+  void Remember(dev_t dev) {
+    std::lock_guard<std::mutex> lock(mu_);
+    no_flags_.insert(dev);
+  }
+  std::mutex mu_;
+  std::set<dev_t> no_flags_;
 };
 
 }  // namespace
+
+bool RenameFlagsRefused(int code) { return code == EINVAL || code == ENOSYS || code == EOPNOTSUPP; }
 
 std::unique_ptr<WritableFile> WrapFd(UniqueFd fd, std::string name, WriteStrategy strategy) {
   return std::make_unique<PosixFile>(std::move(fd), std::move(name), strategy);

@@ -206,7 +206,7 @@ Result<EpochInfo> JobFolder::Inspect(uint64_t epoch) const {
     if (n == format::kManifestName) have_manifest = true;
     struct stat fst;
     if (::fstatat(dir->get(), n.c_str(), &fst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(fst.st_mode) &&
-        n != format::kManifestName)
+        n != format::kManifestName && n != kManifestTemp)
       info.bytes += static_cast<uint64_t>(fst.st_size);
   }
   if (!have_manifest) {
@@ -513,6 +513,39 @@ Status CheckFreeSpace(Env* env, int fd, uint64_t bytes, const std::string& where
   return Status::Ok();
 }
 
+// The commit without rename flags: `from` (written whole and fsynced) gets
+// its final name `to` by link(2), which fails with EEXIST rather than
+// replace, and then loses its temporary name. A link whose reply was lost
+// and that the NFS client sent again finds its own work: EEXIST, but `to`
+// is `from`'s inode (same st_dev and st_ino), which is success. Any other
+// EEXIST is a file we did not write and is never touched. Both names are in
+// created_ while both exist, MANIFEST first, so a failure from here on
+// removes the MANIFEST before anything else.
+Status EpochWriter::LinkIntoPlace(Env* env, int dirfd, const std::string& from,
+                                  const std::string& to) {
+  struct stat mine;
+  if (::fstatat(dirfd, from.c_str(), &mine, AT_SYMLINK_NOFOLLOW) != 0)
+    return Status::FromErrno(errno, path() + ": stat " + from);
+  Status s = env->Link(dirfd, from, to);
+  if (!s.ok() && s.code() == EEXIST) {
+    struct stat there;
+    if (::fstatat(dirfd, to.c_str(), &there, AT_SYMLINK_NOFOLLOW) != 0 ||
+        there.st_dev != mine.st_dev || there.st_ino != mine.st_ino)
+      return Status::Error(EEXIST, path() + ": " + to +
+                                       " exists already and is not the file written as " + from +
+                                       "; not replacing it");
+    s = Status::Ok();  // our own link, sent twice
+  }
+  if (!s.ok()) return Status::Error(s.code(), path() + ": " + s.message());
+  created_.insert(created_.begin(), to);
+  s = env->Remove(dirfd, from, false);
+  if (!s.ok() && s.code() != ENOENT)  // ENOENT: an unlink sent twice
+    return Status::Error(s.code(), path() + ": " + s.message());
+  if (auto it = std::find(created_.begin(), created_.end(), from); it != created_.end())
+    created_.erase(it);
+  return Status::Ok();
+}
+
 Status EpochWriter::CheckSpace(uint64_t bytes) {
   return CheckFreeSpace(job_->env(), dir_.get(), bytes, path());
 }
@@ -550,8 +583,15 @@ Status EpochWriter::Commit(format::Manifest* m) {
     STASIS_RETURN_IF_ERROR((*file)->Sync());
   }
   Status s = env->Rename(dir_.get(), kManifestTemp, format::kManifestName);
-  if (!s.ok()) return Status::Error(s.code(), path() + ": " + s.message());
-  created_.back() = format::kManifestName;
+  if (s.ok()) {
+    created_.back() = format::kManifestName;
+  } else if (RenameFlagsRefused(s.code())) {
+    // GlusterFS's FUSE client, NFS: no rename flags. A hard link never
+    // replaces either (docs/design.md, "Commit without rename flags").
+    STASIS_RETURN_IF_ERROR(LinkIntoPlace(env, dir_.get(), kManifestTemp, format::kManifestName));
+  } else {
+    return Status::Error(s.code(), path() + ": " + s.message());
+  }
   s = env->SyncDir(dir_.get());
   if (!s.ok()) return Status::Error(s.code(), path() + ": " + s.message());
   committed_ = true;

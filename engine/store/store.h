@@ -8,7 +8,9 @@
 //   1. mkdir <job>/<N> (N = newest number + 1), fsync <job>
 //   2. every node writes node<i>.ctx, fsyncs it          (EpochWriter/NodeFileSink)
 //   3. the coordinator writes .MANIFEST.tmp, fsyncs it,
-//      renames it to MANIFEST (never replacing), fsyncs <job>/<N>
+//      renames it to MANIFEST (never replacing), fsyncs <job>/<N>; where the
+//      file system has no rename flags (GlusterFS FUSE, NFS): links it to
+//      MANIFEST (link(2) never replaces), removes .MANIFEST.tmp, fsyncs
 //   4. retention: older epochs are removed MANIFEST first (then fsync), so a
 //      crash while removing leaves an incomplete epoch, never a corrupt one.
 // Folders are 0700 and files 0600, created by the process's fs identity
@@ -182,6 +184,8 @@ class EpochWriter {
  private:
   EpochWriter(JobFolder* job, uint64_t epoch, const WriteOptions& options)
       : job_(job), epoch_(epoch), options_(options) {}
+  // Commit's step 3 on a file system without rename flags (see store.cc).
+  Status LinkIntoPlace(Env* env, int dirfd, const std::string& from, const std::string& to);
   JobFolder* job_;
   uint64_t epoch_;
   WriteOptions options_;

@@ -24,6 +24,8 @@ const char* OpKindName(OpKind kind) {
       return "fsync-folder";
     case OpKind::kRename:
       return "rename";
+    case OpKind::kLink:
+      return "link";
     case OpKind::kRemove:
       return "remove";
   }
@@ -119,6 +121,9 @@ Status FaultEnv::SyncDir(int dirfd) {
 
 Status FaultEnv::Rename(int dirfd, const std::string& from, const std::string& to) {
   STASIS_RETURN_IF_ERROR(Before(OpKind::kRename, from + " " + to));
+  if (refuse_rename_flags_)
+    return Status::Error(
+        EINVAL, "rename " + from + " to " + to + ": Invalid argument (no rename flags here)");
   STASIS_RETURN_IF_ERROR(base_->Rename(dirfd, from, to));
   std::string dir = FdPath(dirfd);
   pending_[dir].push_back({PendingName::kRenamed, to, from, false});
@@ -127,6 +132,18 @@ Status FaultEnv::Rename(int dirfd, const std::string& from, const std::string& t
     files_[dir + "/" + to] = it->second;
     files_.erase(it);
   }
+  return Status::Ok();
+}
+
+Status FaultEnv::Link(int dirfd, const std::string& from, const std::string& to) {
+  STASIS_RETURN_IF_ERROR(Before(OpKind::kLink, from + " " + to));
+  STASIS_RETURN_IF_ERROR(base_->Link(dirfd, from, to));
+  std::string dir = FdPath(dirfd);
+  pending_[dir].push_back({PendingName::kLinked, to, from, false});
+  auto it = files_.find(dir + "/" + from);
+  if (it != files_.end()) files_[dir + "/" + to] = it->second;
+  if (replay_links_)
+    return Status::Error(EEXIST, "link " + from + " to " + to + ": File exists (resent)");
   return Status::Ok();
 }
 
@@ -160,6 +177,8 @@ Status FaultEnv::DropUnsyncedData() {
       std::error_code ec;
       if (it->what == PendingName::kCreated) {
         fs::remove_all(path, ec);
+      } else if (it->what == PendingName::kLinked) {
+        fs::remove(path, ec);
       } else if (it->what == PendingName::kRenamed) {
         fs::rename(path, dir + "/" + it->from, ec);
       }

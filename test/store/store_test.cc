@@ -144,12 +144,14 @@ void ExpectRecoverable(const std::string& job_path, uint64_t want_newest,
   EXPECT_EQ(sel->epoch.epoch, newest) << context;
 }
 
-// The operations of one clean epoch write (after epoch 1 exists).
-int CountOps(uint32_t nodes, uint32_t keep, size_t chunk = 8u << 20) {
+// The operations of one clean epoch write (after epoch 1 exists); with
+// `no_rename_flags`, on a file system that refuses rename flags.
+int CountOps(uint32_t nodes, uint32_t keep, size_t chunk = 8u << 20, bool no_rename_flags = false) {
   TempDir dir;
   std::string job = dir.path() + "/job";
   EXPECT_TRUE(WriteEpoch(DefaultEnv(), job, nodes, keep, chunk).status.ok());
   FaultEnv env(DefaultEnv());
+  if (no_rename_flags) env.RefuseRenameFlags();
   EXPECT_TRUE(WriteEpoch(&env, job, nodes, keep, chunk).status.ok());
   return env.ops();
 }
@@ -267,9 +269,18 @@ TEST(Incremental, ChooseParentRetentionAndVerify) {
   EXPECT_EQ(ParentEpochOf("../4/nodeX.ctx"), 0u);
 }
 
-TEST(StoreFaults, EveryOperationFailing) {
+// Both commit mechanisms: renameat2(RENAME_NOREPLACE), and link + unlink
+// where the file system refuses rename flags (GlusterFS FUSE, NFS).
+class StoreCommitFaults : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(Commit, StoreCommitFaults, ::testing::Values(false, true),
+                         [](const auto& info) {
+                           return info.param ? "LinkNoRenameFlags" : "RenameNoReplace";
+                         });
+
+TEST_P(StoreCommitFaults, EveryOperationFailing) {
+  const bool no_flags = GetParam();
   for (uint32_t keep : {1u, 2u}) {
-    int total = CountOps(2, keep);
+    int total = CountOps(2, keep, 8u << 20, no_flags);
     ASSERT_GT(total, 10);
     for (int err : {ENOSPC, EIO}) {
       for (int n = 1; n <= total; ++n) {
@@ -277,6 +288,7 @@ TEST(StoreFaults, EveryOperationFailing) {
         std::string job = dir.path() + "/job";
         ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, keep).status.ok());
         FaultEnv env(DefaultEnv());
+        if (no_flags) env.RefuseRenameFlags();
         env.FailAt(n, err);
         WriteResult r = WriteEpoch(&env, job, 2, keep);
         std::string what = "keep " + std::to_string(keep) + ", " + std::strerror(err) + " at " +
@@ -293,15 +305,17 @@ TEST(StoreFaults, EveryOperationFailing) {
   }
 }
 
-TEST(StoreFaults, CrashBeforeEveryOperationThenPowerLoss) {
+TEST_P(StoreCommitFaults, CrashBeforeEveryOperationThenPowerLoss) {
+  const bool no_flags = GetParam();
   for (uint32_t keep : {1u, 2u}) {
-    int total = CountOps(2, keep);
+    int total = CountOps(2, keep, 8u << 20, no_flags);
     for (bool power_loss : {false, true}) {
       for (int n = 1; n <= total; ++n) {
         TempDir dir;
         std::string job = dir.path() + "/job";
         ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, keep).status.ok());
         FaultEnv env(DefaultEnv());
+        if (no_flags) env.RefuseRenameFlags();
         env.CrashAt(n);
         WriteResult r = WriteEpoch(&env, job, 2, keep);
         std::string what = std::string(power_loss ? "power loss" : "crash") + " before " +
@@ -316,6 +330,128 @@ TEST(StoreFaults, CrashBeforeEveryOperationThenPowerLoss) {
       }
     }
   }
+}
+
+// Without rename flags (GlusterFS FUSE, NFS): MANIFEST is linked into place
+// and the temporary name removed, in that order, after the refused rename.
+TEST(NoRenameFlags, CommitLinksThenRemovesTheTemporaryName) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  FaultEnv env(DefaultEnv());
+  env.RefuseRenameFlags();
+  WriteResult r = WriteEpoch(&env, job, 2, 2);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  // "<n> <kind> <names...>" of every operation naming the MANIFEST.
+  std::vector<std::string> commit;
+  for (const auto& line : env.log()) {
+    if (line.find("MANIFEST") == std::string::npos) continue;
+    std::string rest = line.substr(line.find(' ') + 1);
+    if (rest.rfind("write ", 0) == 0) rest = rest.substr(0, rest.rfind(' '));  // no byte count
+    commit.push_back(rest);
+  }
+  EXPECT_EQ(commit,
+            (std::vector<std::string>{"create .MANIFEST.tmp", "write .MANIFEST.tmp",
+                                      "fsync .MANIFEST.tmp", "rename .MANIFEST.tmp MANIFEST",
+                                      "link .MANIFEST.tmp MANIFEST", "remove .MANIFEST.tmp"}));
+  struct stat st;
+  EXPECT_NE(::lstat((job + "/2/.MANIFEST.tmp").c_str(), &st), 0);
+  ASSERT_EQ(::lstat((job + "/2/MANIFEST").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 1u);
+  ExpectRecoverable(job, 2, "committed by link");
+}
+
+// An NFS client that resends a link whose reply was lost gets EEXIST for
+// its own link: the name is the file it wrote (same inode), so the commit
+// goes on.
+TEST(NoRenameFlags, AResentLinkIsRecognisedAsOurOwn) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  FaultEnv env(DefaultEnv());
+  env.RefuseRenameFlags();
+  env.ReplayLinks();
+  WriteResult r = WriteEpoch(&env, job, 1, 2);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_FALSE(fs::exists(job + "/2/.MANIFEST.tmp"));
+  ExpectRecoverable(job, 2, "resent link");
+}
+
+// A MANIFEST that is not ours (another writer, a planted file) is never
+// replaced, with or without rename flags, and the commit fails naming it.
+TEST(NoRenameFlags, AnExistingManifestIsNeverReplaced) {
+  for (bool no_flags : {false, true}) {
+    TempDir dir;
+    std::string job_path = dir.path() + "/j";
+    FaultEnv env(DefaultEnv());
+    if (no_flags) env.RefuseRenameFlags();
+    auto job = JobFolder::Open(&env, job_path, true, Me());
+    ASSERT_TRUE(job.has_value());
+    auto w = EpochWriter::Begin(&*job, WriteOptions());
+    ASSERT_TRUE(w.has_value());
+    auto sink = (*w)->CreateNodeFile(0);
+    ASSERT_TRUE(sink.has_value());
+    std::string bytes = NodeContext(job->job(), 1, 0);
+    ASSERT_TRUE((*sink)->Write(bytes.data(), bytes.size()).ok());
+    auto file = (*sink)->Finish();
+    ASSERT_TRUE(file.has_value());
+    WriteAll(job_path + "/1/MANIFEST", "planted\n");
+    format::Manifest m;
+    m.uid = ::geteuid();
+    format::ManifestNode n;
+    n.host = "h";
+    n.file = file->name;
+    n.tasks = {0};
+    n.argv = {"a"};
+    m.nodes.push_back(n);
+    m.files.push_back(*file);
+    Status s = (*w)->Commit(&m);
+    EXPECT_EQ(s.code(), EEXIST) << no_flags << ": " << s.message();
+    if (no_flags) {
+      EXPECT_NE(s.message().find("not replacing it"), std::string::npos) << s.message();
+    }
+    w->reset();  // the failed epoch is cleaned up; the foreign MANIFEST stays
+    EXPECT_EQ(ReadAll(job_path + "/1/MANIFEST"), "planted\n") << no_flags;
+    EXPECT_FALSE(fs::exists(job_path + "/1/.MANIFEST.tmp")) << no_flags;
+  }
+}
+
+// A crash between the link and the removal of the temporary name leaves a
+// complete epoch with a second name for its MANIFEST: it lists complete,
+// verifies, restarts, and retention removes it whole later.
+TEST(NoRenameFlags, CrashBetweenLinkAndUnlink) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 1).status.ok());
+  int unlink_op = 0;
+  {
+    TempDir probe;
+    ASSERT_TRUE(WriteEpoch(DefaultEnv(), probe.path() + "/j", 1, 1).status.ok());
+    FaultEnv env(DefaultEnv());
+    env.RefuseRenameFlags();
+    ASSERT_TRUE(WriteEpoch(&env, probe.path() + "/j", 1, 1).status.ok());
+    for (size_t i = 0; i < env.log().size(); ++i)
+      if (env.log()[i].find("remove .MANIFEST.tmp") != std::string::npos)
+        unlink_op = static_cast<int>(i) + 1;
+  }
+  ASSERT_GT(unlink_op, 0);
+  FaultEnv env(DefaultEnv());
+  env.RefuseRenameFlags();
+  env.CrashAt(unlink_op);
+  WriteResult r = WriteEpoch(&env, job, 1, 1);
+  EXPECT_FALSE(r.status.ok());
+  ASSERT_TRUE(fs::exists(job + "/2/.MANIFEST.tmp"));
+  ASSERT_TRUE(fs::exists(job + "/2/MANIFEST"));
+  ExpectRecoverable(job, 2, "crash between link and unlink");
+  auto jf = JobFolder::Open(DefaultEnv(), job, false, Me());
+  ASSERT_TRUE(jf.has_value());
+  auto info = jf->Inspect(2);
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->state, EpochState::kComplete) << info->problem;
+  // Later epochs prune it: epoch 2 goes whole, the leftover name with it.
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 1).status.ok());
+  EXPECT_FALSE(fs::exists(job + "/2"));
+  ExpectRecoverable(job, 3, "after retention");
 }
 
 TEST(StoreFaults, NthWriteFails) {
