@@ -10,6 +10,7 @@
 #   ci/cluster.sh run    DIR [--user NAME] CMD...   a Slurm client command in the cluster
 #   ci/cluster.sh status DIR           0 running, 3 stopped, 1 broken
 #   ci/cluster.sh gluster DIR ARGS...  the gluster CLI against the cluster's glusterd
+#   ci/cluster.sh remount DIR          mount DIR/shared again (after its FUSE client died)
 #
 # Each node is a network namespace (stasis-<id>-n1, -n2, ...) joined to a bridge
 # in a hub namespace (stasis-<id>-hub) by a veth pair, with its own hostname
@@ -419,20 +420,32 @@ launch_gluster() {
     echo "gluster volume create/start: $out" >"$DIR/run/gluster.failed"
     return 1
   fi
-  nsenter --net="/run/netns/$NSP-ctl" -- "${daemon_env[@]}" glusterfs -N \
-    --volfile-server="$FS_ADDR" --volfile-id=stasis --log-file="$DIR/log/glusterfs-client.log" \
-    "$SHARED" </dev/null >>"$DIR/log/glusterfs-client.out" 2>&1 &
-  echo $! >"$DIR/run/glusterfs.pid"
-  for ((tries = 0; tries < 400; tries++)); do
-    shared_mounted && break
-    alive "$(pidfile_pid "$DIR/run/glusterfs.pid")" || break
-    sleep 0.05
-  done
-  if ! shared_mounted; then
-    echo "the FUSE client did not mount $SHARED (log/glusterfs-client.log)" >"$DIR/run/gluster.failed"
+  if ! out=$(mount_shared 2>&1); then
+    echo "$out" >"$DIR/run/gluster.failed"
     return 1
   fi
   printf '%.2f\n' "$(since "$t0")" >"$DIR/run/gluster.ready"
+}
+
+# The FUSE client (glusterfs -N, in the controller's network namespace)
+# mounting the volume at DIR/shared; a dead mount of an earlier client is
+# detached first. Returns once mounted.
+mount_shared() {
+  local tries
+  if shared_mounted && ! stat "$SHARED" >/dev/null 2>&1; then umount -l "$SHARED"; fi
+  if shared_mounted; then return 0; fi
+  nsenter --net="/run/netns/$NSP-ctl" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C \
+    glusterfs -N --volfile-server="$FS_ADDR" --volfile-id=stasis \
+    --log-file="$DIR/log/glusterfs-client.log" "$SHARED" \
+    </dev/null >>"$DIR/log/glusterfs-client.out" 2>&1 &
+  echo $! >"$DIR/run/glusterfs.pid"
+  for ((tries = 0; tries < 400; tries++)); do
+    shared_mounted && return 0
+    alive "$(pidfile_pid "$DIR/run/glusterfs.pid")" || break
+    sleep 0.05
+  done
+  echo "the FUSE client did not mount $SHARED (log/glusterfs-client.log)" >&2
+  return 1
 }
 
 # Runs as the keeper's child: starts the daemons in the background and
@@ -686,6 +699,11 @@ case $cmd in
     ;;
   status) need_root; do_status ;;
   gluster) need_root; gluster_cli "$@" ;;
+  remount)
+    need_root
+    [[ -e /run/netns/$NSP-fs ]] || die "$DIR: no cluster with GlusterFS running"
+    mount_shared
+    ;;
   run) need_root; do_run "$@" ;;
   __launch)
     # shellcheck disable=SC1090
