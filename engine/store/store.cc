@@ -69,6 +69,13 @@ Result<std::vector<std::pair<std::string, unsigned char>>> ReadNames(int dirfd) 
   return out;
 }
 
+// An error that a file of a shared file system gives while a server is down
+// or unreachable (GlusterFS: ENOENT for a file on a brick it cannot reach).
+bool MaybeUnreachable(int err) {
+  return err == ENOENT || err == ENOTCONN || err == EIO || err == ESTALE || err == EHOSTDOWN ||
+         err == EHOSTUNREACH || err == ETIMEDOUT;
+}
+
 Status CheckOwner(const struct stat& st, const Access& access, const std::string& path) {
   if (access.any_owner || st.st_uid == access.uid) return Status::Ok();
   return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
@@ -237,8 +244,12 @@ Result<EpochInfo> JobFolder::Inspect(uint64_t epoch) const {
                    name);
   for (const auto& f : info.manifest.files) {
     struct stat fst;
-    if (::fstatat(dir->get(), f.name.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0)
-      return corrupt(f.name + " is missing");
+    if (::fstatat(dir->get(), f.name.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) {
+      const int err = errno;
+      info.file_missing = MaybeUnreachable(err);
+      return corrupt(err == ENOENT ? f.name + " is missing"
+                                   : "stat " + f.name + ": " + std::strerror(err));
+    }
     if (S_ISLNK(fst.st_mode)) return corrupt(f.name + " is a symbolic link");
     if (!S_ISREG(fst.st_mode)) return corrupt(f.name + " is not a regular file");
     if (!access_.any_owner && fst.st_uid != access_.uid)
@@ -750,6 +761,18 @@ Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep) {
   // The kept epochs and, down their chains, every parent they need.
   std::set<uint64_t> needed(complete.end() - std::min<size_t>(keep, complete.size()),
                             complete.end());
+  // Among the newest `keep` epochs with a MANIFEST, one whose files are only
+  // missing may be complete again once a server is back.
+  std::vector<uint64_t> committed;
+  for (const auto& e : *epochs)
+    if (e.have_manifest && e.manifest.epoch == e.epoch) committed.push_back(e.epoch);
+  for (size_t i = committed.size() - std::min<size_t>(keep, committed.size()); i < committed.size();
+       ++i) {
+    auto info = std::find_if(epochs->begin(), epochs->end(),
+                             [&](const EpochInfo& x) { return x.epoch == committed[i]; });
+    if (info->file_missing) needed.insert(committed[i]);
+  }
+  uint64_t keep_below = 0;  // a kept node file unreadable: its parents are unknown
   std::vector<uint64_t> todo(needed.begin(), needed.end());
   while (!todo.empty()) {
     const uint64_t e = todo.back();
@@ -759,13 +782,14 @@ Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep) {
     if (info == epochs->end() || !info->have_manifest) continue;
     for (const format::ManifestFile& f : info->manifest.files) {
       auto image = ReadNodeImage(*job, e, f.name);
+      if (!image && MaybeUnreachable(image.error().code())) keep_below = std::max(keep_below, e);
       const uint64_t d = image ? ParentEpochOf(image->parent) : 0;
       if (d != 0 && d < e && needed.insert(d).second) todo.push_back(d);
     }
   }
   for (const auto& e : *epochs) {
     bool remove;
-    if (needed.count(e.epoch))
+    if (needed.count(e.epoch) || e.epoch < keep_below)
       remove = false;
     else if (e.state == EpochState::kComplete)
       remove = true;

@@ -59,6 +59,10 @@ struct EpochInfo {
   std::string problem;        // why it is incomplete or corrupt
   format::Manifest manifest;  // valid when state != kIncomplete and the MANIFEST parsed
   bool have_manifest = false;
+  // Corrupt only because a file its MANIFEST names is not there: on a
+  // shared file system that may be a server down (GlusterFS says ENOENT
+  // for a file on a brick it cannot reach), so retention spares it.
+  bool file_missing = false;
   uint64_t bytes = 0;     // sizes of the files present
   int64_t time_unix = 0;  // the manifest's time, else the folder's mtime
 };
@@ -206,8 +210,12 @@ Status RemoveEpoch(JobFolder* job, uint64_t epoch);
 // incomplete or corrupt epoch older than the newest complete one (a newer
 // one may still be being written). Nothing is removed while no epoch is
 // complete, nor any epoch a kept epoch's node files need as parents (an
-// incremental chain is kept down to its full context). Returns the epochs
-// removed.
+// incremental chain is kept down to its full context). An epoch whose
+// MANIFEST names a file that is not there (file_missing: perhaps only a
+// server of a shared file system down) is kept while it is among the
+// newest `keep` epochs with a MANIFEST, and a kept epoch whose node file
+// cannot be read for such a reason keeps every older epoch (its parents
+// are unknown). Returns the epochs removed.
 Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep);
 
 // --- incremental epochs ---------------------------------------------------------

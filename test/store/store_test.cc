@@ -207,6 +207,26 @@ TEST(Store, RetentionKeepsTheNewestComplete) {
   EXPECT_FALSE(Prune(&*jf, 0).has_value());
 }
 
+// A shared file system with a server down hides the files on it (GlusterFS
+// answers ENOENT): such an epoch lists corrupt, but retention must not
+// remove it while it is among the newest `keep`, nor anything older while a
+// kept node file cannot be read; once the file is back, the normal rule.
+TEST(Store, RetentionSparesAnEpochWhoseFilesAreUnreachable) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  fs::rename(job + "/2/node0.ctx", dir.path() + "/away");        // its brick is down
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());  // epoch 3, keep 2
+  EXPECT_TRUE(fs::exists(job + "/2/MANIFEST"));
+  EXPECT_TRUE(fs::exists(job + "/1/MANIFEST"));
+  fs::rename(dir.path() + "/away", job + "/2/node0.ctx");  // back
+  ExpectRecoverable(job, 3, "after the server came back");
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());  // epoch 4
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(job)) left.insert(e.path().filename());
+  EXPECT_EQ(left, (std::set<std::string>{"3", "4"}));
+}
+
 // Incremental epochs: each node file names the same node's file of an
 // older epoch ("../<epoch>/node<i>.ctx") and that file's token.
 TEST(Incremental, ChooseParentRetentionAndVerify) {
