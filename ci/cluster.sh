@@ -4,10 +4,13 @@
 # DIR: no /etc/slurm, no system munge key, no system service is touched, so
 # several clusters (and a system Slurm) can coexist.
 #
-#   ci/cluster.sh start  DIR [NODES]   start munged, slurmctld and NODES slurmd (default 2)
+#   ci/cluster.sh start  DIR [NODES] [--gluster]   start munged, slurmctld and NODES slurmd
+#                                      (default 2); --gluster: and a GlusterFS volume at DIR/shared
 #   ci/cluster.sh stop   DIR           stop everything of DIR (a no-op when stopped)
 #   ci/cluster.sh run    DIR [--user NAME] CMD...   a Slurm client command in the cluster
 #   ci/cluster.sh status DIR           0 running, 3 stopped, 1 broken
+#   ci/cluster.sh gluster DIR ARGS...  the gluster CLI against the cluster's glusterd
+#   ci/cluster.sh remount DIR          mount DIR/shared again (after its FUSE client died)
 #
 # Each node is a network namespace (stasis-<id>-n1, -n2, ...) joined to a bridge
 # in a hub namespace (stasis-<id>-hub) by a veth pair, with its own hostname
@@ -32,6 +35,19 @@
 # itself finds munged through AuthInfo in slurm.conf); `--user NAME` runs the
 # command as NAME (setpriv, NAME's groups), from the caller's folder.
 # start creates the tests' unprivileged users stasis_ua and stasis_ub if missing.
+#
+# With --gluster (or STASIS_CLUSTER_GLUSTER=1), a shared file system as a
+# site has one: the file server is host `fs` at 10.250.0.2 in namespace
+# stasis-<id>-fs, running glusterd and one glusterfsd per brick (bricks
+# DIR/gluster/brick1 and brick2, a 2-brick distribute volume `stasis`), and
+# the volume is mounted through the FUSE client (glusterfs, in the
+# controller's namespace) at DIR/shared. The nodes are network namespaces
+# sharing the machine's mount namespace, so that one FUSE mount is the same
+# path on every node. glusterd runs in a private mount namespace where
+# /var/lib/glusterd, /run/gluster and /var/log/glusterfs are DIR/gluster/lib,
+# run and log: nothing of the machine's own GlusterFS is used or touched,
+# and several clusters coexist. Every start makes a new, empty volume;
+# stop unmounts DIR/shared before it ends the daemons.
 #
 # Environment: STASIS_CLUSTER_CPUS (CPUs per node, default 2),
 # STASIS_CLUSTER_TIMEOUT (seconds to wait for idle nodes, default 60),
@@ -59,6 +75,9 @@ BRIDGE=stbr$ID                  # lives in $NSP-hub only
 CTL_ADDR=10.250.0.1
 CONF=$DIR/slurm.conf
 MUNGE_SOCK=$DIR/munge/run/munge.socket
+FS_ADDR=10.250.0.2
+SHARED=$DIR/shared              # the GlusterFS mount (--gluster)
+GSOCK=/run/gluster/glusterd.socket  # inside glusterd's mount namespace
 STATE=$DIR/cluster.env
 SELF=$(realpath -- "$0")
 
@@ -73,6 +92,12 @@ need_tools() {
   for t in munged slurmctld slurmd sinfo srun ip nsenter unshare setpriv python3 sha1sum flock; do
     command -v "$t" >/dev/null || missing+=("$t")
   done
+  if [[ ${GLUSTER:-0} == 1 ]]; then
+    for t in glusterd glusterfsd glusterfs gluster; do
+      command -v "$t" >/dev/null || missing+=("$t")
+    done
+    [[ -c /dev/fuse ]] || missing+=("/dev/fuse")
+  fi
   [[ ${#missing[@]} -eq 0 ]] || die "missing programs: ${missing[*]} (ci/setup.sh installs them)"
 }
 
@@ -114,7 +139,7 @@ cluster_pids() {
   python3 - "$DIR" "$$" $(our_netns_ids) <<'EOF'
 import os, sys
 d, me, ids = sys.argv[1], int(sys.argv[2]), set(sys.argv[3:])
-marks = (d + "/run/keeper.py", d + "/slurm.conf", d + "/munge/", f"__launch {d} ")
+marks = (d + "/run/keeper.py", d + "/slurm.conf", d + "/munge/", f"__launch {d} ", d + "/gluster/")
 started = set()
 if os.path.isdir(d + "/run"):
     for name in os.listdir(d + "/run"):
@@ -123,7 +148,7 @@ if os.path.isdir(d + "/run"):
                 started.add(open(f"{d}/run/{name}").read().strip())
             except OSError:
                 pass
-programs = ("munged", "slurmctld", "slurmd", "python3")
+programs = ("munged", "slurmctld", "slurmd", "python3", "glusterd", "glusterfs")
 def stat(pid):
     with open(f"/proc/{pid}/stat") as f:
         s = f.read()
@@ -161,6 +186,21 @@ keeper_pid() {
   if alive "$p" && tr '\0' ' ' <"/proc/$p/cmdline" | grep -qF "$DIR/run/keeper.py"; then
     echo "$p"
   fi
+}
+
+# Is DIR/shared a mount point (of anything: a FUSE mount whose client died
+# is still one)?
+shared_mounted() {
+  awk -v m="$SHARED" '$5 == m {f = 1} END {exit !f}' /proc/self/mountinfo
+}
+
+# The gluster CLI, in glusterd's network and mount namespace (its socket
+# is in the private /run/gluster).
+gluster_cli() {
+  local p
+  p=$(pidfile_pid "$DIR/run/glusterd.pid")
+  alive "$p" || { echo "$me: $DIR: glusterd is not running" >&2; return 1; }
+  nsenter -t "$p" --net --mount -- gluster --mode=script --glusterd-sock="$GSOCK" "$@"
 }
 
 client() { # runs a client in the controller's namespace, as root
@@ -271,8 +311,30 @@ EOF
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
   } >"$CONF"
   chmod 0644 "$CONF" "$DIR/cgroup.conf" "$DIR/plugstack.conf"
-  printf 'STASIS_CLUSTER_DIR=%s\nSTASIS_CLUSTER_ID=%s\nSTASIS_CLUSTER_NODES=%s\n' \
-    "$DIR" "$ID" "$n" >"$STATE"
+  if [[ $GLUSTER == 1 ]]; then
+    # A new volume every start: bricks that held one refuse a second.
+    rm -rf "$DIR/gluster"
+    mkdir -p "$DIR/gluster/lib" "$DIR/gluster/run" "$DIR/gluster/log" \
+      "$DIR/gluster/brick1" "$DIR/gluster/brick2" "$SHARED"
+    chmod 0700 "$DIR/gluster"
+    cat >"$DIR/gluster/glusterd.vol" <<EOF
+# Written by ci/cluster.sh: glusterd of the test cluster in $DIR. The paths
+# are those of glusterd's private mount namespace (DIR/gluster/*).
+volume management
+    type mgmt/glusterd
+    option working-directory /var/lib/glusterd
+    option glusterd-sockfile $GSOCK
+    option transport-type socket
+    option transport.address-family inet
+    option transport.socket.listen-port 24007
+    option ping-timeout 0
+    option event-threads 1
+end-volume
+EOF
+  fi
+  printf 'STASIS_CLUSTER_DIR=%s\nSTASIS_CLUSTER_ID=%s\nSTASIS_CLUSTER_NODES=%s\nSTASIS_CLUSTER_GLUSTER=%s\n' \
+    "$DIR" "$ID" "$n" "$GLUSTER" >"$STATE"
+  if [[ $GLUSTER == 1 ]]; then echo "STASIS_CLUSTER_SHARED=$SHARED" >>"$STATE"; fi
 }
 
 make_network() {
@@ -295,6 +357,14 @@ make_network() {
     ip -n "$ns" link set lo up
     ip -n "$ns" link set eth0 up
   done
+  if [[ $GLUSTER == 1 ]]; then
+    ip netns add "$NSP-fs"
+    ip -n "$NSP-hub" link add "stv${ID}fs" type veth peer name eth0 netns "$NSP-fs"
+    ip -n "$NSP-hub" link set "stv${ID}fs" master "$BRIDGE" up
+    ip -n "$NSP-fs" addr add "$FS_ADDR/24" dev eth0
+    ip -n "$NSP-fs" link set lo up
+    ip -n "$NSP-fs" link set eth0 up
+  fi
 }
 
 write_keeper() {
@@ -318,6 +388,66 @@ print("keeper: last child gone, exiting", flush=True)
 EOF
 }
 
+# The file server (host fs): glusterd in a private mount namespace whose
+# /var/lib/glusterd, /run/gluster and /var/log/glusterfs are DIR/gluster's;
+# it starts one glusterfsd per brick (they are the keeper's orphans). Then
+# the volume, and the FUSE client mounting it at DIR/shared from the
+# controller's namespace. Says DIR/run/gluster.ready, or why not in
+# DIR/run/gluster.failed.
+# shellcheck disable=SC2016 # the sh -c script expands its own $1, $2
+launch_gluster() {
+  local tries t0=$EPOCHREALTIME
+  local daemon_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C)
+  nsenter --net="/run/netns/$NSP-fs" -- unshare --mount --uts -- "${daemon_env[@]}" \
+    sh -c 'hostname fs && mkdir -p /var/lib/glusterd /run/gluster /var/log/glusterfs &&
+      mount --bind "$1/lib" /var/lib/glusterd && mount --bind "$1/run" /run/gluster &&
+      mount --bind "$1/log" /var/log/glusterfs && exec glusterd -N -f "$1/glusterd.vol" -l "$2"' \
+    sh "$DIR/gluster" "$DIR/log/glusterd.log" </dev/null >>"$DIR/log/glusterd.out" 2>&1 &
+  echo $! >"$DIR/run/glusterd.pid"
+  for ((tries = 0; tries < 200; tries++)); do
+    [[ -S $DIR/gluster/run/glusterd.socket ]] && break
+    alive "$(pidfile_pid "$DIR/run/glusterd.pid")" || break
+    sleep 0.05
+  done
+  if [[ ! -S $DIR/gluster/run/glusterd.socket ]]; then
+    echo "glusterd did not start (log/glusterd.log)" >"$DIR/run/gluster.failed"
+    return 1
+  fi
+  local out
+  if ! out=$(gluster_cli volume create stasis "$FS_ADDR:$DIR/gluster/brick1" \
+    "$FS_ADDR:$DIR/gluster/brick2" force 2>&1) ||
+    ! out=$(gluster_cli volume start stasis 2>&1); then
+    echo "gluster volume create/start: $out" >"$DIR/run/gluster.failed"
+    return 1
+  fi
+  if ! out=$(mount_shared 2>&1); then
+    echo "$out" >"$DIR/run/gluster.failed"
+    return 1
+  fi
+  printf '%.2f\n' "$(since "$t0")" >"$DIR/run/gluster.ready"
+}
+
+# The FUSE client (glusterfs -N, in the controller's network namespace)
+# mounting the volume at DIR/shared; a dead mount of an earlier client is
+# detached first. Returns once mounted.
+mount_shared() {
+  local tries
+  if shared_mounted && ! stat "$SHARED" >/dev/null 2>&1; then umount -l "$SHARED"; fi
+  if shared_mounted; then return 0; fi
+  nsenter --net="/run/netns/$NSP-ctl" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C \
+    glusterfs -N --volfile-server="$FS_ADDR" --volfile-id=stasis \
+    --log-file="$DIR/log/glusterfs-client.log" "$SHARED" \
+    </dev/null >>"$DIR/log/glusterfs-client.out" 2>&1 &
+  echo $! >"$DIR/run/glusterfs.pid"
+  for ((tries = 0; tries < 400; tries++)); do
+    shared_mounted && return 0
+    alive "$(pidfile_pid "$DIR/run/glusterfs.pid")" || break
+    sleep 0.05
+  done
+  echo "the FUSE client did not mount $SHARED (log/glusterfs-client.log)" >&2
+  return 1
+}
+
 # Runs as the keeper's child: starts the daemons in the background and
 # returns; they become the keeper's children. Each is exec'd in place
 # (nsenter, unshare and sh all exec), so $! is the daemon's own pid.
@@ -325,6 +455,7 @@ EOF
 launch() {
   local n=$STASIS_CLUSTER_NODES i tries
   local daemon_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C)
+  if [[ ${STASIS_CLUSTER_GLUSTER:-0} == 1 ]]; then launch_gluster || return 1; fi
   nsenter --net="/run/netns/$NSP-ctl" -- "${daemon_env[@]}" munged -F \
     --socket="$MUNGE_SOCK" --key-file="$DIR/munge/etc/munge.key" \
     --pid-file="$DIR/munge/run/munged.pid" --seed-file="$DIR/munge/lib/munged.seed" \
@@ -358,12 +489,19 @@ do_stop() {
   local pids p k tries rc=0
   pids=$(cluster_pids)
   k=$(keeper_pid)
-  if [[ -z $pids && -z $(our_netns) ]]; then
+  if [[ -z $pids && -z $(our_netns) ]] && ! shared_mounted; then
     rm -f "$STATE" "$DIR"/run/*.pid
     echo "$me: $DIR: not running"
     return 0
   fi
   local t0=$EPOCHREALTIME
+  # The shared file system first, while its client and servers still run
+  # (a job may hold files open there: then detached at once, gone with the
+  # last of them).
+  if shared_mounted; then
+    umount "$SHARED" 2>/dev/null || umount -l "$SHARED" ||
+      { echo "$me: could not unmount $SHARED" >&2; rc=1; }
+  fi
   # Daemons and jobs first: SIGTERM, one second to flush their logs, then
   # SIGKILL for anything left (a stuck slurmstepd ignores SIGTERM), until
   # nothing is left: a dying slurmd may still fork. The keeper last: it
@@ -398,7 +536,7 @@ do_stop() {
   for ns in $(our_netns); do
     ip netns del "$ns" || { echo "$me: could not delete namespace $ns" >&2; rc=1; }
   done
-  rm -f "$STATE" "$DIR"/run/*.pid
+  rm -f "$STATE" "$DIR"/run/*.pid "$DIR"/run/gluster.*
   printf '%s: %s: stopped in %.2f s\n' "$me" "$DIR" "$(since "$t0")"
   return $rc
 }
@@ -412,6 +550,10 @@ do_start() {
     if [[ $have != "$n" ]]; then
       die "$DIR already runs a cluster of $have nodes; stop it first"
     fi
+    have=$(sed -n 's/^STASIS_CLUSTER_GLUSTER=//p' "$STATE")
+    if [[ ${have:-0} != "$GLUSTER" ]]; then
+      die "$DIR already runs a cluster $([[ $GLUSTER == 1 ]] && echo without || echo with) GlusterFS; stop it first"
+    fi
     if [[ $(idle_nodes) -ge $n ]]; then
       echo "$me: $DIR already running with $n nodes idle; reusing it"
       return 0
@@ -419,7 +561,7 @@ do_start() {
     die "$DIR already runs a cluster of $n nodes, but not all are idle (ci/cluster.sh status $DIR)"
   fi
   # Leftovers of a cluster that was not stopped (crash, kill -9): clean first.
-  if [[ -n $(our_netns) || -n $(cluster_pids) ]]; then
+  if [[ -n $(our_netns) || -n $(cluster_pids) ]] || shared_mounted; then
     echo "$me: $DIR: cleaning up leftovers of an earlier cluster"
     do_stop >/dev/null
   fi
@@ -442,7 +584,12 @@ do_start() {
     # sinfo before slurmctld listens would wait a second to retry.
     if ctld_listening; then
       idle=$(idle_nodes)
-      [[ $idle -ge $n ]] && break
+      [[ $idle -ge $n && ($GLUSTER == 0 || -e $DIR/run/gluster.ready) ]] && break
+    fi
+    if [[ -e $DIR/run/gluster.failed ]]; then
+      echo "$me: $DIR: GlusterFS: $(cat "$DIR/run/gluster.failed")" >&2
+      idle=-1
+      break
     fi
     if awk "BEGIN {exit !($EPOCHREALTIME > $deadline)}"; then
       echo "$me: $DIR: only $idle of $n nodes idle after $(since "$t0") s" >&2
@@ -471,6 +618,10 @@ do_start() {
   fi
   printf '%s: %s: %d nodes idle after %.2f s (namespaces %s-*)\n' \
     "$me" "$DIR" "$n" "$(since "$t0")" "$NSP"
+  if [[ $GLUSTER == 1 ]]; then
+    printf '%s: %s: GlusterFS volume stasis (2 bricks on fs, %s) mounted at %s in %s s\n' \
+      "$me" "$DIR" "$FS_ADDR" "$SHARED" "$(cat "$DIR/run/gluster.ready")"
+  fi
 }
 
 do_status() {
@@ -483,7 +634,8 @@ do_status() {
   echo "$DIR: id $ID, namespaces: $(our_netns | tr '\n' ' ')"
   echo "keeper: ${k:-not running}"
   [[ -n $k ]] || rc=1
-  for f in "$DIR"/run/munged.pid "$DIR"/run/slurmctld.pid "$DIR"/run/slurmd-n*.pid; do
+  for f in "$DIR"/run/munged.pid "$DIR"/run/slurmctld.pid "$DIR"/run/slurmd-n*.pid \
+    "$DIR"/run/glusterd.pid "$DIR"/run/glusterfs.pid; do
     [[ -e $f ]] || continue
     name=$(basename "$f"); name=${name%%.*}
     p=$(pidfile_pid "$f")
@@ -491,6 +643,9 @@ do_status() {
   done
   if [[ -e /run/netns/$NSP-ctl ]]; then
     client sinfo -N -o '%N %T %C' 2>&1 || rc=1
+  fi
+  if [[ -e /run/netns/$NSP-fs ]]; then
+    if shared_mounted; then echo "shared: $SHARED mounted"; else echo "shared: $SHARED not mounted"; rc=1; fi
   fi
   return $rc
 }
@@ -515,6 +670,16 @@ do_run() {
     "${env[@]}" USER="$user" LOGNAME="$user" HOME="$home" "$@"
 }
 
+GLUSTER=${STASIS_CLUSTER_GLUSTER:-0}
+if [[ $cmd == start ]]; then
+  args=()
+  for a in "$@"; do
+    if [[ $a == --gluster ]]; then GLUSTER=1; else args+=("$a"); fi
+  done
+  set -- "${args[@]}"
+fi
+[[ $GLUSTER == 0 || $GLUSTER == 1 ]] || die "STASIS_CLUSTER_GLUSTER must be 0 or 1"
+
 case $cmd in
   start | stop)
     need_root
@@ -533,6 +698,12 @@ case $cmd in
     if [[ $cmd == start ]]; then do_start "$@"; else do_stop; fi
     ;;
   status) need_root; do_status ;;
+  gluster) need_root; gluster_cli "$@" ;;
+  remount)
+    need_root
+    [[ -e /run/netns/$NSP-fs ]] || die "$DIR: no cluster with GlusterFS running"
+    mount_shared
+    ;;
   run) need_root; do_run "$@" ;;
   __launch)
     # shellcheck disable=SC1090

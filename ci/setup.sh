@@ -19,10 +19,14 @@ test_pkgs=(
   shellcheck bats sudo
   file
 )
-# Cluster tier: a real Slurm + munge + PMIx + Open MPI on this machine.
+# Cluster tier: a real Slurm + munge + PMIx + Open MPI on this machine, and
+# GlusterFS (server and FUSE client) for the store on a shared file system
+# (ci/cluster.sh --gluster runs its own glusterd; the package's is never
+# started, policy-rc.d below).
 cluster_pkgs=(
   slurm-wlm slurmctld slurmd slurm-client libslurm-dev
   munge libmunge-dev libpmix-dev openmpi-bin libopenmpi-dev
+  glusterfs-server glusterfs-client
 )
 # Kernel-module tier: build against Debian's 6.1 headers, boot it in qemu.
 kmod_pkgs=(

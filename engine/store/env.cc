@@ -7,6 +7,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <mutex>
+#include <set>
+
 #include "engine/base/io.h"
 
 namespace stasis::store {
@@ -24,8 +27,8 @@ class PosixFile : public WritableFile {
     if (strategy_ == WriteStrategy::kDirect) {
       // Whole aligned blocks from an aligned buffer go around the cache; a
       // tail (the end of the file) goes through it.
-      bool aligned = reinterpret_cast<uintptr_t>(p) % kDirectAlign == 0 &&
-                     offset_ % kDirectAlign == 0;
+      bool aligned =
+          reinterpret_cast<uintptr_t>(p) % kDirectAlign == 0 && offset_ % kDirectAlign == 0;
       size_t direct = aligned ? n / kDirectAlign * kDirectAlign : 0;
       if (direct) {
         STASIS_RETURN_IF_ERROR(SetDirect(true));
@@ -48,9 +51,9 @@ class PosixFile : public WritableFile {
       ::sync_file_range(fd_.get(), static_cast<off_t>(start), static_cast<off_t>(n),
                         SYNC_FILE_RANGE_WRITE);
       if (start > 0) {
-        ::sync_file_range(fd_.get(), static_cast<off_t>(synced_), static_cast<off_t>(start - synced_),
-                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                              SYNC_FILE_RANGE_WAIT_AFTER);
+        ::sync_file_range(
+            fd_.get(), static_cast<off_t>(synced_), static_cast<off_t>(start - synced_),
+            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
         ::posix_fadvise(fd_.get(), static_cast<off_t>(synced_), static_cast<off_t>(start - synced_),
                         POSIX_FADV_DONTNEED);
         synced_ = start;
@@ -111,12 +114,14 @@ class PosixEnv : public Env {
     return UniqueFd(fd);
   }
   Status MakeDir(int dirfd, const std::string& name) override {
-    if (::mkdirat(dirfd, name.c_str(), 0700) != 0) return Status::FromErrno(errno, "create folder " + name);
+    if (::mkdirat(dirfd, name.c_str(), 0700) != 0)
+      return Status::FromErrno(errno, "create folder " + name);
     return Status::Ok();
   }
   Result<std::unique_ptr<WritableFile>> NewFile(int dirfd, const std::string& name,
                                                 WriteStrategy strategy) override {
-    int fd = ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd =
+        ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return Status::FromErrno(errno, "create " + name);
     return std::unique_ptr<WritableFile>(new PosixFile(UniqueFd(fd), name, strategy));
   }
@@ -125,8 +130,21 @@ class PosixEnv : public Env {
     return Status::Ok();
   }
   Status Rename(int dirfd, const std::string& from, const std::string& to) override {
-    if (::renameat2(dirfd, from.c_str(), dirfd, to.c_str(), RENAME_NOREPLACE) != 0)
-      return Status::FromErrno(errno, "rename " + from + " to " + to);
+    struct stat st;
+    const bool known = ::fstat(dirfd, &st) == 0;
+    if (known && Refuses(st.st_dev))
+      return Status::Error(EINVAL, "rename " + from + " to " + to +
+                                       ": this file system has no RENAME_NOREPLACE (found before)");
+    if (::renameat2(dirfd, from.c_str(), dirfd, to.c_str(), RENAME_NOREPLACE) != 0) {
+      int e = errno;
+      if (known && RenameFlagsRefused(e)) Remember(st.st_dev);
+      return Status::FromErrno(e, "rename " + from + " to " + to);
+    }
+    return Status::Ok();
+  }
+  Status Link(int dirfd, const std::string& from, const std::string& to) override {
+    if (::linkat(dirfd, from.c_str(), dirfd, to.c_str(), 0) != 0)
+      return Status::FromErrno(errno, "link " + from + " to " + to);
     return Status::Ok();
   }
   Status Remove(int dirfd, const std::string& name, bool is_dir) override {
@@ -139,9 +157,24 @@ class PosixEnv : public Env {
     if (::fstatvfs(fd, &sv) != 0) return Status::FromErrno(errno, "statvfs");
     return static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
   }
+
+ private:
+  // File systems that refused rename flags (a process meets few).
+  bool Refuses(dev_t dev) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return no_flags_.count(dev) != 0;
+  }
+  void Remember(dev_t dev) {
+    std::lock_guard<std::mutex> lock(mu_);
+    no_flags_.insert(dev);
+  }
+  std::mutex mu_;
+  std::set<dev_t> no_flags_;
 };
 
 }  // namespace
+
+bool RenameFlagsRefused(int code) { return code == EINVAL || code == ENOSYS || code == EOPNOTSUPP; }
 
 std::unique_ptr<WritableFile> WrapFd(UniqueFd fd, std::string name, WriteStrategy strategy) {
   return std::make_unique<PosixFile>(std::move(fd), std::move(name), strategy);

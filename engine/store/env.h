@@ -55,16 +55,27 @@ class Env {
                                                         WriteStrategy strategy) = 0;
   // fsync of a folder: makes the names in it durable.
   virtual Status SyncDir(int dirfd) = 0;
-  // Renames within one folder; never replaces an existing name.
+  // Renames within one folder; never replaces an existing name
+  // (renameat2 RENAME_NOREPLACE). A file system without rename flags
+  // (GlusterFS's FUSE client, NFS) fails with EINVAL, ENOSYS or EOPNOTSUPP:
+  // RenameFlagsRefused() tells; the store then uses Link and Remove.
   virtual Status Rename(int dirfd, const std::string& from, const std::string& to) = 0;
+  // A second name `to` for the file `from` in the same folder (link(2)):
+  // never replaces; EEXIST when `to` exists.
+  virtual Status Link(int dirfd, const std::string& from, const std::string& to) = 0;
   // Removes a file, or an empty folder.
   virtual Status Remove(int dirfd, const std::string& name, bool is_dir) = 0;
   // Bytes an unprivileged writer may still use on the file system of `fd`.
   virtual Result<uint64_t> FreeBytes(int fd) = 0;
 };
 
-// The real one.
+// The real one. It remembers, per file system (st_dev), that rename flags
+// were refused once, and then refuses them without asking again.
 Env* DefaultEnv();
+
+// Did Rename fail because the file system has no RENAME_NOREPLACE (rather
+// than for a reason that a link would meet too)?
+bool RenameFlagsRefused(int code);
 
 // A WritableFile over an fd opened elsewhere (stasisd writing the node file
 // its client created and handed over).

@@ -69,10 +69,17 @@ Result<std::vector<std::pair<std::string, unsigned char>>> ReadNames(int dirfd) 
   return out;
 }
 
+// An error that a file of a shared file system gives while a server is down
+// or unreachable (GlusterFS: ENOENT for a file on a brick it cannot reach).
+bool MaybeUnreachable(int err) {
+  return err == ENOENT || err == ENOTCONN || err == EIO || err == ESTALE || err == EHOSTDOWN ||
+         err == EHOSTUNREACH || err == ETIMEDOUT;
+}
+
 Status CheckOwner(const struct stat& st, const Access& access, const std::string& path) {
   if (access.any_owner || st.st_uid == access.uid) return Status::Ok();
-  return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) + ", not to uid " +
-                                  std::to_string(access.uid) + "; refusing it");
+  return Status::Error(EPERM, path + " belongs to uid " + std::to_string(st.st_uid) +
+                                  ", not to uid " + std::to_string(access.uid) + "; refusing it");
 }
 
 // A folder of the store: a real folder, ours, closed to group and others
@@ -83,7 +90,8 @@ Status CheckFolder(int fd, const Access& access, const std::string& path) {
   if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, path + " is not a folder");
   STASIS_RETURN_IF_ERROR(CheckOwner(st, access, path));
   if (st.st_mode & (S_IWGRP | S_IWOTH))
-    return Status::Error(EPERM, path + " is writable by group or others; refusing it (chmod 700 it)");
+    return Status::Error(EPERM,
+                         path + " is writable by group or others; refusing it (chmod 700 it)");
   return Status::Ok();
 }
 
@@ -114,9 +122,12 @@ Access Access::Caller() {
 
 const char* EpochStateName(EpochState state) {
   switch (state) {
-    case EpochState::kComplete: return "complete";
-    case EpochState::kIncomplete: return "incomplete";
-    case EpochState::kCorrupt: return "corrupt";
+    case EpochState::kComplete:
+      return "complete";
+    case EpochState::kIncomplete:
+      return "incomplete";
+    case EpochState::kCorrupt:
+      return "corrupt";
   }
   return "?";
 }
@@ -148,7 +159,8 @@ Result<JobFolder> JobFolder::Open(Env* env, const std::string& path, bool create
       std::string prefix = slash == std::string::npos ? parent : parent.substr(0, slash);
       Status made = env->MakeDir(AT_FDCWD, prefix);
       if (!made.ok() && made.code() != EEXIST)
-        return Status::Error(made.code(), "create checkpoint folder " + prefix + ": " + made.message());
+        return Status::Error(made.code(),
+                             "create checkpoint folder " + prefix + ": " + made.message());
       if (slash == std::string::npos) break;
     }
     parent_fd = env->OpenDir(AT_FDCWD, parent, true);
@@ -165,7 +177,8 @@ Result<JobFolder> JobFolder::Open(Env* env, const std::string& path, bool create
     fd = env->OpenDir(parent_fd->get(), job.job_, false);
   }
   if (!fd) {
-    if (fd.error().code() == ELOOP) return Status::Error(ELOOP, job.path_ + " is a symbolic link; refusing it");
+    if (fd.error().code() == ELOOP)
+      return Status::Error(ELOOP, job.path_ + " is a symbolic link; refusing it");
     if (fd.error().code() == ENOENT) return Status::Error(ENOENT, job.path_ + " does not exist");
     return Status::Error(fd.error().code(), job.path_ + ": " + fd.error().message());
   }
@@ -200,7 +213,7 @@ Result<EpochInfo> JobFolder::Inspect(uint64_t epoch) const {
     if (n == format::kManifestName) have_manifest = true;
     struct stat fst;
     if (::fstatat(dir->get(), n.c_str(), &fst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(fst.st_mode) &&
-        n != format::kManifestName)
+        n != format::kManifestName && n != kManifestTemp)
       info.bytes += static_cast<uint64_t>(fst.st_size);
   }
   if (!have_manifest) {
@@ -227,11 +240,16 @@ Result<EpochInfo> JobFolder::Inspect(uint64_t epoch) const {
   info.have_manifest = true;
   info.time_unix = static_cast<int64_t>(info.manifest.created_unix_ns / 1000000000);
   if (info.manifest.epoch != epoch)
-    return corrupt("MANIFEST is for epoch " + std::to_string(info.manifest.epoch) + ", not " + name);
+    return corrupt("MANIFEST is for epoch " + std::to_string(info.manifest.epoch) + ", not " +
+                   name);
   for (const auto& f : info.manifest.files) {
     struct stat fst;
-    if (::fstatat(dir->get(), f.name.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0)
-      return corrupt(f.name + " is missing");
+    if (::fstatat(dir->get(), f.name.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) {
+      const int err = errno;
+      info.file_missing = MaybeUnreachable(err);
+      return corrupt(err == ENOENT ? f.name + " is missing"
+                                   : "stat " + f.name + ": " + std::strerror(err));
+    }
     if (S_ISLNK(fst.st_mode)) return corrupt(f.name + " is a symbolic link");
     if (!S_ISREG(fst.st_mode)) return corrupt(f.name + " is not a regular file");
     if (!access_.any_owner && fst.st_uid != access_.uid)
@@ -308,7 +326,8 @@ void NodeFileSink::WriterLoop() {
       flushed_ += c.used;
       if (s.ok() && options_.bandwidth) {
         // Sleep until the average rate is back under the cap.
-        double due = start_ + static_cast<double>(flushed_) / static_cast<double>(options_.bandwidth);
+        double due =
+            start_ + static_cast<double>(flushed_) / static_cast<double>(options_.bandwidth);
         double wait = due - Now();
         if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
       }
@@ -417,13 +436,17 @@ Result<format::ManifestFile> NodeFileSink::Finish() {
 
 // --- EpochWriter ----------------------------------------------------------------
 
-std::string EpochWriter::NodeFileName(uint32_t node) { return "node" + std::to_string(node) + ".ctx"; }
+std::string EpochWriter::NodeFileName(uint32_t node) {
+  return "node" + std::to_string(node) + ".ctx";
+}
 
 std::string EpochWriter::path() const { return JoinPath(job_->path(), std::to_string(epoch_)); }
 
-Result<std::unique_ptr<EpochWriter>> EpochWriter::Begin(JobFolder* job, const WriteOptions& options) {
+Result<std::unique_ptr<EpochWriter>> EpochWriter::Begin(JobFolder* job,
+                                                        const WriteOptions& options) {
   auto names = ReadNames(job->fd());
-  if (!names) return Status::Error(names.error().code(), job->path() + ": " + names.error().message());
+  if (!names)
+    return Status::Error(names.error().code(), job->path() + ": " + names.error().message());
   uint64_t newest = 0;
   for (const auto& [n, type] : *names) {
     uint64_t e;
@@ -443,7 +466,8 @@ Result<std::unique_ptr<EpochWriter>> EpochWriter::Begin(JobFolder* job, const Wr
     w->dir_ = std::move(*dir);
     return w;
   }
-  return Status::Error(EEXIST, job->path() + ": no free epoch number after " + std::to_string(newest));
+  return Status::Error(EEXIST,
+                       job->path() + ": no free epoch number after " + std::to_string(newest));
 }
 
 Result<std::unique_ptr<EpochWriter>> EpochWriter::Join(JobFolder* job, uint64_t epoch,
@@ -491,15 +515,51 @@ Result<NodeFileSink*> EpochWriter::CreateNodeFile(uint32_t node) {
 
 Status CheckFreeSpace(Env* env, int fd, uint64_t bytes, const std::string& where) {
   auto free_bytes = env->FreeBytes(fd);
-  if (!free_bytes) return Status::Error(free_bytes.error().code(), where + ": " + free_bytes.error().message());
+  if (!free_bytes)
+    return Status::Error(free_bytes.error().code(), where + ": " + free_bytes.error().message());
   uint64_t need = bytes + bytes / 50 + (1u << 20);
   if (need > *free_bytes)
-    return Status::Error(ENOSPC, "not enough space for the checkpoint in " + where + ": about " + Mib(need) +
-                                     " needed, " + Mib(*free_bytes) + " free");
+    return Status::Error(ENOSPC, "not enough space for the checkpoint in " + where + ": about " +
+                                     Mib(need) + " needed, " + Mib(*free_bytes) + " free");
   return Status::Ok();
 }
 
-Status EpochWriter::CheckSpace(uint64_t bytes) { return CheckFreeSpace(job_->env(), dir_.get(), bytes, path()); }
+// The commit without rename flags: `from` (written whole and fsynced) gets
+// its final name `to` by link(2), which fails with EEXIST rather than
+// replace, and then loses its temporary name. A link whose reply was lost
+// and that the NFS client sent again finds its own work: EEXIST, but `to`
+// is `from`'s inode (same st_dev and st_ino), which is success. Any other
+// EEXIST is a file we did not write and is never touched. Both names are in
+// created_ while both exist, MANIFEST first, so a failure from here on
+// removes the MANIFEST before anything else.
+Status EpochWriter::LinkIntoPlace(Env* env, int dirfd, const std::string& from,
+                                  const std::string& to) {
+  struct stat mine;
+  if (::fstatat(dirfd, from.c_str(), &mine, AT_SYMLINK_NOFOLLOW) != 0)
+    return Status::FromErrno(errno, path() + ": stat " + from);
+  Status s = env->Link(dirfd, from, to);
+  if (!s.ok() && s.code() == EEXIST) {
+    struct stat there;
+    if (::fstatat(dirfd, to.c_str(), &there, AT_SYMLINK_NOFOLLOW) != 0 ||
+        there.st_dev != mine.st_dev || there.st_ino != mine.st_ino)
+      return Status::Error(EEXIST, path() + ": " + to +
+                                       " exists already and is not the file written as " + from +
+                                       "; not replacing it");
+    s = Status::Ok();  // our own link, sent twice
+  }
+  if (!s.ok()) return Status::Error(s.code(), path() + ": " + s.message());
+  created_.insert(created_.begin(), to);
+  s = env->Remove(dirfd, from, false);
+  if (!s.ok() && s.code() != ENOENT)  // ENOENT: an unlink sent twice
+    return Status::Error(s.code(), path() + ": " + s.message());
+  if (auto it = std::find(created_.begin(), created_.end(), from); it != created_.end())
+    created_.erase(it);
+  return Status::Ok();
+}
+
+Status EpochWriter::CheckSpace(uint64_t bytes) {
+  return CheckFreeSpace(job_->env(), dir_.get(), bytes, path());
+}
 
 Status EpochWriter::Commit(format::Manifest* m) {
   Env* env = job_->env();
@@ -508,16 +568,18 @@ Status EpochWriter::Commit(format::Manifest* m) {
   m->format_version = format::kFormatVersion;
   if (m->stasis_version.empty()) m->stasis_version = STASIS_VERSION;
   if (m->created_unix_ns == 0)
-    m->created_unix_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                   std::chrono::system_clock::now().time_since_epoch())
-                                                   .count());
+    m->created_unix_ns =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count());
   for (const auto& f : m->files) {
     struct stat st;
     std::string shown = JoinPath(path(), f.name);
     if (::fstatat(dir_.get(), f.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
       return Status::FromErrno(errno, "stat " + shown);
     if (!S_ISREG(st.st_mode) || st.st_uid != job_->access().uid)
-      return Status::Error(EPERM, shown + " is not a regular file of uid " + std::to_string(job_->access().uid));
+      return Status::Error(
+          EPERM, shown + " is not a regular file of uid " + std::to_string(job_->access().uid));
     if (static_cast<uint64_t>(st.st_size) != f.size)
       return Status::Error(EIO, shown + " has " + std::to_string(st.st_size) + " bytes, " +
                                     std::to_string(f.size) + " were written");
@@ -532,8 +594,15 @@ Status EpochWriter::Commit(format::Manifest* m) {
     STASIS_RETURN_IF_ERROR((*file)->Sync());
   }
   Status s = env->Rename(dir_.get(), kManifestTemp, format::kManifestName);
-  if (!s.ok()) return Status::Error(s.code(), path() + ": " + s.message());
-  created_.back() = format::kManifestName;
+  if (s.ok()) {
+    created_.back() = format::kManifestName;
+  } else if (RenameFlagsRefused(s.code())) {
+    // GlusterFS's FUSE client, NFS: no rename flags. A hard link never
+    // replaces either (docs/design.md, "Commit without rename flags").
+    STASIS_RETURN_IF_ERROR(LinkIntoPlace(env, dir_.get(), kManifestTemp, format::kManifestName));
+  } else {
+    return Status::Error(s.code(), path() + ": " + s.message());
+  }
   s = env->SyncDir(dir_.get());
   if (!s.ok()) return Status::Error(s.code(), path() + ": " + s.message());
   committed_ = true;
@@ -555,17 +624,21 @@ Status RemoveEpoch(JobFolder* job, uint64_t epoch) {
   struct stat dst;
   if (::fstat(dir->get(), &dst) != 0) return Status::FromErrno(errno, "stat " + path);
   if (dst.st_uid != job->access().uid && !job->access().any_owner)
-    return Status::Error(EPERM, path + " belongs to uid " + std::to_string(dst.st_uid) + "; not removing it");
+    return Status::Error(
+        EPERM, path + " belongs to uid " + std::to_string(dst.st_uid) + "; not removing it");
   Status s = env->Remove(dir->get(), format::kManifestName, false);
-  if (s.ok()) STASIS_RETURN_IF_ERROR(env->SyncDir(dir->get()));
-  else if (s.code() != ENOENT) return Status::Error(s.code(), path + ": " + s.message());
+  if (s.ok())
+    STASIS_RETURN_IF_ERROR(env->SyncDir(dir->get()));
+  else if (s.code() != ENOENT)
+    return Status::Error(s.code(), path + ": " + s.message());
   auto names = ReadNames(dir->get());
   if (!names) return Status::Error(names.error().code(), path + ": " + names.error().message());
   for (const auto& [n, type] : *names) {
     struct stat fst;
     if (::fstatat(dir->get(), n.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) continue;
     if (S_ISDIR(fst.st_mode))
-      return Status::Error(ENOTEMPTY, path + " holds a folder " + n + " stasis did not write; not removing it");
+      return Status::Error(
+          ENOTEMPTY, path + " holds a folder " + n + " stasis did not write; not removing it");
     s = env->Remove(dir->get(), n, false);
     if (!s.ok()) return Status::Error(s.code(), path + ": " + s.message());
   }
@@ -586,13 +659,16 @@ uint64_t ParentEpochOf(const std::string& recorded) {
     epoch = epoch * 10 + static_cast<uint64_t>(recorded[i] - '0');
   }
   const std::string file = recorded.substr(slash + 1);
-  if (file.rfind("node", 0) != 0 || file.size() < 9 || file.compare(file.size() - 4, 4, ".ctx") != 0) return 0;
+  if (file.rfind("node", 0) != 0 || file.size() < 9 ||
+      file.compare(file.size() - 4, 4, ".ctx") != 0)
+    return 0;
   for (size_t i = 4; i + 4 < file.size(); ++i)
     if (file[i] < '0' || file[i] > '9') return 0;
   return epoch;
 }
 
-Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, const std::string& file) {
+Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch,
+                                        const std::string& file) {
   const std::string name = std::to_string(epoch) + "/" + file;
   const std::string shown = JoinPath(job.path(), name);
   STASIS_ASSIGN_OR_RETURN(UniqueFd fd, OpenOwnedFile(job.fd(), name, job.access(), shown));
@@ -609,7 +685,8 @@ Result<uint32_t> ParentLinks(const JobFolder& job, uint64_t epoch, const std::st
   while (!image.parent.empty() && links < limit) {
     const uint64_t d = ParentEpochOf(image.parent);
     if (d == 0 || d >= epoch)
-      return Status::Error(EBADMSG, file + " names a parent outside its job folder: " + image.parent);
+      return Status::Error(EBADMSG,
+                           file + " names a parent outside its job folder: " + image.parent);
     auto up = ReadNodeImage(job, d, file);
     if (!up) return up.error().Prefixed(file + ": its parent in epoch " + std::to_string(d));
     if (up->token != image.parent_token)
@@ -622,8 +699,8 @@ Result<uint32_t> ParentLinks(const JobFolder& job, uint64_t epoch, const std::st
   return links;
 }
 
-ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node, const std::string& step,
-                          uint32_t full_every) {
+ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node,
+                          const std::string& step, uint32_t full_every) {
   ParentChoice c;
   if (full_every <= 1) {
     c.why_full = "incremental epochs are off";
@@ -655,7 +732,8 @@ ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t nod
   // Links below the parent, down to a full context.
   auto below = ParentLinks(job, prev->epoch, file, *image, full_every);
   if (!below) {
-    c.why_full = "the chain below epoch " + std::to_string(prev->epoch) + " is broken: " + below.error().message();
+    c.why_full = "the chain below epoch " + std::to_string(prev->epoch) +
+                 " is broken: " + below.error().message();
     return c;
   }
   const uint32_t links = *below;
@@ -681,22 +759,37 @@ Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep) {
   if (complete.empty()) return removed;
   uint64_t newest = complete.back();
   // The kept epochs and, down their chains, every parent they need.
-  std::set<uint64_t> needed(complete.end() - std::min<size_t>(keep, complete.size()), complete.end());
+  std::set<uint64_t> needed(complete.end() - std::min<size_t>(keep, complete.size()),
+                            complete.end());
+  // Among the newest `keep` epochs with a MANIFEST, one whose files are only
+  // missing may be complete again once a server is back.
+  std::vector<uint64_t> committed;
+  for (const auto& e : *epochs)
+    if (e.have_manifest && e.manifest.epoch == e.epoch) committed.push_back(e.epoch);
+  for (size_t i = committed.size() - std::min<size_t>(keep, committed.size()); i < committed.size();
+       ++i) {
+    auto info = std::find_if(epochs->begin(), epochs->end(),
+                             [&](const EpochInfo& x) { return x.epoch == committed[i]; });
+    if (info->file_missing) needed.insert(committed[i]);
+  }
+  uint64_t keep_below = 0;  // a kept node file unreadable: its parents are unknown
   std::vector<uint64_t> todo(needed.begin(), needed.end());
   while (!todo.empty()) {
     const uint64_t e = todo.back();
     todo.pop_back();
-    auto info = std::find_if(epochs->begin(), epochs->end(), [e](const EpochInfo& i) { return i.epoch == e; });
+    auto info = std::find_if(epochs->begin(), epochs->end(),
+                             [e](const EpochInfo& i) { return i.epoch == e; });
     if (info == epochs->end() || !info->have_manifest) continue;
     for (const format::ManifestFile& f : info->manifest.files) {
       auto image = ReadNodeImage(*job, e, f.name);
+      if (!image && MaybeUnreachable(image.error().code())) keep_below = std::max(keep_below, e);
       const uint64_t d = image ? ParentEpochOf(image->parent) : 0;
       if (d != 0 && d < e && needed.insert(d).second) todo.push_back(d);
     }
   }
   for (const auto& e : *epochs) {
     bool remove;
-    if (needed.count(e.epoch))
+    if (needed.count(e.epoch) || e.epoch < keep_below)
       remove = false;
     else if (e.state == EpochState::kComplete)
       remove = true;
@@ -735,18 +828,21 @@ Status VerifyingSource::Finish() {
     if (*r == 0) break;
   }
   if (inner_->Offset() != size_)
-    return Status::Corrupt(name_ + ": " + std::to_string(inner_->Offset()) + " bytes, the MANIFEST says " +
-                           std::to_string(size_) + " (truncated or appended to)");
+    return Status::Corrupt(name_ + ": " + std::to_string(inner_->Offset()) +
+                           " bytes, the MANIFEST says " + std::to_string(size_) +
+                           " (truncated or appended to)");
   if (crc_ != want_)
-    return Status::Corrupt(name_ + ": checksum does not match the MANIFEST (the file was changed or swapped)");
+    return Status::Corrupt(
+        name_ + ": checksum does not match the MANIFEST (the file was changed or swapped)");
   return Status::Ok();
 }
 
-Status CheckContextIdentity(const format::ImageInfo& image, const format::Manifest& m, uint32_t node,
-                     const std::string& name) {
+Status CheckContextIdentity(const format::ImageInfo& image, const format::Manifest& m,
+                            uint32_t node, const std::string& name) {
   if (image.epoch != m.epoch || image.node_index != node || image.job != m.job)
-    return Status::Corrupt(name + ": header says job '" + image.job + "' epoch " + std::to_string(image.epoch) +
-                           " node " + std::to_string(image.node_index) + ", the MANIFEST job '" + m.job +
+    return Status::Corrupt(name + ": header says job '" + image.job + "' epoch " +
+                           std::to_string(image.epoch) + " node " +
+                           std::to_string(image.node_index) + ", the MANIFEST job '" + m.job +
                            "' epoch " + std::to_string(m.epoch) + " node " + std::to_string(node) +
                            " (files swapped or copied between epochs)");
   return Status::Ok();
@@ -768,7 +864,8 @@ Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochIn
       problems.push_back(fd.error().message());
       continue;
     }
-    VerifyingSource source(std::make_unique<PrefetchSource>(std::move(*fd), shown), f.name, f.size, f.crc32c);
+    VerifyingSource source(std::make_unique<PrefetchSource>(std::move(*fd), shown), f.name, f.size,
+                           f.crc32c);
     auto ctx = format::ReadContext(&source, false);
     if (!ctx) {
       problems.push_back(f.name + ": " + ctx.error().message());
@@ -778,7 +875,9 @@ Result<std::vector<std::string>> VerifyEpoch(const JobFolder& job, const EpochIn
       problems.push_back(s.message());
       continue;
     }
-    if (Status s = CheckContextIdentity(ctx->image, epoch.manifest, static_cast<uint32_t>(i), f.name); !s.ok())
+    if (Status s =
+            CheckContextIdentity(ctx->image, epoch.manifest, static_cast<uint32_t>(i), f.name);
+        !s.ok())
       problems.push_back(s.message());
     // An incremental file restarts only with its whole chain: each parent
     // there, with the token it was taken after (their own checksums are
@@ -811,7 +910,8 @@ std::vector<std::string> NumberedFolders(int dirfd, bool* readable) {
   for (const auto& [n, type] : *names) {
     uint64_t e;
     struct stat st;
-    if (ParseEpochName(n.c_str(), &e) && ::fstatat(dirfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+    if (ParseEpochName(n.c_str(), &e) &&
+        ::fstatat(dirfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
         (S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode)))
       out.push_back(n);
   }
@@ -826,8 +926,10 @@ void ClassifyChildren(int dirfd, int* jobs, int* epochs) {
     UniqueFd fd(::openat(dirfd, child.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!fd) continue;
     bool child_readable;
-    if (!NumberedFolders(fd.get(), &child_readable).empty()) ++*jobs;
-    else if (child_readable) ++*epochs;
+    if (!NumberedFolders(fd.get(), &child_readable).empty())
+      ++*jobs;
+    else if (child_readable)
+      ++*epochs;
   }
 }
 
@@ -846,7 +948,8 @@ Result<std::vector<std::string>> FindJobFolders(const std::string& path_in, cons
   std::vector<std::string> out;
   for (const auto& [n, type] : *names) {
     struct stat st;
-    if (::fstatat(top.get(), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) continue;
+    if (::fstatat(top.get(), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
+      continue;
     if (!access.any_owner && st.st_uid != access.uid) continue;
     UniqueFd fd(::openat(top.get(), n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     bool readable;
@@ -856,8 +959,9 @@ Result<std::vector<std::string>> FindJobFolders(const std::string& path_in, cons
   return out;
 }
 
-Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std::optional<uint32_t> node,
-                                          Access access, uint64_t older_than) {
+Result<RestartSelection> SelectForRestart(Env* env, const std::string& path,
+                                          std::optional<uint32_t> node, Access access,
+                                          uint64_t older_than) {
   auto top = env->OpenDir(AT_FDCWD, path, true);
   if (!top) return Status::Error(top.error().code(), path + ": " + top.error().message());
   std::string parent, name;
@@ -876,8 +980,9 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
     auto info = job->Inspect(epoch_number);
     if (!info) return info.error();
     if (info->state != EpochState::kComplete)
-      return Status::Error(info->state == EpochState::kIncomplete ? ENOENT : EBADMSG,
-                           "epoch " + info->path + " is " + EpochStateName(info->state) + ": " + info->problem);
+      return Status::Error(
+          info->state == EpochState::kIncomplete ? ENOENT : EBADMSG,
+          "epoch " + info->path + " is " + EpochStateName(info->state) + ": " + info->problem);
     sel.epoch = std::move(*info);
   } else {
     job = JobFolder::Open(env, path, false, access);
@@ -898,8 +1003,8 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
       if (!sel.skipped.empty()) {
         why += " (";
         for (size_t i = 0; i < sel.skipped.size() && i < 3; ++i)
-          why += (i ? "; " : "") + std::string("epoch ") + std::to_string(sel.skipped[i].epoch) + " " +
-                 EpochStateName(sel.skipped[i].state) + ": " + sel.skipped[i].problem;
+          why += (i ? "; " : "") + std::string("epoch ") + std::to_string(sel.skipped[i].epoch) +
+                 " " + EpochStateName(sel.skipped[i].state) + ": " + sel.skipped[i].problem;
         why += ")";
       }
       return Status::Error(ENOENT, why);
@@ -909,13 +1014,15 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
   uint32_t index;
   if (node) {
     if (*node >= m.nodes.size())
-      return Status::Error(EINVAL, "epoch " + sel.epoch.path + " has " + std::to_string(m.nodes.size()) +
+      return Status::Error(EINVAL, "epoch " + sel.epoch.path + " has " +
+                                       std::to_string(m.nodes.size()) +
                                        " nodes; there is no node " + std::to_string(*node));
     index = *node;
   } else if (m.nodes.size() == 1) {
     index = 0;
   } else {
-    return Status::Error(EINVAL, "epoch " + sel.epoch.path + " has " + std::to_string(m.nodes.size()) +
+    return Status::Error(EINVAL, "epoch " + sel.epoch.path + " has " +
+                                     std::to_string(m.nodes.size()) +
                                      " nodes; name one with --node");
   }
   sel.node = m.nodes[index];
@@ -927,8 +1034,9 @@ Result<RestartSelection> SelectForRestart(Env* env, const std::string& path, std
   if (!fd) return fd.error();
   if (::fstat(fd->get(), &st) != 0) return Status::FromErrno(errno, "stat " + sel.file_path);
   if (static_cast<uint64_t>(st.st_size) != sel.file.size)
-    return Status::Corrupt(sel.file_path + ": " + std::to_string(st.st_size) + " bytes, the MANIFEST says " +
-                           std::to_string(sel.file.size) + " (truncated or appended to)");
+    return Status::Corrupt(sel.file_path + ": " + std::to_string(st.st_size) +
+                           " bytes, the MANIFEST says " + std::to_string(sel.file.size) +
+                           " (truncated or appended to)");
   ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);  // read once, front to back
   sel.fd = std::move(*fd);
   return sel;
@@ -951,14 +1059,16 @@ Result<PreparedRestart> PrepareRestart(RestartSelection sel) {
   time_t t = static_cast<time_t>(sel.epoch.time_unix);
   struct tm tm;
   if (::localtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-  out.notes.push_back("restarting from " + sel.file_path + " (epoch " + std::to_string(sel.epoch.epoch) +
-                      ", taken " + when + ", node " + std::to_string(sel.node.index) + " of " +
+  out.notes.push_back("restarting from " + sel.file_path + " (epoch " +
+                      std::to_string(sel.epoch.epoch) + ", taken " + when + ", node " +
+                      std::to_string(sel.node.index) + " of " +
                       std::to_string(sel.epoch.manifest.nodes.size()) + ": " + sel.node.host + ")");
   out.path = sel.file_path;
   out.epoch = sel.epoch.epoch;
   out.from_job_folder = sel.chose_newest;
-  out.source = std::make_unique<VerifyingSource>(std::make_unique<PrefetchSource>(std::move(sel.fd), sel.file_path),
-                                                 sel.file_path, sel.file.size, sel.file.crc32c);
+  out.source = std::make_unique<VerifyingSource>(
+      std::make_unique<PrefetchSource>(std::move(sel.fd), sel.file_path), sel.file_path,
+      sel.file.size, sel.file.crc32c);
   VerifyingSource* vs = out.source.get();
   format::Manifest manifest = std::move(sel.epoch.manifest);
   uint32_t index = sel.node.index;
@@ -970,8 +1080,8 @@ Result<PreparedRestart> PrepareRestart(RestartSelection sel) {
   return out;
 }
 
-Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node, Access access,
-                         const std::function<void(const std::string&)>& note,
+Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node,
+                         Access access, const std::function<void(const std::string&)>& note,
                          const std::function<Status(PreparedRestart&)>& restore) {
   uint64_t older_than = 0;
   for (;;) {

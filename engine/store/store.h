@@ -8,7 +8,9 @@
 //   1. mkdir <job>/<N> (N = newest number + 1), fsync <job>
 //   2. every node writes node<i>.ctx, fsyncs it          (EpochWriter/NodeFileSink)
 //   3. the coordinator writes .MANIFEST.tmp, fsyncs it,
-//      renames it to MANIFEST (never replacing), fsyncs <job>/<N>
+//      renames it to MANIFEST (never replacing), fsyncs <job>/<N>; where the
+//      file system has no rename flags (GlusterFS FUSE, NFS): links it to
+//      MANIFEST (link(2) never replaces), removes .MANIFEST.tmp, fsyncs
 //   4. retention: older epochs are removed MANIFEST first (then fsync), so a
 //      crash while removing leaves an incomplete epoch, never a corrupt one.
 // Folders are 0700 and files 0600, created by the process's fs identity
@@ -52,13 +54,17 @@ const char* EpochStateName(EpochState state);
 
 struct EpochInfo {
   uint64_t epoch = 0;
-  std::string path;          // <job folder>/<epoch>
+  std::string path;  // <job folder>/<epoch>
   EpochState state = EpochState::kIncomplete;
-  std::string problem;       // why it is incomplete or corrupt
+  std::string problem;        // why it is incomplete or corrupt
   format::Manifest manifest;  // valid when state != kIncomplete and the MANIFEST parsed
   bool have_manifest = false;
-  uint64_t bytes = 0;        // sizes of the files present
-  int64_t time_unix = 0;     // the manifest's time, else the folder's mtime
+  // Corrupt only because a file its MANIFEST names is not there: on a
+  // shared file system that may be a server down (GlusterFS says ENOENT
+  // for a file on a brick it cannot reach), so retention spares it.
+  bool file_missing = false;
+  uint64_t bytes = 0;     // sizes of the files present
+  int64_t time_unix = 0;  // the manifest's time, else the folder's mtime
 };
 
 // The folder of one job's epochs.
@@ -93,9 +99,9 @@ struct WriteOptions {
   // the page-cache copy of streaming costs the capture thread more than
   // O_DIRECT's synchronous chunks cost the writer thread (docs/design.md).
   WriteStrategy strategy = WriteStrategy::kDirect;
-  uint64_t bandwidth = 0;        // bytes per second, 0 = unlimited
-  size_t chunk = 8u << 20;       // bytes per write(2), aligned
-  size_t depth = 3;              // chunks in flight (pipelined writer)
+  uint64_t bandwidth = 0;   // bytes per second, 0 = unlimited
+  size_t chunk = 8u << 20;  // bytes per write(2), aligned
+  size_t depth = 3;         // chunks in flight (pipelined writer)
 };
 
 // One node's context file being written: buffered into aligned chunks,
@@ -127,10 +133,10 @@ class NodeFileSink : public ByteSink {
     char* data = nullptr;
     size_t used = 0;
   };
-  Status Submit();      // hands `current_` to the writer thread
+  Status Submit();                 // hands `current_` to the writer thread
   Status TakeFree(char** buffer);  // waits for a free buffer
-  Status Drain();       // waits until every submitted chunk is written
-  Status Failed();      // the writer's first error, if any
+  Status Drain();                  // waits until every submitted chunk is written
+  Status Failed();                 // the writer's first error, if any
   void WriterLoop();
   std::unique_ptr<WritableFile> file_;
   WriteOptions options_;
@@ -182,6 +188,8 @@ class EpochWriter {
  private:
   EpochWriter(JobFolder* job, uint64_t epoch, const WriteOptions& options)
       : job_(job), epoch_(epoch), options_(options) {}
+  // Commit's step 3 on a file system without rename flags (see store.cc).
+  Status LinkIntoPlace(Env* env, int dirfd, const std::string& from, const std::string& to);
   JobFolder* job_;
   uint64_t epoch_;
   WriteOptions options_;
@@ -202,8 +210,12 @@ Status RemoveEpoch(JobFolder* job, uint64_t epoch);
 // incomplete or corrupt epoch older than the newest complete one (a newer
 // one may still be being written). Nothing is removed while no epoch is
 // complete, nor any epoch a kept epoch's node files need as parents (an
-// incremental chain is kept down to its full context). Returns the epochs
-// removed.
+// incremental chain is kept down to its full context). An epoch whose
+// MANIFEST names a file that is not there (file_missing: perhaps only a
+// server of a shared file system down) is kept while it is among the
+// newest `keep` epochs with a MANIFEST, and a kept epoch whose node file
+// cannot be read for such a reason keeps every older epoch (its parents
+// are unknown). Returns the epochs removed.
 Result<std::vector<uint64_t>> Prune(JobFolder* job, uint32_t keep);
 
 // --- incremental epochs ---------------------------------------------------------
@@ -216,7 +228,8 @@ uint64_t ParentEpochOf(const std::string& recorded);
 
 // The Image of <epoch>/<file> in the job folder (read as the job's access;
 // the rest of the file unread).
-Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch, const std::string& file);
+Result<format::ImageInfo> ReadNodeImage(const JobFolder& job, uint64_t epoch,
+                                        const std::string& file);
 
 // How many parents the node file `file` of `epoch` whose Image is `image`
 // has, down to a full context (at most `limit` followed): each must be there
@@ -232,13 +245,13 @@ Result<uint32_t> ParentLinks(const JobFolder& job, uint64_t epoch, const std::st
 // otherwise a full one, and why. The engine still checks, process by
 // process, that the tracking really goes back to that file.
 struct ParentChoice {
-  uint64_t epoch = 0;     // 0: write a full context
-  std::string recorded;   // "../<epoch>/node<i>.ctx"
+  uint64_t epoch = 0;    // 0: write a full context
+  std::string recorded;  // "../<epoch>/node<i>.ctx"
   uint64_t token = 0;
   std::string why_full;
 };
-ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node, const std::string& step,
-                          uint32_t full_every);
+ParentChoice ChooseParent(const JobFolder& job, uint64_t new_epoch, uint32_t node,
+                          const std::string& step, uint32_t full_every);
 
 // Reads every file of a complete epoch: each context's section checksums
 // and structure, each file's size and CRC32C against the manifest, and
@@ -253,9 +266,9 @@ struct RestartSelection {
   format::ManifestNode node;
   format::ManifestFile file;
   std::string file_path;
-  bool chose_newest = false;  // path was a job folder
+  bool chose_newest = false;       // path was a job folder
   std::vector<EpochInfo> skipped;  // newer epochs passed over (incomplete/corrupt)
-  UniqueFd fd;  // the node's context file, opened without following links
+  UniqueFd fd;                     // the node's context file, opened without following links
 };
 // `node` empty: the only node of the epoch (refused if there are several).
 // `older_than` (job folders only): pass over epochs from this one up (the
@@ -286,7 +299,8 @@ Status CheckContextIdentity(const format::ImageInfo& image, const format::Manife
 // wraps its source in it and calls Finish before anything runs.
 class VerifyingSource : public ByteSource {
  public:
-  VerifyingSource(std::unique_ptr<ByteSource> inner, std::string name, uint64_t size, uint32_t crc32c);
+  VerifyingSource(std::unique_ptr<ByteSource> inner, std::string name, uint64_t size,
+                  uint32_t crc32c);
   Result<size_t> Read(void* data, size_t n) override;
   Result<size_t> ReadInPlace(const char** data, size_t n) override;
   uint64_t Offset() const override { return inner_->Offset(); }
@@ -310,10 +324,10 @@ struct PreparedRestart {
   std::function<Status(const format::ImageInfo&)> check_image;
   std::function<Status()> before_run;
   std::vector<std::string> notes;
-  std::string path;     // the node file
+  std::string path;  // the node file
   uint64_t epoch = 0;
   bool from_job_folder = false;  // a damaged epoch may fall back to an older one
-  uid_t owner = 0;      // of the node file
+  uid_t owner = 0;               // of the node file
   gid_t group = 0;
 };
 Result<PreparedRestart> PrepareRestart(RestartSelection selection);
@@ -325,8 +339,8 @@ Result<PreparedRestart> PrepareRestart(RestartSelection selection);
 // found damaged while being read; nothing of it ran) is noted and the next
 // older complete epoch is tried. Returns the selection's or `restore`'s
 // status.
-Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node, Access access,
-                         const std::function<void(const std::string&)>& note,
+Status RestoreFromFolder(Env* env, const std::string& path, std::optional<uint32_t> node,
+                         Access access, const std::function<void(const std::string&)>& note,
                          const std::function<Status(PreparedRestart&)>& restore);
 
 // Opens a regular file in `dirfd` for reading: no symlink, owned per `access`.

@@ -11,6 +11,11 @@ always stops the cluster at the end, then checks that nothing of it is left
 (processes, namespaces, links). The harness is a child subreaper: the
 cluster's keeper, and so everything the cluster ran, ends up as its child
 and is reaped here. Exit 0 pass, 1 fail, 77 skip.
+
+--store-on gluster: the cluster gets a GlusterFS volume (ci/cluster.sh
+--gluster: glusterd and two bricks on host fs, mounted through the FUSE
+client at DIR/shared on every node) and the checkpoint store of the cases is
+DIR/shared/ck instead of a local folder.
 """
 import argparse
 import ctypes
@@ -344,11 +349,44 @@ def enable_stasis(min_interval="5s", extra=""):
         f.write(f"required {plugin} tool={tool} min_interval={min_interval} keep=3 "
                 f"socket={DIR}/run/stasisd-%h.sock ticker_log={WORK} final_lead=45s "
                 f"pmix_agent={agent}{' ' + extra if extra else ''}\n")
-    ck = os.path.join(WORK, "ck")
+    ck = os.path.join(store_root(), "ck")
     os.makedirs(ck, exist_ok=True)
     shutil.chown(ck, "stasis_ua", "stasis_ua")
     os.chmod(ck, 0o700)
     return ck
+
+
+def store_root():
+    """Where the cases' checkpoint stores live: the GlusterFS mount with
+    --store-on gluster, else the local work folder."""
+    return os.path.join(DIR, "shared") if ARGS.store_on == "gluster" else WORK
+
+
+def cluster_id():
+    return hashlib.sha1(os.path.realpath(DIR).encode()).hexdigest()[:8]
+
+
+def on_node(node, *cmd, user=None):
+    """argv running `cmd` in node `node`'s network namespace (as `user`)."""
+    argv = ["nsenter", f"--net=/run/netns/stasis-{cluster_id()}-{node}", "--"]
+    if user:
+        argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+    return argv + [str(c) for c in cmd]
+
+
+def node_run(node, *cmd, expect_rc=0, timeout=120):
+    """`cmd` on node `node` as root; returns (rc, stdout, stderr, seconds)."""
+    t = time.monotonic()
+    p = subprocess.run(on_node(node, *cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=timeout)
+    took = time.monotonic() - t
+    print(f"[{elapsed()}] {node}$ {' '.join(str(c) for c in cmd)}   (rc {p.returncode}, {took:.2f} s)")
+    for line in (p.stdout + p.stderr).splitlines()[:12]:
+        print(f"    {line}")
+    if expect_rc is not None and p.returncode != expect_rc:
+        fail(f"{' '.join(str(c) for c in cmd)} on {node} exited {p.returncode}, expected {expect_rc}: "
+             f"{p.stderr.strip()[-600:]}")
+    return p.returncode, p.stdout, p.stderr, took
 
 
 def wrapped(*cmd, user="stasis_ua", expect_rc=0, timeout=90):
@@ -742,6 +780,271 @@ def case_batch():
           f"(its count at {starts[0]}), finished phase 1, ran phase 2, COMPLETED 0:0; each phase ran once")
 
 
+def case_shared_tools():
+    """The plain tools on the shared file system (--store-on gluster, whose
+    FUSE client refuses rename flags, so every MANIFEST is linked into
+    place): cr_checkpoint --dir <mount>/ck/job1 PID of a counting program on
+    n1, three epochs, timed beside the same epochs into a local folder; no
+    temporary MANIFEST left; stasis ls on n1 and n2 agree, stasis verify on
+    n2 passes; cr_restart of the job folder on n2 continues the count from
+    the newest epoch with its memory checked."""
+    if ARGS.store_on != "gluster":
+        fail("case shared_tools needs --store-on gluster")
+    shared = os.path.join(DIR, "shared")
+    tools = {t: install_tool(t) for t in ("cr_checkpoint", "cr_restart", "stasis", "count_task")}
+    job = os.path.join(shared, "ck", "job1")
+    local_job = os.path.join(WORK, "ck-local", "job1")
+    limit = os.path.join(WORK, "t-limit")
+    with open(limit, "w") as f:
+        f.write("1000000\n")
+    out_path = os.path.join(WORK, "t.out")
+    # nsenter execs: the child is the counting program itself.
+    prog = subprocess.Popen(on_node("n1", tools["count_task"], 50, limit), stdin=subprocess.DEVNULL,
+                            stdout=open(out_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(counts(out_path).get(0, [])) < 5:
+            if time.monotonic() > deadline or prog.poll() is not None:
+                fail(f"count_task on n1 did not count: {open(out_path).read()[-300:]!r}")
+            time.sleep(0.1)
+        took = {"gluster": [], "local": []}
+        for i in range(3):
+            for where, folder in (("gluster", job), ("local", local_job)):
+                _, _, _, t = node_run("n1", tools["cr_checkpoint"], "--no-daemon", "--dir", folder, prog.pid)
+                took[where].append(t)
+        epochs = complete_epochs(job)
+        if epochs != [2, 3]:  # keep 2
+            fail(f"{job}: complete epochs {epochs} after three checkpoints with --keep 2, expected [2, 3]")
+        for e in epochs:
+            names = sorted(os.listdir(os.path.join(job, str(e))))
+            if names != ["MANIFEST", "node0.ctx"]:
+                fail(f"{job}/{e} holds {names}, expected MANIFEST and node0.ctx only")
+        med = {w: sorted(v)[1] for w, v in took.items()}
+        print(f"OK cr_checkpoint --dir {job}: epochs {epochs} complete, MANIFEST linked into place (no "
+              f"rename flags on FUSE), nothing else left; an epoch of the 8 MiB program took "
+              f"{med['gluster']:.2f} s on GlusterFS, {med['local']:.2f} s on the local disk (median of 3, "
+              f"the whole cr_checkpoint)")
+        node_run("n1", tools["cr_checkpoint"], "--no-daemon", "--kill", "--dir", job, prog.pid)
+        prog.wait(timeout=30)
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.wait()
+    newest = complete_epochs(job)[-1]
+    _, ls1, _, _ = node_run("n1", tools["stasis"], "ls", job)
+    _, ls2, _, _ = node_run("n2", tools["stasis"], "ls", job)
+    if ls1 != ls2 or f"{newest}" not in ls2 or "complete" not in ls2:
+        fail(f"stasis ls {job} differs between n1 and n2: {ls1!r} vs {ls2!r}")
+    _, ver, _, _ = node_run("n2", tools["stasis"], "verify", job)
+    if len(re.findall(r"\bok\b", ver)) < 2:
+        fail(f"stasis verify {job} on n2: expected two epochs verified: {ver!r}")
+    print(f"OK stasis ls on n1 and n2 agree; stasis verify on n2: both epochs verified")
+    old = counts(out_path)
+    last = max(old[0])
+    with open(limit, "w") as f:
+        f.write(f"{last + 20}\n")
+    _, _, err, _ = node_run("n2", tools["cr_restart"], "--no-daemon", job, timeout=120)
+    if f"/{newest}/node0.ctx" not in err:
+        fail(f"cr_restart {job} on n2 did not say it restarts epoch {newest}: {err!r}")
+    new = {0: counts(out_path)[0][len(old[0]):]}
+    starts = check_continued(old, new, 1, f"cr_restart {job} on n2")
+    if new[0][-1] != last + 20:
+        fail(f"the restored program stopped at {new[0][-1]}, not {last + 20}")
+    print(f"OK cr_restart {job} on n2: epoch {newest} continued the count at {starts[0]} to {last + 20}, "
+          f"memory checked at every count")
+
+
+def brick_of(relpath):
+    """(brick name, path in it) of the brick holding `relpath` of the
+    volume (a distribute volume keeps each file whole on one brick)."""
+    for b in ("brick1", "brick2"):
+        path = os.path.join(DIR, "gluster", b, relpath)
+        if os.path.isfile(path):
+            return b, path
+    return None, None
+
+
+def brick_pid(brick):
+    run_dir = os.path.join(DIR, "gluster", "run", "vols", "stasis")
+    for name in os.listdir(run_dir):
+        if name.endswith(f"-{brick}.pid"):
+            return int(open(os.path.join(run_dir, name)).read().strip())
+    fail(f"no pid file of {brick} in {run_dir}")
+
+
+def shared_state(job, tools):
+    """{epoch: state} of `job` by stasis ls on n1 and on n2, which must agree."""
+    _, ls1, _, _ = node_run("n1", tools["stasis"], "ls", job)
+    _, ls2, _, _ = node_run("n2", tools["stasis"], "ls", job)
+    if ls1 != ls2:
+        fail(f"stasis ls {job}: n1 and n2 disagree: {ls1!r} vs {ls2!r}")
+    states = {}
+    for line in ls2.splitlines()[1:]:
+        m = re.match(r"\S+\s+(\d+)\s+(\w+)", line)
+        if m:
+            states[int(m.group(1))] = m.group(2)
+    if "corrupt" in states.values():
+        fail(f"stasis ls {job}: a corrupt epoch: {ls2!r}")
+    return states
+
+
+def newest_complete(states):
+    done = [e for e, st in states.items() if st == "complete"]
+    return max(done) if done else 0
+
+
+def case_shared_faults():
+    """Faults of the shared file system under cr_checkpoint --dir (issue 21):
+    the glusterfsd holding the node file being written is SIGKILLed in the
+    middle of the epoch; the bricks answer ENOSPC (storage.reserve 100TB); the
+    FUSE client dies (the mount answers ENOTCONN). Each checkpoint fails
+    naming the cause, the program runs on, and once the server is repaired
+    stasis ls on n1 and n2 agree that the previous epoch is still the newest
+    complete one, none corrupt; a checkpoint works again. At the end the
+    program is killed and cr_restart on n2 continues it from the newest
+    complete epoch, its memory checked."""
+    if ARGS.store_on != "gluster":
+        fail("case shared_faults needs --store-on gluster")
+    tools = {t: install_tool(t) for t in ("cr_checkpoint", "cr_restart", "stasis", "count_task")}
+    job = os.path.join(DIR, "shared", "ck", "jobf")
+    limit = os.path.join(WORK, "f-limit")
+    with open(limit, "w") as f:
+        f.write("1000000\n")
+    out_path = os.path.join(WORK, "f.out")
+    prog = subprocess.Popen(on_node("n1", tools["count_task"], 50, limit), stdin=subprocess.DEVNULL,
+                            stdout=open(out_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def checkpoint(*extra, expect_rc=0):
+        return node_run("n1", tools["cr_checkpoint"], "--no-daemon", *extra, "--dir", job, prog.pid,
+                        expect_rc=expect_rc)
+
+    def still_counting(what):
+        n = len(counts(out_path).get(0, []))
+        deadline = time.monotonic() + 10
+        while len(counts(out_path).get(0, [])) < n + 3:
+            if prog.poll() is not None or time.monotonic() > deadline:
+                fail(f"{what}: the program stopped counting (rc {prog.poll()})")
+            time.sleep(0.05)
+
+    try:
+        deadline = time.monotonic() + 20
+        while len(counts(out_path).get(0, [])) < 5:
+            if time.monotonic() > deadline or prog.poll() is not None:
+                fail(f"count_task on n1 did not count: {open(out_path).read()[-300:]!r}")
+            time.sleep(0.1)
+        checkpoint()
+        good = newest_complete(shared_state(job, tools))
+
+        # 1. The brick server holding the node file dies mid-write.
+        rel = os.path.relpath(job, os.path.join(DIR, "shared"))
+        epoch = good + 1
+        ck = subprocess.Popen(on_node("n1", tools["cr_checkpoint"], "--no-daemon", "--bandwidth", "2M",
+                                      "--dir", job, prog.pid),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        brick = None
+        while time.monotonic() < deadline:
+            brick, path = brick_of(os.path.join(rel, str(epoch), "node0.ctx"))
+            if brick and os.path.getsize(path) >= 1 << 20:
+                break
+            time.sleep(0.05)
+        if not brick:
+            ck.kill()
+            fail(f"epoch {epoch}'s node0.ctx did not grow on a brick")
+        written = os.path.getsize(path)
+        os.kill(brick_pid(brick), signal.SIGKILL)
+        _, err = ck.communicate(timeout=60)
+        if ck.returncode == 0 or "node0.ctx" not in err:
+            fail(f"cr_checkpoint with {brick} killed after {written} bytes: rc {ck.returncode}, {err!r}")
+        still_counting("brick killed")
+        print(f"OK {brick}'s glusterfsd SIGKILLed with {written} bytes of epoch {epoch}'s node0.ctx on it: "
+              f"cr_checkpoint exited {ck.returncode}: {err.strip().splitlines()[-1]}; the program counts on")
+        t = time.monotonic()
+        rc, out = cluster("gluster", DIR, "volume", "start", "stasis", "force")
+        if rc != 0:
+            fail(f"gluster volume start stasis force: {out}")
+        # The client reconnects to the new brick process within seconds;
+        # until then the brick's files are unavailable (DHT says ENOENT).
+        while True:
+            p = subprocess.run(on_node("n2", tools["stasis"], "verify", os.path.join(job, str(good))),
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if p.returncode == 0:
+                break
+            if time.monotonic() > t + 30:
+                fail(f"stasis verify {job}/{good} on n2 still fails 30 s after the brick restarted: {p.stdout}")
+            time.sleep(0.2)
+        states = shared_state(job, tools)
+        if newest_complete(states) != good:
+            fail(f"after the brick came back: newest complete epoch {newest_complete(states)}, not {good}")
+        print(f"OK brick back and reconnected after {time.monotonic() - t:.1f} s: epoch {good} verified on n2, "
+              f"ls on n1 and n2 agree it is the newest complete, none corrupt ({states})")
+        checkpoint()
+        good = newest_complete(shared_state(job, tools))
+
+        # 2. The volume is full: the bricks keep more in reserve than any
+        # disk holds, so they answer ENOSPC to every new file and folder
+        # (GlusterFS 10.3 reads a bare "100" as 100 bytes, not percent).
+        rc, out = cluster("gluster", DIR, "volume", "set", "stasis", "storage.reserve", "100TB")
+        if rc != 0:
+            fail(f"gluster volume set storage.reserve: {out}")
+        deadline = time.monotonic() + 30
+        while True:  # the bricks look at their free space every 5 s
+            rc, _, err, _ = checkpoint(expect_rc=None)
+            if rc != 0:
+                break
+            good = newest_complete(shared_state(job, tools))
+            if time.monotonic() > deadline:
+                fail("checkpoints still succeed 30 s after storage.reserve 100TB")
+            time.sleep(1)
+        if "space" not in err.lower():
+            fail(f"cr_checkpoint on a full volume: rc {rc}, {err!r}: no word of space")
+        still_counting("volume full")
+        states = shared_state(job, tools)
+        if newest_complete(states) != good:
+            fail(f"volume full: newest complete epoch {newest_complete(states)}, not {good}")
+        print(f"OK volume full: cr_checkpoint exited {rc}: {err.strip().splitlines()[-1]}; epoch {good} "
+              "still the newest complete on n1 and n2")
+        cluster("gluster", DIR, "volume", "reset", "stasis", "storage.reserve")
+
+        # 3. The mount is gone: its FUSE client dies.
+        client = int(open(os.path.join(DIR, "run", "glusterfs.pid")).read().strip())
+        os.kill(client, signal.SIGKILL)
+        time.sleep(0.2)
+        rc, _, err, _ = checkpoint(expect_rc=None)
+        if rc == 0 or "not connected" not in err:
+            fail(f"cr_checkpoint with the FUSE client dead: rc {rc}, {err!r}")
+        still_counting("mount gone")
+        print(f"OK FUSE client killed: cr_checkpoint exited {rc}: {err.strip().splitlines()[-1]}; "
+              "the program counts on")
+        rc, out = cluster("remount", DIR)
+        if rc != 0:
+            fail(f"ci/cluster.sh remount: {out}")
+        states = shared_state(job, tools)
+        if newest_complete(states) != good:
+            fail(f"after the remount: newest complete epoch {newest_complete(states)}, not {good}")
+        print(f"OK remounted: ls on n1 and n2 agree, epoch {good} still the newest complete ({states})")
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+        prog.wait()
+    # The program is gone without a last checkpoint: the newest complete
+    # epoch from before the faults brings it back on the other node.
+    # The restored program writes on at its output file's offset of that
+    # epoch: the counts it had printed since are printed again, the same.
+    old = counts(out_path)[0]
+    last = max(old)
+    with open(limit, "w") as f:
+        f.write(f"{last + 5}\n")
+    _, _, err, _ = node_run("n2", tools["cr_restart"], "--no-daemon", job, timeout=120)
+    if f"/{good}/node0.ctx" not in err:
+        fail(f"cr_restart {job} on n2 did not restart epoch {good}: {err!r}")
+    new = counts(out_path)[0]
+    if new != list(range(1, last + 6)):
+        fail(f"after cr_restart {job} on n2 the output counts {new[:3]}...{new[-8:]}, not 1..{last + 5}")
+    print(f"OK the program SIGKILLed at count {last}; cr_restart {job} on n2 brought back epoch {good} "
+          f"and it counted on to {last + 5}, memory checked at every count")
+
+
 def case_share():
     """Two tasks per node that share a pipe (a named FIFO, then unlinked),
     POSIX shared memory (unlinked once both mapped it) and each an unlinked
@@ -1001,6 +1304,8 @@ CASES = {
     "checkpoint": case_checkpoint,
     "requeue": case_requeue,
     "batch": case_batch,
+    "shared_tools": case_shared_tools,
+    "shared_faults": case_shared_faults,
 }
 
 
@@ -1052,6 +1357,10 @@ def check_nothing_left(cluster_id, ids):
     mine = [line for line in links.splitlines() if cluster_id in line]
     if mine:
         left.append(f"links in the host namespace: {mine}")
+    mounts = [line.split()[4] for line in open("/proc/self/mountinfo")
+              if line.split()[4] == DIR or line.split()[4].startswith(DIR + "/")]
+    if mounts:
+        left.append(f"mounts under the cluster folder: {mounts}")
     rc, out = cluster("status", DIR)
     if rc != 3:
         left.append(f"ci/cluster.sh status says (rc {rc}): {out.strip()}")
@@ -1075,6 +1384,7 @@ def main():
     ap.add_argument("--pmix-agent", default="")
     ap.add_argument("--scontrol-wrapper", default="")
     ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--store-on", choices=("local", "gluster"), default="local")
     ap.add_argument("case", choices=sorted(CASES))
     ARGS = ap.parse_args()
     ARGS.cluster_sh = os.path.abspath(ARGS.cluster_sh)
@@ -1084,6 +1394,12 @@ def main():
                  "unshare", "setpriv", "useradd"):
         if not shutil.which(prog, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
             skip(f"{prog} is not installed (ci/setup.sh installs it)")
+    if ARGS.store_on == "gluster":
+        for prog in ("glusterd", "glusterfsd", "glusterfs", "gluster"):
+            if not shutil.which(prog, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
+                skip(f"{prog} is not installed (ci/setup.sh installs glusterfs-server, glusterfs-client)")
+        if not os.path.exists("/dev/fuse"):
+            skip("no /dev/fuse: the GlusterFS client mounts through FUSE")
     if not ARGS.pmix_fence or not os.path.exists(ARGS.pmix_fence):
         skip("pmix_fence was not built: pkg-config found no 'pmix' when configuring "
              "(libpmix-dev; ci/setup.sh installs it)")
@@ -1092,7 +1408,8 @@ def main():
         print(f"FAIL: prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
         sys.exit(1)
     ensure_users()
-    DIR = tempfile.mkdtemp(prefix=f"stasis-cluster-{ARGS.case}-", dir="/tmp")
+    suffix = "-gluster" if ARGS.store_on == "gluster" else ""
+    DIR = tempfile.mkdtemp(prefix=f"stasis-cluster-{ARGS.case}{suffix}-", dir="/tmp")
     os.chmod(DIR, 0o755)
     WORK = os.path.join(DIR, "work")
     print(f"[{elapsed()}] cluster folder {DIR}")
@@ -1107,7 +1424,8 @@ def main():
     ids = {}
     try:
         t = time.monotonic()
-        rc, out = cluster("start", DIR, str(ARGS.nodes), timeout=120)
+        rc, out = cluster("start", DIR, str(ARGS.nodes),
+                          *(["--gluster"] if ARGS.store_on == "gluster" else []), timeout=120)
         print(out.rstrip())
         ids = netns_ids(cluster_id)
         if rc != 0:

@@ -12,13 +12,22 @@ namespace stasis::test {
 
 const char* OpKindName(OpKind kind) {
   switch (kind) {
-    case OpKind::kMkdir: return "mkdir";
-    case OpKind::kCreate: return "create";
-    case OpKind::kWrite: return "write";
-    case OpKind::kSync: return "fsync";
-    case OpKind::kSyncDir: return "fsync-folder";
-    case OpKind::kRename: return "rename";
-    case OpKind::kRemove: return "remove";
+    case OpKind::kMkdir:
+      return "mkdir";
+    case OpKind::kCreate:
+      return "create";
+    case OpKind::kWrite:
+      return "write";
+    case OpKind::kSync:
+      return "fsync";
+    case OpKind::kSyncDir:
+      return "fsync-folder";
+    case OpKind::kRename:
+      return "rename";
+    case OpKind::kLink:
+      return "link";
+    case OpKind::kRemove:
+      return "remove";
   }
   return "?";
 }
@@ -74,7 +83,8 @@ Status FaultEnv::Before(OpKind kind, const std::string& what) {
   log_.push_back(std::to_string(ops_) + " " + OpKindName(kind) + " " + what);
   if (kill_at_ && ops_ >= kill_at_) ::kill(::getpid(), SIGKILL);
   if (crash_at_ && ops_ >= crash_at_) crashed_ = true;
-  if (crashed_) return Status::Error(EIO, std::string("simulated crash before ") + OpKindName(kind));
+  if (crashed_)
+    return Status::Error(EIO, std::string("simulated crash before ") + OpKindName(kind));
   if (fail_at_ == ops_ || (fail_kind_ && *fail_kind_ == kind && fail_kind_n_ == nth))
     return Status::FromErrno(fail_err_, std::string("injected ") + OpKindName(kind) + " " + what);
   return Status::Ok();
@@ -111,6 +121,9 @@ Status FaultEnv::SyncDir(int dirfd) {
 
 Status FaultEnv::Rename(int dirfd, const std::string& from, const std::string& to) {
   STASIS_RETURN_IF_ERROR(Before(OpKind::kRename, from + " " + to));
+  if (refuse_rename_flags_)
+    return Status::Error(
+        EINVAL, "rename " + from + " to " + to + ": Invalid argument (no rename flags here)");
   STASIS_RETURN_IF_ERROR(base_->Rename(dirfd, from, to));
   std::string dir = FdPath(dirfd);
   pending_[dir].push_back({PendingName::kRenamed, to, from, false});
@@ -119,6 +132,18 @@ Status FaultEnv::Rename(int dirfd, const std::string& from, const std::string& t
     files_[dir + "/" + to] = it->second;
     files_.erase(it);
   }
+  return Status::Ok();
+}
+
+Status FaultEnv::Link(int dirfd, const std::string& from, const std::string& to) {
+  STASIS_RETURN_IF_ERROR(Before(OpKind::kLink, from + " " + to));
+  STASIS_RETURN_IF_ERROR(base_->Link(dirfd, from, to));
+  std::string dir = FdPath(dirfd);
+  pending_[dir].push_back({PendingName::kLinked, to, from, false});
+  auto it = files_.find(dir + "/" + from);
+  if (it != files_.end()) files_[dir + "/" + to] = it->second;
+  if (replay_links_)
+    return Status::Error(EEXIST, "link " + from + " to " + to + ": File exists (resent)");
   return Status::Ok();
 }
 
@@ -152,6 +177,8 @@ Status FaultEnv::DropUnsyncedData() {
       std::error_code ec;
       if (it->what == PendingName::kCreated) {
         fs::remove_all(path, ec);
+      } else if (it->what == PendingName::kLinked) {
+        fs::remove(path, ec);
       } else if (it->what == PendingName::kRenamed) {
         fs::rename(path, dir + "/" + it->from, ec);
       }

@@ -11,7 +11,11 @@
 //     a folder since that folder's last fsync are undone;
 //   - KillAt(n): SIGKILL to ourselves before operation n (a real crash, for
 //     tests that run the checkpointer as a child process);
-//   - SetFreeBytes(b): what FreeBytes reports.
+//   - SetFreeBytes(b): what FreeBytes reports;
+//   - RefuseRenameFlags(): every Rename fails with EINVAL and changes nothing,
+//     as on GlusterFS's FUSE client and NFS, so the store links instead;
+//   - ReplayLinks(): every Link is made and then reported as EEXIST, as an
+//     NFS client that resent a link whose reply was lost sees it.
 // Not thread-safe, like the store.
 #pragma once
 
@@ -24,7 +28,7 @@
 
 namespace stasis::test {
 
-enum class OpKind { kMkdir, kCreate, kWrite, kSync, kSyncDir, kRename, kRemove };
+enum class OpKind { kMkdir, kCreate, kWrite, kSync, kSyncDir, kRename, kLink, kRemove };
 const char* OpKindName(OpKind kind);
 
 class FaultEnv : public store::Env {
@@ -32,10 +36,14 @@ class FaultEnv : public store::Env {
   explicit FaultEnv(store::Env* base);
 
   void FailAt(int n, int err) { fail_at_ = n, fail_err_ = err; }
-  void FailNth(OpKind kind, int n, int err) { fail_kind_ = kind, fail_kind_n_ = n, fail_err_ = err; }
+  void FailNth(OpKind kind, int n, int err) {
+    fail_kind_ = kind, fail_kind_n_ = n, fail_err_ = err;
+  }
   void CrashAt(int n) { crash_at_ = n; }
   void KillAt(int n) { kill_at_ = n; }
   void SetFreeBytes(uint64_t b) { free_bytes_ = b; }
+  void RefuseRenameFlags() { refuse_rename_flags_ = true; }
+  void ReplayLinks() { replay_links_ = true; }
 
   int ops() const { return ops_; }
   bool crashed() const { return crashed_; }
@@ -49,6 +57,7 @@ class FaultEnv : public store::Env {
                                                        store::WriteStrategy strategy) override;
   Status SyncDir(int dirfd) override;
   Status Rename(int dirfd, const std::string& from, const std::string& to) override;
+  Status Link(int dirfd, const std::string& from, const std::string& to) override;
   Status Remove(int dirfd, const std::string& name, bool is_dir) override;
   Result<uint64_t> FreeBytes(int fd) override;
 
@@ -62,7 +71,7 @@ class FaultEnv : public store::Env {
     uint64_t size = 0, synced = 0;
   };
   struct PendingName {  // a change to a folder not yet made durable
-    enum { kCreated, kRenamed, kRemoved } what;
+    enum { kCreated, kRenamed, kLinked, kRemoved } what;
     std::string name, from;
     bool is_dir = false;
   };
@@ -71,11 +80,11 @@ class FaultEnv : public store::Env {
   std::map<OpKind, int> kind_ops_;
   int fail_at_ = 0, fail_err_ = 0, crash_at_ = 0, kill_at_ = 0, fail_kind_n_ = 0;
   std::optional<OpKind> fail_kind_;
-  bool crashed_ = false;
+  bool crashed_ = false, refuse_rename_flags_ = false, replay_links_ = false;
   std::optional<uint64_t> free_bytes_;
   std::vector<std::string> log_;
-  std::map<std::string, FileState> files_;                     // by path
-  std::map<std::string, std::vector<PendingName>> pending_;    // by folder path
+  std::map<std::string, FileState> files_;                   // by path
+  std::map<std::string, std::vector<PendingName>> pending_;  // by folder path
 };
 
 // The path an fd refers to (/proc/self/fd).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The checkpoint store with real processes, the real tools and real restarts.
 
-usage: run_store.py BUILD_DIR CASE      (CASE: faults, corruption, enospc, users)
+usage: run_store.py BUILD_DIR CASE      (CASE: faults, faults_no_rename_flags, corruption, enospc, users, config)
 
 faults      A self-checking program (test/zdtm mem: memory rebuilt from a seed
             at check time) gets epoch 1 from `cr_checkpoint --dir`; then
@@ -15,6 +15,10 @@ faults      A self-checking program (test/zdtm mem: memory rebuilt from a seed
             restores the newest complete epoch, which checks its memory and
             prints PASS. The original program, which went through all those
             failed checkpoints, must PASS as well.
+faults_no_rename_flags  The same where renameat2's flags are refused (EINVAL,
+            as GlusterFS's FUSE client and NFS do): MANIFEST is linked into
+            place and the temporary name removed; every operation from the
+            refused rename on is faulted.
 corruption  A flipped byte, a truncated and an extended node file and an
             edited MANIFEST: `stasis verify` names the file (and section),
             `cr_restart EPOCHDIR` refuses, `cr_restart JOBDIR` says so and
@@ -140,13 +144,18 @@ def checkpoint(job, pid, what, extra=()):
     return r
 
 
-def case_faults():
+def case_faults(no_rename_flags=False):
+    """no_rename_flags: every rename with flags is refused (EINVAL), as on
+    GlusterFS's FUSE client and NFS, so MANIFEST is linked into place; only
+    the operations from the refused rename on differ from the plain case, so
+    only they are faulted."""
     prog = Program("faults")
+    flags = ["--no-rename-flags"] if no_rename_flags else []
     jobs = []  # (job, newest complete epoch expected, what)
     try:
         probe = os.path.join(WORK, "probe")
         checkpoint(probe, prog.pid, "probe")
-        r = run([TOOL, "--dir", probe, "--count", str(prog.pid)])
+        r = run([TOOL, "--dir", probe, "--count", *flags, str(prog.pid)])
         m = re.search(r"ops (\d+)", r.stdout)
         if r.returncode != 0 or not m:
             raise SystemExit(f"store_fault_tool --count failed: {r.stdout} {r.stderr}")
@@ -156,13 +165,18 @@ def case_faults():
         modes = [("ENOSPC", ["--fail-at", "{n}:28"]), ("EIO", ["--fail-at", "{n}:5"]),
                  ("crash", ["--crash-at", "{n}"]), ("power loss", ["--crash-at", "{n}", "--power-loss"]),
                  ("SIGKILL", ["--kill-at", "{n}"])]
+        first = 1
+        if no_rename_flags:
+            first = next(i + 1 for i, o in enumerate(ops) if o.split()[1] == "rename")
+            if not any(o.split()[1] == "link" for o in ops):
+                raise SystemExit("with rename flags refused, the commit did not link: " + "; ".join(ops))
         for label, args in modes:
-            for n in range(1, total + 1):
+            for n in range(first, total + 1):
                 what = f"{label} before op {ops[n - 1]}"
                 job = os.path.join(WORK, "jobs", f"{label.replace(' ', '_')}-{n}")
                 os.makedirs(os.path.dirname(job), exist_ok=True)
                 checkpoint(job, prog.pid, what)
-                r = run([TOOL, "--dir", job, *[a.format(n=n) for a in args], str(prog.pid)])
+                r = run([TOOL, "--dir", job, *[a.format(n=n) for a in args], *flags, str(prog.pid)])
                 if label == "SIGKILL" and r.returncode != -signal.SIGKILL:
                     fail(f"{what}: the tool was not killed (rc {r.returncode})")
                 if label != "SIGKILL" and r.returncode == 0:
@@ -176,7 +190,9 @@ def case_faults():
                         fail(f"{what}: epoch {e} corrupt: {problem}")
                     if e > 1 and state == "complete":
                         newest = e
-                renamed = any(o.split()[1] == "rename" for o in ops[:n - 1])
+                # MANIFEST is in place after the rename, or after the link
+                # (a rename refused for its flags changed nothing).
+                renamed = any(o.split()[1] == ("link" if no_rename_flags else "rename") for o in ops[:n - 1])
                 if newest > 1 and (label in ("ENOSPC", "EIO", "power loss") or not renamed):
                     fail(f"{what}: epoch {newest} is complete: {text}")
                 jobs.append((job, newest, what))
@@ -355,7 +371,8 @@ def case_config():
     restart(job, 4, "after the config checkpoints")
 
 
-CASES = {"config": case_config, "faults": case_faults, "corruption": case_corruption, "enospc": case_enospc,
+CASES = {"config": case_config, "faults": case_faults,
+         "faults_no_rename_flags": lambda: case_faults(no_rename_flags=True), "corruption": case_corruption, "enospc": case_enospc,
          "users": case_users}
 
 

@@ -6,6 +6,8 @@
 //   store_fault_tool --dir JOB --crash-at N [--power-loss] PID operation N on
 //       fail and change nothing; with --power-loss, unsynced data is then dropped
 //   store_fault_tool --dir JOB --kill-at N PID                 SIGKILL before operation N
+//   --no-rename-flags: Rename fails with EINVAL, as on GlusterFS's FUSE
+//       client and NFS, so the commit links MANIFEST into place instead
 //   --socket PATH: the capture is done by the stasisd at PATH (a held
 //   checkpoint); the faults hit this process's folder and MANIFEST work
 // Prints the operation log on stderr; exits 0 when the checkpoint succeeded.
@@ -20,7 +22,7 @@
 int main(int argc, char** argv) {
   std::string dir, mode, socket;
   int n = 0, err = 0;
-  bool power_loss = false;
+  bool power_loss = false, no_rename_flags = false;
   long pid = 0, keep = 2;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -42,6 +44,8 @@ int main(int argc, char** argv) {
       mode = "kill", n = std::atoi(next().c_str());
     else if (a == "--power-loss")
       power_loss = true;
+    else if (a == "--no-rename-flags")
+      no_rename_flags = true;
     else if (a == "--socket")
       socket = next();
     else
@@ -50,13 +54,14 @@ int main(int argc, char** argv) {
   if (dir.empty() || mode.empty() || pid <= 0 || keep <= 0) {
     std::fprintf(stderr,
                  "usage: store_fault_tool --dir JOB [--keep N] --count|--fail-at N:ERR|"
-                 "--crash-at N [--power-loss]|--kill-at N PID\n");
+                 "--crash-at N [--power-loss]|--kill-at N [--no-rename-flags] PID\n");
     return 2;
   }
   stasis::test::FaultEnv env(stasis::store::DefaultEnv());
   if (mode == "fail") env.FailAt(n, err);
   if (mode == "crash") env.CrashAt(n);
   if (mode == "kill") env.KillAt(n);
+  if (no_rename_flags) env.RefuseRenameFlags();
   stasis::core::CheckpointOptions opt;
   opt.target = static_cast<pid_t>(pid);
   opt.tool_argv = {"store_fault_tool"};

@@ -4,22 +4,22 @@
 // write failing), corruption of every kind, and symlink and permission
 // attacks on the folders. The contexts are real encoded contexts
 // (test/unit/test_util) carrying their store identity.
+#include "engine/store/store.h"
+
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <filesystem>
-#include <functional>
-#include <fstream>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <set>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "engine/format/context_io.h"
 #include "engine/format/crc32c.h"
-#include "engine/store/store.h"
 #include "test/store/fault_env.h"
 #include "test/unit/test_util.h"
 
@@ -116,14 +116,16 @@ WriteResult WriteEpoch(Env* env, const std::string& job_path, uint32_t nodes, ui
 
 // The invariants after any fault: no epoch is corrupt, the newest complete
 // epoch verifies, and a restart selects it.
-void ExpectRecoverable(const std::string& job_path, uint64_t want_newest, const std::string& context) {
+void ExpectRecoverable(const std::string& job_path, uint64_t want_newest,
+                       const std::string& context) {
   auto job = JobFolder::Open(DefaultEnv(), job_path, false, Me());
   ASSERT_TRUE(job.has_value()) << context << ": " << job.error().message();
   auto epochs = job->List();
   ASSERT_TRUE(epochs.has_value()) << context;
   uint64_t newest = 0;
   for (const auto& e : *epochs) {
-    EXPECT_NE(e.state, EpochState::kCorrupt) << context << ": epoch " << e.epoch << ": " << e.problem;
+    EXPECT_NE(e.state, EpochState::kCorrupt)
+        << context << ": epoch " << e.epoch << ": " << e.problem;
     if (e.state == EpochState::kComplete) {
       newest = e.epoch;
       auto problems = VerifyEpoch(*job, e);
@@ -133,19 +135,23 @@ void ExpectRecoverable(const std::string& job_path, uint64_t want_newest, const 
   }
   // want_newest 0: either (a crash after the rename, before the folder's
   // fsync, with no power loss: the kernel still has the new name).
-  if (want_newest) EXPECT_EQ(newest, want_newest) << context;
-  else EXPECT_TRUE(newest == 1 || newest == 2) << context;
+  if (want_newest)
+    EXPECT_EQ(newest, want_newest) << context;
+  else
+    EXPECT_TRUE(newest == 1 || newest == 2) << context;
   auto sel = SelectForRestart(DefaultEnv(), job_path, 0, Me());
   ASSERT_TRUE(sel.has_value()) << context << ": " << sel.error().message();
   EXPECT_EQ(sel->epoch.epoch, newest) << context;
 }
 
-// The operations of one clean epoch write (after epoch 1 exists).
-int CountOps(uint32_t nodes, uint32_t keep, size_t chunk = 8u << 20) {
+// The operations of one clean epoch write (after epoch 1 exists); with
+// `no_rename_flags`, on a file system that refuses rename flags.
+int CountOps(uint32_t nodes, uint32_t keep, size_t chunk = 8u << 20, bool no_rename_flags = false) {
   TempDir dir;
   std::string job = dir.path() + "/job";
   EXPECT_TRUE(WriteEpoch(DefaultEnv(), job, nodes, keep, chunk).status.ok());
   FaultEnv env(DefaultEnv());
+  if (no_rename_flags) env.RefuseRenameFlags();
   EXPECT_TRUE(WriteEpoch(&env, job, nodes, keep, chunk).status.ok());
   return env.ops();
 }
@@ -165,8 +171,8 @@ TEST(Store, CommitListSelectRestart) {
   EXPECT_EQ(sel->epoch.epoch, 2u);
   EXPECT_EQ(sel->file_path, job + "/2/node1.ctx");
   EXPECT_EQ(sel->epoch.manifest.job, "1234");
-  VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "n"), "node1.ctx", sel->file.size,
-                         sel->file.crc32c);
+  VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "n"), "node1.ctx",
+                         sel->file.size, sel->file.crc32c);
   auto ctx = format::ReadContext(&source, false);
   ASSERT_TRUE(ctx.has_value()) << ctx.error().message();
   EXPECT_TRUE(CheckContextIdentity(ctx->image, sel->epoch.manifest, 1, "node1.ctx").ok());
@@ -199,6 +205,26 @@ TEST(Store, RetentionKeepsTheNewestComplete) {
   EXPECT_EQ(*removed, (std::vector<uint64_t>{2, 3}));
   EXPECT_TRUE(fs::exists(job + "/5"));
   EXPECT_FALSE(Prune(&*jf, 0).has_value());
+}
+
+// A shared file system with a server down hides the files on it (GlusterFS
+// answers ENOENT): such an epoch lists corrupt, but retention must not
+// remove it while it is among the newest `keep`, nor anything older while a
+// kept node file cannot be read; once the file is back, the normal rule.
+TEST(Store, RetentionSparesAnEpochWhoseFilesAreUnreachable) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  fs::rename(job + "/2/node0.ctx", dir.path() + "/away");        // its brick is down
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());  // epoch 3, keep 2
+  EXPECT_TRUE(fs::exists(job + "/2/MANIFEST"));
+  EXPECT_TRUE(fs::exists(job + "/1/MANIFEST"));
+  fs::rename(dir.path() + "/away", job + "/2/node0.ctx");  // back
+  ExpectRecoverable(job, 3, "after the server came back");
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());  // epoch 4
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(job)) left.insert(e.path().filename());
+  EXPECT_EQ(left, (std::set<std::string>{"3", "4"}));
 }
 
 // Incremental epochs: each node file names the same node's file of an
@@ -263,9 +289,18 @@ TEST(Incremental, ChooseParentRetentionAndVerify) {
   EXPECT_EQ(ParentEpochOf("../4/nodeX.ctx"), 0u);
 }
 
-TEST(StoreFaults, EveryOperationFailing) {
+// Both commit mechanisms: renameat2(RENAME_NOREPLACE), and link + unlink
+// where the file system refuses rename flags (GlusterFS FUSE, NFS).
+class StoreCommitFaults : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(Commit, StoreCommitFaults, ::testing::Values(false, true),
+                         [](const auto& info) {
+                           return info.param ? "LinkNoRenameFlags" : "RenameNoReplace";
+                         });
+
+TEST_P(StoreCommitFaults, EveryOperationFailing) {
+  const bool no_flags = GetParam();
   for (uint32_t keep : {1u, 2u}) {
-    int total = CountOps(2, keep);
+    int total = CountOps(2, keep, 8u << 20, no_flags);
     ASSERT_GT(total, 10);
     for (int err : {ENOSPC, EIO}) {
       for (int n = 1; n <= total; ++n) {
@@ -273,6 +308,7 @@ TEST(StoreFaults, EveryOperationFailing) {
         std::string job = dir.path() + "/job";
         ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, keep).status.ok());
         FaultEnv env(DefaultEnv());
+        if (no_flags) env.RefuseRenameFlags();
         env.FailAt(n, err);
         WriteResult r = WriteEpoch(&env, job, 2, keep);
         std::string what = "keep " + std::to_string(keep) + ", " + std::strerror(err) + " at " +
@@ -289,19 +325,22 @@ TEST(StoreFaults, EveryOperationFailing) {
   }
 }
 
-TEST(StoreFaults, CrashBeforeEveryOperationThenPowerLoss) {
+TEST_P(StoreCommitFaults, CrashBeforeEveryOperationThenPowerLoss) {
+  const bool no_flags = GetParam();
   for (uint32_t keep : {1u, 2u}) {
-    int total = CountOps(2, keep);
+    int total = CountOps(2, keep, 8u << 20, no_flags);
     for (bool power_loss : {false, true}) {
       for (int n = 1; n <= total; ++n) {
         TempDir dir;
         std::string job = dir.path() + "/job";
         ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 2, keep).status.ok());
         FaultEnv env(DefaultEnv());
+        if (no_flags) env.RefuseRenameFlags();
         env.CrashAt(n);
         WriteResult r = WriteEpoch(&env, job, 2, keep);
         std::string what = std::string(power_loss ? "power loss" : "crash") + " before " +
-                           env.log()[static_cast<size_t>(n) - 1] + " (keep " + std::to_string(keep) + ")";
+                           env.log()[static_cast<size_t>(n) - 1] + " (keep " +
+                           std::to_string(keep) + ")";
         EXPECT_FALSE(r.status.ok()) << what;
         if (power_loss) {
           ASSERT_TRUE(env.DropUnsyncedData().ok()) << what;
@@ -311,6 +350,128 @@ TEST(StoreFaults, CrashBeforeEveryOperationThenPowerLoss) {
       }
     }
   }
+}
+
+// Without rename flags (GlusterFS FUSE, NFS): MANIFEST is linked into place
+// and the temporary name removed, in that order, after the refused rename.
+TEST(NoRenameFlags, CommitLinksThenRemovesTheTemporaryName) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  FaultEnv env(DefaultEnv());
+  env.RefuseRenameFlags();
+  WriteResult r = WriteEpoch(&env, job, 2, 2);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  // "<n> <kind> <names...>" of every operation naming the MANIFEST.
+  std::vector<std::string> commit;
+  for (const auto& line : env.log()) {
+    if (line.find("MANIFEST") == std::string::npos) continue;
+    std::string rest = line.substr(line.find(' ') + 1);
+    if (rest.rfind("write ", 0) == 0) rest = rest.substr(0, rest.rfind(' '));  // no byte count
+    commit.push_back(rest);
+  }
+  EXPECT_EQ(commit,
+            (std::vector<std::string>{"create .MANIFEST.tmp", "write .MANIFEST.tmp",
+                                      "fsync .MANIFEST.tmp", "rename .MANIFEST.tmp MANIFEST",
+                                      "link .MANIFEST.tmp MANIFEST", "remove .MANIFEST.tmp"}));
+  struct stat st;
+  EXPECT_NE(::lstat((job + "/2/.MANIFEST.tmp").c_str(), &st), 0);
+  ASSERT_EQ(::lstat((job + "/2/MANIFEST").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 1u);
+  ExpectRecoverable(job, 2, "committed by link");
+}
+
+// An NFS client that resends a link whose reply was lost gets EEXIST for
+// its own link: the name is the file it wrote (same inode), so the commit
+// goes on.
+TEST(NoRenameFlags, AResentLinkIsRecognisedAsOurOwn) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 2).status.ok());
+  FaultEnv env(DefaultEnv());
+  env.RefuseRenameFlags();
+  env.ReplayLinks();
+  WriteResult r = WriteEpoch(&env, job, 1, 2);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_FALSE(fs::exists(job + "/2/.MANIFEST.tmp"));
+  ExpectRecoverable(job, 2, "resent link");
+}
+
+// A MANIFEST that is not ours (another writer, a planted file) is never
+// replaced, with or without rename flags, and the commit fails naming it.
+TEST(NoRenameFlags, AnExistingManifestIsNeverReplaced) {
+  for (bool no_flags : {false, true}) {
+    TempDir dir;
+    std::string job_path = dir.path() + "/j";
+    FaultEnv env(DefaultEnv());
+    if (no_flags) env.RefuseRenameFlags();
+    auto job = JobFolder::Open(&env, job_path, true, Me());
+    ASSERT_TRUE(job.has_value());
+    auto w = EpochWriter::Begin(&*job, WriteOptions());
+    ASSERT_TRUE(w.has_value());
+    auto sink = (*w)->CreateNodeFile(0);
+    ASSERT_TRUE(sink.has_value());
+    std::string bytes = NodeContext(job->job(), 1, 0);
+    ASSERT_TRUE((*sink)->Write(bytes.data(), bytes.size()).ok());
+    auto file = (*sink)->Finish();
+    ASSERT_TRUE(file.has_value());
+    WriteAll(job_path + "/1/MANIFEST", "planted\n");
+    format::Manifest m;
+    m.uid = ::geteuid();
+    format::ManifestNode n;
+    n.host = "h";
+    n.file = file->name;
+    n.tasks = {0};
+    n.argv = {"a"};
+    m.nodes.push_back(n);
+    m.files.push_back(*file);
+    Status s = (*w)->Commit(&m);
+    EXPECT_EQ(s.code(), EEXIST) << no_flags << ": " << s.message();
+    if (no_flags) {
+      EXPECT_NE(s.message().find("not replacing it"), std::string::npos) << s.message();
+    }
+    w->reset();  // the failed epoch is cleaned up; the foreign MANIFEST stays
+    EXPECT_EQ(ReadAll(job_path + "/1/MANIFEST"), "planted\n") << no_flags;
+    EXPECT_FALSE(fs::exists(job_path + "/1/.MANIFEST.tmp")) << no_flags;
+  }
+}
+
+// A crash between the link and the removal of the temporary name leaves a
+// complete epoch with a second name for its MANIFEST: it lists complete,
+// verifies, restarts, and retention removes it whole later.
+TEST(NoRenameFlags, CrashBetweenLinkAndUnlink) {
+  TempDir dir;
+  std::string job = dir.path() + "/j";
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 1).status.ok());
+  int unlink_op = 0;
+  {
+    TempDir probe;
+    ASSERT_TRUE(WriteEpoch(DefaultEnv(), probe.path() + "/j", 1, 1).status.ok());
+    FaultEnv env(DefaultEnv());
+    env.RefuseRenameFlags();
+    ASSERT_TRUE(WriteEpoch(&env, probe.path() + "/j", 1, 1).status.ok());
+    for (size_t i = 0; i < env.log().size(); ++i)
+      if (env.log()[i].find("remove .MANIFEST.tmp") != std::string::npos)
+        unlink_op = static_cast<int>(i) + 1;
+  }
+  ASSERT_GT(unlink_op, 0);
+  FaultEnv env(DefaultEnv());
+  env.RefuseRenameFlags();
+  env.CrashAt(unlink_op);
+  WriteResult r = WriteEpoch(&env, job, 1, 1);
+  EXPECT_FALSE(r.status.ok());
+  ASSERT_TRUE(fs::exists(job + "/2/.MANIFEST.tmp"));
+  ASSERT_TRUE(fs::exists(job + "/2/MANIFEST"));
+  ExpectRecoverable(job, 2, "crash between link and unlink");
+  auto jf = JobFolder::Open(DefaultEnv(), job, false, Me());
+  ASSERT_TRUE(jf.has_value());
+  auto info = jf->Inspect(2);
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->state, EpochState::kComplete) << info->problem;
+  // Later epochs prune it: epoch 2 goes whole, the leftover name with it.
+  ASSERT_TRUE(WriteEpoch(DefaultEnv(), job, 1, 1).status.ok());
+  EXPECT_FALSE(fs::exists(job + "/2"));
+  ExpectRecoverable(job, 3, "after retention");
 }
 
 TEST(StoreFaults, NthWriteFails) {
@@ -372,11 +533,12 @@ class Corruption : public ::testing::Test {
   std::string Restart(uint32_t node) {
     auto sel = SelectForRestart(DefaultEnv(), job_ + "/2", node, Me());
     if (!sel) return sel.error().message();
-    VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "f"), sel->file.name, sel->file.size,
-                           sel->file.crc32c);
+    VerifyingSource source(std::make_unique<FdSource>(std::move(sel->fd), "f"), sel->file.name,
+                           sel->file.size, sel->file.crc32c);
     auto ctx = format::ReadContext(&source, false);
     if (!ctx) return sel->file.name + ": " + ctx.error().message();
-    if (Status s = CheckContextIdentity(ctx->image, sel->epoch.manifest, node, sel->file.name); !s.ok())
+    if (Status s = CheckContextIdentity(ctx->image, sel->epoch.manifest, node, sel->file.name);
+        !s.ok())
       return s.message();
     if (Status s = source.Finish(); !s.ok()) return s.message();
     return "";
@@ -567,7 +729,8 @@ TEST(StoreAttacks, OtherOwnersAreRefused) {
   Access strict = Me();  // root, but acting for uid 0 only
   auto sel = SelectForRestart(DefaultEnv(), job + "/2", 0, strict);
   ASSERT_FALSE(sel.has_value());
-  EXPECT_NE(sel.error().message().find("belongs to uid 4321"), std::string::npos) << sel.error().message();
+  EXPECT_NE(sel.error().message().find("belongs to uid 4321"), std::string::npos)
+      << sel.error().message();
   auto fallback = SelectForRestart(DefaultEnv(), job, 0, strict);
   ASSERT_TRUE(fallback.has_value());
   EXPECT_EQ(fallback->epoch.epoch, 1u);
@@ -683,17 +846,16 @@ using format::Context;
 using format::ContextReader;
 using format::SectionType;
 
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    Status s_ = (expr);                              \
-    ASSERT_TRUE(s_.ok()) << s_.ToString();           \
+#define ASSERT_OK(expr)                    \
+  do {                                     \
+    Status s_ = (expr);                    \
+    ASSERT_TRUE(s_.ok()) << s_.ToString(); \
   } while (0)
-#define EXPECT_OK(expr)                              \
-  do {                                               \
-    Status s_ = (expr);                              \
-    EXPECT_TRUE(s_.ok()) << s_.ToString();           \
+#define EXPECT_OK(expr)                    \
+  do {                                     \
+    Status s_ = (expr);                    \
+    EXPECT_TRUE(s_.ok()) << s_.ToString(); \
   } while (0)
-
 
 std::string TempFile(const char* tag) {
   const char* tmp = getenv("TMPDIR");
@@ -724,7 +886,8 @@ std::string AllPageData(ByteSource* source, bool in_place) {
     while (left > 0) {
       if (in_place) {
         const char* data = nullptr;
-        auto got = reader.ReadPageDataInPlace(&data, static_cast<size_t>(std::min<uint64_t>(left, 20000)));
+        auto got =
+            reader.ReadPageDataInPlace(&data, static_cast<size_t>(std::min<uint64_t>(left, 20000)));
         EXPECT_TRUE(got) << got.error().ToString();
         if (!got) return out;
         out.append(data, *got);
@@ -746,7 +909,8 @@ TEST(Pipelined, SinkWritesEveryChunkInOrderWithItsChecksum) {
   WriteOptions wo;
   wo.chunk = 16384;
   wo.depth = 2;
-  for (WriteStrategy strategy : {WriteStrategy::kDirect, WriteStrategy::kStreaming, WriteStrategy::kBuffered}) {
+  for (WriteStrategy strategy :
+       {WriteStrategy::kDirect, WriteStrategy::kStreaming, WriteStrategy::kBuffered}) {
     want.clear();
     wo.strategy = strategy;
     int fd = open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
@@ -771,12 +935,12 @@ TEST(Pipelined, SinkWritesEveryChunkInOrderWithItsChecksum) {
     put(format::testing::PseudoRandomBytes(4096, 1));
     lend(3 * 4096, 2);
     put(format::testing::PseudoRandomBytes(100, 3));  // leaves the file unaligned
-    lend(0, 4);                             // given back unused
+    lend(0, 4);                                       // given back unused
     put(format::testing::PseudoRandomBytes(4096 - 100, 5));
     for (uint32_t i = 0; i < 20; ++i) lend(8192, 10 + i);  // more than the buffers
-    put(format::testing::PseudoRandomBytes(50000, 6));                   // several chunks
+    put(format::testing::PseudoRandomBytes(50000, 6));     // several chunks
     lend(4096, 7);
-    put(format::testing::PseudoRandomBytes(77, 8));                      // an unaligned end
+    put(format::testing::PseudoRandomBytes(77, 8));  // an unaligned end
     auto f = sink.Finish();
     ASSERT_TRUE(f) << f.error().ToString();
     EXPECT_EQ(f->size, want.size());
