@@ -55,10 +55,9 @@ void Show(const std::string& file, const format::Context& ctx) {
     const format::SharedMemory& shm = ctx.shared[i];
     uint64_t saved = 0;
     for (const auto& r : ctx.shared_runs[i]) saved += r.npages * format::kPageSize;
-    std::printf("  shared memory %llx %s%s%s, %.1f MiB (%.1f MiB saved)\n",
+    std::printf("  shared memory %llx %s%s%s, %.1f KiB (%.1f KiB saved)\n",
                 static_cast<unsigned long long>(shm.id), format::SharedMemoryKindName(shm.kind),
-                shm.name.empty() ? "" : " ", shm.name.c_str(), shm.size / 1048576.0,
-                saved / 1048576.0);
+                shm.name.empty() ? "" : " ", shm.name.c_str(), shm.size / 1024.0, saved / 1024.0);
   }
   std::printf("  %zu process(es), root pid %u\n", ctx.processes.size(), im.root_pid);
   for (size_t i = 0; i < ctx.processes.size(); ++i) {
