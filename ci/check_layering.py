@@ -16,6 +16,10 @@ publishes only its own include folder (engine/CMakeLists.txt), so a header
 of a layer a target does not link is not found; this check also covers
 headers, spank/ and pmix/, and says which rule an include breaks.
 
+The engine's libraries read no environment variable (no getenv outside
+comments under ENV_FREE): what a tool or stasisd takes from the environment
+reaches them as options (core/engine.h CheckpointOptions, RestoreOptions).
+
 Usage: ci/check_layering.py [--selftest] [SOURCE_DIR]
   SOURCE_DIR  the tree to check (default: this repository)
   --selftest  first prove on a made-up tree that the check can fail
@@ -66,6 +70,10 @@ BELOW = {
 # source folder. Delete an entry when its include goes away; an entry that
 # matches nothing is reported, so the list cannot go stale silently.
 ALLOWED_EXCEPTIONS = {}
+
+# Folders whose code may not read the environment, and how a read looks.
+ENV_FREE = ("engine/base/", "engine/format/", "engine/store/", "engine/core/", "engine/epoch/")
+GETENV = re.compile(r"\b(?:secure_)?getenv\s*\(")
 
 
 def layer_of(rel):
@@ -137,6 +145,18 @@ def check(src_dir, exceptions=None):
                     problems.append('%s: %s may not include %s ("%s"): allowed from %s: %s' % (
                         where, src_layer, dst_layer or "a file outside the layers", m.group(1),
                         src_layer, ", ".join(sorted(BELOW.get(src_layer, set()))) or "itself only"))
+    for root in ENV_FREE:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(src_dir, root)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                if not fname.endswith(SOURCE_EXT):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, fname), src_dir)
+                with open(os.path.join(src_dir, rel), errors="replace") as f:
+                    for num, line in enumerate(f, 1):
+                        if GETENV.search(line.split("//", 1)[0]):
+                            problems.append("%s:%d: reads the environment (getenv): %s code takes "
+                                            "options instead (core/engine.h)" % (rel, num, root))
     for rel, target in sorted(set(exceptions) - used):
         problems.append("%s: allowlisted include of %s is gone: delete its entry in "
                         "ci/check_layering.py" % (rel, target))
@@ -152,6 +172,8 @@ def selftest():
             "engine/daemon/state_record.h": '#include "engine/base/status.h"\n',
             "engine/format/fuzz/x_fuzzer.cc": '#include "engine/base/status.h"\n'
                                               '#include "engine/daemon/state_record.h"\n',
+            "engine/core/knob.cc": '// getenv() is not for core\n'
+                                   'const char* e = std::getenv("X");\n',
         }
         for rel, text in files.items():
             os.makedirs(os.path.join(d, os.path.dirname(rel)), exist_ok=True)
@@ -159,12 +181,14 @@ def selftest():
                 f.write(text)
         got = check(d, {("engine/core/gone.h", "engine/store/env.h")})
     want = ["engine/format/fuzz/x_fuzzer.cc:2: format may not include daemon",
-            "engine/core/gone.h: allowlisted include of engine/store/env.h is gone"]
+            "engine/core/gone.h: allowlisted include of engine/store/env.h is gone",
+            "engine/core/knob.cc:2: reads the environment"]
     missing = [w for w in want if not any(g.startswith(w) for g in got)]
     if missing or len(got) != len(want):
         print("FAIL layering selftest: want %s, got %s" % (want, got))
         return False
-    print("ok   layering selftest: a forbidden include and a stale exception are reported")
+    print("ok   layering selftest: a forbidden include, a stale exception and a getenv in "
+          "core are reported")
     return True
 
 
@@ -179,8 +203,9 @@ def main(argv):
     for p in problems:
         print(p)
     if problems:
-        print("layering: %d include(s) against the direction base <- format <- store, core "
-              "<- daemon <- epoch <- cli <- spank (see ci/check_layering.py)" % len(problems))
+        print("layering: %d problem(s): includes against the direction base <- format <- store, "
+              "core <- daemon <- epoch <- cli <- spank, or getenv in the engine's libraries "
+              "(see ci/check_layering.py)" % len(problems))
         return 1
     print("layering: every include under %s goes in the allowed direction (%d allowlisted)" %
           ("/".join(ROOTS), len(ALLOWED_EXCEPTIONS)))

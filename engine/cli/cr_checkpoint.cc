@@ -152,6 +152,7 @@ stasis::core::CheckpointStats ToEpoch(
 int main(int argc, char** argv) {
   using stasis::cli::Die;
   stasis::core::CheckpointOptions opt;
+  stasis::daemon::KnobsFromEnvironment(&opt);
   std::string file;
   std::string parent_file;  // --parent
   stasis::store::WriteMode mode = stasis::store::WriteMode::kAtomic;

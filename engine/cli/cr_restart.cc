@@ -26,6 +26,7 @@
 #include "engine/core/engine.h"
 #include "engine/core/lazy_pages.h"
 #include "engine/daemon/client.h"
+#include "engine/daemon/config.h"
 #include "engine/store/store.h"
 
 namespace {
@@ -155,6 +156,7 @@ int RestoreFromStore(const std::string& path, std::optional<uint32_t> node,
 int main(int argc, char** argv) {
   using stasis::cli::Die;
   stasis::core::RestoreOptions opt;
+  stasis::daemon::KnobsFromEnvironment(&opt);
   std::string file;
   bool verbose = false;
   // BLCR's --omit-*: is this cr_restart part of later checkpoints of the

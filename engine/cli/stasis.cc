@@ -18,6 +18,7 @@
 #include "engine/core/context_file.h"
 #include "engine/daemon/client.h"
 #include "engine/format/context_io.h"
+#include "engine/format/kind_names.h"
 #include "engine/store/store.h"
 
 namespace {
@@ -27,40 +28,6 @@ using namespace stasis;
 const char* kUsage =
     "stasis ls ROOT|JOBDIR | show FILE|EPOCHDIR | verify FILE|EPOCHDIR|JOBDIR | "
     "prune [--keep N] JOBDIR | [--socket PATH] status [ID] | ping | cancel ID | list DIR | delete FILE";
-
-const char* KindName(uint32_t kind) {
-  switch (kind) {
-    case format::kMapAnon: return "anon";
-    case format::kMapFile: return "file";
-    case format::kMapSharedAnon: return "shmem";
-    case format::kMapVdso: return "vdso";
-    case format::kMapVvar: return "vvar";
-    case format::kMapVvarVclock: return "vvar_vclock";
-    case format::kMapVsyscall: return "vsyscall";
-    case format::kMapSysvShm: return "sysv";
-    case format::kMapFileByValue: return "file-by-value";
-  }
-  return "?";
-}
-
-const char* FileKindName(uint32_t kind) {
-  switch (kind) {
-    case format::kFileRegular: return "file";
-    case format::kFileDirectory: return "dir";
-    case format::kFileCharDevice: return "chardev";
-    case format::kFileTty: return "tty";
-    case format::kFilePipe: return "pipe";
-    case format::kFileFifo: return "fifo";
-    case format::kFileUnixSocket: return "unix";
-    case format::kFileEpoll: return "epoll";
-    case format::kFileEventfd: return "eventfd";
-    case format::kFileSignalfd: return "signalfd";
-    case format::kFileTimerfd: return "timerfd";
-    case format::kFilePtyMaster: return "ptmx";
-    case format::kFilePtySlave: return "pts";
-  }
-  return "other";
-}
 
 std::string Cmdline(const std::string& raw) {
   std::string out = raw;
@@ -84,6 +51,14 @@ void Show(const std::string& file, const format::Context& ctx) {
                 static_cast<unsigned long long>(im.parent_token));
   if (im.token) std::printf("  tracking writes since this capture (token %016llx)\n",
                             static_cast<unsigned long long>(im.token));
+  for (size_t i = 0; i < ctx.shared.size(); ++i) {
+    const format::SharedMemory& shm = ctx.shared[i];
+    uint64_t saved = 0;
+    for (const auto& r : ctx.shared_runs[i]) saved += r.npages * format::kPageSize;
+    std::printf("  shared memory %llx %s%s%s, %.1f KiB (%.1f KiB saved)\n",
+                static_cast<unsigned long long>(shm.id), format::SharedMemoryKindName(shm.kind),
+                shm.name.empty() ? "" : " ", shm.name.c_str(), shm.size / 1024.0, saved / 1024.0);
+  }
   std::printf("  %zu process(es), root pid %u\n", ctx.processes.size(), im.root_pid);
   for (size_t i = 0; i < ctx.processes.size(); ++i) {
     const auto& p = ctx.processes[i];
@@ -114,7 +89,7 @@ void Show(const std::string& file, const format::Context& ctx) {
                   static_cast<unsigned long long>(m.start), static_cast<unsigned long long>(m.end),
                   (m.prot & PROT_READ) ? 'r' : '-', (m.prot & PROT_WRITE) ? 'w' : '-',
                   (m.prot & PROT_EXEC) ? 'x' : '-', (m.flags & format::kMapShared) ? 's' : 'p',
-                  KindName(m.kind),
+                  format::MappingKindName(m.kind),
                   m.path.empty() ? ((m.flags & format::kMapHeap)    ? "[heap]"
                                     : (m.flags & format::kMapStack) ? "[stack]"
                                                                     : "")
@@ -122,10 +97,13 @@ void Show(const std::string& file, const format::Context& ctx) {
     }
     std::printf("    %zu fd(s):\n", p.files.size());
     for (const auto& f : p.files) {
-      std::printf("      %3d %-7s %s pos %llu%s%s\n", f.fd, FileKindName(f.kind), f.path.c_str(),
+      const bool socket = f.kind == format::kFileUnixSocket;
+      std::printf("      %3d %-7s %s%s%s pos %llu%s%s\n", f.fd, format::FileKindName(f.kind),
+                  f.path.c_str(), socket ? " " : "",
+                  socket ? format::SocketStateName(f.sock_state) : "",
                   static_cast<unsigned long long>(f.pos),
                   (f.fd_flags & format::kFdCloexec) ? " cloexec" : "",
-                  !(f.fd_flags & format::kFdOutside)           ? ""
+                  !(f.fd_flags & format::kFdOutside)  ? ""
                   : f.kind == format::kFileUnixSocket ? " (led outside: restored closed)"
                                                       : " (outside: reattached to stdio)");
     }

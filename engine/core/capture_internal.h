@@ -205,8 +205,8 @@ class Capturer {
   Status ClassifyPipes();
   Status PeekPipe(int fd, FileDesc* f);
   Status NoteSysvSegment(uint64_t shmid, const std::string& where);
-  Status NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kind, const std::string& name,
-                          const std::string& open_path);
+  Status NoteSharedMemory(ProcState* p, const MapsEntry& e, format::SharedMemoryKind kind,
+                          const std::string& name, const std::string& open_path);
   Status WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes);
   struct Shm {
     format::SharedMemory info;

@@ -139,6 +139,13 @@ struct CheckpointOptions {
   bool track = false;
   uint64_t parent_token = 0;
   std::string parent;
+  // Tuning and test knobs (the tools fill them from STASIS_* variables,
+  // daemon/config.h KnobsFromEnvironment; the engine reads no environment).
+  // An incremental capture with at most this many bytes to write is written
+  // frozen rather than from a snapshot (STASIS_FROZEN_WRITE_BYTES).
+  uint64_t frozen_write_bytes = 256u << 20;
+  // How long one wait for a traced thread may take (STASIS_PTRACE_TIMEOUT).
+  double ptrace_timeout_seconds = 60;
 };
 
 struct CheckpointStats {
@@ -242,6 +249,14 @@ struct RestoreOptions {
   // to per --open-mode): an fd of the context on one of these paths shares
   // the given open file (a dup) instead of being reopened at its old offset.
   std::vector<std::pair<std::string, int>> reattach_files;
+  // Test knobs (the tools fill them, daemon/config.h KnobsFromEnvironment;
+  // the engine reads no environment). How long one wait for a traced thread
+  // may take (STASIS_PTRACE_TIMEOUT).
+  double ptrace_timeout_seconds = 60;
+  // POSIX timers get their ids as kernels before Linux 6.16 hand them out
+  // (in increasing order, gaps used up by placeholders), even where the
+  // kernel could take the ids asked for (STASIS_TIMER_IDS=count).
+  bool timer_ids_by_count = false;
 };
 
 struct RestoreResult {

@@ -31,7 +31,7 @@ Status Capturer::SeizeProcess(ProcState* p, bool* added) {
     bool known = false;
     for (auto& t : p->threads) known |= t->tid() == tid;
     if (known) continue;
-    auto t = std::make_unique<Tracee>(p->pid, tid);
+    auto t = std::make_unique<Tracee>(p->pid, tid, options_.ptrace_timeout_seconds);
     Status s = t->SeizeAndInterrupt();
     if (!s.ok()) {
       if (s.code() == EPERM) {

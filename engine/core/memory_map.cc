@@ -120,7 +120,7 @@ Status Capturer::CaptureMappings(ProcState* p) {
       } else {
         m.kind = format::kMapSharedAnon;
         m.shmem_id = e.inode;
-        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, 5, "",
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, format::kShmHugetlb, "",
                                                 "/proc/" + std::to_string(p->pid) + "/map_files/" +
                                                     ToHex(e.start) + "-" + ToHex(e.end)));
       }
@@ -136,7 +136,7 @@ Status Capturer::CaptureMappings(ProcState* p) {
         if (IsDeleted(name)) name.resize(name.size() - 10);
       }
       STASIS_RETURN_IF_ERROR(NoteSharedMemory(
-          p, e, memfd ? 1 : 0, name,
+          p, e, memfd ? format::kShmMemfd : format::kShmAnon, name,
           "/proc/" + std::to_string(p->pid) + "/map_files/" + ToHex(e.start) + "-" + ToHex(e.end)));
     } else if (e.path.empty() || e.path.rfind("[anon", 0) == 0) {
       if (e.shared)
@@ -154,7 +154,7 @@ Status Capturer::CaptureMappings(ProcState* p) {
         MapsEntry seg = e;
         seg.inode = kSysvIdBase + e.inode;
         m.shmem_id = seg.inode;
-        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, seg, 3, "",
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, seg, format::kShmSysv, "",
                                                 "/proc/" + std::to_string(p->pid) + "/map_files/" +
                                                     ToHex(e.start) + "-" + ToHex(e.end)));
         STASIS_RETURN_IF_ERROR(NoteSysvSegment(e.inode, where));
@@ -170,7 +170,7 @@ Status Capturer::CaptureMappings(ProcState* p) {
         m.kind = format::kMapFileByValue;
         m.path = IsDeleted(e.path) ? e.path.substr(0, e.path.size() - 10) : e.path;
         m.shmem_id = e.inode;
-        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, 4, m.path,
+        STASIS_RETURN_IF_ERROR(NoteSharedMemory(p, e, format::kShmFileByValue, m.path,
                                                 "/proc/" + std::to_string(p->pid) + "/map_files/" +
                                                     ToHex(e.start) + "-" + ToHex(e.end)));
         p->mappings.push_back(std::move(m));

@@ -128,15 +128,6 @@ StopInfo DecodeWaitStatus(int status) {
 }
 }  // namespace
 
-double Tracee::DefaultTimeout() {
-  static const double seconds = [] {
-    const char* e = std::getenv("STASIS_PTRACE_TIMEOUT");
-    double v = e ? std::strtod(e, nullptr) : 0;
-    return v > 0 ? v : 60.0;
-  }();
-  return seconds;
-}
-
 long SeizeOptions() {
   // As root, a seized task's seccomp filters are suspended while we trace it,
   // so that no injected call is filtered (PTRACE_O_SUSPEND_SECCOMP needs

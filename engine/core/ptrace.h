@@ -61,7 +61,9 @@ Result<StopInfo> WaitThreadFor(pid_t tid, double seconds);
 
 class Tracee {
  public:
-  Tracee(pid_t pid, pid_t tid) : pid_(pid), tid_(tid) {}
+  // `timeout_seconds`: see SetTimeout.
+  Tracee(pid_t pid, pid_t tid, double timeout_seconds = kDefaultTimeoutSeconds)
+      : pid_(pid), tid_(tid), timeout_seconds_(timeout_seconds) {}
   pid_t pid() const { return pid_; }
   pid_t tid() const { return tid_; }
 
@@ -80,12 +82,14 @@ class Tracee {
   Status AdoptTracedChild();
   void MarkAttached() { attached_ = true; }
   // Bounds of every wait of WaitForStop and Syscall: `seconds` per wait
-  // (default 60, STASIS_PTRACE_TIMEOUT overrides) and at most
+  // (default 60; the engine takes CheckpointOptions/RestoreOptions::
+  // ptrace_timeout_seconds) and at most
   // kMaxSignalStops signal or group stops during one injected call; past
   // either they fail with ETIMEDOUT (a process kept stopping, or never
   // stopped: its detach then happens when we exit).
   void SetTimeout(double seconds) { timeout_seconds_ = seconds; }
   static constexpr int kMaxSignalStops = 1000;
+  static constexpr double kDefaultTimeoutSeconds = 60;
   void MarkDetached() { attached_ = false; }
 
   // Saves the current registers and signal mask and blocks all signals:
@@ -133,8 +137,7 @@ class Tracee {
   pid_t tid_;
   bool attached_ = false;
   bool prepared_ = false;
-  double timeout_seconds_ = DefaultTimeout();
-  static double DefaultTimeout();
+  double timeout_seconds_;
   StopInfo first_stop_;
   Regs saved_regs_{};
   uint64_t saved_sigmask_ = 0;

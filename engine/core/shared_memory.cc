@@ -29,7 +29,7 @@ using format::PageRun;
 // Notes an object saved once per context: shared anonymous memory, a memfd
 // or an unlinked file. `e` is a mapping of it (or, for an fd, only its
 // inode); `open_path` reaches the object itself (map_files or fd link).
-Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kind,
+Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e, format::SharedMemoryKind kind,
                                   const std::string& name, const std::string& open_path) {
   Shm& shm = shms_[e.inode];
   if (shm.pid == 0) {
@@ -55,7 +55,8 @@ Status Capturer::NoteSharedMemory(ProcState* p, const MapsEntry& e, uint32_t kin
     return Status::Error(EPERM, "cannot checkpoint " + Pid(p->pid) + ": cannot read " +
                                     (name.empty() ? std::string("shared memory") : name) +
                                     " (needs root when several processes share it)");
-  if ((kind <= 1 || kind == 5) && e.end > e.start)
+  if ((kind == format::kShmAnon || kind == format::kShmMemfd || kind == format::kShmHugetlb) &&
+      e.end > e.start)
     shm.info.size = std::max(
         shm.info.size, (e.offset + (e.end - e.start) + kPageSize - 1) / kPageSize * kPageSize);
   return Status::Ok();
@@ -178,14 +179,17 @@ using format::Mapping;
 Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
   // libcr's agent block comes back as a memfd of its name, sealed at its
   // size as libcr seals it (checkpointers map only sealed blocks).
-  const bool agent = (shm.kind == 1 && shm.name == STASIS_AGENT_MEMFD_NAME) ||
-                     (shm.kind == 4 && shm.name == "/memfd:" STASIS_AGENT_MEMFD_NAME);
+  const bool agent =
+      (shm.kind == format::kShmMemfd && shm.name == STASIS_AGENT_MEMFD_NAME) ||
+      (shm.kind == format::kShmFileByValue && shm.name == "/memfd:" STASIS_AGENT_MEMFD_NAME);
   if (agent) agent_shm_ids_.insert(shm.id);
   if (shm.size > (1ull << 46) ||
-      ((shm.kind < 3 || shm.kind == 5) && (shm.size == 0 || shm.size % kPageSize != 0)))
+      ((shm.kind == format::kShmAnon || shm.kind == format::kShmMemfd ||
+        shm.kind == format::kShmPosix || shm.kind == format::kShmHugetlb) &&
+       (shm.size == 0 || shm.size % kPageSize != 0)))
     return Status::Corrupt("shared memory " + std::to_string(shm.id) + " has a bad size");
   UniqueFd fd;
-  if (shm.kind == 4 && !agent) {
+  if (shm.kind == format::kShmFileByValue && !agent) {
     // An unlinked file: recreated under its old name (so /proc shows the same
     // "NAME (deleted)") and unlinked again; a temporary name if it is taken.
     std::string path = Relocate(shm.name);
@@ -202,7 +206,7 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
     }
     if (::ftruncate(fd.get(), static_cast<off_t>(shm.size)) != 0)
       return Status::FromErrno(errno, "size recreated file " + path);
-  } else if (shm.kind == 3) {
+  } else if (shm.kind == format::kShmSysv) {
     // A new SysV segment with the old key when it is free (else private);
     // processes attach it with shmat at their old addresses.
     int mode = static_cast<int>(shm.sysv_mode & 0777);
@@ -238,7 +242,7 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
     fd.reset(::open(mf.c_str(), O_RDWR | O_CLOEXEC));
     ::shmdt(m);
     if (!fd) return Status::FromErrno(errno, "open SysV segment (needs root)");
-  } else if (shm.kind == 5) {
+  } else if (shm.kind == format::kShmHugetlb) {
     // Huge pages: hugetlbfs has no write(), so the pages go in through a
     // mapping the restorer keeps until the end.
     void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE,
@@ -255,7 +259,7 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
       return Status::FromErrno(errno, "open shared huge-page memory (needs root)");
     }
     shm_maps_[shm.id] = {m, shm.size};
-  } else if (shm.kind == 0) {
+  } else if (shm.kind == format::kShmAnon) {
     void* m = ::mmap(nullptr, shm.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return Status::FromErrno(errno, "create shared memory");
     uint64_t a = reinterpret_cast<uint64_t>(m);
@@ -264,7 +268,9 @@ Status Restorer::CreateSharedMemory(const format::SharedMemory& shm) {
     ::munmap(m, shm.size);
   }
   if (!fd) {
-    std::string name = agent ? STASIS_AGENT_MEMFD_NAME : shm.kind == 1 ? shm.name : "stasis-shared";
+    std::string name = agent                           ? STASIS_AGENT_MEMFD_NAME
+                       : shm.kind == format::kShmMemfd ? shm.name
+                                                       : "stasis-shared";
     fd.reset(static_cast<int>(
         ::syscall(SYS_memfd_create, name.c_str(), MFD_CLOEXEC | (agent ? MFD_ALLOW_SEALING : 0))));
     if (!fd) return Status::FromErrno(errno, "create memfd " + name);

@@ -52,9 +52,7 @@ bool Capturer::Snapshot(std::string* why_not) {
   // tree's page tables and tearing them down again. Measured on a 4 GiB
   // process with 5% written (bench/checkpoint.py --incremental): 0.24 s
   // frozen throughout against 0.45 s with a snapshot that paused it 0.18 s.
-  uint64_t kFrozenWriteBytes = 256u << 20;
-  if (const char* e = std::getenv("STASIS_FROZEN_WRITE_BYTES"))
-    kFrozenWriteBytes = std::strtoull(e, nullptr, 10);  // tests
+  const uint64_t kFrozenWriteBytes = options_.frozen_write_bytes;
   bool incremental = false;
   for (auto& p : procs_) incremental |= p->incremental;
   if (incremental) {
@@ -167,7 +165,7 @@ void Capturer::ReapReleasedSnapshot(ProcState* p, pid_t seen) {
   // caught in delivery is delivered.
   auto st = ReadStat(p->pid);
   const bool stopped = st && (st->state == 'T' || st->state == 't');
-  Tracee t(p->pid, p->pid);
+  Tracee t(p->pid, p->pid, options_.ptrace_timeout_seconds);
   if (!t.SeizeAndInterrupt().ok() || !t.WaitForStop().ok()) {
     (void)t.Detach(0);
     return;

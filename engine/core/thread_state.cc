@@ -128,7 +128,7 @@ Status Restorer::CreateThreads(RProc* p) {
         InjectClone3(
             p, CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM, 0,
             want, "thread " + std::to_string(want) + " of " + who));
-    auto t = std::make_unique<Tracee>(p->pid, tid);
+    auto t = std::make_unique<Tracee>(p->pid, tid, options_.ptrace_timeout_seconds);
     t->MarkAttached();
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
     p->tracees.push_back(std::move(t));

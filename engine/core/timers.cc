@@ -76,7 +76,8 @@ using format::Mapping;
 // hand out ids in increasing order from 0 in a new process, so ids below the
 // wanted one are used up by creating and deleting placeholders. Timers are
 // armed with the time they had left (relative); overrun counts are lost.
-// STASIS_TIMER_IDS=count takes the older kernels' way on any kernel (tests).
+// RestoreOptions::timer_ids_by_count takes the older kernels' way on any
+// kernel (tests).
 Status Restorer::RestorePosixTimers(RProc* p) {
   constexpr uint64_t kPrTimerCreateRestoreIds = 77;
   const std::string who = Pid(p->entry.pid);
@@ -84,9 +85,8 @@ Status Restorer::RestorePosixTimers(RProc* p) {
   for (const format::PosixTimer& t : p->info.posix_timers) timers.push_back(&t);
   if (timers.empty()) return Status::Ok();
   std::sort(timers.begin(), timers.end(), [](auto* a, auto* b) { return a->id < b->id; });
-  const char* mode = std::getenv("STASIS_TIMER_IDS");
   long on = -EINVAL;
-  if (!mode || std::strcmp(mode, "count") != 0) {
+  if (!options_.timer_ids_by_count) {
     STASIS_ASSIGN_OR_RETURN(on, Call(p, SYS_prctl, kPrTimerCreateRestoreIds, 1, 0, 0, 0));
   }
   const bool by_id = on == 0;

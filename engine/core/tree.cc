@@ -265,7 +265,7 @@ Status Restorer::CreateNamespaceInit(pid_t root_in_ns) {
   }
   init_ = std::make_unique<RProc>();
   init_->pid = static_cast<pid_t>(r);
-  auto t = std::make_unique<Tracee>(init_->pid, init_->pid);
+  auto t = std::make_unique<Tracee>(init_->pid, init_->pid, options_.ptrace_timeout_seconds);
   STASIS_RETURN_IF_ERROR(t->AdoptTracedChild());
   init_->tracees.push_back(std::move(t));
   init_->scratch = scratch_;
@@ -301,7 +301,7 @@ Status Restorer::CreateProcess(RProc* p, RProc* parent) {
       ::syscall(SYS_exit_group, 127);
     }
     p->pid = static_cast<pid_t>(r);
-    auto t = std::make_unique<Tracee>(p->pid, p->pid);
+    auto t = std::make_unique<Tracee>(p->pid, p->pid, options_.ptrace_timeout_seconds);
     STASIS_RETURN_IF_ERROR(t->AdoptTracedChild());
     p->tracees.push_back(std::move(t));
     p->scratch = scratch_;
@@ -310,7 +310,7 @@ Status Restorer::CreateProcess(RProc* p, RProc* parent) {
     STASIS_ASSIGN_OR_RETURN(pid_t child, InjectClone3(parent, 0, SIGCHLD, want,
                                                       "process for pid " + std::to_string(want)));
     p->pid = child;
-    auto t = std::make_unique<Tracee>(p->pid, p->pid);
+    auto t = std::make_unique<Tracee>(p->pid, p->pid, options_.ptrace_timeout_seconds);
     t->MarkAttached();
     STASIS_RETURN_IF_ERROR(t->WaitForStop());
     p->tracees.push_back(std::move(t));

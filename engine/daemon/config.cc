@@ -5,6 +5,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -283,6 +285,28 @@ Result<Config> LoadConfig(const std::string& path, bool missing_ok) {
     c.allowed_roots[0] = c.checkpoint_root;
   }
   return c;
+}
+
+namespace {
+
+double PtraceTimeoutFromEnvironment(double fallback) {
+  const char* e = std::getenv("STASIS_PTRACE_TIMEOUT");
+  double v = e ? std::strtod(e, nullptr) : 0;
+  return v > 0 ? v : fallback;
+}
+
+}  // namespace
+
+void KnobsFromEnvironment(core::CheckpointOptions* opt) {
+  if (const char* e = std::getenv("STASIS_FROZEN_WRITE_BYTES"))
+    opt->frozen_write_bytes = std::strtoull(e, nullptr, 10);
+  opt->ptrace_timeout_seconds = PtraceTimeoutFromEnvironment(opt->ptrace_timeout_seconds);
+}
+
+void KnobsFromEnvironment(core::RestoreOptions* opt) {
+  opt->ptrace_timeout_seconds = PtraceTimeoutFromEnvironment(opt->ptrace_timeout_seconds);
+  const char* ids = std::getenv("STASIS_TIMER_IDS");
+  if (ids && std::strcmp(ids, "count") == 0) opt->timer_ids_by_count = true;
 }
 
 }  // namespace stasis::daemon

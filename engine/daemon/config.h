@@ -73,4 +73,11 @@ bool ParseBytes(const std::string& text, uint64_t* out);
 
 LogLevel ParseLogLevelOr(const std::string& text, LogLevel fallback, bool* ok);
 
+// The engine's tuning and test knobs from this process's environment (the
+// tool's, or stasisd's for its workers): STASIS_FROZEN_WRITE_BYTES (bytes),
+// STASIS_PTRACE_TIMEOUT (seconds, > 0), STASIS_TIMER_IDS=count. A variable
+// that is unset or unparsable leaves the option as it is.
+void KnobsFromEnvironment(core::CheckpointOptions* opt);
+void KnobsFromEnvironment(core::RestoreOptions* opt);
+
 }  // namespace stasis::daemon

@@ -407,6 +407,7 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   const proto::Request& req = task.request;
   const Peer& peer = task.peer;
   core::CheckpointOptions opt;
+  KnobsFromEnvironment(&opt);  // stasisd's environment
   opt.target = static_cast<pid_t>(req.target);
   opt.scope = static_cast<format::ScopeKind>(req.scope);
   for (size_t i = 0; i < req.task_pids.size(); ++i)
@@ -668,6 +669,7 @@ void ForwardCancel(int) {
   s = CheckUnderRoots(config, peer, req.path, "read");
   if (!s.ok()) fail(AsRefusal(s, peer));
   core::RestoreOptions opt;
+  KnobsFromEnvironment(&opt);  // stasisd's environment
   opt.restore_pids = !(req.flags & proto::kFlagNoRestorePid);
   opt.outer_seccomp_filters = sandbox->seccomp_filters;
   opt.clamp_limits = true;

@@ -235,14 +235,23 @@ struct PageRun {
   bool operator==(const PageRun&) const = default;
 };
 
+// What a SharedMemory segment is (and how the restore makes it again).
+enum SharedMemoryKind : uint32_t {
+  kShmAnon = 0,         // MAP_SHARED|MAP_ANONYMOUS memory
+  kShmMemfd = 1,        // a memfd (name: its name)
+  kShmPosix = 2,        // a POSIX shm object (name: the /dev/shm path); not written yet
+  kShmSysv = 3,         // a SysV segment (name: key text; sysv_key, sysv_mode)
+  kShmFileByValue = 4,  // an unlinked (or --save-*) file, content by value; name = old path
+  kShmHugetlb = 5,      // MAP_SHARED|MAP_HUGETLB anonymous memory
+};
+inline constexpr uint32_t kShmLastKind = kShmHugetlb;
+
 // A segment of memory shared between processes, stored once per context.
 struct SharedMemory {
   uint64_t id = 0;  // referenced by Mapping::shmem_id
   uint64_t size = 0;
-  uint32_t kind = 0;  // 0 anon shared, 1 memfd, 2 posix shm, 3 SysV,
-                      // 4 unlinked file (content by value; name = old path),
-                      // 5 MAP_SHARED|MAP_HUGETLB anonymous memory
-  std::string name;   // memfd name, /dev/shm path, or SysV key text
+  uint32_t kind = kShmAnon;  // SharedMemoryKind
+  std::string name;          // memfd name, /dev/shm path, or SysV key text
   int64_t sysv_key = 0;
   uint32_t sysv_mode = 0;
   bool operator==(const SharedMemory&) const = default;
@@ -282,13 +291,13 @@ enum FileKind : uint32_t {
   kFileFifo = 5,
   kFileUnixSocket = 6,
   kFileOther = 7,       // anything else: refused at checkpoint
-  kFileEpoll = 8,       // data: packed {u32 tfd, u32 events, u64 data} records
-  kFileEventfd = 9,     // pos: the counter; data: "\1" if EFD_SEMAPHORE
+  kFileEpoll = 8,       // data: EpollTarget records (fd_payloads.h)
+  kFileEventfd = 9,     // pos: the counter; data: EventfdState
   kFileSignalfd = 10,   // pos: the signal mask
-  kFileTimerfd = 11,    // data: {i32 clock, u32 settime flags, u64 ticks,
-                        //        u64 value_ns (left), u64 interval_ns}
+  kFileTimerfd = 11,    // data: TimerfdState (clock, flags, unread expirations,
+                        //       time left, interval)
   kFilePtyMaster = 12,  // a pty master (/dev/ptmx) of the checkpoint: pos = its index,
-                        // data = struct termios2 (44 bytes) + struct winsize (8)
+                        // data = TerminalState (termios2 and window size)
   kFilePtySlave = 13,   // /dev/pts/<pos> whose master is in the checkpoint; data as above
 };
 
@@ -297,6 +306,23 @@ enum FdFlags : uint32_t {
   kFdOutside = 1u << 1,     // pipe/socket whose peer is outside the checkpoint
   kFdUnlinked = 1u << 2,    // file was deleted: data saved by value
   kFdPeerClosed = 1u << 3,  // pipe whose other end no process holds
+};
+
+// A socket's state, FileDesc::sock_state: the kernel's TCP_* numbers, which
+// sock_diag reports for every socket family (a UNIX socket is connected,
+// closed or listening).
+enum SocketState : uint32_t {
+  kSockEstablished = 1,  // connected
+  kSockSynSent = 2,
+  kSockSynRecv = 3,
+  kSockFinWait1 = 4,
+  kSockFinWait2 = 5,
+  kSockTimeWait = 6,
+  kSockClose = 7,  // not connected, or its peer has closed
+  kSockCloseWait = 8,
+  kSockLastAck = 9,
+  kSockListen = 10,
+  kSockClosing = 11,
 };
 
 struct FileDesc {
@@ -310,10 +336,11 @@ struct FileDesc {
   uint64_t object_id = 0;  // same open file description => same id
   uint64_t peer_id = 0;    // pipes/sockets: the shared object (pipe inode)
   uint32_t pipe_size = 0;
-  std::string data;         // buffered pipe/FIFO data; for sockets the
-                            // receive queue ({u32 length, bytes} records)
+  std::string data;         // buffered pipe/FIFO data; the payload of the
+                            // kinds in fd_payloads.h (socket receive queue,
+                            // epoll targets, timerfd, eventfd, terminal)
   uint32_t sock_type = 0;   // SOCK_STREAM/SOCK_DGRAM/SOCK_SEQPACKET
-  uint32_t sock_state = 0;  // as sock_diag reports it (1 connected, 10 listening)
+  uint32_t sock_state = 0;  // SocketState, as sock_diag reports it
   uint64_t sock_inode = 0;  // the socket's own inode (peer_id is its peer's)
   bool operator==(const FileDesc&) const = default;
 };

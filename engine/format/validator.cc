@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "engine/format/fd_payloads.h"
 #include "engine/format/format_constants.h"
 
 namespace stasis::format::internal {
@@ -51,6 +52,25 @@ Status CheckRuns(const std::vector<PageRun>& runs, uint64_t limit, uint64_t* end
   *end = last;
   *pages = total;
   return Status::Ok();
+}
+
+// The typed payload of the fd's kind (fd_payloads.h) decodes.
+Status CheckPayload(const FileDesc& f) {
+  switch (f.kind) {
+    case kFileTimerfd:
+      return DecodeTimerfdState(f.data).status();
+    case kFileEpoll:
+      return DecodeEpollTargets(f.data).status();
+    case kFileEventfd:
+      return DecodeEventfdState(f.data).status();
+    case kFilePtyMaster:
+    case kFilePtySlave:
+      return DecodeTerminalState(f.data).status();
+    case kFileUnixSocket:
+      return DecodeSocketQueue(f.data).status();
+    default:
+      return Status::Ok();
+  }
 }
 
 }  // namespace
@@ -162,7 +182,8 @@ Status ContextValidator::Shared(const SharedMemory& shm) {
   if (shm_ids_.count(shm.id) != 0) {
     return Status::Corrupt("shared memory id " + Str(shm.id) + " appears twice");
   }
-  if (shm.kind > 5) return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
+  if (shm.kind > kShmLastKind)
+    return Status::Corrupt("unknown shared memory kind " + Str(shm.kind));
   if (shm.size > kUserSpaceEnd) {
     return Status::Corrupt("shared memory size " + Str(shm.size) + " is larger than user space");
   }
@@ -249,10 +270,9 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
     if (f.fd < 0) return Status::Corrupt(where + "negative fd");
     if (f.kind > kFilePtySlave) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
-    if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && (f.data.size() != 52 || f.pos > (1u << 20)))
-      return Status::Corrupt(where + "pty of " + Str(f.data.size()) + " bytes of state, index " + Str(f.pos));
-    if (f.kind == kFileTimerfd && f.data.size() != 32)
-      return Status::Corrupt(where + "timerfd state of " + Str(f.data.size()) + " bytes, not 32");
+    if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && f.pos > (1u << 20))
+      return Status::Corrupt(where + "pty index " + Str(f.pos));
+    STASIS_RETURN_IF_ERROR(CheckPayload(f).Prefixed(where.substr(0, where.size() - 2)));
     fds.push_back(f.fd);
   }
   std::sort(fds.begin(), fds.end());

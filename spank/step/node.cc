@@ -26,6 +26,7 @@
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
 #include "engine/daemon/client.h"
+#include "engine/daemon/config.h"
 #include "engine/epoch/epoch_checkpoint.h"
 #include "engine/format/context_io.h"
 #include "engine/format/manifest.h"
@@ -167,6 +168,7 @@ core::CheckpointOptions CaptureOptions(const NodeOptions& opt, uint64_t epoch, u
                                        TaskEnvironment& tenv, const store::JobFolder* folder,
                                        std::string* parent_note) {
   core::CheckpointOptions copt;
+  daemon::KnobsFromEnvironment(&copt);
   copt.job = opt.job;
   copt.step = opt.step;
   copt.epoch = epoch;

@@ -29,6 +29,7 @@
 #include "engine/base/status.h"
 #include "engine/core/engine.h"
 #include "engine/core/procfs.h"
+#include "engine/daemon/config.h"
 #include "engine/store/store.h"
 #include "spank/slurm_util.h"
 #include "spank/step/common.h"
@@ -199,6 +200,7 @@ int RunRestorer(const TaskEnv& t) {
   std::vector<uint32_t> old_ids = sel->node.tasks;
   std::sort(old_ids.begin(), old_ids.end());
   core::RestoreOptions ropt;
+  daemon::KnobsFromEnvironment(&ropt);
   ropt.restore_pids = ::geteuid() == 0;
   for (size_t k = 0; k < locals.size(); ++k) {
     core::RestoreOptions::TaskStdio s;

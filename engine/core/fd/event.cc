@@ -10,11 +10,12 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
+#include <vector>
 
 #include "engine/core/capture_internal.h"
 #include "engine/core/fd/fd_kind.h"
 #include "engine/core/restore_internal.h"
+#include "engine/format/fd_payloads.h"
 
 namespace stasis::core {
 namespace {
@@ -23,14 +24,6 @@ using format::FileDesc;
 
 // _IOW('T', 0, u64): sets a timerfd's count of unread expirations.
 constexpr uint64_t kTfdIocSetTicks = 0x40085400;
-
-// The timerfd state saved in FileDesc::data (format/context.h kFileTimerfd).
-struct TimerfdState {
-  int32_t clock;
-  uint32_t flags;
-  uint64_t ticks, value_ns, interval_ns;
-};
-static_assert(sizeof(TimerfdState) == 32);
 
 bool AnonInode(const std::string& link, const char* name) { return link == name; }
 
@@ -41,17 +34,16 @@ Result<std::string> FdInfoText(const FdSeen& s) {
 Status CaptureEpoll(capture::Capturer*, capture::ProcState*, const FdSeen& s, FileDesc* f) {
   f->kind = format::kFileEpoll;
   STASIS_ASSIGN_OR_RETURN(std::string text, FdInfoText(s));
+  std::vector<format::EpollTarget> targets;
   size_t pos = 0;
   while ((pos = text.find("tfd:", pos)) != std::string::npos) {
     unsigned tfd = 0, events = 0;
     unsigned long long data = 0;
-    if (sscanf(text.c_str() + pos, "tfd: %u events: %x data: %llx", &tfd, &events, &data) == 3) {
-      uint32_t rec[4] = {tfd, events, static_cast<uint32_t>(data),
-                         static_cast<uint32_t>(data >> 32)};
-      f->data.append(reinterpret_cast<const char*>(rec), sizeof rec);
-    }
+    if (sscanf(text.c_str() + pos, "tfd: %u events: %x data: %llx", &tfd, &events, &data) == 3)
+      targets.push_back({tfd, events, data});
     pos += 4;
   }
+  f->data = format::EncodeEpollTargets(targets);
   return Status::Ok();
 }
 
@@ -61,7 +53,7 @@ Status CaptureEventfd(capture::Capturer*, capture::ProcState*, const FdSeen& s, 
   auto count = StatusField(text, "eventfd-count");
   if (count) f->pos = strtoull(count->c_str(), nullptr, 16);
   auto semaphore = StatusField(text, "eventfd-semaphore");  // Linux 6.5+
-  if (semaphore && atoi(semaphore->c_str()) == 1) f->data.assign(1, '\1');
+  f->data = format::EncodeEventfdState({semaphore && atoi(semaphore->c_str()) == 1});
   return Status::Ok();
 }
 
@@ -92,11 +84,11 @@ Status CaptureTimerfd(capture::Capturer* cap, capture::ProcState* p, const FdSee
       sscanf(value->c_str(), "(%lld, %lld)", &vs, &vn) != 2 ||
       sscanf(interval->c_str(), "(%lld, %lld)", &is, &in) != 2)
     return Status::Error(EPROTO, "cannot checkpoint " + where + ": unreadable timerfd fdinfo");
-  TimerfdState t = {static_cast<int32_t>(atoi(clock->c_str())),
-                    static_cast<uint32_t>(strtoul(flags->c_str(), nullptr, 8)),
-                    strtoull(ticks->c_str(), nullptr, 10),
-                    static_cast<uint64_t>(vs * 1000000000LL + vn),
-                    static_cast<uint64_t>(is * 1000000000LL + in)};
+  format::TimerfdState t = {static_cast<int32_t>(atoi(clock->c_str())),
+                            static_cast<uint32_t>(strtoul(flags->c_str(), nullptr, 8)),
+                            strtoull(ticks->c_str(), nullptr, 10),
+                            static_cast<uint64_t>(vs * 1000000000LL + vn),
+                            static_cast<uint64_t>(is * 1000000000LL + in)};
   if (t.ticks > 0) {
     // A periodic timerfd counts one expiration (and shows no time left)
     // until it is read, when it is forwarded over the ones it missed:
@@ -123,7 +115,7 @@ Status CaptureTimerfd(capture::Capturer* cap, capture::ProcState* p, const FdSee
         t.value_ns = static_cast<uint64_t>(vs * 1000000000LL + vn);
     }
   }
-  f->data.assign(reinterpret_cast<const char*>(&t), sizeof t);
+  f->data = format::EncodeTimerfdState(t);
   return Status::Ok();
 }
 
@@ -136,19 +128,20 @@ Result<long> CreateEpoll(restore::Restorer* r, restore::RProc* p, const FileDesc
 // Once every fd is in place: the epoll's registrations again.
 Status RegisterEpoll(restore::Restorer* r, restore::RProc* p, const FileDesc& e) {
   const std::string who = restore::Pid(p->entry.pid);
-  for (size_t off = 0; off + 16 <= e.data.size(); off += 16) {
-    uint32_t rec[4];
-    std::memcpy(rec, e.data.data() + off, 16);
+  auto targets = format::DecodeEpollTargets(e.data);
+  if (!targets) return targets.error().Prefixed("epoll fd " + std::to_string(e.fd) + " of " + who);
+  for (const format::EpollTarget& t : *targets) {
+    // struct epoll_event, packed on x86-64.
     struct {
       uint32_t events;
       uint64_t data;
-    } __attribute__((packed)) ev = {rec[1], rec[2] | (static_cast<uint64_t>(rec[3]) << 32)};
+    } __attribute__((packed)) ev = {t.events, t.data};
     STASIS_RETURN_IF_ERROR(p->mem.Write(p->scratch + restore::kOffArgs, &ev, sizeof ev));
     STASIS_RETURN_IF_ERROR(
-        Checked(r->Call(p, SYS_epoll_ctl, static_cast<uint64_t>(e.fd), 1 /* EPOLL_CTL_ADD */,
-                        rec[0], p->scratch + restore::kOffArgs),
-                "re-register fd " + std::to_string(rec[0]) + " in epoll fd " +
-                    std::to_string(e.fd) + " of " + who)
+        Checked(r->Call(p, SYS_epoll_ctl, static_cast<uint64_t>(e.fd), 1 /* EPOLL_CTL_ADD */, t.fd,
+                        p->scratch + restore::kOffArgs),
+                "re-register fd " + std::to_string(t.fd) + " in epoll fd " + std::to_string(e.fd) +
+                    " of " + who)
             .status());
   }
   return Status::Ok();
@@ -159,7 +152,9 @@ Status RegisterEpoll(restore::Restorer* r, restore::RProc* p, const FileDesc& e)
 // counter is written, as eventfd() takes only 32 bits of it. An empty data
 // payload (older contexts) means no EFD_SEMAPHORE.
 Result<UniqueFd> OpenEventfd(restore::Restorer*, const restore::RProc*, const FileDesc& f) {
-  const bool semaphore = f.data.size() == 1 && f.data[0] == 1;
+  auto state = format::DecodeEventfdState(f.data);
+  if (!state) return state.error().Prefixed("eventfd fd " + std::to_string(f.fd));
+  const bool semaphore = state->semaphore;
   UniqueFd fd(::eventfd(0, EFD_CLOEXEC | ((f.open_flags & O_NONBLOCK) ? EFD_NONBLOCK : 0) |
                                (semaphore ? EFD_SEMAPHORE : 0)));
   if (!fd || (f.pos && ::write(fd.get(), &f.pos, sizeof f.pos) != sizeof f.pos))
@@ -182,10 +177,9 @@ Result<long> CreateSignalfd(restore::Restorer* r, restore::RProc* p, const FileD
 // TFD_IOC_SET_TICKS.
 Result<long> CreateTimerfd(restore::Restorer* r, restore::RProc* p, const FileDesc& f) {
   const std::string who = restore::Pid(p->entry.pid);
-  TimerfdState t;
-  if (f.data.size() != sizeof t)
-    return Status::Corrupt("bad timerfd state for fd " + std::to_string(f.fd));
-  std::memcpy(&t, f.data.data(), sizeof t);
+  auto state = format::DecodeTimerfdState(f.data);
+  if (!state) return state.error().Prefixed("timerfd fd " + std::to_string(f.fd) + " of " + who);
+  format::TimerfdState t = *state;
   STASIS_ASSIGN_OR_RETURN(long got,
                           Checked(r->Call(p, SYS_timerfd_create, static_cast<uint64_t>(t.clock),
                                           (f.open_flags & O_NONBLOCK) | O_CLOEXEC),

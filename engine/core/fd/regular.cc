@@ -24,7 +24,8 @@ Status CaptureRegular(capture::Capturer* cap, capture::ProcState* p, const FdSee
     if (capture::IsDeleted(s.link)) f->path = s.link.substr(0, s.link.size() - 10);
     MapsEntry pseudo;
     pseudo.inode = static_cast<uint64_t>(s.st.st_ino);
-    STASIS_RETURN_IF_ERROR(cap->NoteSharedMemory(p, pseudo, 4, f->path, s.link_path));
+    STASIS_RETURN_IF_ERROR(
+        cap->NoteSharedMemory(p, pseudo, format::kShmFileByValue, f->path, s.link_path));
   }
   return Status::Ok();
 }

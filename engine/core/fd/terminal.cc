@@ -8,17 +8,53 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 
 #include "engine/core/capture_internal.h"
 #include "engine/core/fd/fd_kind.h"
 #include "engine/core/restore_internal.h"
+#include "engine/format/fd_payloads.h"
 
 namespace stasis::core {
 namespace {
 
 using format::FileDesc;
+
+// Linux's struct termios2 on x86-64 (asm/termbits.h, which cannot be
+// included beside <termios.h>): what TCGETS2 and TCSETS2 take.
+struct KernelTermios2 {
+  uint32_t iflag, oflag, cflag, lflag;
+  uint8_t line;
+  uint8_t cc[19];
+  uint32_t ispeed, ospeed;
+};
+static_assert(sizeof(KernelTermios2) == 44);
+
+format::TerminalState ToTerminalState(const KernelTermios2& t, const struct winsize& w) {
+  format::TerminalState s;
+  s.iflag = t.iflag;
+  s.oflag = t.oflag;
+  s.cflag = t.cflag;
+  s.lflag = t.lflag;
+  s.line = t.line;
+  std::copy(std::begin(t.cc), std::end(t.cc), std::begin(s.cc));
+  s.ispeed = t.ispeed;
+  s.ospeed = t.ospeed;
+  s.rows = w.ws_row;
+  s.cols = w.ws_col;
+  s.xpixel = w.ws_xpixel;
+  s.ypixel = w.ws_ypixel;
+  return s;
+}
+
+void FromTerminalState(const format::TerminalState& s, KernelTermios2* t, struct winsize* w) {
+  *t = {s.iflag, s.oflag, s.cflag, s.lflag, s.line, {}, s.ispeed, s.ospeed};
+  std::copy(std::begin(s.cc), std::end(s.cc), std::begin(t->cc));
+  *w = {s.rows, s.cols, s.xpixel, s.ypixel};
+}
 
 bool IsPtmx(const std::string& link) {
   return link == "/dev/ptmx" || link.rfind("/dev/pts/ptmx", 0) == 0;
@@ -43,18 +79,19 @@ Status CapturePtyMaster(capture::Capturer* cap, capture::ProcState* p, const FdS
                                       " while its debugger holds the process: "
                                       "reading its terminal settings needs a call in the process");
   Tracee* leader = p->threads[0].get();
-  char state[52] = {0};
+  KernelTermios2 tio{};
+  struct winsize ws {};
   STASIS_ASSIGN_OR_RETURN(long r, cap->Inject(p, leader, SYS_ioctl, static_cast<uint64_t>(fd),
                                               0x802C542A /* TCGETS2 */, p->scratch));
   if (r != 0)
     return Status::FromErrno(static_cast<int>(-r), "cannot checkpoint " + where + ": TCGETS2");
-  STASIS_RETURN_IF_ERROR(cap->ReadScratch(p, state, 44));
+  STASIS_RETURN_IF_ERROR(cap->ReadScratch(p, &tio, sizeof tio));
   STASIS_ASSIGN_OR_RETURN(r, cap->Inject(p, leader, SYS_ioctl, static_cast<uint64_t>(fd),
                                          0x5413 /* TIOCGWINSZ */, p->scratch));
   if (r != 0)
     return Status::FromErrno(static_cast<int>(-r), "cannot checkpoint " + where + ": TIOCGWINSZ");
-  STASIS_RETURN_IF_ERROR(cap->ReadScratch(p, state + 44, 8));
-  f->data.assign(state, sizeof state);
+  STASIS_RETURN_IF_ERROR(cap->ReadScratch(p, &ws, sizeof ws));
+  f->data = format::EncodeTerminalState(ToTerminalState(tio, ws));
   return Status::Ok();
 }
 
@@ -168,7 +205,11 @@ namespace restore {
 Result<int> Restorer::PtyPair(const FileDesc& f) {
   auto it = ptys_.find(f.pos);
   if (it != ptys_.end()) return it->second.first.get();
-  if (f.data.size() != 52) return Status::Corrupt("bad pty state for fd " + std::to_string(f.fd));
+  auto state = format::DecodeTerminalState(f.data);
+  if (!state) return state.error().Prefixed("pty fd " + std::to_string(f.fd));
+  KernelTermios2 tio;
+  struct winsize ws;
+  FromTerminalState(*state, &tio, &ws);
   const int want = static_cast<int>(f.pos);
   std::vector<UniqueFd> extra;
   UniqueFd master;
@@ -192,9 +233,9 @@ Result<int> Restorer::PtyPair(const FileDesc& f) {
   std::string path = "/dev/pts/" + std::to_string(want);
   UniqueFd slave(::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC));
   if (!slave) return Status::FromErrno(errno, "open " + path);
-  if (::ioctl(slave.get(), 0x402C542B /* TCSETS2 */, f.data.data()) != 0)
+  if (::ioctl(slave.get(), 0x402C542B /* TCSETS2 */, &tio) != 0)
     return Status::FromErrno(errno, "restore the terminal settings of " + path);
-  if (::ioctl(slave.get(), TIOCSWINSZ, f.data.data() + 44) != 0)
+  if (::ioctl(slave.get(), TIOCSWINSZ, &ws) != 0)
     return Status::FromErrno(errno, "restore the window size of " + path);
   int raw = master.get();
   ptys_[f.pos] = {std::move(master), std::move(slave)};

@@ -17,6 +17,7 @@
 #include "engine/core/capture_internal.h"
 #include "engine/core/fd/fd_kind.h"
 #include "engine/core/restore_internal.h"
+#include "engine/format/fd_payloads.h"
 
 namespace stasis::core {
 namespace {
@@ -39,7 +40,7 @@ Status CaptureSocket(capture::Capturer* cap, capture::ProcState* p, const FdSeen
                                         (known ? "; --close-sockets saves it as closed" : ""));
     f->kind = format::kFileUnixSocket;
     f->sock_type = net.type;
-    f->sock_state = 7;  // comes back as a socket whose peer has closed
+    f->sock_state = format::kSockClose;  // comes back as a socket whose peer has closed
     f->sock_inode = static_cast<uint64_t>(s.st.st_ino);
     f->fd_flags |= format::kFdOutside;
     f->path = net.text;
@@ -52,7 +53,7 @@ Status CaptureSocket(capture::Capturer* cap, capture::ProcState* p, const FdSeen
   f->sock_inode = u.inode;
   f->peer_id = u.peer;
   f->path = u.name;
-  if (u.state == 10 && u.rqueue > 0)
+  if (u.state == format::kSockListen && u.rqueue > 0)
     return Status::Error(EBUSY, "cannot checkpoint " + where + ": listening socket " +
                                     (u.name.empty() ? s.link : u.name) + " has " +
                                     std::to_string(u.rqueue) +
@@ -99,7 +100,7 @@ Status Capturer::ClassifySockets() {
       if (f.peer_id && !inside.count(f.peer_id) && options_.close_outside_sockets) {
         f.fd_flags |= format::kFdOutside;
         f.peer_id = 0;
-        f.sock_state = 7;  // comes back as a socket whose peer has closed
+        f.sock_state = format::kSockClose;  // comes back as a socket whose peer has closed
         continue;
       }
       if (f.peer_id && !inside.count(f.peer_id)) {
@@ -117,20 +118,18 @@ Status Capturer::ClassifySockets() {
   return Status::Ok();
 }
 
-// The receive queue of a socket as {u32 length, bytes} records: the whole
-// byte stream for SOCK_STREAM, one record per datagram otherwise.
+// The receive queue of a socket (format::DecodeSocketQueue's records): the
+// whole byte stream for SOCK_STREAM, one record per datagram otherwise.
 Status Capturer::PeekSocket(pid_t pid, FileDesc* f) {
   const uint32_t queued = (*unix_)[f->sock_inode].rqueue;
-  if (queued == 0 || f->sock_state == 10) return Status::Ok();
+  if (queued == 0 || f->sock_state == format::kSockListen) return Status::Ok();
   UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   if (!pidfd) return Status::FromErrno(errno, "pidfd_open " + Pid(pid));
   UniqueFd sock(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), f->fd, 0)));
   if (!sock)
     return Status::FromErrno(errno, "take socket fd " + std::to_string(f->fd) + " of " + Pid(pid));
   auto append = [&](const char* data, size_t n) {
-    uint32_t len = static_cast<uint32_t>(n);
-    f->data.append(reinterpret_cast<const char*>(&len), 4);
-    f->data.append(data, n);
+    format::AppendSocketQueueRecord(&f->data, std::string_view(data, n));
   };
   std::vector<char> buf(1 << 20);
   if (f->sock_type == SOCK_STREAM) {
@@ -162,20 +161,17 @@ Status Capturer::PeekSocket(pid_t pid, FileDesc* f) {
 
 namespace restore {
 
-// Sends saved receive-queue records into `to` through `from` (its peer, or
+// Sends a socket's saved receive queue into it through `from` (its peer, or
 // a temporary socket for a bound datagram socket).
-Status Refill(int from, const std::string& records, const sockaddr_un* dest, socklen_t dest_len) {
-  size_t off = 0;
-  while (off + 4 <= records.size()) {
-    uint32_t len;
-    std::memcpy(&len, records.data() + off, 4);
-    off += 4;
-    if (len > records.size() - off) return Status::Corrupt("socket queue record overruns its data");
-    ssize_t n = dest ? ::sendto(from, records.data() + off, len, MSG_DONTWAIT,
+Status Refill(int from, const FileDesc& f, const sockaddr_un* dest, socklen_t dest_len) {
+  auto queue = format::DecodeSocketQueue(f.data);
+  if (!queue) return queue.error().Prefixed("socket fd " + std::to_string(f.fd));
+  for (std::string_view m : *queue) {
+    ssize_t n = dest ? ::sendto(from, m.data(), m.size(), MSG_DONTWAIT,
                                 reinterpret_cast<const sockaddr*>(dest), dest_len)
-                     : ::send(from, records.data() + off, len, MSG_DONTWAIT);
-    if (n != static_cast<ssize_t>(len)) return Status::FromErrno(errno, "refill socket queue");
-    off += len;
+                     : ::send(from, m.data(), m.size(), MSG_DONTWAIT);
+    if (n != static_cast<ssize_t>(m.size()))
+      return Status::FromErrno(errno, "refill the queue of socket fd " + std::to_string(f.fd));
   }
   return Status::Ok();
 }
@@ -202,7 +198,7 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
       return Status::FromErrno(errno, "create closed socket for " + what);
     mine.reset(sv[0]);
     UniqueFd gone(sv[1]);
-  } else if (f.sock_state == 1 && type != SOCK_DGRAM && !f.peer_id) {
+  } else if (f.sock_state == format::kSockEstablished && type != SOCK_DGRAM && !f.peer_id) {
     // Connected, and its peer has closed (sock_diag names no peer): a
     // socketpair whose other end holds what was still queued, then closes.
     int sv[2];
@@ -210,11 +206,12 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
       return Status::FromErrno(errno, "create socket for " + what);
     mine.reset(sv[0]);
     UniqueFd gone(sv[1]);
-    if (!f.data.empty()) STASIS_RETURN_IF_ERROR(Refill(gone.get(), f.data, nullptr, 0));
+    if (!f.data.empty()) STASIS_RETURN_IF_ERROR(Refill(gone.get(), f, nullptr, 0));
   } else if (f.peer_id) {
     // A connected pair inside the checkpoint: one socketpair for both ends.
     auto it = sockets_.find(f.sock_inode);
-    if (it == sockets_.end() && !f.path.empty() && f.sock_state == 1 && type != SOCK_DGRAM) {
+    if (it == sockets_.end() && !f.path.empty() && f.sock_state == format::kSockEstablished &&
+        type != SOCK_DGRAM) {
       // An accepted connection (it carries its listener's name): connect a
       // new client to a listener at that name and accept it, so both ends
       // have their names again (getsockname, getpeername).
@@ -242,10 +239,9 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
       sockets_[f.peer_id] = UniqueFd(sv[1]);
       it = sockets_.find(f.sock_inode);
     }
-    if (!f.data.empty())
-      STASIS_RETURN_IF_ERROR(Refill(sockets_[f.peer_id].get(), f.data, nullptr, 0));
+    if (!f.data.empty()) STASIS_RETURN_IF_ERROR(Refill(sockets_[f.peer_id].get(), f, nullptr, 0));
     mine.reset(::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
-  } else if (f.sock_state == 10 && !f.path.empty()) {
+  } else if (f.sock_state == format::kSockListen && !f.path.empty()) {
     // A listener: the one already made at its name for an accepted
     // connection, or a new one.
     std::string name = f.path[0] == '@' ? f.path : Relocate(f.path);
@@ -255,7 +251,7 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
       sockaddr_un addr;
       socklen_t len = UnixAddress(name, &addr);
       UniqueFd tmp(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-      STASIS_RETURN_IF_ERROR(Refill(tmp.get(), f.data, &addr, len));
+      STASIS_RETURN_IF_ERROR(Refill(tmp.get(), f, &addr, len));
     }
   } else {
     mine.reset(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
@@ -271,11 +267,11 @@ Result<UniqueFd> Restorer::MakeSocket(const FileDesc& f) {
       if (::bind(mine.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0)
         return Status::FromErrno(errno, "cannot restore " + what + ": bind " + name);
     }
-    if (f.sock_state == 10 && ::listen(mine.get(), 128) != 0)
+    if (f.sock_state == format::kSockListen && ::listen(mine.get(), 128) != 0)
       return Status::FromErrno(errno, "cannot restore " + what + ": listen");
     if (!f.data.empty() && len) {
       UniqueFd tmp(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-      STASIS_RETURN_IF_ERROR(Refill(tmp.get(), f.data, &addr, len));
+      STASIS_RETURN_IF_ERROR(Refill(tmp.get(), f, &addr, len));
     }
   }
   if (!mine) return Status::FromErrno(errno, "dup " + what);
