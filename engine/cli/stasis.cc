@@ -18,6 +18,7 @@
 #include "engine/core/context_file.h"
 #include "engine/daemon/client.h"
 #include "engine/format/context_io.h"
+#include "engine/format/tcp_state.h"
 #include "engine/store/store.h"
 
 namespace {
@@ -58,6 +59,8 @@ const char* FileKindName(uint32_t kind) {
     case format::kFileTimerfd: return "timerfd";
     case format::kFilePtyMaster: return "ptmx";
     case format::kFilePtySlave: return "pts";
+    case format::kFileTcpSocket:
+      return "tcp";
   }
   return "other";
 }
@@ -128,6 +131,17 @@ void Show(const std::string& file, const format::Context& ctx) {
                   !(f.fd_flags & format::kFdOutside)           ? ""
                   : f.kind == format::kFileUnixSocket ? " (led outside: restored closed)"
                                                       : " (outside: reattached to stdio)");
+      if (f.kind == format::kFileTcpSocket) {
+        auto t = format::DecodeTcpState(f.tcp);
+        if (!t) {
+          std::printf("          tcp: %s\n", t.error().message().c_str());
+          continue;
+        }
+        std::printf("          tcp state %u%s sendq %zu (unsent %u) recvq %zu seq %u/%u%s\n",
+                    t->state, t->peer_place == format::kTcpPeerHere ? " peer-here" : "",
+                    t->send_queue.size(), t->unsent, t->recv_queue.size(), t->send_seq, t->recv_seq,
+                    t->state == 10 ? (" backlog " + std::to_string(t->backlog)).c_str() : "");
+      }
     }
   }
 }

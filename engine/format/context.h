@@ -290,6 +290,7 @@ enum FileKind : uint32_t {
   kFilePtyMaster = 12,  // a pty master (/dev/ptmx) of the checkpoint: pos = its index,
                         // data = struct termios2 (44 bytes) + struct winsize (8)
   kFilePtySlave = 13,   // /dev/pts/<pos> whose master is in the checkpoint; data as above
+  kFileTcpSocket = 14,  // a TCP socket (IPv4/IPv6): `tcp` holds its TcpState (tcp_state.h)
 };
 
 enum FdFlags : uint32_t {
@@ -315,6 +316,7 @@ struct FileDesc {
   uint32_t sock_type = 0;   // SOCK_STREAM/SOCK_DGRAM/SOCK_SEQPACKET
   uint32_t sock_state = 0;  // as sock_diag reports it (1 connected, 10 listening)
   uint64_t sock_inode = 0;  // the socket's own inode (peer_id is its peer's)
+  std::string tcp;          // kFileTcpSocket: the encoded TcpState (tcp_state.h)
   bool operator==(const FileDesc&) const = default;
 };
 

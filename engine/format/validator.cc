@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/format/format_constants.h"
+#include "engine/format/tcp_state.h"
 
 namespace stasis::format::internal {
 namespace {
@@ -248,6 +249,12 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     const FileDesc& f = files[i];
     std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
     if (f.fd < 0) return Status::Corrupt(where + "negative fd");
+    if (f.kind == kFileTcpSocket) {  // its own payload, checked whole by its decoder
+      auto tcp = DecodeTcpState(f.tcp);
+      if (!tcp) return Status::Corrupt(where + tcp.error().message());
+      fds.push_back(f.fd);
+      continue;
+    }
     if (f.kind > kFilePtySlave) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
     if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && (f.data.size() != 52 || f.pos > (1u << 20)))
       return Status::Corrupt(where + "pty of " + Str(f.data.size()) + " bytes of state, index " + Str(f.pos));
