@@ -96,7 +96,7 @@ static void Fill(struct conn *c) {
 
 /* Both directions of every connection to the end, checked byte by byte. */
 static void Finish(struct conn *cs, int n, const char *who) {
-  uint64_t deadline = zdtm_now_ms() + 60000;
+  uint64_t deadline = zdtm_now_ms() + 30000;
   for (;;) {
     struct pollfd p[kMaxConn];
     int busy = 0;

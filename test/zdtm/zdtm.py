@@ -1159,6 +1159,52 @@ def test_tcp_continue(h):
             code, tail(h.path("test.log"))))
 
 
+def test_neg_tcp_unprivileged(h):
+    """A user's own direct cr_checkpoint (no stasisd) of a program with TCP
+    connections inside it: refused with one line naming the connection and
+    CAP_NET_ADMIN (repair mode needs it), no context written, the program
+    runs on and finishes correctly."""
+    h.need_cli()
+    h.need_root("creating users and running processes as them")
+    if not shutil.which("setpriv"):
+        raise Skip("setpriv is not installed (util-linux)")
+    owner = ensure_user("stasis-zdtm-owner")
+    prog = PROGRAMS["tcp"]
+    h.make_dir("neg_tcp_unprivileged")
+    os.chmod(h.dir, 0o755)
+    os.chown(h.dir, owner.pw_uid, owner.pw_gid)
+    env = h.env(prog)
+    env.update({"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    for name in ("test.log", "test.err"):
+        open(h.path(name), "a").close()
+        os.chown(h.path(name), owner.pw_uid, owner.pw_gid)
+    launcher = spawn(as_user(owner, [h.tool("cr_run")] + h.resolve(prog.argv)), h.dir, env,
+                     h.path("test.log"), h.path("test.err"))
+    deadline = time.monotonic() + prog.ready_timeout
+    while not os.path.exists(h.path("ready")):
+        if REAPER.done(launcher) is not None or time.monotonic() > deadline:
+            raise Fail("the program did not start as %s: %s" % (owner.pw_name,
+                                                             tail(h.path("test.err"))))
+        time.sleep(0.01)
+    pid = int(read_text(h.path("ready")).split()[1])
+    ctx = h.path("ctx")
+    res = run_cmd(as_user(owner, [h.tool("cr_checkpoint"), "--no-daemon", "-f", ctx, str(pid)]),
+                  h.dir, 60, env=env)
+    problems = one_line_failure("a user's cr_checkpoint --no-daemon of TCP connections", res,
+                                ["CAP_NET_ADMIN"])
+    err = res.stderr.decode(errors="replace")
+    if "TCP 127.0.0.1:" not in err and "TCP [::1]:" not in err:
+        problems.append("the error does not name the connection: %r" % err.strip())
+    if os.path.exists(ctx):
+        problems.append("a context exists after the refused checkpoint")
+    h.request_check()
+    code = REAPER.wait(launcher, 90)
+    if code != 0 or "PASS tcp" not in read_text(h.path("test.log")).splitlines():
+        problems.append("the program after the refusal exited %s: %s" % (
+            code, tail(h.path("test.log"))))
+    expect(problems)
+
+
 def test_neg_net_socket(h):
     """A TCP socket leads outside the checkpoint: without --close-sockets
     cr_checkpoint refuses with one line naming the socket and the option,
@@ -1510,6 +1556,7 @@ SPECIAL = {
     "neg_corrupt_file": test_neg_corrupt_file,
     "neg_net_socket": test_neg_net_socket,
     "tcp_continue": test_tcp_continue,
+    "neg_tcp_unprivileged": test_neg_tcp_unprivileged,
     "stdio_targets": test_stdio_targets,
     "file_deps": test_file_deps,
     "neg_no_such_pid": test_neg_no_such_pid,

@@ -335,8 +335,8 @@ Status Capturer::ClassifyTcpSockets() {
         continue;
       }
       if (errno == EPERM)
-        return Status::Error(EPERM, "cannot checkpoint " + where + ": " + Describe(e.t) +
-                                        " TCP connection: " + kNeedsCap);
+        return Status::Error(
+            EPERM, "cannot checkpoint " + where + ": " + Describe(e.t) + ": " + kNeedsCap);
       return Status::FromErrno(errno, "cannot checkpoint " + where + ": TCP_REPAIR");
     }
     Status st = SetRepair(b.get(), 1);
@@ -623,7 +623,7 @@ Result<UniqueFd> OpenTcpSocket(Restorer* r, const RProc* p, const FileDesc& f) {
     } else {
       const FileDesc* pf = FindSocket(r->procs_, t.peer_inode);
       STASIS_RETURN_IF_ERROR(ListenersFirst(r, t));
-      STASIS_ASSIGN_OR_RETURN(mine, BuildEnd(t, desc + " TCP connection"));
+      STASIS_ASSIGN_OR_RETURN(mine, BuildEnd(t, desc));
       if (!pf) {
         // The peer comes in a later process: park a copy of this end.
         UniqueFd parked(::fcntl(mine.get(), F_DUPFD_CLOEXEC, 0));
