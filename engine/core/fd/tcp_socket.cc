@@ -10,6 +10,7 @@
 // namespace: root's cr_checkpoint/cr_restart and stasisd have it, a user's
 // direct cr_checkpoint is refused with one line.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
@@ -235,6 +236,35 @@ Status ReadRepairState(int sock, TcpState* t) {
 
 bool SeqBefore(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
 
+// Which of `inodes` a process outside `ours` holds too (a listener the
+// tasks inherited from slurmstepd, say), with one such pid each. Processes
+// we may not look into are skipped.
+std::map<uint64_t, pid_t> HeldOutside(const std::set<uint64_t>& inodes, const std::set<pid_t>& ours) {
+  std::map<uint64_t, pid_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (!proc) return out;
+  const pid_t self = ::getpid();
+  while (dirent* d = ::readdir(proc)) {
+    char* end = nullptr;
+    long pid = std::strtol(d->d_name, &end, 10);
+    if (pid <= 0 || *end || pid == self || ours.count(static_cast<pid_t>(pid))) continue;
+    const std::string dir = std::string("/proc/") + d->d_name + "/fd";
+    DIR* fds = ::opendir(dir.c_str());
+    if (!fds) continue;
+    while (dirent* e = ::readdir(fds)) {
+      char link[64];
+      ssize_t n = ::readlinkat(::dirfd(fds), e->d_name, link, sizeof link - 1);
+      if (n <= 8 || std::strncmp(link, "socket:[", 8) != 0) continue;
+      link[n] = '\0';
+      uint64_t ino = std::strtoull(link + 8, nullptr, 10);
+      if (inodes.count(ino)) out.emplace(ino, static_cast<pid_t>(pid));
+    }
+    ::closedir(fds);
+  }
+  ::closedir(proc);
+  return out;
+}
+
 }  // namespace
 
 // THE decision for an established connection: where is its other end? In
@@ -296,18 +326,43 @@ Status Capturer::ClassifyTcpSockets() {
     FileDesc* f;
     TcpState t;
   };
+  // A socket a process outside the checkpoint holds too leads outside: the
+  // other holder goes on using it, and a listener's port stays taken.
+  std::set<uint64_t> tcp;
+  std::set<pid_t> ours;
+  for (auto& p : procs_) {
+    ours.insert(p->pid);
+    if (p->snap) ours.insert(p->snap);
+    for (FileDesc& f : p->files)
+      if (f.kind == format::kFileTcpSocket) tcp.insert(f.sock_inode);
+  }
+  if (tcp.empty()) return Status::Ok();
+  std::map<uint64_t, std::string> payload;  // inode -> encoded state, or "" (led outside)
+  for (const auto& [inode, holder] : HeldOutside(tcp, ours)) {
+    if (!options_.close_outside_sockets) {
+      for (auto& p : procs_)
+        for (FileDesc& f : p->files)
+          if (f.kind == format::kFileTcpSocket && f.sock_inode == inode)
+            return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + " fd " +
+                                              std::to_string(f.fd) + ": " + f.path +
+                                              " socket is shared with " + Pid(holder) +
+                                              " outside the checkpoint; --close-sockets saves "
+                                              "it as closed");
+    }
+    payload[inode] = "";
+  }
   std::map<uint64_t, End> ends;  // established, by socket inode (first holder)
   std::map<std::pair<std::string, std::string>, uint64_t> by_addr;
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
       if (f.kind != format::kFileTcpSocket || f.sock_state != TCP_ESTABLISHED) continue;
+      if (payload.count(f.sock_inode)) continue;  // held outside too
       if (ends.count(f.sock_inode)) continue;
       STASIS_ASSIGN_OR_RETURN(TcpState t, format::DecodeTcpState(f.tcp));
       by_addr[{format::TcpAddressText(t.local), format::TcpAddressText(t.remote)}] = f.sock_inode;
       ends[f.sock_inode] = End{p.get(), &f, std::move(t)};
     }
   }
-  std::map<uint64_t, std::string> payload;  // inode -> encoded state, or "" (led outside)
   for (auto& [inode, e] : ends) {
     if (payload.count(inode)) continue;
     const std::string where = Pid(e.p->pid) + " fd " + std::to_string(e.f->fd);
