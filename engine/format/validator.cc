@@ -252,6 +252,11 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     if (f.kind == kFileTcpSocket) {  // its own payload, checked whole by its decoder
       auto tcp = DecodeTcpState(f.tcp);
       if (!tcp) return Status::Corrupt(where + tcp.error().message());
+      if (tcp->peer_place == kTcpPeerHere) {
+        auto [it, added] = tcp_peers_.emplace(f.sock_inode, tcp->peer_inode);
+        if (!added && it->second != tcp->peer_inode)
+          return Status::Corrupt(where + "TCP socket " + Str(f.sock_inode) + " names two peers");
+      }
       fds.push_back(f.fd);
       continue;
     }
@@ -380,6 +385,12 @@ Status ContextValidator::End(EndCounts* counts) {
   if (processes_seen_ < tree_.processes.size()) {
     return Status::Corrupt("End before the Process of pid " +
                            Str(tree_.processes[processes_seen_].pid));
+  }
+  for (const auto& [inode, peer] : tcp_peers_) {
+    auto back = tcp_peers_.find(peer);
+    if (back == tcp_peers_.end() || back->second != inode)
+      return Status::Corrupt("TCP socket " + Str(inode) + " names peer " + Str(peer) +
+                             ", which is not a TCP socket connected to it in this context");
   }
   stage_ = Stage::kDone;
   *counts = counts_;

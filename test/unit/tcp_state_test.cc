@@ -8,6 +8,9 @@
 
 #include <string>
 
+#include "engine/format/context_io.h"
+#include "test/unit/test_util.h"
+
 namespace stasis::format {
 namespace {
 
@@ -111,6 +114,26 @@ TEST(TcpState, RefusesGarbledPayloads) {
   auto r = DecodeTcpState(bad);
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("TCP payload"), std::string::npos) << r.error().message();
+}
+
+// A context whose TCP connection names a peer that is not there (or not
+// connected back to it) is refused whole: restore rebuilds both ends
+// together and would otherwise leave one in repair mode.
+TEST(TcpState, ContextRefusesAConnectionWithoutItsPeer) {
+  Context ctx = testing::MakeFullContext();
+  StringSink ok;
+  ASSERT_TRUE(testing::WriteContext(ctx, &ok).ok());
+  for (auto& p : ctx.processes)
+    for (auto& f : p.files)
+      if (f.kind == kFileTcpSocket && f.sock_inode == 4245) {
+        TcpState t = DecodeTcpState(f.tcp).value();
+        t.peer_inode = 999;
+        f.tcp = EncodeTcpState(t).value();
+      }
+  StringSink sink;
+  Status s = testing::WriteContext(ctx, &sink);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("names peer"), std::string::npos) << s.message();
 }
 
 }  // namespace

@@ -275,6 +275,14 @@ Context MakeFullContext() {
       t.recv_queue = "received";
       tcp.tcp = EncodeTcpState(t).value();
       pi.files.push_back(tcp);
+      // ... and its other end (each names the other).
+      std::swap(t.local, t.remote);
+      t.peer_inode = 4244;
+      tcp.fd = 8;
+      tcp.object_id = 15;
+      tcp.sock_inode = 4245;
+      tcp.tcp = EncodeTcpState(t).value();
+      pi.files.push_back(tcp);
     }
 
     for (uint32_t tid : e.tids) pi.threads.push_back(MakeThread(tid));

@@ -221,6 +221,15 @@ int main(void) {
     setsockopt(cs[i].fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     fcntl(cs[i].fd, F_SETFL, O_NONBLOCK);
   }
+  /* A socket bound but neither listening nor connected, with keepalive. */
+  int bound = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in b4 = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t b4len = sizeof b4;
+  int one = 1;
+  if (bound < 0 || setsockopt(bound, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0 ||
+      bind(bound, (struct sockaddr *)&b4, sizeof b4) != 0 ||
+      getsockname(bound, (struct sockaddr *)&b4, &b4len) != 0)
+    zdtm_die("bound socket: %s", strerror(errno));
   if (!zdtm_link_hear_from_kid(&link, 30000)) zdtm_die("the child did not fill its side");
   for (int i = 0; i < nl; ++i) Fill(&cs[i]);
   zdtm_sleep_ms(200); /* loopback settles: full windows both ways */
@@ -233,6 +242,18 @@ int main(void) {
     recv(cs[0].fd, rbuf, 100, MSG_DONTWAIT);
   }
   zdtm_link_tell_kid(&link, 'g');
+  {
+    struct sockaddr_in now;
+    socklen_t nlen = sizeof now;
+    int ka = 0;
+    socklen_t kalen = sizeof ka;
+    if (getsockname(bound, (struct sockaddr *)&now, &nlen) != 0 || now.sin_port != b4.sin_port ||
+        now.sin_addr.s_addr != b4.sin_addr.s_addr)
+      zdtm_fail_note("parent: the bound socket lost its address (port %u, want %u)",
+                     ntohs(now.sin_port), ntohs(b4.sin_port));
+    if (getsockopt(bound, SOL_SOCKET, SO_KEEPALIVE, &ka, &kalen) != 0 || !ka)
+      zdtm_fail_note("parent: the bound socket lost SO_KEEPALIVE");
+  }
   Finish(cs, nl, "parent");
   CheckOptions(cs, nl, "parent", 1);
   for (int i = 0; i < nl; ++i) {

@@ -101,7 +101,7 @@ bool IsBound(const TcpAddress& a) {
 
 std::string Describe(const TcpState& s) {
   if (s.state == TCP_LISTEN) return "TCP " + format::TcpAddressText(s.local) + " listening";
-  if (s.state == TCP_ESTABLISHED)
+  if (s.remote.family)
     return "TCP " + format::TcpAddressText(s.local) + " to " + format::TcpAddressText(s.remote);
   return "TCP " + format::TcpAddressText(s.local);
 }
@@ -134,11 +134,12 @@ Status ReadPlainState(int sock, const std::string& where, TcpState* t) {
   sockaddr_storage ss{};
   socklen_t sl = sizeof ss;
   if (::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &sl) == 0) t->local = FromSockaddr(ss);
-  if (t->state == TCP_ESTABLISHED) {
+  if (t->state != TCP_LISTEN && t->state != TCP_CLOSE) {
     sl = sizeof ss;
-    if (::getpeername(sock, reinterpret_cast<sockaddr*>(&ss), &sl) != 0)
+    if (::getpeername(sock, reinterpret_cast<sockaddr*>(&ss), &sl) == 0)
+      t->remote = FromSockaddr(ss);
+    else if (t->state == TCP_ESTABLISHED)
       return Status::FromErrno(errno, "cannot checkpoint " + where + ": getpeername");
-    t->remote = FromSockaddr(ss);
   }
   if (t->state == TCP_LISTEN) t->backlog = info.tcpi_sacked;  // sk_max_ack_backlog
   if (IntOpt(sock, SOL_SOCKET, SO_REUSEADDR)) t->flags |= format::kTcpReuseAddr;
@@ -286,18 +287,26 @@ format::TcpPeerPlace TcpPeerInside(
 // UNIX one: TCP sockets become kFileTcpSocket; the rest leads outside.
 Status CaptureNetSocket(capture::Capturer* cap, capture::ProcState* p, const FdSeen& s,
                         FileDesc* f) {
-  NetSocketInfo net;
-  bool known = FindNetSocket(p->pid, static_cast<uint64_t>(s.st.st_ino), &net);
-  if (!known)
-    return Status::Error(ENOTSUP, "cannot checkpoint " + s.where + ": " + s.link +
-                                      " (not a UNIX, TCP or UDP socket) leads outside the "
-                                      "checkpoint");
-  if (net.type != SOCK_STREAM) return LeadsOutside(cap, s, net.text, net.type, f);
+  // The family from the socket itself: /proc/net/tcp lists no socket that
+  // is only bound, or fresh.
   STASIS_ASSIGN_OR_RETURN(UniqueFd sock, TakeFd(p->pid, s.fd));
+  const int domain = IntOpt(sock.get(), SOL_SOCKET, SO_DOMAIN);
+  const bool is_tcp = (domain == AF_INET || domain == AF_INET6) &&
+                      IntOpt(sock.get(), SOL_SOCKET, SO_TYPE) == SOCK_STREAM &&
+                      IntOpt(sock.get(), SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP;
+  if (!is_tcp) {
+    NetSocketInfo net;
+    if (!FindNetSocket(p->pid, static_cast<uint64_t>(s.st.st_ino), &net))
+      return Status::Error(ENOTSUP, "cannot checkpoint " + s.where + ": " + s.link +
+                                        " (not a UNIX, TCP or UDP socket) leads outside the "
+                                        "checkpoint");
+    return LeadsOutside(cap, s, net.text, net.type, f);
+  }
   TcpState t;
   STASIS_RETURN_IF_ERROR(ReadPlainState(sock.get(), s.where, &t));
   if (t.state != TCP_ESTABLISHED && t.state != TCP_LISTEN && t.state != TCP_CLOSE)
-    return LeadsOutside(cap, s, net.text + " (state " + std::to_string(t.state) + ")", net.type, f);
+    return LeadsOutside(cap, s, Describe(t) + " (TCP state " + std::to_string(t.state) + ")",
+                        SOCK_STREAM, f);
   if (t.state == TCP_LISTEN) {
     tcp_info info{};
     socklen_t len = sizeof info;
