@@ -8,6 +8,9 @@
  * checkpoint each direction has bytes in the receiver's receive queue and
  * in the sender's send queue (unacknowledged and unsent ones).
  *
+ * With ZDTM_TCP_AUTOTUNED the buffers are the kernel's own (autotuned, a
+ * few MiB queued).
+ *
  * Check (each process for its ends): write the rest of kTotal bytes while
  * reading the peer's kTotal bytes, every byte compared with the pattern at
  * its offset (nothing lost, nothing duplicated, in order); shut down the
@@ -30,7 +33,7 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kTotal = 4 << 20, kChunk = 65536, kBuf = 32768, kMaxConn = 2 };
+enum { kTotal = 32 << 20, kChunk = 65536, kBuf = 32768, kMaxConn = 2 };
 
 struct conn {
   int fd;
@@ -42,6 +45,7 @@ struct conn {
 static char wbuf[kChunk], rbuf[kChunk];
 
 static void SetSmallBuffers(int fd) {
+  if (getenv("ZDTM_TCP_AUTOTUNED")) return; /* the kernel's buffers, growing */
   int v = kBuf;
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
@@ -84,7 +88,7 @@ static int Connect(const struct sockaddr_storage *addr, socklen_t len) {
 
 /* Writes the stream until the kernel takes no more (non-blocking). */
 static void Fill(struct conn *c) {
-  for (;;) {
+  while (c->sent + kChunk <= kTotal) {
     zdtm_pattern_fill(wbuf, kChunk, c->out_seed, c->sent);
     ssize_t n = send(c->fd, wbuf, kChunk, MSG_DONTWAIT);
     if (n < 0 && errno == EINTR) continue;

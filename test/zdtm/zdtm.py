@@ -724,6 +724,8 @@ PROGRAMS = {
     "pipes_half_closed": Prog(["@zdtm_pipes_half_closed"]),
     # Issue 20: TCP connections with both ends in the checkpoint.
     "tcp": Prog(["@zdtm_tcp"], after_ckpt=tcp_queues_check),
+    "tcp_autotuned": Prog(["@zdtm_tcp"], verdict="tcp", env={"ZDTM_TCP_AUTOTUNED": "1"},
+                          after_ckpt=tcp_queues_check),
 }
 
 

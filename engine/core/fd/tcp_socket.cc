@@ -514,14 +514,6 @@ void RestoreOptions(int fd, const TcpState& t) {
   if (t.keepcnt) SetInt(fd, IPPROTO_TCP, TCP_KEEPCNT, static_cast<int>(t.keepcnt));
 }
 
-// getsockopt reports twice what setsockopt was given.
-void RestoreBuffers(int fd, const TcpState& t, bool privileged) {
-  if (t.sndbuf)
-    SetInt(fd, SOL_SOCKET, privileged ? SO_SNDBUFFORCE : SO_SNDBUF, static_cast<int>(t.sndbuf / 2));
-  if (t.rcvbuf)
-    SetInt(fd, SOL_SOCKET, privileged ? SO_RCVBUFFORCE : SO_RCVBUF, static_cast<int>(t.rcvbuf / 2));
-}
-
 Status Bind(int fd, const TcpAddress& a) {
   sockaddr_storage ss;
   socklen_t len = ToSockaddr(a, &ss);
@@ -532,14 +524,26 @@ Status Bind(int fd, const TcpAddress& a) {
 
 // Sends all of `data` (a queue refill in repair mode, or unsent bytes in
 // normal mode); smaller pieces when the kernel refuses a large one.
-Status SendAll(int fd, const std::string& data, const char* what) {
+Status SendAll(int fd, const std::string& data, const char* what, bool* grown) {
   size_t off = 0, chunk = 256 << 10;
   while (off < data.size()) {
     size_t n = std::min(chunk, data.size() - off);
     ssize_t got = ::send(fd, data.data() + off, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (got <= 0) {
-      if (chunk > 1024 && (got == 0 || errno == ENOMEM || errno == EAGAIN)) {
+      const bool room = got == 0 || errno == ENOMEM || errno == EAGAIN;
+      if (room && chunk > 1024) {
         chunk /= 2;
+        continue;
+      }
+      if (room && !*grown) {
+        // The queue does not fit the buffers as they are (skb overheads
+        // differ from the original's): room for it, the recorded sizes
+        // are set again afterwards.
+        const int size = static_cast<int>(std::min<size_t>(data.size() * 4 + (1 << 20), 1 << 30));
+        SetInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, size);
+        SetInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size);
+        *grown = true;
+        chunk = 256 << 10;
         continue;
       }
       return Status::FromErrno(got == 0 ? EIO : errno, std::string("refill the ") + what);
@@ -549,9 +553,21 @@ Status SendAll(int fd, const std::string& data, const char* what) {
   return Status::Ok();
 }
 
+// The recorded buffer sizes where they differ from the socket's now (a
+// refill may have grown them). A size left alone keeps the kernel's
+// autotuning, which setting it would switch off. Beyond the system's
+// maximum only with privilege (FORCE).
+void RecordedBuffers(int fd, const TcpState& t, bool privileged) {
+  if (t.rcvbuf && IntOpt(fd, SOL_SOCKET, SO_RCVBUF) != static_cast<int>(t.rcvbuf))
+    SetInt(fd, SOL_SOCKET, privileged ? SO_RCVBUFFORCE : SO_RCVBUF, static_cast<int>(t.rcvbuf / 2));
+  if (t.sndbuf && IntOpt(fd, SOL_SOCKET, SO_SNDBUF) != static_cast<int>(t.sndbuf))
+    SetInt(fd, SOL_SOCKET, privileged ? SO_SNDBUFFORCE : SO_SNDBUF, static_cast<int>(t.sndbuf / 2));
+}
+
 // One end of a connection, in repair mode with its queues (all but the
 // unsent bytes) and window; still in repair mode when it returns.
 Result<UniqueFd> BuildEnd(const TcpState& t, const std::string& what) {
+  bool grown = false;
   UniqueFd fd(::socket(static_cast<int>(t.local.family), SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return Status::FromErrno(errno, "cannot restore " + what + ": socket");
   const int on = 1;
@@ -565,11 +581,6 @@ Result<UniqueFd> BuildEnd(const TcpState& t, const std::string& what) {
   // forced reuse that lets this end share its listener's port).
   if (t.local.family == AF_INET6 && (t.flags & format::kTcpV6Only))
     SetInt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1);
-  // Room for the queues while they are refilled (the recorded sizes last).
-  const int room =
-      static_cast<int>(std::max(t.send_queue.size(), t.recv_queue.size()) * 2 + (1 << 20));
-  SetInt(fd.get(), SOL_SOCKET, SO_SNDBUFFORCE, room);
-  SetInt(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, room);
   Status st = Bind(fd.get(), t.local);
   if (!st.ok()) return fail(st);
   st = SetQueue(fd.get(), TCP_SEND_QUEUE);
@@ -600,10 +611,10 @@ Result<UniqueFd> BuildEnd(const TcpState& t, const std::string& what) {
       ::setsockopt(fd.get(), IPPROTO_TCP, TCP_TIMESTAMP, &t.timestamp, sizeof t.timestamp) != 0)
     return fail(Status::FromErrno(errno, "TCP_TIMESTAMP"));
   st = SetQueue(fd.get(), TCP_RECV_QUEUE);
-  if (st.ok()) st = SendAll(fd.get(), t.recv_queue, "receive queue");
+  if (st.ok()) st = SendAll(fd.get(), t.recv_queue, "receive queue", &grown);
   if (st.ok()) st = SetQueue(fd.get(), TCP_SEND_QUEUE);
   if (st.ok())
-    st = SendAll(fd.get(), t.send_queue.substr(0, t.send_queue.size() - t.unsent), "send queue");
+    st = SendAll(fd.get(), t.send_queue.substr(0, t.send_queue.size() - t.unsent), "send queue", &grown);
   if (st.ok()) st = SetQueue(fd.get(), TCP_NO_QUEUE);
   if (!st.ok()) return fail(st);
   tcp_repair_window w{t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup};
@@ -616,27 +627,28 @@ Result<UniqueFd> BuildEnd(const TcpState& t, const std::string& what) {
 // back) with their options and recorded receive buffers, then the bytes
 // that were never sent are sent for real (into the peer's recorded window),
 // then the recorded send buffers.
-Status FinishPair(int a, const TcpState& ta, const std::string& what_a, int b, const TcpState& tb,
-                  const std::string& what_b) {
-  const struct {
+Status FinishPair(int a, const TcpState& ta, const std::string& what_a, int b,
+                  const TcpState& tb, const std::string& what_b) {
+  struct End {
     int fd;
     const TcpState& t;
     const std::string& what;
   } ends[2] = {{a, ta, what_a}, {b, tb, what_b}};
-  for (const auto& e : ends) {
+  for (End& e : ends) {
     Status st = SetRepair(e.fd, TCP_REPAIR_OFF);
     if (!st.ok()) return st.Prefixed("cannot restore " + e.what);
     RestoreOptions(e.fd, e.t);
-    if (e.t.rcvbuf) SetInt(e.fd, SOL_SOCKET, SO_RCVBUFFORCE, static_cast<int>(e.t.rcvbuf / 2));
+    if (e.t.rcvbuf && IntOpt(e.fd, SOL_SOCKET, SO_RCVBUF) != static_cast<int>(e.t.rcvbuf))
+      SetInt(e.fd, SOL_SOCKET, SO_RCVBUFFORCE, static_cast<int>(e.t.rcvbuf / 2));
   }
-  for (const auto& e : ends) {
+  for (End& e : ends) {
     if (!e.t.unsent) continue;
-    Status st =
-        SendAll(e.fd, e.t.send_queue.substr(e.t.send_queue.size() - e.t.unsent), "unsent bytes");
+    bool grown = false;
+    Status st = SendAll(e.fd, e.t.send_queue.substr(e.t.send_queue.size() - e.t.unsent),
+                        "unsent bytes", &grown);
     if (!st.ok()) return st.Prefixed("cannot restore " + e.what);
   }
-  for (const auto& e : ends)
-    if (e.t.sndbuf) SetInt(e.fd, SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(e.t.sndbuf / 2));
+  for (End& e : ends) RecordedBuffers(e.fd, e.t, true);
   return Status::Ok();
 }
 
@@ -728,7 +740,7 @@ Result<UniqueFd> OpenTcpSocket(Restorer* r, const RProc* p, const FileDesc& f) {
     if (t.state == TCP_LISTEN && ::listen(mine.get(), static_cast<int>(t.backlog)) != 0)
       return Status::FromErrno(errno, "cannot restore " + desc + ": listen");
     SetInt(mine.get(), SOL_SOCKET, SO_REUSEADDR, (t.flags & format::kTcpReuseAddr) ? 1 : 0);
-    RestoreBuffers(mine.get(), t, false);
+    RecordedBuffers(mine.get(), t, false);
   }
   if (f.open_flags & O_NONBLOCK) ::fcntl(mine.get(), F_SETFL, O_NONBLOCK);
   return mine;
