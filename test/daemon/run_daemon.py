@@ -287,6 +287,15 @@ def case_tcp():
     rows = re.findall(r"tcp state 1 peer-here sendq (\d+) \(unsent \d+\) recvq (\d+)", shown)
     if len(rows) < 2 or any(int(a) == 0 or int(b) == 0 for a, b in rows):
         fail(f"the context's TCP connections (send, receive queue): {rows}")
+    # The user's own restorer (no stasisd) may not use repair mode.
+    p = subprocess.run(as_user(user, [tool("cr_restart"), "--no-daemon", "--no-restore-pid", ctx]),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60,
+                       cwd=folder, env=env)
+    lines = p.stderr.strip().splitlines()
+    if p.returncode == 0 or len(lines) != 1 or "CAP_NET_ADMIN" not in lines[0]:
+        fail(f"a user's cr_restart --no-daemon of TCP connections: exit {p.returncode}, "
+             f"stderr {lines}")
+    print(f"OK {user}: direct cr_restart refused: {lines[0]}")
     r = restart_in_background(user, d.sock, ctx)
     for _ in range(1500):
         if os.path.exists(f"/proc/{pid}") or r.poll() is not None:
