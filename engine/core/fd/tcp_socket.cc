@@ -240,7 +240,8 @@ bool SeqBefore(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0;
 // Which of `inodes` a process outside `ours` holds too (a listener the
 // tasks inherited from slurmstepd, say), with one such pid each. Processes
 // we may not look into are skipped.
-std::map<uint64_t, pid_t> HeldOutside(const std::set<uint64_t>& inodes, const std::set<pid_t>& ours) {
+std::map<uint64_t, pid_t> HeldOutside(const std::set<uint64_t>& inodes,
+                                      const std::set<pid_t>& ours) {
   std::map<uint64_t, pid_t> out;
   DIR* proc = ::opendir("/proc");
   if (!proc) return out;
@@ -614,7 +615,8 @@ Result<UniqueFd> BuildEnd(const TcpState& t, const std::string& what) {
   if (st.ok()) st = SendAll(fd.get(), t.recv_queue, "receive queue", &grown);
   if (st.ok()) st = SetQueue(fd.get(), TCP_SEND_QUEUE);
   if (st.ok())
-    st = SendAll(fd.get(), t.send_queue.substr(0, t.send_queue.size() - t.unsent), "send queue", &grown);
+    st = SendAll(fd.get(), t.send_queue.substr(0, t.send_queue.size() - t.unsent), "send queue",
+                 &grown);
   if (st.ok()) st = SetQueue(fd.get(), TCP_NO_QUEUE);
   if (!st.ok()) return fail(st);
   tcp_repair_window w{t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup};
@@ -627,8 +629,8 @@ Result<UniqueFd> BuildEnd(const TcpState& t, const std::string& what) {
 // back) with their options and recorded receive buffers, then the bytes
 // that were never sent are sent for real (into the peer's recorded window),
 // then the recorded send buffers.
-Status FinishPair(int a, const TcpState& ta, const std::string& what_a, int b,
-                  const TcpState& tb, const std::string& what_b) {
+Status FinishPair(int a, const TcpState& ta, const std::string& what_a, int b, const TcpState& tb,
+                  const std::string& what_b) {
   struct End {
     int fd;
     const TcpState& t;
