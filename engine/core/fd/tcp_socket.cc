@@ -17,6 +17,7 @@
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "engine/core/capture_internal.h"
 #include "engine/core/fd/fd_kind.h"
@@ -269,16 +271,22 @@ std::map<uint64_t, pid_t> HeldOutside(const std::set<uint64_t>& inodes,
 
 }  // namespace
 
+// An established connection's identity as its peer would see it: the
+// network namespace (two namespaces may both use 127.0.0.1) and the
+// address pair, local first.
+using TcpEndpoints = std::tuple<uint64_t, std::string, std::string>;
+
 // THE decision for an established connection: where is its other end? In
-// this capture when a captured socket has the mirrored address pair. This
-// is the hook for MPI across nodes: a later step answers kTcpPeerOtherNode
-// for a peer frozen in another node's capture of the same epoch (traffic
-// stopped by a netfilter rule per connection, both ends rebuilt together,
-// addresses rewritten when nodes changed). Today: here or outside (None).
-format::TcpPeerPlace TcpPeerInside(
-    const TcpState& s, const std::map<std::pair<std::string, std::string>, uint64_t>& here,
-    uint64_t* peer_inode) {
-  auto it = here.find({format::TcpAddressText(s.remote), format::TcpAddressText(s.local)});
+// this capture when a captured socket of the same network namespace has the
+// mirrored address pair. This is the hook for MPI across nodes: a later
+// step answers kTcpPeerOtherNode for a peer frozen in another node's
+// capture of the same epoch (traffic stopped by a netfilter rule per
+// connection, both ends rebuilt together, addresses rewritten when nodes
+// changed). Today: here or outside (None).
+format::TcpPeerPlace TcpPeerInside(const TcpState& s, uint64_t netns,
+                                   const std::map<TcpEndpoints, uint64_t>& here,
+                                   uint64_t* peer_inode) {
+  auto it = here.find({netns, format::TcpAddressText(s.remote), format::TcpAddressText(s.local)});
   if (it == here.end()) return format::kTcpPeerNone;
   *peer_inode = it->second;
   return format::kTcpPeerHere;
@@ -335,6 +343,7 @@ Status Capturer::ClassifyTcpSockets() {
     ProcState* p;
     FileDesc* f;
     TcpState t;
+    uint64_t netns;
   };
   // A socket a process outside the checkpoint holds too leads outside: the
   // other holder goes on using it, and a listener's port stays taken.
@@ -362,22 +371,33 @@ Status Capturer::ClassifyTcpSockets() {
     payload[inode] = "";
   }
   std::map<uint64_t, End> ends;  // established, by socket inode (first holder)
-  std::map<std::pair<std::string, std::string>, uint64_t> by_addr;
+  std::map<TcpEndpoints, uint64_t> by_addr;
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
       if (f.kind != format::kFileTcpSocket || f.sock_state != TCP_ESTABLISHED) continue;
       if (payload.count(f.sock_inode)) continue;  // held outside too
       if (ends.count(f.sock_inode)) continue;
       STASIS_ASSIGN_OR_RETURN(TcpState t, format::DecodeTcpState(f.tcp));
-      by_addr[{format::TcpAddressText(t.local), format::TcpAddressText(t.remote)}] = f.sock_inode;
-      ends[f.sock_inode] = End{p.get(), &f, std::move(t)};
+      STASIS_ASSIGN_OR_RETURN(UniqueFd sock, TakeFd(p->pid, f.fd));
+      // The socket's own namespace (SIOCGSKNS needs CAP_NET_ADMIN; without
+      // it, the holder's, which repair mode would refuse anyway).
+      UniqueFd ns(::ioctl(sock.get(), SIOCGSKNS));
+      struct stat nst {};
+      const std::string holder_ns = "/proc/" + std::to_string(p->pid) + "/ns/net";
+      if (ns ? ::fstat(ns.get(), &nst) != 0 : ::stat(holder_ns.c_str(), &nst) != 0)
+        return Status::FromErrno(errno, "cannot checkpoint " + Pid(p->pid) + " fd " +
+                                            std::to_string(f.fd) + ": its network namespace");
+      const uint64_t netns = static_cast<uint64_t>(nst.st_ino);
+      by_addr[{netns, format::TcpAddressText(t.local), format::TcpAddressText(t.remote)}] =
+          f.sock_inode;
+      ends[f.sock_inode] = End{p.get(), &f, std::move(t), netns};
     }
   }
   for (auto& [inode, e] : ends) {
     if (payload.count(inode)) continue;
     const std::string where = Pid(e.p->pid) + " fd " + std::to_string(e.f->fd);
     uint64_t peer = 0;
-    format::TcpPeerPlace place = TcpPeerInside(e.t, by_addr, &peer);
+    format::TcpPeerPlace place = TcpPeerInside(e.t, e.netns, by_addr, &peer);
     auto outside = [&](const std::string& why) -> Status {
       if (!options_.close_outside_sockets)
         return Status::Error(
