@@ -19,6 +19,7 @@
 #include "engine/daemon/client.h"
 #include "engine/format/context_io.h"
 #include "engine/format/kind_names.h"
+#include "engine/format/tcp_state.h"
 #include "engine/store/store.h"
 
 namespace {
@@ -106,6 +107,17 @@ void Show(const std::string& file, const format::Context& ctx) {
                   !(f.fd_flags & format::kFdOutside)  ? ""
                   : f.kind == format::kFileUnixSocket ? " (led outside: restored closed)"
                                                       : " (outside: reattached to stdio)");
+      if (f.kind == format::kFileTcpSocket) {
+        auto t = format::DecodeTcpState(f.tcp);
+        if (!t) {
+          std::printf("          tcp: %s\n", t.error().message().c_str());
+          continue;
+        }
+        std::printf("          tcp state %u%s sendq %zu (unsent %u) recvq %zu seq %u/%u%s\n",
+                    t->state, t->peer_place == format::kTcpPeerHere ? " peer-here" : "",
+                    t->send_queue.size(), t->unsent, t->recv_queue.size(), t->send_seq, t->recv_seq,
+                    t->state == format::kSockListen ? (" backlog " + std::to_string(t->backlog)).c_str() : "");
+      }
     }
   }
 }

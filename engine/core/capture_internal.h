@@ -217,6 +217,8 @@ class Capturer {
   std::map<uint64_t, Shm> shms_;
   std::optional<std::map<uint64_t, UnixSocketInfo>> unix_;
   Status ClassifySockets();
+  // fd/tcp_socket.cc: pairs TCP connections, reads both ends in repair mode.
+  Status ClassifyTcpSockets();
   void ClassifyPtys();
   Status PeekSocket(pid_t pid, FileDesc* f);
   Result<long> Inject(ProcState* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,

@@ -153,6 +153,7 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
   STASIS_RETURN_IF_ERROR(ClassifySockets());
+  STASIS_RETURN_IF_ERROR(ClassifyTcpSockets());
   ClassifyPtys();
   STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
   // Shared memory and pipe data are written; what follows comes from the

@@ -22,7 +22,7 @@
 namespace stasis::core {
 
 extern const FdKindOps kFdRegular, kFdDirectory, kFdPtyMaster, kFdTty, kFdCharDevice, kFdPtySlave,
-    kFdPipe, kFdFifo, kFdUnixSocket, kFdEpoll, kFdEventfd, kFdSignalfd, kFdTimerfd;
+    kFdPipe, kFdFifo, kFdUnixSocket, kFdEpoll, kFdEventfd, kFdSignalfd, kFdTimerfd, kFdTcpSocket;
 
 namespace {
 
@@ -43,6 +43,7 @@ const FdKindOps* const kFdKinds[] = {
     &kFdEventfd,     // fd/event.cc
     &kFdSignalfd,    // fd/event.cc
     &kFdTimerfd,     // fd/event.cc
+    &kFdTcpSocket,   // fd/tcp_socket.cc: never claimed (the UNIX row hands it over)
 };
 
 }  // namespace

@@ -509,8 +509,9 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
 }
 
 // Becomes `uid`/`gid`/`groups` for good, keeping only
-// CAP_CHECKPOINT_RESTORE (choosing pids with clone3 set_tid). The restored
-// tree inherits it and has it taken away before it runs
+// CAP_CHECKPOINT_RESTORE (choosing pids with clone3 set_tid) and
+// CAP_NET_ADMIN (rebuilding TCP connections in repair mode). The restored
+// tree inherits them and has them taken away before it runs
 // (RestoreOptions::drop_capabilities).
 Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return Status::FromErrno(errno, "PR_SET_KEEPCAPS");
@@ -523,9 +524,10 @@ Status BecomeOwner(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
   } header{0x20080522, 0};
   struct {
     uint32_t effective, permitted, inheritable;
-  } data[2] = {{0, 0, 0}, {1u << (40 - 32), 1u << (40 - 32), 0}};  // CAP_CHECKPOINT_RESTORE = 40
+  } data[2] = {{1u << 12, 1u << 12, 0},  // CAP_NET_ADMIN = 12: TCP repair mode (fd/tcp_socket.cc)
+               {1u << (40 - 32), 1u << (40 - 32), 0}};  // CAP_CHECKPOINT_RESTORE = 40
   if (::syscall(SYS_capset, &header, data) != 0)
-    return Status::FromErrno(errno, "keep CAP_CHECKPOINT_RESTORE");
+    return Status::FromErrno(errno, "keep CAP_CHECKPOINT_RESTORE and CAP_NET_ADMIN");
   ::prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
   // Changing uids made us undumpable; the tree we fork must stay the
   // user's to inspect and checkpoint.

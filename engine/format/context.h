@@ -299,6 +299,7 @@ enum FileKind : uint32_t {
   kFilePtyMaster = 12,  // a pty master (/dev/ptmx) of the checkpoint: pos = its index,
                         // data = TerminalState (termios2 and window size)
   kFilePtySlave = 13,   // /dev/pts/<pos> whose master is in the checkpoint; data as above
+  kFileTcpSocket = 14,  // a TCP socket (IPv4/IPv6): `tcp` holds its TcpState (tcp_state.h)
 };
 
 enum FdFlags : uint32_t {
@@ -342,6 +343,7 @@ struct FileDesc {
   uint32_t sock_type = 0;   // SOCK_STREAM/SOCK_DGRAM/SOCK_SEQPACKET
   uint32_t sock_state = 0;  // SocketState, as sock_diag reports it
   uint64_t sock_inode = 0;  // the socket's own inode (peer_id is its peer's)
+  std::string tcp;          // kFileTcpSocket: the encoded TcpState (tcp_state.h)
   bool operator==(const FileDesc&) const = default;
 };
 

@@ -280,6 +280,7 @@ enum FileDesc : uint32_t {
   kFileSockType = 12,
   kFileSockState = 13,
   kFileSockInode = 14,
+  kFileTcp = 15,  // bytes: an encoded TcpState (tcp_state.h), TCP sockets only
 };
 
 enum Pages : uint32_t {

@@ -33,6 +33,8 @@ const char* FileKindName(uint32_t kind) {
       return "ptmx";
     case kFilePtySlave:
       return "pts";
+    case kFileTcpSocket:
+      return "tcp";
   }
   return "other";
 }

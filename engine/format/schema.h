@@ -189,6 +189,8 @@ void Fields(V& v, S& m) {
   v.U32(tag::kFileSockType, "sock_type", m.sock_type);
   v.U32(tag::kFileSockState, "sock_state", m.sock_state);
   v.U64(tag::kFileSockInode, "sock_inode", m.sock_inode);
+  // Written only when set: contexts without TCP sockets keep their bytes.
+  if (!WritesOnly<V>() || !m.tcp.empty()) v.Bytes(tag::kFileTcp, "tcp", m.tcp);
 }
 
 // --- whole section payloads --------------------------------------------------

@@ -7,6 +7,7 @@
 
 #include "engine/format/fd_payloads.h"
 #include "engine/format/format_constants.h"
+#include "engine/format/tcp_state.h"
 
 namespace stasis::format::internal {
 namespace {
@@ -269,6 +270,17 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     const FileDesc& f = files[i];
     std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
     if (f.fd < 0) return Status::Corrupt(where + "negative fd");
+    if (f.kind == kFileTcpSocket) {  // its own payload, checked whole by its decoder
+      auto tcp = DecodeTcpState(f.tcp);
+      if (!tcp) return Status::Corrupt(where + tcp.error().message());
+      if (tcp->peer_place == kTcpPeerHere) {
+        auto [it, added] = tcp_peers_.emplace(f.sock_inode, tcp->peer_inode);
+        if (!added && it->second != tcp->peer_inode)
+          return Status::Corrupt(where + "TCP socket " + Str(f.sock_inode) + " names two peers");
+      }
+      fds.push_back(f.fd);
+      continue;
+    }
     if (f.kind > kFilePtySlave) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
     if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && f.pos > (1u << 20))
       return Status::Corrupt(where + "pty index " + Str(f.pos));
@@ -393,6 +405,12 @@ Status ContextValidator::End(EndCounts* counts) {
   if (processes_seen_ < tree_.processes.size()) {
     return Status::Corrupt("End before the Process of pid " +
                            Str(tree_.processes[processes_seen_].pid));
+  }
+  for (const auto& [inode, peer] : tcp_peers_) {
+    auto back = tcp_peers_.find(peer);
+    if (back == tcp_peers_.end() || back->second != inode)
+      return Status::Corrupt("TCP socket " + Str(inode) + " names peer " + Str(peer) +
+                             ", which is not a TCP socket connected to it in this context");
   }
   stage_ = Stage::kDone;
   *counts = counts_;

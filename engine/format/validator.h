@@ -74,6 +74,9 @@ class ContextValidator {
   bool has_parent_ = false;                  // the Image names a parent
   bool parent_seen_ = false;                 // ParentPages of the current process
   std::vector<PageRun> parent_runs_;         // ... and its runs
+  // TCP connections with both ends here: socket inode -> its peer's; each
+  // must name the other by End (fd/tcp_socket.cc rebuilds them in pairs).
+  std::unordered_map<uint64_t, uint64_t> tcp_peers_;
   Status CheckNotInParent(const std::vector<PageRun>& runs) const;
 };
 

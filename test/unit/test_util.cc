@@ -15,6 +15,7 @@
 #include "engine/format/crc32c.h"
 #include "engine/format/field_codec.h"
 #include "engine/format/format_constants.h"
+#include "engine/format/tcp_state.h"
 
 namespace stasis::format::testing {
 
@@ -254,6 +255,35 @@ Context MakeFullContext() {
     pipe.sock_state = 1;
     pipe.sock_inode = 4243;
     pi.files = {tty, pipe};
+    {  // A TCP connection with both queues (issue 20).
+      FileDesc tcp;
+      tcp.fd = 7;
+      tcp.kind = kFileTcpSocket;
+      tcp.path = "TCP 127.0.0.1:40000 to 127.0.0.1:5000";
+      tcp.object_id = 14;
+      tcp.sock_type = 1;
+      tcp.sock_state = 1;
+      tcp.sock_inode = 4244;
+      TcpState t;
+      t.state = 1;
+      t.peer_place = kTcpPeerHere;
+      t.peer_inode = 4245;
+      t.local = {2, std::string("\x7f\0\0\1", 4), 40000, 0};
+      t.remote = {2, std::string("\x7f\0\0\1", 4), 5000, 0};
+      t.send_queue = "unacked then unsent";
+      t.unsent = 6;
+      t.recv_queue = "received";
+      tcp.tcp = EncodeTcpState(t).value();
+      pi.files.push_back(tcp);
+      // ... and its other end (each names the other).
+      std::swap(t.local, t.remote);
+      t.peer_inode = 4244;
+      tcp.fd = 8;
+      tcp.object_id = 15;
+      tcp.sock_inode = 4245;
+      tcp.tcp = EncodeTcpState(t).value();
+      pi.files.push_back(tcp);
+    }
 
     for (uint32_t tid : e.tids) pi.threads.push_back(MakeThread(tid));
 

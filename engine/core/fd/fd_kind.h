@@ -2,7 +2,8 @@
 //
 // Every fd kind (format::FileKind) has one row, defined in the file of its
 // family (fd/regular.cc, fd/pipe.cc, fd/unix_socket.cc, fd/terminal.cc,
-// fd/event.cc), and the ordered table of rows is in fd_table.cc. Adding a
+// fd/event.cc, fd/tcp_socket.cc), and the ordered table of rows is in
+// fd_table.cc. Adding a
 // kind is one file (or a row in an existing family's file) plus one line in
 // that table; the fd table code (capture loop, kcmp identity, pidfd_getfd
 // and dup3 placement) never changes.

@@ -1,7 +1,7 @@
 // UNIX sockets, both directions: pairs inside the checkpoint, listeners and
 // the connections accepted through them, receive queues (peeked at capture,
 // refilled at restore), and sockets leading outside (refused, or saved as
-// closed with --close-sockets, network ones included).
+// closed with --close-sockets). Network sockets are fd/tcp_socket.cc's.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -24,28 +24,20 @@ namespace {
 
 using format::FileDesc;
 
+}  // namespace
+
+// fd/tcp_socket.cc: a socket sock_diag does not list as a UNIX one.
+Status CaptureNetSocket(capture::Capturer* cap, capture::ProcState* p, const FdSeen& s,
+                        FileDesc* f);
+
+namespace {
+
 Status CaptureSocket(capture::Capturer* cap, capture::ProcState* p, const FdSeen& s, FileDesc* f) {
   const std::string& where = s.where;
   STASIS_ASSIGN_OR_RETURN(auto* table, cap->UnixSockets());
   auto it = table->find(static_cast<uint64_t>(s.st.st_ino));
-  if (it == table->end()) {
-    // A network socket leads outside by nature (slurmstepd's PMIx
-    // listener, which every `srun --mpi=pmix` task inherits, is one).
-    NetSocketInfo net;
-    bool known = FindNetSocket(p->pid, static_cast<uint64_t>(s.st.st_ino), &net);
-    std::string what = known ? net.text + " socket" : s.link + " (not a UNIX, TCP or UDP socket)";
-    if (!known || !cap->options_.close_outside_sockets)
-      return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + what +
-                                        " leads outside the checkpoint" +
-                                        (known ? "; --close-sockets saves it as closed" : ""));
-    f->kind = format::kFileUnixSocket;
-    f->sock_type = net.type;
-    f->sock_state = format::kSockClose;  // comes back as a socket whose peer has closed
-    f->sock_inode = static_cast<uint64_t>(s.st.st_ino);
-    f->fd_flags |= format::kFdOutside;
-    f->path = net.text;
-    return Status::Ok();
-  }
+  // Not a UNIX socket: TCP and the other network sockets (fd/tcp_socket.cc).
+  if (it == table->end()) return CaptureNetSocket(cap, p, s, f);
   const UnixSocketInfo& u = it->second;
   f->kind = format::kFileUnixSocket;
   f->sock_type = u.type;
