@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package stasis needs to build and to run all test
-# tiers (unit, integration, cluster, kmod). Idempotent and non-interactive:
+# tiers (unit, integration, cluster, kmod, install). Idempotent and non-interactive:
 # when everything is already installed it only runs one dpkg-query and exits.
 # Run as root (or through sudo); it never reads stdin.
 set -euo pipefail
@@ -32,7 +32,14 @@ cluster_pkgs=(
 kmod_pkgs=(
   linux-headers-amd64 qemu-system-x86 busybox-static cpio kmod dkms openssl
 )
-pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}" "${cluster_pkgs[@]}" "${kmod_pkgs[@]}")
+# Install tier (test/install): the .deb route needs dpkg/apt (always there);
+# the prefix route is loaded with Lmod, the environment modules most HPC
+# sites run (it reads the Tcl modulefile stasis installs).
+install_pkgs=(
+  lmod
+)
+pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}" "${cluster_pkgs[@]}" "${kmod_pkgs[@]}"
+  "${install_pkgs[@]}")
 
 # Prints the packages of "$@" that are not fully installed (one dpkg-query).
 not_installed() {

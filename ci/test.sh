@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test tier through CTest:
-# unit, integration, cluster, kmod (the CTest labels). A tier with no tests yet
+# unit, integration, cluster, kmod, install (the CTest labels). A tier with no tests yet
 # passes; a skipped test is listed with its reason and never counted as a
 # pass. Exits non-zero if any test failed. Optional arguments: the tiers to
-# run (default: all four).
+# run (default: all five).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 build_dir=${STASIS_BUILD_DIR:-build}
 tiers=("$@")
-[[ ${#tiers[@]} -gt 0 ]] || tiers=(unit integration cluster kmod)
+[[ ${#tiers[@]} -gt 0 ]] || tiers=(unit integration cluster kmod install)
 
 bash ci/setup.sh
 bash ci/build.sh
@@ -48,11 +48,11 @@ done
 
 # A test without a tier label would never run above: run it, and say so.
 if [[ $# -eq 0 ]]; then
-  unlabelled=$(ctest --test-dir "$build_dir" -N -LE '^(unit|integration|cluster|kmod)$' |
+  unlabelled=$(ctest --test-dir "$build_dir" -N -LE '^(unit|integration|cluster|kmod|install)$' |
     grep -c '^ *Test *#' || true)
   if [[ $unlabelled -gt 0 ]]; then
-    echo "warning: $unlabelled tests carry no tier label (unit, integration, cluster, kmod)"
-    run_tier unlabelled 1 -LE '^(unit|integration|cluster|kmod)$'
+    echo "warning: $unlabelled tests carry no tier label (unit, integration, cluster, kmod, install)"
+    run_tier unlabelled 1 -LE '^(unit|integration|cluster|kmod|install)$'
   fi
 fi
 

@@ -40,46 +40,50 @@ if(_stasis_man_outputs)
   add_custom_target(stasis_man_pages ALL DEPENDS ${_stasis_man_outputs})
 endif()
 
-# --- systemd unit. With prefix /usr: /lib/systemd/system (Debian 12's unit
-# folder; the same folder as /usr/lib/systemd/system on merged-/usr systems).
+# --- systemd unit and example configuration. Where they go is decided when
+# installing, not when configuring, so `cmake --install B --prefix P` of a
+# folder configured for /usr keeps them under P too:
+#   prefix /usr: /lib/systemd/system (Debian 12's unit folder, the same as
+#     /usr/lib/systemd/system on merged-/usr systems) and /etc/stasis;
+#   any other prefix: PREFIX/lib/systemd/system and PREFIX/etc/stasis, which
+#     is where stasisd and cr_checkpoint of that prefix look for stasis.yaml
+#     (engine/base/install_paths.h), wherever the prefix is moved.
+# STASIS_SYSTEMD_UNITDIR puts the unit elsewhere (e.g. /etc/systemd/system
+# for a prefix install the site wants systemd to see).
+# packaging/stasisd.service names /usr/sbin/stasisd and /etc/stasis: the
+# installed copy names the installed paths.
 set(STASIS_SYSTEMD_UNITDIR "" CACHE PATH
   "Where stasisd.service is installed (empty: /lib/systemd/system for prefix /usr, else lib/systemd/system under the prefix)")
-if(STASIS_SYSTEMD_UNITDIR)
-  set(_stasis_unitdir ${STASIS_SYSTEMD_UNITDIR})
-elseif(CMAKE_INSTALL_PREFIX STREQUAL "/usr")
-  set(_stasis_unitdir /lib/systemd/system)
-else()
-  set(_stasis_unitdir lib/systemd/system)
-endif()
-# packaging/stasisd.service names /usr/sbin/stasisd and /etc/stasis: for
-# another prefix, a copy that names the installed paths.
-if(CMAKE_INSTALL_PREFIX STREQUAL "/usr")
-  set(_stasis_unit ${STASIS_PACKAGING_DIR}/stasisd.service)
-else()
-  file(READ ${STASIS_PACKAGING_DIR}/stasisd.service _unit_text)
-  string(REPLACE "/usr/sbin/stasisd" "${CMAKE_INSTALL_FULL_SBINDIR}/stasisd" _unit_text "${_unit_text}")
-  string(REPLACE "/etc/stasis/" "${CMAKE_INSTALL_FULL_SYSCONFDIR}/stasis/" _unit_text "${_unit_text}")
-  set(_stasis_unit ${PROJECT_BINARY_DIR}/packaging/stasisd.service)
-  file(CONFIGURE OUTPUT ${_stasis_unit} CONTENT "${_unit_text}" @ONLY)
-  set_property(DIRECTORY ${PROJECT_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
-    ${STASIS_PACKAGING_DIR}/stasisd.service)
-endif()
-install(FILES ${_stasis_unit} DESTINATION ${_stasis_unitdir})
-
-# --- Example configuration: /etc/stasis/stasis.yaml for prefix /usr, else
-# <prefix>/etc/stasis. The .deb ships it as a conffile (dpkg keeps an admin's
-# changes). A plain `cmake --install` (no DESTDIR) never overwrites an
-# existing, different stasis.yaml: it installs stasis.yaml.example beside it.
-if(CMAKE_INSTALL_PREFIX STREQUAL "/usr")
-  set(STASIS_CONFIG_INSTALL_DIR /etc/stasis)
-  set(_stasis_conf_dest /etc/stasis)
-else()
-  set(STASIS_CONFIG_INSTALL_DIR ${CMAKE_INSTALL_SYSCONFDIR}/stasis)
-  set(_stasis_conf_dest "\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_SYSCONFDIR}/stasis")
-endif()
+set_property(DIRECTORY ${PROJECT_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
+  ${STASIS_PACKAGING_DIR}/stasisd.service)
+# The .deb's conffile (cpack builds only for prefix /usr).
+set(STASIS_CONFIG_INSTALL_DIR /etc/stasis)
 install(CODE "
+  if(CMAKE_INSTALL_PREFIX STREQUAL \"/usr\")
+    set(_sbin /usr/sbin)
+    set(_dir /etc/stasis)
+    set(_unitdir /lib/systemd/system)
+  else()
+    set(_sbin \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_SBINDIR}\")
+    set(_dir \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_SYSCONFDIR}/stasis\")
+    set(_unitdir \"\${CMAKE_INSTALL_PREFIX}/lib/systemd/system\")
+  endif()
+  if(NOT \"${STASIS_SYSTEMD_UNITDIR}\" STREQUAL \"\")
+    set(_unitdir \"${STASIS_SYSTEMD_UNITDIR}\")
+  endif()
+  file(READ \"${STASIS_PACKAGING_DIR}/stasisd.service\" _unit)
+  string(REPLACE /usr/sbin/stasisd \"\${_sbin}/stasisd\" _unit \"\${_unit}\")
+  string(REPLACE /etc/stasis/ \"\${_dir}/\" _unit \"\${_unit}\")
+  file(WRITE \"${PROJECT_BINARY_DIR}/packaging/stasisd.service\" \"\${_unit}\")
+  # file(INSTALL) puts DESTDIR in front of the destination itself.
+  file(INSTALL DESTINATION \"\${_unitdir}\" TYPE FILE
+       PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ
+       FILES \"${PROJECT_BINARY_DIR}/packaging/stasisd.service\")
+
+  # The example configuration. The .deb ships it as a conffile (dpkg keeps an
+  # admin's changes). A plain `cmake --install` (no DESTDIR) never overwrites
+  # an existing, different stasis.yaml: it installs stasis.yaml.example.
   set(_src \"${STASIS_PACKAGING_DIR}/stasis.yaml\")
-  set(_dir \"${_stasis_conf_dest}\")
   set(_name stasis.yaml)
   if(\"\$ENV{DESTDIR}\" STREQUAL \"\" AND EXISTS \"\${_dir}/stasis.yaml\")
     file(SHA256 \"\${_src}\" _new)
@@ -89,11 +93,23 @@ install(CODE "
       set(_name stasis.yaml.example)
     endif()
   endif()
-  # file(INSTALL) puts DESTDIR in front of the destination itself.
   file(INSTALL DESTINATION \"\${_dir}\" TYPE FILE
        PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ
        RENAME \${_name} FILES \"\${_src}\")
 ")
+
+# --- Environment module: PREFIX/share/modulefiles/stasis/<version>, one Tcl
+# modulefile for Lmod and environment-modules (`module use
+# PREFIX/share/modulefiles; module load stasis`). It finds its prefix from
+# its own location, so it needs relative install folders; with an absolute
+# one (a -DCMAKE_INSTALL_LIBDIR=/abs, say) it names that folder as it is.
+set(STASIS_MODULE_DIR ${CMAKE_INSTALL_DATADIR}/modulefiles/stasis)
+file(RELATIVE_PATH STASIS_MODULE_TO_PREFIX ${CMAKE_INSTALL_FULL_DATADIR}/modulefiles/stasis
+     ${CMAKE_INSTALL_PREFIX})
+configure_file(${STASIS_PACKAGING_DIR}/modules/stasis.tcl.in
+               ${PROJECT_BINARY_DIR}/packaging/modulefile @ONLY)
+install(FILES ${PROJECT_BINARY_DIR}/packaging/modulefile DESTINATION ${STASIS_MODULE_DIR}
+        RENAME ${PROJECT_VERSION})
 
 # --- CPack: one Debian package, stasis_<version>_<arch>.deb.
 set(CPACK_GENERATOR DEB)

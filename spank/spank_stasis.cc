@@ -31,6 +31,7 @@ extern "C" {
 #include <exception>
 #include <string>
 
+#include "engine/base/install_paths.h"
 #include "spank/interval.h"
 
 // SPANK_PLUGIN(stasis, 1), spelled out: in C++ a const at namespace scope
@@ -305,7 +306,19 @@ void PreloadPmixAgent(spank_t sp, uint32_t step) {
   spank_setenv(sp, "LD_PRELOAD", preload.c_str(), 1);
 }
 
+// stasis-step and libstasis_pmix.so installed with this plugin (found from
+// the plugin's own folder, so a moved prefix still works), else the
+// configured paths; plugstack.conf's tool= and pmix_agent= override both.
+void FindInstalledHelpers() {
+  const std::string dir = stasis::ObjectDir(reinterpret_cast<const void*>(&FindInstalledHelpers));
+  std::string tool = stasis::ExistingPath(dir, "../" STASIS_REL_LIB_TO_BIN "/stasis-step", X_OK);
+  if (!tool.empty()) g_site.tool = tool;
+  std::string agent = stasis::ExistingPath(dir, "../libstasis_pmix.so", R_OK);
+  if (!agent.empty()) g_site.pmix_agent = agent;
+}
+
 int Init(spank_t sp, int ac, char** av) {
+  FindInstalledHelpers();
   for (int i = 0; i < ac; ++i) {
     if (!ParseSiteArg(av[i])) {
       slurm_error(

@@ -57,6 +57,9 @@
 #ifndef STASIS_INSTALL_BINDIR
 #define STASIS_INSTALL_BINDIR "/usr/local/bin"
 #endif
+#ifndef STASIS_REL_LIB_TO_BIN
+#define STASIS_REL_LIB_TO_BIN "../bin"
+#endif
 
 /* ---------------------------------------------------------------- futex */
 
@@ -998,8 +1001,9 @@ EXPORT int cri_init_checkpoint_args_t(cr_version_t version, cr_checkpoint_args_t
   return 0;
 }
 
-/* Where cr_checkpoint is: $STASIS_CR_CHECKPOINT, next to this library
- * (build tree: ../cli, installed: ../bin), or the install prefix. */
+/* Where cr_checkpoint is: $STASIS_CR_CHECKPOINT, the one installed with
+ * this library (bindir relative to libdir, so a moved prefix still works),
+ * the build tree's (../cli), or the configured bindir. */
 static int find_helper(char *out, size_t n) {
   const char *env = getenv("STASIS_CR_CHECKPOINT");
   if (env && *env) {
@@ -1011,7 +1015,7 @@ static int find_helper(char *out, size_t n) {
     char self[PATH_MAX];
     snprintf(self, sizeof self, "%s", info.dli_fname);
     char *dir = dirname(self);
-    const char *rel[] = {"/../cli/cr_checkpoint", "/../bin/cr_checkpoint"};
+    const char *rel[] = {"/" STASIS_REL_LIB_TO_BIN "/cr_checkpoint", "/../cli/cr_checkpoint"};
     for (size_t i = 0; i < 2; ++i) {
       snprintf(out, n, "%s%s", dir, rel[i]);
       if (access(out, X_OK) == 0) return 0;

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/base/install_paths.h"
 #include "engine/cli/cli_common.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/context_file.h"
@@ -332,7 +333,8 @@ int main(int argc, char** argv) {
   if (!epoch_req.dir.empty() && (!keep_given || !bandwidth_given)) {
     // The site's defaults: retention and bandwidth_limit of stasis.yaml(5).
     const char* path = std::getenv("STASIS_CONFIG");
-    auto config = stasis::daemon::LoadConfig(path ? path : "/etc/stasis/stasis.yaml", true);
+    auto config = stasis::daemon::LoadConfig(
+        path ? path : stasis::SiteConfigPath(STASIS_REL_BIN_TO_PREFIX), true);
     if (!config && config.error().code() != EACCES) Fail(config.error().message(), EINVAL);
     if (config && !keep_given) epoch_req.keep = config->retention;
     if (config && !bandwidth_given) epoch_req.write.bandwidth = config->bandwidth_limit;

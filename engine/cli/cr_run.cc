@@ -11,26 +11,22 @@
 #include <cstring>
 #include <string>
 
+#include "engine/base/install_paths.h"
 #include "engine/cli/cli_common.h"
 
 namespace {
 
-// libcr.so.0: $STASIS_LIBCR, next to this binary (build tree: ../agent,
-// installed: ../lib), or the install libdir.
+// libcr.so.0: $STASIS_LIBCR, else the one installed with this binary (the
+// libdir relative to bindir, so a moved prefix still works), else the one
+// in the build tree (../agent), else the configured libdir.
 std::string LibcrPath() {
   const char* env = std::getenv("STASIS_LIBCR");
   if (env && *env) return ::access(env, R_OK) == 0 ? env : "";
-  char self[4096];
-  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    self[n] = 0;
-    std::string dir(self);
-    dir = dir.substr(0, dir.rfind('/'));
-    for (const char* rel : {"/../agent/libcr.so.0", "/../lib/libcr.so.0"}) {
-      std::string p = dir + rel;
-      char real[4096];
-      if (::realpath(p.c_str(), real) && ::access(real, R_OK) == 0) return real;
-    }
+  const std::string dir = stasis::SelfDir();
+  for (std::string rel : {std::string(STASIS_REL_BIN_TO_LIB) + "/libcr.so.0",
+                          std::string("../agent/libcr.so.0")}) {
+    std::string p = stasis::ExistingPath(dir, rel, R_OK);
+    if (!p.empty()) return p;
   }
   std::string p = std::string(STASIS_INSTALL_LIBDIR) + "/libcr.so.0";
   return ::access(p.c_str(), R_OK) == 0 ? p : "";

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "engine/base/install_paths.h"
 #include "engine/daemon/config.h"
 #include "engine/daemon/server.h"
 
@@ -25,7 +26,9 @@ const char* kUsage =
 
 int main(int argc, char** argv) {
   using namespace stasis::daemon;
-  std::string config_path = "/etc/stasis/stasis.yaml";
+  // The site configuration of this install: /etc/stasis/stasis.yaml for
+  // prefix /usr, else PREFIX/etc/stasis/stasis.yaml (a moved prefix too).
+  std::string config_path = stasis::SiteConfigPath(STASIS_REL_SBIN_TO_PREFIX);
   bool config_given = false, check_only = false;
   std::string socket, state_dir, level, max_concurrent;
   for (int i = 1; i < argc; ++i) {
