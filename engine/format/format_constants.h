@@ -145,7 +145,7 @@ enum Process : uint32_t {
   kProcessNoNewPrivs = 24,
   kProcessExitSignal = 25,
   kProcessChildSubreaper = 26,
-  kProcessPosixTimer = 27,  // repeated PosixTimer
+  kProcessPosixTimer = 27,     // repeated PosixTimer
   kProcessSeccompFilter = 28,  // repeated SeccompFilter, oldest first
   kProcessCttyPty = 29,
   kProcessTtyPgrp = 30,
@@ -280,12 +280,15 @@ enum FileDesc : uint32_t {
   kFileSockType = 12,
   kFileSockState = 13,
   kFileSockInode = 14,
+  // 15 is reserved (TCP socket state, issue 20).
+  kFileOutsideState = 16,
+  kFileOutsidePeer = 17,
 };
 
 enum Pages : uint32_t {
   kPagesOwnerKind = 1,
   kPagesOwnerId = 2,
-  kPagesRuns = 3,  // packed: kPageRunSize bytes per run
+  kPagesRuns = 3,   // packed: kPageRunSize bytes per run
   kPagesCodec = 4,  // u32 PageCodec; only in version 2 (compressed) sections
 };
 

@@ -249,10 +249,19 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     std::string where = "file[" + Str(i) + "] (fd " + std::to_string(f.fd) + "): ";
     if (f.fd < 0) return Status::Corrupt(where + "negative fd");
     if (f.kind > kFilePtySlave) return Status::Corrupt(where + "unknown kind " + Str(f.kind));
-    if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && (f.data.size() != 52 || f.pos > (1u << 20)))
-      return Status::Corrupt(where + "pty of " + Str(f.data.size()) + " bytes of state, index " + Str(f.pos));
+    if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) &&
+        (f.data.size() != 52 || f.pos > (1u << 20)))
+      return Status::Corrupt(where + "pty of " + Str(f.data.size()) + " bytes of state, index " +
+                             Str(f.pos));
     if (f.kind == kFileTimerfd && f.data.size() != 32)
       return Status::Corrupt(where + "timerfd state of " + Str(f.data.size()) + " bytes, not 32");
+    if (f.outside_state != 0 && f.outside_state != kOutsideConnected &&
+        f.outside_state != kOutsideUnconnected && f.outside_state != kOutsideListening)
+      return Status::Corrupt(where + "unknown outside_state " + Str(f.outside_state));
+    if ((f.outside_state || !f.outside_peer.empty()) &&
+        (f.kind != kFileUnixSocket || !(f.fd_flags & kFdOutside)))
+      return Status::Corrupt(
+          where + "outside_state or outside_peer on an fd that is not a socket saved as closed");
     fds.push_back(f.fd);
   }
   std::sort(fds.begin(), fds.end());
@@ -285,9 +294,9 @@ Status ContextValidator::Thread(uint32_t pid, const ThreadInfo& thread) {
   return Status::Ok();
 }
 
-Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs,
-                                             const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
-                                             const char* which) const {
+Status ContextValidator::CheckRunsInMappings(
+    const std::vector<PageRun>& runs, const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
+    const char* which) const {
   for (size_t i = 0; i < runs.size(); ++i) {
     uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
     // First mapping ending above start; it must begin at or below start and
@@ -303,7 +312,8 @@ Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs,
     }
     if (!covered) {
       return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
-                             ") is not inside the " + which + "mappings of pid " + Str(Current().pid));
+                             ") is not inside the " + which + "mappings of pid " +
+                             Str(Current().pid));
     }
   }
   return Status::Ok();
@@ -356,8 +366,9 @@ Status ContextValidator::CheckNotInParent(const std::vector<PageRun>& runs) cons
   for (size_t i = 0; i < runs.size(); ++i) {
     const uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
     // First parent run ending above start.
-    auto it = std::upper_bound(parent_runs_.begin(), parent_runs_.end(), start,
-                               [](uint64_t a, const PageRun& r) { return a < r.start + r.npages * kPageSize; });
+    auto it = std::upper_bound(
+        parent_runs_.begin(), parent_runs_.end(), start,
+        [](uint64_t a, const PageRun& r) { return a < r.start + r.npages * kPageSize; });
     if (it != parent_runs_.end() && it->start < end)
       return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
                              ") overlaps pages the parent context holds (" + Hex(it->start) + ", " +
