@@ -46,10 +46,11 @@ enum class CaptureBackend { kAuto, kKernel, kUser };
 enum class OutsideSockets {
   // Every one fails the checkpoint, naming it (cr_checkpoint's default).
   kRefuse,
-  // A listening or never-connected socket is saved as closed (nothing of
-  // the program's state is lost: every `srun --mpi=pmix` task inherits
-  // slurmstepd's PMIx listener); a connected one fails the checkpoint, since
-  // it would come back closed. Slurm epochs: an epoch that cannot be
+  // A listening or never-connected socket is saved as closed (no peer and
+  // no byte in flight is lost; a listener accepts no more connections
+  // after a restart: every `srun --mpi=pmix` task inherits slurmstepd's
+  // PMIx listener and never uses it); a connected one fails the
+  // checkpoint, since it would come back closed. Slurm epochs: an epoch that cannot be
   // restarted is never called complete.
   kCloseUnconnected,
   // Every one is saved as closed (cr_checkpoint --close-sockets: the user

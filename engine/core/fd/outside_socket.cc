@@ -36,8 +36,10 @@ bool MaySaveOutsideSocket(OutsideSockets policy, const OutsideSocket& s) {
     case OutsideSockets::kCloseAll:
       return true;
     case OutsideSockets::kCloseUnconnected:
-      // A listener or a socket never connected loses nothing when it comes
-      // back closed; a connection loses its peer (and what was in flight).
+      // A listener or a socket never connected comes back closed with no
+      // peer and no byte lost (a listener accepts no more connections:
+      // slurmstepd's PMIx listener, which tasks inherit, is never used by
+      // them); a connection loses its peer and what was in flight.
       return s.state == format::kOutsideListening || s.state == format::kOutsideUnconnected;
   }
   return false;
