@@ -958,8 +958,15 @@ def case_mpi_honest():
     ring = install_tool("mpi_ring")
     stop = os.path.join(WORK, "ring-stop")
     out = os.path.join(WORK, "ring-%j.out")
-    # btl/tcp on the cluster's network only (each node also has lo).
+    # btl/tcp on the cluster's network only (each node also has lo). Open
+    # MPI names its session folder and vader's shared-memory files after the
+    # host, uid and PMIx namespace, which are the same in every test cluster
+    # on this machine (n1, stasis_ua, slurm.pmix.1.0), and /tmp and /dev/shm
+    # are shared: each cluster's job keeps them in its own folder.
+    ompi_tmp = os.path.join(WORK, "ompi-tmp")
     script = write_script("ring.sh", "#!/bin/sh\nexport OMPI_MCA_btl_tcp_if_include=10.250.0.0/24\n"
+                          f"mkdir -p {ompi_tmp}\nexport TMPDIR={ompi_tmp} OMPI_MCA_orte_tmpdir_base={ompi_tmp} "
+                          f"OMPI_MCA_btl_vader_backing_directory={ompi_tmp}\n"
                           f"srun --mpi=pmix {ring} {stop} 80\n")
     jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=5s", f"--checkpoint-dir={ck}", "-o", out)
     out = os.path.join(WORK, f"ring-{jobid}.out")
@@ -1036,6 +1043,51 @@ def case_mpi_honest():
         fail(f"job {jobid}: epochs {complete_epochs(jobdir)} were called complete")
     print(f"OK job {jobid} ran on through the refused epochs (rounds {before} -> {after}) and ended "
           f"COMPLETED 0:0: ring ok, {ok.group(1)} rounds, every byte and checksum right")
+
+    # A task of an `srun --mpi=pmix` step that holds a file of the step's PMIx
+    # server folder (gone with the step) and no connection: the epoch fails
+    # naming the file; once it let go, the epoch is complete, so slurmstepd's
+    # PMIx listener it inherited is no obstacle.
+    release = os.path.join(WORK, "release")
+    holder = write_script("hold.sh", "#!/bin/sh\n"
+                          "f=$(find \"$PMIX_SERVER_TMPDIR\" -type f | sort | head -n 1)\n"
+                          "exec 3<\"$f\"\necho \"holding $f\"\n"
+                          f"while [ ! -e {release} ]; do sleep 1; done\n"
+                          "exec 3<&-\necho released\nwhile :; do sleep 1; done\n")
+    script2 = write_script("hold-job.sh", f"#!/bin/sh\nsrun --mpi=pmix -n1 {holder}\n")
+    job2 = submit(script2, "stasis_ua", "-N1", "-n1", f"--checkpoint-dir={ck}",
+                  "-o", os.path.join(WORK, "hold-%j.out"))
+    out2 = os.path.join(WORK, f"hold-{job2}.out")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not os.path.exists(out2) or "holding" not in open(out2).read()):
+        time.sleep(0.2)
+    held = re.search(r"holding (\S+)", open(out2).read() if os.path.exists(out2) else "")
+    if not held or f"/pmix.{job2}.0/" not in held.group(1):
+        fail(f"job {job2}: the task holds no file of its PMIx server folder: "
+             f"{open(out2).read() if os.path.exists(out2) else ''!r}")
+    rc, _, err = wrapped("checkpoint", "create", str(job2), expect_rc=None)
+    want = (rf"task 0 \(pid \d+\) fd 3: {re.escape(held.group(1))}, in \S+/pmix\.{job2}\.0 \(the PMIx server "
+            rf"folder of step {job2}\.0, removed when the step ends\): it would be gone at restart")
+    if rc == 0 or not re.search(want, err) or complete_epochs(os.path.join(ck, str(job2))):
+        fail(f"scontrol checkpoint create {job2} (a task holds {held.group(1)}): rc {rc}, epochs "
+             f"{complete_epochs(os.path.join(ck, str(job2)))}; want a failure naming the file: {err[-1200:]!r}")
+    print(f"OK scontrol checkpoint create {job2}: refused, naming task 0, fd 3 and {held.group(1)}")
+    open(release, "w").close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "released" not in open(out2).read():
+        time.sleep(0.2)
+    _, out, _ = wrapped("checkpoint", "create", str(job2))
+    epochs = complete_epochs(os.path.join(ck, str(job2)))
+    run("scancel", str(job2), user="stasis_ua")
+    wait_job_done(job2)
+    if not epochs:
+        fail(f"scontrol checkpoint create {job2} after the task let go of the file: no complete epoch: {out!r}")
+    _, shown, _ = run(install_tool("stasis"), "show", os.path.join(ck, str(job2), str(epochs[-1]), "node0.ctx"),
+                      user="stasis_ua", quiet=True)
+    if not re.search(r"\bunix +TCP \S+ listening pos \d+ \(led outside: restored closed\)", shown):
+        fail(f"job {job2}'s epoch does not show the inherited PMIx listener saved as closed:\n{shown[-1500:]}")
+    print(f"OK once the task let go of it: epoch {epochs[-1]} complete, the inherited PMIx listener saved "
+          "as closed")
 
 
 def case_daemon_restart():
