@@ -178,40 +178,21 @@ std::string StepPmixFolder(const NodeOptions& opt, TaskEnvironment& tenv) {
 // A refused connection's line names its peer by address; the step knows
 // two of them: its PMIx server (slurmstepd, PMIX_SERVER_URI4 in the tasks'
 // environment) and its nodes (NodeAddr, asked of slurmctld only then).
-std::string NamePeers(std::string message, const NodeOptions& opt, TaskEnvironment& tenv) {
-  size_t arrow = message.find(" -> ");
-  size_t is = message.find(" is connected to ", arrow == std::string::npos ? 0 : arrow);
-  if (arrow == std::string::npos || is == std::string::npos) return message;
-  std::string peer = message.substr(arrow + 4, is - arrow - 4);
-  size_t end = message.find(';', is);
-  if (end == std::string::npos) return message;
-  std::string uri = tenv.count("PMIX_SERVER_URI4") ? tenv["PMIX_SERVER_URI4"] : "";
-  size_t scheme = uri.find("://");
-  if (scheme != std::string::npos && uri.substr(scheme + 3) == peer)
-    return message.insert(
-        end, " (slurmstepd: the PMIx server of step " + opt.job + "." + opt.step + ")");
-  if (message.compare(is, std::string::npos, " is connected to a process on another host", 0, 42) !=
-      0)
-    return message;
-  const std::string nodes =
-      tenv.count("SLURM_STEP_NODELIST") ? tenv["SLURM_STEP_NODELIST"] : tenv["SLURM_JOB_NODELIST"];
-  auto shown = nodes.empty() ? Result<std::string>(Status::Error(ENOENT, "no nodes"))
-                             : RunCapture({"scontrol", "-o", "show", "node", nodes});
-  if (!shown) return message;
-  const std::string host = peer.substr(0, peer.rfind(':'));
-  std::istringstream lines(*shown);
-  std::string line;
-  while (std::getline(lines, line)) {
-    std::string name, addr, w;
-    std::istringstream words(line);
-    while (words >> w) {
-      if (w.rfind("NodeName=", 0) == 0) name = w.substr(9);
-      if (w.rfind("NodeAddr=", 0) == 0) addr = w.substr(9);
-    }
-    if (!name.empty() && addr == host)
-      return message.insert(end, " (node " + name + " of this step)");
-  }
-  return message;
+std::string NamePeers(const std::string& message, const NodeOptions& opt, TaskEnvironment& tenv) {
+  return stasis::spank::NameRefusedPeer(
+      message, [&](const std::string& peer, bool other_host) -> std::string {
+        std::string uri = tenv.count("PMIX_SERVER_URI4") ? tenv["PMIX_SERVER_URI4"] : "";
+        size_t scheme = uri.find("://");
+        if (scheme != std::string::npos && uri.substr(scheme + 3) == peer)
+          return "slurmstepd: the PMIx server of step " + opt.job + "." + opt.step;
+        const std::string nodes = tenv.count("SLURM_STEP_NODELIST") ? tenv["SLURM_STEP_NODELIST"]
+                                                                    : tenv["SLURM_JOB_NODELIST"];
+        if (!other_host || nodes.empty()) return "";
+        auto shown = RunCapture({"scontrol", "-o", "show", "node", nodes});
+        if (!shown) return "";
+        std::string node = stasis::spank::NodeWithAddress(*shown, peer.substr(0, peer.rfind(':')));
+        return node.empty() ? "" : "node " + node + " of this step";
+      });
 }
 
 // The engine's options for this node's capture. `parent_note` says, for an

@@ -26,10 +26,16 @@ uint16_t PortOf(int fd) {
   return ntohs(a.sin_port);
 }
 
+uint64_t InodeOf(int fd) {
+  struct stat st;
+  EXPECT_EQ(::fstat(fd, &st), 0);
+  return static_cast<uint64_t>(st.st_ino);
+}
+
 OutsideSocket Inspect(int fd) {
   OutsideSocket s;
   std::string why;
-  EXPECT_TRUE(InspectNetSocket(::getpid(), fd, &s, &why)) << why;
+  EXPECT_TRUE(InspectNetSocket(::getpid(), fd, InodeOf(fd), &s, &why)) << why;
   return s;
 }
 
@@ -83,12 +89,38 @@ TEST(OutsideSocket, ListenersAndUnconnectedMaySaveConnectionsNot) {
   EXPECT_FALSE(comm.empty());
 }
 
+// Without the socket itself (an fd number it is not at: pidfd_getfd fails),
+// the same from /proc/net by inode.
+TEST(OutsideSocket, FromProcNetWhenTheSocketCannotBeTaken) {
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(listener.get(), 4), 0);
+  a.sin_port = htons(PortOf(listener.get()));
+  UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const int nowhere = 1 << 20;
+  OutsideSocket l, c;
+  std::string why;
+  ASSERT_TRUE(InspectNetSocket(::getpid(), nowhere, InodeOf(listener.get()), &l, &why)) << why;
+  EXPECT_EQ(l.Text(), Inspect(listener.get()).Text());
+  EXPECT_EQ(l.state, format::kOutsideListening);
+  ASSERT_TRUE(InspectNetSocket(::getpid(), nowhere, InodeOf(client.get()), &c, &why)) << why;
+  EXPECT_EQ(c.Text(), Inspect(client.get()).Text());
+  EXPECT_EQ(c.state, format::kOutsideConnected);
+  UniqueFd unbound(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_FALSE(InspectNetSocket(::getpid(), nowhere, InodeOf(unbound.get()), &c, &why));
+  EXPECT_NE(why.find("cannot read"), std::string::npos) << why;
+}
+
 TEST(OutsideSocket, OtherFamiliesAreRefusedByName) {
   UniqueFd nl(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
   ASSERT_TRUE(nl);
   OutsideSocket s;
   std::string why;
-  EXPECT_FALSE(InspectNetSocket(::getpid(), nl.get(), &s, &why));
+  EXPECT_FALSE(InspectNetSocket(::getpid(), nl.get(), InodeOf(nl.get()), &s, &why));
   EXPECT_NE(why.find("family 16"), std::string::npos) << why;
   EXPECT_NE(why.find("not a UNIX, TCP or UDP socket"), std::string::npos) << why;
 }

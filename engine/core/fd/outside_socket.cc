@@ -93,12 +93,61 @@ std::string ProcNetAddress(const std::string& hex, bool v6) {
 
 }  // namespace
 
-bool InspectNetSocket(pid_t pid, int fd, OutsideSocket* out, std::string* why) {
+namespace {
+
+// When the socket cannot be taken (pidfd_getfd needs ptrace rights, which a
+// capture through the kernel module may lack): its line in pid's
+// /proc/net/{tcp,tcp6,udp,udp6}, found by inode. Sockets that are neither
+// bound nor connected are not listed there.
+bool FromProcNet(pid_t pid, uint64_t inode, OutsideSocket* out) {
+  static const struct {
+    const char* file;
+    const char* family;
+    uint32_t type;
+  } kTables[] = {{"tcp", "TCP", SOCK_STREAM},
+                 {"tcp6", "TCP", SOCK_STREAM},
+                 {"udp", "UDP", SOCK_DGRAM},
+                 {"udp6", "UDP", SOCK_DGRAM}};
+  for (const auto& t : kTables) {
+    const bool v6 = std::strchr(t.file, '6') != nullptr;
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + t.file);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream f(line);
+      std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
+      if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino))
+        continue;
+      if (std::strtoull(ino.c_str(), nullptr, 10) != inode) continue;
+      const unsigned state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
+      out->family = t.family;
+      out->type = t.type;
+      out->local = ProcNetAddress(local, v6);
+      const bool has_peer =
+          remote.substr(0, remote.find(':')).find_first_not_of('0') != std::string::npos;
+      if (has_peer) out->peer = ProcNetAddress(remote, v6);
+      out->state = state == TCP_LISTEN  ? format::kOutsideListening
+                   : state == TCP_CLOSE ? format::kOutsideUnconnected
+                                        : format::kOutsideConnected;
+      if (t.type == SOCK_DGRAM)
+        out->state = has_peer ? format::kOutsideConnected : format::kOutsideUnconnected;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool InspectNetSocket(pid_t pid, int fd, uint64_t inode, OutsideSocket* out, std::string* why) {
   UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   UniqueFd sock;
   if (pidfd) sock.reset(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
   if (!sock) {
-    *why = std::string("cannot read the socket: ") + std::strerror(errno);
+    const int e = errno;
+    if (FromProcNet(pid, inode, out)) return true;
+    *why = std::string("a socket this checkpoint cannot read (") + std::strerror(e) +
+           ") and not a listed TCP or UDP socket";
     return false;
   }
   int domain = 0, type = 0, protocol = 0;

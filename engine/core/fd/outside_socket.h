@@ -37,11 +37,12 @@ struct OutsideSocket {
 // "outside" and are decided elsewhere (unix_socket.cc).
 bool MaySaveOutsideSocket(OutsideSockets policy, const OutsideSocket& s);
 
-// What fd `fd` of `pid` is, when it is an IPv4 or IPv6 TCP or UDP socket:
-// read from the socket itself (pidfd_getfd: family, type, addresses, TCP
-// state), so unbound and closed sockets are known too. False with *why
-// when it is another kind of socket or cannot be read.
-bool InspectNetSocket(pid_t pid, int fd, OutsideSocket* out, std::string* why);
+// What fd `fd` (inode `inode`) of `pid` is, when it is an IPv4 or IPv6 TCP
+// or UDP socket: read from the socket itself (pidfd_getfd: family, type,
+// addresses, TCP state), so unbound and closed sockets are known too; when
+// it cannot be taken, from pid's /proc/net tables. False with *why when it
+// is another kind of socket or cannot be read.
+bool InspectNetSocket(pid_t pid, int fd, uint64_t inode, OutsideSocket* out, std::string* why);
 
 // For a refusal's message only (it reads /proc): the inode of the peer of a
 // TCP connection of `pid` when the peer is in pid's network namespace (the

@@ -32,7 +32,7 @@ Status CaptureSocket(capture::Capturer* cap, capture::ProcState* p, const FdSeen
     // listener, which every `srun --mpi=pmix` task inherits, is one).
     OutsideSocket net;
     std::string why;
-    if (!InspectNetSocket(p->pid, s.fd, &net, &why))
+    if (!InspectNetSocket(p->pid, s.fd, static_cast<uint64_t>(s.st.st_ino), &net, &why))
       return Status::Error(ENOTSUP, "cannot checkpoint " + where + ": " + s.link + " is " + why +
                                         " and leads outside the checkpoint");
     f->kind = format::kFileUnixSocket;
