@@ -984,7 +984,8 @@ def case_mpi_honest():
     while time.monotonic() < deadline and len(rounds()) < 4:
         time.sleep(0.3)
     if len(rounds()) < 4:
-        fail(f"job {jobid}: the ring did not start on 4 ranks: {open(out).read()[-1500:] if os.path.exists(out) else ''}")
+        text = open(out, errors="replace").read() if os.path.exists(out) else ""
+        fail(f"job {jobid}: the ring did not start on 4 ranks: {text[-1500:]}")
     print(f"OK job {jobid}: Open MPI ring running on 4 ranks, 2 nodes: {rounds()}")
 
     # The ticker's periodic epoch fails, naming the connection.
