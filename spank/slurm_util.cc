@@ -96,4 +96,35 @@ std::map<std::string, std::string> ParseEnviron(const std::string& raw) {
   return out;
 }
 
+std::string NameRefusedPeer(
+    std::string message,
+    const std::function<std::string(const std::string& peer, bool on_other_host)>& what_of) {
+  const size_t arrow = message.find(" -> ");
+  const size_t is = message.find(" is connected to ", arrow == std::string::npos ? 0 : arrow);
+  if (arrow == std::string::npos || is == std::string::npos) return message;
+  const size_t end = message.find(';', is);
+  if (end == std::string::npos) return message;
+  const std::string peer = message.substr(arrow + 4, is - arrow - 4);
+  const bool other_host =
+      message.compare(is, end - is, " is connected to a process on another host") == 0;
+  std::string what = what_of(peer, other_host);
+  if (!what.empty()) message.insert(end, " (" + what + ")");
+  return message;
+}
+
+std::string NodeWithAddress(const std::string& show_node, const std::string& addr) {
+  std::istringstream lines(show_node);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::string name, at, w;
+    std::istringstream words(line);
+    while (words >> w) {
+      if (w.rfind("NodeName=", 0) == 0) name = w.substr(9);
+      if (w.rfind("NodeAddr=", 0) == 0) at = w.substr(9);
+    }
+    if (!name.empty() && !addr.empty() && at == addr) return name;
+  }
+  return "";
+}
+
 }  // namespace stasis::spank

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -34,5 +35,19 @@ bool ParseJobStep(const std::string& text, std::string* job, std::string* step);
 
 // NUL-separated KEY=VALUE (/proc/PID/environ) as a map.
 std::map<std::string, std::string> ParseEnviron(const std::string& raw);
+
+// An epoch refused for a connection names its peer by address only ("...
+// fd 15: TCP A -> PEER is connected to <who>; it would come back closed
+// ..."); the step knows who some peers are. NameRefusedPeer adds " (what)"
+// after <who> when `what_of(PEER, on_other_host)` says something
+// (on_other_host: the engine found no peer on this host); the message is
+// returned unchanged when it names no connection.
+std::string NameRefusedPeer(
+    std::string message,
+    const std::function<std::string(const std::string& peer, bool on_other_host)>& what_of);
+
+// The NodeName whose NodeAddr is `addr` in `scontrol -o show node` output,
+// or "".
+std::string NodeWithAddress(const std::string& show_node, const std::string& addr);
 
 }  // namespace stasis::spank

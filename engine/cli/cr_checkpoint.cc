@@ -244,7 +244,7 @@ int main(int argc, char** argv) {
       if (!stasis::cli::ParsePositive(next(), &r)) Die("cr_checkpoint", "bad --requester", 2);
       opt.requester = static_cast<pid_t>(r);
     } else if (a == "--close-sockets")
-      opt.close_outside_sockets = true;
+      opt.outside_sockets = stasis::core::OutsideSockets::kCloseAll;
     else if (a == "--track")
       opt.track = true;
     else if (a == "--incremental")

@@ -1,7 +1,9 @@
 // stasis: inspect context files and talk to stasisd. `stasis show FILE`
-// prints what a context holds; `stasis verify FILE` checks every checksum
-// and cross-reference; `stasis status|ping|cancel ID|list DIR|delete FILE`
-// ask the node's stasisd.
+// prints what a context holds; `stasis verify FILE|EPOCHDIR|JOBDIR` checks
+// every checksum and cross-reference, then whether the context could be
+// restarted faithfully (restartable.h: files it needs gone or changed,
+// connections saved as closed), exit 1 if not; `stasis status|ping|cancel
+// ID|list DIR|delete FILE` ask the node's stasisd.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "engine/cli/cli_common.h"
+#include "engine/cli/restartable.h"
 #include "engine/core/context_file.h"
 #include "engine/daemon/client.h"
 #include "engine/format/context_io.h"
@@ -28,7 +31,8 @@ using namespace stasis;
 
 const char* kUsage =
     "stasis ls ROOT|JOBDIR | show FILE|EPOCHDIR | verify FILE|EPOCHDIR|JOBDIR | "
-    "prune [--keep N] JOBDIR | [--socket PATH] status [ID] | ping | cancel ID | list DIR | delete FILE";
+    "prune [--keep N] JOBDIR | [--socket PATH] status [ID] | ping | cancel ID | list DIR | delete "
+    "FILE";
 
 std::string Cmdline(const std::string& raw) {
   std::string out = raw;
@@ -66,12 +70,12 @@ void Show(const std::string& file, const format::Context& ctx) {
     const format::ProcessEntry* e = nullptr;
     for (const auto& te : ctx.tree.processes)
       if (te.pid == p.info.pid) e = &te;
-    std::printf("  process %u (%s) ppid %u pgid %u sid %u%s: %s\n", p.info.pid,
-                p.info.comm.c_str(), e ? e->ppid : 0, e ? e->pgid : 0, e ? e->sid : 0,
+    std::printf("  process %u (%s) ppid %u pgid %u sid %u%s: %s\n", p.info.pid, p.info.comm.c_str(),
+                e ? e->ppid : 0, e ? e->pgid : 0, e ? e->sid : 0,
                 e && (e->flags & format::kProcStopped) ? " [stopped]" : "",
                 Cmdline(p.info.cmdline).c_str());
-    std::printf("    exe %s, cwd %s, uid %u gid %u\n", p.info.exe_path.c_str(),
-                p.info.cwd.c_str(), p.info.creds.ruid, p.info.creds.rgid);
+    std::printf("    exe %s, cwd %s, uid %u gid %u\n", p.info.exe_path.c_str(), p.info.cwd.c_str(),
+                p.info.creds.ruid, p.info.creds.rgid);
     std::printf("    %zu thread(s):", p.threads.size());
     for (const auto& t : p.threads) std::printf(" %u(%s)", t.tid, t.comm.c_str());
     std::string codecs;
@@ -80,10 +84,11 @@ void Show(const std::string& file, const format::Context& ctx) {
     uint64_t parent_bytes = 0;
     for (const auto& r : p.parent_runs) parent_bytes += r.npages * format::kPageSize;
     std::printf("\n    %zu mapping(s), %.1f MiB saved in %zu run(s)%s%s", p.mappings.size(),
-                p.page_bytes / 1048576.0, p.page_runs.size(), codecs.empty() ? "" : ", compressed:",
-                codecs.c_str());
+                p.page_bytes / 1048576.0, p.page_runs.size(),
+                codecs.empty() ? "" : ", compressed:", codecs.c_str());
     if (!p.parent_runs.empty())
-      std::printf(", %.1f MiB in the parent (%zu run(s))", parent_bytes / 1048576.0, p.parent_runs.size());
+      std::printf(", %.1f MiB in the parent (%zu run(s))", parent_bytes / 1048576.0,
+                  p.parent_runs.size());
     std::printf(":\n");
     for (const auto& m : p.mappings) {
       std::printf("      %012llx-%012llx %c%c%c%c %-6s %s\n",
@@ -105,8 +110,10 @@ void Show(const std::string& file, const format::Context& ctx) {
                   static_cast<unsigned long long>(f.pos),
                   (f.fd_flags & format::kFdCloexec) ? " cloexec" : "",
                   !(f.fd_flags & format::kFdOutside)  ? ""
-                  : f.kind == format::kFileUnixSocket ? " (led outside: restored closed)"
-                                                      : " (outside: reattached to stdio)");
+                  : f.kind != format::kFileUnixSocket ? " (outside: reattached to stdio)"
+                  : f.outside_state == format::kOutsideConnected
+                      ? " (a connection led outside: restored closed, its peer lost)"
+                      : " (led outside: restored closed)");
       if (f.kind == format::kFileTcpSocket) {
         auto t = format::DecodeTcpState(f.tcp);
         if (!t) {
@@ -144,7 +151,8 @@ int Daemon(const std::string& socket_option, const std::string& cmd,
       cli::Die("stasis", cmd + " needs a request id", 2);
     return static_cast<uint64_t>(v);
   };
-  if (cmd == "ping") req.op = proto::Op::kPing;
+  if (cmd == "ping")
+    req.op = proto::Op::kPing;
   else if (cmd == "status") {
     req.op = proto::Op::kStatus;
     if (!args.empty()) req.request_id = id_arg(0);
@@ -192,8 +200,10 @@ int Daemon(const std::string& socket_option, const std::string& cmd,
 
 std::string Size(uint64_t bytes) {
   char b[32];
-  if (bytes >= (1ull << 30)) std::snprintf(b, sizeof b, "%.1f GiB", bytes / 1073741824.0);
-  else std::snprintf(b, sizeof b, "%.1f MiB", bytes / 1048576.0);
+  if (bytes >= (1ull << 30))
+    std::snprintf(b, sizeof b, "%.1f GiB", bytes / 1073741824.0);
+  else
+    std::snprintf(b, sizeof b, "%.1f MiB", bytes / 1048576.0);
   return b;
 }
 
@@ -201,7 +211,8 @@ std::string When(int64_t unix_seconds) {
   char b[64] = "-";
   time_t t = static_cast<time_t>(unix_seconds);
   struct tm tm;
-  if (unix_seconds > 0 && ::localtime_r(&t, &tm)) std::strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S", &tm);
+  if (unix_seconds > 0 && ::localtime_r(&t, &tm))
+    std::strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S", &tm);
   return b;
 }
 
@@ -225,8 +236,8 @@ int List(const std::string& path) {
     std::printf("no checkpoints under %s\n", path.c_str());
     return 0;
   }
-  std::printf("%-12s %6s  %-10s  %-19s  %5s  %5s  %10s  %s\n", "JOB", "EPOCH", "STATE", "TIME", "NODES",
-              "TASKS", "SIZE", "PATH");
+  std::printf("%-12s %6s  %-10s  %-19s  %5s  %5s  %10s  %s\n", "JOB", "EPOCH", "STATE", "TIME",
+              "NODES", "TASKS", "SIZE", "PATH");
   int rc = 0;
   for (const auto& j : jobs) {
     auto job = store::JobFolder::Open(store::DefaultEnv(), j, false, store::Access::Caller());
@@ -285,6 +296,38 @@ bool SplitEpochPath(const std::string& path, std::string* job, uint64_t* epoch) 
   return true;
 }
 
+std::string ThisHost() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
+
+// Prints what would stop a faithful restart of `ctx` (each line after
+// `prefix`) and returns how many problems there are.
+size_t PrintRestartProblems(const std::string& prefix, const format::Context& ctx) {
+  cli::RestartCheck check = cli::CheckRestartable(ctx);
+  for (const auto& n : check.notes) std::printf("%snote: %s\n", prefix.c_str(), n.c_str());
+  for (const auto& p : check.problems) std::printf("%s%s\n", prefix.c_str(), p.c_str());
+  return check.problems.size();
+}
+
+// The contexts of an epoch, read whole (metadata; pages checked and
+// dropped): what would stop a faithful restart. Returns the number of
+// problems, printing each.
+size_t EpochRestartProblems(const store::EpochInfo& e) {
+  size_t problems = 0;
+  for (const auto& n : e.manifest.nodes) {
+    const std::string file = e.path + "/" + n.file;
+    auto source = core::OpenContextForRead(file);
+    if (!source) cli::Die("stasis", source.error().message());
+    auto ctx = format::ReadContext(source->get(), false);
+    if (!ctx) cli::Die("stasis", file + ": " + ctx.error().message());
+    problems += PrintRestartProblems(
+        e.path + ": node " + std::to_string(n.index) + " (" + n.host + "): ", *ctx);
+  }
+  return problems;
+}
+
 int VerifyFolder(const std::string& path) {
   std::string job_path;
   uint64_t only = 0;
@@ -316,8 +359,20 @@ int VerifyFolder(const std::string& path) {
     auto problems = store::VerifyEpoch(*job, e);
     if (!problems) cli::Die("stasis", problems.error().message());
     if (problems->empty()) {
-      std::printf("%s: ok (%zu nodes, %s, every checksum verified)\n", e.path.c_str(), e.manifest.nodes.size(),
-                  Size(e.bytes).c_str());
+      // Intact; now whether it could be restarted from here as it is.
+      const size_t unrestorable = EpochRestartProblems(e);
+      if (unrestorable == 0) {
+        std::printf(
+            "%s: ok (%zu nodes, %s, every checksum verified; every file it needs is here and "
+            "unchanged, as %s sees them)\n",
+            e.path.c_str(), e.manifest.nodes.size(), Size(e.bytes).c_str(), ThisHost().c_str());
+      } else {
+        std::printf(
+            "%s: intact (every checksum verified), but it cannot be restarted faithfully: %zu "
+            "problem(s) above (files as %s sees them)\n",
+            e.path.c_str(), unrestorable, ThisHost().c_str());
+        rc = 1;
+      }
     } else {
       for (const auto& p : *problems) std::printf("%s: CORRUPT: %s\n", e.path.c_str(), p.c_str());
       rc = 1;
@@ -331,9 +386,11 @@ int Prune(const std::vector<std::string>& args) {
   std::string path;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--keep" && i + 1 < args.size()) {
-      if (!cli::ParsePositive(args[++i], &keep)) cli::Die("stasis", "--keep needs a positive number", 2);
+      if (!cli::ParsePositive(args[++i], &keep))
+        cli::Die("stasis", "--keep needs a positive number", 2);
     } else if (args[i].rfind("--keep=", 0) == 0) {
-      if (!cli::ParsePositive(args[i].substr(7), &keep)) cli::Die("stasis", "--keep needs a positive number", 2);
+      if (!cli::ParsePositive(args[i].substr(7), &keep))
+        cli::Die("stasis", "--keep needs a positive number", 2);
     } else if (path.empty() && args[i][0] != '-') {
       path = args[i];
     } else {
@@ -356,7 +413,8 @@ int Prune(const std::vector<std::string>& args) {
       rc = 1;
       continue;
     }
-    for (uint64_t e : *removed) std::printf("removed %s/%llu\n", job->path().c_str(), static_cast<unsigned long long>(e));
+    for (uint64_t e : *removed)
+      std::printf("removed %s/%llu\n", job->path().c_str(), static_cast<unsigned long long>(e));
   }
   return rc;
 }
@@ -364,25 +422,29 @@ int Prune(const std::vector<std::string>& args) {
 int ShowEpoch(const std::string& path) {
   std::string job_path;
   uint64_t epoch = 0;
-  if (!SplitEpochPath(path, &job_path, &epoch)) cli::Die("stasis", path + " is not an epoch folder (<job>/<number>)");
+  if (!SplitEpochPath(path, &job_path, &epoch))
+    cli::Die("stasis", path + " is not an epoch folder (<job>/<number>)");
   auto job = store::JobFolder::Open(store::DefaultEnv(), job_path, false, store::Access::Caller());
   if (!job) cli::Die("stasis", job.error().message());
   auto e = job->Inspect(epoch);
   if (!e) cli::Die("stasis", e.error().message());
-  std::printf("epoch %llu of job %s: %s%s%s\n", static_cast<unsigned long long>(epoch), job->job().c_str(),
-              store::EpochStateName(e->state), e->problem.empty() ? "" : ": ", e->problem.c_str());
+  std::printf("epoch %llu of job %s: %s%s%s\n", static_cast<unsigned long long>(epoch),
+              job->job().c_str(), store::EpochStateName(e->state), e->problem.empty() ? "" : ": ",
+              e->problem.c_str());
   if (!e->have_manifest) return e->state == store::EpochState::kComplete ? 0 : 1;
   const auto& m = e->manifest;
-  std::printf("  taken %s by uid %u, stasis %s, context format %u, step '%s'\n", When(e->time_unix).c_str(),
-              m.uid, m.stasis_version.c_str(), m.format_version, m.step.c_str());
+  std::printf("  taken %s by uid %u, stasis %s, context format %u, step '%s'\n",
+              When(e->time_unix).c_str(), m.uid, m.stasis_version.c_str(), m.format_version,
+              m.step.c_str());
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     const auto& n = m.nodes[i];
     std::string tasks;
     for (uint32_t t : n.tasks) tasks += (tasks.empty() ? "" : ",") + std::to_string(t);
     std::string cmd;
     for (const auto& a : n.argv) cmd += (cmd.empty() ? "" : " ") + a;
-    std::printf("  node %u on %s: tasks %s, %s (%s, crc32c %08x): %s\n", n.index, n.host.c_str(), tasks.c_str(),
-                n.file.c_str(), Size(m.files[i].size).c_str(), m.files[i].crc32c, cmd.c_str());
+    std::printf("  node %u on %s: tasks %s, %s (%s, crc32c %08x): %s\n", n.index, n.host.c_str(),
+                tasks.c_str(), n.file.c_str(), Size(m.files[i].size).c_str(), m.files[i].crc32c,
+                cmd.c_str());
   }
   return e->state == store::EpochState::kComplete ? 0 : 1;
 }
@@ -424,8 +486,18 @@ int main(int argc, char** argv) {
   if (cmd == "verify") {
     uint64_t pages = 0;
     for (const auto& p : ctx->processes) pages += p.page_bytes;
-    std::printf("%s: ok (%zu processes, %.1f MiB of pages, every checksum verified)\n",
-                file.c_str(), ctx->processes.size(), pages / 1048576.0);
+    const size_t problems = PrintRestartProblems(file + ": ", *ctx);
+    if (problems) {
+      std::printf(
+          "%s: intact (%zu processes, every checksum verified), but it cannot be restarted "
+          "faithfully: %zu problem(s) above (files as %s sees them)\n",
+          file.c_str(), ctx->processes.size(), problems, ThisHost().c_str());
+      return 1;
+    }
+    std::printf(
+        "%s: ok (%zu processes, %.1f MiB of pages, every checksum verified; every file it "
+        "needs is here and unchanged)\n",
+        file.c_str(), ctx->processes.size(), pages / 1048576.0);
     return 0;
   }
   Show(file, *ctx);

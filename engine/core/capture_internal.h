@@ -23,6 +23,7 @@
 #include "engine/core/agent_client.h"
 #include "engine/core/dirty_track.h"
 #include "engine/core/engine.h"
+#include "engine/core/fd/outside_socket.h"
 #include "engine/core/kernel_capture.h"
 #include "engine/core/procfs.h"
 #include "engine/core/ptrace.h"
@@ -220,6 +221,22 @@ class Capturer {
   // fd/tcp_socket.cc: pairs TCP connections, reads both ends in repair mode.
   Status ClassifyTcpSockets();
   void ClassifyPtys();
+  // "task 3 (pid 4242)" for a process of a Slurm task's tree, else "pid 4242".
+  std::string Who(pid_t pid) const;
+  // A socket of `p` leading outside the checkpoint (fd/outside_socket.h):
+  // marks `f` as saved closed with what it was, and notes a refusal when
+  // MaySaveOutsideSocket says no (reported by RefuseUnrestorable).
+  void NoteOutsideSocket(ProcState* p, FileDesc* f, const OutsideSocket& s);
+  // A mapping or fd of `p` naming `path`: noted as a refusal when the path
+  // is under one of options_.transient_dirs (`what`: "fd 12" or "" for a
+  // mapping).
+  void CheckTransient(ProcState* p, const std::string& what, const std::string& path);
+  // Once every process is captured: fails with one line naming the first
+  // object that would stop a restart (outside connections first, then files
+  // of transient folders) and how many more there are.
+  Status RefuseUnrestorable();
+  std::vector<std::string> refused_sockets_, refused_files_;
+  std::set<std::pair<pid_t, std::string>> transient_seen_;
   Status PeekSocket(pid_t pid, FileDesc* f);
   Result<long> Inject(ProcState* p, Tracee* t, long nr, uint64_t a1 = 0, uint64_t a2 = 0,
                       uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);

@@ -65,7 +65,24 @@ Status Capturer::CaptureAll() {
     Status s = CaptureProcess(p.get());
     if (!s.ok()) return s;
   }
-  return Status::Ok();
+  // Which sockets lead outside (and their queues), now that every process's
+  // fds are known; then anything a restart could not give back fails the
+  // checkpoint here, before a byte is written.
+  STASIS_RETURN_IF_ERROR(ClassifySockets());
+  return RefuseUnrestorable();
+}
+
+Status Capturer::RefuseUnrestorable() {
+  if (refused_sockets_.empty() && refused_files_.empty()) return Status::Ok();
+  size_t more_sockets = refused_sockets_.size(), more_files = refused_files_.size();
+  std::string line = more_sockets ? refused_sockets_[0] : refused_files_[0];
+  (more_sockets ? more_sockets : more_files) -= 1;
+  std::string more;
+  if (more_sockets) more = std::to_string(more_sockets) + " more socket(s)";
+  if (more_files)
+    more += (more.empty() ? "" : " and ") + std::to_string(more_files) + " more file(s)";
+  if (!more.empty()) line += " (and " + more + " a restart could not give back)";
+  return Status::Error(ENOTSUP, line);
 }
 
 Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
@@ -152,8 +169,10 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
   }
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
-  STASIS_RETURN_IF_ERROR(ClassifySockets());
+  // TCP pairs in repair mode (fd/tcp_socket.cc); a TCP socket leading
+  // outside is refused here as the others were in CaptureAll.
   STASIS_RETURN_IF_ERROR(ClassifyTcpSockets());
+  STASIS_RETURN_IF_ERROR(RefuseUnrestorable());
   ClassifyPtys();
   STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
   // Shared memory and pipe data are written; what follows comes from the

@@ -40,6 +40,24 @@ struct TaskRoot {
 // uses the module when it is loaded and usable.
 enum class CaptureBackend { kAuto, kKernel, kUser };
 
+// What a checkpoint does with a socket that leads outside it. A restart can
+// give such a socket back only closed, so a connection saved that way is
+// not continued: the program sees its peer gone.
+enum class OutsideSockets {
+  // Every one fails the checkpoint, naming it (cr_checkpoint's default).
+  kRefuse,
+  // A listening or never-connected socket is saved as closed (no peer and
+  // no byte in flight is lost; a listener accepts no more connections
+  // after a restart: every `srun --mpi=pmix` task inherits slurmstepd's
+  // PMIx listener and never uses it); a connected one fails the
+  // checkpoint, since it would come back closed. Slurm epochs: an epoch that cannot be
+  // restarted is never called complete.
+  kCloseUnconnected,
+  // Every one is saved as closed (cr_checkpoint --close-sockets: the user
+  // accepts that connections come back closed).
+  kCloseAll,
+};
+
 struct CheckpointOptions {
   pid_t target = 0;
   format::ScopeKind scope = format::kScopeTree;
@@ -55,9 +73,21 @@ struct CheckpointOptions {
   bool save_exe = false;
   bool save_private = false;
   bool save_shared = false;
-  // UNIX sockets connected to processes outside the checkpoint are refused;
-  // with this they are saved as closed (the restored end reads EOF).
-  bool close_outside_sockets = false;
+  // Sockets leading outside the checkpoint (network sockets, UNIX sockets
+  // whose peer no process of the checkpoint holds): refused, or saved as
+  // closed (the restored end reads EOF). See OutsideSockets; the one place
+  // that decides is MaySaveOutsideSocket (fd/outside_socket.h).
+  OutsideSockets outside_sockets = OutsideSockets::kRefuse;
+  // Folders whose files will not exist at restart (a Slurm step's PMIx
+  // server folder, removed with the step): a mapping or an open fd of a file
+  // under one of them fails the checkpoint with one line naming the
+  // process, the file and `note` (what the folder is).
+  struct TransientDir {
+    std::string path;  // absolute, no trailing slash
+    std::string note;  // "the step's PMIx server folder, removed when the step ends"
+    bool operator==(const TransientDir&) const = default;
+  };
+  std::vector<TransientDir> transient_dirs;
   // The job is about to end (preemption, time limit, scontrol checkpoint
   // vacate/requeue): libcr agents see STASIS_AGENT_RQ_FINAL, and the PMIx
   // agent delivers PMIX_JCTRL_PREEMPT_ALERT before PMIX_JCTRL_CHECKPOINT.

@@ -64,6 +64,21 @@ namespace capture {
 
 using format::FileDesc;
 
+void Capturer::CheckTransient(ProcState* p, const std::string& what, const std::string& path) {
+  for (const CheckpointOptions::TransientDir& d : options_.transient_dirs) {
+    if (path.size() <= d.path.size() || path.compare(0, d.path.size(), d.path) != 0 ||
+        path[d.path.size()] != '/')
+      continue;
+    if (!transient_seen_.insert({p->pid, path}).second) return;  // one line per file
+    refused_files_.push_back("cannot checkpoint " + Who(p->pid) + (what.empty() ? "" : " " + what) +
+                             ": " + (what.empty() ? "it maps " : "") + path + ", in " + d.path +
+                             (d.note.empty() ? "" : " (" + d.note + ")") +
+                             ": it would be gone at restart, so this checkpoint could not be "
+                             "restarted");
+    return;
+  }
+}
+
 Status Capturer::CaptureFiles(ProcState* p) {
   std::vector<int> fds;
   if (kernel_) {
@@ -76,7 +91,7 @@ Status Capturer::CaptureFiles(ProcState* p) {
     FileDesc f;
     f.fd = fd;
     const std::string link_path = proc + "/fd/" + std::to_string(fd);
-    const std::string where = Pid(p->pid) + " fd " + std::to_string(fd);
+    const std::string where = Who(p->pid) + " fd " + std::to_string(fd);
     const KernelFile* kf = kernel_ ? p->kernel.File(fd) : nullptr;
     std::string link;
     FdInfo fi;
@@ -114,6 +129,9 @@ Status Capturer::CaptureFiles(ProcState* p) {
       return Status::Error(ENOTSUP,
                            "cannot checkpoint " + where + ": " + link + " is not supported yet");
     STASIS_RETURN_IF_ERROR(ops->capture(this, p, seen, &f));
+    if (!options_.transient_dirs.empty() && !link.empty() && link[0] == '/')
+      CheckTransient(p, "fd " + std::to_string(fd),
+                     IsDeleted(link) ? link.substr(0, link.size() - 10) : link);
     // Same open file description as an fd seen before => same object.
     for (auto& other : procs_) {
       for (const FileDesc& g : other->files) {

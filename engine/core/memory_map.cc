@@ -98,6 +98,8 @@ Status Capturer::CaptureMappings(ProcState* p) {
                        p->track.version == 1;
       continue;
     }
+    if (!options_.transient_dirs.empty() && !e.path.empty() && e.path[0] == '/')
+      CheckTransient(p, "", IsDeleted(e.path) ? e.path.substr(0, e.path.size() - 10) : e.path);
     if (e.path == "[vdso]") {
       m.kind = format::kMapVdso;
     } else if (e.path == "[vvar]") {

@@ -416,7 +416,12 @@ proto::Reply RunCheckpoint(const Config& config, const WorkerTask& task) {
   opt.save_exe = req.flags & proto::kFlagSaveExe;
   opt.save_private = req.flags & proto::kFlagSavePrivate;
   opt.save_shared = req.flags & proto::kFlagSaveShared;
-  opt.close_outside_sockets = req.flags & proto::kFlagCloseSockets;
+  opt.outside_sockets = (req.flags & proto::kFlagCloseSockets) ? core::OutsideSockets::kCloseAll
+                        : (req.flags & proto::kFlagCloseUnconnected)
+                            ? core::OutsideSockets::kCloseUnconnected
+                            : core::OutsideSockets::kRefuse;
+  for (size_t i = 0; i < req.transient_dirs.size() && i < req.transient_notes.size(); ++i)
+    opt.transient_dirs.push_back({req.transient_dirs[i], req.transient_notes[i]});
   opt.final = req.flags & proto::kFlagFinal;
   // Recorded and compared with each process's own tracking page; a wrong
   // claim only makes the user's own context store whole.

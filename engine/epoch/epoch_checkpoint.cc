@@ -22,10 +22,16 @@ format::proto::Request CheckpointRequest(const core::CheckpointOptions& opt) {
   req.flags =
       (opt.save_exe ? proto::kFlagSaveExe : 0) | (opt.save_private ? proto::kFlagSavePrivate : 0) |
       (opt.save_shared ? proto::kFlagSaveShared : 0) |
-      (opt.close_outside_sockets ? proto::kFlagCloseSockets : 0) |
+      (opt.outside_sockets == core::OutsideSockets::kCloseAll ? proto::kFlagCloseSockets : 0) |
+      (opt.outside_sockets == core::OutsideSockets::kCloseUnconnected ? proto::kFlagCloseUnconnected
+                                                                      : 0) |
       (opt.final ? proto::kFlagFinal : 0) | (opt.track || opt.parent_token ? proto::kFlagTrack : 0);
   req.parent_token = opt.parent_token;
   req.parent = opt.parent;
+  for (const auto& d : opt.transient_dirs) {
+    req.transient_dirs.push_back(d.path);
+    req.transient_notes.push_back(d.note);
+  }
   req.after_signal = static_cast<uint32_t>(opt.after_signal);
   req.compress = opt.compress;
   req.compress_level = static_cast<uint32_t>(opt.compress_level);

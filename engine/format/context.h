@@ -326,6 +326,13 @@ enum SocketState : uint32_t {
   kSockClosing = 11,
 };
 
+// FileDesc::outside_state (the states sock_diag and /proc/net/tcp use).
+enum OutsideState : uint32_t {
+  kOutsideConnected = 1,    // a connection: it comes back closed, its peer lost
+  kOutsideUnconnected = 7,  // never connected (or closed): nothing is lost
+  kOutsideListening = 10,   // a listener: comes back closed, accepts no more
+};
+
 struct FileDesc {
   int32_t fd = 0;
   uint32_t fd_flags = 0;       // FdFlags
@@ -344,6 +351,12 @@ struct FileDesc {
   uint32_t sock_state = 0;  // SocketState, as sock_diag reports it
   uint64_t sock_inode = 0;  // the socket's own inode (peer_id is its peer's)
   std::string tcp;          // kFileTcpSocket: the encoded TcpState (tcp_state.h)
+  // A socket saved as closed (kFdOutside): what it was at the checkpoint,
+  // kOutsideConnected, kOutsideUnconnected or kOutsideListening (0: not
+  // recorded, a context of an older stasis), and its peer's address (TCP/UDP
+  // "host:port", a UNIX socket's bound name; may be empty).
+  uint32_t outside_state = 0;
+  std::string outside_peer;
   bool operator==(const FileDesc&) const = default;
 };
 

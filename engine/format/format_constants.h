@@ -145,7 +145,7 @@ enum Process : uint32_t {
   kProcessNoNewPrivs = 24,
   kProcessExitSignal = 25,
   kProcessChildSubreaper = 26,
-  kProcessPosixTimer = 27,  // repeated PosixTimer
+  kProcessPosixTimer = 27,     // repeated PosixTimer
   kProcessSeccompFilter = 28,  // repeated SeccompFilter, oldest first
   kProcessCttyPty = 29,
   kProcessTtyPgrp = 30,
@@ -281,12 +281,14 @@ enum FileDesc : uint32_t {
   kFileSockState = 13,
   kFileSockInode = 14,
   kFileTcp = 15,  // bytes: an encoded TcpState (tcp_state.h), TCP sockets only
+  kFileOutsideState = 16,
+  kFileOutsidePeer = 17,
 };
 
 enum Pages : uint32_t {
   kPagesOwnerKind = 1,
   kPagesOwnerId = 2,
-  kPagesRuns = 3,  // packed: kPageRunSize bytes per run
+  kPagesRuns = 3,   // packed: kPageRunSize bytes per run
   kPagesCodec = 4,  // u32 PageCodec; only in version 2 (compressed) sections
 };
 

@@ -24,15 +24,14 @@ namespace tag {
 inline constexpr uint32_t kTarget = 1, kScope = 2, kAfter = 3, kFlags = 4, kAfterSignal = 5,
                           kRequester = 6, kWriteMode = 7, kAttached = 8, kRequestId = 9,
                           kTimeLimit = 10, kCallbackTimeout = 11, kPath = 12, kRelocate = 13,
-                          kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17, kStep = 18,
-                          kTaskPid = 19, kTaskId = 20, kCompress = 21, kCompressLevel = 22,
-                          kParentToken = 23, kParent = 24;
+                          kArgv = 14, kNode = 15, kJob = 16, kEpoch = 17, kStep = 18, kTaskPid = 19,
+                          kTaskId = 20, kCompress = 21, kCompressLevel = 22, kParentToken = 23,
+                          kParent = 24, kTransientDir = 25, kTransientNote = 26;
 inline constexpr uint32_t kCode = 1, kKind = 2, kMessage = 3, kReplyId = 4, kProcesses = 5,
                           kThreads = 6, kBytes = 7, kPageBytes = 8, kPauseUs = 9, kTotalUs = 10,
                           kCallbacksUs = 11, kRootPid = 12, kNewPidNs = 13, kExitStatus = 14,
-                          kServer = 15, kPids = 16, kRequests = 17, kFiles = 18,
-                          kCrc32c = 19, kSnapshot = 20, kSnapshotNote = 21, kParentBytes = 22,
-                          kTrackNote = 23;
+                          kServer = 15, kPids = 16, kRequests = 17, kFiles = 18, kCrc32c = 19,
+                          kSnapshot = 20, kSnapshotNote = 21, kParentBytes = 22, kTrackNote = 23;
 inline constexpr uint32_t kInfoId = 1, kInfoOp = 2, kInfoState = 3, kInfoUid = 4,
                           kInfoClientPid = 5, kInfoTarget = 6, kInfoCode = 7, kInfoBytes = 8,
                           kInfoElapsed = 9, kInfoPath = 10, kInfoMessage = 11;
@@ -80,6 +79,10 @@ void Fields(V& v, S& m) {
   if (!V::kWrites || m.compress_level) v.U32(t::kCompressLevel, "compress_level", m.compress_level);
   if (!V::kWrites || m.parent_token) v.U64(t::kParentToken, "parent_token", m.parent_token);
   if (!V::kWrites || !m.parent.empty()) v.Path(t::kParent, "parent", m.parent);
+  v.RepeatedText(t::kTransientDir, "transient_dir", m.transient_dirs, kMaxPathLength,
+                 proto::kMaxTransientDirs);
+  v.RepeatedText(t::kTransientNote, "transient_note", m.transient_notes, proto::kMaxMessageText,
+                 proto::kMaxTransientDirs);
 }
 
 template <class V, class S>
@@ -135,7 +138,8 @@ void Fields(V& v, S& m) {
   v.U32(t::kSnapshot, "snapshot", m.snapshot);
   v.Text(t::kSnapshotNote, "snapshot_note", m.snapshot_note, proto::kMaxMessageText);
   if (!V::kWrites || m.parent_bytes) v.U64(t::kParentBytes, "parent_bytes", m.parent_bytes);
-  if (!V::kWrites || !m.track_note.empty()) v.Text(t::kTrackNote, "track_note", m.track_note, proto::kMaxMessageText);
+  if (!V::kWrites || !m.track_note.empty())
+    v.Text(t::kTrackNote, "track_note", m.track_note, proto::kMaxMessageText);
 }
 
 }  // namespace stasis::format::internal
@@ -184,7 +188,8 @@ Result<std::string_view> Payload(std::string_view packet, Op* op) {
   if (!KnownOp(raw_op)) return Status::Corrupt("unknown operation " + std::to_string(raw_op));
   uint32_t length = LoadU32(packet.data() + 8);
   if (length != packet.size() - kHeaderSize)
-    return Status::Corrupt("header says " + std::to_string(length) + " payload bytes, the message has " +
+    return Status::Corrupt("header says " + std::to_string(length) +
+                           " payload bytes, the message has " +
                            std::to_string(packet.size() - kHeaderSize) + " (truncated?)");
   *op = static_cast<Op>(raw_op);
   return packet.substr(kHeaderSize);
@@ -211,24 +216,40 @@ Status CheckRequest(const Request& r) {
     case Op::kCheckpoint:
       if (r.target == 0) return Status::Corrupt("checkpoint: no target pid");
       if (r.task_pids.size() != r.task_ids.size())
-        return Status::Corrupt("checkpoint: " + std::to_string(r.task_pids.size()) + " task pids but " +
-                               std::to_string(r.task_ids.size()) + " task ids");
+        return Status::Corrupt("checkpoint: " + std::to_string(r.task_pids.size()) +
+                               " task pids but " + std::to_string(r.task_ids.size()) + " task ids");
       if (!r.task_pids.empty() && (r.task_pids[0] != r.target || r.scope != 0))
-        return Status::Corrupt("checkpoint: with tasks, the target is the first task's pid and the scope a tree");
+        return Status::Corrupt(
+            "checkpoint: with tasks, the target is the first task's pid and the scope a tree");
       for (uint32_t p : r.task_pids)
-        if (p == 0 || p > (1u << 22)) return Status::Corrupt("checkpoint: task pid " + std::to_string(p) + " is out of range");
+        if (p == 0 || p > (1u << 22))
+          return Status::Corrupt("checkpoint: task pid " + std::to_string(p) + " is out of range");
       for (unsigned char ch : r.step)
-        if (ch < 0x20 || ch == 0x7f) return Status::Corrupt("checkpoint: step id contains a control character");
-      if (r.target > (1u << 22)) return Status::Corrupt("checkpoint: target pid " + std::to_string(r.target) + " is out of range");
-      if (r.scope > 3) return Status::Corrupt("checkpoint: unknown scope " + std::to_string(r.scope));
-      if (r.after > 3) return Status::Corrupt("checkpoint: unknown after-action " + std::to_string(r.after));
-      if (r.after_signal > 64) return Status::Corrupt("checkpoint: signal " + std::to_string(r.after_signal) + " is out of range");
-      if (r.compress > kCodecZstd) return Status::Corrupt("checkpoint: unknown page codec " + std::to_string(r.compress));
-      if (r.compress_level > 22) return Status::Corrupt("checkpoint: compression level " + std::to_string(r.compress_level) + " is out of range");
-      if (r.write_mode > kWriteBackup) return Status::Corrupt("checkpoint: unknown write mode " + std::to_string(r.write_mode));
-      if (r.attached & kAttachStdio) return Status::Corrupt("checkpoint: stdio fds are for restart");
-      if (!(r.attached & kAttachDest) && r.path.empty()) return Status::Corrupt("checkpoint: no destination (path or fd)");
-      if ((r.attached & kAttachDest) && !r.path.empty()) return Status::Corrupt("checkpoint: both a destination path and an fd");
+        if (ch < 0x20 || ch == 0x7f)
+          return Status::Corrupt("checkpoint: step id contains a control character");
+      if (r.target > (1u << 22))
+        return Status::Corrupt("checkpoint: target pid " + std::to_string(r.target) +
+                               " is out of range");
+      if (r.scope > 3)
+        return Status::Corrupt("checkpoint: unknown scope " + std::to_string(r.scope));
+      if (r.after > 3)
+        return Status::Corrupt("checkpoint: unknown after-action " + std::to_string(r.after));
+      if (r.after_signal > 64)
+        return Status::Corrupt("checkpoint: signal " + std::to_string(r.after_signal) +
+                               " is out of range");
+      if (r.compress > kCodecZstd)
+        return Status::Corrupt("checkpoint: unknown page codec " + std::to_string(r.compress));
+      if (r.compress_level > 22)
+        return Status::Corrupt("checkpoint: compression level " + std::to_string(r.compress_level) +
+                               " is out of range");
+      if (r.write_mode > kWriteBackup)
+        return Status::Corrupt("checkpoint: unknown write mode " + std::to_string(r.write_mode));
+      if (r.attached & kAttachStdio)
+        return Status::Corrupt("checkpoint: stdio fds are for restart");
+      if (!(r.attached & kAttachDest) && r.path.empty())
+        return Status::Corrupt("checkpoint: no destination (path or fd)");
+      if ((r.attached & kAttachDest) && !r.path.empty())
+        return Status::Corrupt("checkpoint: both a destination path and an fd");
       if (!r.relocate.empty()) return Status::Corrupt("checkpoint: relocations are for restart");
       if (r.flags & kFlagNode) return Status::Corrupt("checkpoint: a node index is for restart");
       if ((r.flags & kFlagSnapshot) && !(r.flags & kFlagHold))
@@ -240,18 +261,32 @@ Status CheckRequest(const Request& r) {
       if (!(r.flags & kFlagHold) && (!r.job.empty() || !r.step.empty() || r.epoch || r.node))
         return Status::Corrupt("checkpoint: a store identity is for held checkpoints");
       for (unsigned char ch : r.job)
-        if (ch < 0x20 || ch == 0x7f) return Status::Corrupt("checkpoint: job id contains a control character");
+        if (ch < 0x20 || ch == 0x7f)
+          return Status::Corrupt("checkpoint: job id contains a control character");
+      if (r.transient_dirs.size() != r.transient_notes.size())
+        return Status::Corrupt("checkpoint: " + std::to_string(r.transient_dirs.size()) +
+                               " transient folders but " +
+                               std::to_string(r.transient_notes.size()) + " notes");
+      for (const auto& d : r.transient_dirs)
+        if (d.size() < 2 || d[0] != '/' || d.back() == '/' || d.find('\0') != std::string::npos)
+          return Status::Corrupt("checkpoint: transient folder '" + d +
+                                 "' is not an absolute path without a trailing slash");
+      if (HasText(r.transient_notes, '\0') || HasText(r.transient_notes, '\n'))
+        return Status::Corrupt("checkpoint: a transient folder's note is not one line of text");
       return Status::Ok();
     case Op::kRestart:
       if (r.path.empty()) return Status::Corrupt("restart: no context file");
-      if (r.after > 3) return Status::Corrupt("restart: unknown after-action " + std::to_string(r.after));
-      if (r.attached & kAttachDest) return Status::Corrupt("restart: a destination fd is for checkpoint");
+      if (r.after > 3)
+        return Status::Corrupt("restart: unknown after-action " + std::to_string(r.after));
+      if (r.attached & kAttachDest)
+        return Status::Corrupt("restart: a destination fd is for checkpoint");
       for (const auto& s : r.relocate) {
         size_t eq = s.find('=');
         if (eq == std::string::npos || eq == 0 || eq + 1 == s.size())
           return Status::Corrupt("restart: relocation '" + s + "' is not OLD=NEW");
       }
-      if (HasText(r.relocate, '\0')) return Status::Corrupt("restart: relocation contains a NUL byte");
+      if (HasText(r.relocate, '\0'))
+        return Status::Corrupt("restart: relocation contains a NUL byte");
       return Status::Ok();
     case Op::kCommit:
     case Op::kProceed:
@@ -279,25 +314,38 @@ Status CheckRequest(const Request& r) {
 
 const char* OpName(Op op) {
   switch (op) {
-    case Op::kPing: return "ping";
-    case Op::kCheckpoint: return "checkpoint";
-    case Op::kRestart: return "restart";
-    case Op::kStatus: return "status";
-    case Op::kCancel: return "cancel";
-    case Op::kList: return "list";
-    case Op::kDelete: return "delete";
-    case Op::kCommit: return "commit";
-    case Op::kProceed: return "proceed";
-    case Op::kReply: return "reply";
+    case Op::kPing:
+      return "ping";
+    case Op::kCheckpoint:
+      return "checkpoint";
+    case Op::kRestart:
+      return "restart";
+    case Op::kStatus:
+      return "status";
+    case Op::kCancel:
+      return "cancel";
+    case Op::kList:
+      return "list";
+    case Op::kDelete:
+      return "delete";
+    case Op::kCommit:
+      return "commit";
+    case Op::kProceed:
+      return "proceed";
+    case Op::kReply:
+      return "reply";
   }
   return "unknown";
 }
 
 const char* StateName(uint32_t state) {
   switch (state) {
-    case kStateQueued: return "queued";
-    case kStateRunning: return "running";
-    case kStateDone: return "done";
+    case kStateQueued:
+      return "queued";
+    case kStateRunning:
+      return "running";
+    case kStateDone:
+      return "done";
   }
   return "unknown";
 }

@@ -76,7 +76,11 @@ inline constexpr uint32_t kFlagFinal = 1u << 10;
 // checkpoint: track writes from this capture on (core::CheckpointOptions::
 // track); with parent_token/parent, an incremental context.
 inline constexpr uint32_t kFlagTrack = 1u << 11;
-inline constexpr uint32_t kKnownFlags = (1u << 12) - 1;
+// checkpoint: a listening or never-connected socket leading outside is
+// saved as closed, a connected one refused (core::OutsideSockets::
+// kCloseUnconnected); with kFlagCloseSockets as well, kFlagCloseSockets wins.
+inline constexpr uint32_t kFlagCloseUnconnected = 1u << 12;
+inline constexpr uint32_t kKnownFlags = (1u << 13) - 1;
 
 // Request::attached: the fds sent with the message, in this order.
 inline constexpr uint32_t kAttachDest = 1u << 0;   // one fd: the context goes there
@@ -90,6 +94,7 @@ inline constexpr size_t kMaxRelocations = 256;
 inline constexpr size_t kMaxArgs = 256;
 inline constexpr size_t kMaxArgLength = 4096;
 inline constexpr size_t kMaxTasks = 4096;
+inline constexpr size_t kMaxTransientDirs = 64;
 
 struct Request {
   Op op = Op::kPing;
@@ -119,6 +124,9 @@ struct Request {
   uint32_t compress_level = 0;  // zstd level / lz4 acceleration, 0 = the codec's fast default
   uint64_t parent_token = 0;    // checkpoint: incremental against this capture
   std::string parent;           // ... whose file is recorded as this
+  // checkpoint: folders whose files will not exist at restart, and what
+  // each is (core::CheckpointOptions::transient_dirs), as parallel lists
+  std::vector<std::string> transient_dirs, transient_notes;
   bool operator==(const Request&) const = default;
 };
 

@@ -191,6 +191,11 @@ void Fields(V& v, S& m) {
   v.U64(tag::kFileSockInode, "sock_inode", m.sock_inode);
   // Written only when set: contexts without TCP sockets keep their bytes.
   if (!WritesOnly<V>() || !m.tcp.empty()) v.Bytes(tag::kFileTcp, "tcp", m.tcp);
+  // Written only when set: contexts without outside sockets keep their bytes.
+  if (!WritesOnly<V>() || m.outside_state)
+    v.U32(tag::kFileOutsideState, "outside_state", m.outside_state);
+  if (!WritesOnly<V>() || !m.outside_peer.empty())
+    v.Path(tag::kFileOutsidePeer, "outside_peer", m.outside_peer);
 }
 
 // --- whole section payloads --------------------------------------------------
@@ -213,7 +218,8 @@ void Fields(V& v, S& m) {
   v.U32(tag::kImageNodeIndex, "node_index", m.node_index);
   // Written only when set: contexts without tracking keep their bytes.
   if (!WritesOnly<V>() || m.token) v.U64(tag::kImageToken, "token", m.token);
-  if (!WritesOnly<V>() || m.parent_token) v.U64(tag::kImageParentToken, "parent_token", m.parent_token);
+  if (!WritesOnly<V>() || m.parent_token)
+    v.U64(tag::kImageParentToken, "parent_token", m.parent_token);
   if (!WritesOnly<V>() || !m.parent.empty()) v.Path(tag::kImageParent, "parent", m.parent);
 }
 
@@ -253,7 +259,8 @@ void Fields(V& v, S& m) {
   v.U32(tag::kProcessExitSignal, "exit_signal", m.exit_signal);
   v.U32(tag::kProcessChildSubreaper, "child_subreaper", m.child_subreaper);
   v.RepeatedMessage(tag::kProcessPosixTimer, "posix_timer", m.posix_timers, kMaxPosixTimers);
-  v.RepeatedMessage(tag::kProcessSeccompFilter, "seccomp_filter", m.seccomp_filters, kMaxSeccompFilters);
+  v.RepeatedMessage(tag::kProcessSeccompFilter, "seccomp_filter", m.seccomp_filters,
+                    kMaxSeccompFilters);
   // Written only when set: contexts without a pty keep their bytes.
   if (!WritesOnly<V>() || m.ctty_pty) v.U32(tag::kProcessCttyPty, "ctty_pty", m.ctty_pty);
   if (!WritesOnly<V>() || m.tty_pgrp) v.U32(tag::kProcessTtyPgrp, "tty_pgrp", m.tty_pgrp);

@@ -285,6 +285,13 @@ Status ContextValidator::Files(uint32_t pid, const std::vector<FileDesc>& files)
     if ((f.kind == kFilePtyMaster || f.kind == kFilePtySlave) && f.pos > (1u << 20))
       return Status::Corrupt(where + "pty index " + Str(f.pos));
     STASIS_RETURN_IF_ERROR(CheckPayload(f).Prefixed(where.substr(0, where.size() - 2)));
+    if (f.outside_state != 0 && f.outside_state != kOutsideConnected &&
+        f.outside_state != kOutsideUnconnected && f.outside_state != kOutsideListening)
+      return Status::Corrupt(where + "unknown outside_state " + Str(f.outside_state));
+    if ((f.outside_state || !f.outside_peer.empty()) &&
+        (f.kind != kFileUnixSocket || !(f.fd_flags & kFdOutside)))
+      return Status::Corrupt(
+          where + "outside_state or outside_peer on an fd that is not a socket saved as closed");
     fds.push_back(f.fd);
   }
   std::sort(fds.begin(), fds.end());
@@ -317,9 +324,9 @@ Status ContextValidator::Thread(uint32_t pid, const ThreadInfo& thread) {
   return Status::Ok();
 }
 
-Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs,
-                                             const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
-                                             const char* which) const {
+Status ContextValidator::CheckRunsInMappings(
+    const std::vector<PageRun>& runs, const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
+    const char* which) const {
   for (size_t i = 0; i < runs.size(); ++i) {
     uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
     // First mapping ending above start; it must begin at or below start and
@@ -335,7 +342,8 @@ Status ContextValidator::CheckRunsInMappings(const std::vector<PageRun>& runs,
     }
     if (!covered) {
       return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
-                             ") is not inside the " + which + "mappings of pid " + Str(Current().pid));
+                             ") is not inside the " + which + "mappings of pid " +
+                             Str(Current().pid));
     }
   }
   return Status::Ok();
@@ -388,8 +396,9 @@ Status ContextValidator::CheckNotInParent(const std::vector<PageRun>& runs) cons
   for (size_t i = 0; i < runs.size(); ++i) {
     const uint64_t start = runs[i].start, end = start + runs[i].npages * kPageSize;
     // First parent run ending above start.
-    auto it = std::upper_bound(parent_runs_.begin(), parent_runs_.end(), start,
-                               [](uint64_t a, const PageRun& r) { return a < r.start + r.npages * kPageSize; });
+    auto it = std::upper_bound(
+        parent_runs_.begin(), parent_runs_.end(), start,
+        [](uint64_t a, const PageRun& r) { return a < r.start + r.npages * kPageSize; });
     if (it != parent_runs_.end() && it->start < end)
       return Status::Corrupt("run[" + Str(i) + "] (" + Hex(start) + "-" + Hex(end) +
                              ") overlaps pages the parent context holds (" + Hex(it->start) + ", " +

@@ -162,6 +162,40 @@ Status CommitManifest(store::EpochWriter* writer, const NodeOptions& opt,
   return writer->Commit(&m);
 }
 
+// The step's PMIx server folder on this node (Slurm's pmix plugin exports
+// PMIX_SERVER_TMPDIR=<SlurmdSpoolDir>/pmix.J.S/ to every task; OpenPMIx's
+// ds21 and ds12 data stores map files under it), or "" when the tasks have
+// none. Only a folder named after this very step is taken.
+std::string StepPmixFolder(const NodeOptions& opt, TaskEnvironment& tenv) {
+  std::string dir = tenv.count("PMIX_SERVER_TMPDIR") ? tenv["PMIX_SERVER_TMPDIR"] : "";
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  const std::string name = "pmix." + opt.job + "." + opt.step;
+  if (dir.size() <= name.size() + 1 || dir[0] != '/' ||
+      dir.compare(dir.size() - name.size() - 1, std::string::npos, "/" + name) != 0)
+    return "";
+  return dir;
+}
+
+// A refused connection's line names its peer by address; the step knows
+// two of them: its PMIx server (slurmstepd, PMIX_SERVER_URI4 in the tasks'
+// environment) and its nodes (NodeAddr, asked of slurmctld only then).
+std::string NamePeers(const std::string& message, const NodeOptions& opt, TaskEnvironment& tenv) {
+  return stasis::spank::NameRefusedPeer(
+      message, [&](const std::string& peer, bool other_host) -> std::string {
+        std::string uri = tenv.count("PMIX_SERVER_URI4") ? tenv["PMIX_SERVER_URI4"] : "";
+        size_t scheme = uri.find("://");
+        if (scheme != std::string::npos && uri.substr(scheme + 3) == peer)
+          return "slurmstepd: the PMIx server of step " + opt.job + "." + opt.step;
+        const std::string nodes = tenv.count("SLURM_STEP_NODELIST") ? tenv["SLURM_STEP_NODELIST"]
+                                                                    : tenv["SLURM_JOB_NODELIST"];
+        if (!other_host || nodes.empty()) return "";
+        auto shown = RunCapture({"scontrol", "-o", "show", "node", nodes});
+        if (!shown) return "";
+        std::string node = stasis::spank::NodeWithAddress(*shown, peer.substr(0, peer.rfind(':')));
+        return node.empty() ? "" : "node " + node + " of this step";
+      });
+}
+
 // The engine's options for this node's capture. `parent_note` says, for an
 // incremental epoch, against which epoch (or why this one is full).
 core::CheckpointOptions CaptureOptions(const NodeOptions& opt, uint64_t epoch, uint32_t node,
@@ -176,11 +210,17 @@ core::CheckpointOptions CaptureOptions(const NodeOptions& opt, uint64_t epoch, u
   copt.after = opt.vacate ? core::AfterCheckpoint::kKill : core::AfterCheckpoint::kContinue;
   copt.tool_argv = {kTool, "checkpoint", opt.job + "." + opt.step};
   copt.settle_before_write = true;
-  // Sockets to outside the job come back closed instead of refusing the
-  // epoch: every `srun --mpi=pmix` task inherits slurmstepd's PMIx TCP
-  // listener, and a PMIx connection that a program did not drop in its
-  // PMIX_JCTRL_CHECKPOINT handler cannot be restored anyway.
-  copt.close_outside_sockets = true;
+  // An epoch that cannot be restarted is never called complete. A socket
+  // leading outside the node's checkpoint that is listening or was never
+  // connected is saved as closed (every `srun --mpi=pmix` task inherits
+  // slurmstepd's PMIx listener); a connection (to another rank, to the PMIx
+  // server) would come back closed, so it fails the epoch, naming it, and
+  // the job runs on. Files of the step's PMIx server folder go with the
+  // step: a task that maps or holds one fails the epoch too.
+  copt.outside_sockets = core::OutsideSockets::kCloseUnconnected;
+  if (auto dir = StepPmixFolder(opt, tenv); !dir.empty())
+    copt.transient_dirs.push_back({dir, "the PMIx server folder of step " + opt.job + "." +
+                                            opt.step + ", removed when the step ends"});
   copt.final = opt.final || opt.vacate;
   // The site's page compression (plugstack.conf compress=), as the plugin
   // exported it to the tasks; a value this build cannot read is ignored.
@@ -383,6 +423,8 @@ int RunNode(NodeOptions opt) {
                    ? CaptureInProcess(copt, sink, &meet, &mine)
                    : CaptureThroughDaemon(copt, daemon.socket, sink, opt.timeout, &meet, &mine);
   }
+  if (!captured && captured.error().code() == ENOTSUP)
+    captured = Status::Error(ENOTSUP, NamePeers(captured.error().message(), opt, tenv));
   Status outcome = meet.Finish(captured ? Status::Ok() : captured.error(), mine);
   if (!outcome.ok()) {
     std::fprintf(stderr, "%s: node %u (%s): epoch %llu aborted: %s\n", kTool, mine.node,

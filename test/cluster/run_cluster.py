@@ -281,7 +281,7 @@ def install_tool(name):
     src = {"stasis-step": ARGS.stasis_step, "count_task": ARGS.count_task, "stasisd": ARGS.stasisd,
            "stasis": ARGS.stasis, "scontrol": ARGS.scontrol_wrapper, "share_task": ARGS.share_task,
            "spank_stasis.so": ARGS.spank, "pmix_ckpt": ARGS.pmix_ckpt,
-           "libstasis_pmix.so": ARGS.pmix_agent,
+           "libstasis_pmix.so": ARGS.pmix_agent, "mpi_ring": ARGS.mpi_ring,
            "cr_checkpoint": ARGS.stasis and os.path.join(os.path.dirname(ARGS.stasis), "cr_checkpoint"),
            "cr_restart": ARGS.stasis and os.path.join(os.path.dirname(ARGS.stasis), "cr_restart"),
            "libcr.so.0": ARGS.pmix_agent and os.path.join(
@@ -1207,7 +1207,10 @@ def case_pmix():
           f"no epoch, every rank counts on")
 
     # A program that stays connected: it answers PMIX_JCTRL_CHECKPOINT_COMPLETE
-    # and hears PMIX_ERR_PROC_CHECKPOINT without dropping PMIx.
+    # and keeps its PMIx connection to slurmstepd, which a restart could only
+    # give back closed. Such an epoch could not be restarted, so it fails,
+    # naming the connection; every rank hears PMIX_ERR_PROC_CHECKPOINT (it
+    # continues, nothing taken) and fences with both ranks.
     script4 = write_script("pmix-complete.sh", f"#!/bin/sh\nsrun --mpi=pmix {prog} 100 '' complete\n")
     job4 = submit(script4, "stasis_ua", "-N2", "-n2", f"--checkpoint-dir={ck}",
                   "-o", os.path.join(WORK, "pmix-%j.out"))
@@ -1215,22 +1218,180 @@ def case_pmix():
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not os.path.exists(out4) or len(counts(out4).get(1, [])) < 3):
         time.sleep(0.2)
-    wrapped("checkpoint", "create", str(job4))
+    rc, _, err = wrapped("checkpoint", "create", str(job4), expect_rc=None)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text4 = open(out4, errors="replace").read()
         if all(f"rank {r} of 2 fence ok after continued connected" in text4 for r in range(2)):
             break
         time.sleep(0.2)
+    n_before = {r: len(v) for r, v in counts(out4).items()}
+    time.sleep(1)
+    n_after = {r: len(v) for r, v in counts(out4).items()}
     run("scancel", str(job4), user="stasis_ua")
     wait_job_done(job4)
+    refusal = re.search(r"task \d+ \(pid \d+\) fd \d+: TCP \S+ -> \S+ is connected to [^;]*slurmstepd: the PMIx "
+                        r"server of step [^;]*; it would come back closed, so this checkpoint could not be restarted",
+                        err)
+    if rc == 0 or not refusal or complete_epochs(os.path.join(ck, str(job4))):
+        fail(f"scontrol checkpoint create {job4} (a rank keeps its PMIx connection): rc {rc}, epochs "
+             f"{complete_epochs(os.path.join(ck, str(job4)))}: want a failure naming the connection to the "
+             f"PMIx server and no epoch: {err[-1500:]!r}")
     if "PMIX FAILED" in text4 or not all(f"rank {r} of 2 fence ok after continued connected" in text4
                                          for r in range(2)):
         fail(f"job {job4} (stays connected): {text4[-1500:]}")
-    if not complete_epochs(os.path.join(ck, str(job4))):
-        fail(f"job {job4}: no epoch after scontrol checkpoint create")
-    print(f"OK job {job4} (answers PMIX_JCTRL_CHECKPOINT_COMPLETE, keeps PMIx): epoch written, every rank "
-          f"heard PMIX_ERR_PROC_CHECKPOINT and fenced with both ranks")
+    if any(n_after.get(r, 0) <= n_before.get(r, 0) for r in range(2)):
+        fail(f"job {job4}: the ranks stopped counting after the refused epoch: {n_before} -> {n_after}")
+    print(f"OK job {job4} (answers PMIX_JCTRL_CHECKPOINT_COMPLETE, keeps PMIx): the epoch is refused "
+          f"({refusal.group(0)[:160]}...), no epoch; every rank heard PMIX_ERR_PROC_CHECKPOINT, fenced "
+          f"with both ranks and counts on")
+
+
+def case_mpi_honest():
+    """Honest epochs (issue 20): an Open MPI ring (srun --mpi=pmix, 4 ranks
+    on 2 nodes, btl/tcp between the nodes) in a --checkpoint job. Its ranks
+    hold TCP connections to ranks on the other node and to their PMIx server
+    (slurmstepd), and map that server's data-store files: no epoch of it
+    could be restarted, so none may be called complete. Every epoch,
+    periodic (the ticker) or asked for (scontrol checkpoint create), fails
+    with one line naming the task, the fd and the peer; no epoch is complete
+    in `stasis ls`; the job runs on, MPI still works, and the ring ends with
+    every byte of every message and the checksums right, COMPLETED 0:0."""
+    ck = enable_stasis()
+    ring = install_tool("mpi_ring")
+    stop = os.path.join(WORK, "ring-stop")
+    out = os.path.join(WORK, "ring-%j.out")
+    # btl/tcp on the cluster's network only (each node also has lo). Open
+    # MPI names its session folder and vader's shared-memory files after the
+    # host, uid and PMIx namespace, which are the same in every test cluster
+    # on this machine (n1, stasis_ua, slurm.pmix.1.0), and /tmp and /dev/shm
+    # are shared: each cluster's job keeps them in its own folder.
+    ompi_tmp = os.path.join(WORK, "ompi-tmp")
+    script = write_script("ring.sh", "#!/bin/sh\nexport OMPI_MCA_btl_tcp_if_include=10.250.0.0/24\n"
+                          f"mkdir -p {ompi_tmp}\nexport TMPDIR={ompi_tmp} OMPI_MCA_orte_tmpdir_base={ompi_tmp} "
+                          f"OMPI_MCA_btl_vader_backing_directory={ompi_tmp}\n"
+                          f"srun --mpi=pmix {ring} {stop} 80\n")
+    jobid = submit(script, "stasis_ua", "-N2", "-n4", "--checkpoint=5s", f"--checkpoint-dir={ck}", "-o", out)
+    out = os.path.join(WORK, f"ring-{jobid}.out")
+    jobdir = os.path.join(ck, str(jobid))
+
+    def rounds():
+        """rank -> the last round it printed."""
+        last = {}
+        if os.path.exists(out):
+            for m in re.finditer(r"rank (\d+) of 4 on (\S+) round (\d+)", open(out, errors="replace").read()):
+                last[int(m.group(1))] = int(m.group(3))
+        return last
+
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and len(rounds()) < 4:
+        time.sleep(0.3)
+    if len(rounds()) < 4:
+        text = open(out, errors="replace").read() if os.path.exists(out) else ""
+        fail(f"job {jobid}: the ring did not start on 4 ranks: {text[-1500:]}")
+    print(f"OK job {jobid}: Open MPI ring running on 4 ranks, 2 nodes: {rounds()}")
+
+    # The ticker's periodic epoch fails, naming the connection.
+    ticker = os.path.join(WORK, f"ticker-{jobid}.log")
+    line_re = re.compile(r"task (\d+) \(pid (\d+)\) fd (\d+): TCP (\S+) -> (\S+) is connected to ([^;]+); it would "
+                         r"come back closed, so this checkpoint could not be restarted")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        log = open(ticker, errors="replace").read() if os.path.exists(ticker) else ""
+        if "aborted" in log:
+            break
+        time.sleep(0.3)
+    aborted = [l for l in log.splitlines() if "aborted" in l]
+    for l in aborted:
+        print(f"    ticker: {l}")
+    if not aborted or not any(line_re.search(l) for l in aborted):
+        fail(f"job {jobid}: the ticker's epoch did not fail naming a task, fd and TCP peer:\n{log[-2000:]}")
+    if complete_epochs(jobdir):
+        fail(f"job {jobid}: epochs {complete_epochs(jobdir)} are complete although none could be restarted")
+    print("OK the periodic epoch failed with one line naming the task, the fd and the peer")
+
+    # scontrol checkpoint create: refused with that line; the job runs on.
+    before = rounds()
+    rc, _, err = wrapped("checkpoint", "create", str(jobid), expect_rc=None)
+    named = [m for m in (line_re.search(l) for l in err.splitlines()) if m]
+    if rc == 0 or not named:
+        fail(f"scontrol checkpoint create {jobid}: rc {rc}; want a failure naming task, fd and peer: {err[-1500:]!r}")
+    task, pid, fd, local, peer, who = named[0].groups()
+    if "slurmstepd: the PMIx server of step" not in who and not re.search(r"node n\d of this step", who):
+        fail(f"scontrol checkpoint create {jobid}: the peer {peer} is not named as the step's PMIx server "
+             f"or one of its nodes: {who!r}")
+    _, listed, _ = run(install_tool("stasis"), "ls", jobdir, user="stasis_ua")
+    if re.search(r"\bcomplete\b", listed) or complete_epochs(jobdir):
+        fail(f"stasis ls {jobdir} shows a complete epoch of job {jobid}:\n{listed}")
+    print(f"OK scontrol checkpoint create {jobid}: rc {rc}, task {task} (pid {pid}) fd {fd}: TCP {local} -> "
+          f"{peer}, connected to {who}; stasis ls shows no complete epoch")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(rounds().get(r, 0) > before.get(r, 0) + 5 for r in range(4)):
+        time.sleep(0.3)
+    after = rounds()
+    if not all(after.get(r, 0) > before.get(r, 0) + 5 for r in range(4)):
+        fail(f"job {jobid}: the ring did not go on after the refused epochs: {before} -> {after}")
+    state, _ = job_state(jobid)
+    if state != "RUNNING":
+        fail(f"job {jobid} is {state} after the refused epochs")
+    with open(stop, "w") as f:
+        f.write("stop\n")
+    state, code = wait_job_done(jobid, timeout=60)
+    text = open(out, errors="replace").read()
+    if state != "COMPLETED" or code != "0:0" or "RING BAD" in text:
+        fail(f"job {jobid}: {state} {code}:\n{text[-2000:]}")
+    ok = re.search(r"ring ok: 4 ranks, (\d+) rounds, checksum (\S+)", text)
+    if not ok:
+        fail(f"job {jobid}: the ring did not report its checksums right:\n{text[-2000:]}")
+    if complete_epochs(jobdir):
+        fail(f"job {jobid}: epochs {complete_epochs(jobdir)} were called complete")
+    print(f"OK job {jobid} ran on through the refused epochs (rounds {before} -> {after}) and ended "
+          f"COMPLETED 0:0: ring ok, {ok.group(1)} rounds, every byte and checksum right")
+
+    # A task of an `srun --mpi=pmix` step that holds a file of the step's PMIx
+    # server folder (gone with the step) and no connection: the epoch fails
+    # naming the file; once it let go, the epoch is complete, so slurmstepd's
+    # PMIx listener it inherited is no obstacle.
+    release = os.path.join(WORK, "release")
+    holder = write_script("hold.sh", "#!/bin/sh\n"
+                          "f=$(find \"$PMIX_SERVER_TMPDIR\" -type f | sort | head -n 1)\n"
+                          "exec 3<\"$f\"\necho \"holding $f\"\n"
+                          f"while [ ! -e {release} ]; do sleep 1; done\n"
+                          "exec 3<&-\necho released\nwhile :; do sleep 1; done\n")
+    script2 = write_script("hold-job.sh", f"#!/bin/sh\nsrun --mpi=pmix -n1 {holder}\n")
+    job2 = submit(script2, "stasis_ua", "-N1", "-n1", f"--checkpoint-dir={ck}",
+                  "-o", os.path.join(WORK, "hold-%j.out"))
+    out2 = os.path.join(WORK, f"hold-{job2}.out")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not os.path.exists(out2) or "holding" not in open(out2).read()):
+        time.sleep(0.2)
+    held = re.search(r"holding (\S+)", open(out2).read() if os.path.exists(out2) else "")
+    if not held or f"/pmix.{job2}.0/" not in held.group(1):
+        fail(f"job {job2}: the task holds no file of its PMIx server folder: "
+             f"{open(out2).read() if os.path.exists(out2) else ''!r}")
+    rc, _, err = wrapped("checkpoint", "create", str(job2), expect_rc=None)
+    want = (rf"task 0 \(pid \d+\) fd 3: {re.escape(held.group(1))}, in \S+/pmix\.{job2}\.0 \(the PMIx server "
+            rf"folder of step {job2}\.0, removed when the step ends\): it would be gone at restart")
+    if rc == 0 or not re.search(want, err) or complete_epochs(os.path.join(ck, str(job2))):
+        fail(f"scontrol checkpoint create {job2} (a task holds {held.group(1)}): rc {rc}, epochs "
+             f"{complete_epochs(os.path.join(ck, str(job2)))}; want a failure naming the file: {err[-1200:]!r}")
+    print(f"OK scontrol checkpoint create {job2}: refused, naming task 0, fd 3 and {held.group(1)}")
+    open(release, "w").close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "released" not in open(out2).read():
+        time.sleep(0.2)
+    _, out, _ = wrapped("checkpoint", "create", str(job2))
+    epochs = complete_epochs(os.path.join(ck, str(job2)))
+    run("scancel", str(job2), user="stasis_ua")
+    wait_job_done(job2)
+    if not epochs:
+        fail(f"scontrol checkpoint create {job2} after the task let go of the file: no complete epoch: {out!r}")
+    _, shown, _ = run(install_tool("stasis"), "show", os.path.join(ck, str(job2), str(epochs[-1]), "node0.ctx"),
+                      user="stasis_ua", quiet=True)
+    if not re.search(r"\bunix +TCP \S+ listening pos \d+ \(led outside: restored closed\)", shown):
+        fail(f"job {job2}'s epoch does not show the inherited PMIx listener saved as closed:\n{shown[-1500:]}")
+    print(f"OK once the task let go of it: epoch {epochs[-1]} complete, the inherited PMIx listener saved "
+          "as closed")
 
 
 def case_daemon_restart():
@@ -1298,6 +1459,7 @@ def case_daemon_restart():
 CASES = {
     "daemon_restart": case_daemon_restart,
     "pmix": case_pmix,
+    "mpi_honest": case_mpi_honest,
     "share": case_share,
     "smoke": case_smoke,
     "spank": case_spank,
@@ -1382,6 +1544,7 @@ def main():
     ap.add_argument("--share-task", default="")
     ap.add_argument("--pmix-ckpt", default="")
     ap.add_argument("--pmix-agent", default="")
+    ap.add_argument("--mpi-ring", default="")
     ap.add_argument("--scontrol-wrapper", default="")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--store-on", choices=("local", "gluster"), default="local")

@@ -249,6 +249,38 @@ TEST(Protocol, TaskCheckpointRoundTripAndChecks) {
   ExpectRefused(Encoded(go), EBADMSG, "proceed: takes no fds");
 }
 
+// A Slurm epoch's honest policy: the flag and the step's transient folders
+// travel, and malformed folder lists are refused.
+TEST(Protocol, TransientFoldersAndCloseUnconnected) {
+  Request r;
+  r.op = Op::kCheckpoint;
+  r.target = 4101;
+  r.attached = kAttachDest;
+  r.flags = kFlagHold | kFlagCloseUnconnected;
+  r.job = "7";
+  r.step = "0";
+  r.epoch = 3;
+  r.transient_dirs = {"/var/spool/slurmd/pmix.7.0"};
+  r.transient_notes = {"the PMIx server folder of step 7.0, removed when the step ends"};
+  auto bytes = EncodeRequest(r);
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  auto back = DecodeRequest(*bytes);
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(*back, r);
+  Request bad = r;
+  bad.transient_notes.clear();
+  ExpectRefused(Encoded(bad), EBADMSG, "1 transient folders but 0 notes");
+  bad = r;
+  bad.transient_dirs = {"relative/pmix.7.0"};
+  ExpectRefused(Encoded(bad), EBADMSG, "is not an absolute path");
+  bad = r;
+  bad.transient_dirs = {"/var/spool/slurmd/pmix.7.0/"};
+  ExpectRefused(Encoded(bad), EBADMSG, "without a trailing slash");
+  bad = r;
+  bad.transient_notes = {"two\nlines"};
+  ExpectRefused(Encoded(bad), EBADMSG, "not one line of text");
+}
+
 TEST(Protocol, RefusesNonsenseRequests) {
   Request r = FullCheckpoint();
   r.target = 0;
@@ -352,11 +384,11 @@ TEST(Protocol, HeldCheckpointAndCommit) {
   bad_job.job = "47\n11";
   Request commit_fd = commit;
   commit_fd.attached = kAttachDest;
-  for (const auto& [bad, words] : std::vector<std::pair<Request, std::string>>{
-           {no_fd, "needs its destination fd"},
-           {not_held, "store identity is for held"},
-           {bad_job, "control character"},
-           {commit_fd, "takes no fds"}}) {
+  for (const auto& [bad, words] :
+       std::vector<std::pair<Request, std::string>>{{no_fd, "needs its destination fd"},
+                                                    {not_held, "store identity is for held"},
+                                                    {bad_job, "control character"},
+                                                    {commit_fd, "takes no fds"}}) {
     auto d = DecodeRequest(Encoded(bad));
     ASSERT_FALSE(d.has_value()) << words;
     EXPECT_NE(d.error().message().find(words), std::string::npos) << d.error().message();
@@ -384,7 +416,6 @@ TEST(Protocol, RestartFromAStoreFolderCarriesTheNode) {
   ASSERT_FALSE(refused.has_value());
   EXPECT_NE(refused.error().message().find("node index is for restart"), std::string::npos);
 }
-
 
 }  // namespace
 }  // namespace stasis::format::proto

@@ -72,5 +72,39 @@ TEST(SlurmUtil, Environ) {
   EXPECT_EQ(env.count("junk"), 0u);
 }
 
+TEST(SlurmUtil, NameRefusedPeer) {
+  const std::string local =
+      "cannot checkpoint task 0 (pid 7) fd 15: TCP 127.0.0.1:3 -> 127.0.0.1:45 is connected to a "
+      "process outside the checkpoint; it would come back closed (and 2 more socket(s); x)";
+  const std::string remote =
+      "cannot checkpoint task 1 (pid 8) fd 18: TCP 10.250.0.11:60911 -> 10.250.0.12:1026 is "
+      "connected to a process on another host; it would come back closed";
+  std::vector<std::pair<std::string, bool>> asked;
+  auto what = [&](const std::string& peer, bool other) -> std::string {
+    asked.emplace_back(peer, other);
+    if (peer == "127.0.0.1:45") return "slurmstepd";
+    return other ? "node " + NodeWithAddress(
+                                 "NodeName=n1 NodeAddr=10.250.0.11 CPUs=2\n"
+                                 "NodeName=n2 Arch=x NodeAddr=10.250.0.12 CPUs=2\n",
+                                 peer.substr(0, peer.rfind(':')))
+                 : "";
+  };
+  EXPECT_EQ(NameRefusedPeer(local, what),
+            "cannot checkpoint task 0 (pid 7) fd 15: TCP 127.0.0.1:3 -> 127.0.0.1:45 is connected "
+            "to a process outside the checkpoint (slurmstepd); it would come back closed (and 2 "
+            "more socket(s); x)");
+  EXPECT_EQ(NameRefusedPeer(remote, what),
+            "cannot checkpoint task 1 (pid 8) fd 18: TCP 10.250.0.11:60911 -> 10.250.0.12:1026 is "
+            "connected to a process on another host (node n2); it would come back closed");
+  ASSERT_EQ(asked.size(), 2u);
+  EXPECT_EQ(asked[0], std::make_pair(std::string("127.0.0.1:45"), false));
+  EXPECT_EQ(asked[1], std::make_pair(std::string("10.250.0.12:1026"), true));
+  // Not a refused connection: unchanged, nobody asked.
+  const std::string file = "cannot checkpoint task 0 (pid 7) fd 3: /x/pmix.1.0/f, in /x/pmix.1.0";
+  EXPECT_EQ(NameRefusedPeer(file, what), file);
+  EXPECT_EQ(asked.size(), 2u);
+  EXPECT_EQ(NodeWithAddress("NodeName=n1 NodeAddr=10.250.0.11\n", "10.250.0.9"), "");
+}
+
 }  // namespace
 }  // namespace stasis::spank

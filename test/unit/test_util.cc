@@ -119,7 +119,8 @@ ProcessInfo MakeProcess(uint32_t pid) {
   p.child_subreaper = 1;
   p.posix_timers = {{0, 1, 0, 35, 0xabc, 0, 300000000000ull, 200000000000ull},
                     {4, 0, 4 | 0, 32, 0x7f0000002000, pid + 1, 1, 30000000}};
-  p.seccomp_filters = {{std::string("\x20\x00\x00\x00\x00\x00\x00\x00\x06\x00\x00\x00\x00\x00\xff\x7f", 16), 2}};
+  p.seccomp_filters = {
+      {std::string("\x20\x00\x00\x00\x00\x00\x00\x00\x06\x00\x00\x00\x00\x00\xff\x7f", 16), 2}};
   p.ctty_pty = 4;
   p.tty_pgrp = pid;
   return p;
@@ -255,6 +256,21 @@ Context MakeFullContext() {
     pipe.sock_state = 1;
     pipe.sock_inode = 4243;
     pi.files = {tty, pipe};
+    // A TCP connection saved as closed (cr_checkpoint --close-sockets).
+    FileDesc net;
+    net.fd = 6;
+    net.fd_flags = kFdOutside;
+    net.kind = kFileUnixSocket;
+    net.open_flags = 02;
+    net.path = "TCP 10.0.0.1:40000 -> 10.0.0.2:1024";
+    net.file_id = MakeFileId(e.pid + 4);
+    net.object_id = 16;
+    net.sock_type = 1;
+    net.sock_state = 7;
+    net.sock_inode = 4246;
+    net.outside_state = kOutsideConnected;
+    net.outside_peer = "10.0.0.2:1024";
+    pi.files.push_back(net);
     {  // A TCP connection with both queues (issue 20).
       FileDesc tcp;
       tcp.fd = 7;

@@ -511,10 +511,14 @@ def tail(path, n=8):
 class Prog:
     def __init__(self, argv, counts=False, ready_timeout=30, cr_timeout=120, env=None,
                  verdict=None, states=False, prereq=None, ckpt_args=(), restart_env=None,
-                 restart_args=(), after_ckpt=None):
+                 restart_args=(), after_ckpt=None, verify_says=()):
         self.argv = argv
         # after_ckpt(h, ctx): more checks of each context file, once written.
         self.after_ckpt = after_ckpt
+        # What `stasis verify` of its first context must print, exiting 1:
+        # the context is intact but cannot be restarted faithfully, by
+        # design (--close-sockets: connections come back closed).
+        self.verify_says = tuple(verify_says)
         self.restart_args = tuple(restart_args)  # more cr_restart options
         self.restart_env = restart_env or {}  # more environment for cr_restart
         self.ckpt_args = tuple(ckpt_args)  # more cr_checkpoint options
@@ -690,9 +694,16 @@ PROGRAMS = {
     "socketpair": Prog(["@zdtm_unix_sock", "socketpair"]),
     "unix_listen": Prog(["@zdtm_unix_sock", "unix_listen"]),
     "unix_backlog": Prog(["@zdtm_unix_sock", "unix_backlog"]),
+    # The TCP connection to the harness's listener comes back closed (the
+    # pair inside the tree is kept whole): `stasis verify` must say so (the
+    # listener and the UDP socket lose nothing). The UNIX
+    # connection still waiting in the harness's backlog looks, to
+    # sock_diag, like one whose peer closed, and is not counted.
     "net_closed": Prog(["@zdtm_unix_sock", "net_closed"], ckpt_args=["--close-sockets"],
                        env={"ZDTM_OUTSIDE_SOCK": "outside.sock", "ZDTM_OUTSIDE_TCP": "outside.tcp"},
-                       prereq=prereq_outside_socket),
+                       prereq=prereq_outside_socket,
+                       verify_says=["was connected to 127.0.0.1:", "a restart gives it back closed",
+                                    "cannot be restarted faithfully: 1 problem(s)"]),
     "shm_fork": Prog(["@zdtm_shm_fork"]),
     "file_mmap": Prog(["@zdtm_file_mmap"]),
     "sysv_shm": Prog(["@zdtm_sysv_shm"], prereq=prereq_sysv_shm),
@@ -826,7 +837,7 @@ class Harness:
             f.write("check\n")
         os.rename(self.path("check.tmp"), self.path("check"))
 
-    def checkpoint(self, ctx, pid, timeout, extra=("--kill",)):
+    def checkpoint(self, ctx, pid, timeout, extra=("--kill",), verify_says=()):
         t0 = time.monotonic()
         for _ in range(300):
             res = run_cmd([self.tool("cr_checkpoint")] + list(extra) + ["-f", ctx, str(pid)],
@@ -847,9 +858,16 @@ class Harness:
         stasis = os.path.join(self.bindir, "stasis")
         if os.access(stasis, os.X_OK):
             res = run_cmd([stasis, "verify", ctx], self.dir, timeout)
-            if res.returncode != 0:
-                raise Fail("stasis verify %s exited %d: %s" % (
-                    os.path.basename(ctx), res.returncode,
+            said = res.stdout.decode(errors="replace")
+            if verify_says:
+                missing = [w for w in verify_says if w not in said]
+                if res.returncode != 1 or missing:
+                    raise Fail("stasis verify %s exited %d (want 1) without saying %s: %s" % (
+                        os.path.basename(ctx), res.returncode, missing, said.strip()))
+                log("  stasis verify: %s" % said.strip().replace("\n", "\n    "))
+            elif res.returncode != 0:
+                raise Fail("stasis verify %s exited %d: %s %s" % (
+                    os.path.basename(ctx), res.returncode, said.strip(),
                     res.stderr.decode(errors="replace").strip()))
 
     def restart(self, ctx, extra=(), out="test.log", env=None):
@@ -907,7 +925,9 @@ class Harness:
         for cycle in (1, 2):
             ctx = self.path("ctx%d" % cycle)
             last = (counts_in(self.path("test.log")) or [0])[-1]
-            self.checkpoint(ctx, pid, prog.cr_timeout, extra=("--kill",) + prog.ckpt_args)
+            # (Once restored, a socket that led outside is a closed UNIX socket.)
+            self.checkpoint(ctx, pid, prog.cr_timeout, extra=("--kill",) + prog.ckpt_args,
+                            verify_says=prog.verify_says if cycle == 1 else ())
             if prog.after_ckpt:
                 prog.after_ckpt(self, ctx)
             wait_gone(ids, 20, "after cr_checkpoint --kill")
@@ -1037,7 +1057,22 @@ def test_file_deps(h):
     wait_gone(ids, 20, "after cr_checkpoint --kill")
     problems = []
 
+    stasis = h.tool("stasis")
+    res = run_cmd([stasis, "verify", ctx], h.dir, 60)
+    if res.returncode != 0 or b"every file it needs is here and unchanged" not in res.stdout:
+        problems.append("stasis verify of the fresh context: exit %d, %s" % (
+            res.returncode, res.stdout.decode(errors="replace").strip()))
+
     def refused(what, mentions):
+        # stasis verify sees it first: exit 1, one line naming the file.
+        res = run_cmd([stasis, "verify", ctx], h.dir, 60)
+        said = res.stdout.decode(errors="replace")
+        named = [l for l in said.splitlines() if all(m in l for m in mentions)]
+        if res.returncode != 1 or not named or "cannot be restarted faithfully" not in said:
+            problems.append("stasis verify with %s: exit %d, did not name %s: %s" % (
+                what, res.returncode, mentions, said.strip()))
+        else:
+            log("  stasis verify with %s: %s" % (what, named[0]))
         res = run_cmd([h.tool("cr_restart"), ctx], h.dir, 60)
         problems.extend(one_line_failure("cr_restart with %s" % what, res, mentions))
         if os.path.exists("/proc/%d" % pid) and ours(pid):
@@ -1056,6 +1091,9 @@ def test_file_deps(h):
     with open(mapped, "a") as f:
         f.write("more")
     refused("the mapped file modified", [mapped])
+    os.rename(mapped, mapped + ".away")
+    refused("the mapped file deleted", [mapped, "is gone"])
+    os.rename(mapped + ".away", mapped)
     if problems:
         expect(problems)
     shutil.rmtree(a)

@@ -108,21 +108,22 @@ std::string Describe(const TcpState& s) {
   return "TCP " + format::TcpAddressText(s.local);
 }
 
-// A network socket that stays outside: refused, or (--close-sockets) saved
-// as a socket whose peer has closed. Today's rule for every such socket.
-Status LeadsOutside(capture::Capturer* cap, const FdSeen& s, const std::string& text, uint32_t type,
+// A network socket that stays outside the checkpoint: saved as a closed
+// socket or refused, by the one rule of fd/outside_socket.h (through
+// Capturer::NoteOutsideSocket, which gathers the refusals of a capture).
+Status LeadsOutside(capture::Capturer* cap, capture::ProcState* p, const FdSeen& s,
                     FileDesc* f) {
-  if (!cap->options_.close_outside_sockets)
-    return Status::Error(ENOTSUP, "cannot checkpoint " + s.where + ": " + text +
-                                      " socket leads outside the checkpoint; --close-sockets "
-                                      "saves it as closed");
+  OutsideSocket net;
+  std::string why;
+  if (!InspectNetSocket(p->pid, s.fd, static_cast<uint64_t>(s.st.st_ino), &net, &why))
+    return Status::Error(ENOTSUP, "cannot checkpoint " + s.where + ": " + s.link + " is " + why +
+                                      " and leads outside the checkpoint");
   f->kind = format::kFileUnixSocket;
-  f->sock_type = type;
-  f->sock_state = format::kSockClose;  // comes back as a socket whose peer has closed
+  f->sock_type = net.type;
   f->sock_inode = static_cast<uint64_t>(s.st.st_ino);
-  f->fd_flags |= format::kFdOutside;
-  f->path = text;
+  f->path = net.Text();
   f->tcp.clear();
+  cap->NoteOutsideSocket(p, f, net);
   return Status::Ok();
 }
 
@@ -303,19 +304,11 @@ Status CaptureNetSocket(capture::Capturer* cap, capture::ProcState* p, const FdS
   const bool is_tcp = (domain == AF_INET || domain == AF_INET6) &&
                       IntOpt(sock.get(), SOL_SOCKET, SO_TYPE) == SOCK_STREAM &&
                       IntOpt(sock.get(), SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP;
-  if (!is_tcp) {
-    NetSocketInfo net;
-    if (!FindNetSocket(p->pid, static_cast<uint64_t>(s.st.st_ino), &net))
-      return Status::Error(ENOTSUP, "cannot checkpoint " + s.where + ": " + s.link +
-                                        " (not a UNIX, TCP or UDP socket) leads outside the "
-                                        "checkpoint");
-    return LeadsOutside(cap, s, net.text, net.type, f);
-  }
+  if (!is_tcp) return LeadsOutside(cap, p, s, f);
   TcpState t;
   STASIS_RETURN_IF_ERROR(ReadPlainState(sock.get(), s.where, &t));
   if (t.state != TCP_ESTABLISHED && t.state != TCP_LISTEN && t.state != TCP_CLOSE)
-    return LeadsOutside(cap, s, Describe(t) + " (TCP state " + std::to_string(t.state) + ")",
-                        SOCK_STREAM, f);
+    return LeadsOutside(cap, p, s, f);
   if (t.state == TCP_LISTEN) {
     tcp_info info{};
     socklen_t len = sizeof info;
@@ -357,17 +350,9 @@ Status Capturer::ClassifyTcpSockets() {
   }
   if (tcp.empty()) return Status::Ok();
   std::map<uint64_t, std::string> payload;  // inode -> encoded state, or "" (led outside)
+  // (Saved closed or refused below, by the rule of fd/outside_socket.h.)
   for (const auto& [inode, holder] : HeldOutside(tcp, ours)) {
-    if (!options_.close_outside_sockets) {
-      for (auto& p : procs_)
-        for (FileDesc& f : p->files)
-          if (f.kind == format::kFileTcpSocket && f.sock_inode == inode)
-            return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + " fd " +
-                                              std::to_string(f.fd) + ": " + f.path +
-                                              " socket is shared with " + Pid(holder) +
-                                              " outside the checkpoint; --close-sockets saves "
-                                              "it as closed");
-    }
+    (void)holder;
     payload[inode] = "";
   }
   std::map<uint64_t, End> ends;  // established, by socket inode (first holder)
@@ -398,16 +383,8 @@ Status Capturer::ClassifyTcpSockets() {
     const std::string where = Pid(e.p->pid) + " fd " + std::to_string(e.f->fd);
     uint64_t peer = 0;
     format::TcpPeerPlace place = TcpPeerInside(e.t, e.netns, by_addr, &peer);
-    auto outside = [&](const std::string& why) -> Status {
-      if (!options_.close_outside_sockets)
-        return Status::Error(
-            ENOTSUP, "cannot checkpoint " + where + ": " + Describe(e.t) + " socket " + why);
-      payload[inode] = "";
-      return Status::Ok();
-    };
     if (place != format::kTcpPeerHere || !ends.count(peer) || peer == inode) {
-      STASIS_RETURN_IF_ERROR(
-          outside("leads outside the checkpoint; --close-sockets saves it as closed"));
+      payload[inode] = "";  // leads outside: saved closed or refused below
       continue;
     }
     End& o = ends[peer];
@@ -415,7 +392,7 @@ Status Capturer::ClassifyTcpSockets() {
     STASIS_ASSIGN_OR_RETURN(UniqueFd b, TakeFd(o.p->pid, o.f->fd));
     const int on = 1;
     if (::setsockopt(a.get(), IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) != 0) {
-      if (errno == EPERM && options_.close_outside_sockets) {
+      if (errno == EPERM && options_.outside_sockets == OutsideSockets::kCloseAll) {
         payload[inode] = payload[peer] = "";
         continue;
       }
@@ -500,10 +477,20 @@ Status Capturer::ClassifyTcpSockets() {
         f.tcp = it->second;
         continue;
       }
-      f.kind = format::kFileUnixSocket;  // led outside: comes back closed
-      f.sock_state = format::kSockClose;
-      f.fd_flags |= format::kFdOutside;
+      // Led outside: comes back closed, if the rule allows it.
+      OutsideSocket net;
+      std::string why;
+      if (!InspectNetSocket(p->pid, f.fd, f.sock_inode, &net, &why)) {
+        net.family = "TCP";
+        net.type = SOCK_STREAM;
+        net.state = f.sock_state == TCP_LISTEN        ? format::kOutsideListening
+                    : f.sock_state == TCP_ESTABLISHED ? format::kOutsideConnected
+                                                      : format::kOutsideUnconnected;
+        net.local = f.path;
+      }
+      f.kind = format::kFileUnixSocket;
       f.tcp.clear();
+      NoteOutsideSocket(p.get(), &f, net);
     }
   }
   return Status::Ok();

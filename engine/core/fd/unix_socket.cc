@@ -79,8 +79,10 @@ Result<std::map<uint64_t, UnixSocketInfo>*> Capturer::UnixSockets() {
   return &*unix_;
 }
 
-// Refuses sockets connected to processes outside the checkpoint, and saves
-// the receive queue of every socket once (peeked, not consumed).
+// Marks UNIX sockets connected to processes outside the checkpoint (the
+// rule in fd/outside_socket.h decides whether they may be saved, as closed),
+// and saves the receive queue of every other socket once (peeked, not
+// consumed).
 Status Capturer::ClassifySockets() {
   std::set<uint64_t> inside, saved;
   for (auto& p : procs_)
@@ -89,25 +91,75 @@ Status Capturer::ClassifySockets() {
   for (auto& p : procs_) {
     for (FileDesc& f : p->files) {
       if (f.kind != format::kFileUnixSocket || (f.fd_flags & format::kFdOutside)) continue;
-      if (f.peer_id && !inside.count(f.peer_id) && options_.close_outside_sockets) {
-        f.fd_flags |= format::kFdOutside;
-        f.peer_id = 0;
-        f.sock_state = format::kSockClose;  // comes back as a socket whose peer has closed
-        continue;
-      }
       if (f.peer_id && !inside.count(f.peer_id)) {
-        std::string peer_name = unix_ && unix_->count(f.peer_id) ? (*unix_)[f.peer_id].name : "";
-        return Status::Error(ENOTSUP, "cannot checkpoint " + Pid(p->pid) + " fd " +
-                                          std::to_string(f.fd) + ": UNIX socket " +
-                                          (f.path.empty() ? "" : f.path + " ") +
-                                          "is connected to a process outside the checkpoint" +
-                                          (peer_name.empty() ? "" : " (at " + peer_name + ")") +
-                                          "; --close-sockets saves it as closed");
+        OutsideSocket o;
+        o.family = "UNIX";
+        o.type = f.sock_type;
+        o.state = format::kOutsideConnected;
+        o.local = f.path;
+        o.peer = unix_ && unix_->count(f.peer_id) ? (*unix_)[f.peer_id].name : "";
+        o.peer_inode = f.peer_id;
+        NoteOutsideSocket(p.get(), &f, o);
+        continue;
       }
       if (saved.insert(f.sock_inode).second) STASIS_RETURN_IF_ERROR(PeekSocket(p->pid, &f));
     }
   }
   return Status::Ok();
+}
+
+std::string Capturer::Who(pid_t pid) const {
+  pid_t cur = pid;
+  for (size_t hops = 0; cur > 0 && hops <= procs_.size(); ++hops) {
+    for (const TaskRoot& t : options_.tasks)
+      if (t.pid == cur)
+        return "task " + std::to_string(t.task) + " (pid " + std::to_string(pid) + ")";
+    auto it = by_pid_.find(cur);
+    if (it == by_pid_.end()) break;
+    cur = it->second->stat.ppid;
+  }
+  return Pid(pid);
+}
+
+void Capturer::NoteOutsideSocket(ProcState* p, FileDesc* f, const OutsideSocket& s) {
+  f->fd_flags |= format::kFdOutside;
+  f->sock_state = format::kSockClose;  // comes back as a socket whose peer has closed
+  f->peer_id = 0;
+  f->outside_state = s.state;
+  f->outside_peer = s.peer;
+  if (MaySaveOutsideSocket(options_.outside_sockets, s)) return;
+  // Refused: say what it is and, when this host can tell, who the peer is
+  // (reading /proc costs only here).
+  std::string head =
+      "cannot checkpoint " + Who(p->pid) + " fd " + std::to_string(f->fd) + ": " + s.Text();
+  if (options_.outside_sockets == OutsideSockets::kRefuse && s.state != format::kOutsideConnected) {
+    refused_sockets_.push_back(head + " leads outside the checkpoint; --close-sockets saves it " +
+                               "as closed");
+    return;
+  }
+  uint64_t peer = s.peer_inode ? s.peer_inode : FindTcpPeerInode(p->pid, s);
+  std::string comm;
+  pid_t holder = FindSocketHolder(peer, &comm);
+  std::string to;
+  if (holder && by_pid_.count(holder))
+    to = Who(holder) + " of this checkpoint, but " +
+         (s.family == "TCP" ? std::string("not as a pair this capture can rebuild")
+                            : s.family + " connections are not saved yet");
+  else if (holder)
+    to = comm + " (pid " + std::to_string(holder) + "), a process outside the checkpoint";
+  else if (s.family == "TCP" && !peer && s.peer.rfind("127.", 0) != 0 &&
+           s.peer.rfind("[::1]", 0) != 0)
+    to = "a process on another host";
+  else
+    to = "a process outside the checkpoint";
+  if (s.family == "UNIX" && !s.peer.empty()) to += " (at " + s.peer + ")";
+  if (options_.outside_sockets == OutsideSockets::kRefuse)
+    refused_sockets_.push_back(head + " is connected to " + to +
+                               "; --close-sockets saves it as closed");
+  else
+    refused_sockets_.push_back(head + " is connected to " + to +
+                               "; it would come back closed, so this checkpoint could not be "
+                               "restarted");
 }
 
 // The receive queue of a socket (format::DecodeSocketQueue's records): the
