@@ -69,6 +69,9 @@ Status Capturer::CaptureAll() {
   // fds are known; then anything a restart could not give back fails the
   // checkpoint here, before a byte is written.
   STASIS_RETURN_IF_ERROR(ClassifySockets());
+  // TCP pairs read in repair mode (fd/tcp_socket.cc); a TCP socket leading
+  // outside goes through the same rule as the others.
+  STASIS_RETURN_IF_ERROR(ClassifyTcpSockets());
   return RefuseUnrestorable();
 }
 
@@ -169,10 +172,6 @@ Status Capturer::Write(format::ContextWriter* writer, CheckpointStats* stats,
   }
   STASIS_RETURN_IF_ERROR(writer->WriteTree(tree));
   STASIS_RETURN_IF_ERROR(ClassifyPipes());
-  // TCP pairs in repair mode (fd/tcp_socket.cc); a TCP socket leading
-  // outside is refused here as the others were in CaptureAll.
-  STASIS_RETURN_IF_ERROR(ClassifyTcpSockets());
-  STASIS_RETURN_IF_ERROR(RefuseUnrestorable());
   ClassifyPtys();
   STASIS_RETURN_IF_ERROR(WriteSharedMemory(writer, &stats->page_bytes));
   // Shared memory and pipe data are written; what follows comes from the

@@ -124,6 +124,7 @@ bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out) {
       if (std::strtoull(ino.c_str(), nullptr, 10) != inode) continue;
       unsigned state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
       out->type = t.type;
+      out->uid = static_cast<uint32_t>(std::strtoul(uid.c_str(), nullptr, 10));
       out->text = std::string(t.proto) + " " + NetAddress(local);
       if (t.type == SOCK_STREAM && state == 10)
         out->text += " listening";

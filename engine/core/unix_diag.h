@@ -30,6 +30,7 @@ Result<std::map<uint64_t, UnixSocketInfo>> ReadUnixSockets();
 // for messages ("TCP 127.0.0.1:35131 listening", "UDP [::1]:53 to ...").
 struct NetSocketInfo {
   uint32_t type = 0;  // SOCK_STREAM (tcp) or SOCK_DGRAM (udp)
+  uint32_t uid = 0;   // the user that made the socket (the table's uid column)
   std::string text;
 };
 bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out);

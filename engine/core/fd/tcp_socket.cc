@@ -355,6 +355,20 @@ Status Capturer::ClassifyTcpSockets() {
     (void)holder;
     payload[inode] = "";
   }
+  // A socket another user made is not the program's own even when its other
+  // holder's fds cannot be read (a worker acting as the user cannot see
+  // root's): the PMIx listener slurmstepd leaves open in every `srun
+  // --mpi=pmix` task is one. Led outside too.
+  for (auto& p : procs_) {
+    struct stat pst {};
+    if (::stat(("/proc/" + std::to_string(p->pid)).c_str(), &pst) != 0) continue;
+    for (FileDesc& f : p->files) {
+      if (f.kind != format::kFileTcpSocket || payload.count(f.sock_inode)) continue;
+      NetSocketInfo net;
+      if (FindNetSocket(p->pid, f.sock_inode, &net) && net.uid != pst.st_uid)
+        payload[f.sock_inode] = "";
+    }
+  }
   std::map<uint64_t, End> ends;  // established, by socket inode (first holder)
   std::map<TcpEndpoints, uint64_t> by_addr;
   for (auto& p : procs_) {
