@@ -16,10 +16,13 @@ fi
 cmake=$1
 src=$2
 out=$3-release
+# Logs beside the test build's own (never in the source tree).
+log=$3/Testing/build-release
+mkdir -p "$(dirname "$log")"
 gen=()
 command -v ninja >/dev/null && [[ ! -f $out/CMakeCache.txt ]] && gen=(-G Ninja)
 "$cmake" -S "$src" -B "$out" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSTASIS_WERROR=ON \
-  >"$out.configure.log" 2>&1 || { cat "$out.configure.log" >&2; echo "FAIL build.release: configure"; exit 1; }
+  >"$log.configure" 2>&1 || { cat "$log.configure" >&2; echo "FAIL build.release: configure"; exit 1; }
 targets=(cr_run cr_checkpoint cr_restart stasis stasisd cr)
 # Built when their prerequisites (Slurm's spank.h, PMIx) were found.
 known=$("$cmake" --build "$out" --target help 2>/dev/null || true)
@@ -29,9 +32,9 @@ for t in stasis-step spank_stasis stasis_pmix; do
   fi
 done
 start=$(date +%s)
-if ! "$cmake" --build "$out" --target "${targets[@]}" >"$out.build.log" 2>&1; then
-  grep -E 'error|warning' "$out.build.log" | head -n 40 >&2
-  echo "FAIL build.release: the Release build failed (log: $out.build.log)"
+if ! "$cmake" --build "$out" --target "${targets[@]}" >"$log.build" 2>&1; then
+  grep -E 'error|warning' "$log.build" | head -n 40 >&2
+  echo "FAIL build.release: the Release build failed (log: $log.build)"
   exit 1
 fi
 echo "build.release: ${targets[*]} built with -O3 -Werror in $(($(date +%s) - start)) s ($out)"
