@@ -57,7 +57,8 @@ static int Page(char *page, uint64_t seed, uint64_t index, enum Mix mix, int che
     int n = snprintf(line, sizeof line, "stasis bench page %llu seed %llu\n",
                      (unsigned long long)index, (unsigned long long)seed);
     char *w = (char *)words;
-    for (int i = 0; i < kPage; i += n) memcpy(w + i, line, (size_t)(i + n <= kPage ? n : kPage - i));
+    for (int i = 0; i < kPage; i += n)
+      memcpy(w + i, line, (size_t)(i + n <= kPage ? n : kPage - i));
   } else {
     uint64_t x = Mix64(seed * 0x9e3779b97f4a7c15ULL + index + 1);
     for (int i = 0; i < kPage / 8; ++i) {
@@ -90,15 +91,25 @@ static uint64_t ParseSize(const char *s) {
   char *end;
   uint64_t v = strtoull(s, &end, 10);
   switch (*end) {
-    case 'G': case 'g': v <<= 30; break;
-    case 'M': case 'm': v <<= 20; break;
-    case 'K': case 'k': v <<= 10; break;
-    default: break;
+    case 'G':
+    case 'g':
+      v <<= 30;
+      break;
+    case 'M':
+    case 'm':
+      v <<= 20;
+      break;
+    case 'K':
+    case 'k':
+      v <<= 10;
+      break;
+    default:
+      break;
   }
   return v / kPage * kPage;
 }
 
-static int mutated;  /* every 20th page has generation seed + 1 */
+static int mutated; /* every 20th page has generation seed + 1 */
 
 /* Checks every page; returns the number of bad pages. */
 static uint64_t Check(char *mem, uint64_t size, uint64_t seed, enum Mix mix) {
@@ -110,7 +121,8 @@ static uint64_t Check(char *mem, uint64_t size, uint64_t seed, enum Mix mix) {
 
 int main(int argc, char **argv) {
   if (argc != 6) {
-    fprintf(stderr, "usage: bench_mem SIZE random|halfzero|compressible PROCS private|shared DIR\n");
+    fprintf(stderr,
+            "usage: bench_mem SIZE random|halfzero|compressible PROCS private|shared DIR\n");
     return 2;
   }
   uint64_t size = ParseSize(argv[1]);
@@ -189,7 +201,7 @@ int main(int argc, char **argv) {
     printf("FAIL %llu bad pages in rank 0, or a rank failed\n", (unsigned long long)bad);
     return 1;
   }
-  printf("PASS %d processes, %llu MiB each (%s, %s)\n", procs,
-         (unsigned long long)(size >> 20), argv[2], argv[4]);
+  printf("PASS %d processes, %llu MiB each (%s, %s)\n", procs, (unsigned long long)(size >> 20),
+         argv[2], argv[4]);
   return 0;
 }

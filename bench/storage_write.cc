@@ -58,8 +58,8 @@ using stasis::UniqueFd;
 namespace store = stasis::store;
 
 constexpr uint64_t kMiB = 1u << 20;
-constexpr size_t kPiece = 1u << 20;            // bytes per NodeFileSink::Write
-constexpr size_t kRandomBytes = 64u << 20;     // the reused random data
+constexpr size_t kPiece = 1u << 20;         // bytes per NodeFileSink::Write
+constexpr size_t kRandomBytes = 64u << 20;  // the reused random data
 constexpr auto kSampleEvery = std::chrono::milliseconds(20);
 
 double Now() {
@@ -68,9 +68,12 @@ double Now() {
 
 const char* StrategyName(store::WriteStrategy s) {
   switch (s) {
-    case store::WriteStrategy::kBuffered: return "buffered";
-    case store::WriteStrategy::kStreaming: return "streaming";
-    case store::WriteStrategy::kDirect: return "direct";
+    case store::WriteStrategy::kBuffered:
+      return "buffered";
+    case store::WriteStrategy::kStreaming:
+      return "streaming";
+    case store::WriteStrategy::kDirect:
+      return "direct";
   }
   return "?";
 }
@@ -83,10 +86,14 @@ uint64_t ParseSize(const std::string& s) {
   if (errno || end == s.c_str()) return 0;
   std::string suffix(end);
   int shift = -1;
-  if (suffix.empty()) shift = 0;
-  else if (suffix == "K" || suffix == "k") shift = 10;
-  else if (suffix == "M" || suffix == "m") shift = 20;
-  else if (suffix == "G" || suffix == "g") shift = 30;
+  if (suffix.empty())
+    shift = 0;
+  else if (suffix == "K" || suffix == "k")
+    shift = 10;
+  else if (suffix == "M" || suffix == "m")
+    shift = 20;
+  else if (suffix == "G" || suffix == "g")
+    shift = 30;
   if (shift < 0 || v > (UINT64_MAX >> shift)) return 0;
   return static_cast<uint64_t>(v) << shift;
 }
@@ -148,8 +155,8 @@ Result<uint64_t> CachedBytes(const std::string& path) {
   int err = errno;
   ::munmap(map, size);
   if (rc != 0) return Status::FromErrno(err, "mincore " + path);
-  uint64_t pages = static_cast<uint64_t>(std::count_if(resident.begin(), resident.end(),
-                                                       [](unsigned char c) { return c & 1; }));
+  uint64_t pages = static_cast<uint64_t>(
+      std::count_if(resident.begin(), resident.end(), [](unsigned char c) { return c & 1; }));
   return std::min<uint64_t>(pages * page, size);
 }
 
@@ -170,7 +177,8 @@ class RunFolder {
     ::unlink((path_ + "/ddtest").c_str());
     ::unlink((path_ + "/warmup").c_str());
     if (::rmdir(path_.c_str()) != 0)
-      std::fprintf(stderr, "storage_write: could not remove %s: %s\n", path_.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "storage_write: could not remove %s: %s\n", path_.c_str(),
+                   std::strerror(errno));
   }
   const std::string& path() const { return path_; }
 
@@ -193,8 +201,10 @@ Status WarmPageCache(const std::string& folder, uint64_t bytes, const std::vecto
   Status status;
   for (uint64_t off = 0; off < bytes && status.ok(); off += kPiece) {
     ssize_t w = ::write(fd.get(), data.data() + off % data.size(), kPiece);
-    if (w < 0) status = Status::FromErrno(errno, "write " + path);
-    else if (static_cast<size_t>(w) != kPiece) status = Status::Error(EIO, "short write to " + path);
+    if (w < 0)
+      status = Status::FromErrno(errno, "write " + path);
+    else if (static_cast<size_t>(w) != kPiece)
+      status = Status::Error(EIO, "short write to " + path);
   }
   ::unlink(path.c_str());
   return status;
@@ -210,7 +220,8 @@ struct Sample {
 Result<Sample> RunDd(const RunFolder& dir, uint64_t bytes) {
   std::string of = "of=" + dir.path() + "/ddtest";
   std::string count = "count=" + std::to_string(bytes / kMiB);
-  std::vector<std::string> args = {"dd", "if=/dev/zero", of, "bs=1M", count, "conv=fsync", "status=none"};
+  std::vector<std::string> args = {"dd",  "if=/dev/zero", of,           "bs=1M",
+                                   count, "conv=fsync",   "status=none"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -243,7 +254,8 @@ struct Config {
 // The run folder is the job folder.
 Result<Sample> RunStore(const RunFolder& dir, const Config& config, uint64_t bytes,
                         const std::vector<char>& data) {
-  auto job = store::JobFolder::Open(store::DefaultEnv(), dir.path(), false, store::Access::Caller());
+  auto job =
+      store::JobFolder::Open(store::DefaultEnv(), dir.path(), false, store::Access::Caller());
   if (!job) return job.error();
   store::WriteOptions options;
   options.strategy = config.strategy;
@@ -263,7 +275,8 @@ Result<Sample> RunStore(const RunFolder& dir, const Config& config, uint64_t byt
   if (!file) return file.error();
   s.seconds = Now() - t0;
   s.dirty = dirty.Stop();
-  if (file->size != bytes) return Status::Error(EIO, "the store wrote " + std::to_string(file->size) + " bytes");
+  if (file->size != bytes)
+    return Status::Error(EIO, "the store wrote " + std::to_string(file->size) + " bytes");
   auto cached = CachedBytes((*writer)->path() + "/" + store::EpochWriter::NodeFileName(0));
   if (!cached) return cached.error();
   s.cached = *cached;
@@ -291,8 +304,8 @@ struct Row {
 // One run of row `i` (0 = dd, else configs[i - 1]) in a fresh folder. It
 // starts from the same state every time: nothing of the previous run dirty
 // (or being discarded), warm memory for the page cache.
-Result<Sample> RunOne(const std::string& folder, size_t i, const std::vector<Config>& configs, uint64_t bytes,
-                      const std::vector<char>& data) {
+Result<Sample> RunOne(const std::string& folder, size_t i, const std::vector<Config>& configs,
+                      uint64_t bytes, const std::vector<char>& data) {
   auto dir = RunFolder::Create(folder);
   if (!dir) return dir.error();
   ::sync();
@@ -308,7 +321,8 @@ Result<Sample> RunOne(const std::string& folder, size_t i, const std::vector<Con
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 4 || (argc > 1 && (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0))) {
+  if (argc > 4 ||
+      (argc > 1 && (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0))) {
     std::fprintf(stderr, "usage: storage_write [SIZE] [FOLDER] [ROUNDS]   (defaults: 1G /tmp 3)\n");
     return 2;
   }
@@ -322,7 +336,8 @@ int main(int argc, char** argv) {
   // default strategy at the other chunks. '*' marks the store's default.
   const store::WriteOptions defaults;
   std::vector<Config> configs;
-  for (auto s : {store::WriteStrategy::kBuffered, store::WriteStrategy::kStreaming, store::WriteStrategy::kDirect})
+  for (auto s : {store::WriteStrategy::kBuffered, store::WriteStrategy::kStreaming,
+                 store::WriteStrategy::kDirect})
     configs.push_back({s, defaults.chunk});
   for (size_t chunk : {size_t{1} << 20, size_t{8} << 20, size_t{32} << 20})
     if (chunk != defaults.chunk) configs.push_back({defaults.strategy, chunk});
@@ -332,7 +347,8 @@ int main(int argc, char** argv) {
   for (const auto& c : configs) {
     bool is_default = c.strategy == defaults.strategy && c.chunk == defaults.chunk;
     rows.push_back({std::string(StrategyName(c.strategy)) + (is_default ? " *" : ""),
-                    std::to_string(c.chunk / kMiB) + " MiB", {}});
+                    std::to_string(c.chunk / kMiB) + " MiB",
+                    {}});
   }
 
   std::vector<char> data(kRandomBytes);
@@ -352,18 +368,21 @@ int main(int argc, char** argv) {
       auto s = RunOne(folder, i, configs, bytes, data);
       if (!s) Die(rows[i].name + " " + rows[i].chunk + ": " + s.error().message());
       rows[i].samples.push_back(*s);
-      std::fprintf(stderr, "  round %d  %-14s %-7s %7.3f s  %7.1f MB/s  cached %6.1f MiB  dirty peak %6.1f MiB\n",
-                   round, rows[i].name.c_str(), rows[i].chunk.c_str(), s->seconds,
-                   static_cast<double>(bytes) / 1e6 / s->seconds, static_cast<double>(s->cached) / kMiB,
-                   static_cast<double>(s->dirty) / kMiB);
+      std::fprintf(
+          stderr,
+          "  round %d  %-14s %-7s %7.3f s  %7.1f MB/s  cached %6.1f MiB  dirty peak %6.1f MiB\n",
+          round, rows[i].name.c_str(), rows[i].chunk.c_str(), s->seconds,
+          static_cast<double>(bytes) / 1e6 / s->seconds, static_cast<double>(s->cached) / kMiB,
+          static_cast<double>(s->dirty) / kMiB);
     }
   }
 
   double dd = rows[0].MedianOf(&Sample::seconds);
-  std::printf("%llu MiB written to %s, medians of %d rounds; ratio = time / dd's time (lower is better)\n",
-              static_cast<unsigned long long>(bytes / kMiB), folder.c_str(), rounds);
-  std::printf("%-14s %-7s %8s %8s %6s %11s %15s\n", "write", "chunk", "seconds", "MB/s", "ratio", "cached MiB",
-              "dirty peak MiB");
+  std::printf(
+      "%llu MiB written to %s, medians of %d rounds; ratio = time / dd's time (lower is better)\n",
+      static_cast<unsigned long long>(bytes / kMiB), folder.c_str(), rounds);
+  std::printf("%-14s %-7s %8s %8s %6s %11s %15s\n", "write", "chunk", "seconds", "MB/s", "ratio",
+              "cached MiB", "dirty peak MiB");
   for (const auto& r : rows) {
     double t = r.MedianOf(&Sample::seconds);
     std::printf("%-14s %-7s %8.3f %8.1f %6.2f %11.1f %15.1f\n", r.name.c_str(), r.chunk.c_str(), t,
@@ -371,8 +390,9 @@ int main(int argc, char** argv) {
                 static_cast<double>(r.MedianOf(&Sample::cached)) / kMiB,
                 static_cast<double>(r.MedianOf(&Sample::dirty)) / kMiB);
   }
-  std::printf("* = the store's default (store::WriteOptions); MB = 10^6 bytes; cached = the file's bytes\n"
-              "in the page cache after the write; dirty peak = highest Dirty in /proc/meminfo during it\n"
-              "(system-wide: other writers on the machine show up in it)\n");
+  std::printf(
+      "* = the store's default (store::WriteOptions); MB = 10^6 bytes; cached = the file's bytes\n"
+      "in the page cache after the write; dirty peak = highest Dirty in /proc/meminfo during it\n"
+      "(system-wide: other writers on the machine show up in it)\n");
   return 0;
 }

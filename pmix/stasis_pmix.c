@@ -15,6 +15,8 @@
  * callbacks, which only set flags.
  */
 #define _GNU_SOURCE
+#include "pmix/include/stasis_pmix.h"
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <pmix.h>
@@ -29,7 +31,6 @@
 #include "engine/agent/agent_abi.h"
 #include "engine/agent/include/libcr.h"
 #include "engine/agent/stasis_agent.h"
-#include "pmix/include/stasis_pmix.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -55,17 +56,17 @@ enum { kWantCheckpoint = 1, kWantPreempt = 2, kWantContinued = 4, kWantRestarted
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
-static int g_inits;            /* successful PMIx_Init calls not yet finalized */
-static pmix_proc_t g_me;       /* this process, as PMIx_Init named it */
-static struct {                /* the program's handlers for the codes we deliver */
+static int g_inits;      /* successful PMIx_Init calls not yet finalized */
+static pmix_proc_t g_me; /* this process, as PMIx_Init named it */
+static struct {          /* the program's handlers for the codes we deliver */
   size_t ref;
   unsigned want;
 } g_refs[MAX_REFS];
 static int g_nrefs;
-static int g_in_ckpt;          /* PMIX_JCTRL_CHECKPOINT delivered, outcome not yet known */
-static int g_complete;         /* PMIX_JCTRL_CHECKPOINT_COMPLETE seen for this request */
-static int g_dropped;          /* the program finalized PMIx during the request */
-static pmix_status_t g_pending;/* outcome for the next handler registered for it, or 0 */
+static int g_in_ckpt;           /* PMIX_JCTRL_CHECKPOINT delivered, outcome not yet known */
+static int g_complete;          /* PMIX_JCTRL_CHECKPOINT_COMPLETE seen for this request */
+static int g_dropped;           /* the program finalized PMIx during the request */
+static pmix_status_t g_pending; /* outcome for the next handler registered for it, or 0 */
 static int g_pending_taken;
 static int g_cr_joined;
 
@@ -210,8 +211,10 @@ static int on_checkpoint(void *unused) {
     }
     pthread_mutex_unlock(&g_mu);
     if (!ready) {
-      note("no PMIX_JCTRL_CHECKPOINT_COMPLETE (or PMIx_Finalize) within %g s: the checkpoint fails "
-           "(STASIS_PMIX_TIMEOUT)", t);
+      note(
+          "no PMIX_JCTRL_CHECKPOINT_COMPLETE (or PMIx_Finalize) within %g s: the checkpoint fails "
+          "(STASIS_PMIX_TIMEOUT)",
+          t);
       return cr_checkpoint(CR_CHECKPOINT_TEMP_FAILURE);
     }
   }

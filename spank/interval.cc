@@ -24,7 +24,8 @@ std::vector<std::string_view> SplitColons(std::string_view s) {
   size_t start = 0;
   for (;;) {
     size_t c = s.find(':', start);
-    out.push_back(s.substr(start, c == std::string_view::npos ? std::string_view::npos : c - start));
+    out.push_back(
+        s.substr(start, c == std::string_view::npos ? std::string_view::npos : c - start));
     if (c == std::string_view::npos) return out;
     start = c + 1;
   }
@@ -80,11 +81,20 @@ bool Suffixed(std::string_view s, uint64_t* seconds) {
     if (i == 0 || i == s.size() || !Digits(s.substr(0, i), &n)) return false;
     uint64_t unit;
     switch (s[i]) {
-      case 's': unit = 1; break;
-      case 'm': unit = 60; break;
-      case 'h': unit = 3600; break;
-      case 'd': unit = 86400; break;
-      default: return false;
+      case 's':
+        unit = 1;
+        break;
+      case 'm':
+        unit = 60;
+        break;
+      case 'h':
+        unit = 3600;
+        break;
+      case 'd':
+        unit = 86400;
+        break;
+      default:
+        return false;
     }
     total += n * unit;
     any = true;
@@ -100,9 +110,10 @@ Result<uint64_t> ParseInterval(std::string_view text) {
   uint64_t seconds = 0;
   bool ok = !text.empty() && (SlurmTime(text, &seconds) || Suffixed(text, &seconds));
   if (!ok || seconds == 0 || seconds > kMaxSeconds)
-    return Status::Error(EINVAL, "'" + std::string(text.substr(0, 64)) +
-                                     "' is not a checkpoint interval (use minutes like 30, 30:00, "
-                                     "1:00:00, 1-0, or 90s, 30m, 2h, 1d; more than 0, at most a year)");
+    return Status::Error(EINVAL,
+                         "'" + std::string(text.substr(0, 64)) +
+                             "' is not a checkpoint interval (use minutes like 30, 30:00, "
+                             "1:00:00, 1-0, or 90s, 30m, 2h, 1d; more than 0, at most a year)");
   return seconds;
 }
 

@@ -26,7 +26,9 @@ Result<uint64_t> ByteSource::Skip(uint64_t n) {
 // --- PrefetchSource -------------------------------------------------------------
 
 PrefetchSource::PrefetchSource(UniqueFd fd, std::string name, size_t chunk, size_t depth)
-    : fd_(std::move(fd)), name_(std::move(name)), chunk_(std::max<size_t>(chunk / 4096 * 4096, 4096)) {
+    : fd_(std::move(fd)),
+      name_(std::move(name)),
+      chunk_(std::max<size_t>(chunk / 4096 * 4096, 4096)) {
   for (size_t i = 0; i < std::max<size_t>(depth, 1) + 2; ++i) {
     void* mem = nullptr;
     if (::posix_memalign(&mem, 4096, chunk_) != 0) std::abort();
@@ -210,7 +212,8 @@ Status WriteFully(int fd, const void* data, size_t n, const std::string& name) {
   return Status::Ok();
 }
 
-Status SendWithFds(int sock, const void* data, size_t n, const std::vector<int>& fds, const std::string& what) {
+Status SendWithFds(int sock, const void* data, size_t n, const std::vector<int>& fds,
+                   const std::string& what) {
   if (fds.size() > 8) return Status::Error(EINVAL, "too many fds for one message to " + what);
   struct iovec iov = {const_cast<void*>(data), n};
   struct msghdr msg;
@@ -234,7 +237,9 @@ Status SendWithFds(int sock, const void* data, size_t n, const std::vector<int>&
   }
 }
 
-Status FdSink::WriteRaw(const void* data, size_t n) { return WriteFully(fd_.get(), data, n, name_); }
+Status FdSink::WriteRaw(const void* data, size_t n) {
+  return WriteFully(fd_.get(), data, n, name_);
+}
 
 Status FdSink::Write(const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
@@ -266,7 +271,9 @@ Status FdSink::Sync() {
 }
 
 FdSource::FdSource(UniqueFd fd, std::string name, size_t buffer_size)
-    : fd_(std::move(fd)), name_(std::move(name)), buffer_(new char[buffer_size]),
+    : fd_(std::move(fd)),
+      name_(std::move(name)),
+      buffer_(new char[buffer_size]),
       capacity_(buffer_size) {}
 
 Result<size_t> FdSource::Read(void* data, size_t n) {
@@ -310,7 +317,8 @@ Result<uint64_t> FdSource::Skip(uint64_t n) {
   off_t here = ::lseek(fd_.get(), 0, SEEK_CUR);
   if (here < 0) return Status::FromErrno(errno, "seek " + name_);
   uint64_t room = static_cast<uint64_t>(st.st_size) > static_cast<uint64_t>(here)
-                      ? static_cast<uint64_t>(st.st_size) - static_cast<uint64_t>(here) : 0;
+                      ? static_cast<uint64_t>(st.st_size) - static_cast<uint64_t>(here)
+                      : 0;
   rest = std::min(rest, room);
   if (rest && ::lseek(fd_.get(), static_cast<off_t>(rest), SEEK_CUR) < 0)
     return Status::FromErrno(errno, "seek " + name_);

@@ -68,7 +68,8 @@ Status WriteFully(int fd, const void* data, size_t n, const std::string& name);
 
 // Sends one packet (SOCK_SEQPACKET or datagram) with up to 8 fds beside it
 // as SCM_RIGHTS; retries EINTR. `what` names the peer in the error.
-Status SendWithFds(int sock, const void* data, size_t n, const std::vector<int>& fds, const std::string& what);
+Status SendWithFds(int sock, const void* data, size_t n, const std::vector<int>& fds,
+                   const std::string& what);
 
 // Opens `name` in `dirfd` (AT_FDCWD: a path) read-only, never through a
 // symbolic link and never blocking on a FIFO; only a regular file is

@@ -54,7 +54,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {  // NOLINT
     if (status_.ok()) status_ = Status::Error(EIO, "Result built from an ok Status");
   }
@@ -79,17 +79,17 @@ class [[nodiscard]] Result {
 }  // namespace stasis
 
 // Returns early from the enclosing function if the expression is an error.
-#define STASIS_RETURN_IF_ERROR(expr)        \
-  do {                                      \
-    ::stasis::Status stasis_status_ = (expr); \
+#define STASIS_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::stasis::Status stasis_status_ = (expr);        \
     if (!stasis_status_.ok()) return stasis_status_; \
   } while (0)
 
 #define STASIS_CONCAT_INNER(a, b) a##b
 #define STASIS_CONCAT(a, b) STASIS_CONCAT_INNER(a, b)
 // Declares `lhs` from a Result<T>, returning its error early.
-#define STASIS_ASSIGN_OR_RETURN(lhs, expr)                           \
-  auto STASIS_CONCAT(stasis_result_, __LINE__) = (expr);            \
-  if (!STASIS_CONCAT(stasis_result_, __LINE__).has_value())         \
-    return STASIS_CONCAT(stasis_result_, __LINE__).error();         \
+#define STASIS_ASSIGN_OR_RETURN(lhs, expr)                  \
+  auto STASIS_CONCAT(stasis_result_, __LINE__) = (expr);    \
+  if (!STASIS_CONCAT(stasis_result_, __LINE__).has_value()) \
+    return STASIS_CONCAT(stasis_result_, __LINE__).error(); \
   lhs = std::move(STASIS_CONCAT(stasis_result_, __LINE__).value())

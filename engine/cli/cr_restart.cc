@@ -6,8 +6,8 @@
 // root, the tree never more privileged than the file's owner); cr_restart
 // hands it its stdin/stdout/stderr, waits the same way and exits the same
 // way.
-#include <signal.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,8 +83,8 @@ int ExitCodeOf(int status) {
     if (!reply && reply.error().code() == EINTR) continue;
     if (!reply) {
       if (g_root > 0)
-        Die("cr_restart", "lost stasisd's worker while waiting for pid " +
-                              std::to_string(g_root) + " (it keeps running)");
+        Die("cr_restart", "lost stasisd's worker while waiting for pid " + std::to_string(g_root) +
+                              " (it keeps running)");
       Die("cr_restart", reply.error().message());
     }
     if (reply->kind == proto::kReplyQueued) continue;
@@ -100,10 +100,10 @@ int ExitCodeOf(int status) {
         }
       }
       if (verbose)
-        std::fprintf(stderr, "cr_restart: stasisd restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",
-                     reply->processes, reply->threads, reply->page_bytes / 1048576.0,
-                     reply->total_us / 1e6,
-                     reply->new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
+        std::fprintf(
+            stderr, "cr_restart: stasisd restored %u processes, %u threads, %.1f MiB in %.3f s%s\n",
+            reply->processes, reply->threads, reply->page_bytes / 1048576.0, reply->total_us / 1e6,
+            reply->new_pid_namespace ? " (pids taken here: in a new pid namespace)" : "");
       continue;
     }
     if (reply->kind == proto::kReplyExited) std::exit(ExitCodeOf(reply->exit_status));
@@ -123,8 +123,8 @@ void MarkOmit(unsigned omit) {
 int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string& file,
                    stasis::core::RestoreOptions opt, unsigned omit, bool verbose);
 int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
-                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose,
-                    stasis::core::LazyPages* lazy = nullptr);
+                    std::unique_ptr<stasis::ByteSource> source, const std::string& file,
+                    bool verbose, stasis::core::LazyPages* lazy = nullptr);
 
 // A job folder or an epoch folder of the checkpoint store: restored here,
 // as the caller, with the manifest's checks (the node file's identity,
@@ -174,31 +174,44 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) stasis::cli::Usage("cr_restart", kUsage);
       return argv[++i];
     };
-    if (a == "-f" || a == "--file") file = next();
-    else if (a == "--no-restore-pid") opt.restore_pids = false;
-    else if (a == "--restore-pid") opt.restore_pids = true;
-    else if (a == "--stop") opt.after = stasis::core::AfterRestore::kStop;
-    else if (a == "--kill") opt.after = stasis::core::AfterRestore::kKill;
-    else if (a == "--term") opt.after = stasis::core::AfterRestore::kTerm;
-    else if (a == "--cont" || a == "--run") opt.after = stasis::core::AfterRestore::kRun;
+    if (a == "-f" || a == "--file")
+      file = next();
+    else if (a == "--no-restore-pid")
+      opt.restore_pids = false;
+    else if (a == "--restore-pid")
+      opt.restore_pids = true;
+    else if (a == "--stop")
+      opt.after = stasis::core::AfterRestore::kStop;
+    else if (a == "--kill")
+      opt.after = stasis::core::AfterRestore::kKill;
+    else if (a == "--term")
+      opt.after = stasis::core::AfterRestore::kTerm;
+    else if (a == "--cont" || a == "--run")
+      opt.after = stasis::core::AfterRestore::kRun;
     else if (a == "--relocate" || a.rfind("--relocate=", 0) == 0) {
       std::string spec = a == "--relocate" ? next() : a.substr(11);
       size_t eq = spec.find('=');
       if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
         Die("cr_restart", "--relocate needs OLD=NEW, got '" + spec + "'", 2);
       opt.relocate.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
-    } else if (a == "--omit-maybe") omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
-    else if (a == "--omit-always") omit = STASIS_AGENT_F_OMIT;
-    else if (a == "--omit-never") omit = 0;
-    else if (a == "-v" || a == "--verbose") verbose = true;
+    } else if (a == "--omit-maybe")
+      omit = STASIS_AGENT_F_OMIT_UNLESS_TARGET;
+    else if (a == "--omit-always")
+      omit = STASIS_AGENT_F_OMIT;
+    else if (a == "--omit-never")
+      omit = 0;
+    else if (a == "-v" || a == "--verbose")
+      verbose = true;
     else if (a == "--node") {
       std::string v = next();
       long n = 0;
-      if (v != "0" && !stasis::cli::ParsePositive(v, &n)) Die("cr_restart", "--node needs a node index", 2);
+      if (v != "0" && !stasis::cli::ParsePositive(v, &n))
+        Die("cr_restart", "--node needs a node index", 2);
       node = static_cast<uint32_t>(n);
-    }
-    else if (a == "--no-daemon") no_daemon = true;
-    else if (a == "--lazy") lazy = true;
+    } else if (a == "--no-daemon")
+      no_daemon = true;
+    else if (a == "--lazy")
+      lazy = true;
     else if (a == "--stdin" || a == "--stdout" || a == "--stderr") {
       // Where descriptors that led outside the checkpoint (pipes to
       // processes not saved, the old stdio) are reattached, instead of our
@@ -208,14 +221,17 @@ int main(int argc, char** argv) {
       int fd = ::open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY, 0600);
       if (fd < 0) Die("cr_restart", a + " " + path + ": " + std::strerror(errno), 2);
       (a == "--stdin" ? opt.stdin_fd : a == "--stdout" ? opt.stdout_fd : opt.stderr_fd) = fd;
-    }
-    else if (a == "--socket") socket_option = next();
+    } else if (a == "--socket")
+      socket_option = next();
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
-    } else if (a[0] == '-') stasis::cli::Usage("cr_restart", kUsage);
-    else if (file.empty()) file = a;
-    else stasis::cli::Usage("cr_restart", kUsage);
+    } else if (a[0] == '-')
+      stasis::cli::Usage("cr_restart", kUsage);
+    else if (file.empty())
+      file = a;
+    else
+      stasis::cli::Usage("cr_restart", kUsage);
   }
   if (file.empty()) stasis::cli::Usage("cr_restart", kUsage);
   struct stat st;
@@ -223,27 +239,32 @@ int main(int argc, char** argv) {
   if (lazy) {
     // Here, not through stasisd: this process serves the pages afterwards.
     if (store)
-      Die("cr_restart", "--lazy restarts a context file, not a store folder (whose MANIFEST "
-                        "checksum covers the whole file before anything runs)", 2);
+      Die("cr_restart",
+          "--lazy restarts a context file, not a store folder (whose MANIFEST "
+          "checksum covers the whole file before anything runs)",
+          2);
     auto fd = stasis::OpenRegularNoFollow(AT_FDCWD, file, file);
     auto fd2 = stasis::OpenRegularNoFollow(AT_FDCWD, file, file);
     if (!fd) Die("cr_restart", fd.error().message());
     if (!fd2) Die("cr_restart", fd2.error().message());
     struct stat fst;
     if (::fstat(fd->get(), &fst) == 0 && ::geteuid() != 0 && fst.st_uid != ::geteuid())
-      Die("cr_restart", file + " belongs to uid " + std::to_string(fst.st_uid) + ", not to you; refusing it");
+      Die("cr_restart",
+          file + " belongs to uid " + std::to_string(fst.st_uid) + ", not to you; refusing it");
     opt.lazy = std::make_shared<stasis::core::LazyPages>(std::move(*fd2), file);
     // A small buffer: the reader skips most of the file, reading only the
     // metadata between page data (a big read-ahead would read it all).
-    return RestoreAndWait(std::unique_ptr<stasis::ByteSource>(new stasis::FdSource(std::move(*fd), file, 64 << 10)),
-                          file, opt, omit, verbose);
+    return RestoreAndWait(
+        std::unique_ptr<stasis::ByteSource>(new stasis::FdSource(std::move(*fd), file, 64 << 10)),
+        file, opt, omit, verbose);
   }
   stasis::daemon::DaemonChoice daemon = stasis::daemon::ChooseDaemon(no_daemon, socket_option);
   if (!daemon.socket.empty() && !daemon.forced && !stasis::daemon::Client::Connect(daemon.socket))
     daemon.socket.clear();  // a stale socket: restore here
   if (!daemon.socket.empty()) {
     char cwd[4096];
-    opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
+    opt.source_path =
+        file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
     ViaDaemon(daemon.socket, opt, node, store, verbose);
   }
   if (store) return RestoreFromStore(file, node, opt, omit, verbose);
@@ -258,15 +279,16 @@ int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string
                    stasis::core::RestoreOptions opt, unsigned omit, bool verbose) {
   using stasis::cli::Die;
   char cwd[4096];
-  opt.source_path = file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
+  opt.source_path =
+      file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
   MarkOmit(omit);
   auto result = stasis::core::Restore(source.get(), opt);
   return WaitForRestored(std::move(result), std::move(source), file, verbose, opt.lazy.get());
 }
 
 int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
-                    std::unique_ptr<stasis::ByteSource> source, const std::string& file, bool verbose,
-                    stasis::core::LazyPages* lazy) {
+                    std::unique_ptr<stasis::ByteSource> source, const std::string& file,
+                    bool verbose, stasis::core::LazyPages* lazy) {
   using stasis::cli::Die;
   if (!result) Die("cr_restart", file + ": " + result.error().message());
   source.reset();  // nothing of the context stays open while we wait
@@ -282,11 +304,14 @@ int WaitForRestored(stasis::Result<stasis::core::RestoreResult> result,
     const double restore_s = result->seconds;
     const auto since = std::chrono::steady_clock::now();
     lazy->OnDone([lazy, restore_s, since](const stasis::Status& s) {
-      double t = restore_s + std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      double t = restore_s +
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
       if (s.ok())
-        std::fprintf(stderr, "cr_restart: all pages resident %.3f s after the restore began "
-                     "(%llu faults served, %.1f MiB streamed)\n", t,
-                     static_cast<unsigned long long>(lazy->faults_served()), lazy->bytes_streamed() / 1048576.0);
+        std::fprintf(stderr,
+                     "cr_restart: all pages resident %.3f s after the restore began "
+                     "(%llu faults served, %.1f MiB streamed)\n",
+                     t, static_cast<unsigned long long>(lazy->faults_served()),
+                     lazy->bytes_streamed() / 1048576.0);
     });
   }
   ForwardSignals();

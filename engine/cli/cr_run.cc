@@ -23,8 +23,8 @@ std::string LibcrPath() {
   const char* env = std::getenv("STASIS_LIBCR");
   if (env && *env) return ::access(env, R_OK) == 0 ? env : "";
   const std::string dir = stasis::SelfDir();
-  for (std::string rel : {std::string(STASIS_REL_BIN_TO_LIB) + "/libcr.so.0",
-                          std::string("../agent/libcr.so.0")}) {
+  for (std::string rel :
+       {std::string(STASIS_REL_BIN_TO_LIB) + "/libcr.so.0", std::string("../agent/libcr.so.0")}) {
     std::string p = stasis::ExistingPath(dir, rel, R_OK);
     if (!p.empty()) return p;
   }
@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
     stasis::cli::Die("cr_run", "cannot find libcr.so.0 (set STASIS_LIBCR to its path)", 127);
   const char* old = std::getenv("LD_PRELOAD");
   std::string preload = lib;
-  if (old && *old && std::string(old).find(lib) == std::string::npos) preload += std::string(":") + old;
+  if (old && *old && std::string(old).find(lib) == std::string::npos)
+    preload += std::string(":") + old;
   ::setenv("LD_PRELOAD", preload.c_str(), 1);
   ::execvp(argv[i], argv + i);
   stasis::cli::Die("cr_run", std::string("cannot run ") + argv[i] + ": " + std::strerror(errno),

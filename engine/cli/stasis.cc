@@ -52,10 +52,11 @@ void Show(const std::string& file, const format::Context& ctx) {
   std::printf("  written %s on %s (kernel %s) by uid %u, stasis %s\n", when, im.hostname.c_str(),
               im.kernel_release.c_str(), im.checkpoint_uid, im.stasis_version.c_str());
   if (!im.parent.empty())
-    std::printf("  incremental: unchanged pages are in its parent %s (token %016llx)\n", im.parent.c_str(),
-                static_cast<unsigned long long>(im.parent_token));
-  if (im.token) std::printf("  tracking writes since this capture (token %016llx)\n",
-                            static_cast<unsigned long long>(im.token));
+    std::printf("  incremental: unchanged pages are in its parent %s (token %016llx)\n",
+                im.parent.c_str(), static_cast<unsigned long long>(im.parent_token));
+  if (im.token)
+    std::printf("  tracking writes since this capture (token %016llx)\n",
+                static_cast<unsigned long long>(im.token));
   for (size_t i = 0; i < ctx.shared.size(); ++i) {
     const format::SharedMemory& shm = ctx.shared[i];
     uint64_t saved = 0;
@@ -123,7 +124,9 @@ void Show(const std::string& file, const format::Context& ctx) {
         std::printf("          tcp state %u%s sendq %zu (unsent %u) recvq %zu seq %u/%u%s\n",
                     t->state, t->peer_place == format::kTcpPeerHere ? " peer-here" : "",
                     t->send_queue.size(), t->unsent, t->recv_queue.size(), t->send_seq, t->recv_seq,
-                    t->state == format::kSockListen ? (" backlog " + std::to_string(t->backlog)).c_str() : "");
+                    t->state == format::kSockListen
+                        ? (" backlog " + std::to_string(t->backlog)).c_str()
+                        : "");
       }
     }
   }

@@ -25,12 +25,18 @@ std::string Pid(pid_t p) { return "pid " + std::to_string(p); }
 
 const char* IoctlName(unsigned long request) {
   switch (request) {
-    case STASIS_IOC_VMAS: return "memory map";
-    case STASIS_IOC_THREADS: return "threads";
-    case STASIS_IOC_FILES: return "open files";
-    case STASIS_IOC_PAGES: return "pages";
-    case STASIS_IOC_TASKSTATE: return "handlers, timers and altstacks";
-    default: return "ioctl";
+    case STASIS_IOC_VMAS:
+      return "memory map";
+    case STASIS_IOC_THREADS:
+      return "threads";
+    case STASIS_IOC_FILES:
+      return "open files";
+    case STASIS_IOC_PAGES:
+      return "pages";
+    case STASIS_IOC_TASKSTATE:
+      return "handlers, timers and altstacks";
+    default:
+      return "ioctl";
   }
 }
 
@@ -92,9 +98,12 @@ Result<CaptureBackend> ParseCaptureBackend(const std::string& text) {
 
 const char* CaptureBackendName(CaptureBackend backend) {
   switch (backend) {
-    case CaptureBackend::kAuto: return "auto";
-    case CaptureBackend::kKernel: return "kernel";
-    case CaptureBackend::kUser: return "user";
+    case CaptureBackend::kAuto:
+      return "auto";
+    case CaptureBackend::kKernel:
+      return "kernel";
+    case CaptureBackend::kUser:
+      return "user";
   }
   return "?";
 }
@@ -119,8 +128,8 @@ Status ApplyKernelThread(const KernelTask& task, const StopInfo& first_stop, boo
                                      " is not in the kernel capture (it appeared meanwhile)");
   if (kt->gpregs.size() != sizeof(Regs))
     return Status::Error(EPROTO, "kernel capture of thread " + std::to_string(ti->tid) + ": " +
-                                     std::to_string(kt->gpregs.size()) + " bytes of registers, want " +
-                                     std::to_string(sizeof(Regs)));
+                                     std::to_string(kt->gpregs.size()) +
+                                     " bytes of registers, want " + std::to_string(sizeof(Regs)));
   Regs regs;
   std::memcpy(&regs, kt->gpregs.data(), sizeof regs);
   regs = RegsAsCaptured(regs, first_stop);
@@ -129,12 +138,14 @@ Status ApplyKernelThread(const KernelTask& task, const StopInfo& first_stop, boo
   ti->xsave = kt->xsave;
   ti->sigmask = kt->blocked;
   ti->pending.clear();
-  for (size_t off = 0; off + STASIS_SIGINFO_SIZE <= kt->pending.size(); off += STASIS_SIGINFO_SIZE) {
+  for (size_t off = 0; off + STASIS_SIGINFO_SIZE <= kt->pending.size();
+       off += STASIS_SIGINFO_SIZE) {
     int32_t signo = 0;
     std::memcpy(&signo, &kt->pending[off], sizeof signo);
     if (was_stopped && signo == SIGSTOP) continue;
-    ti->pending.insert(ti->pending.end(), kt->pending.begin() + static_cast<std::ptrdiff_t>(off),
-                       kt->pending.begin() + static_cast<std::ptrdiff_t>(off + STASIS_SIGINFO_SIZE));
+    ti->pending.insert(
+        ti->pending.end(), kt->pending.begin() + static_cast<std::ptrdiff_t>(off),
+        kt->pending.begin() + static_cast<std::ptrdiff_t>(off + STASIS_SIGINFO_SIZE));
   }
   return Status::Ok();
 }
@@ -178,7 +189,8 @@ Status KernelCapture::MapMemfd(uint64_t size) {
   uint64_t want = std::max<uint64_t>(size, kBatchBytes + kBatchBytes / kPageSize * 16 + kPageSize);
   struct stat st;
   if (::fstat(memfd_.get(), &st) != 0) return Status::FromErrno(errno, "stat the capture memfd");
-  if (static_cast<uint64_t>(st.st_size) < want && ::ftruncate(memfd_.get(), static_cast<off_t>(want)) != 0)
+  if (static_cast<uint64_t>(st.st_size) < want &&
+      ::ftruncate(memfd_.get(), static_cast<off_t>(want)) != 0)
     return Status::FromErrno(errno, "size the capture memfd");
   void* m = ::mmap(nullptr, want, PROT_READ, MAP_SHARED, memfd_.get(), 0);
   if (m == MAP_FAILED) return Status::FromErrno(errno, "map the capture memfd");
@@ -195,12 +207,13 @@ Result<std::string> KernelCapture::ReadRecords(unsigned long request, pid_t pid)
   req.pid = pid;
   req.fd = memfd_.get();
   if (::ioctl(dev_.get(), request, &req) != 0)
-    return Status::FromErrno(errno, std::string("kernel capture of the ") + IoctlName(request) +
-                                        " of " + Pid(pid));
+    return Status::FromErrno(
+        errno, std::string("kernel capture of the ") + IoctlName(request) + " of " + Pid(pid));
   std::string out(req.bytes, '\0');
   size_t done = 0;
   while (done < out.size()) {
-    ssize_t n = ::pread(memfd_.get(), out.data() + done, out.size() - done, static_cast<off_t>(done));
+    ssize_t n =
+        ::pread(memfd_.get(), out.data() + done, out.size() - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return Status::FromErrno(n < 0 ? errno : EIO, "read the capture memfd");
     done += static_cast<size_t>(n);
@@ -262,7 +275,8 @@ void ApplyKernelThreadState(const KernelTaskState::ThreadState& state, format::T
 
 Result<KernelTaskState> ParseKernelTaskState(pid_t pid, const std::string& records) {
   KernelTaskState st;
-  const std::string bad = "kernel capture of " + Pid(pid) + ": malformed handlers, timers and altstacks";
+  const std::string bad =
+      "kernel capture of " + Pid(pid) + ": malformed handlers, timers and altstacks";
   Records r(records);
   struct stasis_taskstate_rec rec;
   if (!r.Take(&rec) || rec.nthreads > 4194304 || rec.pad != 0) return Status::Corrupt(bad);
@@ -279,9 +293,9 @@ Result<KernelTaskState> ParseKernelTaskState(pid_t pid, const std::string& recor
   for (uint32_t i = 0; i < rec.nthreads; ++i) {
     struct stasis_threadstate_rec t;
     if (!r.Take(&t) || t.tid <= 0) return Status::Corrupt(bad);
-    st.threads[static_cast<uint32_t>(t.tid)] = {t.altstack_sp,     t.altstack_size, t.altstack_flags,
-                                                t.timer_slack_ns,  t.clear_child_tid, t.rseq,
-                                                t.rseq_len,        t.rseq_sig};
+    st.threads[static_cast<uint32_t>(t.tid)] = {
+        t.altstack_sp,     t.altstack_size, t.altstack_flags, t.timer_slack_ns,
+        t.clear_child_tid, t.rseq,          t.rseq_len,       t.rseq_sig};
   }
   if (!r.done()) return Status::Corrupt(bad);
   return st;
@@ -398,7 +412,8 @@ Status KernelCapture::WritePages(pid_t pid, const std::vector<format::Mapping>& 
       off += rec.npages * kPageSize;
       data += rec.npages * kPageSize;
     }
-    if (s.ok()) s = writer->BeginPages({format::PageOwner::kProcess, static_cast<uint64_t>(pid)}, runs);
+    if (s.ok())
+      s = writer->BeginPages({format::PageOwner::kProcess, static_cast<uint64_t>(pid)}, runs);
     for (size_t i = 0; s.ok() && i < pieces.size(); ++i)
       s = writer->AppendPageData(base + pieces[i].first, pieces[i].second);
     if (s.ok()) s = writer->EndPages();
@@ -429,8 +444,8 @@ Status KernelCapture::WritePages(pid_t pid, const std::vector<format::Mapping>& 
         return Status::FromErrno(errno, "kernel capture of the pages of " + Pid(pid) + " at " +
                                             ToHex(addr) + "-" + ToHex(m.end));
       if (req.next <= addr || req.next > m.end)
-        return Status::Corrupt("kernel capture of " + Pid(pid) + ": the module made no progress at " +
-                               ToHex(addr));
+        return Status::Corrupt("kernel capture of " + Pid(pid) +
+                               ": the module made no progress at " + ToHex(addr));
       used += req.bytes;
       *zero_pages += req.zero_pages;
       addr = req.next;

@@ -37,21 +37,21 @@ const char* CaptureBackendName(CaptureBackend backend);
 
 struct KernelThread {
   uint32_t tid = 0;
-  uint32_t state = 0;              // 1 stopped, 2 traced, 3 frozen
+  uint32_t state = 0;  // 1 stopped, 2 traced, 3 frozen
   uint64_t blocked = 0;
-  std::vector<uint8_t> gpregs;     // struct user_regs_struct
-  std::vector<uint8_t> xsave;      // NT_X86_XSTATE
-  std::vector<uint8_t> pending;    // siginfo records, 128 bytes each
+  std::vector<uint8_t> gpregs;   // struct user_regs_struct
+  std::vector<uint8_t> xsave;    // NT_X86_XSTATE
+  std::vector<uint8_t> pending;  // siginfo records, 128 bytes each
 };
 
 struct KernelFile {
   int fd = 0;
   bool cloexec = false;
-  uint32_t f_flags = 0;            // as /proc/PID/fdinfo "flags" without O_CLOEXEC
+  uint32_t f_flags = 0;  // as /proc/PID/fdinfo "flags" without O_CLOEXEC
   uint64_t pos = 0;
-  struct stat st {};               // what stat(2) of /proc/PID/fd/N gives
-  std::string path;                // what readlink of /proc/PID/fd/N gives
-  uint64_t file_id = 0;            // equal for fds of one open file description
+  struct stat st {};     // what stat(2) of /proc/PID/fd/N gives
+  std::string path;      // what readlink of /proc/PID/fd/N gives
+  uint64_t file_id = 0;  // equal for fds of one open file description
 };
 
 // What STASIS_IOC_TASKSTATE reports (modules that predate it: have = false,
@@ -62,7 +62,7 @@ struct KernelTaskState {
   uint64_t itimer_real_value_ns = 0, itimer_real_interval_ns = 0;
   uint64_t timer_slack_ns = 0;
   uint32_t pdeath_signal = 0, child_subreaper = 0, dumpable = 0;
-  bool cpu_itimers = false;  // ITIMER_VIRTUAL/PROF armed: read them by injection
+  bool cpu_itimers = false;                // ITIMER_VIRTUAL/PROF armed: read them by injection
   std::vector<format::SigAction> actions;  // signal n at [n - 1], 64
   struct ThreadState {
     uint64_t altstack_sp = 0, altstack_size = 0;
@@ -87,11 +87,11 @@ void ApplyKernelThreadState(const KernelTaskState::ThreadState& state, format::T
 // One stopped process as the module sees it.
 struct KernelTask {
   KernelTaskState state;
-  std::vector<MapsEntry> maps;     // as /proc/PID/maps
-  std::vector<uint32_t> vmflags;   // MappingFlags, as smaps VmFlags (parallel)
+  std::vector<MapsEntry> maps;    // as /proc/PID/maps
+  std::vector<uint32_t> vmflags;  // MappingFlags, as smaps VmFlags (parallel)
   std::vector<KernelThread> threads;
   std::vector<uint8_t> shared_pending;
-  std::vector<KernelFile> files;   // in fd order
+  std::vector<KernelFile> files;  // in fd order
   const KernelThread* Thread(uint32_t tid) const;
   const KernelFile* File(int fd) const;
 };

@@ -111,8 +111,10 @@ bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out) {
     const char* file;
     const char* proto;
     uint32_t type;
-  } kTables[] = {{"tcp", "TCP", SOCK_STREAM}, {"tcp6", "TCP", SOCK_STREAM},
-                 {"udp", "UDP", SOCK_DGRAM},  {"udp6", "UDP", SOCK_DGRAM}};
+  } kTables[] = {{"tcp", "TCP", SOCK_STREAM},
+                 {"tcp6", "TCP", SOCK_STREAM},
+                 {"udp", "UDP", SOCK_DGRAM},
+                 {"udp6", "UDP", SOCK_DGRAM}};
   for (const auto& t : kTables) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + t.file);
     std::string line;
@@ -120,7 +122,8 @@ bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out) {
     while (std::getline(in, line)) {
       std::istringstream f(line);
       std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
-      if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino)) continue;
+      if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino))
+        continue;
       if (std::strtoull(ino.c_str(), nullptr, 10) != inode) continue;
       unsigned state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
       out->type = t.type;

@@ -14,12 +14,12 @@ namespace stasis::core {
 
 struct UnixSocketInfo {
   uint64_t inode = 0;
-  uint32_t type = 0;   // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
-  uint32_t state = 0;  // 1 established, 7 unconnected/closed, 10 listening
-  uint64_t peer = 0;   // peer's inode, 0 when none
-  std::string name;    // bound path, "@..." abstract, "" unbound
-  uint32_t rqueue = 0; // bytes (stream) or datagrams queued to be received;
-                       // for a listener, connections waiting in accept
+  uint32_t type = 0;    // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+  uint32_t state = 0;   // 1 established, 7 unconnected/closed, 10 listening
+  uint64_t peer = 0;    // peer's inode, 0 when none
+  std::string name;     // bound path, "@..." abstract, "" unbound
+  uint32_t rqueue = 0;  // bytes (stream) or datagrams queued to be received;
+                        // for a listener, connections waiting in accept
 };
 
 // Every UNIX socket of the caller's network namespace, by inode.

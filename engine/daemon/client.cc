@@ -1,8 +1,6 @@
 // The engine protocol's client side; see client.h.
 #include "engine/daemon/client.h"
 
-#include "engine/base/io.h"
-
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -10,6 +8,8 @@
 
 #include <cstdlib>
 #include <cstring>
+
+#include "engine/base/io.h"
 
 namespace stasis::daemon {
 

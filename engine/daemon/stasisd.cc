@@ -40,15 +40,21 @@ int main(int argc, char** argv) {
     if (a == "-c" || a == "--config") {
       config_path = next();
       config_given = true;
-    } else if (a == "--socket") socket = next();
-    else if (a == "--state-dir") state_dir = next();
-    else if (a == "--max-concurrent") max_concurrent = next();
-    else if (a == "--log-level") level = next();
-    else if (a == "--check-config") check_only = true;
+    } else if (a == "--socket")
+      socket = next();
+    else if (a == "--state-dir")
+      state_dir = next();
+    else if (a == "--max-concurrent")
+      max_concurrent = next();
+    else if (a == "--log-level")
+      level = next();
+    else if (a == "--check-config")
+      check_only = true;
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s\n", kUsage);
       return 0;
-    } else Die("unknown argument '" + a + "'\nusage: " + kUsage, 2);
+    } else
+      Die("unknown argument '" + a + "'\nusage: " + kUsage, 2);
   }
   // The default file may be absent (built-in defaults); a named one may not.
   auto config = LoadConfig(config_path, !config_given && !check_only);

@@ -129,13 +129,14 @@ constexpr size_t kMaxBlockBytes = 8u << 20;
 bool CompressBlock(PageCodec codec, int level, const char* raw, size_t n, std::string* out) {
   if (codec == kCodecLz4) {
     out->resize(static_cast<size_t>(LZ4_compressBound(static_cast<int>(n))));
-    int got = LZ4_compress_fast(raw, out->data(), static_cast<int>(n), static_cast<int>(out->size()),
-                                level > 1 ? level : 1);
+    int got = LZ4_compress_fast(raw, out->data(), static_cast<int>(n),
+                                static_cast<int>(out->size()), level > 1 ? level : 1);
     if (got <= 0 || static_cast<size_t>(got) >= n) return false;
     out->resize(static_cast<size_t>(got));
     return true;
   }
-  thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx(ZSTD_createCCtx(),
+                                                                       ZSTD_freeCCtx);
   if (!cctx) return false;
   out->resize(ZSTD_compressBound(n));
   size_t got = ZSTD_compressCCtx(cctx.get(), out->data(), out->size(), raw, n, level ? level : 1);
@@ -248,10 +249,12 @@ struct ContextWriter::State {
     if (!failed.ok()) return failed;
     uint32_t c = codec;
     meta.clear();
-    Status s = internal::EncodeFields(&meta, [&](FieldWriter& w) { internal::PagesFields(w, job->owner, job->runs, c); });
+    Status s = internal::EncodeFields(
+        &meta, [&](FieldWriter& w) { internal::PagesFields(w, job->owner, job->runs, c); });
     if (!s.ok()) return Refuse(SectionType::kPages, s);
     const char* data = job->compressed ? job->stored.data() : job->raw.get();
-    const uint32_t stored_len = static_cast<uint32_t>(job->compressed ? job->stored.size() : job->raw_len);
+    const uint32_t stored_len =
+        static_cast<uint32_t>(job->compressed ? job->stored.size() : job->raw_len);
     uint64_t pad = PaddingAt(Offset() + kSectionHeaderSize + meta.size());
     uint32_t crc = Crc32c(0, meta.data(), meta.size());
     char header[kSectionHeaderSize];
@@ -485,12 +488,13 @@ Status ContextWriter::CheckAppend(size_t n, const char* what) {
   State& st = *state_;
   if (!st.failed.ok()) return st.failed;
   if (!st.in_pages)
-    return st.Refuse(SectionType::kPages, Status::Error(EINVAL, std::string(what) + " without BeginPages"));
-  if (n > st.pages_left) {
     return st.Refuse(SectionType::kPages,
-                     Status::Error(EINVAL, std::string(what) + " of " + std::to_string(n) +
-                                               " bytes, only " + std::to_string(st.pages_left) +
-                                               " left in the runs"));
+                     Status::Error(EINVAL, std::string(what) + " without BeginPages"));
+  if (n > st.pages_left) {
+    return st.Refuse(
+        SectionType::kPages,
+        Status::Error(EINVAL, std::string(what) + " of " + std::to_string(n) + " bytes, only " +
+                                  std::to_string(st.pages_left) + " left in the runs"));
   }
   return Status::Ok();
 }
@@ -782,7 +786,8 @@ Status ContextReader::State::ReadSection() {
   }
   type = static_cast<SectionType>(raw_type);
   version = LoadU16(h + section_header::kVersion);
-  if (version != kSectionVersion && !(type == SectionType::kPages && version == kCompressedPagesVersion)) {
+  if (version != kSectionVersion &&
+      !(type == SectionType::kPages && version == kCompressedPagesVersion)) {
     return Corrupt("unsupported section version " + std::to_string(version) +
                    " (this stasis reads version " + std::to_string(kSectionVersion) + ")");
   }
@@ -888,7 +893,8 @@ Status ContextReader::State::DecodeAndCheck(uint64_t payload_length) {
     }
     case SectionType::kPages: {
       PagesHeader v;
-      s = DecodeFields(meta, [&](FieldReader& r) { internal::PagesFields(r, v.owner, v.runs, v.codec); });
+      s = DecodeFields(meta,
+                       [&](FieldReader& r) { internal::PagesFields(r, v.owner, v.runs, v.codec); });
       if (s.ok()) s = validator.Pages(v.owner, v.runs, &v.data_bytes);
       if (!s.ok()) break;
       uint64_t pad = PaddingAt(offset);
@@ -962,7 +968,8 @@ Status ContextReader::State::LoadBlock() {
   stored_left -= sizeof(h);
   const uint32_t raw_len = LoadU32(h), stored_len = LoadU32(h + 4);
   if (raw_len == 0 || raw_len % kPageSize != 0 || raw_len > kMaxBlockBytes || raw_len > pages_left)
-    return Corrupt("compressed block of " + std::to_string(raw_len) + " bytes (whole pages, at most " +
+    return Corrupt("compressed block of " + std::to_string(raw_len) +
+                   " bytes (whole pages, at most " +
                    std::to_string(std::min<uint64_t>(kMaxBlockBytes, pages_left)) + ")");
   if (stored_len == 0 || stored_len > raw_len || stored_len > stored_left)
     return Corrupt("compressed block stores " + std::to_string(stored_len) + " bytes for " +
@@ -990,11 +997,13 @@ Status ContextReader::State::LoadBlock() {
     } else {
       if (!dctx) dctx.reset(ZSTD_createDCtx());
       if (!dctx) return Fail(Status::Error(ENOMEM, "create a zstd decompression context"));
-      size_t r = ZSTD_decompressDCtx(dctx.get(), blocks[next].get(), raw_len, comp.get(), stored_len);
+      size_t r =
+          ZSTD_decompressDCtx(dctx.get(), blocks[next].get(), raw_len, comp.get(), stored_len);
       got = ZSTD_isError(r) ? 0 : r;
     }
     if (got != raw_len)
-      return Corrupt("compressed block does not decompress to its " + std::to_string(raw_len) + " bytes");
+      return Corrupt("compressed block does not decompress to its " + std::to_string(raw_len) +
+                     " bytes");
   }
   stored_left -= stored_len;
   cur = next;
@@ -1185,10 +1194,12 @@ Status ContextReader::SkipPageData() {
 
 Status ParseCompression(std::string_view text, PageCodec* codec, int* level) {
   std::string_view name = text.substr(0, text.find(':'));
-  std::string_view arg = name.size() < text.size() ? text.substr(name.size() + 1) : std::string_view();
+  std::string_view arg =
+      name.size() < text.size() ? text.substr(name.size() + 1) : std::string_view();
   auto bad = [&] {
-    return Status::Error(EINVAL, "--compress=" + std::string(text) +
-                                     ": want none, lz4, lz4:ACCELERATION (1-20), zstd or zstd:LEVEL (1-19)");
+    return Status::Error(
+        EINVAL, "--compress=" + std::string(text) +
+                    ": want none, lz4, lz4:ACCELERATION (1-20), zstd or zstd:LEVEL (1-19)");
   };
   int n = 0;
   if (!arg.empty()) {
@@ -1255,7 +1266,8 @@ Result<Context> ReadContext(ByteSource* source, bool load_pages) {
             shared ? ctx.shared_runs.back() : ctx.processes.back().page_runs;
         runs.insert(runs.end(), pages.runs.begin(), pages.runs.end());
         if (!shared) ctx.processes.back().page_bytes += pages.data_bytes;
-        if (!shared && pages.codec != kCodecNone) ctx.processes.back().page_codecs |= 1u << pages.codec;
+        if (!shared && pages.codec != kCodecNone)
+          ctx.processes.back().page_codecs |= 1u << pages.codec;
         if (!load_pages) {
           STASIS_RETURN_IF_ERROR(reader.SkipPageData());
           break;

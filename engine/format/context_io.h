@@ -100,8 +100,8 @@ class ContextWriter {
   void SetCompression(PageCodec codec, int level, int threads);
 
   uint64_t bytes_written() const;
-  uint64_t page_bytes_written() const;   // raw page data, as the runs count it
-  uint64_t stored_page_bytes() const;    // compressed blocks as stored
+  uint64_t page_bytes_written() const;  // raw page data, as the runs count it
+  uint64_t stored_page_bytes() const;   // compressed blocks as stored
 
  private:
   struct State;
@@ -128,7 +128,7 @@ struct SkippedPages {
 struct PagesHeader {
   PageOwner owner;
   std::vector<PageRun> runs;
-  uint64_t data_bytes = 0;  // sum(npages) * kPageSize
+  uint64_t data_bytes = 0;      // sum(npages) * kPageSize
   uint32_t codec = kCodecNone;  // how the data is stored (the reader decompresses)
   bool operator==(const PagesHeader&) const = default;
 };
@@ -187,11 +187,11 @@ struct ProcessImage {
   std::vector<Mapping> mappings;
   std::vector<FileDesc> files;
   std::vector<ThreadInfo> threads;
-  std::vector<PageRun> page_runs;   // all runs of all Pages sections
-  std::string page_data;            // only filled when load_pages is true
+  std::vector<PageRun> page_runs;  // all runs of all Pages sections
+  std::string page_data;           // only filled when load_pages is true
   uint64_t page_bytes = 0;
-  uint32_t page_codecs = 0;         // bit 1 << PageCodec of every Pages section
-  std::vector<PageRun> parent_runs; // pages the parent context holds
+  uint32_t page_codecs = 0;          // bit 1 << PageCodec of every Pages section
+  std::vector<PageRun> parent_runs;  // pages the parent context holds
   bool operator==(const ProcessImage&) const = default;
 };
 
@@ -200,8 +200,8 @@ struct Context {
   ProcessTree tree;
   std::vector<SharedMemory> shared;
   std::vector<std::vector<PageRun>> shared_runs;  // parallel to shared
-  std::vector<std::string> shared_page_data;       // parallel to shared; load_pages only
-  std::vector<ProcessImage> processes;             // in file order
+  std::vector<std::string> shared_page_data;      // parallel to shared; load_pages only
+  std::vector<ProcessImage> processes;            // in file order
   uint64_t file_bytes = 0;
   bool operator==(const Context&) const = default;
 };

@@ -28,11 +28,11 @@ inline constexpr uint32_t kMaxManifestNodes = 65536;
 inline constexpr uint32_t kMaxManifestTasks = 1u << 20;
 
 struct ManifestNode {
-  uint32_t index = 0;              // node i of the step (Slurm's SLURM_NODEID)
-  std::string host;                // the node's hostname at checkpoint
-  std::string file;                // its context file, in the epoch folder
-  std::vector<uint32_t> tasks;     // global task ids (ranks) on that node
-  std::vector<std::string> argv;   // command line of the node's first task
+  uint32_t index = 0;             // node i of the step (Slurm's SLURM_NODEID)
+  std::string host;               // the node's hostname at checkpoint
+  std::string file;               // its context file, in the epoch folder
+  std::vector<uint32_t> tasks;    // global task ids (ranks) on that node
+  std::vector<std::string> argv;  // command line of the node's first task
   bool operator==(const ManifestNode&) const = default;
 };
 
@@ -44,13 +44,13 @@ struct ManifestFile {
 };
 
 struct Manifest {
-  std::string job;                 // job id (Slurm's) or the job folder's name
-  std::string step;                // step id ("0", "batch"); "" off Slurm
-  uint64_t epoch = 0;              // >= 1, the epoch folder's name
-  uint32_t uid = 0;                // the job's owner
+  std::string job;     // job id (Slurm's) or the job folder's name
+  std::string step;    // step id ("0", "batch"); "" off Slurm
+  uint64_t epoch = 0;  // >= 1, the epoch folder's name
+  uint32_t uid = 0;    // the job's owner
   uint64_t created_unix_ns = 0;
   std::string stasis_version;
-  uint32_t format_version = 0;     // of the context files
+  uint32_t format_version = 0;      // of the context files
   std::vector<ManifestNode> nodes;  // index order, 0..n-1
   std::vector<ManifestFile> files;  // one per node, same order
   bool operator==(const Manifest&) const = default;

@@ -69,11 +69,11 @@ class ContextValidator {
   bool have_shm_ = false;                // a SharedMemory section is current
   uint64_t shm_id_ = 0, shm_limit_ = 0;  // its id, size rounded up to pages
   uint64_t pages_end_ = 0;               // end of the last run of the current owner
-  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // current mappings
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;       // current mappings
   std::vector<std::pair<uint64_t, uint64_t>> anon_ranges_;  // its private anonymous ones
-  bool has_parent_ = false;                  // the Image names a parent
-  bool parent_seen_ = false;                 // ParentPages of the current process
-  std::vector<PageRun> parent_runs_;         // ... and its runs
+  bool has_parent_ = false;                                 // the Image names a parent
+  bool parent_seen_ = false;                                // ParentPages of the current process
+  std::vector<PageRun> parent_runs_;                        // ... and its runs
   // TCP connections with both ends here: socket inode -> its peer's; each
   // must name the other by End (fd/tcp_socket.cc rebuilds them in pairs).
   std::unordered_map<uint64_t, uint64_t> tcp_peers_;

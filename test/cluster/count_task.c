@@ -42,7 +42,8 @@ int main(int argc, char **argv) {
     }
     /* The job id as getenv sees it now: a restart must show the new job's. */
     const char *job = getenv("SLURM_JOB_ID");
-    printf("rank %llu count %llu job %s\n", (unsigned long long)rank, (unsigned long long)n, job ? job : "?");
+    printf("rank %llu count %llu job %s\n", (unsigned long long)rank, (unsigned long long)n,
+           job ? job : "?");
     if (limit_file) {
       FILE *f = fopen(limit_file, "r");
       unsigned long long limit = 0;

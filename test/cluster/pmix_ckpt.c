@@ -66,7 +66,8 @@ static void on_event(size_t ref, pmix_status_t status, const pmix_proc_t *source
 }
 
 static void die(const char *what, pmix_status_t rc) {
-  printf("rank %llu PMIX FAILED: %s: %s\n", (unsigned long long)g_rank, what, PMIx_Error_string(rc));
+  printf("rank %llu PMIX FAILED: %s: %s\n", (unsigned long long)g_rank, what,
+         PMIx_Error_string(rc));
   exit(4);
 }
 
@@ -111,8 +112,8 @@ static void checkpoint_event(void) {
     g_event = 0;
     g_outcome = 0;
     g_restarted_flag = -1;
-    pmix_status_t rc = PMIx_Notify_event(PMIX_JCTRL_CHECKPOINT_COMPLETE, &g_me, PMIX_RANGE_PROC_LOCAL, NULL, 0,
-                                         NULL, NULL);
+    pmix_status_t rc = PMIx_Notify_event(PMIX_JCTRL_CHECKPOINT_COMPLETE, &g_me,
+                                         PMIX_RANGE_PROC_LOCAL, NULL, 0, NULL, NULL);
     if (rc != PMIX_SUCCESS) die("notify PMIX_JCTRL_CHECKPOINT_COMPLETE", rc);
     for (int i = 0; i < 1000 && !g_outcome; ++i) sleep_ms(10);
     if (g_outcome != PMIX_ERR_PROC_CHECKPOINT || g_restarted_flag != 0) {
@@ -127,7 +128,8 @@ static void checkpoint_event(void) {
     all.rank = PMIX_RANK_WILDCARD;
     rc = PMIx_Fence(&all, 1, NULL, 0);
     if (rc != PMIX_SUCCESS) die("PMIx_Fence", rc);
-    printf("rank %llu of %u fence ok after continued connected\n", (unsigned long long)g_rank, job_size());
+    printf("rank %llu of %u fence ok after continued connected\n", (unsigned long long)g_rank,
+           job_size());
     return;
   }
   pmix_status_t rc = PMIx_Finalize(NULL, 0);
@@ -137,11 +139,12 @@ static void checkpoint_event(void) {
   g_restarted_flag = -1;
   init_and_register(); /* returns once the checkpoint is over */
   if (g_me.rank != g_rank) {
-    printf("rank %llu PMIX FAILED: PMIx_Init gave rank %u\n", (unsigned long long)g_rank, g_me.rank);
+    printf("rank %llu PMIX FAILED: PMIx_Init gave rank %u\n", (unsigned long long)g_rank,
+           g_me.rank);
     exit(4);
   }
   for (int i = 0; i < 1000 && !g_outcome; ++i) sleep_ms(10);
-  const char *what = g_outcome == PMIX_ERR_PROC_RESTART    ? "restarted"
+  const char *what = g_outcome == PMIX_ERR_PROC_RESTART      ? "restarted"
                      : g_outcome == PMIX_ERR_PROC_CHECKPOINT ? "continued"
                                                              : NULL;
   if (!what || g_restarted_flag != (g_outcome == PMIX_ERR_PROC_RESTART)) {

@@ -95,7 +95,8 @@ int main(int argc, char **argv) {
 
   for (unsigned long long n = 1;; ++n) {
     uint64_t back[512];
-    if (pread(s, back, sizeof back, 0) != (ssize_t)sizeof back || memcmp(back, pattern, sizeof back) != 0)
+    if (pread(s, back, sizeof back, 0) != (ssize_t)sizeof back ||
+        memcmp(back, pattern, sizeof back) != 0)
       bad("the unlinked scratch file lost its contents", n);
     if (local == 0) {
       uint64_t v = n;
@@ -105,7 +106,8 @@ int main(int argc, char **argv) {
     } else {
       uint64_t v = 0;
       ssize_t got;
-      do got = read(p, &v, sizeof v); while (got < 0 && errno == EINTR);
+      do got = read(p, &v, sizeof v);
+      while (got < 0 && errno == EINTR);
       if (got != (ssize_t)sizeof v) {
         /* The writer ended (scancel kills tasks one by one): not a state
          * check; a restart that lost the pipe shows as counts that stop. */
@@ -113,7 +115,8 @@ int main(int argc, char **argv) {
         return 4;
       }
       if (v != n) {
-        printf("rank %llu MEMORY BAD at %llu: read %llu from the pipe\n", rank, n, (unsigned long long)v);
+        printf("rank %llu MEMORY BAD at %llu: read %llu from the pipe\n", rank, n,
+               (unsigned long long)v);
         return 3;
       }
       /* The writer stores n right after writing it: allow one behind. */

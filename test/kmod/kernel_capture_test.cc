@@ -1,12 +1,13 @@
 // Unit tests of the engine side of the kernel backend that need no module:
 // the record parser (never trusts a length or count from the module) and
 // the capture_backend setting.
+#include "engine/core/kernel_capture.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <string>
 
-#include "engine/core/kernel_capture.h"
 #include "kmod/include/uapi/stasis_kmod.h"
 
 namespace stasis::core {
@@ -125,7 +126,8 @@ TEST(KernelCapture, RefusesTruncatedAndHostileRecords) {
        "malformed thread record"},
       {"no shared record", vma, Thread(5, 0), "", "no shared pending record"},
       {"record after the shared one", vma, shared + Thread(5, 0), "", "malformed thread record"},
-      {"truncated file", vma, shared, File(3, "/etc/passwd").substr(0, 20), "malformed file record"},
+      {"truncated file", vma, shared, File(3, "/etc/passwd").substr(0, 20),
+       "malformed file record"},
       {"negative fd", vma, shared, File(-4, "/x"), "malformed file record"},
   };
   for (const Case& c : cases) {

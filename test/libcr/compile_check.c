@@ -39,8 +39,9 @@ int main(void) {
   cr_spinlock_t lock = CR_SPINLOCK_INITIALIZER;
   cr_spinlock_lock(&lock);
   cr_spinlock_unlock(&lock);
-  int codes[] = {CR_ETEMPFAIL, CR_EPERMFAIL, CR_ENOSUPPORT, CR_EOMITTED, CR_ERESTARTED, CR_ENOTCB,
-                 CR_ENOINIT, CR_CHECKPOINT_TEMP_FAILURE_CODE(5), CR_CHECKPOINT_OMIT};
+  int codes[] = {CR_ETEMPFAIL,      CR_EPERMFAIL, CR_ENOSUPPORT, CR_EOMITTED,
+                 CR_ERESTARTED,     CR_ENOTCB,    CR_ENOINIT,    CR_CHECKPOINT_TEMP_FAILURE_CODE(5),
+                 CR_CHECKPOINT_OMIT};
   if (strlen(cr_strerror(codes[0])) == 0) return 1;
   (void)cr_forward_checkpoint;
   (void)cr_reap_checkpoint;

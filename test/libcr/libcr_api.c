@@ -36,22 +36,22 @@
 #include <unistd.h>
 
 static int failures;
-#define CHECK(cond, ...)                    \
-  do {                                      \
-    if (!(cond)) {                          \
+#define CHECK(cond, ...)                          \
+  do {                                            \
+    if (!(cond)) {                                \
       printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                  \
-      printf("\n");                         \
-      fflush(stdout);                       \
-      failures++;                           \
-    }                                       \
+      printf(__VA_ARGS__);                        \
+      printf("\n");                               \
+      fflush(stdout);                             \
+      failures++;                                 \
+    }                                             \
   } while (0)
-#define OK(...)            \
-  do {                     \
-    printf("OK ");         \
-    printf(__VA_ARGS__);   \
-    printf("\n");          \
-    fflush(stdout);        \
+#define OK(...)          \
+  do {                   \
+    printf("OK ");       \
+    printf(__VA_ARGS__); \
+    printf("\n");        \
+    fflush(stdout);      \
   } while (0)
 
 static pid_t gettid_(void) { return (pid_t)syscall(SYS_gettid); }
@@ -221,25 +221,36 @@ static int mode_order(const char *file) {
     if (log_ev[i][0] == 'W')
       CHECK(log_tid[i] == worker_tid, "%s ran in tid %d, not in the worker", log_ev[i], log_tid[i]);
   }
-  CHECK(last_thread_pre < first_sig, "a signal-context callback ran before the thread-context ones reached cr_checkpoint");
-  CHECK(last_pre < first_post, "a callback continued before every callback had reached cr_checkpoint");
+  CHECK(last_thread_pre < first_sig,
+        "a signal-context callback ran before the thread-context ones reached cr_checkpoint");
+  CHECK(last_pre < first_post,
+        "a callback continued before every callback had reached cr_checkpoint");
   if (r == 0) {
-    CHECK(info_seen.requester == getpid(), "info.requester %d, expected %d", info_seen.requester, getpid());
+    CHECK(info_seen.requester == getpid(), "info.requester %d, expected %d", info_seen.requester,
+          getpid());
     CHECK(info_seen.target == getpid(), "info.target %d", info_seen.target);
     CHECK(info_seen.scope == CR_SCOPE_PROC, "info.scope %d", info_seen.scope);
     CHECK(info_seen.signal == 0, "info.signal %d", info_seen.signal);
     CHECK(strcmp(dest_seen, file) == 0, "info.dest '%s', expected '%s'", dest_seen, file);
-    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_THREAD_CONTEXT]) == 1, "CONT_THREAD hook ran %d times", hook_count[CR_HOOK_CONT_THREAD_CONTEXT]);
-    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_SIGNAL_CONTEXT]) == 2, "CONT_SIGNAL hook ran %d times", hook_count[CR_HOOK_CONT_SIGNAL_CONTEXT]);
-    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_NO_CALLBACKS]) >= 1, "CONT_NO_CALLBACKS hook did not run");
-    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_THREAD_CONTEXT]) == 0, "a restart hook ran on continue");
+    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_THREAD_CONTEXT]) == 1,
+          "CONT_THREAD hook ran %d times", hook_count[CR_HOOK_CONT_THREAD_CONTEXT]);
+    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_SIGNAL_CONTEXT]) == 2,
+          "CONT_SIGNAL hook ran %d times", hook_count[CR_HOOK_CONT_SIGNAL_CONTEXT]);
+    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_NO_CALLBACKS]) >= 1,
+          "CONT_NO_CALLBACKS hook did not run");
+    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_THREAD_CONTEXT]) == 0,
+          "a restart hook ran on continue");
     if (!failures) OK("continue: order, contexts, checkpoint info, hooks");
   } else {
     CHECK(restart_info_ok == 1, "cr_get_restart_info wrong after restart");
-    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_THREAD_CONTEXT]) == 1, "RSTRT_THREAD hook ran %d times", hook_count[CR_HOOK_RSTRT_THREAD_CONTEXT]);
-    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_SIGNAL_CONTEXT]) == 2, "RSTRT_SIGNAL hook ran %d times", hook_count[CR_HOOK_RSTRT_SIGNAL_CONTEXT]);
-    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_NO_CALLBACKS]) >= 1, "RSTRT_NO_CALLBACKS hook did not run");
-    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_THREAD_CONTEXT]) == 0, "a continue hook ran on restart");
+    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_THREAD_CONTEXT]) == 1,
+          "RSTRT_THREAD hook ran %d times", hook_count[CR_HOOK_RSTRT_THREAD_CONTEXT]);
+    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_SIGNAL_CONTEXT]) == 2,
+          "RSTRT_SIGNAL hook ran %d times", hook_count[CR_HOOK_RSTRT_SIGNAL_CONTEXT]);
+    CHECK(atomic_load(&hook_count[CR_HOOK_RSTRT_NO_CALLBACKS]) >= 1,
+          "RSTRT_NO_CALLBACKS hook did not run");
+    CHECK(atomic_load(&hook_count[CR_HOOK_CONT_THREAD_CONTEXT]) == 0,
+          "a continue hook ran on restart");
     CHECK(pattern_ok(), "memory pattern damaged");
     if (!failures) OK("restart: order, contexts, restart info, hooks, memory");
   }
@@ -316,8 +327,11 @@ static int mode_cs(const char *file, int n) {
     if (r == 1) restarted = 1;
   }
   if (!restarted) {
-    CHECK(atomic_load(&try_result) == 1, "cr_tryenter_cs during a pending checkpoint returned %d, expected 1", atomic_load(&try_result));
-    CHECK(atomic_load(&cs_callbacks) == n, "%d callbacks for %d checkpoints", atomic_load(&cs_callbacks), n);
+    CHECK(atomic_load(&try_result) == 1,
+          "cr_tryenter_cs during a pending checkpoint returned %d, expected 1",
+          atomic_load(&try_result));
+    CHECK(atomic_load(&cs_callbacks) == n, "%d callbacks for %d checkpoints",
+          atomic_load(&cs_callbacks), n);
     /* A checkpoint requested inside a critical section waits for its end. */
     CHECK(cr_enter_cs(id) == 0, "cr_enter_cs");
     int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -333,7 +347,8 @@ static int mode_cs(const char *file, int n) {
     CHECK(cr_status() == CR_STATE_PENDING, "cr_status %d, expected CR_STATE_PENDING", cr_status());
     CHECK(atomic_load(&cs_callbacks) == before, "a callback ran inside a critical section");
     CHECK(cr_leave_cs(id) == 0, "cr_leave_cs");
-    CHECK(atomic_load(&cs_callbacks) == before + 1, "cr_leave_cs returned before the deferred checkpoint was taken");
+    CHECK(atomic_load(&cs_callbacks) == before + 1,
+          "cr_leave_cs returned before the deferred checkpoint was taken");
     pr = cr_poll_checkpoint(&h, NULL);
     int e = errno;
     close(fd);
@@ -347,10 +362,13 @@ static int mode_cs(const char *file, int n) {
   sleep_ms(100);
   atomic_store(&cs_stop, 1);
   for (int i = 0; i < 4; ++i) pthread_join(th[i], NULL);
-  CHECK(atomic_load(&cs_violations) == 0, "%d callbacks saw a critical section half done", atomic_load(&cs_violations));
+  CHECK(atomic_load(&cs_violations) == 0, "%d callbacks saw a critical section half done",
+        atomic_load(&cs_violations));
   for (int i = 0; i < 3; ++i)
     CHECK(cs_a[i] == cs_b[i] && cs_a[i] > 0, "worker %d counters %ld/%ld", i, cs_a[i], cs_b[i]);
-  if (!failures) OK("%s: critical sections held across %d checkpoints", restarted ? "restart" : "continue", atomic_load(&cs_callbacks));
+  if (!failures)
+    OK("%s: critical sections held across %d checkpoints", restarted ? "restart" : "continue",
+       atomic_load(&cs_callbacks));
   return failures ? 1 : 0;
 }
 
@@ -390,13 +408,15 @@ static int mode_omit(const char *file) {
   if (r == 1) {
     CHECK(pattern_ok(), "memory pattern damaged");
     CHECK(parent_rc > 0, "parent's callback got %d on restart", parent_rc);
-    CHECK(waitpid(child, NULL, WNOHANG) == -1 && errno == ECHILD, "the omitted child came back with the tree");
+    CHECK(waitpid(child, NULL, WNOHANG) == -1 && errno == ECHILD,
+          "the omitted child came back with the tree");
     if (!failures) OK("restart: the tree came back without the omitted child");
     return failures ? 1 : 0;
   }
   CHECK(r == 0, "tree checkpoint: %s", cr_strerror(-r));
   for (int i = 0; i < 400 && shared[0] == 12345; ++i) sleep_ms(5);
-  CHECK(shared[0] == -CR_EOMITTED, "the omitted child's cr_checkpoint returned %d, expected %d", shared[0], -CR_EOMITTED);
+  CHECK(shared[0] == -CR_EOMITTED, "the omitted child's cr_checkpoint returned %d, expected %d",
+        shared[0], -CR_EOMITTED);
   CHECK(kill(child, 0) == 0, "the omitted child is not running");
   CHECK(parent_rc == 0, "parent's callback got %d", parent_rc);
   printf("CHILD %d\n", child);
@@ -407,7 +427,8 @@ static int mode_omit(const char *file) {
   char other[4200];
   snprintf(other, sizeof other, "%s.all", file);
   r = checkpoint_to(other, CR_SCOPE_PROC, 0);
-  CHECK(r == -ESRCH, "a checkpoint of only omitted processes gave %d (%s), expected ESRCH", r, cr_strerror(-r));
+  CHECK(r == -ESRCH, "a checkpoint of only omitted processes gave %d (%s), expected ESRCH", r,
+        cr_strerror(-r));
   CHECK(parent_rc == -CR_EOMITTED, "omitting callback got %d", parent_rc);
   unlink(other);
   if (!failures) OK("continue: child omitted and running, all-omitted request fails with ESRCH");
@@ -421,7 +442,7 @@ static atomic_int fail_rc = 12345;
 static int fail_callback(void *arg) {
   (void)arg;
   int m = atomic_load(&fail_mode);
-  int flags = m == 1 ? CR_CHECKPOINT_TEMP_FAILURE_CODE(77)
+  int flags = m == 1   ? CR_CHECKPOINT_TEMP_FAILURE_CODE(77)
               : m == 3 ? CR_CHECKPOINT_TEMP_FAILURE
               : m == 2 ? CR_CHECKPOINT_PERM_FAILURE
                        : CR_CHECKPOINT_READY;
@@ -444,7 +465,8 @@ static int mode_fail(const char *file) {
   atomic_store(&fail_mode, 1);
   int r = checkpoint_to(file, CR_SCOPE_PROC, 0);
   CHECK(r == -77, "TEMP_FAILURE_CODE(77) gave %d, expected -77", r);
-  CHECK(atomic_load(&fail_rc) == -77, "failing callback's cr_checkpoint returned %d", atomic_load(&fail_rc));
+  CHECK(atomic_load(&fail_rc) == -77, "failing callback's cr_checkpoint returned %d",
+        atomic_load(&fail_rc));
   atomic_store(&fail_mode, 3);
   r = checkpoint_to(file, CR_SCOPE_PROC, 0);
   CHECK(r == -CR_ETEMPFAIL, "TEMP_FAILURE gave %d, expected -CR_ETEMPFAIL", r);
@@ -454,14 +476,17 @@ static int mode_fail(const char *file) {
   CHECK(r == 0 || r == 1, "checkpoint after the failures: %s", r < 0 ? cr_strerror(-r) : "");
   CHECK(atomic_load(&fail_rc) == r, "callback got %d", atomic_load(&fail_rc));
   CHECK(pattern_ok(), "memory pattern damaged");
-  if (!failures) OK("%s: temporary failures cancelled two checkpoints, the third was taken", r == 1 ? "restart" : "continue");
+  if (!failures)
+    OK("%s: temporary failures cancelled two checkpoints, the third was taken",
+       r == 1 ? "restart" : "continue");
   return failures ? 1 : 0;
 }
 
 static int ext_code;
 static int ext_callback(void *arg) {
   (void)arg;
-  cr_checkpoint(ext_code < 0 ? CR_CHECKPOINT_PERM_FAILURE : CR_CHECKPOINT_TEMP_FAILURE_CODE(ext_code));
+  cr_checkpoint(ext_code < 0 ? CR_CHECKPOINT_PERM_FAILURE
+                             : CR_CHECKPOINT_TEMP_FAILURE_CODE(ext_code));
   return 0;
 }
 
@@ -482,7 +507,8 @@ static int mode_request(const char *file) {
   snprintf(stop_file, sizeof stop_file, "%s.stop", file);
   fill_pattern();
   CHECK(cr_init() >= 0, "cr_init");
-  volatile long *counter = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  volatile long *counter =
+      mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   pid_t child = fork();
   if (child == 0) {
     /* The child counts; after its own restart it checks it goes on. */
@@ -521,7 +547,8 @@ static int mode_request(const char *file) {
   int status = 0;
   CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0,
         "child ended badly (status %#x)", status);
-  if (!failures) OK("%s: checkpoints of a child and of the own process group", r ? "restart" : "continue");
+  if (!failures)
+    OK("%s: checkpoints of a child and of the own process group", r ? "restart" : "continue");
   return failures ? 1 : 0;
 }
 
@@ -547,7 +574,8 @@ static int mode_forward(const char *pid) {
   fflush(stdout);
   for (int i = 0; i < 600 && atomic_load(&forward_rc) == 12345; ++i) sleep_ms(100);
   sleep_ms(200);
-  CHECK(atomic_load(&forward_rc) == 0, "cr_forward_checkpoint returned %d", atomic_load(&forward_rc));
+  CHECK(atomic_load(&forward_rc) == 0, "cr_forward_checkpoint returned %d",
+        atomic_load(&forward_rc));
   printf("INFO requester=%d target=%d scope=%d signal=%d\n", forward_info.requester,
          forward_info.target, (int)forward_info.scope, forward_info.signal);
   if (!failures) OK("forwarded the checkpoint to %d", forward_to);
@@ -582,11 +610,13 @@ static int mode_forkexec(const char *file) {
   cr_register_callback(forkexec_callback, NULL, CR_THREAD_CONTEXT);
   int r = checkpoint_to(file, CR_SCOPE_PROC, 0);
   CHECK(r == 0 || r == 1, "checkpoint: %s", r < 0 ? cr_strerror(-r) : "");
-  CHECK(atomic_load(&forkexec_status[r]) == 0, "fork+exec from the %s callback: status %d", r ? "restart" : "continue", atomic_load(&forkexec_status[r]));
+  CHECK(atomic_load(&forkexec_status[r]) == 0, "fork+exec from the %s callback: status %d",
+        r ? "restart" : "continue", atomic_load(&forkexec_status[r]));
   char marker[4200], buf[64] = {0};
   snprintf(marker, sizeof marker, "%s.%s", file, r ? "restart" : "continue");
   FILE *f = fopen(marker, "r");
-  CHECK(f && fgets(buf, sizeof buf, f) && strcmp(buf, "forked-from-callback\n") == 0, "marker %s", marker);
+  CHECK(f && fgets(buf, sizeof buf, f) && strcmp(buf, "forked-from-callback\n") == 0, "marker %s",
+        marker);
   if (f) fclose(f);
   CHECK(pattern_ok(), "memory pattern damaged");
   if (!failures) OK("%s: fork and exec from a callback", r ? "restart" : "continue");
@@ -608,7 +638,8 @@ static int cb_c(void *arg) {
   atomic_fetch_add(&ran_c, 1);
   /* From now on D runs in this place. */
   if (cr_replace_self(cb_d, NULL, CR_THREAD_CONTEXT) != 0) atomic_store(&replace_fail, 1);
-  if (cr_replace_self(cb_d, NULL, CR_SIGNAL_CONTEXT) != -1 || errno != EINVAL) atomic_store(&replace_fail, 2);
+  if (cr_replace_self(cb_d, NULL, CR_SIGNAL_CONTEXT) != -1 || errno != EINVAL)
+    atomic_store(&replace_fail, 2);
   cr_checkpoint(0);
   return 0;
 }
@@ -634,12 +665,14 @@ static int mode_replace(const char *file) {
   CHECK(cr_replace_callback(a, cb_c, NULL, CR_THREAD_CONTEXT) == 0, "replace a with c");
   int r = checkpoint_to(file, CR_SCOPE_PROC, 0);
   CHECK(r == 0, "first checkpoint: %d", r);
-  CHECK(ran_a == 0 && ran_c == 1 && ran_b == 1 && ran_d == 0, "after replace: a%d b%d c%d d%d", ran_a, ran_b, ran_c, ran_d);
+  CHECK(ran_a == 0 && ran_c == 1 && ran_b == 1 && ran_d == 0, "after replace: a%d b%d c%d d%d",
+        ran_a, ran_b, ran_c, ran_d);
   CHECK(replace_fail == 0, "cr_replace_self failed (%d)", replace_fail);
   CHECK(cr_replace_callback(b, NULL, NULL, CR_THREAD_CONTEXT) == 0, "disable b");
   r = checkpoint_to(file, CR_SCOPE_PROC, 0);
   CHECK(r == 0, "second checkpoint: %d", r);
-  CHECK(ran_c == 1 && ran_d == 1 && ran_b == 1, "after replace_self and disabling: b%d c%d d%d", ran_b, ran_c, ran_d);
+  CHECK(ran_c == 1 && ran_d == 1 && ran_b == 1, "after replace_self and disabling: b%d c%d d%d",
+        ran_b, ran_c, ran_d);
   /* The request calls one by one, on a checkpoint a callback cancels. */
   CHECK(cr_replace_callback(b, cb_b, NULL, CR_THREAD_CONTEXT) == 0, "enable b");
   atomic_store(&fail_mode, 1);
@@ -657,7 +690,8 @@ static int mode_replace(const char *file) {
   CHECK(len > 1 && cr_log_checkpoint(&h, sizeof msg, msg) == len && strstr(msg, "cancelled"),
         "cr_log_checkpoint gave %d '%s'", len, msg);
   errno = 0;
-  CHECK(cr_reap_checkpoint(&h) == -1 && errno == 99, "cr_reap_checkpoint: errno %d, expected 99", errno);
+  CHECK(cr_reap_checkpoint(&h) == -1 && errno == 99, "cr_reap_checkpoint: errno %d, expected 99",
+        errno);
   CHECK(cr_reap_checkpoint(&h) == -1 && errno == EINVAL, "a reaped handle is invalid");
   close(fd);
   if (!failures) OK("replace_callback, replace_self, wait/log/reap");
@@ -677,7 +711,8 @@ static void *uninit_thread(void *arg) {
   CHECK(cr_register_callback(noop_cb, NULL, CR_THREAD_CONTEXT) == -1 && errno == CR_ENOINIT,
         "register without cr_init in a thread: errno %d", errno);
   errno = 0;
-  CHECK(cr_enter_cs(1) == -1 && errno == CR_ENOINIT, "cr_enter_cs without cr_init: errno %d", errno);
+  CHECK(cr_enter_cs(1) == -1 && errno == CR_ENOINIT, "cr_enter_cs without cr_init: errno %d",
+        errno);
   return NULL;
 }
 
@@ -687,8 +722,9 @@ static int mode_badinput(void) {
   CHECK(cr_register_callback(noop_cb, NULL, CR_THREAD_CONTEXT) == -1 && errno == CR_ENOINIT,
         "cr_register_callback before cr_init: errno %d", errno);
   CHECK(cr_status() == -1 && errno == CR_ENOINIT, "cr_status before cr_init");
-  CHECK(cr_register_hook(CR_HOOK_CONT_NO_CALLBACKS, NULL) == CR_HOOK_FN_ERROR && errno == CR_ENOINIT,
-        "cr_register_hook before cr_init");
+  CHECK(
+      cr_register_hook(CR_HOOK_CONT_NO_CALLBACKS, NULL) == CR_HOOK_FN_ERROR && errno == CR_ENOINIT,
+      "cr_register_hook before cr_init");
   CHECK(cr_checkpoint(0) == -CR_ENOTCB, "cr_checkpoint outside a callback");
   int id = cr_init();
   CHECK(id >= 0, "cr_init");
@@ -698,29 +734,41 @@ static int mode_badinput(void) {
   /* Wrong context or flags. */
   CHECK(cr_checkpoint(0) == -CR_ENOTCB, "cr_checkpoint outside a callback after cr_init");
   errno = 0;
-  CHECK(cr_replace_self(noop_cb, NULL, CR_THREAD_CONTEXT) == -1 && errno == CR_ENOTCB, "cr_replace_self outside a callback");
-  CHECK(cr_forward_checkpoint(CR_SCOPE_PROC, getpid()) == -1 && errno == CR_ENOTCB, "cr_forward_checkpoint outside a callback");
+  CHECK(cr_replace_self(noop_cb, NULL, CR_THREAD_CONTEXT) == -1 && errno == CR_ENOTCB,
+        "cr_replace_self outside a callback");
+  CHECK(cr_forward_checkpoint(CR_SCOPE_PROC, getpid()) == -1 && errno == CR_ENOTCB,
+        "cr_forward_checkpoint outside a callback");
   CHECK(cr_get_checkpoint_info() == NULL, "cr_get_checkpoint_info outside a callback");
   CHECK(cr_get_restart_info() == NULL, "cr_get_restart_info outside a callback");
-  CHECK(cr_register_callback(noop_cb, NULL, 0) == -1 && errno == EINVAL, "register with no context");
-  CHECK(cr_register_callback(noop_cb, NULL, CR_THREAD_CONTEXT | CR_SIGNAL_CONTEXT) == -1 && errno == EINVAL, "register with both contexts");
+  CHECK(cr_register_callback(noop_cb, NULL, 0) == -1 && errno == EINVAL,
+        "register with no context");
+  CHECK(cr_register_callback(noop_cb, NULL, CR_THREAD_CONTEXT | CR_SIGNAL_CONTEXT) == -1 &&
+            errno == EINVAL,
+        "register with both contexts");
   cr_callback_id_t cb = cr_register_callback(noop_cb, NULL, CR_THREAD_CONTEXT);
   CHECK(cb >= 0, "register");
-  CHECK(cr_replace_callback(cb, NULL, NULL, CR_THREAD_CONTEXT) == 0, "replace (disable) a callback");
-  CHECK(cr_replace_callback(cb + 1000, noop_cb, NULL, CR_THREAD_CONTEXT) == -1 && errno == EINVAL, "replace with a bad id");
-  CHECK(cr_replace_callback(cb, noop_cb, NULL, CR_SIGNAL_CONTEXT) == -1 && errno == EINVAL, "replace changing the context");
+  CHECK(cr_replace_callback(cb, NULL, NULL, CR_THREAD_CONTEXT) == 0,
+        "replace (disable) a callback");
+  CHECK(cr_replace_callback(cb + 1000, noop_cb, NULL, CR_THREAD_CONTEXT) == -1 && errno == EINVAL,
+        "replace with a bad id");
+  CHECK(cr_replace_callback(cb, noop_cb, NULL, CR_SIGNAL_CONTEXT) == -1 && errno == EINVAL,
+        "replace changing the context");
   CHECK(cr_enter_cs(id + 77) == -1 && errno == EINVAL, "cr_enter_cs with another id");
   CHECK(cr_leave_cs(id) == -1 && errno == EINVAL, "cr_leave_cs without enter");
-  CHECK(cr_register_hook(CR_NUM_HOOKS, NULL) == CR_HOOK_FN_ERROR && errno == EINVAL, "hook with a bad event");
-  CHECK(cr_hold_ctrl(CR_HOLD_SCOPE_INIT, CR_HOLD_BOTH) == -1 && errno == ENOTSUP, "cr_hold_ctrl(BOTH) not refused");
+  CHECK(cr_register_hook(CR_NUM_HOOKS, NULL) == CR_HOOK_FN_ERROR && errno == EINVAL,
+        "hook with a bad event");
+  CHECK(cr_hold_ctrl(CR_HOLD_SCOPE_INIT, CR_HOLD_BOTH) == -1 && errno == ENOTSUP,
+        "cr_hold_ctrl(BOTH) not refused");
   CHECK(cr_hold_ctrl(CR_HOLD_SCOPE_INIT, CR_HOLD_READ) == CR_HOLD_NONE, "cr_hold_ctrl(READ)");
   /* Requests. */
   cr_checkpoint_args_t args;
-  CHECK(cri_init_checkpoint_args_t(99, &args) == -1 && errno == CR_EVERSION, "args of an unknown version");
+  CHECK(cri_init_checkpoint_args_t(99, &args) == -1 && errno == CR_EVERSION,
+        "args of an unknown version");
   cr_initialize_checkpoint_args_t(&args);
   cr_checkpoint_handle_t h = 0;
   args.cr_fd = -1;
-  CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == EBADF, "request with a bad fd: errno %d", errno);
+  CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == EBADF, "request with a bad fd: errno %d",
+        errno);
   int ro = open("/dev/null", O_RDONLY);
   args.cr_fd = ro;
   CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == EBADF, "request to a read-only fd");
@@ -729,18 +777,22 @@ static int mode_badinput(void) {
   CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == EINVAL, "request with a bad scope");
   args.cr_scope = CR_SCOPE_PROC;
   args.cr_target = 0x3ffffff0;
-  CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == ESRCH, "request of a process that does not exist");
+  CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == ESRCH,
+        "request of a process that does not exist");
   args.cr_target = 0;
   args.cr_flags = CR_CHKPT_PROHIBIT_SELF;
   CHECK(cr_request_checkpoint(&args, &h) == -1 && errno == EDEADLK, "CR_CHKPT_PROHIBIT_SELF");
   h = 4242;
-  CHECK(cr_poll_checkpoint(&h, NULL) == CR_POLL_CHKPT_ERR_PRE && errno == EINVAL, "poll with a bad handle");
+  CHECK(cr_poll_checkpoint(&h, NULL) == CR_POLL_CHKPT_ERR_PRE && errno == EINVAL,
+        "poll with a bad handle");
   CHECK(cr_reap_checkpoint(&h) == -1 && errno == EINVAL, "reap with a bad handle");
   cr_restart_args_t rargs;
   cr_initialize_restart_args_t(&rargs);
   cr_restart_handle_t rh;
-  CHECK(cr_request_restart(&rargs, &rh) == -1 && errno == ENOSYS, "cr_request_restart is not provided: ENOSYS");
-  CHECK(strcmp(cr_strerror(CR_ENOTCB), "Call is only valid from a checkpoint callback") == 0, "cr_strerror");
+  CHECK(cr_request_restart(&rargs, &rh) == -1 && errno == ENOSYS,
+        "cr_request_restart is not provided: ENOSYS");
+  CHECK(strcmp(cr_strerror(CR_ENOTCB), "Call is only valid from a checkpoint callback") == 0,
+        "cr_strerror");
   CHECK(strcmp(cr_strerror(ENOENT), strerror(ENOENT)) == 0, "cr_strerror of errno values");
   if (!failures) OK("bad input refused with BLCR's error codes");
   return failures ? 1 : 0;

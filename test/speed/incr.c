@@ -127,7 +127,8 @@ static void run_step(int k) {
   }
   if (!is_child) {
     int v = k, got;
-    if (write(cmd[1], &v, sizeof v) != sizeof v || read(ack[0], &got, sizeof got) != sizeof got) exit(5);
+    if (write(cmd[1], &v, sizeof v) != sizeof v || read(ack[0], &got, sizeof got) != sizeof got)
+      exit(5);
   }
   step_done = k;
 }
@@ -158,7 +159,8 @@ static void verify(void) {
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
   dir = argv[1];
-  A = mmap(NULL, (size_t)A_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  A = mmap(NULL, (size_t)A_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+           0);
   C = mmap(NULL, C_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   gen = calloc(A_PAGES, sizeof *gen);
   tbuf = malloc(T_BYTES);

@@ -126,7 +126,8 @@ int main(int argc, char **argv) {
       }
   }
   /* The rest of the second region, untouched so far. */
-  for (size_t p = (5u << 20) / PAGE; ok && p < SMALL / PAGE; ++p) ok = check_page(small, p, salt, "second region");
+  for (size_t p = (5u << 20) / PAGE; ok && p < SMALL / PAGE; ++p)
+    ok = check_page(small, p, salt, "second region");
   /* Every page of the big one, in random order. */
   shuffle(order, pages);
   for (size_t k = 0; ok && k < pages; ++k) ok = check_page(big, order[k], 0, "parent");

@@ -62,9 +62,11 @@ int main(int argc, char **argv) {
   char check[4096], ready[4096];
   snprintf(check, sizeof check, "%s/check", dir);
   snprintf(ready, sizeof ready, "%s/ready", dir);
-  uint64_t *mem = mmap(NULL, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  uint64_t *mem =
+      mmap(NULL, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return perror("mmap"), 1;
-  if (argc > 3 && strcmp(argv[3], "dontfork") == 0 && madvise(mem, pages * kPage, MADV_DONTFORK) != 0)
+  if (argc > 3 && strcmp(argv[3], "dontfork") == 0 &&
+      madvise(mem, pages * kPage, MADV_DONTFORK) != 0)
     return perror("madvise"), 1;
   setvbuf(stdout, NULL, _IOLBF, 0);
   for (state.gen = 1;; ++state.gen) {
@@ -89,11 +91,14 @@ verify:;
     if (!Matches(mem + i * kWords, want, i) && bad++ == 0) first = i;
   }
   if (bad) {
-    printf("FAIL gen %llu cursor %llu: %llu pages differ from that instant, first %llu (holds gen %llu)\n",
-           (unsigned long long)state.gen, (unsigned long long)state.cursor, (unsigned long long)bad,
-           (unsigned long long)first, (unsigned long long)mem[first * kWords]);
+    printf(
+        "FAIL gen %llu cursor %llu: %llu pages differ from that instant, first %llu (holds gen "
+        "%llu)\n",
+        (unsigned long long)state.gen, (unsigned long long)state.cursor, (unsigned long long)bad,
+        (unsigned long long)first, (unsigned long long)mem[first * kWords]);
     return 1;
   }
-  printf("PASS gen %llu cursor %llu\n", (unsigned long long)state.gen, (unsigned long long)state.cursor);
+  printf("PASS gen %llu cursor %llu\n", (unsigned long long)state.gen,
+         (unsigned long long)state.cursor);
   return 0;
 }

@@ -24,7 +24,8 @@ Context BigContext() {
   ProcessImage& p = ctx.processes[0];
   p.mappings[0].start = 0x100000;
   p.mappings[0].end = 0x100000 + (4000ull << 12);
-  p.page_runs = {{0x100000, 1500}, {0x100000 + (1600ull << 12), 700}, {0x100000 + (2400ull << 12), 10}};
+  p.page_runs = {
+      {0x100000, 1500}, {0x100000 + (1600ull << 12), 700}, {0x100000 + (2400ull << 12), 10}};
   std::string data;
   for (size_t i = 0; i < 1500; ++i) data += std::string(kPageSize, static_cast<char>('a' + i % 7));
   data += testing::PseudoRandomBytes(700 * kPageSize, 9);
@@ -68,7 +69,8 @@ TEST(Compression, EveryCodecAndThreadCountGivesTheSameContext) {
       EXPECT_LT(bytes.size(), plain.size() - 5 * 1000 * kPageSize);
       int v2 = 0;
       for (const auto& sec : testing::SplitSections(bytes))
-        if (sec.type == SectionType::kPages && LoadU16(bytes.data() + sec.offset + section_header::kVersion) == 2)
+        if (sec.type == SectionType::kPages &&
+            LoadU16(bytes.data() + sec.offset + section_header::kVersion) == 2)
           ++v2;
       EXPECT_GE(v2, 3) << "page data in 4 MiB groups, each a version 2 section";
     }
@@ -116,8 +118,8 @@ TEST(Compression, DamagedBlocksAreRefused) {
   testing::RawSection pages;
   int seen = 0;
   for (const auto& sec : testing::SplitSections(bytes))
-    if (sec.type == SectionType::kPages && LoadU16(bytes.data() + sec.offset + section_header::kVersion) == 2 &&
-        seen++ == 0)
+    if (sec.type == SectionType::kPages &&
+        LoadU16(bytes.data() + sec.offset + section_header::kVersion) == 2 && seen++ == 0)
       pages = sec;
   ASSERT_GT(pages.size, 0u);
   // A flipped byte inside the first compressed block.

@@ -172,10 +172,11 @@ TEST(ContextReader, StreamsSectionsInFileOrder) {
     order.push_back(name);
     if (*type == SectionType::kEnd) break;
   }
-  EXPECT_EQ(order, (std::vector<std::string>{"Tree", "SharedMemory", "Pages:1/7", "Process",
-                                             "Mappings:100", "Files:100", "Thread:100",
-                                             "Thread:100", "ParentPages", "Pages:0/100", "Process", "Mappings:102",
-                                             "Files:102", "Thread:102", "ParentPages", "Pages:0/102", "End"}));
+  EXPECT_EQ(order,
+            (std::vector<std::string>{
+                "Tree", "SharedMemory", "Pages:1/7", "Process", "Mappings:100", "Files:100",
+                "Thread:100", "Thread:100", "ParentPages", "Pages:0/100", "Process", "Mappings:102",
+                "Files:102", "Thread:102", "ParentPages", "Pages:0/102", "End"}));
   EXPECT_EQ(reader.offset(), bytes.size());
   Result<SectionType> after = reader.Next();
   ASSERT_FALSE(after);
@@ -486,12 +487,28 @@ TEST(ContextWriter, WritesAndRefusesParentPages) {
     bool has_parent, pages_first;
     const char* message;
   } cases[] = {
-      {{{0x100000, 2}}, {{0x101000, 1}}, true, false,
-       "write Pages section: run[0] (0x101000-0x102000) overlaps pages the parent context holds (0x100000, 2 pages)"},
-      {{{0x1ff000, 2}}, {}, true, false,
-       "write ParentPages section: run[0] (0x1ff000-0x201000) is not inside the private anonymous mappings of pid 10"},
-      {{{0x100000, 1}}, {}, false, false, "write ParentPages section: the Image names no parent context"},
-      {{{0x100000, 1}}, {{0x101000, 1}}, true, true, "write ParentPages section: follows Pages of pid 10"},
+      {{{0x100000, 2}},
+       {{0x101000, 1}},
+       true,
+       false,
+       "write Pages section: run[0] (0x101000-0x102000) overlaps pages the parent context holds "
+       "(0x100000, 2 pages)"},
+      {{{0x1ff000, 2}},
+       {},
+       true,
+       false,
+       "write ParentPages section: run[0] (0x1ff000-0x201000) is not inside the private anonymous "
+       "mappings of pid 10"},
+      {{{0x100000, 1}},
+       {},
+       false,
+       false,
+       "write ParentPages section: the Image names no parent context"},
+      {{{0x100000, 1}},
+       {{0x101000, 1}},
+       true,
+       true,
+       "write ParentPages section: follows Pages of pid 10"},
       {{{0x102000, 1}, {0x100000, 1}}, {}, true, false, "starts below the end"},
   };
   for (const Case& c : cases) {
@@ -506,7 +523,8 @@ TEST(ContextWriter, WritesAndRefusesParentPages) {
   StringSink sink;
   ContextWriter w(&sink);
   WriteUpToProcessPages(&w, ctx);
-  EXPECT_NE(w.WriteParentPages(10, {{0x100000, 1}}).message().find("private anonymous"), std::string::npos);
+  EXPECT_NE(w.WriteParentPages(10, {{0x100000, 1}}).message().find("private anonymous"),
+            std::string::npos);
   // The token and the path come together.
   ImageInfo half;
   half.parent_token = 5;

@@ -7,11 +7,19 @@ namespace stasis::spank {
 namespace {
 
 TEST(Interval, SlurmFormsAndSuffixes) {
-  const std::pair<const char*, uint64_t> good[] = {
-      {"30", 1800},        {"30:00", 1800},     {"1:00:00", 3600},  {"1-0", 86400},
-      {"1-2:30", 95400},   {"1-0:00:10", 86410}, {"0:45", 45},      {"90s", 90},
-      {"30m", 1800},       {"2h", 7200},        {"1d", 86400},      {"1h30m", 5400},
-      {"365-0", 365 * 86400ull}};
+  const std::pair<const char*, uint64_t> good[] = {{"30", 1800},
+                                                   {"30:00", 1800},
+                                                   {"1:00:00", 3600},
+                                                   {"1-0", 86400},
+                                                   {"1-2:30", 95400},
+                                                   {"1-0:00:10", 86410},
+                                                   {"0:45", 45},
+                                                   {"90s", 90},
+                                                   {"30m", 1800},
+                                                   {"2h", 7200},
+                                                   {"1d", 86400},
+                                                   {"1h30m", 5400},
+                                                   {"365-0", 365 * 86400ull}};
   for (const auto& [text, seconds] : good) {
     auto r = ParseInterval(text);
     ASSERT_TRUE(r.has_value()) << text << ": " << r.error().message();
@@ -20,8 +28,8 @@ TEST(Interval, SlurmFormsAndSuffixes) {
 }
 
 TEST(Interval, RefusesWithTheFormsInTheMessage) {
-  for (const char* bad : {"", "0", "0:00", "-1", "abc", "30x", "1:60", "1:00:60", "1-24", "1-",
-                          "m", "2h-", "30 m", "1:2:3:4", "999999999999", "367d", "1.5h"}) {
+  for (const char* bad : {"", "0", "0:00", "-1", "abc", "30x", "1:60", "1:00:60", "1-24", "1-", "m",
+                          "2h-", "30 m", "1:2:3:4", "999999999999", "367d", "1.5h"}) {
     auto r = ParseInterval(bad);
     ASSERT_FALSE(r.has_value()) << "'" << bad << "' was accepted as " << *r;
     EXPECT_EQ(r.error().code(), EINVAL);

@@ -25,7 +25,8 @@ static int continuity_broken;
 static void Tick(void) {
   if (!continuity_broken && (counter != last_printed || (counter ^ kSeed) != shadow)) {
     continuity_broken = 1;
-    zdtm_fail_note("counter is %" PRIu64 " (shadow says %" PRIu64 ") but the last printed value was %" PRIu64,
+    zdtm_fail_note("counter is %" PRIu64 " (shadow says %" PRIu64
+                   ") but the last printed value was %" PRIu64,
                    counter, shadow ^ kSeed, last_printed);
   }
   counter++;
@@ -65,7 +66,8 @@ int main(void) {
   uint64_t n = counter < kHistoryCap ? counter : kHistoryCap;
   for (uint64_t i = 0; i < n; i++) {
     if (history[i] != zdtm_mix64(i + 1)) {
-      zdtm_fail_note("history[%" PRIu64 "] does not hold value %" PRIu64 " (missed or repeated count)",
+      zdtm_fail_note("history[%" PRIu64 "] does not hold value %" PRIu64
+                     " (missed or repeated count)",
                      i, i + 1);
       break;
     }

@@ -57,7 +57,8 @@ int main(void) {
   zdtm_ready();
 
   zdtm_wait_check();
-  if (fcntl(sfd, F_GETFL) < 0 || !(fcntl(sfd, F_GETFL) & O_NONBLOCK)) zdtm_fail_note("sfd lost O_NONBLOCK");
+  if (fcntl(sfd, F_GETFL) < 0 || !(fcntl(sfd, F_GETFL) & O_NONBLOCK))
+    zdtm_fail_note("sfd lost O_NONBLOCK");
   if (FdinfoMask(sfd) != want_mask || want_mask == 0)
     zdtm_fail_note("sfd: mask %#llx, want %#llx", (unsigned long long)FdinfoMask(sfd),
                    (unsigned long long)want_mask);

@@ -49,7 +49,8 @@ static void ExpectFifo(const char *what, int fd, const char *path, const char *n
     zdtm_fail_note("%s: fstat: %s", what, strerror(errno));
     return;
   }
-  if (!S_ISFIFO(a.st_mode)) zdtm_fail_note("%s: fd %d is not a FIFO (mode %#o)", what, fd, a.st_mode);
+  if (!S_ISFIFO(a.st_mode))
+    zdtm_fail_note("%s: fd %d is not a FIFO (mode %#o)", what, fd, a.st_mode);
   if (path) {
     if (stat(path, &b) != 0)
       zdtm_fail_note("%s: stat %s: %s", what, path, strerror(errno));

@@ -20,7 +20,8 @@ int main(int argc, char **argv) {
   if (argc < 2 || chdir(argv[1]) != 0) zdtm_die("usage: file_deps DIR");
   int fd = open("data", O_RDONLY);
   char buf[8] = {0};
-  if (fd < 0 || read(fd, buf, 3) != 3 || memcmp(buf, "abc", 3) != 0) zdtm_die("data: %s", strerror(errno));
+  if (fd < 0 || read(fd, buf, 3) != 3 || memcmp(buf, "abc", 3) != 0)
+    zdtm_die("data: %s", strerror(errno));
   int mfd = open("mapped", O_RDONLY);
   char *map = mfd >= 0 ? mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, mfd, 0) : MAP_FAILED;
   if (map == MAP_FAILED) zdtm_die("mapped: %s", strerror(errno));
@@ -32,9 +33,11 @@ int main(int argc, char **argv) {
   memset(buf, 0, sizeof buf);
   if (read(fd, buf, 3) != 3 || memcmp(buf, "def", 3) != 0)
     zdtm_fail_note("data: read '%s' at offset 3, want 'def'", buf);
-  if (memcmp(map, "MAPPED", 6) != 0) zdtm_fail_note("the mapping starts with '%.6s', want 'MAPPED'", map);
+  if (memcmp(map, "MAPPED", 6) != 0)
+    zdtm_fail_note("the mapping starts with '%.6s', want 'MAPPED'", map);
   char cwd[4096];
-  if (!getcwd(cwd, sizeof cwd) || strcmp(strrchr(cwd, '/'), "/sub") != 0 || access("here", F_OK) != 0)
+  if (!getcwd(cwd, sizeof cwd) || strcmp(strrchr(cwd, '/'), "/sub") != 0 ||
+      access("here", F_OK) != 0)
     zdtm_fail_note("working directory '%s' is not the sub folder", cwd);
   zdtm_finish();
 }

@@ -71,8 +71,7 @@ int main(void) {
   zdtm_pattern_check("shared.dat pages 0-3", file, 4 * kPage, kSeedShared, 0);
   zdtm_pattern_check("shared.dat pages 4-7 (written through the mapping)", file + 4 * kPage,
                      4 * kPage, kSeedW, 4 * kPage);
-  zdtm_pattern_check("shared.dat pages 8-31", file + 8 * kPage, 24 * kPage, kSeedShared,
-                     8 * kPage);
+  zdtm_pattern_check("shared.dat pages 8-31", file + 8 * kPage, 24 * kPage, kSeedShared, 8 * kPage);
   if (memcmp(file, shared, kSize) != 0)
     zdtm_fail_note("the MAP_SHARED mapping differs from shared.dat");
   zdtm_pattern_fill(shared + 20 * kPage, kPage, kSeedLate, 0);
@@ -89,13 +88,14 @@ int main(void) {
   zdtm_pattern_check("private.dat (unchanged by the private writes)", file, kSize, kSeedPrivate, 0);
   zdtm_pattern_fill(file, kPage, kSeedLateFile, 0);
   int fd = open("private.dat", O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || pwrite(fd, file, kPage, 20 * kPage) != kPage || pwrite(fd, file, kPage, 9 * kPage) != kPage)
+  if (fd < 0 || pwrite(fd, file, kPage, 20 * kPage) != kPage ||
+      pwrite(fd, file, kPage, 9 * kPage) != kPage)
     zdtm_fail_note("pwrite private.dat: %s", strerror(errno));
   if (fd >= 0) close(fd);
   zdtm_pattern_check("private mapping page 20 (untouched) after a write to the file",
                      priv + 20 * kPage, kPage, kSeedLateFile, 0);
-  zdtm_pattern_check("private mapping page 9 (its own) after a write to the file",
-                     priv + 9 * kPage, kPage, kSeedQ, 9 * kPage);
+  zdtm_pattern_check("private mapping page 9 (its own) after a write to the file", priv + 9 * kPage,
+                     kPage, kSeedQ, 9 * kPage);
   free(file);
   zdtm_finish();
 }

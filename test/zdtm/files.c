@@ -32,9 +32,19 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kRoSize = 65536, kRoPos = 12345, kWoSize = 5000, kWoPos = 3000, kRwSize = 8192,
-       kRwPos = 4096, kRw2Pos = 100, kApSize = 777, kApPos = 10, kDupFd = 40,
-       kDirEntries = 3000 };
+enum {
+  kRoSize = 65536,
+  kRoPos = 12345,
+  kWoSize = 5000,
+  kWoPos = 3000,
+  kRwSize = 8192,
+  kRwPos = 4096,
+  kRw2Pos = 100,
+  kApSize = 777,
+  kApPos = 10,
+  kDupFd = 40,
+  kDirEntries = 3000
+};
 static const uint64_t kSeedRo = 0x726f2e646174ULL, kSeedWo = 0x776f2e646174ULL,
                       kSeedRw = 0x72772e646174ULL, kSeedAp = 0x61702e646174ULL,
                       kSeedLate = 0x6c617465ULL;
@@ -117,8 +127,8 @@ static void CheckFlagsAndIdentity(void) {
       zdtm_fail_note("%s: fd %d: status flags %#o, want %#o", f->what, f->fd, fl & kFlagMask,
                      f->flags);
     if (!!(fdfl & FD_CLOEXEC) != f->cloexec)
-      zdtm_fail_note("%s: fd %d: FD_CLOEXEC is %d, want %d", f->what, f->fd,
-                     !!(fdfl & FD_CLOEXEC), f->cloexec);
+      zdtm_fail_note("%s: fd %d: FD_CLOEXEC is %d, want %d", f->what, f->fd, !!(fdfl & FD_CLOEXEC),
+                     f->cloexec);
     if (!f->path) continue;
     struct stat a, b;
     if (fstat(f->fd, &a) != 0 || stat(f->path, &b) != 0) {
@@ -171,11 +181,11 @@ int main(void) {
 
   int ro = Open("ro.dat", "ro.dat", O_RDONLY, 0, O_RDONLY);
   int wo = Open("wo.dat", "wo.dat", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 1, O_WRONLY);
-  int rw = Open("rw.dat", "rw.dat", O_RDWR | O_NONBLOCK | O_NOATIME, 0,
-                O_RDWR | O_NONBLOCK | O_NOATIME);
+  int rw =
+      Open("rw.dat", "rw.dat", O_RDWR | O_NONBLOCK | O_NOATIME, 0, O_RDWR | O_NONBLOCK | O_NOATIME);
   int rw2 = Open("rw.dat second open", "rw.dat", O_RDONLY | O_CLOEXEC, 1, O_RDONLY);
-  int ap = Open("ap.dat", "ap.dat", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0,
-                O_WRONLY | O_APPEND);
+  int ap =
+      Open("ap.dat", "ap.dat", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0, O_WRONLY | O_APPEND);
   int dup_fd = dup(rw);
   int dup40 = fcntl(rw, F_DUPFD_CLOEXEC, kDupFd);
   if (dup_fd < 0 || dup40 != kDupFd) zdtm_die("dup: %s", strerror(errno));
@@ -184,8 +194,7 @@ int main(void) {
   int dnull = Open("/dev/null", "/dev/null", O_RDWR, 0, O_RDWR);
   int dzero = Open("/dev/zero", "/dev/zero", O_RDONLY, 0, O_RDONLY);
   int dfull = Open("/dev/full", "/dev/full", O_WRONLY | O_CLOEXEC, 1, O_WRONLY);
-  int drand = Open("/dev/urandom", "/dev/urandom", O_RDONLY | O_NONBLOCK, 0,
-                   O_RDONLY | O_NONBLOCK);
+  int drand = Open("/dev/urandom", "/dev/urandom", O_RDONLY | O_NONBLOCK, 0, O_RDONLY | O_NONBLOCK);
 
   char *buf = malloc(kRoSize);
   zdtm_pattern_fill(buf, kWoSize, kSeedWo, 0);
@@ -240,8 +249,8 @@ int main(void) {
   } else {
     zdtm_pattern_check("wo.dat before 3000", buf, kWoPos, kSeedWo, 0);
     zdtm_pattern_check("wo.dat write at 3000", buf + kWoPos, 100, kSeedLate, 0);
-    zdtm_pattern_check("wo.dat after 3100", buf + kWoPos + 100, kWoSize - kWoPos - 100,
-                       kSeedWo, kWoPos + 100);
+    zdtm_pattern_check("wo.dat after 3100", buf + kWoPos + 100, kWoSize - kWoPos - 100, kSeedWo,
+                       kWoPos + 100);
   }
   if (check >= 0) close(check);
 
@@ -289,17 +298,21 @@ int main(void) {
   /* The directory stream goes on where it stopped. */
   int second_half = ReadDir(dir, kDirEntries + 10);
   if (first_half + second_half != kDirEntries + 2)
-    zdtm_fail_note("dir: %d + %d entries read, want %d", first_half, second_half,
-                   kDirEntries + 2);
+    zdtm_fail_note("dir: %d + %d entries read, want %d", first_half, second_half, kDirEntries + 2);
   if (seen_dots != 2) zdtm_fail_note("dir: '.' and '..' came %d times, want 2", seen_dots);
   int missing = 0;
   for (int i = 0; i < kDirEntries; i++) missing += !seen[i];
   if (missing) zdtm_fail_note("dir: %d entries never returned", missing);
 
   /* Devices. */
-  struct { const char *what; int fd; unsigned minor; } devs[] = {
-      {"/dev/null", dnull, 3}, {"/dev/zero", dzero, 5}, {"/dev/full", dfull, 7},
-      {"/dev/urandom", drand, 9}};
+  struct {
+    const char *what;
+    int fd;
+    unsigned minor;
+  } devs[] = {{"/dev/null", dnull, 3},
+              {"/dev/zero", dzero, 5},
+              {"/dev/full", dfull, 7},
+              {"/dev/urandom", drand, 9}};
   for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
     if (fstat(devs[i].fd, &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 1 ||
         minor(st.st_rdev) != devs[i].minor)

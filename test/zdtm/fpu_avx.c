@@ -34,8 +34,8 @@ struct FpuBox {
   uint16_t fcw_out;
   uint32_t mxcsr_in;
   uint32_t mxcsr_out;
-  volatile int32_t entered;  /* set by the loop once every register is loaded */
-  volatile int32_t *flag;    /* 0: spin, 1: store and return, 2: corrupt ymm0 first */
+  volatile int32_t entered; /* set by the loop once every register is loaded */
+  volatile int32_t *flag;   /* 0: spin, 1: store and return, 2: corrupt ymm0 first */
 } __attribute__((aligned(64)));
 
 /* Offsets the assembly uses; the asserts keep them equal to the struct. */
@@ -73,7 +73,7 @@ _Static_assert(offsetof(struct FpuBox, flag) == OFF_FLAG, "layout");
 #define V32 V16 ",16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31"
 
 /* One spin function: void name(struct FpuBox *box), box in %rdi. */
-#define SPIN_FUNCTION(name, load_vec, store_vec, corrupt, leave)                          \
+#define SPIN_FUNCTION(name, load_vec, store_vec, corrupt, leave) \
   ".globl " #name "\n.type " #name ", @function\n" #name ":\n"                          \
   "push %rbx\npush %rbp\npush %r12\npush %r13\npush %r14\npush %r15\nsub $8, %rsp\n"    \
   "fnstcw (%rsp)\nstmxcsr 4(%rsp)\n"                                                    \
@@ -100,15 +100,13 @@ _Static_assert(offsetof(struct FpuBox, flag) == OFF_FLAG, "layout");
 #define K_LOAD ".irp i,1,2,3,4,5,6,7\nkmovw " STR(OFF_K_IN) "+\\i*2(%rdi), %k\\i\n.endr\n"
 #define K_STORE ".irp i,1,2,3,4,5,6,7\nkmovw %k\\i, " STR(OFF_K_OUT) "+\\i*2(%rdi)\n.endr\n"
 
-__asm__(".text\n"
-        SPIN_FUNCTION(ZdtmSpinSse, LOAD("movdqu", "xmm", V16), STORE("movdqu", "xmm", V16),
-                      "movdqa %xmm1, %xmm0", "")
-        SPIN_FUNCTION(ZdtmSpinAvx, LOAD("vmovdqu", "ymm", V16), STORE("vmovdqu", "ymm", V16),
-                      "vinsertf128 $1, %xmm1, %ymm0, %ymm0", "vzeroupper\n")
-        SPIN_FUNCTION(ZdtmSpinAvx512, LOAD("vmovdqu64", "zmm", V32) K_LOAD,
-                      STORE("vmovdqu64", "zmm", V32) K_STORE,
-                      "vinsertf128 $1, %xmm1, %ymm0, %ymm0", "vzeroupper\n")
-        ".previous\n");
+__asm__(".text\n" SPIN_FUNCTION(ZdtmSpinSse, LOAD("movdqu", "xmm", V16),
+                                STORE("movdqu", "xmm", V16), "movdqa %xmm1, %xmm0", "")
+            SPIN_FUNCTION(ZdtmSpinAvx, LOAD("vmovdqu", "ymm", V16), STORE("vmovdqu", "ymm", V16),
+                          "vinsertf128 $1, %xmm1, %ymm0, %ymm0", "vzeroupper\n")
+                SPIN_FUNCTION(ZdtmSpinAvx512, LOAD("vmovdqu64", "zmm", V32) K_LOAD,
+                              STORE("vmovdqu64", "zmm", V32) K_STORE,
+                              "vinsertf128 $1, %xmm1, %ymm0, %ymm0", "vzeroupper\n") ".previous\n");
 
 void ZdtmSpinSse(struct FpuBox *box);
 void ZdtmSpinAvx(struct FpuBox *box);
@@ -164,8 +162,8 @@ int main(void) {
     long double v = (long double)zdtm_xorshift64(&s) / (long double)(i + 3) * (i % 2 ? -1 : 1);
     memcpy(box.st_in[i], &v, 10);
   }
-  box.fcw_in = 0x0a7f;       /* round up, double precision (default 0x037f) */
-  box.mxcsr_in = 0xdfc0;     /* FTZ, DAZ, round up (default 0x1f80) */
+  box.fcw_in = 0x0a7f;   /* round up, double precision (default 0x037f) */
+  box.mxcsr_in = 0xdfc0; /* FTZ, DAZ, round up (default 0x1f80) */
   box.flag = &flag;
 
   pthread_t worker;
@@ -188,12 +186,17 @@ int main(void) {
   flag = zdtm_corrupt_requested() ? 2 : 1;
   pthread_join(worker, NULL);
 
-  if (fcw_now != main_fcw) zdtm_fail_note("main thread: x87 control word %#x, want %#x", fcw_now, main_fcw);
-  if (mxcsr_now != main_mxcsr) zdtm_fail_note("main thread: MXCSR %#x, want %#x", mxcsr_now, main_mxcsr);
+  if (fcw_now != main_fcw)
+    zdtm_fail_note("main thread: x87 control word %#x, want %#x", fcw_now, main_fcw);
+  if (mxcsr_now != main_mxcsr)
+    zdtm_fail_note("main thread: MXCSR %#x, want %#x", mxcsr_now, main_mxcsr);
   for (int r = 0; r < nvec; r++) {
     for (int b = 0; b < width; b++) {
       if (box.vec_out[r][b] != box.vec_in[r][b]) {
-        zdtm_fail_note("%cmm%d byte %d is %#x, want %#x", width == 64 ? 'z' : width == 32 ? 'y' : 'x',
+        zdtm_fail_note("%cmm%d byte %d is %#x, want %#x",
+                       width == 64   ? 'z'
+                       : width == 32 ? 'y'
+                                     : 'x',
                        r, b, box.vec_out[r][b], box.vec_in[r][b]);
         break;
       }
@@ -203,7 +206,8 @@ int main(void) {
     if (box.gpr_out[i] != box.gpr_in[i])
       zdtm_fail_note("r%d is %#" PRIx64 ", want %#" PRIx64, i + 8, box.gpr_out[i], box.gpr_in[i]);
   for (int i = 1; i < nk; i++)
-    if (box.k_out[i] != box.k_in[i]) zdtm_fail_note("k%d is %#x, want %#x", i, box.k_out[i], box.k_in[i]);
+    if (box.k_out[i] != box.k_in[i])
+      zdtm_fail_note("k%d is %#x, want %#x", i, box.k_out[i], box.k_in[i]);
   for (int i = 0; i < 8; i++)
     if (memcmp(box.st_out[i], box.st_in[i], 10) != 0) zdtm_fail_note("x87 st%d differs", i);
   if (box.fcw_out != box.fcw_in)

@@ -55,10 +55,10 @@ static void CheckHuge(const char *who, const char *what, const void *addr) {
 
 int main(void) {
   zdtm_init("hugetlb");
-  priv = mmap(NULL, kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB,
-              -1, 0);
-  shared = mmap(NULL, kHuge, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB,
-                -1, 0);
+  priv =
+      mmap(NULL, kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+  shared =
+      mmap(NULL, kHuge, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
   if (priv == MAP_FAILED || shared == MAP_FAILED) {
     printf("SKIPPED hugetlb: mmap MAP_HUGETLB of 2 MiB: %s (see /proc/sys/vm/nr_hugepages)\n",
            strerror(errno));
@@ -82,8 +82,8 @@ int main(void) {
     if (!zdtm_link_hear_from_parent(&link, 10000)) {
       zdtm_fail_note("child: no word from the parent");
     } else {
-      zdtm_pattern_check("child: the parent's write after the restart", shared + kLateParent,
-                         100, kSeedLateP, 0);
+      zdtm_pattern_check("child: the parent's write after the restart", shared + kLateParent, 100,
+                         kSeedLateP, 0);
       zdtm_pattern_fill(shared + kLateChild, 100, kSeedLateC, 0);
     }
     if (!zdtm_link_tell_parent(&link, 'd')) zdtm_fail_note("child: write: %s", strerror(errno));
@@ -106,8 +106,8 @@ int main(void) {
   if (!zdtm_link_hear_from_kid(&link, 10000))
     zdtm_fail_note("no word from the child");
   else
-    zdtm_pattern_check("the child's write after the restart", shared + kLateChild, 100,
-                       kSeedLateC, 0);
+    zdtm_pattern_check("the child's write after the restart", shared + kLateChild, 100, kSeedLateC,
+                       0);
   zdtm_kid_collect(link.verdict[0], "child", 15000);
   zdtm_kid_reap(kid, "child", 5000);
   zdtm_finish();

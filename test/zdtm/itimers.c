@@ -4,10 +4,10 @@
  * in a forked child (its other two disarmed).
  *
  * Check (getitimer): every interval exactly as set; every armed value above
- * zero and at most the value set (CPU timers: + 50 ms, see Check); REAL not less than the value set minus the
- * monotonic time since it was set (plus 1 s); VIRTUAL and PROF within 10 s of
- * the value set (the program uses little CPU); the child's disarmed timers
- * still zero. Handlers record any expiry, which must not happen. */
+ * zero and at most the value set (CPU timers: + 50 ms, see Check); REAL not less than the value set
+ * minus the monotonic time since it was set (plus 1 s); VIRTUAL and PROF within 10 s of the value
+ * set (the program uses little CPU); the child's disarmed timers still zero. Handlers record any
+ * expiry, which must not happen. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -39,7 +39,8 @@ static void OnTimer(int sig) { atomic_fetch_add(&fired, sig); }
 static void Arm(const struct Timer *t, int n) {
   for (int i = 0; i < n; i++) {
     struct itimerval v = {{t[i].interval, 0}, {t[i].value, 0}};
-    if (setitimer(t[i].which, &v, NULL) != 0) zdtm_die("setitimer %s: %s", t[i].name, strerror(errno));
+    if (setitimer(t[i].which, &v, NULL) != 0)
+      zdtm_die("setitimer %s: %s", t[i].name, strerror(errno));
   }
 }
 

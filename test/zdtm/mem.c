@@ -57,10 +57,23 @@ static size_t ParseSize(const char *s) {
   char *end;
   unsigned long long v = strtoull(s, &end, 10);
   switch (*end) {
-    case 'k': case 'K': v <<= 10; end++; break;
-    case 'm': case 'M': v <<= 20; end++; break;
-    case 'g': case 'G': v <<= 30; end++; break;
-    default: break;
+    case 'k':
+    case 'K':
+      v <<= 10;
+      end++;
+      break;
+    case 'm':
+    case 'M':
+      v <<= 20;
+      end++;
+      break;
+    case 'g':
+    case 'G':
+      v <<= 30;
+      end++;
+      break;
+    default:
+      break;
   }
   if (*end || v < kRegion) zdtm_die("bad size '%s' (want at least 1M, e.g. 64M or 1G)", s);
   return (size_t)(v / kRegion * kRegion);
@@ -110,9 +123,9 @@ int main(int argc, char **argv) {
 
   uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   int with_shared = !(argc > 2 && strcmp(argv[2], "private") == 0);
-  uint8_t *shared = with_shared ? mmap(NULL, kRegion, PROT_READ | PROT_WRITE,
-                                       MAP_SHARED | MAP_ANONYMOUS, -1, 0)
-                                : NULL;
+  uint8_t *shared =
+      with_shared ? mmap(NULL, kRegion, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+                  : NULL;
   if (mem == MAP_FAILED || shared == MAP_FAILED) zdtm_die("mmap: %s", strerror(errno));
 
   size_t npages = size / kPage;

@@ -30,10 +30,17 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kPage = 4096, kShared = 16 * kPage, kUSize = 8192, kP1 = 2000, kP2 = 1500, kP3 = 10,
-       kLate = 500 };
-static const uint64_t kSeedS = 0x5, kSeedU = 0x75, kSeedP1 = 0x91, kSeedP2 = 0x92,
-                      kSeedP3 = 0x93, kSeedK1 = 0x4b31, kSeedG = 0x47;
+enum {
+  kPage = 4096,
+  kShared = 16 * kPage,
+  kUSize = 8192,
+  kP1 = 2000,
+  kP2 = 1500,
+  kP3 = 10,
+  kLate = 500
+};
+static const uint64_t kSeedS = 0x5, kSeedU = 0x75, kSeedP1 = 0x91, kSeedP2 = 0x92, kSeedP3 = 0x93,
+                      kSeedK1 = 0x4b31, kSeedG = 0x47;
 
 struct Shared {
   uint8_t page0[kPage];
@@ -51,7 +58,8 @@ static void Common(const char *who) {
   uint8_t buf[kUSize];
   struct stat st;
   if (fstat(u, &st) != 0 || st.st_nlink != 0)
-    zdtm_fail_note("%s: U has st_nlink %ju, want 0 (%s)", who, (uintmax_t)st.st_nlink, strerror(errno));
+    zdtm_fail_note("%s: U has st_nlink %ju, want 0 (%s)", who, (uintmax_t)st.st_nlink,
+                   strerror(errno));
   if (pread(u, buf, kUSize, 0) != kUSize) {
     zdtm_fail_note("%s: pread U: %s", who, strerror(errno));
   } else {
@@ -158,7 +166,8 @@ int main(void) {
         zdtm_fail_note("G: no go");
       } else {
         off_t pos = lseek(u, 0, SEEK_CUR);
-        if (pos != kUSize) zdtm_fail_note("G: U's shared offset is %jd, want %d", (intmax_t)pos, kUSize);
+        if (pos != kUSize)
+          zdtm_fail_note("G: U's shared offset is %jd, want %d", (intmax_t)pos, kUSize);
         Fill(u, kLate, kSeedG, "G: U");
       }
       zdtm_kid_finish(v_g[1]);
@@ -201,14 +210,16 @@ int main(void) {
   zdtm_kid_collect(v_k2[0], "K2", 15000);
   zdtm_kid_reap(k1, "K1", 5000);
   zdtm_kid_reap(k2, "K2", 5000);
-  zdtm_pattern_check("R: shared page 1, written by K1 after the restart", S->page1, kPage, kSeedK1, 0);
+  zdtm_pattern_check("R: shared page 1, written by K1 after the restart", S->page1, kPage, kSeedK1,
+                     0);
   uint8_t late[kLate];
   if (pread(u, late, kLate, kUSize) != kLate)
     zdtm_fail_note("R: pread U at 8192: %s", strerror(errno));
   else
     zdtm_pattern_check("R: U at 8192, written by G after the restart", late, kLate, kSeedG, 0);
   pos = lseek(u, 0, SEEK_CUR);
-  if (pos != kUSize + kLate) zdtm_fail_note("R: U's offset %jd after G's write, want %d", (intmax_t)pos, kUSize + kLate);
+  if (pos != kUSize + kLate)
+    zdtm_fail_note("R: U's offset %jd after G's write, want %d", (intmax_t)pos, kUSize + kLate);
   uint64_t deadline = zdtm_now_ms() + 2000;
   while (atomic_load(&S->counter) == c0 && zdtm_now_ms() < deadline) zdtm_sleep_ms(5);
   if (atomic_load(&S->counter) == c0) zdtm_fail_note("R: T2 does not count any more");

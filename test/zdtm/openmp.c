@@ -98,7 +98,8 @@ int main(void) {
                    rounds, digest, want_digest);
   for (uint64_t i = 0; i < kWords; i++) {
     if (a[i] != b[i]) {
-      zdtm_fail_note("word %" PRIu64 " is %#" PRIx64 ", a serial run gives %#" PRIx64, i, a[i], b[i]);
+      zdtm_fail_note("word %" PRIu64 " is %#" PRIx64 ", a serial run gives %#" PRIx64, i, a[i],
+                     b[i]);
       break;
     }
   }

@@ -27,13 +27,21 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kASize = 3000, kAMore = 1000, kBSize = 300000, kBPipe = 1 << 20, kCSize = 10,
-       kDPipes = 50, kESize = 200000, kFSize = 123 };
-static const uint64_t kSeedA = 0xa1, kSeedB = 0xb2, kSeedC = 0xc3, kSeedD = 0xd400,
-                      kSeedE = 0xe5, kSeedF = 0xf6;
+enum {
+  kASize = 3000,
+  kAMore = 1000,
+  kBSize = 300000,
+  kBPipe = 1 << 20,
+  kCSize = 10,
+  kDPipes = 50,
+  kESize = 200000,
+  kFSize = 123
+};
+static const uint64_t kSeedA = 0xa1, kSeedB = 0xb2, kSeedC = 0xc3, kSeedD = 0xd400, kSeedE = 0xe5,
+                      kSeedF = 0xf6;
 
-static int a[2], b[2], c[2], d[kDPipes][2], e[2], f[2], verdict_k1[2], verdict_k2[2],
-    verdict_k3[2], go_b[2];
+static int a[2], b[2], c[2], d[kDPipes][2], e[2], f[2], verdict_k1[2], verdict_k2[2], verdict_k3[2],
+    go_b[2];
 
 static void Drain(int fd, size_t size, uint64_t seed, const char *what) {
   char *buf = malloc(size);

@@ -27,10 +27,17 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kPage = 4096, kSize1 = 256 * 1024, kHalf1 = kSize1 / 2, kSize2 = 65536, kLate1 = 5,
-       kLate2 = 7, kViaNew = 9 };
-static const uint64_t kSeed1 = 0x9051, kSeed2 = 0x9052, kSeedLate1 = 0x1a7e1,
-                      kSeedLate2 = 0x1a7e2, kSeedNew = 0x3e3;
+enum {
+  kPage = 4096,
+  kSize1 = 256 * 1024,
+  kHalf1 = kSize1 / 2,
+  kSize2 = 65536,
+  kLate1 = 5,
+  kLate2 = 7,
+  kViaNew = 9
+};
+static const uint64_t kSeed1 = 0x9051, kSeed2 = 0x9052, kSeedLate1 = 0x1a7e1, kSeedLate2 = 0x1a7e2,
+                      kSeedNew = 0x3e3;
 
 static char name1[64], name2[64];
 static int fd1;
@@ -109,8 +116,8 @@ int main(void) {
       zdtm_fail_note("child: no word from the parent");
       zdtm_kid_finish(link.verdict[1]);
     }
-    zdtm_pattern_check("child: the parent's write to obj1 after the restart",
-                       obj1 + kLate1 * kPage, kPage, kSeedLate1, 0);
+    zdtm_pattern_check("child: the parent's write to obj1 after the restart", obj1 + kLate1 * kPage,
+                       kPage, kSeedLate1, 0);
     zdtm_pattern_check("child: the parent's write to obj1 through a new mapping",
                        obj1 + kViaNew * kPage, kPage, kSeedNew, 0);
     zdtm_pattern_fill(obj1 + kLate1 * kPage, kPage, kSeed1, kLate1 * kPage);
@@ -129,8 +136,8 @@ int main(void) {
   CheckAll("parent");
   zdtm_pattern_fill(obj1 + kLate1 * kPage, kPage, kSeedLate1, 0);
   int again = shm_open(name1, O_RDWR | O_CLOEXEC, 0);
-  uint8_t *m = again < 0 ? MAP_FAILED
-                         : mmap(NULL, kSize1, PROT_READ | PROT_WRITE, MAP_SHARED, again, 0);
+  uint8_t *m =
+      again < 0 ? MAP_FAILED : mmap(NULL, kSize1, PROT_READ | PROT_WRITE, MAP_SHARED, again, 0);
   if (m == MAP_FAILED) {
     zdtm_fail_note("map %s again: %s", name1, strerror(errno));
   } else {

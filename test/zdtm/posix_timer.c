@@ -79,8 +79,7 @@ static void Take(timer_t t, int timeout_ms, const char *what) {
     zdtm_fail_note("t3: %s: no SIGRTMIN+4 within %d ms (%s)", what, timeout_ms, strerror(errno));
     return;
   }
-  if (si.si_code != SI_TIMER || si.si_value.sival_int != 0x333 ||
-      si.si_timerid != (int)(intptr_t)t)
+  if (si.si_code != SI_TIMER || si.si_value.sival_int != 0x333 || si.si_timerid != (int)(intptr_t)t)
     zdtm_fail_note("t3: %s: si_code %d value %#x timer id %d, want SI_TIMER, 0x333, %d", what,
                    si.si_code, si.si_value.sival_int, si.si_timerid, (int)(intptr_t)t);
 }
@@ -106,7 +105,8 @@ int main(void) {
   ev.sigev_notify_function = Tick;
   ev.sigev_value.sival_int = 7;
   timer_t t4;
-  if (timer_create(CLOCK_MONOTONIC, &ev, &t4) != 0) zdtm_die("timer_create SIGEV_THREAD: %s", strerror(errno));
+  if (timer_create(CLOCK_MONOTONIC, &ev, &t4) != 0)
+    zdtm_die("timer_create SIGEV_THREAD: %s", strerror(errno));
   Arm(t4, 30000000L, 30000000L);
   zdtm_sleep_ms(100); /* t3 has fired; its signal waits */
   printf("posix_timer: timer ids %d %d %d\n", (int)(intptr_t)t1, (int)(intptr_t)t2,
@@ -123,9 +123,11 @@ int main(void) {
   int before = atomic_load(&g_ticks);
   zdtm_sleep_ms(400);
   int after = atomic_load(&g_ticks);
-  if (after - before < 3) zdtm_fail_note("t4 (SIGEV_THREAD, 30 ms): %d calls in 400 ms", after - before);
+  if (after - before < 3)
+    zdtm_fail_note("t4 (SIGEV_THREAD, 30 ms): %d calls in 400 ms", after - before);
   struct itimerspec its;
-  if (timer_gettime(gap, &its) == 0) zdtm_fail_note("the deleted timer's id names a timer after the restart");
+  if (timer_gettime(gap, &its) == 0)
+    zdtm_fail_note("the deleted timer's id names a timer after the restart");
   sigset_t pend;
   sigpending(&pend);
   if (sigismember(&pend, SIG1)) zdtm_fail_note("t1 (300 s) fired early");

@@ -10,9 +10,9 @@
  * slave fd is /dev/pts/N (same rdev), termios and window size as set; K
  * can open /dev/tty, tcgetsid says K's session and the foreground group is
  * K's; bytes K writes half to its slave fd and half to /dev/tty arrive at the
- * master in order (so /dev/tty is this terminal), and bytes written to the master reach K unchanged (raw mode). No
- * data is left inside the terminal at the checkpoint (terminal queues are
- * not part of this test). */
+ * master in order (so /dev/tty is this terminal), and bytes written to the master reach K unchanged
+ * (raw mode). No data is left inside the terminal at the checkpoint (terminal queues are not part
+ * of this test). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -141,7 +141,8 @@ int main(void) {
   else
     zdtm_pattern_check("bytes from the child through the slave", buf, kMsg, kSeedUp, 0);
   zdtm_pattern_fill(buf, kMsg, kSeedDown, 0);
-  if (!zdtm_write_full(master, buf, kMsg)) zdtm_fail_note("write to the master: %s", strerror(errno));
+  if (!zdtm_write_full(master, buf, kMsg))
+    zdtm_fail_note("write to the master: %s", strerror(errno));
   zdtm_kid_collect(verdict[0], "K", 15000);
   zdtm_kid_reap(k, "K", 5000);
   zdtm_finish();

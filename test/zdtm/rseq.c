@@ -37,13 +37,14 @@ static void CheckCpu(const char *who) {
   volatile struct rseq *r = Area();
   unsigned cpu = 0;
   int id = (int)r->cpu_id, start = (int)r->cpu_id_start;
-  if (syscall(SYS_getcpu, &cpu, NULL, NULL) != 0) zdtm_fail_note("%s: getcpu: %s", who, strerror(errno));
+  if (syscall(SYS_getcpu, &cpu, NULL, NULL) != 0)
+    zdtm_fail_note("%s: getcpu: %s", who, strerror(errno));
   int sched = sched_getcpu();
   if (id != (int)cpu || start != (int)cpu || sched != (int)cpu)
     zdtm_fail_note("%s: rseq cpu_id %d, cpu_id_start %d, sched_getcpu %d, getcpu %u", who, id,
                    start, sched, cpu);
-  if (r->rseq_cs != 0) zdtm_fail_note("%s: rseq_cs is %#llx, want 0", who,
-                                      (unsigned long long)r->rseq_cs);
+  if (r->rseq_cs != 0)
+    zdtm_fail_note("%s: rseq_cs is %#llx, want 0", who, (unsigned long long)r->rseq_cs);
 }
 
 static void Check(const char *who) {
@@ -59,8 +60,8 @@ static void Check(const char *who) {
   if (r == 0)
     zdtm_fail_note("%s: rseq area %p was not registered", who, (void *)area);
   else if (err != EBUSY)
-    zdtm_fail_note("%s: re-registering rseq area %p: %s (registered elsewhere?)", who,
-                   (void *)area, strerror(err));
+    zdtm_fail_note("%s: re-registering rseq area %p: %s (registered elsewhere?)", who, (void *)area,
+                   strerror(err));
   CheckCpu(who);
   for (int i = 0; i < ncpus; i++) {
     cpu_set_t one;
@@ -93,7 +94,8 @@ int main(void) {
     printf("SKIPPED rseq: glibc did not register rseq (__rseq_size is 0; GLIBC_TUNABLES?)\n");
     return 77;
   }
-  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) zdtm_die("sched_getaffinity: %s", strerror(errno));
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+    zdtm_die("sched_getaffinity: %s", strerror(errno));
   for (int c = 0; c < CPU_SETSIZE && ncpus < 2; c++)
     if (CPU_ISSET(c, &allowed)) cpus[ncpus++] = c;
   if (ncpus < 2) printf("rseq: one CPU only: cpu_id updates on migration are not checked\n");

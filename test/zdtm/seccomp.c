@@ -52,10 +52,12 @@ static const char *Field(const char *text, const char *key, char *out, size_t n)
 static void Expect(const char *who) {
   struct utsname u;
   errno = 0;
-  if (uname(&u) != -1 || errno != 77) zdtm_fail_note("%s: uname gave errno %d, want 77", who, errno);
+  if (uname(&u) != -1 || errno != 77)
+    zdtm_fail_note("%s: uname gave errno %d, want 77", who, errno);
   errno = 0;
   long r = syscall(SYS_getpgrp);
-  if (r != -1 || errno != 78) zdtm_fail_note("%s: getpgrp gave %ld errno %d, want -1/78", who, r, errno);
+  if (r != -1 || errno != 78)
+    zdtm_fail_note("%s: getpgrp gave %ld errno %d, want -1/78", who, r, errno);
   if (syscall(SYS_getpid) != getpid()) zdtm_fail_note("%s: getpid is filtered", who);
   char path[64], text[4096], v[64];
   snprintf(path, sizeof path, "/proc/self/task/%ld/status", (long)syscall(SYS_gettid));
@@ -63,10 +65,12 @@ static void Expect(const char *who) {
   size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
   if (f) fclose(f);
   text[n] = 0;
-  if (strcmp(Field(text, "Seccomp:", v, sizeof v), "2") != 0) zdtm_fail_note("%s: Seccomp %s, want 2", who, v);
+  if (strcmp(Field(text, "Seccomp:", v, sizeof v), "2") != 0)
+    zdtm_fail_note("%s: Seccomp %s, want 2", who, v);
   if (strcmp(Field(text, "Seccomp_filters:", v, sizeof v), "2") != 0)
     zdtm_fail_note("%s: Seccomp_filters %s, want 2", who, v);
-  if (strcmp(Field(text, "NoNewPrivs:", v, sizeof v), "1") != 0) zdtm_fail_note("%s: NoNewPrivs %s, want 1", who, v);
+  if (strcmp(Field(text, "NoNewPrivs:", v, sizeof v), "1") != 0)
+    zdtm_fail_note("%s: NoNewPrivs %s, want 1", who, v);
 }
 
 static int go[2], done[2];

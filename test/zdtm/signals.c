@@ -102,10 +102,14 @@ static void SetDispositions(void) {
     sigemptyset(&sa.sa_mask);
     if (disps[i].mask_sig) sigaddset(&sa.sa_mask, disps[i].mask_sig);
     sa.sa_flags = disps[i].flags;
-    if (disps[i].kind == 0) sa.sa_sigaction = HInfo;
-    else if (disps[i].kind == 1) sa.sa_handler = HPlain;
-    else sa.sa_handler = disps[i].kind == 2 ? SIG_IGN : SIG_DFL;
-    if (sigaction(disps[i].sig, &sa, NULL) != 0) zdtm_die("sigaction %s: %s", disps[i].name, strerror(errno));
+    if (disps[i].kind == 0)
+      sa.sa_sigaction = HInfo;
+    else if (disps[i].kind == 1)
+      sa.sa_handler = HPlain;
+    else
+      sa.sa_handler = disps[i].kind == 2 ? SIG_IGN : SIG_DFL;
+    if (sigaction(disps[i].sig, &sa, NULL) != 0)
+      zdtm_die("sigaction %s: %s", disps[i].name, strerror(errno));
   }
 }
 
@@ -117,8 +121,10 @@ static void CheckDispositions(void) {
       zdtm_fail_note("sigaction %s: %s", d->name, strerror(errno));
       continue;
     }
-    void *want = d->kind == 0 ? (void *)HInfo : d->kind == 1 ? (void *)HPlain
-                 : d->kind == 2 ? (void *)SIG_IGN : (void *)SIG_DFL;
+    void *want = d->kind == 0   ? (void *)HInfo
+                 : d->kind == 1 ? (void *)HPlain
+                 : d->kind == 2 ? (void *)SIG_IGN
+                                : (void *)SIG_DFL;
     if ((void *)sa.sa_handler != want)
       zdtm_fail_note("%s: handler %p, want %p", d->name, (void *)sa.sa_handler, want);
     if (d->kind >= 2) continue;

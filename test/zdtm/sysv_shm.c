@@ -23,10 +23,15 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kPage = 4096, kSize1 = (1 << 20) + 100, kHalf1 = kSize1 / 2, kSize2 = 65536,
-       kLatePage1 = 3, kLatePage2 = 2 };
-static const uint64_t kSeed1 = 0x5e91, kSeed2 = 0x5e92, kSeedLate1 = 0x1a7e1,
-                      kSeedLate2 = 0x1a7e2;
+enum {
+  kPage = 4096,
+  kSize1 = (1 << 20) + 100,
+  kHalf1 = kSize1 / 2,
+  kSize2 = 65536,
+  kLatePage1 = 3,
+  kLatePage2 = 2
+};
+static const uint64_t kSeed1 = 0x5e91, kSeed2 = 0x5e92, kSeedLate1 = 0x1a7e1, kSeedLate2 = 0x1a7e2;
 
 static key_t key;
 static int id1, id2;

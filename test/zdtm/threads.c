@@ -62,7 +62,9 @@ static __thread int tls_idx = -1;
 static uint64_t StackValue(int idx, int i) {
   return zdtm_mix64(kSeed ^ ((uint64_t)idx << 32) ^ (uint64_t)i);
 }
-static uint64_t TlsValue(int idx, int i) { return zdtm_mix64(~kSeed ^ ((uint64_t)idx << 40) ^ (uint64_t)i); }
+static uint64_t TlsValue(int idx, int i) {
+  return zdtm_mix64(~kSeed ^ ((uint64_t)idx << 40) ^ (uint64_t)i);
+}
 
 static void Block(struct Worker *w) {
   switch (w->kind) {
@@ -135,7 +137,8 @@ static void *Run(void *arg) {
   Block(w);
 
   const char *k = kKindNames[w->kind];
-  if (gettid() != w->tid) zdtm_fail_note("thread %d (%s): tid %d, was %d", w->idx, k, gettid(), w->tid);
+  if (gettid() != w->tid)
+    zdtm_fail_note("thread %d (%s): tid %d, was %d", w->idx, k, gettid(), w->tid);
   if (!pthread_equal(pthread_self(), w->self))
     zdtm_fail_note("thread %d (%s): pthread_self changed", w->idx, k);
   if (tls_idx != w->idx) zdtm_fail_note("thread %d (%s): TLS index is %d", w->idx, k, tls_idx);
@@ -212,7 +215,8 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nthreads; i++) {
     int waited = 0;
     while (!Sleeping(workers[i].tid)) {
-      if (++waited > 500) zdtm_die("thread %d never went to sleep in %s", i, kKindNames[workers[i].kind]);
+      if (++waited > 500)
+        zdtm_die("thread %d never went to sleep in %s", i, kKindNames[workers[i].kind]);
       zdtm_sleep_ms(10);
     }
   }
@@ -222,7 +226,7 @@ int main(int argc, char **argv) {
   if (zdtm_corrupt_requested()) {
     zdtm_sleep_ms(50);
     workers[nthreads - 1].stack_data[7] ^= 1; /* a flipped bit on a stack */
-    workers[0].tls_data[3] ^= 1ULL << 40;    /* and in TLS */
+    workers[0].tls_data[3] ^= 1ULL << 40;     /* and in TLS */
   }
   zdtm_wait_check();
 

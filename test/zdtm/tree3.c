@@ -152,10 +152,9 @@ int main(void) {
   const struct Ids *pb = Find(all, "B"), *pb1 = Find(all, "B1");
   if (root.pgid != root.pid || root.sid != root.pid)
     zdtm_die("the root must lead its own session (start it with setsid)");
-  if (pa->pid != a || pa->ppid != root.pid || pa->pgid != a || pa1->ppid != a ||
-      pa2->ppid != a || pa1->pgid != a || pa2->pgid != a || pb->pid != b ||
-      pb->ppid != root.pid || pb->pgid != root.pgid || pb1->ppid != b || pb1->sid != pb1->pid ||
-      pb1->pgid != pb1->pid)
+  if (pa->pid != a || pa->ppid != root.pid || pa->pgid != a || pa1->ppid != a || pa2->ppid != a ||
+      pa1->pgid != a || pa2->pgid != a || pb->pid != b || pb->ppid != root.pid ||
+      pb->pgid != root.pgid || pb1->ppid != b || pb1->sid != pb1->pid || pb1->pgid != pb1->pid)
     zdtm_die("the tree did not come out as designed");
   printf("tree3: R %d; A %d (pgid %d): A1 %d, A2 %d; B %d: B1 %d (sid %d)\n", root.pid, pa->pid,
          pa->pgid, pa1->pid, pa2->pid, pb->pid, pb1->pid, pb1->sid);

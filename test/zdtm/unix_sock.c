@@ -31,21 +31,28 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <netinet/in.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kP2C = 10000, kC2P = 7000, kConnP2C = 3000, kConnC2P = 2000, kBacklogMsg = 1000,
-       kLate = 333, kBuf = 16384 };
+enum {
+  kP2C = 10000,
+  kC2P = 7000,
+  kConnP2C = 3000,
+  kConnC2P = 2000,
+  kBacklogMsg = 1000,
+  kLate = 333,
+  kBuf = 16384
+};
 static const uint64_t kSeedP2C = 0x703263, kSeedC2P = 0x633270, kSeedDgram = 0xd9a0,
                       kSeedLate = 0x1a7e;
 static const size_t kParentDgrams[] = {100, 1, 2000};
@@ -62,7 +69,9 @@ static void Recv(int fd, size_t n, uint64_t seed, const char *what) {
   size_t got = zdtm_read_full(fd, buf, n, 10000);
   if (got != n)
     zdtm_fail_note("%s: received %zu of %zu bytes (%s)", what, got, n,
-                   errno == ETIMEDOUT ? "timeout" : errno ? strerror(errno) : "EOF");
+                   errno == ETIMEDOUT ? "timeout"
+                   : errno            ? strerror(errno)
+                                      : "EOF");
   else
     zdtm_pattern_check(what, buf, n, seed, 0);
 }
@@ -189,7 +198,8 @@ static void ExpectName(const char *what, int fd, int peer) {
 
 static void Listen(int backlog_mode) {
   char cwd[80];
-  if (!getcwd(cwd, sizeof(cwd))) zdtm_die("getcwd: %s (path too long for sun_path?)", strerror(errno));
+  if (!getcwd(cwd, sizeof(cwd)))
+    zdtm_die("getcwd: %s (path too long for sun_path?)", strerror(errno));
   addr.sun_family = AF_UNIX;
   snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/sock", cwd);
   addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(addr.sun_path) + 1);
@@ -290,8 +300,10 @@ static void ExpectClosed(const char *what, int fd, int type, int cloexec, int no
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &t, &len) != 0 || t != type)
     zdtm_fail_note("%s: SO_TYPE %d, want %d", what, t, type);
   int fdf = fcntl(fd, F_GETFD), fl = fcntl(fd, F_GETFL);
-  if (!!(fdf & FD_CLOEXEC) != cloexec) zdtm_fail_note("%s: FD_CLOEXEC is %d, want %d", what, !!(fdf & FD_CLOEXEC), cloexec);
-  if (!!(fl & O_NONBLOCK) != nonblock) zdtm_fail_note("%s: O_NONBLOCK is %d, want %d", what, !!(fl & O_NONBLOCK), nonblock);
+  if (!!(fdf & FD_CLOEXEC) != cloexec)
+    zdtm_fail_note("%s: FD_CLOEXEC is %d, want %d", what, !!(fdf & FD_CLOEXEC), cloexec);
+  if (!!(fl & O_NONBLOCK) != nonblock)
+    zdtm_fail_note("%s: O_NONBLOCK is %d, want %d", what, !!(fl & O_NONBLOCK), nonblock);
 }
 
 static void NetClosed(void) {
@@ -302,7 +314,8 @@ static void NetClosed(void) {
       getsockname(lfd, (struct sockaddr *)&a, &len) != 0)
     zdtm_die("TCP listener: %s", strerror(errno));
   int cfd = socket(AF_INET, SOCK_STREAM, 0);
-  if (cfd < 0 || connect(cfd, (struct sockaddr *)&a, sizeof(a)) != 0) zdtm_die("TCP connect: %s", strerror(errno));
+  if (cfd < 0 || connect(cfd, (struct sockaddr *)&a, sizeof(a)) != 0)
+    zdtm_die("TCP connect: %s", strerror(errno));
   int afd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (afd < 0) zdtm_die("accept: %s", strerror(errno));
   Send(cfd, 100, kSeedP2C, "tcp client->server"); /* queued, kept with the connection */
@@ -323,7 +336,8 @@ static void NetClosed(void) {
   }
   struct sockaddr_in u = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   int ufd = socket(AF_INET, SOCK_DGRAM, 0);
-  if (ufd < 0 || bind(ufd, (struct sockaddr *)&u, sizeof(u)) != 0) zdtm_die("UDP socket: %s", strerror(errno));
+  if (ufd < 0 || bind(ufd, (struct sockaddr *)&u, sizeof(u)) != 0)
+    zdtm_die("UDP socket: %s", strerror(errno));
   int out = -1;
   const char *outside = getenv("ZDTM_OUTSIDE_SOCK");
   if (outside && *outside) {
@@ -361,14 +375,17 @@ static void NetClosed(void) {
   if (out >= 0) {
     ExpectSocket("UNIX socket that led outside", out, SOCK_STREAM);
     n = recv(out, buf, sizeof(buf), MSG_DONTWAIT);
-    if (n != 0) zdtm_fail_note("UNIX socket that led outside: recv gives %zd (%s), want 0 (EOF)", n,
-                               n < 0 ? strerror(errno) : "");
+    if (n != 0)
+      zdtm_fail_note("UNIX socket that led outside: recv gives %zd (%s), want 0 (EOF)", n,
+                     n < 0 ? strerror(errno) : "");
   }
   /* A UNIX socket whose peer closed keeps what the peer sent, then EOF. */
   ExpectSocket("UNIX socket with a closed peer", half[0], SOCK_STREAM);
   Recv(half[0], 500, kSeedC2P, "closed peer->survivor");
   n = recv(half[0], buf, sizeof(buf), MSG_DONTWAIT);
-  if (n != 0) zdtm_fail_note("UNIX socket with a closed peer: recv after the data gives %zd, want 0 (EOF)", n);
+  if (n != 0)
+    zdtm_fail_note("UNIX socket with a closed peer: recv after the data gives %zd, want 0 (EOF)",
+                   n);
 }
 
 int main(int argc, char **argv) {

@@ -32,8 +32,15 @@
 #include "zdtm.h"
 #include "zdtm_util.h"
 
-enum { kPage = 4096, kASize = 3 * kPage + 123, kAPos = 5000, kMPages = 16, kSSize = 10000,
-       kSPos = 2000, kMsg = 300 };
+enum {
+  kPage = 4096,
+  kASize = 3 * kPage + 123,
+  kAPos = 5000,
+  kMPages = 16,
+  kSSize = 10000,
+  kSPos = 2000,
+  kMsg = 300
+};
 static const uint64_t kSeedA = 0x756e6c2d61ULL, kSeedM = 0x756e6c2d6dULL,
                       kSeedShared = 0x534841524544ULL, kSeedPrivate = 0x5052495641ULL,
                       kSeedS = 0x756e6c2d73ULL, kSeedParent = 0x706172656e74ULL,
@@ -79,7 +86,8 @@ static void Child(int fd, int go, int done, int verdict) {
   else
     zdtm_pattern_check("unl-s in the child: the parent's write", buf, kMsg, kSeedParent, 0);
   zdtm_pattern_fill(buf, kMsg, kSeedChild, 0);
-  if (!zdtm_write_full(fd, buf, kMsg)) zdtm_fail_note("unl-s in the child: write: %s", strerror(errno));
+  if (!zdtm_write_full(fd, buf, kMsg))
+    zdtm_fail_note("unl-s in the child: write: %s", strerror(errno));
   if (write(done, "c", 1) != 1) zdtm_fail_note("write to the parent: %s", strerror(errno));
   zdtm_kid_finish(verdict);
 }
@@ -126,7 +134,8 @@ int main(void) {
   zdtm_ready();
 
   zdtm_wait_check();
-  if (zdtm_corrupt_requested() && pwrite(fa, "X", 1, 100) != 1) zdtm_die("pwrite: %s", strerror(errno));
+  if (zdtm_corrupt_requested() && pwrite(fa, "X", 1, 100) != 1)
+    zdtm_die("pwrite: %s", strerror(errno));
 
   /* unl-a */
   ExpectUnlinked("unl-a", fa, "unl-a", kASize);
@@ -163,12 +172,12 @@ int main(void) {
   zdtm_pattern_check("unl-m shared mapping pages 0-3", shared, 4 * kPage, kSeedShared, 0);
   zdtm_pattern_check("unl-m shared mapping pages 4-15", shared + 4 * kPage, 12 * kPage, kSeedM,
                      4 * kPage);
-  zdtm_pattern_check("unl-m private mapping pages 0-1 (the file's)", priv, 2 * kPage,
-                     kSeedShared, 0);
+  zdtm_pattern_check("unl-m private mapping pages 0-1 (the file's)", priv, 2 * kPage, kSeedShared,
+                     0);
   zdtm_pattern_check("unl-m private mapping pages 2-5 (its own)", priv + 2 * kPage, 4 * kPage,
                      kSeedPrivate, 2 * kPage);
-  zdtm_pattern_check("unl-m private mapping pages 6-15 (the file's)", priv + 6 * kPage,
-                     10 * kPage, kSeedM, 6 * kPage);
+  zdtm_pattern_check("unl-m private mapping pages 6-15 (the file's)", priv + 6 * kPage, 10 * kPage,
+                     kSeedM, 6 * kPage);
   zdtm_pattern_fill(shared + 10 * kPage, kPage, kSeedLate, 10 * kPage);
   zdtm_pattern_check("unl-m private mapping page 10 after a write through the shared one",
                      priv + 10 * kPage, kPage, kSeedLate, 10 * kPage);
@@ -177,8 +186,8 @@ int main(void) {
   ExpectUnlinked("unl-s", fs, "unl-s", kSSize);
   long same = syscall(SYS_kcmp, getpid(), kid, KCMP_FILE, fs, fs);
   if (same != 0)
-    zdtm_fail_note("unl-s: kcmp says parent and child fds are %s", same < 0 ? strerror(errno)
-                                                                            : "different files");
+    zdtm_fail_note("unl-s: kcmp says parent and child fds are %s",
+                   same < 0 ? strerror(errno) : "different files");
   zdtm_pattern_fill(buf, kMsg, kSeedParent, 0);
   if (!zdtm_write_full(fs, buf, kMsg)) zdtm_fail_note("unl-s: write: %s", strerror(errno));
   if (write(go[1], "g", 1) != 1) zdtm_fail_note("write to the child: %s", strerror(errno));

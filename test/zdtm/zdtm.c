@@ -94,8 +94,7 @@ _Noreturn void zdtm_finish(void) {
     fflush(stdout);
     exit(0);
   }
-  printf("FAIL %s: %s%s\n", test_name, notes,
-         notes_len + 1 >= sizeof(notes) ? " ..." : "");
+  printf("FAIL %s: %s%s\n", test_name, notes, notes_len + 1 >= sizeof(notes) ? " ..." : "");
   fflush(stdout);
   exit(1);
 }

@@ -52,8 +52,8 @@ _Noreturn void zdtm_die(const char *fmt, ...) __attribute__((format(printf, 1, 2
 
 /* Deterministic value sources: the expected state is always recomputed from a
  * seed at check time, never read back from memory the checkpoint restored. */
-uint64_t zdtm_mix64(uint64_t x);            /* splitmix64 finaliser */
-uint64_t zdtm_xorshift64(uint64_t *state);  /* state must be non-zero */
+uint64_t zdtm_mix64(uint64_t x);           /* splitmix64 finaliser */
+uint64_t zdtm_xorshift64(uint64_t *state); /* state must be non-zero */
 uint64_t zdtm_hash_words(const uint64_t *p, size_t nwords, uint64_t h);
 
 #endif /* STASIS_TEST_ZDTM_H */

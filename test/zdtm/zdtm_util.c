@@ -29,8 +29,7 @@ long zdtm_pattern_diff(const void *buf, size_t n, uint64_t seed, uint64_t off) {
   return -1;
 }
 
-bool zdtm_pattern_check(const char *what, const void *buf, size_t n, uint64_t seed,
-                        uint64_t off) {
+bool zdtm_pattern_check(const char *what, const void *buf, size_t n, uint64_t seed, uint64_t off) {
   long i = zdtm_pattern_diff(buf, n, seed, off);
   if (i < 0) return true;
   zdtm_fail_note("%s: byte %ld of %zu is %#x, want %#x", what, i, n, ((const uint8_t *)buf)[i],
@@ -150,8 +149,7 @@ void zdtm_kid_reap(pid_t pid, const char *who, int timeout_ms) {
 }
 
 void zdtm_link_open(struct zdtm_link *link) {
-  if (pipe(link->to_kid) != 0 || pipe(link->to_parent) != 0 ||
-      pipe2(link->verdict, O_CLOEXEC) != 0)
+  if (pipe(link->to_kid) != 0 || pipe(link->to_parent) != 0 || pipe2(link->verdict, O_CLOEXEC) != 0)
     zdtm_die("pipe: %s", strerror(errno));
 }
 

@@ -25,8 +25,7 @@ void zdtm_pattern_fill(void *buf, size_t n, uint64_t seed, uint64_t off);
 long zdtm_pattern_diff(const void *buf, size_t n, uint64_t seed, uint64_t off);
 /* Notes a failure "<what>: byte <i> is 0x.., want 0x.." if buf differs from
  * the pattern; returns true if it matched. */
-bool zdtm_pattern_check(const char *what, const void *buf, size_t n, uint64_t seed,
-                        uint64_t off);
+bool zdtm_pattern_check(const char *what, const void *buf, size_t n, uint64_t seed, uint64_t off);
 
 /* Reads exactly n bytes (looping over short reads and EINTR), waiting at most
  * timeout_ms in all for data (poll). Returns the bytes read (< n on timeout,

@@ -41,7 +41,8 @@ static char State(pid_t pid) {
 static void WaitExited(pid_t pid) {
   siginfo_t si;
   memset(&si, 0, sizeof(si));
-  if (waitid(P_PID, pid, &si, WEXITED | WNOWAIT) != 0) zdtm_die("waitid %d: %s", pid, strerror(errno));
+  if (waitid(P_PID, pid, &si, WEXITED | WNOWAIT) != 0)
+    zdtm_die("waitid %d: %s", pid, strerror(errno));
 }
 
 static void Reap(const char *what, pid_t pid, int want_code, int want_sig) {
@@ -62,7 +63,8 @@ static void Reap(const char *what, pid_t pid, int want_code, int want_sig) {
 
 int main(void) {
   zdtm_init("zombie");
-  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) zdtm_die("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
+    zdtm_die("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
   pid_t root = getpid();
   int g_pid[2], verdict[2];
   if (pipe2(g_pid, O_CLOEXEC) != 0 || pipe2(verdict, O_CLOEXEC) != 0)

@@ -13,11 +13,10 @@
 #ifndef _CRLIB_H
 #define _CRLIB_H 1
 
+#include <blcr_common.h>
 #include <errno.h>
 #include <sys/select.h> /* struct timeval */
 #include <sys/types.h>
-
-#include <blcr_common.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,9 +53,9 @@ enum { CR_STATE_IDLE, CR_STATE_PENDING, CR_STATE_ACTIVE };
 typedef struct cr_checkpoint_args {
   cr_version_t cr_version;
   cr_scope_t cr_scope;
-  pid_t cr_target; /* 0: the caller (its pgrp, its session) */
-  int cr_fd;       /* where the context is written, or CR_DEST_CWD */
-  int cr_signal;   /* sent to the processes after the checkpoint, 0 for none */
+  pid_t cr_target;         /* 0: the caller (its pgrp, its session) */
+  int cr_fd;               /* where the context is written, or CR_DEST_CWD */
+  int cr_signal;           /* sent to the processes after the checkpoint, 0 for none */
   unsigned int cr_timeout; /* seconds the callbacks may take, 0 unbounded */
   unsigned int cr_flags;   /* CR_CHKPT_* */
 } cr_checkpoint_args_t;
@@ -79,10 +78,11 @@ typedef unsigned long cr_restart_handle_t;
 #define CR_SPINLOCK_INITIALIZER 0U
 
 typedef enum {
-  CR_HOOK_CONT_SIGNAL_CONTEXT = 0, /* continuing, thread with signal callbacks or critical sections */
-  CR_HOOK_CONT_THREAD_CONTEXT,     /* continuing, the thread running thread-context callbacks */
-  CR_HOOK_CONT_NO_CALLBACKS,       /* continuing, any other thread */
-  CR_HOOK_RSTRT_SIGNAL_CONTEXT,    /* the same three after a restart */
+  CR_HOOK_CONT_SIGNAL_CONTEXT =
+      0,                        /* continuing, thread with signal callbacks or critical sections */
+  CR_HOOK_CONT_THREAD_CONTEXT,  /* continuing, the thread running thread-context callbacks */
+  CR_HOOK_CONT_NO_CALLBACKS,    /* continuing, any other thread */
+  CR_HOOK_RSTRT_SIGNAL_CONTEXT, /* the same three after a restart */
   CR_HOOK_RSTRT_THREAD_CONTEXT,
   CR_HOOK_RSTRT_NO_CALLBACKS,
   CR_NUM_HOOKS

@@ -111,8 +111,7 @@ std::string Describe(const TcpState& s) {
 // A network socket that stays outside the checkpoint: saved as a closed
 // socket or refused, by the one rule of fd/outside_socket.h (through
 // Capturer::NoteOutsideSocket, which gathers the refusals of a capture).
-Status LeadsOutside(capture::Capturer* cap, capture::ProcState* p, const FdSeen& s,
-                    FileDesc* f) {
+Status LeadsOutside(capture::Capturer* cap, capture::ProcState* p, const FdSeen& s, FileDesc* f) {
   OutsideSocket net;
   std::string why;
   if (!InspectNetSocket(p->pid, s.fd, static_cast<uint64_t>(s.st.st_ino), &net, &why))
