@@ -1,6 +1,7 @@
 // sock_diag client for AF_UNIX; see unix_diag.h.
 #include "engine/core/unix_diag.h"
 
+#include <arpa/inet.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
@@ -77,45 +78,51 @@ Result<std::map<uint64_t, UnixSocketInfo>> ReadUnixSockets() {
 
 namespace {
 
-// "0100007F:893B" (IPv4) or 32 hex digits + port (IPv6), as the kernel
-// prints them: each 32-bit word in host byte order.
-std::string NetAddress(const std::string& hex) {
+// "0100007F:893B" or 32 hex digits + ":PORT", as /proc/net/tcp{,6} print an
+// address (each 32-bit word of the address in host byte order), as text;
+// "" for the unspecified address with port 0 (no peer).
+std::string ProcNetAddress(const std::string& hex, bool v6) {
   size_t colon = hex.find(':');
-  if (colon == std::string::npos) return hex;
-  unsigned port = static_cast<unsigned>(std::strtoul(hex.c_str() + colon + 1, nullptr, 16));
-  std::string ip = hex.substr(0, colon);
-  char buf[96];
-  if (ip.size() == 8) {
-    uint32_t a = static_cast<uint32_t>(std::strtoul(ip.c_str(), nullptr, 16));
-    std::snprintf(buf, sizeof buf, "%u.%u.%u.%u:%u", a & 0xff, (a >> 8) & 0xff, (a >> 16) & 0xff,
-                  a >> 24, port);
-    return buf;
+  if (colon == std::string::npos) return "";
+  const unsigned port = static_cast<unsigned>(std::strtoul(hex.c_str() + colon + 1, nullptr, 16));
+  const std::string ip = hex.substr(0, colon);
+  if (port == 0 && ip.find_first_not_of('0') == std::string::npos) return "";
+  unsigned char raw[16];
+  if (ip.size() != (v6 ? 32u : 8u)) return "";
+  for (size_t i = 0; i < ip.size() / 8; ++i) {
+    uint32_t w = static_cast<uint32_t>(std::strtoul(ip.substr(i * 8, 8).c_str(), nullptr, 16));
+    std::memcpy(raw + i * 4, &w, 4);
   }
-  std::string v6;
-  for (size_t w = 0; w + 8 <= ip.size(); w += 8) {
-    uint32_t a = static_cast<uint32_t>(std::strtoul(ip.substr(w, 8).c_str(), nullptr, 16));
-    for (int b = 0; b < 4; b += 2) {
-      std::snprintf(buf, sizeof buf, "%s%x", v6.empty() ? "" : ":",
-                    ((a >> (8 * b)) & 0xff) << 8 | ((a >> (8 * (b + 1))) & 0xff));
-      v6 += buf;
-    }
-  }
-  std::snprintf(buf, sizeof buf, ":%u", port);
-  return "[" + v6 + "]" + buf;
+  char text[INET6_ADDRSTRLEN] = "?";
+  ::inet_ntop(v6 ? AF_INET6 : AF_INET, raw, text, sizeof text);
+  return v6 ? "[" + std::string(text) + "]:" + std::to_string(port)
+            : std::string(text) + ":" + std::to_string(port);
 }
 
 }  // namespace
 
-bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out) {
+std::string NetTableRow::Text() const {
+  std::string text = family + " " + local;
+  if (type == SOCK_STREAM && state == 10)
+    text += " listening";
+  else if (!remote.empty())
+    text += " to " + remote;
+  return text;
+}
+
+std::vector<NetTableRow> ReadNetTables(int pid, bool tcp_only) {
   static const struct {
     const char* file;
-    const char* proto;
+    const char* family;
     uint32_t type;
-  } kTables[] = {{"tcp", "TCP", SOCK_STREAM},
-                 {"tcp6", "TCP", SOCK_STREAM},
-                 {"udp", "UDP", SOCK_DGRAM},
-                 {"udp6", "UDP", SOCK_DGRAM}};
+    bool v6;
+  } kTables[] = {{"tcp", "TCP", SOCK_STREAM, false},
+                 {"tcp6", "TCP", SOCK_STREAM, true},
+                 {"udp", "UDP", SOCK_DGRAM, false},
+                 {"udp6", "UDP", SOCK_DGRAM, true}};
+  std::vector<NetTableRow> rows;
   for (const auto& t : kTables) {
+    if (tcp_only && t.type != SOCK_STREAM) continue;
     std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + t.file);
     std::string line;
     std::getline(in, line);  // header
@@ -124,17 +131,25 @@ bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out) {
       std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
       if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino))
         continue;
-      if (std::strtoull(ino.c_str(), nullptr, 10) != inode) continue;
-      unsigned state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
-      out->type = t.type;
-      out->uid = static_cast<uint32_t>(std::strtoul(uid.c_str(), nullptr, 10));
-      out->text = std::string(t.proto) + " " + NetAddress(local);
-      if (t.type == SOCK_STREAM && state == 10)
-        out->text += " listening";
-      else if (remote.find_first_not_of("0:") != std::string::npos)
-        out->text += " to " + NetAddress(remote);
-      return true;
+      NetTableRow r;
+      r.family = t.family;
+      r.type = t.type;
+      r.state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
+      r.local = ProcNetAddress(local, t.v6);
+      r.remote = ProcNetAddress(remote, t.v6);
+      r.uid = static_cast<uint32_t>(std::strtoul(uid.c_str(), nullptr, 10));
+      r.inode = std::strtoull(ino.c_str(), nullptr, 10);
+      rows.push_back(std::move(r));
     }
+  }
+  return rows;
+}
+
+bool FindNetSocket(int pid, uint64_t inode, NetTableRow* out) {
+  for (NetTableRow& r : ReadNetTables(pid)) {
+    if (r.inode != inode) continue;
+    *out = std::move(r);
+    return true;
   }
   return false;
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "engine/base/status.h"
 
@@ -25,14 +26,25 @@ struct UnixSocketInfo {
 // Every UNIX socket of the caller's network namespace, by inode.
 Result<std::map<uint64_t, UnixSocketInfo>> ReadUnixSockets();
 
-// A TCP or UDP socket (IPv4 or IPv6) of pid's network namespace, found by
-// inode in /proc/PID/net/{tcp,tcp6,udp,udp6}: its type and a description
-// for messages ("TCP 127.0.0.1:35131 listening", "UDP [::1]:53 to ...").
-struct NetSocketInfo {
-  uint32_t type = 0;  // SOCK_STREAM (tcp) or SOCK_DGRAM (udp)
-  uint32_t uid = 0;   // the user that made the socket (the table's uid column)
-  std::string text;
+// One line of pid's /proc/net/{tcp,tcp6,udp,udp6}: a TCP or UDP socket of
+// pid's network namespace that is bound or connected (a fresh socket is not
+// listed). The one reader of those tables.
+struct NetTableRow {
+  std::string family;  // "TCP" or "UDP"
+  uint32_t type = 0;   // SOCK_STREAM (tcp) or SOCK_DGRAM (udp)
+  unsigned state = 0;  // the kernel's TCP_* number (UDP: 1 connected, 7 not)
+  // "127.0.0.1:80", "[::1]:53" (inet_ntop); remote "" when it has no peer.
+  std::string local, remote;
+  uint32_t uid = 0;  // the user that made the socket
+  uint64_t inode = 0;
+  // "TCP 127.0.0.1:35131 listening", "UDP [::1]:53 to [::1]:5353"
+  std::string Text() const;
 };
-bool FindNetSocket(int pid, uint64_t inode, NetSocketInfo* out);
+
+// Every row of pid's tables (only tcp and tcp6 when tcp_only).
+std::vector<NetTableRow> ReadNetTables(int pid, bool tcp_only = false);
+
+// The row of socket `inode` in pid's tables; false when it is not listed.
+bool FindNetSocket(int pid, uint64_t inode, NetTableRow* out);
 
 }  // namespace stasis::core

@@ -14,9 +14,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "engine/base/fd.h"
+#include "engine/core/unix_diag.h"
 #include "engine/format/context.h"
 
 namespace stasis::core {
@@ -62,35 +62,6 @@ std::string AddressText(const sockaddr_storage& a) {
   return "";
 }
 
-// "0100007F:893B" or 32 hex digits + ":PORT", as /proc/net/tcp{,6} print an
-// address (each 32-bit word of the address in host byte order), as text.
-std::string ProcNetAddress(const std::string& hex, bool v6) {
-  size_t colon = hex.find(':');
-  if (colon == std::string::npos) return "";
-  sockaddr_storage a{};
-  const uint16_t port =
-      htons(static_cast<uint16_t>(std::strtoul(hex.c_str() + colon + 1, nullptr, 16)));
-  const std::string ip = hex.substr(0, colon);
-  if (!v6 && ip.size() == 8) {
-    auto* in = reinterpret_cast<sockaddr_in*>(&a);
-    in->sin_family = AF_INET;
-    in->sin_port = port;
-    uint32_t w = static_cast<uint32_t>(std::strtoul(ip.c_str(), nullptr, 16));
-    std::memcpy(&in->sin_addr, &w, 4);
-  } else if (v6 && ip.size() == 32) {
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&a);
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = port;
-    for (int i = 0; i < 4; ++i) {
-      uint32_t w = static_cast<uint32_t>(std::strtoul(ip.substr(i * 8, 8).c_str(), nullptr, 16));
-      std::memcpy(reinterpret_cast<char*>(&in6->sin6_addr) + i * 4, &w, 4);
-    }
-  } else {
-    return "";
-  }
-  return AddressText(a);
-}
-
 }  // namespace
 
 namespace {
@@ -100,41 +71,19 @@ namespace {
 // /proc/net/{tcp,tcp6,udp,udp6}, found by inode. Sockets that are neither
 // bound nor connected are not listed there.
 bool FromProcNet(pid_t pid, uint64_t inode, OutsideSocket* out) {
-  static const struct {
-    const char* file;
-    const char* family;
-    uint32_t type;
-  } kTables[] = {{"tcp", "TCP", SOCK_STREAM},
-                 {"tcp6", "TCP", SOCK_STREAM},
-                 {"udp", "UDP", SOCK_DGRAM},
-                 {"udp6", "UDP", SOCK_DGRAM}};
-  for (const auto& t : kTables) {
-    const bool v6 = std::strchr(t.file, '6') != nullptr;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + t.file);
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-      std::istringstream f(line);
-      std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
-      if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino))
-        continue;
-      if (std::strtoull(ino.c_str(), nullptr, 10) != inode) continue;
-      const unsigned state = static_cast<unsigned>(std::strtoul(st.c_str(), nullptr, 16));
-      out->family = t.family;
-      out->type = t.type;
-      out->local = ProcNetAddress(local, v6);
-      const bool has_peer =
-          remote.substr(0, remote.find(':')).find_first_not_of('0') != std::string::npos;
-      if (has_peer) out->peer = ProcNetAddress(remote, v6);
-      out->state = state == TCP_LISTEN  ? format::kOutsideListening
-                   : state == TCP_CLOSE ? format::kOutsideUnconnected
-                                        : format::kOutsideConnected;
-      if (t.type == SOCK_DGRAM)
-        out->state = has_peer ? format::kOutsideConnected : format::kOutsideUnconnected;
-      return true;
-    }
-  }
-  return false;
+  NetTableRow row;
+  if (!FindNetSocket(pid, inode, &row)) return false;
+  out->family = row.family;
+  out->type = row.type;
+  out->local = row.local;
+  out->peer = row.remote;
+  if (row.type == SOCK_DGRAM)
+    out->state = row.remote.empty() ? format::kOutsideUnconnected : format::kOutsideConnected;
+  else
+    out->state = row.state == TCP_LISTEN  ? format::kOutsideListening
+                 : row.state == TCP_CLOSE ? format::kOutsideUnconnected
+                                          : format::kOutsideConnected;
+  return true;
 }
 
 }  // namespace
@@ -200,21 +149,9 @@ bool InspectNetSocket(pid_t pid, int fd, uint64_t inode, OutsideSocket* out, std
 
 uint64_t FindTcpPeerInode(pid_t pid, const OutsideSocket& s) {
   if (s.family != "TCP" || s.local.empty() || s.peer.empty()) return 0;
-  for (const char* table : {"tcp", "tcp6"}) {
-    const bool v6 = table[3] == '6';
-    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-      std::istringstream f(line);
-      std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
-      if (!(f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino))
-        continue;
-      // The peer's socket: its local address is our peer, its remote ours.
-      if (ProcNetAddress(local, v6) == s.peer && ProcNetAddress(remote, v6) == s.local)
-        return std::strtoull(ino.c_str(), nullptr, 10);
-    }
-  }
+  // The peer's socket: its local address is our peer, its remote ours.
+  for (const NetTableRow& r : ReadNetTables(pid, /*tcp_only=*/true))
+    if (r.local == s.peer && r.remote == s.local) return r.inode;
   return 0;
 }
 

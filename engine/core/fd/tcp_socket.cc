@@ -363,7 +363,7 @@ Status Capturer::ClassifyTcpSockets() {
     if (::stat(("/proc/" + std::to_string(p->pid)).c_str(), &pst) != 0) continue;
     for (FileDesc& f : p->files) {
       if (f.kind != format::kFileTcpSocket || payload.count(f.sock_inode)) continue;
-      NetSocketInfo net;
+      NetTableRow net;
       if (FindNetSocket(p->pid, f.sock_inode, &net) && net.uid != pst.st_uid)
         payload[f.sock_inode] = "";
     }
