@@ -11,12 +11,18 @@
 
 namespace stasis::cli {
 
+// Set while a progress line (progress.h) may be on the terminal: erases it
+// and stops its thread, so a message starts on a clean line.
+inline void (*g_end_progress)() = nullptr;
+
 [[noreturn]] inline void Die(const char* tool, const std::string& message, int code = 1) {
+  if (g_end_progress) g_end_progress();
   std::fprintf(stderr, "%s: %s\n", tool, message.c_str());
   std::exit(code);
 }
 
 [[noreturn]] inline void Usage(const char* tool, const char* usage) {
+  if (g_end_progress) g_end_progress();
   std::fprintf(stderr, "%s: %s\nusage: %s\n", tool, "bad arguments", usage);
   std::exit(2);
 }

@@ -5,6 +5,7 @@
 // or with --no-daemon.
 #include <fcntl.h>
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,6 +16,7 @@
 
 #include "engine/base/install_paths.h"
 #include "engine/cli/cli_common.h"
+#include "engine/cli/progress.h"
 #include "engine/core/agent_client.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
@@ -37,20 +39,26 @@ const char* kUsage =
     "direct|streaming|buffered] [-v] ID";
 
 std::atomic<bool> g_timed_out{false};
+// Bytes written here (not by stasisd), for the progress line.
+std::atomic<uint64_t> g_written{0};
 
-// A sink that fails once the --time deadline has passed.
+// A sink that fails once the --time deadline has passed, and counts what
+// it passes on.
 class DeadlineSink : public stasis::ByteSink {
  public:
   explicit DeadlineSink(stasis::ByteSink* inner) : inner_(inner) {}
   stasis::Status Write(const void* data, size_t n) override {
     if (g_timed_out) return stasis::Status::Error(ETIMEDOUT, "time limit reached");
-    return inner_->Write(data, n);
+    stasis::Status s = inner_->Write(data, n);
+    if (s.ok()) g_written += n;
+    return s;
   }
   stasis::Status Sync() override { return inner_->Sync(); }
   uint64_t Offset() const override { return inner_->Offset(); }
   char* Borrow(size_t* size) override { return inner_->Borrow(size); }
   stasis::Status WriteBorrowed(char* buffer, size_t n) override {
     stasis::Status s = inner_->WriteBorrowed(buffer, n);
+    if (s.ok()) g_written += n;
     if (s.ok() && g_timed_out) return stasis::Status::Error(ETIMEDOUT, "time limit reached");
     return s;
   }
@@ -128,13 +136,15 @@ stasis::core::CheckpointStats ViaDaemon(const stasis::daemon::DaemonChoice& daem
 }
 
 // --dir: the checkpoint becomes the next epoch of a job folder.
-stasis::core::CheckpointStats ToEpoch(
-    stasis::core::CheckpointOptions& opt, const stasis::cli::EpochRequest& req,
-    const std::function<std::string(const stasis::Status&)>& why) {
+stasis::core::CheckpointStats ToEpoch(stasis::core::CheckpointOptions& opt,
+                                      const stasis::cli::EpochRequest& req,
+                                      const std::function<std::string(const stasis::Status&)>& why,
+                                      stasis::cli::Progress* progress) {
   stasis::cli::EpochRequest r = req;
   r.wrap_sink = [](stasis::ByteSink* inner) { return std::make_unique<DeadlineSink>(inner); };
   auto out = stasis::cli::CheckpointToEpoch(opt, r);
   if (!out) Fail(why(out.error()), out.error().code());
+  progress->Stop();
   opt.dest = out->path + "/" + stasis::store::EpochWriter::NodeFileName(0);
   if (!out->retention.ok())
     std::fprintf(stderr, "cr_checkpoint: epoch %llu is complete, but retention failed: %s\n",
@@ -394,12 +404,53 @@ int main(int argc, char** argv) {
     // socket), the engine runs here, as without a daemon.
     if (!stasis::daemon::Client::Connect(daemon.socket)) daemon.socket.clear();
   }
+  // A terminal sees the bytes written so far: counted by our sink, or seen
+  // in the file stasisd's worker writes (its size; for -F the fd's offset,
+  // which the worker's copy shares).
+  stasis::cli::Progress::Probe done = [] { return std::optional<uint64_t>(g_written.load()); };
+  if (!daemon.socket.empty()) {
+    timespec since{};
+    ::clock_gettime(CLOCK_REALTIME, &since);
+    since.tv_sec -= 1;  // file times come from a coarser clock
+    if (!epoch_req.dir.empty()) {
+      done = [dir = epoch_req.dir, since] {
+        return std::optional<uint64_t>(stasis::cli::LargestRecentFile(
+            stasis::cli::EpochNodeCandidates(dir, stasis::store::EpochWriter::NodeFileName(0)),
+            since));
+      };
+    } else if (out_fd >= 0) {
+      const int fd = static_cast<int>(out_fd);
+      const off_t from = ::lseek(fd, 0, SEEK_CUR);
+      done = [fd, from]() -> std::optional<uint64_t> {
+        off_t at = ::lseek(fd, 0, SEEK_CUR);
+        if (from < 0 || at < from) return std::nullopt;  // a pipe: not seen
+        return static_cast<uint64_t>(at - from);
+      };
+    } else {
+      done = [dest = opt.dest, since] {
+        return std::optional<uint64_t>(
+            stasis::cli::LargestRecentFile(stasis::cli::ContextFileCandidates(dest), since));
+      };
+    }
+  }
+  stasis::cli::Progress progress("cr_checkpoint", done, !g_libcr_request);
+  if (progress.active()) {
+    // Of what: the engine's estimate when it runs here, else the tree's
+    // resident memory.
+    if (!daemon.socket.empty())
+      progress.SetTotal(stasis::cli::TreeResidentBytes(opt.target), true);
+    else
+      opt.before_write = [&progress](uint64_t bytes) {
+        progress.SetTotal(bytes, true);
+        return stasis::Status::Ok();
+      };
+  }
   if (!epoch_req.dir.empty()) {
     // The folders and the MANIFEST are ours; stasisd, when it runs, does the
     // capture into the node file we create (a held checkpoint).
     epoch_req.daemon_socket = daemon.socket;
     epoch_req.time_limit_ms = static_cast<uint64_t>(time_limit) * 1000;
-    stats = ToEpoch(opt, epoch_req, failure_message);
+    stats = ToEpoch(opt, epoch_req, failure_message, &progress);
   } else if (!daemon.socket.empty()) {
     stats = ViaDaemon(daemon, opt, mode, time_limit, out_fd, opt.dest);
   } else if (out_fd >= 0) {
@@ -419,6 +470,7 @@ int main(int argc, char** argv) {
       Fail(failure_message(stats.error()), stats.error().code());
     }
   }
+  progress.Stop();
   if (g_libcr_request) stasis::core::ReportRequestResult(4, 0, "");
   if (verbose && !g_epoch_note.empty())
     std::fprintf(stderr, "cr_checkpoint: %s\n", g_epoch_note.c_str());

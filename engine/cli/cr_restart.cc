@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -22,6 +23,7 @@
 #include "engine/agent/agent_abi.h"
 #include "engine/agent/stasis_agent.h"
 #include "engine/cli/cli_common.h"
+#include "engine/cli/progress.h"
 #include "engine/core/context_file.h"
 #include "engine/core/engine.h"
 #include "engine/core/lazy_pages.h"
@@ -110,6 +112,22 @@ int ExitCodeOf(int status) {
   }
 }
 
+// The progress line (on a terminal only) of a restore done here: bytes of
+// the context read so far, of the file's size; erased before the restored
+// tree runs (it may write to the same terminal).
+std::optional<uint64_t> ReadSoFar(const std::atomic<uint64_t>* read) { return read->load(); }
+
+void WatchRestore(stasis::cli::Progress* progress, const std::string& file,
+                  stasis::core::RestoreOptions* opt) {
+  struct stat st;
+  if (progress->active() && ::stat(file.c_str(), &st) == 0)
+    progress->SetTotal(static_cast<uint64_t>(st.st_size), false);
+  opt->before_release = [progress, theirs = opt->before_release] {
+    progress->Stop();
+    if (theirs) theirs();
+  };
+}
+
 // Marked before the restore, so no checkpoint of the job can catch us
 // unmarked; the restored processes inherit neither the fd nor the mapping.
 void MarkOmit(unsigned omit) {
@@ -135,18 +153,24 @@ int RestoreFromStore(const std::string& path, std::optional<uint32_t> node,
                      const stasis::core::RestoreOptions& base, unsigned omit, bool verbose) {
   stasis::Result<stasis::core::RestoreResult> result = stasis::Status::Error(EIO, "not restored");
   std::string file;
+  std::atomic<uint64_t> read{0};
+  stasis::cli::Progress progress("cr_restart", [&read] { return ReadSoFar(&read); });
   stasis::Status s = stasis::store::RestoreFromFolder(
       stasis::store::DefaultEnv(), path, node, stasis::store::Access::Caller(),
-      [](const std::string& note) { std::fprintf(stderr, "cr_restart: %s\n", note.c_str()); },
+      [&progress](const std::string& note) { progress.Note(note); },
       [&](stasis::store::PreparedRestart& prep) -> stasis::Status {
         stasis::core::RestoreOptions opt = base;
         opt.check_image = prep.check_image;
         opt.before_run = prep.before_run;
         opt.source_path = file = prep.path;
         MarkOmit(omit);
-        result = stasis::core::Restore(prep.source.get(), opt);
+        read = 0;  // an older epoch after a damaged one: from its start
+        WatchRestore(&progress, prep.path, &opt);
+        stasis::cli::CountingSource counted(prep.source.get(), &read);
+        result = stasis::core::Restore(&counted, opt);
         return result ? stasis::Status::Ok() : result.error().Prefixed(prep.path);
       });
+  progress.Stop();
   if (!s.ok()) stasis::cli::Die("cr_restart", s.message());
   return WaitForRestored(std::move(result), nullptr, file, verbose);
 }
@@ -282,7 +306,12 @@ int RestoreAndWait(std::unique_ptr<stasis::ByteSource> source, const std::string
   opt.source_path =
       file[0] == '/' || !::getcwd(cwd, sizeof cwd) ? file : std::string(cwd) + "/" + file;
   MarkOmit(omit);
-  auto result = stasis::core::Restore(source.get(), opt);
+  std::atomic<uint64_t> read{0};
+  stasis::cli::Progress progress("cr_restart", [&read] { return ReadSoFar(&read); });
+  WatchRestore(&progress, file, &opt);
+  stasis::cli::CountingSource counted(source.get(), &read);
+  auto result = stasis::core::Restore(&counted, opt);
+  progress.Stop();
   return WaitForRestored(std::move(result), std::move(source), file, verbose, opt.lazy.get());
 }
 

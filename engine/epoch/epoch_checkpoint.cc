@@ -127,7 +127,11 @@ Result<EpochOutcome> CheckpointToEpoch(core::CheckpointOptions opt, const EpochR
       parent_note = "full (" + parent.why_full + ")";
     }
   }
-  opt.before_write = [writer](uint64_t bytes) { return writer->CheckSpace(bytes); };
+  // The caller's own before_write (cr_checkpoint's progress line) too.
+  opt.before_write = [writer, theirs = opt.before_write](uint64_t bytes) {
+    if (theirs) STASIS_RETURN_IF_ERROR(theirs(bytes));
+    return writer->CheckSpace(bytes);
+  };
   // A checkpointer killed while writing (a time limit, a crash) must leave
   // processes that continue unharmed.
   opt.settle_before_write = true;
