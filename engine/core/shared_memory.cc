@@ -87,7 +87,10 @@ Status Capturer::NoteSysvSegment(uint64_t shmid, const std::string& where) {
 
 Status Capturer::WriteSharedMemory(format::ContextWriter* writer, uint64_t* page_bytes) {
   std::unique_ptr<char[]> chunk(new char[kReadChunk]);
-  for (auto& [id, shm] : shms_) {
+  // Not a structured binding: clang 14 cannot capture one in a lambda.
+  for (auto& entry : shms_) {
+    const auto& id = entry.first;
+    auto& shm = entry.second;
     STASIS_RETURN_IF_ERROR(writer->WriteSharedMemory(shm.info));
     const format::PageOwner owner{format::PageOwner::kSharedMemory, id};
     std::vector<PageRun> runs;

@@ -39,7 +39,6 @@
 namespace stasis::step {
 namespace {
 
-volatile sig_atomic_t g_forward = 0;
 pid_t g_root = 0;
 void Forward(int sig) {
   if (g_root > 0) ::kill(g_root, sig);
