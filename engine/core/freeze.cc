@@ -32,7 +32,16 @@ Status Capturer::SeizeProcess(ProcState* p, bool* added) {
     for (auto& t : p->threads) known |= t->tid() == tid;
     if (known) continue;
     auto t = std::make_unique<Tracee>(p->pid, tid, options_.ptrace_timeout_seconds);
+    // A thread that ended between the listing and now is no longer part of
+    // the process (glibc's SIGEV_THREAD timers start and end one per
+    // expiry): skip it rather than fail the checkpoint.
+    auto thread_gone = [&]() {
+      return tid != p->pid &&
+             ::access(("/proc/" + std::to_string(p->pid) + "/task/" + std::to_string(tid)).c_str(),
+                      F_OK) != 0;
+    };
     Status s = t->SeizeAndInterrupt();
+    if (!s.ok() && s.code() == ESRCH && thread_gone()) continue;
     if (!s.ok()) {
       if (s.code() == EPERM) {
         auto status = ReadFileToString("/proc/" + std::to_string(p->pid) + "/status");
@@ -64,7 +73,10 @@ Status Capturer::SeizeProcess(ProcState* p, bool* added) {
       }
       return s;
     }
-    STASIS_RETURN_IF_ERROR(t->WaitForStop());
+    if (Status w = t->WaitForStop(); !w.ok()) {
+      if (thread_gone()) continue;
+      return w;
+    }
     if (tid == p->pid)
       p->threads.insert(p->threads.begin(), std::move(t));
     else
