@@ -15,16 +15,16 @@
 
 namespace stasis::cli {
 
-namespace {
-
-std::string Bytes(uint64_t n) {
+std::string SizeText(uint64_t bytes) {
   char buf[32];
-  if (n >= (1ull << 30))
-    std::snprintf(buf, sizeof buf, "%.1f GiB", n / 1073741824.0);
+  if (bytes >= (1ull << 30))
+    std::snprintf(buf, sizeof buf, "%.1f GiB", bytes / 1073741824.0);
   else
-    std::snprintf(buf, sizeof buf, "%.1f MiB", n / 1048576.0);
+    std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
   return buf;
 }
+
+namespace {
 
 std::string Duration(double s) {
   char buf[32];
@@ -52,9 +52,9 @@ void EndCurrent() {
 
 std::string ProgressLine(const char* tool, uint64_t done, uint64_t total, bool approx,
                          double rate) {
-  std::string line = std::string(tool) + ": " + Bytes(done);
+  std::string line = std::string(tool) + ": " + SizeText(done);
   const bool with_total = total > 0 && done <= total;
-  if (with_total) line += std::string(" of ") + (approx ? "~" : "") + Bytes(total);
+  if (with_total) line += std::string(" of ") + (approx ? "~" : "") + SizeText(total);
   if (rate > 0) {
     char buf[32];
     const double mib = rate / 1048576.0;

@@ -26,6 +26,10 @@
 
 namespace stasis::cli {
 
+// "412.0 MiB", "1.2 GiB": sizes as the tools print them (progress lines,
+// `stasis ls` and `show`).
+std::string SizeText(uint64_t bytes);
+
 // The line for `done` bytes of `total` (0: unknown; `approx`: an estimate,
 // shown as "~") at `rate` bytes per second (0: not known yet). Time left
 // only when the total and the rate are known and the total not passed.

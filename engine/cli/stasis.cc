@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/cli/cli_common.h"
+#include "engine/cli/progress.h"
 #include "engine/cli/restartable.h"
 #include "engine/core/context_file.h"
 #include "engine/daemon/client.h"
@@ -201,15 +202,6 @@ int Daemon(const std::string& socket_option, const std::string& cmd,
 
 // --- the checkpoint store: ls, verify, prune, show of an epoch ------------------
 
-std::string Size(uint64_t bytes) {
-  char b[32];
-  if (bytes >= (1ull << 30))
-    std::snprintf(b, sizeof b, "%.1f GiB", bytes / 1073741824.0);
-  else
-    std::snprintf(b, sizeof b, "%.1f MiB", bytes / 1048576.0);
-  return b;
-}
-
 std::string When(int64_t unix_seconds) {
   char b[64] = "-";
   time_t t = static_cast<time_t>(unix_seconds);
@@ -275,8 +267,9 @@ int List(const std::string& path) {
       }
       std::printf("%-12s %6llu  %-10s  %-19s  %5s  %5s  %10s  %s%s%s\n", job->job().c_str(),
                   static_cast<unsigned long long>(e.epoch), store::EpochStateName(e.state),
-                  When(e.time_unix).c_str(), nodes.c_str(), tasks.c_str(), Size(e.bytes).c_str(),
-                  e.path.c_str(), note.empty() ? "" : "  # ", note.c_str());
+                  When(e.time_unix).c_str(), nodes.c_str(), tasks.c_str(),
+                  stasis::cli::SizeText(e.bytes).c_str(), e.path.c_str(),
+                  note.empty() ? "" : "  # ", note.c_str());
     }
   }
   return rc;
@@ -368,7 +361,8 @@ int VerifyFolder(const std::string& path) {
         std::printf(
             "%s: ok (%zu nodes, %s, every checksum verified; every file it needs is here and "
             "unchanged, as %s sees them)\n",
-            e.path.c_str(), e.manifest.nodes.size(), Size(e.bytes).c_str(), ThisHost().c_str());
+            e.path.c_str(), e.manifest.nodes.size(), stasis::cli::SizeText(e.bytes).c_str(),
+            ThisHost().c_str());
       } else {
         std::printf(
             "%s: intact (every checksum verified), but it cannot be restarted faithfully: %zu "
@@ -446,8 +440,8 @@ int ShowEpoch(const std::string& path) {
     std::string cmd;
     for (const auto& a : n.argv) cmd += (cmd.empty() ? "" : " ") + a;
     std::printf("  node %u on %s: tasks %s, %s (%s, crc32c %08x): %s\n", n.index, n.host.c_str(),
-                tasks.c_str(), n.file.c_str(), Size(m.files[i].size).c_str(), m.files[i].crc32c,
-                cmd.c_str());
+                tasks.c_str(), n.file.c_str(), stasis::cli::SizeText(m.files[i].size).c_str(),
+                m.files[i].crc32c, cmd.c_str());
   }
   return e->state == store::EpochState::kComplete ? 0 : 1;
 }
